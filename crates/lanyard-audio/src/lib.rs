@@ -1,0 +1,1 @@
+//! Audio codecs and helpers: Opus through libopus, PCM16, WAV.

@@ -1,0 +1,23 @@
+//! Sans-I/O wire formats shared by the pendant, the relay and the server.
+//!
+//! Nothing in this crate opens a socket, touches a file or reads a clock:
+//! every function takes bytes (or typed values) and returns typed values (or
+//! bytes). That keeps the formats testable with golden vectors and property
+//! tests, fuzzable, and usable from the phone through FFI.
+//!
+//! - [`ble`]: Lanyard's own pendant-to-phone notification framing and GATT profile.
+//! - [`omi`]: the open Omi pendant framing, accepted for compatibility.
+//! - [`reassembly`]: turns either framing's notifications back into codec frames.
+//! - [`wire`]: the relay-to-server WebSocket protocol (`/v1/stream`).
+//! - [`oggopus`]: the Ogg Opus container used by the whole-utterance HTTP upload.
+//! - [`link`]: the length-prefixed byte stream that carries notifications
+//!   between the pendant simulator and a relay on one host.
+
+pub mod ble;
+pub mod link;
+pub mod oggopus;
+pub mod omi;
+pub mod reassembly;
+pub mod wire;
+
+pub use uuid::Uuid;

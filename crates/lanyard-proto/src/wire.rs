@@ -1,0 +1,341 @@
+//! The relay-to-server protocol: a WebSocket at `/v1/stream` plus the HTTP
+//! shapes of the upload and query endpoints.
+//!
+//! Control messages are JSON text frames, tagged by `"type"`. The hot path,
+//! audio up and acknowledgements down, is binary, because a server carries
+//! thousands of streams at 50 frames a second each:
+//!
+//! ```text
+//! AUDIO (relay -> server), binary
+//!  0      1               5               9 ..
+//! +------+---------------+---------------+-----------------+
+//! | 0x01 | handle u32 LE | seq u32 LE    | codec frame ... |
+//! +------+---------------+---------------+-----------------+
+//!
+//! ACK (server -> relay), binary
+//!  0      1               5
+//! +------+---------------+---------------+
+//! | 0x02 | handle u32 LE | next u32 LE   |
+//! +------+---------------+---------------+
+//! ```
+//!
+//! The `handle` is a number the relay picks in [`ClientMsg::Open`] so that
+//! frames need not carry the 16-byte utterance id. `seq` numbers the frames
+//! of one utterance from 0, with no gaps. An ACK says "every frame with
+//! `seq < next` is durable on the server", so acks are cumulative and a lost
+//! ack is repaired by the next one.
+//!
+//! Resume: after any reconnect the relay sends `open` again for the same
+//! utterance id; the server answers `opened` with `next_seq`, the number of
+//! frames it already holds durably, and the relay resends from there. A frame
+//! with `seq < next_seq` is a duplicate and is dropped by the server, which
+//! is why no audio is ever stored twice.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::ble::Codec;
+
+/// The streaming endpoint. The version is in the path so that a v2 can run
+/// beside v1 while old phones are still in the field.
+pub const STREAM_PATH: &str = "/v1/stream";
+
+/// Binary message kinds.
+pub const KIND_AUDIO: u8 = 0x01;
+pub const KIND_ACK: u8 = 0x02;
+/// Bytes before the codec frame in an AUDIO message.
+pub const AUDIO_HEADER_LEN: usize = 9;
+/// Length of an ACK message.
+pub const ACK_LEN: usize = 9;
+
+/// Limits the server enforces, with the close code it uses for each.
+pub mod limits {
+    /// Largest codec frame in one AUDIO message. Matches the pendant framing's
+    /// reassembly limit: anything larger did not come from a pendant.
+    pub const MAX_FRAME_BYTES: usize = crate::ble::MAX_FRAME_LEN;
+    /// Longest utterance: 10 minutes of 20 ms frames. Whisper sees 30 s
+    /// windows, and a pendant that never ends an utterance must not fill the disk.
+    pub const MAX_UTTERANCE_FRAMES: u32 = 10 * 60 * 50;
+    /// Largest JSON control message.
+    pub const MAX_TEXT_BYTES: usize = 4096;
+    /// Largest whole-utterance upload body: 10 minutes at 32 kb/s is 2.4 MB of
+    /// Opus; Ogg adds about 1%. 4 MiB leaves room for higher bitrates.
+    pub const MAX_UPLOAD_BYTES: usize = 4 * 1024 * 1024;
+    /// Utterances one connection may have open at once.
+    pub const MAX_OPEN_UTTERANCES: usize = 16;
+    /// A stream with no message for this long is closed: a phone that went to
+    /// sleep must not pin server memory.
+    pub const IDLE_TIMEOUT_SECS: u64 = 60;
+}
+
+/// WebSocket close codes (4000-4999 is the application range).
+pub mod close {
+    /// The peer sent something that is not this protocol.
+    pub const PROTOCOL: u16 = 4000;
+    /// An AUDIO frame or text message exceeded its size limit.
+    pub const FRAME_TOO_LARGE: u16 = 4001;
+    /// An utterance exceeded [`super::limits::MAX_UTTERANCE_FRAMES`].
+    pub const UTTERANCE_TOO_LONG: u16 = 4002;
+    /// Too many utterances open on one connection.
+    pub const TOO_MANY_STREAMS: u16 = 4003;
+    /// The device sent faster than its rate limit.
+    pub const RATE_LIMITED: u16 = 4004;
+    /// No message within the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4005;
+    /// The server is shutting down; reconnect later and resume.
+    pub const GOING_AWAY: u16 = 1001;
+}
+
+/// JSON control messages from the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// Opens (or resumes) an utterance and binds it to `handle` on this
+    /// connection.
+    Open { utterance: Uuid, handle: u32, codec: Codec },
+    /// The utterance has exactly `frames` frames; the server may process it
+    /// once it holds them all.
+    End { utterance: Uuid, frames: u32 },
+}
+
+/// JSON control messages from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Answer to `open`: send from `next_seq`. `complete` means the server
+    /// already has the whole utterance (for example by upload), so the relay
+    /// sends nothing more and may drop its copy.
+    Opened { utterance: Uuid, handle: u32, next_seq: u32, complete: bool },
+    /// The server holds all `frames` frames durably and has queued the
+    /// utterance for transcription. The relay may delete it.
+    Complete { utterance: Uuid, frames: u32 },
+    /// A provisional transcript while audio is still arriving.
+    Partial { utterance: Uuid, text: String },
+    /// The final transcript.
+    Final { utterance: Uuid, text: String },
+    /// The reply that is also sent as a push notification.
+    Reply { utterance: Uuid, title: String, body: String },
+    /// A problem with one utterance or with the connection.
+    Error { utterance: Option<Uuid>, code: String, message: String },
+}
+
+/// One AUDIO message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audio<'a> {
+    pub handle: u32,
+    pub seq: u32,
+    pub frame: &'a [u8],
+}
+
+/// One ACK message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub handle: u32,
+    pub next: u32,
+}
+
+/// A binary message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binary<'a> {
+    Audio(Audio<'a>),
+    Ack(Ack),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WireError {
+    #[error("empty binary message")]
+    Empty,
+    #[error("unknown binary message kind 0x{0:02x}")]
+    UnknownKind(u8),
+    #[error("binary message of kind 0x{kind:02x} is {len} bytes; it needs at least {min}")]
+    TooShort { kind: u8, len: usize, min: usize },
+    #[error("ACK message must be exactly {ACK_LEN} bytes, got {0}")]
+    AckLength(usize),
+    #[error("audio frame of {0} bytes exceeds the limit of {max}", max = limits::MAX_FRAME_BYTES)]
+    FrameTooLarge(usize),
+    #[error("control message is not valid JSON for this protocol: {0}")]
+    Json(String),
+    #[error("control message of {0} bytes exceeds the limit of {max}", max = limits::MAX_TEXT_BYTES)]
+    TextTooLarge(usize),
+}
+
+impl WireError {
+    /// The close code a server uses when a peer sends this.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            WireError::FrameTooLarge(_) | WireError::TextTooLarge(_) => close::FRAME_TOO_LARGE,
+            _ => close::PROTOCOL,
+        }
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Parses a binary message.
+pub fn parse_binary(b: &[u8]) -> Result<Binary<'_>, WireError> {
+    let (&kind, _) = b.split_first().ok_or(WireError::Empty)?;
+    match kind {
+        KIND_AUDIO => {
+            if b.len() < AUDIO_HEADER_LEN {
+                return Err(WireError::TooShort { kind, len: b.len(), min: AUDIO_HEADER_LEN });
+            }
+            let frame = &b[AUDIO_HEADER_LEN..];
+            if frame.len() > limits::MAX_FRAME_BYTES {
+                return Err(WireError::FrameTooLarge(frame.len()));
+            }
+            Ok(Binary::Audio(Audio { handle: u32_at(b, 1), seq: u32_at(b, 5), frame }))
+        }
+        KIND_ACK => {
+            if b.len() != ACK_LEN {
+                return Err(WireError::AckLength(b.len()));
+            }
+            Ok(Binary::Ack(Ack { handle: u32_at(b, 1), next: u32_at(b, 5) }))
+        }
+        other => Err(WireError::UnknownKind(other)),
+    }
+}
+
+/// Encodes an AUDIO message.
+pub fn encode_audio(a: &Audio<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(AUDIO_HEADER_LEN + a.frame.len());
+    out.push(KIND_AUDIO);
+    out.extend_from_slice(&a.handle.to_le_bytes());
+    out.extend_from_slice(&a.seq.to_le_bytes());
+    out.extend_from_slice(a.frame);
+    out
+}
+
+/// Encodes an ACK message.
+pub fn encode_ack(a: Ack) -> [u8; ACK_LEN] {
+    let mut out = [0u8; ACK_LEN];
+    out[0] = KIND_ACK;
+    out[1..5].copy_from_slice(&a.handle.to_le_bytes());
+    out[5..9].copy_from_slice(&a.next.to_le_bytes());
+    out
+}
+
+/// Parses a control message from the relay.
+pub fn parse_client_text(s: &str) -> Result<ClientMsg, WireError> {
+    if s.len() > limits::MAX_TEXT_BYTES {
+        return Err(WireError::TextTooLarge(s.len()));
+    }
+    serde_json::from_str(s).map_err(|e| WireError::Json(e.to_string()))
+}
+
+/// Parses a control message from the server.
+pub fn parse_server_text(s: &str) -> Result<ServerMsg, WireError> {
+    serde_json::from_str(s).map_err(|e| WireError::Json(e.to_string()))
+}
+
+impl ClientMsg {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("control messages always serialize")
+    }
+}
+
+impl ServerMsg {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("control messages always serialize")
+    }
+}
+
+/// Where an utterance is in the server's pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UtteranceState {
+    /// Audio is arriving.
+    Receiving,
+    /// All audio is durable; waiting for or in transcription.
+    Complete,
+    /// The final transcript is stored.
+    Transcribed,
+    /// The reply is stored and its push request was made.
+    Replied,
+    /// Processing failed; `error` says why.
+    Failed,
+}
+
+impl UtteranceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receiving => "receiving",
+            Self::Complete => "complete",
+            Self::Transcribed => "transcribed",
+            Self::Replied => "replied",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "receiving" => Self::Receiving,
+            "complete" => Self::Complete,
+            "transcribed" => Self::Transcribed,
+            "replied" => Self::Replied,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// `GET /v1/utterances/{id}`: an utterance as its device sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UtteranceView {
+    pub id: Uuid,
+    pub state: UtteranceState,
+    /// Frames held durably.
+    pub frames: u32,
+    pub transcript: Option<String>,
+    pub reply_title: Option<String>,
+    pub reply_body: Option<String>,
+    pub error: Option<String>,
+    /// Milliseconds since the Unix epoch at each step, when reached.
+    pub timings: Timings,
+}
+
+/// The per-utterance latency breakdown, as Unix milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// The last frame (or the upload) made the utterance complete.
+    pub received_end_ms: Option<i64>,
+    pub stt_start_ms: Option<i64>,
+    pub stt_done_ms: Option<i64>,
+    pub reply_ms: Option<i64>,
+    pub push_ms: Option<i64>,
+}
+
+/// `PUT /v1/utterances/{id}/audio` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadResponse {
+    pub utterance: Uuid,
+    pub state: UtteranceState,
+    pub frames: u32,
+    /// Frames this request added; 0 when the server already had them all.
+    pub added: u32,
+}
+
+/// `PUT /v1/device/push`: where the device's notifications go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistration {
+    pub platform: PushPlatform,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushPlatform {
+    Apns,
+    Fcm,
+}
+
+/// The JSON body of every HTTP error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable.
+    pub code: String,
+    /// For people: what went wrong and what to do.
+    pub message: String,
+}

@@ -1,0 +1,1 @@
+//! The phone-side core: BLE reassembly, a durable spool, and the uplink to the server.

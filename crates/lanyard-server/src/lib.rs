@@ -1,0 +1,1 @@
+//! The Lanyard server: durable ingest, speech-to-text, replies and push.

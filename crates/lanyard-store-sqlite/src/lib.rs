@@ -1,0 +1,1 @@
+//! SQLite implementation of the lanyard-store trait, with sqlx and migrations.

@@ -1,0 +1,1 @@
+//! The lanyard command: serve, relay, pendant-sim, demo.
