@@ -22,8 +22,15 @@
 //! empty END frame (payload length 0) when it has no audio left to send.
 //!
 //! The sequence number counts frames, not notifications: all fragments of one
-//! frame share it. It wraps, so a receiver compares sequence numbers with
-//! [`seq_distance`].
+//! frame share it. It runs on across utterances (START does not reset it) and
+//! starts afresh only with a new BLE connection, when the relay calls
+//! [`crate::reassembly::Reassembler::reset_link`]. It wraps, so a receiver
+//! compares sequence numbers with [`seq_distance`].
+//!
+//! A frame is cut into chunks of [`payload_room`] bytes (15 at the minimum
+//! ATT MTU of 23); fragment indices count 0, 1, 2, ... and every fragment but
+//! the last sets MORE. At most [`MAX_FRAGMENTS`] fragments and
+//! [`MAX_FRAME_LEN`] bytes make one frame.
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -36,13 +43,18 @@ pub const VERSION: u8 = 1;
 /// The smallest ATT MTU BLE allows. A notification carries at most MTU - 3
 /// bytes, so with the minimum MTU each notification holds 15 payload bytes.
 pub const MIN_ATT_MTU: usize = 23;
-/// Longest frame a receiver will reassemble. An Opus frame at 32 kb/s is
-/// about 80 bytes and a 20 ms PCM16 frame is 640; 4 KiB leaves room for
+/// Largest attribute value GATT allows (Core spec, Vol 3, Part F, 3.2.9).
+/// A notification never exceeds it, even when `ATT MTU - 3` would allow 514.
+pub const MAX_NOTIFICATION_LEN: usize = 512;
+/// Most fragments one frame may be split into: the fragment index is one
+/// byte, so indices 0 to 255.
+pub const MAX_FRAGMENTS: usize = 256;
+/// Longest frame a receiver will reassemble: [`MAX_FRAGMENTS`] notifications
+/// of a minimum-MTU link (15 payload bytes each), so that every frame a
+/// receiver accepts can be sent over every link. An Opus frame at 32 kb/s is
+/// about 80 bytes and a 20 ms PCM16 frame is 640; 3840 leaves room for
 /// higher bitrates while bounding the memory an attacker can make us hold.
-pub const MAX_FRAME_LEN: usize = 4096;
-/// Most fragments one frame may be split into: [`MAX_FRAME_LEN`] divided by
-/// the payload of a minimum-MTU notification, rounded up.
-pub const MAX_FRAGMENTS: usize = MAX_FRAME_LEN.div_ceil(MIN_ATT_MTU - 3 - HEADER_LEN);
+pub const MAX_FRAME_LEN: usize = MAX_FRAGMENTS * (MIN_ATT_MTU - 3 - HEADER_LEN);
 
 const FLAG_START: u8 = 0b0001;
 const FLAG_END: u8 = 0b0010;
@@ -108,12 +120,19 @@ impl Codec {
 /// One parsed notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification<'a> {
+    /// Sequence number of the frame this notification is part of.
     pub seq: u16,
+    /// Position of this piece within its frame, from 0.
     pub fragment: u8,
+    /// Codec of the frame; the same on every fragment.
     pub codec: Codec,
+    /// The frame is the first of an utterance.
     pub start: bool,
+    /// The frame is the last of an utterance.
     pub end: bool,
+    /// Further fragments of this frame follow.
     pub more: bool,
+    /// The piece of the codec frame carried here.
     pub payload: &'a [u8],
 }
 
@@ -128,8 +147,6 @@ pub enum FrameError {
     ReservedFlag,
     #[error("codec id {0} is unknown; supported ids are 1 (Opus) and 2 (PCM16)")]
     UnknownCodec(u8),
-    #[error("fragment index {0} exceeds the limit of {MAX_FRAGMENTS}")]
-    TooManyFragments(u8),
 }
 
 /// Parses one audio notification.
@@ -146,9 +163,6 @@ pub fn parse(bytes: &[u8]) -> Result<Notification<'_>, FrameError> {
         return Err(FrameError::ReservedFlag);
     }
     let fragment = bytes[3];
-    if usize::from(fragment) >= MAX_FRAGMENTS {
-        return Err(FrameError::TooManyFragments(fragment));
-    }
     let codec = Codec::from_id(bytes[4]).ok_or(FrameError::UnknownCodec(bytes[4]))?;
     Ok(Notification {
         seq: u16::from_le_bytes([bytes[1], bytes[2]]),
@@ -193,17 +207,25 @@ pub enum PacketizeError {
 /// A frame as the pendant hands it to the radio.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameSpec<'a> {
+    /// The pendant's frame counter (wrapping).
     pub seq: u16,
+    /// Codec of `data`.
     pub codec: Codec,
+    /// First frame of an utterance.
     pub start: bool,
+    /// Last frame of an utterance.
     pub end: bool,
+    /// One whole codec frame, at most [`MAX_FRAME_LEN`] bytes.
     pub data: &'a [u8],
 }
 
 /// Splits one codec frame into notifications that fit the negotiated ATT MTU.
 ///
 /// A notification carries at most `att_mtu - 3` bytes (the ATT opcode and
-/// handle take 3), of which [`HEADER_LEN`] are our header.
+/// handle take 3), and never more than [`MAX_NOTIFICATION_LEN`]; of those,
+/// [`HEADER_LEN`] are our header. Every fragment repeats the frame's sequence
+/// number, codec and START/END flags; all but the last set MORE. An empty
+/// frame becomes one notification with an empty payload.
 pub fn packetize(frame: &FrameSpec<'_>, att_mtu: usize) -> Result<Vec<Vec<u8>>, PacketizeError> {
     if att_mtu < MIN_ATT_MTU {
         return Err(PacketizeError::MtuTooSmall(att_mtu));
@@ -211,7 +233,7 @@ pub fn packetize(frame: &FrameSpec<'_>, att_mtu: usize) -> Result<Vec<Vec<u8>>, 
     if frame.data.len() > MAX_FRAME_LEN {
         return Err(PacketizeError::FrameTooLong(frame.data.len()));
     }
-    let room = att_mtu - 3 - HEADER_LEN;
+    let room = payload_room(att_mtu);
     let chunks: Vec<&[u8]> = if frame.data.is_empty() {
         vec![&[][..]]
     } else {
@@ -226,7 +248,8 @@ pub fn packetize(frame: &FrameSpec<'_>, att_mtu: usize) -> Result<Vec<Vec<u8>>, 
             encode(
                 &Notification {
                     seq: frame.seq,
-                    // Fits: MAX_FRAME_LEN / room < MAX_FRAGMENTS <= 255.
+                    // Fits: room >= 15, so a frame of at most MAX_FRAME_LEN
+                    // bytes has at most MAX_FRAGMENTS = 256 chunks.
                     fragment: i as u8,
                     codec: frame.codec,
                     start: frame.start,
@@ -239,6 +262,12 @@ pub fn packetize(frame: &FrameSpec<'_>, att_mtu: usize) -> Result<Vec<Vec<u8>>, 
             out
         })
         .collect())
+}
+
+/// Payload bytes one notification carries at `att_mtu`: 15 at the minimum
+/// MTU of 23, 507 from MTU 515 up. Meaningless (0) below [`MIN_ATT_MTU`].
+pub fn payload_room(att_mtu: usize) -> usize {
+    att_mtu.saturating_sub(3).min(MAX_NOTIFICATION_LEN).saturating_sub(HEADER_LEN)
 }
 
 /// Signed distance from `from` to `to` on the wrapping u16 sequence circle:
@@ -260,9 +289,14 @@ pub fn seq_distance(from: u16, to: u16) -> i32 {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Start sending audio notifications (the pendant may also start on its
+    /// own voice activity detection).
     StartStream,
+    /// Stop sending audio; an utterance in progress is ended with END.
     StopStream,
+    /// Use this codec from the next utterance on.
     SetCodec(Codec),
+    /// The phone's clock, so the pendant can timestamp utterances.
     SyncClock { unix_ms: u64 },
 }
 
@@ -326,7 +360,9 @@ impl Control {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Framing {
+    /// This module's framing, advertised with [`gatt::SERVICE`].
     Lanyard,
+    /// The Omi framing of [`crate::omi`], advertised with its own service.
     Omi,
 }
 

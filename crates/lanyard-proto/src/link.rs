@@ -24,13 +24,23 @@ use uuid::Uuid;
 /// what a broken peer can make us buffer.
 pub const MAX_RECORD: usize = 1024;
 
+/// One record of the simulated radio stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
+    /// The pendant announces itself. `service` picks the framing (see
+    /// [`crate::ble::Framing::service`]), `att_mtu` is the MTU the link
+    /// negotiated, and `codec` is the value of Omi's codec characteristic
+    /// (ignored for Lanyard framing, which names the codec in every
+    /// notification; the simulator sends 0).
     Advertise { service: Uuid, att_mtu: u16, codec: u8 },
+    /// One audio notification, exactly as sent over the air.
     Notify(Vec<u8>),
+    /// Battery level in percent.
     Battery(u8),
 }
 
+/// Why the record stream could not be decoded. The stream is then out of
+/// sync and must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LinkError {
     #[error("unknown link record kind 0x{0:02x}")]
@@ -42,6 +52,12 @@ pub enum LinkError {
 }
 
 impl Record {
+    /// Encodes one record.
+    ///
+    /// # Panics
+    ///
+    /// If a `Notify` payload is longer than [`MAX_RECORD`]: no decoder would
+    /// accept it, and a BLE notification is never that long.
     pub fn encode(&self) -> Vec<u8> {
         let (kind, payload): (u8, Vec<u8>) = match self {
             Record::Advertise { service, att_mtu, codec } => {
@@ -53,6 +69,7 @@ impl Record {
             Record::Notify(n) => (2, n.clone()),
             Record::Battery(b) => (3, vec![*b]),
         };
+        assert!(payload.len() <= MAX_RECORD, "link record of {} bytes exceeds {MAX_RECORD}", payload.len());
         let mut out = Vec::with_capacity(3 + payload.len());
         out.push(kind);
         out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
@@ -64,14 +81,18 @@ impl Record {
 /// Incremental decoder: feed bytes as they arrive, take whole records out.
 #[derive(Debug, Default)]
 pub struct Decoder {
+    /// Bytes received but not yet returned as records: at most one partial
+    /// record once [`Decoder::next_record`] has returned `Ok(None)`.
     buf: Vec<u8>,
 }
 
 impl Decoder {
+    /// An empty decoder, at a record boundary.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends bytes as they arrive; they may split records anywhere.
     pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }

@@ -25,6 +25,7 @@ const VENDOR: &str = "lanyard";
 /// Most audio packets accepted from an upload.
 pub const MAX_PACKETS: usize = crate::wire::limits::MAX_UTTERANCE_FRAMES as usize;
 
+/// Why an upload is not an Ogg Opus file the server accepts.
 #[derive(Debug, Error)]
 pub enum OggOpusError {
     #[error("not a valid Ogg stream: {0}")]
@@ -44,6 +45,13 @@ pub enum OggOpusError {
 }
 
 /// Writes frames (20 ms Opus packets at 16 kHz mono) as an Ogg Opus file.
+///
+/// Layout: page 0 holds `OpusHead` alone, page 1 `OpusTags` alone (both
+/// with granule position 0), then the audio packets, 50 to a page (one
+/// second), the last page flagged end-of-stream. The granule position of an
+/// audio page is 960 times the number of packets up to and including the
+/// last one completed on it. Each packet should be at most
+/// [`crate::ble::MAX_FRAME_LEN`] bytes, or [`read`] will refuse the file.
 pub fn write<'a>(serial: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
     {
@@ -62,14 +70,12 @@ pub fn write<'a>(serial: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> Vec
         tags.extend_from_slice(&(VENDOR.len() as u32).to_le_bytes());
         tags.extend_from_slice(VENDOR.as_bytes());
         tags.extend_from_slice(&0u32.to_le_bytes());
-        w.write_packet(tags, serial, PacketWriteEndInfo::EndPage, 0).expect("writing to a Vec cannot fail");
         let frames: Vec<&[u8]> = frames.into_iter().collect();
         let n = frames.len();
-        if n == 0 {
-            // An empty stream still needs an end-of-stream page.
-            w.write_packet(Vec::new(), serial, PacketWriteEndInfo::EndStream, 0)
-                .expect("writing to a Vec cannot fail");
-        }
+        // With no audio the tags page ends the stream: an empty sentinel
+        // packet would be indistinguishable from an empty last frame.
+        let tags_end = if n == 0 { PacketWriteEndInfo::EndStream } else { PacketWriteEndInfo::EndPage };
+        w.write_packet(tags, serial, tags_end, 0).expect("writing to a Vec cannot fail");
         for (i, f) in frames.into_iter().enumerate() {
             let granule = (i as u64 + 1) * GRANULE_PER_FRAME;
             let end = if i + 1 == n {
@@ -86,7 +92,12 @@ pub fn write<'a>(serial: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> Vec
     out
 }
 
-/// Reads an Ogg Opus file back into its audio packets.
+/// Reads an Ogg Opus file back into its audio packets, in order.
+///
+/// Checks what the server relies on: one logical stream, an `OpusHead` for
+/// one channel, an `OpusTags`, at most [`MAX_PACKETS`] packets of at most
+/// [`crate::ble::MAX_FRAME_LEN`] bytes. Page CRCs are checked by the Ogg
+/// reader. Anything after the end-of-stream packet is ignored.
 pub fn read(bytes: &[u8]) -> Result<Vec<Vec<u8>>, OggOpusError> {
     let mut r = PacketReader::new(Cursor::new(bytes));
     let mut next = || r.read_packet().map_err(|e| OggOpusError::Ogg(e.to_string()));
@@ -98,17 +109,23 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Vec<u8>>, OggOpusError> {
     if head.data[9] != 1 {
         return Err(OggOpusError::Channels(head.data[9]));
     }
+    if head.last_in_stream() {
+        return Err(OggOpusError::NoOpusTags);
+    }
     let tags = next()?.ok_or(OggOpusError::NoOpusTags)?;
+    if tags.stream_serial() != serial {
+        return Err(OggOpusError::MultipleStreams);
+    }
     if tags.data.len() < 8 || &tags.data[..8] != b"OpusTags" {
         return Err(OggOpusError::NoOpusTags);
     }
     let mut packets = Vec::new();
+    if tags.last_in_stream() {
+        return Ok(packets);
+    }
     while let Some(p) = next()? {
         if p.stream_serial() != serial {
             return Err(OggOpusError::MultipleStreams);
-        }
-        if p.data.is_empty() && p.last_in_stream() {
-            break;
         }
         if p.data.len() > crate::ble::MAX_FRAME_LEN {
             return Err(OggOpusError::PacketTooLarge { index: packets.len(), len: p.data.len() });

@@ -22,6 +22,8 @@
 
 use thiserror::Error;
 
+use crate::ble::{MAX_NOTIFICATION_LEN, MIN_ATT_MTU};
+
 /// Size of the Omi notification header.
 pub const HEADER_LEN: usize = 3;
 
@@ -51,6 +53,7 @@ pub enum OmiCodec {
 }
 
 impl OmiCodec {
+    /// Looks a codec characteristic value up.
     pub fn from_id(id: u8) -> Option<Self> {
         match id {
             0 => Some(Self::Pcm16),
@@ -61,6 +64,7 @@ impl OmiCodec {
         }
     }
 
+    /// The codec characteristic value.
     pub fn id(self) -> u8 {
         match self {
             Self::Pcm16 => 0,
@@ -87,11 +91,15 @@ impl OmiCodec {
 /// One parsed Omi notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OmiNotification<'a> {
+    /// Packet index: counts notifications, wrapping.
     pub index: u16,
+    /// Position within the codec frame: 0 starts a new frame.
     pub sub_index: u8,
+    /// The piece of the codec frame carried here.
     pub payload: &'a [u8],
 }
 
+/// Why an Omi notification could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OmiError {
     #[error("Omi notification is {0} bytes, shorter than the 3-byte header")]
@@ -118,17 +126,28 @@ pub fn encode(n: &OmiNotification<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(n.payload);
 }
 
+/// Payload bytes one Omi notification carries at `att_mtu`: 17 at the
+/// minimum MTU of 23, 509 from MTU 515 up. MTUs below the BLE minimum are
+/// treated as the minimum.
+pub fn payload_room(att_mtu: usize) -> usize {
+    (att_mtu.max(MIN_ATT_MTU) - 3).min(MAX_NOTIFICATION_LEN) - HEADER_LEN
+}
+
 /// Splits a frame into Omi notifications, as Omi firmware does, starting at
 /// packet index `first_index`. Returns the notifications; the next frame
-/// starts at `first_index + len` (wrapping).
+/// starts at `first_index + len` (wrapping). An empty frame becomes one
+/// notification with an empty payload.
+///
+/// The sub-index is one byte, so a frame must fit in 256 notifications:
+/// any frame of at most [`crate::ble::MAX_FRAME_LEN`] bytes does, at any MTU.
 pub fn packetize(first_index: u16, frame: &[u8], att_mtu: usize) -> Vec<Vec<u8>> {
-    let room = att_mtu.saturating_sub(3 + HEADER_LEN).max(1);
+    let room = payload_room(att_mtu);
     let chunks: Vec<&[u8]> = if frame.is_empty() { vec![&[][..]] } else { frame.chunks(room).collect() };
     chunks
         .into_iter()
         .enumerate()
         .map(|(i, payload)| {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
             encode(
                 &OmiNotification {
                     index: first_index.wrapping_add(i as u16),

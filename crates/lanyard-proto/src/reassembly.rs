@@ -5,11 +5,35 @@
 //! input and holds at most one partial frame ([`MAX_FRAME_LEN`] bytes), so a
 //! misbehaving pendant cannot make the phone grow memory.
 //!
-//! What it does with imperfect links:
-//! - **duplicates** (the same frame sequence number again, which BLE stacks
-//!   produce after a reconnect) are dropped and counted;
-//! - **gaps** in the frame sequence are counted as lost frames;
-//! - a frame whose fragments arrive incomplete is dropped and counted.
+//! It never emits a frame it cannot prove whole, and never emits the same
+//! frame twice. What it does with imperfect links, and how [`LinkStats`]
+//! counts it:
+//!
+//! - **duplicates**: a notification that repeats one already received (BLE
+//!   stacks produce them after a reconnect) is dropped, and each dropped copy
+//!   counts once in `duplicates`. In Lanyard framing that is any notification
+//!   of a frame whose sequence number is not ahead of the last frame
+//!   delivered, or a fragment the pending frame already has; in Omi framing,
+//!   any notification whose packet index is not ahead of the last one seen.
+//! - **incomplete frames**: a frame of which some but not all notifications
+//!   arrived is dropped and counted once in `incomplete`, however many of its
+//!   notifications follow the hole (those are dropped silently).
+//! - **lost**: Lanyard counts every frame missing between two delivered
+//!   frames (the gap in their sequence numbers), so incomplete frames count
+//!   both as lost and as incomplete: `lost` is what the utterance lacks,
+//!   `incomplete` how much of that arrived in part. Omi numbers
+//!   notifications, not frames, so there `lost` counts missing notifications.
+//!
+//! The Lanyard framing says when a frame is whole (the fragment without
+//! MORE). Omi does not: a frame is whole when the next frame's first
+//! notification (sub-index 0) arrives with no packet index missing in
+//! between, or, for the last frame before the link goes quiet, when the relay
+//! calls [`Reassembler::flush`]. After any missing packet index the pending
+//! Omi frame is dropped, because the missing notification may have been its
+//! tail.
+//!
+//! Sequence history is per BLE connection: call [`Reassembler::reset_link`]
+//! on reconnect, since the pendant then numbers afresh.
 
 use crate::ble::{self, Codec, FrameError, MAX_FRAME_LEN, seq_distance};
 use crate::omi::{self, OmiCodec};
@@ -21,44 +45,34 @@ pub struct Frame {
     /// notifications rather than frames, this is the packet index of the
     /// frame's first notification.
     pub seq: u16,
+    /// Codec of `data`: from the notification header (Lanyard) or the codec
+    /// characteristic (Omi).
     pub codec: Codec,
     /// First frame of an utterance (Lanyard framing only).
     pub start: bool,
     /// Last frame of an utterance (Lanyard framing only).
     pub end: bool,
+    /// The whole codec frame.
     pub data: Vec<u8>,
 }
 
-/// Counters of what the link did wrong, for the loss report.
+/// Counters of what the link did wrong, for the loss report. The module doc
+/// defines each precisely.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LinkStats {
+    /// Notifications pushed, whatever became of them.
     pub notifications: u64,
+    /// Frames delivered.
     pub frames: u64,
     /// Notifications that did not parse.
     pub malformed: u64,
-    /// Frames dropped because they repeated an earlier sequence number.
+    /// Notifications dropped because they repeated one already received.
     pub duplicates: u64,
-    /// Frames (Lanyard) or notifications (Omi) missing from the sequence.
+    /// Frames (Lanyard) or notifications (Omi) missing from the sequence,
+    /// incomplete frames included.
     pub lost: u64,
-    /// Frames dropped because some of their fragments never arrived.
+    /// Frames dropped because some, but not all, of their notifications arrived.
     pub incomplete: u64,
-}
-
-/// The framing-specific half of the reassembler.
-#[derive(Debug)]
-enum Mode {
-    Lanyard { pending: Option<Pending> },
-    Omi { codec: Codec, pending: Option<Pending>, last_index: Option<u16> },
-}
-
-#[derive(Debug)]
-struct Pending {
-    seq: u16,
-    codec: Codec,
-    start: bool,
-    end: bool,
-    next_fragment: u8,
-    data: Vec<u8>,
 }
 
 /// Why a notification was rejected. The reassembler also counts it.
@@ -68,100 +82,170 @@ pub enum ReassemblyError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Omi(#[from] omi::OmiError),
-    #[error("fragment {got} of frame {seq} arrived out of order (expected {expected})")]
+    #[error("fragment {got} of frame {seq} arrived out of order (expected {expected}); the frame is dropped")]
     OutOfOrderFragment { seq: u16, expected: u8, got: u8 },
-    #[error("frame {seq} grew past {MAX_FRAME_LEN} bytes")]
+    #[error("frame {seq} grew past {MAX_FRAME_LEN} bytes or 256 fragments; the frame is dropped")]
     FrameTooLong { seq: u16 },
+}
+
+/// A frame being put together.
+#[derive(Debug)]
+struct Pending {
+    /// Lanyard: the frame's sequence number. Omi: packet index of its first notification.
+    seq: u16,
+    codec: Codec,
+    start: bool,
+    end: bool,
+    /// Lanyard: fragment index of the last piece appended. Omi: its sub-index.
+    last_fragment: u8,
+    data: Vec<u8>,
+}
+
+impl Pending {
+    fn into_frame(self) -> Frame {
+        Frame { seq: self.seq, codec: self.codec, start: self.start, end: self.end, data: self.data }
+    }
+}
+
+/// The frame in progress, if any.
+#[derive(Debug, Default)]
+enum Current {
+    /// Between frames.
+    #[default]
+    Idle,
+    /// Collecting a frame.
+    Pending(Pending),
+    /// Dropping what is left of an incomplete frame, already counted. Holds
+    /// the frame's sequence number (Lanyard) or the packet index of the last
+    /// notification seen (Omi), and the last fragment or sub-index seen, so
+    /// that repeats and further pieces of the same frame are recognised.
+    Discarding { seq: u16, fragment: u8 },
+}
+
+/// The framing-specific part of the state.
+#[derive(Debug)]
+enum Mode {
+    Lanyard,
+    Omi {
+        /// What the codec characteristic said, mapped to a Lanyard codec.
+        codec: Codec,
+        /// Packet index of the last notification accepted, for duplicate and
+        /// gap detection.
+        last_index: Option<u16>,
+    },
 }
 
 /// See the module doc.
 #[derive(Debug)]
 pub struct Reassembler {
     mode: Mode,
+    current: Current,
+    /// Sequence number of the last frame delivered: anything not ahead of it
+    /// is a repeat.
     last_seq: Option<u16>,
     stats: LinkStats,
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Self::lanyard()
+    }
 }
 
 impl Reassembler {
     /// A reassembler for Lanyard's own framing.
     pub fn lanyard() -> Self {
-        Self { mode: Mode::Lanyard { pending: None }, last_seq: None, stats: LinkStats::default() }
+        Self::with_mode(Mode::Lanyard)
     }
 
     /// A reassembler for Omi framing. `codec` is what the pendant's codec
     /// characteristic says; only codecs the relay can carry are accepted.
     pub fn omi(codec: OmiCodec) -> Option<Self> {
-        Some(Self {
-            mode: Mode::Omi { codec: codec.to_lanyard()?, pending: None, last_index: None },
-            last_seq: None,
-            stats: LinkStats::default(),
-        })
+        Some(Self::with_mode(Mode::Omi { codec: codec.to_lanyard()?, last_index: None }))
     }
 
+    fn with_mode(mode: Mode) -> Self {
+        Self {
+            mode,
+            current: Current::Idle,
+            last_seq: None,
+            stats: LinkStats::default(),
+        }
+    }
+
+    /// What the link did so far.
     pub fn stats(&self) -> LinkStats {
         self.stats
     }
 
-    /// Forgets sequence history, for a new BLE connection: a rebooted pendant
-    /// restarts its numbering and must not be mistaken for duplicates.
+    /// Forgets sequence history, for a new BLE connection: a reconnected
+    /// pendant restarts its numbering and must not be mistaken for
+    /// duplicates. A frame in progress is dropped without being counted, since
+    /// nothing says whether its rest was sent. The counters are kept.
     pub fn reset_link(&mut self) {
         self.last_seq = None;
-        match &mut self.mode {
-            Mode::Lanyard { pending } => *pending = None,
-            Mode::Omi { pending, last_index, .. } => {
-                *pending = None;
-                *last_index = None;
-            }
+        self.current = Current::Idle;
+        if let Mode::Omi { last_index, .. } = &mut self.mode {
+            *last_index = None;
         }
     }
 
     /// Feeds one notification. Returns the frame it completed, if any.
+    ///
+    /// An `Err` says why this notification was rejected; it is already
+    /// counted, and the reassembler stays usable.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Frame>, ReassemblyError> {
         self.stats.notifications += 1;
-        let result = match &mut self.mode {
-            Mode::Lanyard { pending } => Self::push_lanyard(pending, &mut self.stats, bytes),
-            Mode::Omi { codec, pending, last_index } => {
-                Self::push_omi(*codec, pending, last_index, &mut self.stats, bytes)
-            }
+        let result = match self.mode {
+            Mode::Lanyard => self.push_lanyard(bytes),
+            Mode::Omi { codec, .. } => self.push_omi(codec, bytes),
         };
         match result {
-            Ok(Some(frame)) => Ok(self.accept(frame)),
+            Ok(Some(frame)) => Ok(self.deliver(frame)),
             Ok(None) => Ok(None),
-            Err(e) => {
-                match e {
-                    ReassemblyError::OutOfOrderFragment { .. } | ReassemblyError::FrameTooLong { .. } => {
-                        self.stats.incomplete += 1
-                    }
-                    _ => self.stats.malformed += 1,
-                }
+            Err(e @ (ReassemblyError::Frame(_) | ReassemblyError::Omi(_))) => {
+                self.stats.malformed += 1;
                 Err(e)
             }
+            Err(e) => Err(e),
         }
     }
 
     /// Completes a frame held back by the framing, if any. Omi only knows a
     /// frame is whole when the next one starts, so the relay calls this when
-    /// the link goes quiet.
+    /// the link goes quiet. A Lanyard frame is whole only with its last
+    /// fragment, so for Lanyard this returns `None` and keeps any partial
+    /// frame, whose remaining fragments may still come.
     pub fn flush(&mut self) -> Option<Frame> {
-        let frame = match &mut self.mode {
-            Mode::Lanyard { .. } => None,
-            Mode::Omi { pending, .. } => pending.take().map(Pending::into_frame),
-        }?;
-        self.accept(frame)
+        if !matches!(self.mode, Mode::Omi { .. }) {
+            return None;
+        }
+        match std::mem::take(&mut self.current) {
+            Current::Pending(p) => self.deliver(p.into_frame()),
+            other => {
+                self.current = other;
+                None
+            }
+        }
     }
 
-    /// Applies sequence accounting to a completed frame.
-    fn accept(&mut self, frame: Frame) -> Option<Frame> {
+    /// Counts a frame dropped as incomplete.
+    fn incomplete(&mut self) {
+        self.stats.incomplete += 1;
+    }
+
+    /// Applies sequence accounting to a completed frame and hands it out.
+    fn deliver(&mut self, frame: Frame) -> Option<Frame> {
         if let Some(last) = self.last_seq {
             let d = seq_distance(last, frame.seq);
-            if d <= 0 && !frame.start {
+            if d <= 0 {
+                // Unreachable for Lanyard, which drops repeats notification
+                // by notification; kept as the last line of defence.
                 self.stats.duplicates += 1;
                 return None;
             }
-            // For Omi the distance counts notifications, and the frame that
-            // preceded this one spanned some of them; lost notifications were
-            // already counted where the gap was seen.
-            if d > 1 && matches!(self.mode, Mode::Lanyard { .. }) && !frame.start {
+            // Omi counts lost notifications where it sees the gap.
+            if matches!(self.mode, Mode::Lanyard) {
                 self.stats.lost += (d - 1) as u64;
             }
         }
@@ -170,109 +254,156 @@ impl Reassembler {
         Some(frame)
     }
 
-    fn push_lanyard(
-        pending: &mut Option<Pending>,
-        stats: &mut LinkStats,
-        bytes: &[u8],
-    ) -> Result<Option<Frame>, ReassemblyError> {
+    fn push_lanyard(&mut self, bytes: &[u8]) -> Result<Option<Frame>, ReassemblyError> {
         let n = ble::parse(bytes)?;
-        if n.fragment == 0 {
-            // A new frame; a previous one still pending lost its tail.
-            if pending.take().is_some() {
-                stats.incomplete += 1;
-            }
-            *pending = Some(Pending {
-                seq: n.seq,
-                codec: n.codec,
-                start: n.start,
-                end: n.end,
-                next_fragment: 1,
-                data: n.payload.to_vec(),
-            });
-        } else {
-            let Some(p) = pending.as_mut().filter(|p| p.seq == n.seq && p.next_fragment == n.fragment) else {
-                let expected = pending.as_ref().map_or(0, |p| p.next_fragment);
-                *pending = None;
-                return Err(ReassemblyError::OutOfOrderFragment { seq: n.seq, expected, got: n.fragment });
-            };
-            if p.data.len() + n.payload.len() > MAX_FRAME_LEN {
-                let seq = p.seq;
-                *pending = None;
-                return Err(ReassemblyError::FrameTooLong { seq });
-            }
-            p.data.extend_from_slice(n.payload);
-            p.next_fragment += 1;
-            p.start |= n.start;
-            p.end |= n.end;
+        if self.last_seq.is_some_and(|last| seq_distance(last, n.seq) <= 0) {
+            // A piece of a frame already delivered.
+            self.stats.duplicates += 1;
+            return Ok(None);
         }
-        Ok(Self::finish_lanyard(pending, n.more))
-    }
-
-    fn finish_lanyard(pending: &mut Option<Pending>, more: bool) -> Option<Frame> {
-        if more { None } else { pending.take().map(Pending::into_frame) }
-    }
-
-    fn push_omi(
-        codec: Codec,
-        pending: &mut Option<Pending>,
-        last_index: &mut Option<u16>,
-        stats: &mut LinkStats,
-        bytes: &[u8],
-    ) -> Result<Option<Frame>, ReassemblyError> {
-        let n = omi::parse(bytes)?;
-        if let Some(last) = *last_index {
-            let d = seq_distance(last, n.index);
-            if d <= 0 {
-                // A repeated notification: drop it without touching state.
-                stats.duplicates += 1;
+        match &mut self.current {
+            Current::Pending(p) if p.seq == n.seq => {
+                if n.fragment <= p.last_fragment {
+                    self.stats.duplicates += 1;
+                    return Ok(None);
+                }
+                // No overflow: a pending frame never holds fragment 255,
+                // which must be the last (checked below).
+                let expected = p.last_fragment.wrapping_add(1);
+                if n.fragment != expected {
+                    // A hole in the middle of the frame.
+                    self.current = Current::Discarding { seq: n.seq, fragment: n.fragment };
+                    self.incomplete();
+                    return Err(ReassemblyError::OutOfOrderFragment { seq: n.seq, expected, got: n.fragment });
+                }
+                if p.data.len() + n.payload.len() > MAX_FRAME_LEN || (n.more && n.fragment == u8::MAX) {
+                    self.current = Current::Discarding { seq: n.seq, fragment: n.fragment };
+                    self.incomplete();
+                    return Err(ReassemblyError::FrameTooLong { seq: n.seq });
+                }
+                p.data.extend_from_slice(n.payload);
+                p.last_fragment = n.fragment;
+                p.start |= n.start;
+                p.end |= n.end;
+            }
+            Current::Discarding { seq, fragment } if *seq == n.seq => {
+                if n.fragment <= *fragment {
+                    self.stats.duplicates += 1;
+                } else {
+                    *fragment = n.fragment;
+                }
                 return Ok(None);
             }
-            if d > 1 {
-                stats.lost += (d - 1) as u64;
-                // The pending frame may have lost its tail: drop it unless
-                // this notification starts a new frame, in which case the
-                // missing notifications were whole frames of their own.
-                if n.sub_index != 0 && pending.take().is_some() {
-                    stats.incomplete += 1;
+            _ => {
+                // A notification of a new frame: whatever was pending lost its tail.
+                if matches!(self.current, Current::Pending(_)) {
+                    self.incomplete();
                 }
+                if n.fragment != 0 {
+                    // A frame whose first fragment never came.
+                    self.current = Current::Discarding { seq: n.seq, fragment: n.fragment };
+                    self.incomplete();
+                    return Err(ReassemblyError::OutOfOrderFragment { seq: n.seq, expected: 0, got: n.fragment });
+                }
+                self.current = Current::Pending(Pending {
+                    seq: n.seq,
+                    codec: n.codec,
+                    start: n.start,
+                    end: n.end,
+                    last_fragment: 0,
+                    data: n.payload.to_vec(),
+                });
             }
         }
+        if n.more {
+            return Ok(None);
+        }
+        match std::mem::take(&mut self.current) {
+            Current::Pending(p) => Ok(Some(p.into_frame())),
+            _ => unreachable!("a pending frame was just updated"),
+        }
+    }
+
+    fn push_omi(&mut self, codec: Codec, bytes: &[u8]) -> Result<Option<Frame>, ReassemblyError> {
+        let n = omi::parse(bytes)?;
+        let Mode::Omi { last_index, .. } = &mut self.mode else { unreachable!("called in Omi mode") };
+        let gap = match *last_index {
+            Some(last) => {
+                let d = seq_distance(last, n.index);
+                if d <= 0 {
+                    self.stats.duplicates += 1;
+                    return Ok(None);
+                }
+                d - 1
+            }
+            None => 0,
+        };
         *last_index = Some(n.index);
+        self.stats.lost += gap as u64;
+
         if n.sub_index == 0 {
-            let done = pending.take().map(Pending::into_frame);
-            *pending = Some(Pending {
+            // A new frame starts. The pending one is whole only if nothing
+            // went missing in between.
+            let done = match std::mem::take(&mut self.current) {
+                Current::Pending(p) if gap == 0 => Some(p.into_frame()),
+                Current::Pending(_) => {
+                    self.incomplete();
+                    None
+                }
+                _ => None,
+            };
+            self.current = Current::Pending(Pending {
                 seq: n.index,
                 codec,
                 start: false,
                 end: false,
-                next_fragment: 1,
+                last_fragment: 0,
                 data: n.payload.to_vec(),
             });
             return Ok(done);
         }
-        match pending.as_mut() {
-            Some(p) if p.next_fragment == n.sub_index && p.data.len() + n.payload.len() <= MAX_FRAME_LEN => {
+
+        // A continuation. Does it belong to the frame in progress? Its
+        // sub-index must have advanced by exactly as many packet indices.
+        let (cur_index, cur_sub) = match &self.current {
+            Current::Pending(p) => (p.seq.wrapping_add(u16::from(p.last_fragment)), p.last_fragment),
+            Current::Discarding { seq, fragment } => (*seq, *fragment),
+            Current::Idle => {
+                self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
+                self.incomplete();
+                return Ok(None);
+            }
+        };
+        let same_frame = i32::from(n.sub_index) - i32::from(cur_sub) == seq_distance(cur_index, n.index);
+        match &mut self.current {
+            Current::Pending(p) if same_frame && gap == 0 => {
+                if p.data.len() + n.payload.len() > MAX_FRAME_LEN {
+                    let seq = p.seq;
+                    self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
+                    self.incomplete();
+                    return Err(ReassemblyError::FrameTooLong { seq });
+                }
                 p.data.extend_from_slice(n.payload);
-                p.next_fragment = p.next_fragment.wrapping_add(1);
+                p.last_fragment = n.sub_index;
                 Ok(None)
             }
-            Some(p) if p.next_fragment == n.sub_index => {
-                let seq = p.seq;
-                *pending = None;
-                Err(ReassemblyError::FrameTooLong { seq })
+            Current::Discarding { .. } if same_frame => {
+                self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
+                Ok(None)
             }
-            // A continuation whose start we never saw: nothing to attach it to.
             _ => {
-                *pending = None;
-                stats.incomplete += 1;
+                // Either the pending frame lost a middle piece (counted once
+                // here), or this is a new frame whose start never came
+                // (counted as its own incomplete frame).
+                if matches!(self.current, Current::Pending(_)) {
+                    self.incomplete();
+                }
+                if !same_frame {
+                    self.incomplete();
+                }
+                self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
                 Ok(None)
             }
         }
-    }
-}
-
-impl Pending {
-    fn into_frame(self) -> Frame {
-        Frame { seq: self.seq, codec: self.codec, start: self.start, end: self.end, data: self.data }
     }
 }

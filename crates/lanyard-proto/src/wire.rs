@@ -41,8 +41,9 @@ use crate::ble::Codec;
 /// beside v1 while old phones are still in the field.
 pub const STREAM_PATH: &str = "/v1/stream";
 
-/// Binary message kinds.
+/// First byte of an AUDIO message (relay to server).
 pub const KIND_AUDIO: u8 = 0x01;
+/// First byte of an ACK message (server to relay).
 pub const KIND_ACK: u8 = 0x02;
 /// Bytes before the codec frame in an AUDIO message.
 pub const AUDIO_HEADER_LEN: usize = 9;
@@ -123,15 +124,20 @@ pub enum ServerMsg {
 /// One AUDIO message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audio<'a> {
+    /// The utterance, as bound by `open` on this connection.
     pub handle: u32,
+    /// Frame number within the utterance, from 0, without gaps.
     pub seq: u32,
+    /// One codec frame, at most [`limits::MAX_FRAME_BYTES`] bytes.
     pub frame: &'a [u8],
 }
 
 /// One ACK message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
+    /// The utterance, as bound by `open` on this connection.
     pub handle: u32,
+    /// Every frame with `seq < next` is durable on the server.
     pub next: u32,
 }
 
@@ -142,6 +148,17 @@ pub enum Binary<'a> {
     Ack(Ack),
 }
 
+impl Binary<'_> {
+    /// Encodes the message, the inverse of [`parse_binary`].
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Binary::Audio(a) => encode_audio(a),
+            Binary::Ack(a) => encode_ack(*a).to_vec(),
+        }
+    }
+}
+
+/// Why a WebSocket message is not this protocol. See [`WireError::close_code`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum WireError {
     #[error("empty binary message")]
@@ -231,12 +248,14 @@ pub fn parse_server_text(s: &str) -> Result<ServerMsg, WireError> {
 }
 
 impl ClientMsg {
+    /// The exact text frame to send.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("control messages always serialize")
     }
 }
 
 impl ServerMsg {
+    /// The exact text frame to send.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("control messages always serialize")
     }
@@ -259,6 +278,7 @@ pub enum UtteranceState {
 }
 
 impl UtteranceState {
+    /// The name used in JSON and in the store.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Receiving => "receiving",
@@ -269,6 +289,7 @@ impl UtteranceState {
         }
     }
 
+    /// Inverse of [`UtteranceState::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "receiving" => Self::Receiving,
@@ -284,13 +305,19 @@ impl UtteranceState {
 /// `GET /v1/utterances/{id}`: an utterance as its device sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UtteranceView {
+    /// The id the relay chose for the utterance.
     pub id: Uuid,
+    /// Where the utterance is in the pipeline.
     pub state: UtteranceState,
     /// Frames held durably.
     pub frames: u32,
+    /// The final transcript, once transcribed.
     pub transcript: Option<String>,
+    /// The reply's push title, once replied.
     pub reply_title: Option<String>,
+    /// The reply's push body, once replied.
     pub reply_body: Option<String>,
+    /// Why processing failed, in state `failed`.
     pub error: Option<String>,
     /// Milliseconds since the Unix epoch at each step, when reached.
     pub timings: Timings,
@@ -301,17 +328,24 @@ pub struct UtteranceView {
 pub struct Timings {
     /// The last frame (or the upload) made the utterance complete.
     pub received_end_ms: Option<i64>,
+    /// Transcription started.
     pub stt_start_ms: Option<i64>,
+    /// Transcription finished.
     pub stt_done_ms: Option<i64>,
+    /// The reply was stored.
     pub reply_ms: Option<i64>,
+    /// The push request was made.
     pub push_ms: Option<i64>,
 }
 
 /// `PUT /v1/utterances/{id}/audio` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadResponse {
+    /// The utterance the upload was for.
     pub utterance: Uuid,
+    /// Where it is now; at least `complete` after a successful upload.
     pub state: UtteranceState,
+    /// Frames the server holds for it.
     pub frames: u32,
     /// Frames this request added; 0 when the server already had them all.
     pub added: u32,
@@ -320,14 +354,19 @@ pub struct UploadResponse {
 /// `PUT /v1/device/push`: where the device's notifications go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRegistration {
+    /// Which push service the token belongs to.
     pub platform: PushPlatform,
+    /// The device token the platform issued.
     pub token: String,
 }
 
+/// Push services a device may register with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PushPlatform {
+    /// Apple Push Notification service.
     Apns,
+    /// Firebase Cloud Messaging.
     Fcm,
 }
 

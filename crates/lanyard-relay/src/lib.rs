@@ -1,1 +1,23 @@
-//! The phone-side core: BLE reassembly, a durable spool, and the uplink to the server.
+//! The relay: the phone-side core of Lanyard.
+//!
+//! It takes audio notifications from the pendant, writes every frame to a
+//! durable spool before anything else, streams the spool to the server over
+//! the WebSocket protocol, and deletes audio only once the server has
+//! acknowledged holding all of it.
+//!
+//! The deciding parts are sans-I/O and testable with a simulated clock:
+//! - [`spool`]: the on-disk, crash-safe frame log;
+//! - [`boundary`]: utterance boundaries from pendant markers or silence;
+//! - [`uplink`]: what to send, when to reconnect, when the spool may delete.
+//!
+//! [`host`] is the thin tokio shell that wires them to a pendant link and a
+//! WebSocket; [`link`] is how a pendant's notifications reach it.
+
+pub mod boundary;
+pub mod host;
+pub mod link;
+pub mod spool;
+pub mod uplink;
+
+pub use host::{HostConfig, run};
+pub use uplink::RelayEvent;

@@ -108,6 +108,9 @@ pub trait Store: Send + Sync + 'static {
     /// The device whose token hashes to `token_hash`.
     async fn device_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<Device>>;
 
+    /// The device with this id.
+    async fn device(&self, id: Uuid) -> Result<Option<Device>>;
+
     /// Replaces the device's push target.
     async fn set_push_target(&self, device_id: Uuid, target: &PushTarget) -> Result<()>;
 
@@ -147,7 +150,8 @@ pub trait Store: Send + Sync + 'static {
     /// work that a restarted server must pick up again.
     async fn unfinished(&self) -> Result<Vec<Uuid>>;
 
-    /// How many times the transcript of `id` was stored. Always 0 or 1; the
-    /// exactly-once tests read it.
+    /// How many times [`Store::set_transcript`] was called for `id`, counting
+    /// calls that changed nothing. A correct server makes it 0 or 1; the
+    /// exactly-once tests read it to catch speech-to-text running twice.
     async fn transcript_writes(&self, id: Uuid) -> Result<u32>;
 }

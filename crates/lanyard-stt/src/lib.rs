@@ -1,1 +1,58 @@
-//! placeholder
+//! Speech-to-text for the Lanyard server: one trait, one default engine.
+//!
+//! The server hands each finished utterance (16 kHz mono `f32`, decoded from
+//! the pendant's Opus) to a [`SpeechToText`] and stores the [`Transcript`].
+//! Every engine implements the same trait, so the server, the tests and the
+//! benchmarks never name a backend.
+//!
+//! The default engine, [`WhisperCt2`], runs an OpenAI Whisper model converted
+//! to CTranslate2 (any faster-whisper model directory) on the CPU. Its design
+//! choices (a trimmed encoder window with a 10 s floor, the English-only
+//! prompt, the loop guards) are explained in the `whisper` module's doc.
+//!
+//! Code map:
+//! - `whisper`: [`WhisperCt2`] and its [`WhisperConfig`];
+//! - [`mel`]: Whisper's log-mel front end, matched against numpy;
+//! - [`guards`]: pure checks against decoder loops;
+//! - `preprocessor`: [`ensure_preprocessor_config`] and [`PreprocessorConfig`];
+//! - `wer`: [`word_error_rate`], the quality yardstick for tests and benchmarks;
+//! - `error`: [`SttError`], whose messages say what to do next.
+//!
+//! **Architecture invariant:** only this crate knows about CTranslate2,
+//! tokenizers and mel spectrograms; callers see PCM in and text out.
+
+mod error;
+pub mod guards;
+pub mod mel;
+mod preprocessor;
+mod wer;
+mod whisper;
+
+pub use error::SttError;
+pub use preprocessor::{
+    EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig, ensure_preprocessor_config,
+};
+pub use wer::word_error_rate;
+pub use whisper::{DEFAULT_MIN_WINDOW_SECS, WhisperConfig, WhisperCt2};
+
+/// A speech recogniser. Implementations are loaded once and shared across
+/// connections, hence `Send + Sync` and `&self`.
+pub trait SpeechToText: Send + Sync {
+    /// Transcribes one utterance of 16 kHz mono samples in `[-1, 1]`.
+    /// Blocking and CPU-bound: async callers should use `spawn_blocking`.
+    fn transcribe(&self, pcm16k: &[f32]) -> Result<Transcript, SttError>;
+
+    /// A short, stable name for logs and metrics, e.g. `"whisper-ct2"`.
+    fn name(&self) -> &str;
+}
+
+/// The text of one utterance, with the costs needed to watch the real-time factor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transcript {
+    /// The recognised text, trimmed; empty when no speech was found.
+    pub text: String,
+    /// Duration of the input audio in seconds.
+    pub audio_secs: f32,
+    /// Wall-clock seconds spent transcribing (features, encoder and decoder).
+    pub compute_secs: f32,
+}

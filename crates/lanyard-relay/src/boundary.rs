@@ -1,0 +1,146 @@
+//! Utterance boundaries: which frames belong to which utterance.
+//!
+//! A Lanyard pendant marks the first and last frame of each utterance. Omi
+//! pendants mark nothing, and any pendant may go out of range mid-sentence,
+//! so an utterance also ends after [`BoundaryConfig::silence_timeout_ms`]
+//! without BLE data.
+//!
+//! After a relay restart the spool may hold an utterance that never ended
+//! (the app was killed while the user spoke). If the pendant carries on with
+//! frames that do not start a new utterance, they are the rest of that one:
+//! the tracker adopts it rather than splitting one sentence in two.
+
+use lanyard_proto::ble::Codec;
+use lanyard_proto::reassembly::Frame;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct BoundaryConfig {
+    /// BLE silence that ends an utterance. 1.5 s is longer than a breath
+    /// between clauses and short enough for a reply within seconds.
+    pub silence_timeout_ms: u64,
+}
+
+impl Default for BoundaryConfig {
+    fn default() -> Self {
+        Self { silence_timeout_ms: 1500 }
+    }
+}
+
+/// What the tracker tells the shell to do with the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Begin { id: Uuid, codec: Codec },
+    Frame { id: Uuid, data: Vec<u8> },
+    End { id: Uuid },
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    cfg: BoundaryConfig,
+    current: Option<(Uuid, Codec)>,
+    last_frame_ms: u64,
+}
+
+impl Tracker {
+    /// `resumed` is the spool's unfinished utterance after a restart, if any.
+    pub fn new(cfg: BoundaryConfig, resumed: Option<(Uuid, Codec)>, now_ms: u64) -> Self {
+        Self { cfg, current: resumed, last_frame_ms: now_ms }
+    }
+
+    pub fn current(&self) -> Option<Uuid> {
+        self.current.map(|(id, _)| id)
+    }
+
+    /// Routes one reassembled frame. `mint` makes a new utterance id.
+    pub fn on_frame(&mut self, frame: Frame, now_ms: u64, mint: impl FnOnce() -> Uuid, out: &mut Vec<Step>) {
+        self.last_frame_ms = now_ms;
+        if frame.start || self.current.is_some_and(|(_, c)| c != frame.codec) {
+            self.end(out);
+        }
+        let id = match self.current {
+            Some((id, _)) => id,
+            None => {
+                let id = mint();
+                self.current = Some((id, frame.codec));
+                out.push(Step::Begin { id, codec: frame.codec });
+                id
+            }
+        };
+        // An empty frame only carries a marker.
+        if !frame.data.is_empty() {
+            out.push(Step::Frame { id, data: frame.data });
+        }
+        if frame.end {
+            self.end(out);
+        }
+    }
+
+    /// Ends the current utterance if the link has been silent too long.
+    pub fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Step>) {
+        if self.current.is_some() && now_ms.saturating_sub(self.last_frame_ms) >= self.cfg.silence_timeout_ms {
+            self.end(out);
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<Step>) {
+        if let Some((id, _)) = self.current.take() {
+            out.push(Step::End { id });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(start: bool, end: bool, data: &[u8]) -> Frame {
+        Frame { seq: 0, codec: Codec::Opus16k20ms, start, end, data: data.to_vec() }
+    }
+
+    #[test]
+    fn markers_and_silence_split_utterances() {
+        let mut ids = (1..).map(|i| Uuid::from_u128(i));
+        let mut t = Tracker::new(BoundaryConfig::default(), None, 0);
+        let mut out = vec![];
+        t.on_frame(frame(true, false, b"a"), 0, || ids.next().unwrap(), &mut out);
+        t.on_frame(frame(false, true, b"b"), 20, || ids.next().unwrap(), &mut out);
+        // No start marker (Omi): a new utterance anyway, ended by silence.
+        t.on_frame(frame(false, false, b"c"), 5000, || ids.next().unwrap(), &mut out);
+        t.on_tick(6000, &mut out);
+        assert!(out.iter().all(|s| !matches!(s, Step::End { id } if *id == Uuid::from_u128(2))));
+        t.on_tick(6500, &mut out);
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(
+            out,
+            vec![
+                Step::Begin { id: a, codec: Codec::Opus16k20ms },
+                Step::Frame { id: a, data: b"a".to_vec() },
+                Step::Frame { id: a, data: b"b".to_vec() },
+                Step::End { id: a },
+                Step::Begin { id: b, codec: Codec::Opus16k20ms },
+                Step::Frame { id: b, data: b"c".to_vec() },
+                Step::End { id: b },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_restarted_relay_adopts_the_unfinished_utterance() {
+        let old = Uuid::from_u128(7);
+        let mut t = Tracker::new(BoundaryConfig::default(), Some((old, Codec::Opus16k20ms)), 0);
+        let mut out = vec![];
+        t.on_frame(frame(false, true, b"tail"), 10, || unreachable!(), &mut out);
+        assert_eq!(out, vec![Step::Frame { id: old, data: b"tail".to_vec() }, Step::End { id: old }]);
+    }
+
+    #[test]
+    fn a_start_marker_closes_an_adopted_utterance() {
+        let old = Uuid::from_u128(7);
+        let mut t = Tracker::new(BoundaryConfig::default(), Some((old, Codec::Opus16k20ms)), 0);
+        let mut out = vec![];
+        t.on_frame(frame(true, false, b"x"), 10, || Uuid::from_u128(8), &mut out);
+        assert_eq!(out[0], Step::End { id: old });
+        assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: Codec::Opus16k20ms });
+    }
+}

@@ -1,0 +1,343 @@
+//! The uplink: a sans-I/O state machine that decides what to send to the
+//! server and when.
+//!
+//! It takes [`Input`]s (frames spooled, utterances ended, the connection
+//! coming up or going down, server messages, clock ticks) and returns
+//! [`Action`]s (connect, send this, the server holds that utterance so the
+//! spool may drop it, tell the app this). It owns no socket, file or clock:
+//! the tokio shell in [`crate::host`] carries the actions out, and tests
+//! drive it with a simulated clock.
+//!
+//! # Rules
+//!
+//! - On every (re)connect each pending utterance is `open`ed again; the
+//!   server's `opened.next_seq` is the resume point, so frames the server
+//!   already holds are never sent as new audio and nothing it lacks is skipped.
+//! - At most [`UplinkConfig::window`] frames are in flight per utterance
+//!   (sent, not yet acked). That bounds the socket's send queue: a slow link
+//!   backs up into the spool on disk, not into memory.
+//! - `end` is sent once every frame has been sent; the utterance is done only
+//!   when the server answers `complete`, and only then may the spool delete it.
+//! - After a failed connection the next attempt waits an exponential backoff
+//!   with jitter, so that a fleet of phones does not reconnect in lockstep.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lanyard_proto::ble::Codec;
+use lanyard_proto::wire::{Ack, ClientMsg, ServerMsg, limits};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Tunables of the uplink.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Most frames in flight per utterance. 250 frames is 5 s of audio: enough
+    /// to keep a 300 ms round trip busy many times over.
+    pub window: u32,
+    /// First reconnect delay.
+    pub backoff_base_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// How long to keep the connection open after the last utterance
+    /// completed, to receive its transcript and reply over the socket.
+    pub linger_ms: u64,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self { window: 250, backoff_base_ms: 200, backoff_max_ms: 10_000, linger_ms: 30_000 }
+    }
+}
+
+/// What happens to the uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The spool holds `frames` frames of utterance `id` (a running total).
+    Spooled { id: Uuid, codec: Codec, frames: u32 },
+    /// Utterance `id` has ended with `frames` frames.
+    Ended { id: Uuid, codec: Codec, frames: u32 },
+    /// The WebSocket is open and authenticated.
+    Connected,
+    /// The WebSocket closed or could not be opened.
+    Disconnected { reason: String },
+    Server(ServerMsg),
+    Ack(Ack),
+    /// Time passed.
+    Tick,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open the WebSocket. The shell answers with `Connected` or `Disconnected`.
+    Connect,
+    /// Close the WebSocket: nothing left to do.
+    Disconnect,
+    SendText(ClientMsg),
+    /// Read frame `seq` of `id` from the spool and send it as AUDIO.
+    SendAudio { id: Uuid, handle: u32, seq: u32 },
+    /// The server holds all of `id`: the spool may delete it.
+    Done(Uuid),
+    /// Tell the app.
+    Emit(RelayEvent),
+}
+
+/// Events for the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RelayEvent {
+    Connected,
+    Disconnected { reason: String, retry_in_ms: u64 },
+    UtteranceStarted { id: Uuid },
+    UtteranceEnded { id: Uuid, frames: u32, lost: u32 },
+    Complete { id: Uuid, frames: u32 },
+    Partial { id: Uuid, text: String },
+    Final { id: Uuid, text: String },
+    Reply { id: Uuid, title: String, body: String },
+    Error { id: Option<Uuid>, code: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not opened on the current connection.
+    Closed,
+    /// `open` sent, waiting for `opened`.
+    Opening,
+    /// Sending.
+    Open,
+}
+
+#[derive(Debug, Clone)]
+struct Utt {
+    codec: Codec,
+    spooled: u32,
+    /// Total frames, once ended.
+    total: Option<u32>,
+    phase: Phase,
+    handle: u32,
+    next_send: u32,
+    acked: u32,
+    end_sent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Conn {
+    Down { retry_at: u64 },
+    Connecting,
+    Up,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct Uplink {
+    cfg: UplinkConfig,
+    conn: Conn,
+    attempt: u32,
+    /// Oldest first (UUIDv7 ids sort by time).
+    utts: BTreeMap<Uuid, Utt>,
+    handles: HashMap<u32, Uuid>,
+    next_handle: u32,
+    /// When the last utterance completed; the connection lingers after it.
+    linger_until: u64,
+    rng: u64,
+}
+
+impl Uplink {
+    /// `seed` feeds the backoff jitter; pass something random in production
+    /// and a constant in tests.
+    pub fn new(cfg: UplinkConfig, seed: u64) -> Self {
+        Self {
+            cfg,
+            conn: Conn::Down { retry_at: 0 },
+            attempt: 0,
+            utts: BTreeMap::new(),
+            handles: HashMap::new(),
+            next_handle: 1,
+            linger_until: 0,
+            rng: seed | 1,
+        }
+    }
+
+    /// Utterances not yet acknowledged complete.
+    pub fn pending(&self) -> usize {
+        self.utts.len()
+    }
+
+    /// Frames of `id` the server has acknowledged as durable.
+    pub fn acked(&self, id: Uuid) -> Option<u32> {
+        self.utts.get(&id).map(|u| u.acked)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn == Conn::Up
+    }
+
+    /// Feeds one input at time `now_ms`; appends the resulting actions to `out`.
+    pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Action>) {
+        match input {
+            Input::Spooled { id, codec, frames } => {
+                self.utt_entry(id, codec).spooled = frames;
+            }
+            Input::Ended { id, codec, frames } => {
+                let u = self.utt_entry(id, codec);
+                u.spooled = frames;
+                u.total = Some(frames);
+            }
+            Input::Connected => {
+                self.conn = Conn::Up;
+                self.attempt = 0;
+                out.push(Action::Emit(RelayEvent::Connected));
+            }
+            Input::Disconnected { reason } => {
+                let delay = self.backoff();
+                self.attempt = self.attempt.saturating_add(1);
+                self.conn = Conn::Down { retry_at: now_ms + delay };
+                self.handles.clear();
+                for u in self.utts.values_mut() {
+                    u.phase = Phase::Closed;
+                    u.end_sent = false;
+                }
+                out.push(Action::Emit(RelayEvent::Disconnected { reason, retry_in_ms: delay }));
+            }
+            Input::Ack(ack) => {
+                if let Some(u) = self.handles.get(&ack.handle).and_then(|id| self.utts.get_mut(id)) {
+                    // Acks are cumulative; an old one arriving late changes nothing.
+                    u.acked = u.acked.max(ack.next.min(u.next_send));
+                }
+            }
+            Input::Server(msg) => self.on_server(now_ms, msg, out),
+            Input::Tick => {}
+        }
+        self.pump(now_ms, out);
+    }
+
+    /// When the shell should next send `Tick`, if it has nothing else to say.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match self.conn {
+            Conn::Down { retry_at } if self.wants_connection(retry_at) => Some(retry_at),
+            Conn::Up if self.utts.is_empty() => Some(self.linger_until),
+            _ => None,
+        }
+    }
+
+    fn utt_entry(&mut self, id: Uuid, codec: Codec) -> &mut Utt {
+        self.utts.entry(id).or_insert(Utt {
+            codec,
+            spooled: 0,
+            total: None,
+            phase: Phase::Closed,
+            handle: 0,
+            next_send: 0,
+            acked: 0,
+            end_sent: false,
+        })
+    }
+
+    fn wants_connection(&self, now_ms: u64) -> bool {
+        !self.utts.is_empty() || now_ms < self.linger_until
+    }
+
+    fn on_server(&mut self, now_ms: u64, msg: ServerMsg, out: &mut Vec<Action>) {
+        match msg {
+            ServerMsg::Opened { utterance, handle, next_seq, complete } => {
+                let Some(u) = self.utts.get_mut(&utterance) else { return };
+                if u.handle != handle || u.phase != Phase::Opening {
+                    return;
+                }
+                if complete {
+                    self.finish(now_ms, utterance, next_seq, out);
+                    return;
+                }
+                // Resume exactly where the server's durable copy ends.
+                u.phase = Phase::Open;
+                u.acked = next_seq.min(u.spooled);
+                u.next_send = u.acked;
+            }
+            ServerMsg::Complete { utterance, frames } => self.finish(now_ms, utterance, frames, out),
+            ServerMsg::Partial { utterance, text } => {
+                out.push(Action::Emit(RelayEvent::Partial { id: utterance, text }));
+            }
+            ServerMsg::Final { utterance, text } => {
+                out.push(Action::Emit(RelayEvent::Final { id: utterance, text }));
+            }
+            ServerMsg::Reply { utterance, title, body } => {
+                out.push(Action::Emit(RelayEvent::Reply { id: utterance, title, body }));
+            }
+            ServerMsg::Error { utterance, code, message } => {
+                out.push(Action::Emit(RelayEvent::Error { id: utterance, code, message }));
+            }
+        }
+    }
+
+    fn finish(&mut self, now_ms: u64, id: Uuid, frames: u32, out: &mut Vec<Action>) {
+        if let Some(u) = self.utts.remove(&id) {
+            self.handles.remove(&u.handle);
+            self.linger_until = now_ms + self.cfg.linger_ms;
+            out.push(Action::Done(id));
+            out.push(Action::Emit(RelayEvent::Complete { id, frames }));
+        }
+    }
+
+    /// Sends whatever the state allows.
+    fn pump(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        match self.conn {
+            Conn::Down { retry_at } => {
+                if now_ms >= retry_at && self.wants_connection(now_ms) {
+                    self.conn = Conn::Connecting;
+                    out.push(Action::Connect);
+                }
+                return;
+            }
+            Conn::Connecting => return,
+            Conn::Up => {}
+        }
+        if !self.wants_connection(now_ms) {
+            self.conn = Conn::Down { retry_at: 0 };
+            out.push(Action::Disconnect);
+            return;
+        }
+        let mut opening = self.utts.values().filter(|u| u.phase != Phase::Closed).count();
+        for (&id, u) in &mut self.utts {
+            if u.phase == Phase::Closed {
+                // The server caps open utterances per connection; stay under it
+                // and open the rest as earlier ones complete.
+                if opening >= limits::MAX_OPEN_UTTERANCES {
+                    continue;
+                }
+                opening += 1;
+                u.handle = self.next_handle;
+                self.next_handle = self.next_handle.wrapping_add(1).max(1);
+                self.handles.insert(u.handle, id);
+                u.phase = Phase::Opening;
+                out.push(Action::SendText(ClientMsg::Open { utterance: id, handle: u.handle, codec: u.codec }));
+                continue;
+            }
+            if u.phase != Phase::Open {
+                continue;
+            }
+            while u.next_send < u.spooled && u.next_send - u.acked < self.cfg.window {
+                out.push(Action::SendAudio { id, handle: u.handle, seq: u.next_send });
+                u.next_send += 1;
+            }
+            if let Some(total) = u.total
+                && !u.end_sent
+                && u.next_send >= total
+            {
+                u.end_sent = true;
+                out.push(Action::SendText(ClientMsg::End { utterance: id, frames: total }));
+            }
+        }
+    }
+
+    /// Exponential backoff with "equal jitter": half fixed, half random, so a
+    /// retry never comes immediately but fleets still spread out.
+    fn backoff(&mut self) -> u64 {
+        let exp = self.cfg.backoff_base_ms.saturating_mul(1u64 << self.attempt.min(20));
+        let cap = exp.min(self.cfg.backoff_max_ms);
+        // xorshift64: good enough for jitter, and deterministic under a fixed seed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        cap / 2 + self.rng % (cap / 2 + 1)
+    }
+}

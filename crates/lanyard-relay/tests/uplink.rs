@@ -1,0 +1,158 @@
+//! The uplink state machine against a model server, on a simulated clock,
+//! with the connection cut at random points.
+
+use std::collections::{HashMap, VecDeque};
+
+use lanyard_proto::ble::Codec;
+use lanyard_proto::wire::{Ack, ClientMsg, ServerMsg};
+use lanyard_relay::uplink::{Action, Input, Uplink, UplinkConfig};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+/// A server that holds frames durably and acks at once.
+#[derive(Default)]
+struct ModelServer {
+    held: HashMap<Uuid, u32>,
+    complete: HashMap<Uuid, u32>,
+    handles: HashMap<u32, Uuid>,
+    /// Frames received that the server already held, after it told the
+    /// client where to resume: re-sent acknowledged audio.
+    resent_after_resume: u32,
+}
+
+impl ModelServer {
+    fn on(&mut self, a: &Action, replies: &mut VecDeque<Input>) {
+        match a {
+            Action::SendText(ClientMsg::Open { utterance, handle, .. }) => {
+                self.handles.insert(*handle, *utterance);
+                let held = *self.held.get(utterance).unwrap_or(&0);
+                let complete = self.complete.contains_key(utterance);
+                replies.push_back(Input::Server(ServerMsg::Opened { utterance: *utterance, handle: *handle, next_seq: held, complete }));
+            }
+            Action::SendAudio { handle, seq, .. } => {
+                let id = self.handles[handle];
+                let held = self.held.entry(id).or_default();
+                assert!(*seq <= *held, "a gap: frame {seq} while holding {held}");
+                if *seq < *held {
+                    self.resent_after_resume += 1;
+                } else {
+                    *held += 1;
+                }
+                replies.push_back(Input::Ack(Ack { handle: *handle, next: *held }));
+            }
+            Action::SendText(ClientMsg::End { utterance, frames }) => {
+                assert_eq!(self.held[utterance], *frames, "end before all frames are held");
+                self.complete.insert(*utterance, *frames);
+                replies.push_back(Input::Server(ServerMsg::Complete { utterance: *utterance, frames: *frames }));
+            }
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_utterance_completes_once_without_resending_acknowledged_audio(
+        sizes in proptest::collection::vec(1u32..400, 1..6),
+        cuts in proptest::collection::vec(0usize..2000, 0..8),
+        seed in any::<u64>(),
+    ) {
+        let mut up = Uplink::new(UplinkConfig { window: 50, ..UplinkConfig::default() }, seed);
+        let mut server = ModelServer::default();
+        let ids: Vec<Uuid> = sizes.iter().map(|_| Uuid::now_v7()).collect();
+        let mut now = 0u64;
+        let mut out = Vec::new();
+        for (id, &n) in ids.iter().zip(&sizes) {
+            up.handle(now, Input::Ended { id: *id, codec: Codec::Opus16k20ms, frames: n }, &mut out);
+        }
+        let mut inbox: VecDeque<Input> = VecDeque::new();
+        let mut done = Vec::new();
+        let mut connected = false;
+        let mut steps = 0usize;
+        while done.len() < ids.len() {
+            steps += 1;
+            prop_assert!(steps < 200_000, "no progress");
+            for a in out.drain(..) {
+                match &a {
+                    Action::Connect => inbox.push_back(Input::Connected),
+                    Action::Done(id) => done.push(*id),
+                    _ if connected => server.on(&a, &mut inbox),
+                    _ => {}
+                }
+            }
+            if cuts.contains(&steps) && connected {
+                // The connection drops: everything in flight is lost.
+                inbox.clear();
+                connected = false;
+                up.handle(now, Input::Disconnected { reason: "cut".into() }, &mut out);
+                continue;
+            }
+            match inbox.pop_front() {
+                Some(input) => {
+                    if input == Input::Connected { connected = true; }
+                    up.handle(now, input, &mut out);
+                }
+                None => {
+                    now += 50;
+                    up.handle(now, Input::Tick, &mut out);
+                }
+            }
+        }
+        done.sort();
+        let mut want = ids.clone();
+        want.sort();
+        prop_assert_eq!(done, want, "each utterance is done exactly once");
+        for (id, &n) in ids.iter().zip(&sizes) {
+            prop_assert_eq!(server.held[id], n);
+        }
+        prop_assert_eq!(server.resent_after_resume, 0);
+    }
+}
+
+#[test]
+fn backoff_grows_with_jitter_and_resets_on_connect() {
+    let cfg = UplinkConfig { backoff_base_ms: 100, backoff_max_ms: 1600, ..UplinkConfig::default() };
+    let mut up = Uplink::new(cfg, 42);
+    let mut out = Vec::new();
+    up.handle(0, Input::Ended { id: Uuid::now_v7(), codec: Codec::Opus16k20ms, frames: 1 }, &mut out);
+    assert_eq!(out, vec![Action::Connect]);
+    let mut delays = Vec::new();
+    let mut now = 0;
+    for _ in 0..7 {
+        out.clear();
+        up.handle(now, Input::Disconnected { reason: "x".into() }, &mut out);
+        let retry = up.next_deadline().unwrap();
+        delays.push(retry - now);
+        now = retry;
+        out.clear();
+        up.handle(now, Input::Tick, &mut out);
+        assert_eq!(out, vec![Action::Connect], "reconnects exactly at the deadline");
+    }
+    for (i, d) in delays.iter().enumerate() {
+        let cap = (100u64 << i).min(1600);
+        assert!((cap / 2..=cap).contains(d), "attempt {i}: delay {d} outside [{}, {cap}]", cap / 2);
+    }
+    out.clear();
+    up.handle(now, Input::Connected, &mut out);
+    up.handle(now, Input::Disconnected { reason: "x".into() }, &mut out);
+    assert!(up.next_deadline().unwrap() - now <= 100, "a successful connect resets the backoff");
+}
+
+#[test]
+fn in_flight_frames_are_bounded_by_the_window() {
+    let mut up = Uplink::new(UplinkConfig { window: 10, ..UplinkConfig::default() }, 1);
+    let id = Uuid::now_v7();
+    let mut out = Vec::new();
+    up.handle(0, Input::Spooled { id, codec: Codec::Opus16k20ms, frames: 100 }, &mut out);
+    up.handle(0, Input::Connected, &mut out);
+    out.clear();
+    let handle = 1;
+    up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 0, complete: false }), &mut out);
+    let sent = out.iter().filter(|a| matches!(a, Action::SendAudio { .. })).count();
+    assert_eq!(sent, 10);
+    out.clear();
+    up.handle(0, Input::Ack(Ack { handle, next: 4 }), &mut out);
+    assert_eq!(out.iter().filter(|a| matches!(a, Action::SendAudio { .. })).count(), 4);
+}

@@ -1,0 +1,173 @@
+//! Durable utterance audio on the server.
+//!
+//! Each utterance's frames live in one append-only file,
+//! `audio/{device}/{utterance}.frames`, as records:
+//!
+//! ```text
+//! +--------------+-----------------+---------------------+
+//! | len (u32 LE) | crc32c (u32 LE) | codec frame (len)   |
+//! +--------------+-----------------+---------------------+
+//! ```
+//!
+//! Record *i* is frame *i*. The file is the truth about how many frames the
+//! server holds: an acknowledgement is sent only after the records are
+//! written and `fdatasync`ed, and on open a torn tail (from a crash mid-write)
+//! is truncated, so the count never includes a frame that is not fully on disk.
+//! Because the count is the resume point, a frame is never stored twice.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lanyard_proto::ble::MAX_FRAME_LEN;
+use uuid::Uuid;
+
+/// The frames of one utterance, open for appending.
+#[derive(Debug)]
+pub struct UtteranceAudio {
+    path: PathBuf,
+    file: File,
+    frames: u32,
+}
+
+impl UtteranceAudio {
+    /// Frames held durably.
+    pub fn frames(&self) -> u32 {
+        self.frames
+    }
+
+    /// Appends frames and makes them durable. On return `frames()` counts them.
+    pub fn append_durable<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> io::Result<u32> {
+        let mut buf = Vec::new();
+        let mut n = 0u32;
+        for f in frames {
+            buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32c::crc32c(f).to_le_bytes());
+            buf.extend_from_slice(f);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(self.frames);
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.frames += n;
+        Ok(self.frames)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads every intact frame of a file; the second value is the length of the
+/// intact prefix in bytes.
+fn read_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while bytes.len() >= pos + 8 {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        if len > MAX_FRAME_LEN || bytes.len() < pos + 8 + len {
+            break;
+        }
+        let frame = &bytes[pos + 8..pos + 8 + len];
+        if crc32c::crc32c(frame) != crc {
+            break;
+        }
+        out.push(frame);
+        pos += 8 + len;
+    }
+    (out, pos)
+}
+
+/// All utterance audio files, and the ones currently open.
+#[derive(Debug)]
+pub struct AudioStore {
+    root: PathBuf,
+    /// Utterances being written. A stream and an upload of the same
+    /// utterance share one entry, so their appends are serialized.
+    open: Mutex<HashMap<Uuid, Arc<Mutex<UtteranceAudio>>>>,
+}
+
+impl AudioStore {
+    pub fn new(root: PathBuf) -> io::Result<Self> {
+        fs::create_dir_all(&root)?;
+        Ok(Self { root, open: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn path(&self, device: Uuid, utterance: Uuid) -> PathBuf {
+        self.root.join(device.to_string()).join(format!("{utterance}.frames"))
+    }
+
+    /// Opens an utterance for appending, recovering its frame count. Blocking.
+    pub fn writer(&self, device: Uuid, utterance: Uuid) -> io::Result<Arc<Mutex<UtteranceAudio>>> {
+        let mut open = self.open.lock().expect("audio map poisoned");
+        if let Some(w) = open.get(&utterance) {
+            return Ok(w.clone());
+        }
+        let path = self.path(device, utterance);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (records, good) = read_records(&bytes);
+        let frames = records.len() as u32;
+        if good < bytes.len() {
+            tracing::warn!(path = %path.display(), cut = bytes.len() - good, "truncating a torn audio tail");
+            file.set_len(good as u64)?;
+            file.sync_all()?;
+        }
+        let w = Arc::new(Mutex::new(UtteranceAudio { path, file, frames }));
+        open.insert(utterance, w.clone());
+        Ok(w)
+    }
+
+    /// Forgets an open writer once the utterance is complete.
+    pub fn close(&self, utterance: Uuid) {
+        self.open.lock().expect("audio map poisoned").remove(&utterance);
+    }
+
+    /// Reads the first `frames` frames of an utterance. Blocking.
+    pub fn read(&self, device: Uuid, utterance: Uuid, frames: u32) -> io::Result<Vec<Vec<u8>>> {
+        let path = self.path(device, utterance);
+        let bytes = fs::read(&path)?;
+        let (records, _) = read_records(&bytes);
+        if records.len() < frames as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} holds {} frames, expected {frames}", path.display(), records.len()),
+            ));
+        }
+        Ok(records.into_iter().take(frames as usize).map(<[u8]>::to_vec).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_reopen_and_torn_tails_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, u) = (Uuid::now_v7(), Uuid::now_v7());
+        let store = AudioStore::new(dir.path().to_owned()).unwrap();
+        let w = store.writer(d, u).unwrap();
+        assert_eq!(w.lock().unwrap().append_durable([&b"one"[..], b"two"]).unwrap(), 2);
+        let path = w.lock().unwrap().path().to_owned();
+        drop(w);
+        store.close(u);
+        // A crash mid-write leaves half a record.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        let w = store.writer(d, u).unwrap();
+        assert_eq!(w.lock().unwrap().frames(), 2);
+        assert_eq!(w.lock().unwrap().append_durable([&b"three"[..]]).unwrap(), 3);
+        assert_eq!(store.read(d, u, 3).unwrap(), vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        assert!(store.read(d, u, 4).is_err());
+    }
+}

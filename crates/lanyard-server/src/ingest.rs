@@ -1,0 +1,258 @@
+//! The streaming endpoint, `/v1/stream`: audio in, durable acks out.
+//!
+//! # Group commit
+//!
+//! The connection loop takes one message, then everything else already
+//! waiting on the socket (up to [`BATCH`] messages), appends the audio of the
+//! batch to each utterance's file with one write, `fdatasync`s each touched
+//! file once, and only then sends one cumulative ACK per utterance. Under load
+//! many frames share one fsync; when idle, a lone frame is synced and acked at
+//! once. The fsync window is therefore "until the current batch is written",
+//! and no ACK ever covers a frame that is not on disk.
+//!
+//! Control messages are handled in order with the audio around them: a
+//! pending batch is committed before `end` is looked at, so `end` sees every
+//! frame that preceded it.
+//!
+//! # Limits
+//!
+//! Each limit closes the socket with its own code (see `lanyard_proto::wire::close`):
+//! oversized frames or text, an utterance past its frame limit, too many open
+//! utterances, and an idle connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::FutureExt;
+use lanyard_proto::ble::Codec;
+use lanyard_proto::wire::{self, Ack, Binary, ClientMsg, ServerMsg, UtteranceState, close, limits};
+use lanyard_store::StoreError;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::audio::UtteranceAudio;
+use crate::auth::AuthDevice;
+use crate::{AppState, now_ms};
+
+/// Most messages committed together. Bounds the memory of one batch and the
+/// delay of the first ack in it.
+const BATCH: usize = 256;
+
+pub async fn stream(State(state): State<AppState>, AuthDevice(device): AuthDevice, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(limits::MAX_FRAME_BYTES + wire::AUDIO_HEADER_LEN.max(limits::MAX_TEXT_BYTES))
+        .on_upgrade(move |socket| async move {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let conn = state.hub.join(device.id, tx);
+            let mut c = Conn { state: state.clone(), device: device.id, socket, results: rx, streams: HashMap::new() };
+            let end = c.run().await;
+            state.hub.leave(device.id, conn);
+            if let Err((code, reason)) = end {
+                tracing::info!(device = %device.id, code, %reason, "closing stream");
+                let _ = c.socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+            }
+        })
+}
+
+/// One utterance open on this connection.
+struct Open {
+    utterance: Uuid,
+    audio: Arc<Mutex<UtteranceAudio>>,
+    /// Frames accepted so far (durable, or in the batch being committed).
+    next_seq: u32,
+}
+
+struct Conn {
+    state: AppState,
+    device: Uuid,
+    socket: WebSocket,
+    results: mpsc::UnboundedReceiver<ServerMsg>,
+    streams: HashMap<u32, Open>,
+}
+
+/// Why a connection ends: a close code and a reason for the peer.
+type Close = (u16, String);
+
+impl Conn {
+    async fn run(&mut self) -> Result<(), Close> {
+        let idle = Duration::from_secs(limits::IDLE_TIMEOUT_SECS);
+        loop {
+            let first = tokio::select! {
+                m = self.socket.recv() => m,
+                Some(msg) = self.results.recv() => {
+                    self.send_text(&msg).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep(idle) => {
+                    return Err((close::IDLE_TIMEOUT, format!("no message for {}s", limits::IDLE_TIMEOUT_SECS)));
+                }
+            };
+            let mut batch: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+            let mut next = first;
+            let mut taken = 0;
+            loop {
+                match next {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                        self.commit(&mut batch).await?;
+                        return Ok(());
+                    }
+                    Some(Ok(Message::Binary(b))) => self.on_binary(&b, &mut batch)?,
+                    Some(Ok(Message::Text(t))) => {
+                        self.commit(&mut batch).await?;
+                        self.on_text(t.as_str()).await?;
+                    }
+                    Some(Ok(_)) => {}
+                }
+                taken += 1;
+                if taken >= BATCH {
+                    break;
+                }
+                match self.socket.recv().now_or_never() {
+                    Some(m) => next = m,
+                    None => break,
+                }
+            }
+            self.commit(&mut batch).await?;
+        }
+    }
+
+    fn on_binary(&mut self, b: &[u8], batch: &mut HashMap<u32, Vec<Vec<u8>>>) -> Result<(), Close> {
+        let audio = match wire::parse_binary(b) {
+            Ok(Binary::Audio(a)) => a,
+            Ok(Binary::Ack(_)) => return Err((close::PROTOCOL, "ACK is a server message".into())),
+            Err(e) => return Err((e.close_code(), e.to_string())),
+        };
+        let Some(open) = self.streams.get_mut(&audio.handle) else {
+            return Err((close::PROTOCOL, format!("audio for handle {} before `open`", audio.handle)));
+        };
+        if audio.seq < open.next_seq {
+            // A resend of a frame we hold: drop it, the next ack covers it.
+            batch.entry(audio.handle).or_default();
+            return Ok(());
+        }
+        if audio.seq > open.next_seq {
+            return Err((
+                close::PROTOCOL,
+                format!("frame {} of {} skips ahead of {}; resume from `opened.next_seq`", audio.seq, open.utterance, open.next_seq),
+            ));
+        }
+        if audio.seq >= limits::MAX_UTTERANCE_FRAMES {
+            return Err((
+                close::UTTERANCE_TOO_LONG,
+                format!("utterance {} passed {} frames; end it and start another", open.utterance, limits::MAX_UTTERANCE_FRAMES),
+            ));
+        }
+        open.next_seq += 1;
+        batch.entry(audio.handle).or_default().push(audio.frame.to_vec());
+        Ok(())
+    }
+
+    /// Makes the batch durable, then acks it.
+    async fn commit(&mut self, batch: &mut HashMap<u32, Vec<Vec<u8>>>) -> Result<(), Close> {
+        for (handle, frames) in batch.drain() {
+            let Some(open) = self.streams.get(&handle) else { continue };
+            let audio = open.audio.clone();
+            let durable = tokio::task::spawn_blocking(move || {
+                audio.lock().expect("audio lock poisoned").append_durable(frames.iter().map(Vec::as_slice))
+            })
+            .await
+            .map_err(|e| (close::GOING_AWAY, format!("storage task failed: {e}")))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot store audio");
+                (close::GOING_AWAY, "the server cannot store audio right now; retry later".to_string())
+            })?;
+            let ack = wire::encode_ack(Ack { handle, next: durable });
+            self.socket.send(Message::Binary(ack.to_vec().into())).await.map_err(|_| (close::GOING_AWAY, String::new()))?;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Close> {
+        let msg = wire::parse_client_text(text).map_err(|e| (e.close_code(), e.to_string()))?;
+        match msg {
+            ClientMsg::Open { utterance, handle, codec } => self.open(utterance, handle, codec).await,
+            ClientMsg::End { utterance, frames } => self.end(utterance, frames).await,
+        }
+    }
+
+    async fn open(&mut self, utterance: Uuid, handle: u32, codec: Codec) -> Result<(), Close> {
+        if self.streams.contains_key(&handle) {
+            return Err((close::PROTOCOL, format!("handle {handle} is already open")));
+        }
+        if self.streams.len() >= limits::MAX_OPEN_UTTERANCES {
+            return Err((
+                close::TOO_MANY_STREAMS,
+                format!("at most {} utterances may be open on one connection", limits::MAX_OPEN_UTTERANCES),
+            ));
+        }
+        let row = match self.state.store.open_utterance(utterance, self.device, codec, now_ms()).await {
+            Ok(row) => row,
+            Err(StoreError::WrongDevice(_)) => {
+                return self.error(Some(utterance), "not_found", format!("utterance {utterance} is not yours; mint a new id")).await;
+            }
+            Err(e) => return self.error(Some(utterance), "internal", e.to_string()).await,
+        };
+        if row.codec != codec {
+            return self
+                .error(Some(utterance), "codec_mismatch", format!("utterance {utterance} was opened as {:?}", row.codec))
+                .await;
+        }
+        if row.state != UtteranceState::Receiving {
+            return self
+                .send_text(&ServerMsg::Opened { utterance, handle, next_seq: row.frames, complete: true })
+                .await;
+        }
+        let (audio, device) = (self.state.audio.clone(), self.device);
+        let writer = tokio::task::spawn_blocking(move || audio.writer(device, utterance))
+            .await
+            .map_err(|e| (close::GOING_AWAY, format!("storage task failed: {e}")))?;
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => return self.error(Some(utterance), "storage", format!("cannot open audio: {e}")).await,
+        };
+        let next_seq = writer.lock().expect("audio lock poisoned").frames();
+        self.streams.insert(handle, Open { utterance, audio: writer, next_seq });
+        self.send_text(&ServerMsg::Opened { utterance, handle, next_seq, complete: false }).await
+    }
+
+    async fn end(&mut self, utterance: Uuid, frames: u32) -> Result<(), Close> {
+        let Some((&handle, open)) = self.streams.iter().find(|(_, o)| o.utterance == utterance) else {
+            return Err((close::PROTOCOL, format!("`end` for {utterance}, which is not open on this connection")));
+        };
+        let held = open.audio.lock().expect("audio lock poisoned").frames();
+        if held != frames {
+            return self
+                .error(Some(utterance), "frame_count", format!("`end` says {frames} frames but the server holds {held}"))
+                .await;
+        }
+        self.streams.remove(&handle);
+        complete(&self.state, utterance, frames).await.map_err(|e| (close::GOING_AWAY, e))?;
+        self.send_text(&ServerMsg::Complete { utterance, frames }).await
+    }
+
+    async fn error(&mut self, utterance: Option<Uuid>, code: &str, message: String) -> Result<(), Close> {
+        self.send_text(&ServerMsg::Error { utterance, code: code.into(), message }).await
+    }
+
+    async fn send_text(&mut self, msg: &ServerMsg) -> Result<(), Close> {
+        self.socket
+            .send(Message::Text(msg.to_json().into()))
+            .await
+            .map_err(|_| (close::GOING_AWAY, String::new()))
+    }
+}
+
+/// Marks an utterance complete and, for the one caller that wins, queues it.
+/// Shared by the stream and the upload, which is how an utterance that
+/// arrives by both is processed once.
+pub(crate) async fn complete(state: &AppState, utterance: Uuid, frames: u32) -> Result<(), String> {
+    let won = state.store.mark_complete(utterance, frames, now_ms()).await.map_err(|e| e.to_string())?;
+    if won {
+        tracing::info!(%utterance, frames, "utterance complete");
+        state.pipeline.enqueue(utterance).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! `lanyard demo`: the whole path, end to end, as separate processes.
+//!
+//! 1. registers a device in a fresh data directory;
+//! 2. starts `lanyard serve` on a loopback port;
+//! 3. starts `lanyard pendant-sim`, which speaks known sentences (espeak-ng)
+//!    through the BLE framing at real-time pace;
+//! 4. starts `lanyard relay`, which spools and streams them;
+//! 5. reads what each process reports and the server's stored timings, and
+//!    prints, per utterance: reference, transcript, reply, and latency from
+//!    end of speech to final transcript and to the push request; then the
+//!    word error rate over all of them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lanyard_proto::wire::UtteranceView;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::paths;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// How many of the built-in sentences to speak (1 to 4).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4))]
+    sentences: u64,
+    /// The speech model directory.
+    #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = paths::default_model_dir())]
+    model_dir: PathBuf,
+    /// Keep the demo's data (store, audio, spool, push sink) in this directory
+    /// instead of a temporary one.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Fail (exit 1) if the word error rate is above this fraction.
+    #[arg(long)]
+    max_wer: Option<f32>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+/// A child process whose stdout JSON lines are forwarded, tagged.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+fn spawn(name: &'static str, args: &[String], tx: mpsc::UnboundedSender<(&'static str, Value)>) -> Result<Proc> {
+    let exe = std::env::current_exe().context("cannot find the lanyard executable")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send((name, v));
+            }
+        }
+    });
+    Ok(Proc { name, child })
+}
+
+#[derive(Default, Debug)]
+struct Utt {
+    reference: String,
+    speech_end_ms: Option<u64>,
+    id: Option<Uuid>,
+    transcript: Option<String>,
+    final_at_ms: Option<u64>,
+    reply: Option<String>,
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let started = Instant::now();
+    let deadline = Duration::from_secs(args.timeout_secs);
+    let n = args.sentences as usize;
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let work = args.keep.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let server_dir = work.join("server");
+    let spool_dir = work.join("spool");
+    if args.keep.is_some() {
+        // A kept directory from an earlier run would mix two runs' utterances.
+        for d in [&server_dir, &spool_dir] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).with_context(|| format!("cannot clear {}", d.display()))?;
+            }
+        }
+    }
+    eprintln!("lanyard demo: working in {}", work.display());
+
+    let cfg = lanyard_server::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), data_dir: server_dir.clone() };
+    let (_device, token) = crate::add_device(&cfg, "demo-phone").await?;
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = |x: &str| x.to_string();
+    let mut procs = vec![spawn(
+        "server",
+        &[s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), path(&server_dir), s("--model-dir"), path(&args.model_dir)],
+        tx.clone(),
+    )?];
+    let server_addr = wait_for(&mut rx, &mut procs, "server", "listening", deadline - started.elapsed()).await?;
+    let server_url = format!("http://{}", server_addr["addr"].as_str().context("server printed no address")?);
+    eprintln!("lanyard demo: server up at {server_url} (model loaded)");
+
+    let mut sim_args = vec![s("pendant-sim"), s("--listen"), s("127.0.0.1:0"), s("--wait-for-central"), s("--linger-secs"), s("600")];
+    for sentence in &lanyard_pendant::speech::DEMO_SENTENCES[..n] {
+        sim_args.extend([s("--say"), s(sentence)]);
+    }
+    procs.push(spawn("pendant", &sim_args, tx.clone())?);
+    let sim = wait_for(&mut rx, &mut procs, "pendant", "listening", deadline - started.elapsed()).await?;
+    let sim_addr = sim["addr"].as_str().context("pendant printed no address")?.to_string();
+    eprintln!("lanyard demo: pendant simulator at {sim_addr}");
+
+    procs.push(spawn(
+        "relay",
+        &[
+            s("relay"),
+            s("--server"),
+            server_url.clone(),
+            s("--token"),
+            token.clone(),
+            s("--pendant"),
+            sim_addr,
+            s("--spool-dir"),
+            path(&spool_dir),
+            s("--push-token"),
+            s("apns:demo-device-token"),
+            s("--exit-after"),
+            n.to_string(),
+        ],
+        tx.clone(),
+    )?);
+    drop(tx);
+
+    let mut utts: Vec<Utt> = (0..n).map(|_| Utt::default()).collect();
+    let mut by_id: HashMap<Uuid, usize> = HashMap::new();
+    let mut started_ids = 0usize;
+    let mut replies = 0usize;
+    while replies < n {
+        let left = deadline.checked_sub(started.elapsed()).context("the demo timed out")?;
+        let Ok(Some((who, ev))) = tokio::time::timeout(left, rx.recv()).await else {
+            check_alive(&mut procs)?;
+            bail!("the demo timed out after {}s with {replies} of {n} replies", args.timeout_secs);
+        };
+        let kind = ev["event"].as_str().unwrap_or_default();
+        match (who, kind) {
+            ("pendant", "utterance_start") => {
+                let i = ev["index"].as_u64().unwrap_or(0) as usize;
+                if let Some(u) = utts.get_mut(i) {
+                    u.reference = ev["text"].as_str().unwrap_or_default().to_string();
+                    eprintln!("lanyard demo: [{}/{n}] pendant speaks: {}", i + 1, u.reference);
+                }
+            }
+            ("pendant", "utterance_end") => {
+                let i = ev["index"].as_u64().unwrap_or(0) as usize;
+                if let Some(u) = utts.get_mut(i) {
+                    u.speech_end_ms = ev["at_ms"].as_u64();
+                }
+            }
+            ("relay", "utterance_started") => {
+                if let (Some(u), Some(id)) = (utts.get_mut(started_ids), uuid(&ev["id"])) {
+                    u.id = Some(id);
+                    by_id.insert(id, started_ids);
+                }
+                started_ids += 1;
+            }
+            ("relay", "final") => {
+                if let Some(u) = uuid(&ev["id"]).and_then(|id| by_id.get(&id)).and_then(|&i| utts.get_mut(i)) {
+                    u.transcript = ev["text"].as_str().map(str::to_string);
+                    u.final_at_ms = ev["at_ms"].as_u64();
+                }
+            }
+            ("relay", "reply") => {
+                if let Some(u) = uuid(&ev["id"]).and_then(|id| by_id.get(&id)).and_then(|&i| utts.get_mut(i)) {
+                    u.reply = ev["body"].as_str().map(str::to_string);
+                    replies += 1;
+                    eprintln!("lanyard demo: reply {replies}/{n}: {}", u.reply.as_deref().unwrap_or_default());
+                }
+            }
+            ("relay", "error") => eprintln!("lanyard demo: relay reports an error: {ev}"),
+            _ => {}
+        }
+    }
+
+    // The push request is made after the reply is stored; wait for it.
+    let client = reqwest::Client::new();
+    let mut views = Vec::new();
+    for u in &utts {
+        let id = u.id.context("an utterance never started at the relay")?;
+        let view = loop {
+            let v: UtteranceView = client
+                .get(format!("{server_url}/v1/utterances/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if v.timings.push_ms.is_some() || started.elapsed() > deadline {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        views.push(view);
+    }
+    let pushes = std::fs::read_to_string(server_dir.join("push-sink.jsonl")).unwrap_or_default();
+
+    println!();
+    println!("Lanyard demo: {n} utterances, pendant -> BLE framing -> relay spool -> WebSocket -> server -> Whisper -> reply -> push");
+    println!();
+    let (mut errors, mut words) = (0.0f32, 0usize);
+    let mut ttfs = Vec::new();
+    let mut to_push = Vec::new();
+    for (i, (u, v)) in utts.iter().zip(&views).enumerate() {
+        let hyp = u.transcript.as_deref().unwrap_or_default();
+        let wer = lanyard_stt::word_error_rate(&u.reference, hyp);
+        let ref_words = u.reference.split_whitespace().count();
+        errors += wer * ref_words as f32;
+        words += ref_words;
+        let end = u.speech_end_ms.map(|e| e as i64);
+        let final_lat = end.zip(u.final_at_ms).map(|(e, f)| f as i64 - e);
+        let push_lat = end.zip(v.timings.push_ms).map(|(e, p)| p - e);
+        ttfs.extend(final_lat);
+        to_push.extend(push_lat);
+        println!("#{} {}", i + 1, v.id);
+        println!("  reference:  {}", u.reference);
+        println!("  transcript: {hyp}");
+        println!("  reply:      {}", u.reply.as_deref().unwrap_or("(none)"));
+        println!(
+            "  latency:    end of speech -> final transcript {}, -> push request {}   (WER {:.0}%)",
+            ms(final_lat),
+            ms(push_lat),
+            wer * 100.0
+        );
+    }
+    let wer = if words == 0 { 0.0 } else { errors / words as f32 };
+    println!();
+    println!("word error rate: {:.1}% over {words} reference words", wer * 100.0);
+    println!("end of speech -> final transcript: median {}", ms(median(&mut ttfs)));
+    println!("end of speech -> push request:     median {}", ms(median(&mut to_push)));
+    println!("push requests written to the file sink: {}", pushes.lines().count());
+    println!("finished in {:.1}s", started.elapsed().as_secs_f32());
+
+    for p in &mut procs {
+        let _ = p.child.start_kill();
+    }
+    if pushes.lines().count() != n {
+        bail!("expected {n} push requests in the sink, found {}", pushes.lines().count());
+    }
+    if let Some(max) = args.max_wer
+        && wer > max
+    {
+        bail!("word error rate {:.1}% is above the allowed {:.1}%", wer * 100.0, max * 100.0);
+    }
+    Ok(())
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn uuid(v: &Value) -> Option<Uuid> {
+    v.as_str().and_then(|s| Uuid::parse_str(s).ok())
+}
+
+fn ms(v: Option<i64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{v} ms"))
+}
+
+fn median(v: &mut [i64]) -> Option<i64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// Waits for `event` from process `who`, failing early if a process dies.
+async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<(&'static str, Value)>,
+    procs: &mut [Proc],
+    who: &str,
+    event: &str,
+    within: Duration,
+) -> Result<Value> {
+    let until = Instant::now() + within;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.min(Duration::from_millis(500)), rx.recv()).await {
+            Ok(Some((w, v))) if w == who && v["event"] == event => return Ok(v),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("every process ended before {who} reported {event}"),
+            Err(_) => {
+                check_alive(procs)?;
+                if Instant::now() >= until {
+                    bail!("{who} did not report {event} in time");
+                }
+            }
+        }
+    }
+}
+
+fn check_alive(procs: &mut [Proc]) -> Result<()> {
+    for p in procs {
+        if let Ok(Some(status)) = p.child.try_wait()
+            && !status.success()
+        {
+            bail!("the {} process exited with {status}; its log is above", p.name);
+        }
+    }
+    Ok(())
+}

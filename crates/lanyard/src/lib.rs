@@ -1,1 +1,0 @@
-//! The lanyard command: serve, relay, pendant-sim, demo.

@@ -1,0 +1,94 @@
+//! The relay is killed with SIGKILL mid-utterance and restarted on the same
+//! spool: the utterance still completes, and is transcribed exactly once.
+//!
+//! Server, pendant simulator and relay are separate `lanyard` processes on
+//! loopback. The pendant keeps speaking while the relay is dead (those
+//! notifications are lost, as over the air); the restarted relay recovers
+//! the spooled part, adopts the rest of the utterance as it arrives, and
+//! resumes the upload from the server's last durable frame.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proc, add_device, start_server};
+use lanyard_store::Store;
+use lanyard_store_sqlite::SqliteStore;
+use uuid::Uuid;
+
+const SENTENCE: &str = "Please remind me to water the plants in the garden when I get home tonight after work.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_mid_utterance_completes_it_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    let spool = dir.path().join("spool");
+    let token = add_device(&server_dir, "kill-test");
+    let (_server, url) = start_server(&server_dir).await;
+
+    let mut pendant = Proc::spawn(&[
+        "pendant-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-for-central",
+        "--linger-secs",
+        "120",
+        "--mtu",
+        "23",
+        "--say",
+        SENTENCE,
+    ]);
+    let sim_addr = pendant.expect("listening", Duration::from_secs(30)).await["addr"].as_str().unwrap().to_string();
+    let relay_args = [
+        "relay",
+        "--server",
+        &url,
+        "--token",
+        &token,
+        "--pendant",
+        &sim_addr,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--push-token",
+        "apns:kill-test-token",
+        "--exit-after",
+        "1",
+    ];
+    let mut relay = Proc::spawn(&relay_args);
+    let started = relay.expect("utterance_started", Duration::from_secs(30)).await;
+    let id = Uuid::parse_str(started["id"].as_str().unwrap()).unwrap();
+    let speech = pendant.expect("utterance_start", Duration::from_secs(5)).await;
+    assert!(speech["frames"].as_u64().unwrap() > 150, "the sentence should last several seconds");
+
+    // Mid-utterance: about 1.5 s of a 5 s sentence is spooled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.kill().await;
+    let spooled_segments = std::fs::read_dir(&spool).unwrap().count();
+    assert!(spooled_segments > 0, "the killed relay left its spool on disk");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let mut relay = Proc::spawn(&relay_args);
+    let ended = relay.expect("utterance_ended", Duration::from_secs(30)).await;
+    assert_eq!(ended["id"].as_str().unwrap(), id.to_string(), "the restarted relay adopts the unfinished utterance");
+    let frames = ended["frames"].as_u64().unwrap() as u32;
+    let reply = relay.expect("reply", Duration::from_secs(60)).await;
+    assert_eq!(reply["id"].as_str().unwrap(), id.to_string());
+    let status = tokio::time::timeout(Duration::from_secs(30), relay.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "the relay exits cleanly after the reply");
+
+    // The server's own record of it.
+    let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.unwrap();
+    let utt = store.utterance(id).await.unwrap().expect("the server has the utterance");
+    assert_eq!(store.transcript_writes(id).await.unwrap(), 1, "transcribed exactly once");
+    assert_eq!(utt.frames, frames, "every spooled frame reached the server, none twice");
+    let transcript = utt.transcript.unwrap();
+    let words = transcript.split_whitespace().count();
+    assert!(words >= 5, "a real transcript of the sentence, got {transcript:?}");
+    // Nothing else was created: one utterance, one push request.
+    let pushes = std::fs::read_to_string(server_dir.join("push-sink.jsonl")).unwrap();
+    assert_eq!(pushes.lines().count(), 1, "one push request: {pushes}");
+    assert!(pushes.contains(&id.to_string()));
+    // The spool is empty once the server holds everything.
+    let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();
+    assert!(left.len() <= 1, "only the active (empty or done) segment may remain: {left:?}");
+}
