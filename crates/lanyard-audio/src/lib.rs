@@ -88,7 +88,7 @@ impl FrameDecoder {
                 out.extend_from_slice(&self.scratch[..n]);
             }
             None => {
-                if frame.len() % 2 != 0 {
+                if !frame.len().is_multiple_of(2) {
                     return Err(AudioError::OddPcm(frame.len()));
                 }
                 out.extend(frame.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0));

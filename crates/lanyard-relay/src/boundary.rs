@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn markers_and_silence_split_utterances() {
-        let mut ids = (1..).map(|i| Uuid::from_u128(i));
+        let mut ids = (1..).map(Uuid::from_u128);
         let mut t = Tracker::new(BoundaryConfig::default(), None, 0);
         let mut out = vec![];
         t.on_frame(frame(true, false, b"a"), 0, || ids.next().unwrap(), &mut out);

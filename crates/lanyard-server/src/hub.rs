@@ -7,10 +7,13 @@ use lanyard_proto::wire::ServerMsg;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+/// One open stream: its id and where its messages go.
+type Conn = (u64, mpsc::UnboundedSender<ServerMsg>);
+
 /// Senders of every open stream, by device.
 #[derive(Default)]
 pub struct Hub {
-    conns: Mutex<HashMap<Uuid, Vec<(u64, mpsc::UnboundedSender<ServerMsg>)>>>,
+    conns: Mutex<HashMap<Uuid, Vec<Conn>>>,
     next_id: Mutex<u64>,
 }
 

@@ -30,7 +30,8 @@ mod whisper;
 
 pub use error::SttError;
 pub use preprocessor::{
-    EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig, ensure_preprocessor_config,
+    EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig,
+    ensure_preprocessor_config,
 };
 pub use wer::word_error_rate;
 pub use whisper::{DEFAULT_MIN_WINDOW_SECS, WhisperConfig, WhisperCt2};

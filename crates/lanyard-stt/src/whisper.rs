@@ -47,6 +47,8 @@
 //! - the no-speech rule: when the model's `<|nospeech|>`
 //!   probability is high *and* the text is improbable, the window is silence
 //!   and yields no text (Whisper otherwise "hears" "you" or "Thank you.").
+//!   Lanyard adds that a near-certain `<|nospeech|>` alone suffices
+//!   ([`WhisperConfig::certain_no_speech_threshold`]).
 //! - `suppress_blank` and `suppress_tokens = [-1]`, as faster-whisper passes them: CTranslate2 expands −1 to
 //!   the `suppress_ids` of the model's `config.json` (Whisper's standard
 //!   non-speech symbols) and suppresses `suppress_ids_begin` at the first step,
@@ -112,6 +114,12 @@ pub struct WhisperConfig {
     pub no_speech_threshold: f32,
     /// See [`Self::no_speech_threshold`]. Default −1.0 (faster-whisper).
     pub log_prob_threshold: f32,
+    /// A window whose `<|nospeech|>` probability is above this is silence,
+    /// however confident the text. Default 0.95, a lanyard addition:
+    /// faster-whisper's rule alone lets tiny.en turn 3 s of digital silence
+    /// into "you" (no-speech probability 0.987, average log-probability
+    /// −0.67), while the test sentences scored at most 0.12.
+    pub certain_no_speech_threshold: f32,
 }
 
 impl Default for WhisperConfig {
@@ -125,6 +133,7 @@ impl Default for WhisperConfig {
             fallback_temperatures: vec![0.4, 0.8],
             no_speech_threshold: 0.6,
             log_prob_threshold: -1.0,
+            certain_no_speech_threshold: 0.95,
         }
     }
 }
@@ -157,11 +166,16 @@ impl WhisperCt2 {
     /// directory, writing `preprocessor_config.json` there if it is missing.
     pub fn load(dir: &Path, config: WhisperConfig) -> Result<Self, SttError> {
         if !dir.is_dir() {
-            return Err(SttError::ModelDirMissing { dir: dir.to_path_buf() });
+            return Err(SttError::ModelDirMissing {
+                dir: dir.to_path_buf(),
+            });
         }
         for file in REQUIRED_FILES {
             if !dir.join(file).is_file() {
-                return Err(SttError::ModelFileMissing { dir: dir.to_path_buf(), file });
+                return Err(SttError::ModelFileMissing {
+                    dir: dir.to_path_buf(),
+                    file,
+                });
             }
         }
 
@@ -179,7 +193,10 @@ impl WhisperCt2 {
         })?;
 
         // A missing file gets the model's own mel count, so large-v3 (128 bins) works too.
-        let defaults = PreprocessorConfig { feature_size: model.n_mels(), ..PreprocessorConfig::WHISPER };
+        let defaults = PreprocessorConfig {
+            feature_size: model.n_mels(),
+            ..PreprocessorConfig::WHISPER
+        };
         let preprocessor = ensure_preprocessor_config_with(dir, &defaults)?;
         if preprocessor.feature_size != model.n_mels() {
             return Err(SttError::PreprocessorConfigInvalid {
@@ -193,12 +210,18 @@ impl WhisperCt2 {
         }
 
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| SttError::Tokenizer {
-            path: tokenizer_path.clone(),
-            message: e.to_string(),
-        })?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| SttError::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
         let prompt = if model.is_multilingual() {
-            vec!["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+            vec![
+                "<|startoftranscript|>",
+                "<|en|>",
+                "<|transcribe|>",
+                "<|notimestamps|>",
+            ]
         } else {
             vec!["<|startoftranscript|>", "<|notimestamps|>"]
         };
@@ -238,7 +261,11 @@ impl WhisperCt2 {
     }
 
     /// Encodes one window and decodes it, with the loop and silence guards.
-    fn transcribe_window(&self, mut features: crate::mel::LogMel, speech_secs: f32) -> Result<String, SttError> {
+    fn transcribe_window(
+        &self,
+        mut features: crate::mel::LogMel,
+        speech_secs: f32,
+    ) -> Result<String, SttError> {
         let started = Instant::now();
         let shape = [1, features.n_mels, features.n_frames];
         let input = StorageView::new(&shape, &mut features.data, Device::CPU).map_err(inference)?;
@@ -261,19 +288,30 @@ impl WhisperCt2 {
             "transcribed window"
         );
 
-        eprintln!("DEBUG {hypothesis:?}");
-        let silent = hypothesis.no_speech_prob > self.config.no_speech_threshold
-            && hypothesis.avg_logprob < self.config.log_prob_threshold;
-        Ok(if silent { String::new() } else { hypothesis.text })
+        let no_speech = hypothesis.no_speech_prob;
+        let silent = no_speech > self.config.certain_no_speech_threshold
+            || (no_speech > self.config.no_speech_threshold
+                && hypothesis.avg_logprob < self.config.log_prob_threshold);
+        Ok(if silent {
+            String::new()
+        } else {
+            hypothesis.text
+        })
     }
 
     /// Greedy or beam decoding first, then sampling at each fallback
     /// temperature while the text still compresses like a loop; if every
     /// attempt does, the least repetitive one. Each attempt's back-to-back
     /// repetitions are cut before it is judged.
-    fn decode_with_fallback(&self, encoded: &StorageView, max_length: usize) -> Result<Hypothesis, SttError> {
+    fn decode_with_fallback(
+        &self,
+        encoded: &StorageView,
+        max_length: usize,
+    ) -> Result<Hypothesis, SttError> {
         let mut best: Option<Hypothesis> = None;
-        for temperature in std::iter::once(0.0).chain(self.config.fallback_temperatures.iter().copied()) {
+        for temperature in
+            std::iter::once(0.0).chain(self.config.fallback_temperatures.iter().copied())
+        {
             let mut hypothesis = self.decode(encoded, max_length, temperature)?;
             if let Some(cut) = repetition_cut(&hypothesis.text) {
                 tracing::warn!(text = %hypothesis.text, kept = %cut, "Whisper repeated itself; keeping the first copy");
@@ -289,17 +327,29 @@ impl WhisperCt2 {
                 text = %hypothesis.text,
                 "Whisper hypothesis compresses like a loop; retrying"
             );
-            if best.as_ref().is_none_or(|b| hypothesis.compression_ratio < b.compression_ratio) {
+            if best
+                .as_ref()
+                .is_none_or(|b| hypothesis.compression_ratio < b.compression_ratio)
+            {
                 best = Some(hypothesis);
             }
         }
         Ok(best.expect("at least one attempt was made"))
     }
 
-    fn decode(&self, encoded: &StorageView, max_length: usize, temperature: f32) -> Result<Hypothesis, SttError> {
+    fn decode(
+        &self,
+        encoded: &StorageView,
+        max_length: usize,
+        temperature: f32,
+    ) -> Result<Hypothesis, SttError> {
         let sampling = temperature > 0.0;
         let options = WhisperOptions {
-            beam_size: if sampling { 1 } else { self.config.beam_size.max(1) },
+            beam_size: if sampling {
+                1
+            } else {
+                self.config.beam_size.max(1)
+            },
             // topk 0 samples from the whole distribution; 1 is argmax.
             sampling_topk: if sampling { 0 } else { 1 },
             sampling_temperature: if sampling { temperature } else { 1.0 },
@@ -313,14 +363,15 @@ impl WhisperCt2 {
         };
         let result = self
             .model
-            .generate(encoded, &[self.prompt.clone()], &options)
+            .generate(encoded, std::slice::from_ref(&self.prompt), &options)
             .map_err(inference)?
             .into_iter()
             .next()
             .ok_or_else(|| inference("CTranslate2 returned no result"))?;
-        let ids: Vec<u32> = result.sequences_ids.first().map_or_else(Vec::new, |ids| {
-            ids.iter().map(|&id| id as u32).collect()
-        });
+        let ids: Vec<u32> = result
+            .sequences_ids
+            .first()
+            .map_or_else(Vec::new, |ids| ids.iter().map(|&id| id as u32).collect());
         let text = self
             .tokenizer
             .decode(&ids, true)
@@ -346,14 +397,22 @@ impl SpeechToText for WhisperCt2 {
     fn transcribe(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
         let started = Instant::now();
         if let Some(index) = pcm16k.iter().position(|s| !s.is_finite()) {
-            return Err(SttError::InvalidAudio { index, value: pcm16k[index] });
+            return Err(SttError::InvalidAudio {
+                index,
+                value: pcm16k[index],
+            });
         }
         let rate = self.preprocessor.sampling_rate as f32;
         let audio_secs = pcm16k.len() as f32 / rate;
 
         let hop = self.front_end.hop_length();
         let min_window = (self.config.min_window_secs.max(0.0) * rate) as usize;
-        let windows = plan_windows(pcm16k.len(), min_window, self.preprocessor.max_window_samples(), hop);
+        let windows = plan_windows(
+            pcm16k.len(),
+            min_window,
+            self.preprocessor.max_window_samples(),
+            hop,
+        );
 
         // One spectrogram over the whole (padded) input, as Whisper computes
         // it, so the loudness normalisation is global; windows are slices.
@@ -414,13 +473,19 @@ fn plan_windows(n: usize, min_window: usize, max_window: usize, hop: usize) -> V
         .map(|start| {
             let speech = (n - start).min(max_window);
             let len = speech.max(min_window).div_ceil(step) * step;
-            Window { start, speech, len: len.min(max_window) }
+            Window {
+                start,
+                speech,
+                len: len.min(max_window),
+            }
         })
         .collect()
 }
 
 fn inference(e: impl std::fmt::Display) -> SttError {
-    SttError::Inference { message: format!("{e:#}") }
+    SttError::Inference {
+        message: format!("{e:#}"),
+    }
 }
 
 #[cfg(test)]
@@ -433,13 +498,27 @@ mod tests {
 
     #[test]
     fn short_audio_is_padded_to_the_floor() {
-        assert_eq!(plan_windows(48_000, MIN, MAX, HOP), vec![Window { start: 0, speech: 48_000, len: MIN }]);
+        assert_eq!(
+            plan_windows(48_000, MIN, MAX, HOP),
+            vec![Window {
+                start: 0,
+                speech: 48_000,
+                len: MIN
+            }]
+        );
     }
 
     #[test]
     fn audio_above_the_floor_is_rounded_to_an_even_frame_count() {
         let w = plan_windows(200_001, MIN, MAX, HOP);
-        assert_eq!(w, vec![Window { start: 0, speech: 200_001, len: 200_320 }]);
+        assert_eq!(
+            w,
+            vec![Window {
+                start: 0,
+                speech: 200_001,
+                len: 200_320
+            }]
+        );
         assert_eq!(w[0].len / HOP % 2, 0);
     }
 
@@ -449,8 +528,16 @@ mod tests {
         assert_eq!(
             w,
             vec![
-                Window { start: 0, speech: MAX, len: MAX },
-                Window { start: MAX, speech: 32_000, len: MIN },
+                Window {
+                    start: 0,
+                    speech: MAX,
+                    len: MAX
+                },
+                Window {
+                    start: MAX,
+                    speech: 32_000,
+                    len: MIN
+                },
             ]
         );
     }
@@ -460,5 +547,4 @@ mod tests {
         assert_eq!(plan_windows(1000, 10 * MAX, MAX, HOP)[0].len, MAX);
         assert!(plan_windows(0, MIN, MAX, HOP).is_empty());
     }
-
 }

@@ -82,6 +82,7 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
     assert_eq!(store.transcript_writes(id).await.unwrap(), 1, "transcribed exactly once");
     assert_eq!(utt.frames, frames, "every spooled frame reached the server, none twice");
     let transcript = utt.transcript.unwrap();
+    eprintln!("after the kill: {frames} frames at the server, transcript {transcript:?}");
     let words = transcript.split_whitespace().count();
     assert!(words >= 5, "a real transcript of the sentence, got {transcript:?}");
     // Nothing else was created: one utterance, one push request.

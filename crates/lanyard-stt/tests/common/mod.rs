@@ -25,7 +25,11 @@ const INSTALL_HELP: &str = "the STT tests need a CTranslate2 Whisper model: set 
 pub fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(MODEL_DIR_ENV) {
         let dir = PathBuf::from(dir);
-        assert!(dir.is_dir(), "{MODEL_DIR_ENV}={} is not a directory; {INSTALL_HELP}", dir.display());
+        assert!(
+            dir.is_dir(),
+            "{MODEL_DIR_ENV}={} is not a directory; {INSTALL_HELP}",
+            dir.display()
+        );
         return dir;
     }
     let output = Command::new("python3")
@@ -41,7 +45,11 @@ pub fn model_dir() -> PathBuf {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("model");
-    assert!(dir.is_dir(), "{} does not exist; {INSTALL_HELP}", dir.display());
+    assert!(
+        dir.is_dir(),
+        "{} does not exist; {INSTALL_HELP}",
+        dir.display()
+    );
     dir
 }
 
@@ -55,19 +63,40 @@ pub fn synthesize(text: &str) -> Vec<f32> {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run espeak-ng ({e}); {HELP}"));
     let sox = Command::new("sox")
-        .args(["-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", "-"])
+        .args([
+            "-t",
+            "wav",
+            "-",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+            "-",
+        ])
         .stdin(espeak.stdout.take().expect("stdout was piped"))
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run sox ({e}); {HELP}"));
-    assert!(espeak.wait().expect("espeak-ng ran").success(), "espeak-ng failed");
+    assert!(
+        espeak.wait().expect("espeak-ng ran").success(),
+        "espeak-ng failed"
+    );
     assert!(sox.status.success(), "sox failed");
     let samples: Vec<f32> = sox
         .stdout
         .chunks_exact(2)
         .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
         .collect();
-    assert!(samples.len() > 16_000 / 2, "espeak-ng produced under half a second for {text:?}");
+    assert!(
+        samples.len() > 16_000 / 2,
+        "espeak-ng produced under half a second for {text:?}"
+    );
     samples
 }
 

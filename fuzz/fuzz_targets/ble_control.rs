@@ -1,0 +1,5 @@
+//! Fuzz target `ble_control`: the body is [`lanyard_fuzz::ble_control`], which states the
+//! invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lanyard_fuzz::ble_control(data));
