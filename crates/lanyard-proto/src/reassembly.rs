@@ -407,3 +407,69 @@ impl Reassembler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ble::{FrameSpec, Notification};
+
+    fn note(seq: u16, fragment: u8, more: bool, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let n = Notification { seq, fragment, codec: Codec::Pcm16k, start: false, end: false, more, payload };
+        ble::encode(&n, &mut out);
+        out
+    }
+
+    /// 256 empty fragments that all say MORE used to overflow the fragment
+    /// counter; the frame is now refused as too long.
+    #[test]
+    fn fragment_255_with_more_is_too_long() {
+        let mut r = Reassembler::lanyard();
+        for i in 0..=254u8 {
+            assert_eq!(r.push(&note(1, i, true, &[])), Ok(None));
+        }
+        assert_eq!(r.push(&note(1, 255, true, &[])), Err(ReassemblyError::FrameTooLong { seq: 1 }));
+        assert_eq!(r.stats().incomplete, 1);
+        assert_eq!(r.push(&note(2, 0, false, &[9])).unwrap().unwrap().data, vec![9]);
+    }
+
+    /// The largest frame fills all 256 fragments of a minimum-MTU link.
+    #[test]
+    fn largest_frame_at_minimum_mtu() {
+        let data = vec![0x5a; MAX_FRAME_LEN];
+        let spec = FrameSpec { seq: 0xffff, codec: Codec::Pcm16k, start: true, end: true, data: &data };
+        let notes = ble::packetize(&spec, ble::MIN_ATT_MTU).unwrap();
+        assert_eq!(notes.len(), ble::MAX_FRAGMENTS);
+        let mut r = Reassembler::lanyard();
+        let frames: Vec<Frame> = notes.iter().filter_map(|n| r.push(n).unwrap()).collect();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].data, data);
+    }
+
+    /// An Omi frame whose last notification is lost must not be delivered
+    /// truncated when the next frame starts.
+    #[test]
+    fn omi_frame_missing_its_tail_is_dropped() {
+        let mut r = Reassembler::omi(OmiCodec::OpusFs320).unwrap();
+        let a = omi::packetize(10, &[1; 30], 23); // indices 10, 11
+        let b = omi::packetize(12, &[2; 5], 23); // index 12
+        assert_eq!(r.push(&a[0]), Ok(None));
+        assert_eq!(r.push(&b[0]), Ok(None));
+        assert_eq!(r.flush().map(|f| f.data), Some(vec![2; 5]));
+        let s = r.stats();
+        assert_eq!((s.frames, s.incomplete, s.lost), (1, 1, 1));
+    }
+
+    /// A repeated START frame is a duplicate like any other.
+    #[test]
+    fn repeated_start_frame_is_a_duplicate() {
+        let spec = FrameSpec { seq: 5, codec: Codec::Opus16k20ms, start: true, end: false, data: &[1, 2] };
+        let n = ble::packetize(&spec, 23).unwrap().remove(0);
+        let mut r = Reassembler::lanyard();
+        assert!(r.push(&n).unwrap().is_some());
+        assert_eq!(r.push(&n), Ok(None));
+        assert_eq!(r.stats().duplicates, 1);
+        r.reset_link();
+        assert!(r.push(&n).unwrap().is_some(), "a new connection numbers afresh");
+    }
+}

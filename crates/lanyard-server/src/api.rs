@@ -1,6 +1,7 @@
 //! Routes. Every route is versioned under `/v1` except the health check.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, put};
@@ -69,9 +70,17 @@ async fn upload(
     AuthDevice(device): AuthDevice,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
     let id = parse_id(&id)?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "the upload exceeds {} bytes; an utterance is at most {} frames",
+            limits::MAX_UPLOAD_BYTES,
+            limits::MAX_UTTERANCE_FRAMES
+        )),
+        _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
+    })?;
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !(ctype.starts_with("audio/ogg") || ctype.starts_with("audio/opus")) {
         return Err(ApiError::UnsupportedMediaType(format!(

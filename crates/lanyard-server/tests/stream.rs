@@ -350,6 +350,9 @@ async fn limits_close_with_their_codes() {
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("Ogg"));
-    assert_eq!(put("audio/ogg", vec![0; limits::MAX_UPLOAD_BYTES + 1]).await.unwrap().status(), 413);
+    let resp = put("audio/ogg", vec![0; limits::MAX_UPLOAD_BYTES + 1]).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large");
     h.server.stop().await;
 }
