@@ -207,6 +207,15 @@ fn oggopus_read() {
 }
 
 #[test]
+fn wav_read() {
+    let seeds = vec![
+        lanyard_proto::wav::write([&[1u8; 640][..], &[2u8; 10]]),
+        lanyard_proto::wav::write(std::iter::empty()),
+    ];
+    run("wav_read", lanyard_fuzz::wav_read, &seeds);
+}
+
+#[test]
 fn link_decoder() {
     let mut stream = vec![3u8];
     for r in [

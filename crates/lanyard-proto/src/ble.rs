@@ -267,7 +267,10 @@ pub fn packetize(frame: &FrameSpec<'_>, att_mtu: usize) -> Result<Vec<Vec<u8>>, 
 /// Payload bytes one notification carries at `att_mtu`: 15 at the minimum
 /// MTU of 23, 507 from MTU 515 up. Meaningless (0) below [`MIN_ATT_MTU`].
 pub fn payload_room(att_mtu: usize) -> usize {
-    att_mtu.saturating_sub(3).min(MAX_NOTIFICATION_LEN).saturating_sub(HEADER_LEN)
+    att_mtu
+        .saturating_sub(3)
+        .min(MAX_NOTIFICATION_LEN)
+        .saturating_sub(HEADER_LEN)
 }
 
 /// Signed distance from `from` to `to` on the wrapping u16 sequence circle:
@@ -308,7 +311,11 @@ pub enum ControlError {
     #[error("unknown control opcode 0x{0:02x}")]
     UnknownOpcode(u8),
     #[error("control opcode 0x{opcode:02x} takes {expected} argument bytes, got {got}")]
-    BadLength { opcode: u8, expected: usize, got: usize },
+    BadLength {
+        opcode: u8,
+        expected: usize,
+        got: usize,
+    },
     #[error("codec id {0} is unknown")]
     UnknownCodec(u8),
 }
@@ -321,7 +328,11 @@ impl Control {
             if args.len() == expected {
                 Ok(())
             } else {
-                Err(ControlError::BadLength { opcode, expected, got: args.len() })
+                Err(ControlError::BadLength {
+                    opcode,
+                    expected,
+                    got: args.len(),
+                })
             }
         };
         match opcode {
@@ -329,13 +340,17 @@ impl Control {
             0x02 => want(0).map(|()| Control::StopStream),
             0x03 => {
                 want(1)?;
-                Codec::from_id(args[0]).map(Control::SetCodec).ok_or(ControlError::UnknownCodec(args[0]))
+                Codec::from_id(args[0])
+                    .map(Control::SetCodec)
+                    .ok_or(ControlError::UnknownCodec(args[0]))
             }
             0x04 => {
                 want(8)?;
                 let mut ms = [0u8; 8];
                 ms.copy_from_slice(args);
-                Ok(Control::SyncClock { unix_ms: u64::from_le_bytes(ms) })
+                Ok(Control::SyncClock {
+                    unix_ms: u64::from_le_bytes(ms),
+                })
             }
             other => Err(ControlError::UnknownOpcode(other)),
         }

@@ -10,6 +10,7 @@
 //! - [`reassembly`]: turns either framing's notifications back into codec frames.
 //! - [`wire`]: the relay-to-server WebSocket protocol (`/v1/stream`).
 //! - [`oggopus`]: the Ogg Opus container used by the whole-utterance HTTP upload.
+//! - [`wav`]: 16 kHz PCM16 WAV, the upload container for PCM utterances.
 //! - [`link`]: the length-prefixed byte stream that carries notifications
 //!   between the pendant simulator and a relay on one host.
 
@@ -18,6 +19,7 @@ pub mod link;
 pub mod oggopus;
 pub mod omi;
 pub mod reassembly;
+pub mod wav;
 pub mod wire;
 
 pub use uuid::Uuid;

@@ -142,7 +142,11 @@ pub fn payload_room(att_mtu: usize) -> usize {
 /// any frame of at most [`crate::ble::MAX_FRAME_LEN`] bytes does, at any MTU.
 pub fn packetize(first_index: u16, frame: &[u8], att_mtu: usize) -> Vec<Vec<u8>> {
     let room = payload_room(att_mtu);
-    let chunks: Vec<&[u8]> = if frame.is_empty() { vec![&[][..]] } else { frame.chunks(room).collect() };
+    let chunks: Vec<&[u8]> = if frame.is_empty() {
+        vec![&[][..]]
+    } else {
+        frame.chunks(room).collect()
+    };
     chunks
         .into_iter()
         .enumerate()

@@ -13,8 +13,9 @@ use lanyard_proto::link::{Decoder, LinkError, Record};
 use lanyard_proto::omi::{self, OmiCodec, OmiError, OmiNotification};
 use lanyard_proto::reassembly::Reassembler;
 use lanyard_proto::wire::{
-    self, Ack, Audio, Binary, ClientMsg, ErrorBody, PushPlatform, PushRegistration, ServerMsg, Timings,
-    UploadResponse, UtteranceState, UtteranceView, WireError,
+    self, Ack, Audio, Binary, ClientMsg, ErrorBody, PushEnvironment, PushPlatform,
+    PushRegistration, ServerMsg, TextUtterance, Timings, UploadResponse, UtteranceState,
+    UtteranceView, WireError,
 };
 use lanyard_proto::{Uuid, oggopus};
 use serde_json::Value;
@@ -46,7 +47,9 @@ fn codec(v: &Value) -> Codec {
 }
 
 fn array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
-    v[key].as_array().unwrap_or_else(|| panic!("{key} is an array"))
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} is an array"))
 }
 
 #[test]
@@ -108,7 +111,11 @@ fn ble_packetize_and_reassemble() {
         }
         assert_eq!(frames.len(), 1, "{name}: one frame");
         let f = &frames[0];
-        assert_eq!((f.seq, f.codec, f.start, f.end), (spec.seq, spec.codec, spec.start, spec.end), "{name}");
+        assert_eq!(
+            (f.seq, f.codec, f.start, f.end),
+            (spec.seq, spec.codec, spec.start, spec.end),
+            "{name}"
+        );
         assert_eq!(f.data, data, "{name}: data");
     }
 }
@@ -118,7 +125,9 @@ fn control_of(v: &Value) -> Control {
         "start_stream" => Control::StartStream,
         "stop_stream" => Control::StopStream,
         "set_codec" => Control::SetCodec(codec(&v["codec"])),
-        "sync_clock" => Control::SyncClock { unix_ms: u64_of(&v["unix_ms"]) },
+        "sync_clock" => Control::SyncClock {
+            unix_ms: u64_of(&v["unix_ms"]),
+        },
         other => panic!("unknown op {other}"),
     }
 }
@@ -178,8 +187,10 @@ fn omi_packetize_and_reassemble() {
     let att_mtu = u64_of(&file["att_mtu"]) as usize;
     let expected: Vec<Vec<u8>> = array(&file, "notifications").iter().map(bytes).collect();
 
-    let frames: Vec<(u16, Vec<u8>)> =
-        array(&file, "frames").iter().map(|f| (u64_of(&f["first_index"]) as u16, bytes(&f["data"]))).collect();
+    let frames: Vec<(u16, Vec<u8>)> = array(&file, "frames")
+        .iter()
+        .map(|f| (u64_of(&f["first_index"]) as u16, bytes(&f["data"])))
+        .collect();
     let mut got = Vec::new();
     for (first, data) in &frames {
         got.extend(omi::packetize(*first, data, att_mtu));
@@ -201,7 +212,10 @@ fn omi_packetize_and_reassemble() {
         .collect();
     assert_eq!(out, frames, "reassemble");
     let stats = r.stats();
-    assert_eq!((stats.frames, stats.lost, stats.duplicates, stats.incomplete), (3, 0, 0, 0));
+    assert_eq!(
+        (stats.frames, stats.lost, stats.duplicates, stats.incomplete),
+        (3, 0, 0, 0)
+    );
 }
 
 #[test]
@@ -210,17 +224,28 @@ fn wire_binary() {
     for v in array(&file, "vectors") {
         let name = str_of(&v["name"]);
         let wire = bytes(&v["hex"]);
-        let frame = if v["kind"] == "audio" { bytes(&v["frame"]) } else { Vec::new() };
+        let frame = if v["kind"] == "audio" {
+            bytes(&v["frame"])
+        } else {
+            Vec::new()
+        };
         let expected = match str_of(&v["kind"]) {
             "audio" => Binary::Audio(Audio {
                 handle: u64_of(&v["handle"]) as u32,
                 seq: u64_of(&v["seq"]) as u32,
                 frame: &frame,
             }),
-            "ack" => Binary::Ack(Ack { handle: u64_of(&v["handle"]) as u32, next: u64_of(&v["next"]) as u32 }),
+            "ack" => Binary::Ack(Ack {
+                handle: u64_of(&v["handle"]) as u32,
+                next: u64_of(&v["next"]) as u32,
+            }),
             other => panic!("unknown kind {other}"),
         };
-        assert_eq!(wire::parse_binary(&wire).as_ref(), Ok(&expected), "{name}: decode");
+        assert_eq!(
+            wire::parse_binary(&wire).as_ref(),
+            Ok(&expected),
+            "{name}: decode"
+        );
         assert_eq!(expected.encode(), wire, "{name}: encode");
         match &expected {
             Binary::Audio(a) => assert_eq!(wire::encode_audio(a), wire),
@@ -249,7 +274,10 @@ fn utterance() -> Uuid {
 }
 
 fn find<'a>(list: &'a [Value], name: &str) -> &'a str {
-    let v = list.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("vector {name}"));
+    let v = list
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("vector {name}"));
     str_of(&v["json"])
 }
 
@@ -267,14 +295,38 @@ fn wire_client_json() {
     let file = load("wire_json.json");
     let list = array(&file, "client");
     let cases = [
-        ("open", ClientMsg::Open { utterance: utterance(), handle: 7, codec: Codec::Opus16k20ms }),
-        ("open_pcm", ClientMsg::Open { utterance: utterance(), handle: 0, codec: Codec::Pcm16k }),
-        ("end", ClientMsg::End { utterance: utterance(), frames: 150 }),
+        (
+            "open",
+            ClientMsg::Open {
+                utterance: utterance(),
+                handle: 7,
+                codec: Codec::Opus16k20ms,
+            },
+        ),
+        (
+            "open_pcm",
+            ClientMsg::Open {
+                utterance: utterance(),
+                handle: 0,
+                codec: Codec::Pcm16k,
+            },
+        ),
+        (
+            "end",
+            ClientMsg::End {
+                utterance: utterance(),
+                frames: 150,
+            },
+        ),
     ];
     all_named(list, &cases.iter().map(|c| c.0).collect::<Vec<_>>());
     for (name, value) in cases {
         let text = find(list, name);
-        assert_eq!(wire::parse_client_text(text), Ok(value.clone()), "{name}: decode");
+        assert_eq!(
+            wire::parse_client_text(text),
+            Ok(value.clone()),
+            "{name}: decode"
+        );
         assert_eq!(value.to_json(), text, "{name}: encode");
     }
     for v in array(&file, "client_errors") {
@@ -283,8 +335,14 @@ fn wire_client_json() {
         assert!(matches!(err, WireError::Json(_)), "{name}: {err}");
         assert_eq!(err.close_code(), wire::close::PROTOCOL);
     }
-    let long = format!("{{\"type\":\"end\",\"utterance\":\"{U}\",\"frames\":1{}}}", " ".repeat(4096));
-    assert_eq!(wire::parse_client_text(&long), Err(WireError::TextTooLarge(long.len())));
+    let long = format!(
+        "{{\"type\":\"end\",\"utterance\":\"{U}\",\"frames\":1{}}}",
+        " ".repeat(4096)
+    );
+    assert_eq!(
+        wire::parse_client_text(&long),
+        Err(WireError::TextTooLarge(long.len()))
+    );
 }
 
 #[test]
@@ -293,18 +351,60 @@ fn wire_server_json() {
     let list = array(&file, "server");
     let u = utterance();
     let cases = [
-        ("opened", ServerMsg::Opened { utterance: u, handle: 7, next_seq: 42, complete: false }),
-        ("opened_complete", ServerMsg::Opened { utterance: u, handle: 7, next_seq: 150, complete: true }),
-        ("complete", ServerMsg::Complete { utterance: u, frames: 150 }),
-        ("partial", ServerMsg::Partial { utterance: u, text: "turn on the".into() }),
-        ("final", ServerMsg::Final { utterance: u, text: "Turn on the lights \"now\".".into() }),
-        ("reply", ServerMsg::Reply { utterance: u, title: "Lights".into(), body: "Done. Café mode.".into() }),
+        (
+            "opened",
+            ServerMsg::Opened {
+                utterance: u,
+                handle: 7,
+                next_seq: 42,
+                complete: false,
+            },
+        ),
+        (
+            "opened_complete",
+            ServerMsg::Opened {
+                utterance: u,
+                handle: 7,
+                next_seq: 150,
+                complete: true,
+            },
+        ),
+        (
+            "complete",
+            ServerMsg::Complete {
+                utterance: u,
+                frames: 150,
+            },
+        ),
+        (
+            "partial",
+            ServerMsg::Partial {
+                utterance: u,
+                text: "turn on the".into(),
+            },
+        ),
+        (
+            "final",
+            ServerMsg::Final {
+                utterance: u,
+                text: "Turn on the lights \"now\".".into(),
+            },
+        ),
+        (
+            "reply",
+            ServerMsg::Reply {
+                utterance: u,
+                title: "Lights".into(),
+                body: "Done. Café mode.".into(),
+            },
+        ),
         (
             "error_utterance",
             ServerMsg::Error {
                 utterance: Some(u),
                 code: "utterance_too_long".into(),
-                message: "an utterance may be at most 30000 frames; end it and start a new one".into(),
+                message: "an utterance may be at most 30000 frames; end it and start a new one"
+                    .into(),
             },
         ),
         (
@@ -319,7 +419,11 @@ fn wire_server_json() {
     all_named(list, &cases.iter().map(|c| c.0).collect::<Vec<_>>());
     for (name, value) in cases {
         let text = find(list, name);
-        assert_eq!(wire::parse_server_text(text), Ok(value.clone()), "{name}: decode");
+        assert_eq!(
+            wire::parse_server_text(text),
+            Ok(value.clone()),
+            "{name}: decode"
+        );
         assert_eq!(value.to_json(), text, "{name}: encode");
     }
 }
@@ -329,8 +433,16 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
 {
     let text = find(list, name);
-    assert_eq!(serde_json::from_str::<T>(text).expect(name), value, "{name}: decode");
-    assert_eq!(serde_json::to_string(&value).unwrap(), text, "{name}: encode");
+    assert_eq!(
+        serde_json::from_str::<T>(text).expect(name),
+        value,
+        "{name}: decode"
+    );
+    assert_eq!(
+        serde_json::to_string(&value).unwrap(),
+        text,
+        "{name}: encode"
+    );
 }
 
 #[test]
@@ -346,6 +458,8 @@ fn http_json() {
             "upload_response",
             "push_registration",
             "push_registration_fcm",
+            "push_registration_sandbox",
+            "text_utterance",
             "error_body",
         ],
     );
@@ -386,14 +500,54 @@ fn http_json() {
     http_case(
         list,
         "upload_response",
-        UploadResponse { utterance: u, state: UtteranceState::Complete, frames: 150, added: 108 },
+        UploadResponse {
+            utterance: u,
+            state: UtteranceState::Complete,
+            frames: 150,
+            added: 108,
+        },
     );
-    http_case(list, "push_registration", PushRegistration { platform: PushPlatform::Apns, token: "a1b2c3".into() });
-    http_case(list, "push_registration_fcm", PushRegistration { platform: PushPlatform::Fcm, token: "t".into() });
+    http_case(
+        list,
+        "push_registration",
+        PushRegistration {
+            platform: PushPlatform::Apns,
+            token: "a1b2c3".into(),
+            environment: PushEnvironment::Production,
+        },
+    );
+    http_case(
+        list,
+        "push_registration_sandbox",
+        PushRegistration {
+            platform: PushPlatform::Apns,
+            token: "a1b2c3".into(),
+            environment: PushEnvironment::Sandbox,
+        },
+    );
+    http_case(
+        list,
+        "push_registration_fcm",
+        PushRegistration {
+            platform: PushPlatform::Fcm,
+            token: "t".into(),
+            environment: PushEnvironment::Production,
+        },
+    );
+    http_case(
+        list,
+        "text_utterance",
+        TextUtterance {
+            text: "call mum".into(),
+        },
+    );
     http_case(
         list,
         "error_body",
-        ErrorBody { code: "payload_too_large".into(), message: "uploads are at most 4194304 bytes".into() },
+        ErrorBody {
+            code: "payload_too_large".into(),
+            message: "uploads are at most 4194304 bytes".into(),
+        },
     );
     for s in [
         UtteranceState::Receiving,
@@ -403,7 +557,10 @@ fn http_json() {
         UtteranceState::Failed,
     ] {
         assert_eq!(UtteranceState::parse(s.as_str()), Some(s));
-        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{}\"", s.as_str())
+        );
     }
 }
 
@@ -431,7 +588,11 @@ fn link_records() {
         let expected = record_of(&v["record"]);
         let mut d = Decoder::new();
         d.extend(&wire);
-        assert_eq!(d.next_record(), Ok(Some(expected.clone())), "{name}: decode");
+        assert_eq!(
+            d.next_record(),
+            Ok(Some(expected.clone())),
+            "{name}: decode"
+        );
         assert_eq!(d.next_record(), Ok(None), "{name}: nothing left");
         assert_eq!(expected.encode(), wire, "{name}: encode");
         stream.extend_from_slice(&wire);
@@ -448,8 +609,22 @@ fn link_records() {
     }
     assert_eq!(got, records);
     // The advertised service picks the framing.
-    assert_eq!(records[0], Record::Advertise { service: ble::gatt::SERVICE, att_mtu: 185, codec: 0 });
-    assert_eq!(records[1], Record::Advertise { service: omi::gatt::SERVICE, att_mtu: 23, codec: 21 });
+    assert_eq!(
+        records[0],
+        Record::Advertise {
+            service: ble::gatt::SERVICE,
+            att_mtu: 185,
+            codec: 0
+        }
+    );
+    assert_eq!(
+        records[1],
+        Record::Advertise {
+            service: omi::gatt::SERVICE,
+            att_mtu: 23,
+            codec: 21
+        }
+    );
 
     for v in array(&file, "errors") {
         let name = str_of(&v["name"]);
@@ -469,7 +644,14 @@ fn ogg_opus_three_packets() {
     let file = load("three_packets.json");
     let ogg = std::fs::read(golden_dir().join(str_of(&file["file"]))).unwrap();
     let packets: Vec<Vec<u8>> = array(&file, "packets").iter().map(bytes).collect();
-    assert_eq!(oggopus::read(&ogg).expect("valid Ogg Opus"), packets, "decode");
-    let written = oggopus::write(u64_of(&file["serial"]) as u32, packets.iter().map(Vec::as_slice));
+    assert_eq!(
+        oggopus::read(&ogg).expect("valid Ogg Opus"),
+        packets,
+        "decode"
+    );
+    let written = oggopus::write(
+        u64_of(&file["serial"]) as u32,
+        packets.iter().map(Vec::as_slice),
+    );
     assert_eq!(hex::encode(&written), hex::encode(&ogg), "encode");
 }

@@ -11,26 +11,64 @@
 //!
 //! # State transitions
 //!
-//! Each transition is one conditional `UPDATE ... WHERE id = ? AND state = ?`,
-//! and the number of rows it changed says whether this caller made it. The
-//! transitions, and what a call from any other state does:
+//! Each transition is one conditional `UPDATE ... WHERE id = ? AND state = ?`
+//! (or an `INSERT ... ON CONFLICT DO NOTHING` for the ones that create the
+//! row), and the number of rows it changed says whether this caller made it.
+//! The transitions, and what a call from any other state does:
 //!
-//! | call                | from                      | to            | other states                 |
-//! |---------------------|---------------------------|---------------|------------------------------|
-//! | `mark_complete`     | `receiving`               | `complete`    | returns `false`              |
-//! | `mark_stt_started`  | `complete`                | (same)        | no-op                        |
-//! | `set_transcript`    | `complete`                | `transcribed` | no-op, but still counted     |
-//! | `set_reply`         | `transcribed`             | `replied`     | no-op, no push request       |
-//! | `set_failed`        | not `replied` or `failed` | `failed`      | no-op: the first error stays |
+//! | call                    | from                      | to            | other states                    |
+//! |-------------------------|---------------------------|---------------|---------------------------------|
+//! | `open_utterance`        | (no row)                  | `receiving`   | returns the row unchanged       |
+//! | `mark_complete`         | `receiving`               | `complete`    | returns `false`                 |
+//! | `mark_stt_started`      | `complete`                | (same)        | no-op                           |
+//! | `set_transcript`        | `complete`                | `transcribed` | no-op, but still counted        |
+//! | `create_text_utterance` | (no row)                  | `transcribed` | returns the row with `false`    |
+//! | `set_reply`             | `transcribed`             | `replied`     | no-op, no push request          |
+//! | `set_failed`            | not `replied` or `failed` | `failed`      | no-op: the first error stays    |
 //!
 //! A call for an id that does not exist fails with
-//! [`StoreError::NoUtterance`]. A call in a wrong state is a no-op rather than
-//! an error because the usual cause is a retry after a restart, which must be
-//! harmless; the trait has no "wrong state" error to report the rare real bug.
+//! [`StoreError::NoUtterance`]; the two that create the row fail with
+//! [`StoreError::WrongDevice`] when the id exists for another device. A call
+//! in a wrong state is a no-op rather than an error because the usual cause is
+//! a retry after a restart, which must be harmless; the trait has no "wrong
+//! state" error to report the rare real bug.
 //!
 //! `set_transcript` counts every call, applied or not, in `transcript_writes`:
 //! the counter exists to catch a server that runs speech-to-text twice, and a
-//! second run that the state check swallowed is still a second run.
+//! second run that the state check swallowed is still a second run. A text
+//! utterance is created with the counter at 1, as if transcribed once.
+//!
+//! A text utterance has no codec; the `codec` column, `NOT NULL` since the
+//! first schema, holds `text` for it, which reads back as `None`.
+//!
+//! # The push outbox
+//!
+//! `set_reply` queues at most one push request per utterance, `pending` and
+//! due at once. Its lifecycle:
+//!
+//! ```text
+//! pending ──claim_pushes──────────────▶ claimed (leased until claimed_until_ms)
+//! claimed ──record_push(Sent)─────────▶ sent
+//! claimed ──record_push(Undeliverable)▶ undeliverable
+//! claimed ──record_push(Retry)────────▶ pending, due at next_attempt_ms
+//! claimed ──the lease runs out────────▶ pending, claimable again at once
+//! ```
+//!
+//! "Claimed" is not a stored status: it is a `pending` row whose
+//! `claimed_until_ms` lies in the future. `claim_pushes` is one
+//! `UPDATE ... WHERE utterance_id IN (SELECT ... LIMIT ?) RETURNING ...`, and
+//! SQLite takes the write lock before the statement reads anything, so two
+//! claimers (in one pool or in two processes) never both see a row as free.
+//! No sender has to release a dead sender's claims: the lease does.
+//!
+//! `record_push` acts only on a `pending` row: it counts the attempt, releases
+//! the claim and applies the outcome. On a `sent` or `undeliverable` row it is
+//! a no-op, so the first recorded send wins and a repeated record changes
+//! nothing. `Sent` also sets the utterance's `push_ms`, in the same
+//! transaction, if it is unset. The trait gives a claim no identity, so a
+//! sender whose lease ran out can still record on a row that another sender
+//! has claimed since; at worst that releases the other's lease early, and the
+//! request is sent once more, which the collapse id hides.
 //!
 //! # Concurrency
 //!
@@ -46,7 +84,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState};
-use lanyard_store::{Device, PushRequest, PushTarget, Result, Store, StoreError, Utterance};
+use lanyard_store::{
+    Device, PushEnvironment, PushOutcome, PushRequest, PushStatus, PushTarget, ReplyRecord, Result, Store, StoreError,
+    Utterance,
+};
 use sqlx::error::ErrorKind;
 use sqlx::migrate::MigrateError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -154,6 +195,21 @@ impl SqliteStore {
     }
 }
 
+/// The columns of a [`DeviceRow`], in `devices`.
+const DEVICE_COLUMNS: &str = "id, name, created_ms, push_platform, push_token, push_environment, push_disabled_reason";
+
+/// The columns of an [`UtteranceRow`], in `utterances`.
+const UTTERANCE_COLUMNS: &str = "id, device_id, codec, state, frames, transcript, reply_title, reply_body, reply_data,
+     error, created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms";
+
+/// The columns of a [`PushRow`], in `push_outbox`.
+const PUSH_COLUMNS: &str = "utterance_id, device_id, platform, token, environment, title, body, data, created_ms,
+     status, attempts, next_attempt_ms, sent_ms, last_error";
+
+/// The `codec` of a text-only utterance. The column is `NOT NULL` since the
+/// first schema, and a value no codec uses costs no table rebuild.
+const TEXT_CODEC: &str = "text";
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn add_device(&self, id: Uuid, name: &str, token_hash: &[u8; 32], now_ms: i64) -> Result<Device> {
@@ -175,44 +231,70 @@ impl Store for SqliteStore {
                     _ => backend(e),
                 }
             })?;
-        Ok(Device { id, name: name.to_owned(), created_ms: now_ms, push: None })
+        Ok(Device { id, name: name.to_owned(), created_ms: now_ms, push: None, push_disabled_reason: None })
     }
 
     async fn device_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<Device>> {
-        let row: Option<DeviceRow> = sqlx::query_as(
-            "SELECT id, name, created_ms, push_platform, push_token FROM devices WHERE token_hash = ?",
-        )
-        .bind(&token_hash[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?");
+        let row: Option<DeviceRow> = sqlx::query_as(&sql)
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.map(Device::try_from).transpose()
     }
 
     async fn device(&self, id: Uuid) -> Result<Option<Device>> {
-        let row: Option<DeviceRow> =
-            sqlx::query_as("SELECT id, name, created_ms, push_platform, push_token FROM devices WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?");
+        let row: Option<DeviceRow> = sqlx::query_as(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.map(Device::try_from).transpose()
     }
 
     async fn set_push_target(&self, device_id: Uuid, target: &PushTarget) -> Result<()> {
-        let done = sqlx::query("UPDATE devices SET push_platform = ?, push_token = ? WHERE id = ?")
-            .bind(platform_str(target.platform))
-            .bind(&target.token)
-            .bind(device_id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        // A new registration is a working token until a provider says
+        // otherwise: the disablement of the old one goes with it.
+        let done = sqlx::query(
+            "UPDATE devices SET push_platform = ?, push_token = ?, push_environment = ?,
+                                push_disabled_reason = NULL, push_disabled_ms = NULL
+             WHERE id = ?",
+        )
+        .bind(platform_str(target.platform))
+        .bind(&target.token)
+        .bind(environment_str(target.environment))
+        .bind(device_id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         if done.rows_affected() == 0 {
             // The trait has no "no such device" error. Callers pass the id of
             // the device that just authenticated, so this is a bug, not input.
             return Err(StoreError::Backend(format!("no device {device_id}")));
         }
         Ok(())
+    }
+
+    async fn disable_push_target(&self, device_id: Uuid, token: &str, reason: &str, now_ms: i64) -> Result<bool> {
+        // Conditional on the token, in the one statement: a sender learns that
+        // a token is dead some time after it was queued, and the device may
+        // have registered a new one meanwhile, which must stay. An unknown
+        // device has no such token either, so it gets `false` too.
+        let done = sqlx::query(
+            "UPDATE devices SET push_platform = NULL, push_token = NULL, push_environment = NULL,
+                                push_disabled_reason = ?, push_disabled_ms = ?
+             WHERE id = ? AND push_token = ?",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(device_id.to_string())
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn open_utterance(&self, id: Uuid, device_id: Uuid, codec: Codec, now_ms: i64) -> Result<Utterance> {
@@ -238,15 +320,12 @@ impl Store for SqliteStore {
     }
 
     async fn utterance(&self, id: Uuid) -> Result<Option<Utterance>> {
-        let row: Option<UtteranceRow> = sqlx::query_as(
-            "SELECT id, device_id, codec, state, frames, transcript, reply_title, reply_body, error,
-                    created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms
-             FROM utterances WHERE id = ?",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let sql = format!("SELECT {UTTERANCE_COLUMNS} FROM utterances WHERE id = ?");
+        let row: Option<UtteranceRow> = sqlx::query_as(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.map(Utterance::try_from).transpose()
     }
 
@@ -307,14 +386,47 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn set_reply(&self, id: Uuid, title: &str, body: &str, push: Option<&PushTarget>, now_ms: i64) -> Result<()> {
+    async fn create_text_utterance(
+        &self,
+        id: Uuid,
+        device_id: Uuid,
+        text: &str,
+        now_ms: i64,
+    ) -> Result<(Utterance, bool)> {
+        // Insert-if-absent, as open_utterance, and the insert's row count
+        // names the one caller that created it. The text arrived whole, so it
+        // was received at `now_ms`; the server ran no speech-to-text, so the
+        // stt timings stay empty.
+        let done = sqlx::query(
+            "INSERT INTO utterances (id, device_id, codec, state, transcript, transcript_writes,
+                                     created_ms, received_end_ms)
+             VALUES (?1, ?2, ?3, 'transcribed', ?4, 1, ?5, ?5)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(device_id.to_string())
+        .bind(TEXT_CODEC)
+        .bind(text)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        let utterance = self.utterance(id).await?.ok_or(StoreError::NoUtterance(id))?;
+        if utterance.device_id != device_id {
+            return Err(StoreError::WrongDevice(id));
+        }
+        Ok((utterance, done.rows_affected() == 1))
+    }
+
+    async fn set_reply(&self, id: Uuid, reply: &ReplyRecord, push: Option<&PushTarget>, now_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let done = sqlx::query(
-            "UPDATE utterances SET state = 'replied', reply_title = ?, reply_body = ?, reply_ms = ?
+            "UPDATE utterances SET state = 'replied', reply_title = ?, reply_body = ?, reply_data = ?, reply_ms = ?
              WHERE id = ? AND state = 'transcribed'",
         )
-        .bind(title)
-        .bind(body)
+        .bind(&reply.title)
+        .bind(&reply.body)
+        .bind(&reply.data_json)
         .bind(now_ms)
         .bind(id.to_string())
         .execute(&mut *tx)
@@ -328,16 +440,20 @@ impl Store for SqliteStore {
         if let Some(target) = push {
             // The state check above already makes this the only insert for
             // the utterance; DO NOTHING is a second guard, and the primary key
-            // a third.
+            // a third. Pending, unclaimed and due now: the column defaults,
+            // except the due time, which is the caller's clock.
             sqlx::query(
-                "INSERT INTO push_outbox (utterance_id, device_id, platform, token, title, body, created_ms)
-                 SELECT id, device_id, ?, ?, ?, ?, ? FROM utterances WHERE id = ?
+                "INSERT INTO push_outbox (utterance_id, device_id, platform, token, environment, title, body, data,
+                                          created_ms, next_attempt_ms)
+                 SELECT id, device_id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7 FROM utterances WHERE id = ?8
                  ON CONFLICT (utterance_id) DO NOTHING",
             )
             .bind(platform_str(target.platform))
             .bind(&target.token)
-            .bind(title)
-            .bind(body)
+            .bind(environment_str(target.environment))
+            .bind(&reply.title)
+            .bind(&reply.body)
+            .bind(&reply.data_json)
             .bind(now_ms)
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -366,47 +482,96 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn unsent_pushes(&self, limit: u32) -> Result<Vec<PushRequest>> {
-        let rows: Vec<PushRow> = sqlx::query_as(
-            "SELECT utterance_id, device_id, platform, token, title, body, created_ms, sent_ms
-             FROM push_outbox WHERE sent_ms IS NULL
-             ORDER BY created_ms, utterance_id LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(PushRequest::try_from).collect()
-    }
-
-    async fn mark_push_sent(&self, utterance_id: Uuid, now_ms: i64) -> Result<()> {
-        let id = utterance_id.to_string();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        // The first send is the one recorded; a repeated mark keeps it.
-        let done = sqlx::query("UPDATE push_outbox SET sent_ms = ? WHERE utterance_id = ? AND sent_ms IS NULL")
+    async fn claim_pushes(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushRequest>> {
+        // One statement, so that choosing the rows and leasing them are one
+        // step: SQLite takes the write lock before the statement reads, so a
+        // concurrent claimer (another connection, another process) waits and
+        // then sees these rows leased. A SELECT followed by an UPDATE would
+        // let two claimers choose the same rows.
+        let sql = format!(
+            "UPDATE push_outbox SET claimed_until_ms = ?2
+             WHERE utterance_id IN (
+                 SELECT utterance_id FROM push_outbox
+                 WHERE status = 'pending' AND next_attempt_ms <= ?1 AND claimed_until_ms <= ?1
+                 ORDER BY next_attempt_ms, created_ms, utterance_id
+                 LIMIT ?3)
+             RETURNING {PUSH_COLUMNS}"
+        );
+        let rows: Vec<PushRow> = sqlx::query_as(&sql)
             .bind(now_ms)
-            .bind(&id)
-            .execute(&mut *tx)
+            .bind(now_ms.saturating_add(lease_ms))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
+        let mut claimed = rows.into_iter().map(PushRequest::try_from).collect::<Result<Vec<_>>>()?;
+        // RETURNING comes in no promised order; the subquery's is the one
+        // the trait documents (ids order alike as text and as UUIDs).
+        claimed.sort_by_key(|p| (p.next_attempt_ms, p.created_ms, p.utterance_id));
+        Ok(claimed)
+    }
+
+    async fn record_push(&self, utterance_id: Uuid, outcome: &PushOutcome, now_ms: i64) -> Result<()> {
+        let id = utterance_id.to_string();
+        // Every outcome counts the attempt and releases the claim, and only
+        // on a pending row: once sent or given up, the row is final, so a
+        // repeated or late record changes nothing.
+        let (status, next_attempt_ms, error) = match outcome {
+            PushOutcome::Sent => (PushStatus::Sent, None, None),
+            PushOutcome::Retry { next_attempt_ms, error } => (PushStatus::Pending, Some(*next_attempt_ms), Some(error)),
+            PushOutcome::Undeliverable { reason } => (PushStatus::Undeliverable, None, Some(reason)),
+        };
+        let sent_ms = (status == PushStatus::Sent).then_some(now_ms);
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let done = sqlx::query(
+            "UPDATE push_outbox SET
+                 status           = ?1,
+                 attempts         = attempts + 1,
+                 claimed_until_ms = 0,
+                 next_attempt_ms  = coalesce(?2, next_attempt_ms),
+                 last_error       = coalesce(?3, last_error),
+                 sent_ms          = coalesce(sent_ms, ?4)
+             WHERE utterance_id = ?5 AND status = 'pending'",
+        )
+        .bind(status_str(status))
+        .bind(next_attempt_ms)
+        .bind(error)
+        .bind(sent_ms)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         if done.rows_affected() == 0 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM push_outbox WHERE utterance_id = ?")
-                .bind(&id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
             tx.rollback().await.map_err(backend)?;
             // The trait has no "no such push request" error; the utterance
             // one is the nearest, and it names the id the caller passed.
-            return exists.map(|_| ()).ok_or(StoreError::NoUtterance(utterance_id));
+            // Rows are never deleted, so the answer is still current.
+            return match self.push_request(utterance_id).await? {
+                Some(_) => Ok(()),
+                None => Err(StoreError::NoUtterance(utterance_id)),
+            };
         }
-        sqlx::query("UPDATE utterances SET push_ms = ? WHERE id = ?")
-            .bind(now_ms)
-            .bind(&id)
-            .execute(&mut *tx)
+        if sent_ms.is_some() {
+            // The first send is the one recorded: the row can reach `sent`
+            // only once, and the IS NULL guard keeps a time set otherwise.
+            sqlx::query("UPDATE utterances SET push_ms = ? WHERE id = ? AND push_ms IS NULL")
+                .bind(now_ms)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn push_request(&self, utterance_id: Uuid) -> Result<Option<PushRequest>> {
+        let sql = format!("SELECT {PUSH_COLUMNS} FROM push_outbox WHERE utterance_id = ?");
+        let row: Option<PushRow> = sqlx::query_as(&sql)
+            .bind(utterance_id.to_string())
+            .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        row.map(PushRequest::try_from).transpose()
     }
 
     async fn unfinished(&self) -> Result<Vec<Uuid>> {
@@ -447,10 +612,12 @@ fn codec_str(c: Codec) -> &'static str {
     }
 }
 
-fn parse_codec(s: &str) -> Result<Codec> {
+/// `None` is a text-only utterance, stored as [`TEXT_CODEC`].
+fn parse_codec(s: &str) -> Result<Option<Codec>> {
     match s {
-        "opus16k20ms" => Ok(Codec::Opus16k20ms),
-        "pcm16k" => Ok(Codec::Pcm16k),
+        "opus16k20ms" => Ok(Some(Codec::Opus16k20ms)),
+        "pcm16k" => Ok(Some(Codec::Pcm16k)),
+        TEXT_CODEC => Ok(None),
         _ => Err(StoreError::Corrupt(format!("unknown codec {s:?}"))),
     }
 }
@@ -467,6 +634,40 @@ fn parse_platform(s: &str) -> Result<PushPlatform> {
         "apns" => Ok(PushPlatform::Apns),
         "fcm" => Ok(PushPlatform::Fcm),
         _ => Err(StoreError::Corrupt(format!("unknown push platform {s:?}"))),
+    }
+}
+
+fn environment_str(e: PushEnvironment) -> &'static str {
+    match e {
+        PushEnvironment::Production => "production",
+        PushEnvironment::Sandbox => "sandbox",
+    }
+}
+
+/// NULL is a target stored before the environment was (migration 0002), when
+/// production was the only gateway the server used.
+fn parse_environment(s: Option<&str>) -> Result<PushEnvironment> {
+    match s {
+        None | Some("production") => Ok(PushEnvironment::Production),
+        Some("sandbox") => Ok(PushEnvironment::Sandbox),
+        Some(s) => Err(StoreError::Corrupt(format!("unknown push environment {s:?}"))),
+    }
+}
+
+fn status_str(s: PushStatus) -> &'static str {
+    match s {
+        PushStatus::Pending => "pending",
+        PushStatus::Sent => "sent",
+        PushStatus::Undeliverable => "undeliverable",
+    }
+}
+
+fn parse_status(s: &str) -> Result<PushStatus> {
+    match s {
+        "pending" => Ok(PushStatus::Pending),
+        "sent" => Ok(PushStatus::Sent),
+        "undeliverable" => Ok(PushStatus::Undeliverable),
+        _ => Err(StoreError::Corrupt(format!("unknown push status {s:?}"))),
     }
 }
 
@@ -489,6 +690,8 @@ struct DeviceRow {
     created_ms: i64,
     push_platform: Option<String>,
     push_token: Option<String>,
+    push_environment: Option<String>,
+    push_disabled_reason: Option<String>,
 }
 
 impl TryFrom<DeviceRow> for Device {
@@ -496,10 +699,20 @@ impl TryFrom<DeviceRow> for Device {
 
     fn try_from(r: DeviceRow) -> Result<Self> {
         let push = match (r.push_platform, r.push_token) {
-            (Some(p), Some(token)) => Some(PushTarget { platform: parse_platform(&p)?, token }),
+            (Some(p), Some(token)) => Some(PushTarget {
+                platform: parse_platform(&p)?,
+                token,
+                environment: parse_environment(r.push_environment.as_deref())?,
+            }),
             _ => None,
         };
-        Ok(Device { id: parse_uuid(&r.id)?, name: r.name, created_ms: r.created_ms, push })
+        Ok(Device {
+            id: parse_uuid(&r.id)?,
+            name: r.name,
+            created_ms: r.created_ms,
+            push,
+            push_disabled_reason: r.push_disabled_reason,
+        })
     }
 }
 
@@ -513,6 +726,7 @@ struct UtteranceRow {
     transcript: Option<String>,
     reply_title: Option<String>,
     reply_body: Option<String>,
+    reply_data: Option<String>,
     error: Option<String>,
     created_ms: i64,
     received_end_ms: Option<i64>,
@@ -535,6 +749,7 @@ impl TryFrom<UtteranceRow> for Utterance {
             transcript: r.transcript,
             reply_title: r.reply_title,
             reply_body: r.reply_body,
+            reply_data: r.reply_data,
             error: r.error,
             created_ms: r.created_ms,
             timings: Timings {
@@ -554,10 +769,16 @@ struct PushRow {
     device_id: String,
     platform: String,
     token: String,
+    environment: Option<String>,
     title: String,
     body: String,
+    data: String,
     created_ms: i64,
+    status: String,
+    attempts: i64,
+    next_attempt_ms: i64,
     sent_ms: Option<i64>,
+    last_error: Option<String>,
 }
 
 impl TryFrom<PushRow> for PushRequest {
@@ -567,11 +788,20 @@ impl TryFrom<PushRow> for PushRequest {
         Ok(PushRequest {
             utterance_id: parse_uuid(&r.utterance_id)?,
             device_id: parse_uuid(&r.device_id)?,
-            target: PushTarget { platform: parse_platform(&r.platform)?, token: r.token },
+            target: PushTarget {
+                platform: parse_platform(&r.platform)?,
+                token: r.token,
+                environment: parse_environment(r.environment.as_deref())?,
+            },
             title: r.title,
             body: r.body,
+            data_json: r.data,
             created_ms: r.created_ms,
+            status: parse_status(&r.status)?,
+            attempts: u32::try_from(r.attempts).map_err(|_| StoreError::Corrupt(format!("attempts = {}", r.attempts)))?,
+            next_attempt_ms: r.next_attempt_ms,
             sent_ms: r.sent_ms,
+            last_error: r.last_error,
         })
     }
 }

@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState};
-use lanyard_store::{Device, PushTarget, Store, StoreError};
+use lanyard_store::{Device, PushEnvironment, PushOutcome, PushStatus, PushTarget, ReplyRecord, Store, StoreError};
 use lanyard_store_sqlite::SqliteStore;
 use sqlx::Connection;
+use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
@@ -37,7 +38,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let kitchen = store.add_device(Uuid::now_v7(), "kitchen", &kitchen_hash, 1_000).await.unwrap();
     assert_eq!(kitchen.name, "kitchen");
     assert_eq!(kitchen.created_ms, 1_000);
-    assert_eq!(kitchen.push, None);
+    assert_eq!((&kitchen.push, &kitchen.push_disabled_reason), (&None, &None));
     assert_eq!(store.device_by_token_hash(&kitchen_hash).await.unwrap(), Some(kitchen.clone()));
     assert_eq!(store.device_by_token_hash(&[9u8; 32]).await.unwrap(), None);
 
@@ -51,10 +52,19 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let hall_hash = [2u8; 32];
     let hall = store.add_device(Uuid::now_v7(), "hall", &hall_hash, 1_002).await.unwrap();
 
-    // --- Push target: set, then replaced as a whole ---
-    let apns = PushTarget { platform: PushPlatform::Apns, token: "apns-token".into() };
+    // --- Push target: set, then replaced as a whole, environment included ---
+    let apns = PushTarget {
+        platform: PushPlatform::Apns,
+        token: "apns-token".into(),
+        environment: PushEnvironment::Sandbox,
+    };
     store.set_push_target(kitchen.id, &apns).await.unwrap();
-    let fcm = PushTarget { platform: PushPlatform::Fcm, token: "fcm-token".into() };
+    assert_eq!(store.device(kitchen.id).await.unwrap().unwrap().push, Some(apns.clone()));
+    let fcm = PushTarget {
+        platform: PushPlatform::Fcm,
+        token: "fcm-token".into(),
+        environment: PushEnvironment::Production,
+    };
     store.set_push_target(kitchen.id, &fcm).await.unwrap();
     let kitchen = store.device_by_token_hash(&kitchen_hash).await.unwrap().unwrap();
     assert_eq!(kitchen.push, Some(fcm.clone()));
@@ -66,12 +76,13 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let opened = store.open_utterance(u1, kitchen.id, Codec::Opus16k20ms, 2_000).await.unwrap();
     assert_eq!(opened.id, u1);
     assert_eq!(opened.device_id, kitchen.id);
-    assert_eq!(opened.codec, Codec::Opus16k20ms);
+    assert_eq!(opened.codec, Some(Codec::Opus16k20ms));
     assert_eq!(opened.state, UtteranceState::Receiving);
     assert_eq!(opened.frames, 0);
     assert_eq!(opened.created_ms, 2_000);
     assert_eq!(opened.timings, Timings::default());
     assert_eq!((&opened.transcript, &opened.reply_title, &opened.error), (&None, &None, &None));
+    assert_eq!(opened.reply_data, None);
     // A retried open, even with another codec, changes nothing.
     let again = store.open_utterance(u1, kitchen.id, Codec::Pcm16k, 2_500).await.unwrap();
     assert_eq!(again, opened);
@@ -129,46 +140,99 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert_eq!(store.utterance(u1).await.unwrap().unwrap(), u);
 
     // --- Reply and its push request, once ---
-    store.set_reply(u1, "Weather", "Sunny, 21 °C", Some(&fcm), 6_000).await.unwrap();
+    let weather = reply("Weather", "Sunny, 21 °C", r#"{"kind":"weather","temp_c":21}"#);
+    store.set_reply(u1, &weather, Some(&fcm), 6_000).await.unwrap();
     let u = store.utterance(u1).await.unwrap().unwrap();
     assert_eq!(u.state, UtteranceState::Replied);
     assert_eq!((u.reply_title.as_deref(), u.reply_body.as_deref()), (Some("Weather"), Some("Sunny, 21 °C")));
+    assert_eq!(u.reply_data.as_deref(), Some(weather.data_json.as_str()));
     assert_eq!(u.timings.reply_ms, Some(6_000));
     // Replayed with other words and another target: nothing changes.
-    store.set_reply(u1, "Again", "Other", Some(&apns), 6_500).await.unwrap();
+    store.set_reply(u1, &reply("Again", "Other", "{}"), Some(&apns), 6_500).await.unwrap();
     assert_eq!(store.utterance(u1).await.unwrap().unwrap(), u);
     assert_eq!(store.unfinished().await.unwrap(), Vec::<Uuid>::new());
 
-    let pushes = store.unsent_pushes(10).await.unwrap();
-    assert_eq!(pushes.len(), 1, "{pushes:?}");
-    let p = &pushes[0];
+    // Queued pending, unclaimed and due at once, with the reply's data.
+    let p = store.push_request(u1).await.unwrap().unwrap();
     assert_eq!((p.utterance_id, p.device_id), (u1, kitchen.id));
     assert_eq!(p.target, fcm);
     assert_eq!((p.title.as_str(), p.body.as_str()), ("Weather", "Sunny, 21 °C"));
-    assert_eq!((p.created_ms, p.sent_ms), (6_000, None));
+    assert_eq!(p.data_json, weather.data_json);
+    assert_eq!((p.created_ms, p.next_attempt_ms, p.sent_ms), (6_000, 6_000, None));
+    assert_eq!((p.status, p.attempts, p.last_error.as_deref()), (PushStatus::Pending, 0, None));
+    assert_eq!(store.push_request(Uuid::now_v7()).await.unwrap(), None);
+    // Not due before it was made.
+    assert_eq!(claimed(&*store, 5_999, 1_000, 10).await, Vec::<Uuid>::new());
 
     // A reply without a push target queues nothing.
     let u3 = walk_to_transcribed(&*store, kitchen.id, 7_000).await;
-    store.set_reply(u3, "Quiet", "No push", None, 7_400).await.unwrap();
+    store.set_reply(u3, &reply("Quiet", "No push", "{}"), None, 7_400).await.unwrap();
     assert_eq!(store.utterance(u3).await.unwrap().unwrap().state, UtteranceState::Replied);
-    // A later one with a target queues behind the first: oldest first.
+    assert_eq!(store.push_request(u3).await.unwrap(), None);
+    // A later one with a target queues behind the first, with its sandbox
+    // environment.
     let u4 = walk_to_transcribed(&*store, hall.id, 8_000).await;
-    store.set_reply(u4, "Hall", "Second", Some(&apns), 8_400).await.unwrap();
-    let order: Vec<Uuid> = store.unsent_pushes(10).await.unwrap().iter().map(|p| p.utterance_id).collect();
-    assert_eq!(order, vec![u1, u4]);
-    let first: Vec<Uuid> = store.unsent_pushes(1).await.unwrap().iter().map(|p| p.utterance_id).collect();
-    assert_eq!(first, vec![u1]);
+    store.set_reply(u4, &reply("Hall", "Second", "{}"), Some(&apns), 8_400).await.unwrap();
+    assert_eq!(store.push_request(u4).await.unwrap().unwrap().target, apns);
 
-    // --- Push sent ---
-    store.mark_push_sent(u1, 9_000).await.unwrap();
-    let left: Vec<Uuid> = store.unsent_pushes(10).await.unwrap().iter().map(|p| p.utterance_id).collect();
-    assert_eq!(left, vec![u4]);
-    assert_eq!(store.utterance(u1).await.unwrap().unwrap().timings.push_ms, Some(9_000));
-    // Marked again: the first send time stays.
-    store.mark_push_sent(u1, 9_500).await.unwrap();
-    assert_eq!(store.utterance(u1).await.unwrap().unwrap().timings.push_ms, Some(9_000));
+    // --- Claims: oldest first, leased, and claimable again after the lease ---
+    let first = store.claim_pushes(9_000, 1_000, 1).await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0], p, "a claim returns the request as stored");
+    // u1 is leased until 10 000: the next claimer gets only u4.
+    let second = store.claim_pushes(9_000, 1_000, 10).await.unwrap();
+    assert_eq!(second.iter().map(|p| p.utterance_id).collect::<Vec<_>>(), vec![u4]);
+    assert_eq!(second[0].target, apns);
+    assert_eq!(claimed(&*store, 9_999, 1_000, 10).await, Vec::<Uuid>::new(), "claimed while leased");
+    assert_eq!(claimed(&*store, 10_000, 1_000, 0).await, Vec::<Uuid>::new(), "limit 0");
+    // The senders died: at 10 000 both leases are out, and both are claimed
+    // again, oldest first, until 11 000.
+    assert_eq!(claimed(&*store, 10_000, 1_000, 10).await, vec![u1, u4]);
+    assert_eq!(claimed(&*store, 10_999, 1_000, 10).await, Vec::<Uuid>::new());
+
+    // --- record_push: Sent, once ---
+    store.record_push(u1, &PushOutcome::Sent, 10_100).await.unwrap();
+    let sent = store.push_request(u1).await.unwrap().unwrap();
+    assert_eq!((sent.status, sent.attempts, sent.sent_ms), (PushStatus::Sent, 1, Some(10_100)));
+    assert_eq!(store.utterance(u1).await.unwrap().unwrap().timings.push_ms, Some(10_100));
+    // Recorded again (the other sender whose lease ran out), or as a failure:
+    // the first send stands, and the attempt is not counted.
+    store.record_push(u1, &PushOutcome::Sent, 10_200).await.unwrap();
+    store.record_push(u1, &retry(10_300, "late"), 10_250).await.unwrap();
+    store.record_push(u1, &PushOutcome::Undeliverable { reason: "late".into() }, 10_300).await.unwrap();
+    assert_eq!(store.push_request(u1).await.unwrap().unwrap(), sent);
+    assert_eq!(store.utterance(u1).await.unwrap().unwrap().timings.push_ms, Some(10_100));
+    // Never claimed again: when u4's lease runs out, only u4 is claimed.
+    assert_eq!(claimed(&*store, 11_000, 1_000, 10).await, vec![u4]);
+
+    // --- record_push: Retry releases the claim and waits for its time ---
+    // u4 is leased until 12 000; the retry releases it, due at 11 400.
+    store.record_push(u4, &retry(11_400, "503 unavailable"), 11_100).await.unwrap();
+    let p4 = store.push_request(u4).await.unwrap().unwrap();
+    assert_eq!((p4.status, p4.attempts, p4.next_attempt_ms), (PushStatus::Pending, 1, 11_400));
+    assert_eq!((p4.last_error.as_deref(), p4.sent_ms), (Some("503 unavailable"), None));
+    assert_eq!(claimed(&*store, 11_399, 1_000, 10).await, Vec::<Uuid>::new(), "claimed before due");
+    assert_eq!(claimed(&*store, 11_400, 1_000, 10).await, vec![u4], "the retry kept the claim");
+    store.record_push(u4, &retry(13_000, "timeout"), 11_500).await.unwrap();
+    let p4 = store.push_request(u4).await.unwrap().unwrap();
+    assert_eq!((p4.attempts, p4.next_attempt_ms, p4.last_error.as_deref()), (2, 13_000, Some("timeout")));
+    assert_eq!(claimed(&*store, 12_999, 1_000, 10).await, Vec::<Uuid>::new());
+    assert_eq!(claimed(&*store, 13_000, 1_000, 10).await, vec![u4]);
+
+    // --- record_push: Undeliverable is final ---
+    let dead = PushOutcome::Undeliverable { reason: "BadDeviceToken".into() };
+    store.record_push(u4, &dead, 13_100).await.unwrap();
+    let p4 = store.push_request(u4).await.unwrap().unwrap();
+    assert_eq!((p4.status, p4.attempts, p4.sent_ms), (PushStatus::Undeliverable, 3, None));
+    assert_eq!(p4.last_error.as_deref(), Some("BadDeviceToken"));
+    store.record_push(u4, &PushOutcome::Sent, 13_200).await.unwrap();
+    assert_eq!(store.push_request(u4).await.unwrap().unwrap(), p4, "a late send undid undeliverable");
+    assert_eq!(store.utterance(u4).await.unwrap().unwrap().timings.push_ms, None);
+    // Sent and undeliverable requests are never claimed again.
+    assert_eq!(claimed(&*store, 1_000_000, 1_000, 10).await, Vec::<Uuid>::new());
     // No push request for u3.
-    assert!(matches!(store.mark_push_sent(u3, 9_600).await, Err(StoreError::NoUtterance(id)) if id == u3));
+    let none = store.record_push(u3, &PushOutcome::Sent, 13_300).await;
+    assert!(matches!(none, Err(StoreError::NoUtterance(id)) if id == u3), "{none:?}");
 
     // --- Failure ---
     store.set_failed(u2, "stream abandoned").await.unwrap();
@@ -185,11 +249,68 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let u5 = Uuid::now_v7();
     store.open_utterance(u5, hall.id, Codec::Opus16k20ms, 11_000).await.unwrap();
     store.mark_stt_started(u5, 11_100).await.unwrap();
-    store.set_reply(u5, "Early", "Reply", Some(&apns), 11_200).await.unwrap();
+    store.set_reply(u5, &reply("Early", "Reply", "{}"), Some(&apns), 11_200).await.unwrap();
     let u = store.utterance(u5).await.unwrap().unwrap();
     assert_eq!(u.state, UtteranceState::Receiving);
     assert_eq!(u.timings, Timings::default());
-    assert_eq!(store.unsent_pushes(10).await.unwrap().len(), 1);
+    assert_eq!(store.push_request(u5).await.unwrap(), None);
+
+    // --- Text utterances: transcribed on the phone, created once ---
+    let t1 = Uuid::now_v7();
+    let (text, created) = store.create_text_utterance(t1, kitchen.id, "lights on", 14_000).await.unwrap();
+    assert!(created, "the first create must tell its caller to queue the reply");
+    assert_eq!((text.id, text.device_id, text.codec), (t1, kitchen.id, None));
+    assert_eq!(text.state, UtteranceState::Transcribed);
+    assert_eq!(text.transcript.as_deref(), Some("lights on"));
+    assert_eq!((text.frames, text.created_ms), (0, 14_000));
+    assert_eq!(text.timings, Timings { received_end_ms: Some(14_000), ..Timings::default() });
+    assert_eq!((&text.reply_title, &text.reply_data, &text.error), (&None, &None, &None));
+    assert_eq!(store.transcript_writes(t1).await.unwrap(), 1);
+    assert_eq!(store.utterance(t1).await.unwrap(), Some(text.clone()));
+    // Retried, even with other words: the same row, and not the creator.
+    let (again, created) = store.create_text_utterance(t1, kitchen.id, "lights off", 14_100).await.unwrap();
+    assert!(!created);
+    assert_eq!(again, text);
+    assert_eq!(store.transcript_writes(t1).await.unwrap(), 1);
+    // Another device cannot create (or learn about) it.
+    let stolen = store.create_text_utterance(t1, hall.id, "lights on", 14_200).await;
+    assert!(matches!(stolen, Err(StoreError::WrongDevice(id)) if id == t1), "{stolen:?}");
+    // The id of an audio utterance is taken too: that row, unchanged.
+    let (audio, created) = store.create_text_utterance(u1, kitchen.id, "x", 14_300).await.unwrap();
+    assert!(!created);
+    assert_eq!(audio, store.utterance(u1).await.unwrap().unwrap());
+    assert_eq!(store.transcript_writes(u1).await.unwrap(), 2);
+    // Queued for a reply, like a transcribed audio utterance.
+    assert_eq!(store.unfinished().await.unwrap(), vec![t1]);
+    let lights = reply("Lights", "On", r#"{"room":"kitchen","on":true}"#);
+    store.set_reply(t1, &lights, Some(&fcm), 14_500).await.unwrap();
+    let text = store.utterance(t1).await.unwrap().unwrap();
+    assert_eq!(text.state, UtteranceState::Replied);
+    assert_eq!(text.reply_data.as_deref(), Some(lights.data_json.as_str()));
+    assert_eq!(store.push_request(t1).await.unwrap().unwrap().data_json, lights.data_json);
+    assert_eq!(store.unfinished().await.unwrap(), Vec::<Uuid>::new());
+
+    // --- Dead tokens: disabled only while the token is still the device's ---
+    let wrong = store.disable_push_target(kitchen.id, "apns-token", "Unregistered", 15_000).await.unwrap();
+    assert!(!wrong, "an old token's death removed the current one");
+    assert_eq!(store.device(kitchen.id).await.unwrap(), Some(kitchen.clone()));
+    assert!(store.disable_push_target(kitchen.id, "fcm-token", "Unregistered", 15_100).await.unwrap());
+    let disabled = store.device(kitchen.id).await.unwrap().unwrap();
+    assert_eq!(disabled.push, None);
+    assert_eq!(disabled.push_disabled_reason.as_deref(), Some("Unregistered"));
+    assert_eq!(store.device_by_token_hash(&kitchen_hash).await.unwrap(), Some(disabled.clone()));
+    // Told again (another request to the same token failed): already done.
+    assert!(!store.disable_push_target(kitchen.id, "fcm-token", "NotRegistered", 15_200).await.unwrap());
+    assert_eq!(store.device(kitchen.id).await.unwrap(), Some(disabled));
+    assert!(!store.disable_push_target(Uuid::now_v7(), "fcm-token", "x", 15_300).await.unwrap());
+    // Re-registration brings the device back and clears the reason.
+    let fresh = PushTarget { token: "fcm-token-2".into(), ..fcm.clone() };
+    store.set_push_target(kitchen.id, &fresh).await.unwrap();
+    let kitchen = store.device(kitchen.id).await.unwrap().unwrap();
+    assert_eq!((kitchen.push.as_ref(), kitchen.push_disabled_reason.as_ref()), (Some(&fresh), None));
+    // The request queued for the old token still names it: it went where
+    // the device pointed when the reply was made.
+    assert_eq!(store.push_request(t1).await.unwrap().unwrap().target, fcm);
 
     // --- Unknown ids ---
     let nobody = Uuid::now_v7();
@@ -197,15 +318,29 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert!(matches!(store.mark_complete(nobody, 1, 0).await, Err(StoreError::NoUtterance(_))));
     assert!(no(store.mark_stt_started(nobody, 0).await));
     assert!(no(store.set_transcript(nobody, "x", 0).await));
-    assert!(no(store.set_reply(nobody, "x", "y", Some(&fcm), 0).await));
+    assert!(no(store.set_reply(nobody, &reply("x", "y", "{}"), Some(&fcm), 0).await));
     assert!(no(store.set_failed(nobody, "x").await));
-    assert!(no(store.mark_push_sent(nobody, 0).await));
+    assert!(no(store.record_push(nobody, &PushOutcome::Sent, 0).await));
+    assert_eq!(store.push_request(nobody).await.unwrap(), None);
     assert!(matches!(store.transcript_writes(nobody).await, Err(StoreError::NoUtterance(_))));
 
     Written {
         devices: vec![(kitchen_hash, kitchen), (hall_hash, hall)],
-        utterances: vec![u1, u2, u3, u4, u5],
+        utterances: vec![u1, u2, u3, u4, u5, t1],
     }
+}
+
+fn reply(title: &str, body: &str, data_json: &str) -> ReplyRecord {
+    ReplyRecord { title: title.into(), body: body.into(), data_json: data_json.into() }
+}
+
+fn retry(next_attempt_ms: i64, error: &str) -> PushOutcome {
+    PushOutcome::Retry { next_attempt_ms, error: error.into() }
+}
+
+/// The ids `claim_pushes` claims, in the order it returns them.
+async fn claimed(store: &dyn Store, now_ms: i64, lease_ms: i64, limit: u32) -> Vec<Uuid> {
+    store.claim_pushes(now_ms, lease_ms, limit).await.unwrap().iter().map(|p| p.utterance_id).collect()
 }
 
 /// Opens an utterance and takes it through complete to transcribed.
@@ -235,7 +370,10 @@ async fn story_on_file_then_reopen() {
     for id in &written.utterances {
         before.push(store.utterance(*id).await.unwrap().unwrap());
     }
-    let pushes_before = store.unsent_pushes(100).await.unwrap();
+    let mut pushes_before = Vec::new();
+    for id in &written.utterances {
+        pushes_before.push(store.push_request(*id).await.unwrap());
+    }
     drop(store);
 
     let store = SqliteStore::open(&path).await.unwrap();
@@ -245,7 +383,11 @@ async fn story_on_file_then_reopen() {
     for u in &before {
         assert_eq!(store.utterance(u.id).await.unwrap().as_ref(), Some(u));
     }
-    assert_eq!(store.unsent_pushes(100).await.unwrap(), pushes_before);
+    let mut pushes_after = Vec::new();
+    for id in &written.utterances {
+        pushes_after.push(store.push_request(*id).await.unwrap());
+    }
+    assert_eq!(pushes_after, pushes_before);
     assert_eq!(store.transcript_writes(written.utterances[0]).await.unwrap(), 2);
     // Migrations ran once; running them again on reopen is a no-op.
     let dup = store.add_device(Uuid::now_v7(), "kitchen", &[7u8; 32], 0).await;
@@ -281,6 +423,169 @@ async fn mark_complete_once_across_two_pools() {
         }
         assert_eq!(winners, 1, "round {round}");
     }
+}
+
+/// Claimers on two pools (two sender processes, or a restarted one beside
+/// the old) race for one batch of due requests: while the leases last, each
+/// request goes to exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_are_disjoint() {
+    const DUE: usize = 100;
+    const NOW: i64 = 1_000;
+    const LEASE: i64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lanyard.db");
+    let a = SqliteStore::open(&path).await.unwrap();
+    let b = SqliteStore::open(&path).await.unwrap();
+    let device = a.add_device(Uuid::now_v7(), "pendant", &[6u8; 32], 0).await.unwrap();
+    let target =
+        PushTarget { platform: PushPlatform::Fcm, token: "t".into(), environment: PushEnvironment::Production };
+    let mut due = Vec::new();
+    for i in 0..DUE as i64 {
+        let id = Uuid::now_v7();
+        assert!(a.create_text_utterance(id, device.id, "hi", i).await.unwrap().1);
+        a.set_reply(id, &reply("t", "b", "{}"), Some(&target), i).await.unwrap();
+        due.push(id);
+    }
+
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let claimers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut mine = Vec::new();
+                loop {
+                    // Small batches, so that the claimers interleave.
+                    let batch = store.claim_pushes(NOW, LEASE, 3).await.unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|p| p.utterance_id));
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    let claims = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(claims, all.len(), "a request was claimed by two claimers");
+    due.sort();
+    assert_eq!(all, due, "every due request is claimed");
+
+    // Nothing is claimable while the leases last; all of it once they end.
+    assert_eq!(claimed(&a, NOW + LEASE - 1, LEASE, 1_000).await, Vec::<Uuid>::new());
+    let mut again = claimed(&b, NOW + LEASE, LEASE, 1_000).await;
+    again.sort();
+    assert_eq!(again, due);
+}
+
+/// A database that the previous version left at migration 0001, with one push
+/// request sent and one waiting, is brought up to date without losing either.
+#[tokio::test]
+async fn a_database_at_0001_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lanyard.db");
+    // Only 0001, run the way the previous version ran it, so that the
+    // migrations table holds what a database in the field holds.
+    let old = dir.path().join("migrations-0001");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(old.join("0001_initial.sql"), include_str!("../migrations/0001_initial.sql")).unwrap();
+    let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path()).await.unwrap().run(&mut conn).await.unwrap();
+
+    let (device, sent, unsent) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query(
+        "INSERT INTO devices (id, name, token_hash, created_ms, push_platform, push_token)
+         VALUES (?, 'old', ?, 0, 'apns', 'old-token')",
+    )
+    .bind(device.to_string())
+    .bind(&[8u8; 32][..])
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (id, t, push_ms) in [(sent, 100, Some(300)), (unsent, 150, None)] {
+        sqlx::query(
+            "INSERT INTO utterances (id, device_id, codec, state, frames, transcript, transcript_writes,
+                                     reply_title, reply_body, created_ms, reply_ms, push_ms)
+             VALUES (?1, ?2, 'opus16k20ms', 'replied', 5, 'hi', 1, 'T', 'B', ?3, ?3 + 100, ?4)",
+        )
+        .bind(id.to_string())
+        .bind(device.to_string())
+        .bind(t)
+        .bind(push_ms)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO push_outbox (utterance_id, device_id, platform, token, title, body, created_ms, sent_ms)
+             VALUES (?, ?, 'apns', 'old-token', 'T', 'B', ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(device.to_string())
+        .bind(t + 100)
+        .bind(push_ms)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    // Targets from before the environment existed were production ones.
+    let old_target = PushTarget {
+        platform: PushPlatform::Apns,
+        token: "old-token".into(),
+        environment: PushEnvironment::Production,
+    };
+    let d = store.device(device).await.unwrap().unwrap();
+    assert_eq!((d.push.as_ref(), d.push_disabled_reason.as_ref()), (Some(&old_target), None));
+    let u = store.utterance(sent).await.unwrap().unwrap();
+    assert_eq!((u.codec, u.state, u.reply_data), (Some(Codec::Opus16k20ms), UtteranceState::Replied, None));
+    assert_eq!(u.timings.push_ms, Some(300));
+
+    let p = store.push_request(sent).await.unwrap().unwrap();
+    assert_eq!((p.status, p.attempts, p.sent_ms, p.last_error), (PushStatus::Sent, 1, Some(300), None));
+    assert_eq!((p.target, p.data_json.as_str(), p.created_ms), (old_target.clone(), "{}", 200));
+    let p = store.push_request(unsent).await.unwrap().unwrap();
+    assert_eq!((p.status, p.attempts, p.sent_ms, p.next_attempt_ms), (PushStatus::Pending, 0, None, 0));
+
+    // The waiting one is due at once and goes out; the sent one stays sent.
+    assert_eq!(claimed(&store, 1_000, 100, 10).await, vec![unsent]);
+    store.record_push(unsent, &PushOutcome::Sent, 1_050).await.unwrap();
+    assert_eq!(store.utterance(unsent).await.unwrap().unwrap().timings.push_ms, Some(1_050));
+    assert_eq!(claimed(&store, 1_000_000, 100, 10).await, Vec::<Uuid>::new());
+
+    // The schema is the new one, and claims use its index.
+    let mut conn = raw(&path).await;
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(versions, vec![1, 2]);
+    // `sql IS NOT NULL` leaves out the primary key's automatic index.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master
+         WHERE type = 'index' AND tbl_name = 'push_outbox' AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(indexes, vec!["push_outbox_due".to_owned()]);
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT utterance_id FROM push_outbox
+         WHERE status = 'pending' AND next_attempt_ms <= 5 AND claimed_until_ms <= 5
+         ORDER BY next_attempt_ms, created_ms, utterance_id LIMIT 10",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(plan.iter().any(|(.., detail)| detail.contains("push_outbox_due")), "{plan:?}");
 }
 
 /// A separate raw connection, to look under the store and to write what a
@@ -326,6 +631,24 @@ async fn unknown_values_read_back_as_corrupt() {
 
     sqlx::query("UPDATE devices SET push_platform = 'pager', push_token = 't'").execute(&mut conn).await.unwrap();
     assert!(matches!(store.device_by_token_hash(&[4u8; 32]).await, Err(StoreError::Corrupt(m)) if m.contains("pager")));
+
+    sqlx::query("UPDATE devices SET push_platform = 'apns', push_environment = 'staging'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(store.device(device.id).await, Err(StoreError::Corrupt(m)) if m.contains("staging")));
+
+    sqlx::query(
+        "INSERT INTO push_outbox (utterance_id, device_id, platform, token, title, body, created_ms, status)
+         SELECT id, device_id, 'fcm', 't', 'a', 'b', 0, 'lost' FROM utterances",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(matches!(store.push_request(id).await, Err(StoreError::Corrupt(m)) if m.contains("lost")));
+    // A claim that meets a row it cannot read fails rather than skip it.
+    sqlx::query("UPDATE push_outbox SET status = 'pending', environment = 'staging'").execute(&mut conn).await.unwrap();
+    assert!(matches!(store.claim_pushes(0, 1, 10).await, Err(StoreError::Corrupt(m)) if m.contains("staging")));
 }
 
 #[tokio::test]

@@ -24,6 +24,8 @@ pub struct Device {
     pub name: String,
     pub created_ms: i64,
     pub push: Option<PushTarget>,
+    /// Why the last push target was removed, if a provider said it was dead.
+    pub push_disabled_reason: Option<String>,
 }
 
 /// Where a device's notifications go.
@@ -31,6 +33,41 @@ pub struct Device {
 pub struct PushTarget {
     pub platform: PushPlatform,
     pub token: String,
+    /// APNs only: which gateway the token belongs to. A token minted by a
+    /// development build is valid only on the sandbox gateway.
+    pub environment: PushEnvironment,
+}
+
+pub use lanyard_proto::wire::PushEnvironment;
+
+/// What the server answered for an utterance: the notification's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRecord {
+    pub title: String,
+    pub body: String,
+    /// Extra key/value pairs for the app, as a JSON object text.
+    pub data_json: String,
+}
+
+/// Where a push request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushStatus {
+    /// Waiting for (another) attempt.
+    Pending,
+    /// Accepted by the provider.
+    Sent,
+    /// Given up, with the reason in `last_error`.
+    Undeliverable,
+}
+
+/// The result of one delivery attempt, as the sender records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    Sent,
+    /// Try again at `next_attempt_ms`.
+    Retry { next_attempt_ms: i64, error: String },
+    /// Never try again.
+    Undeliverable { reason: String },
 }
 
 /// An utterance row.
@@ -38,13 +75,17 @@ pub struct PushTarget {
 pub struct Utterance {
     pub id: Uuid,
     pub device_id: Uuid,
-    pub codec: Codec,
+    /// The audio codec; `None` for a text-only utterance (transcribed on the
+    /// phone, sent as text).
+    pub codec: Option<Codec>,
     pub state: UtteranceState,
     /// Frames the utterance has, known once it is complete.
     pub frames: u32,
     pub transcript: Option<String>,
     pub reply_title: Option<String>,
     pub reply_body: Option<String>,
+    /// JSON object text, with the reply.
+    pub reply_data: Option<String>,
     pub error: Option<String>,
     pub created_ms: i64,
     pub timings: Timings,
@@ -66,7 +107,7 @@ impl Utterance {
     }
 }
 
-/// A push request waiting in the outbox, or already sent.
+/// A push request in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushRequest {
     /// The utterance it answers. At most one push request exists per
@@ -77,8 +118,15 @@ pub struct PushRequest {
     pub target: PushTarget,
     pub title: String,
     pub body: String,
+    /// JSON object text: the reply's data.
+    pub data_json: String,
     pub created_ms: i64,
+    pub status: PushStatus,
+    /// Attempts recorded so far (sent, retried or given up).
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
     pub sent_ms: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -111,8 +159,14 @@ pub trait Store: Send + Sync + 'static {
     /// The device with this id.
     async fn device(&self, id: Uuid) -> Result<Option<Device>>;
 
-    /// Replaces the device's push target.
+    /// Replaces the device's push target (re-registration replaces the old
+    /// token) and clears any earlier disablement.
     async fn set_push_target(&self, device_id: Uuid, target: &PushTarget) -> Result<()>;
+
+    /// Removes the device's push target if it is still `token` (the provider
+    /// said the token is dead), recording `reason`. Returns whether it did: a
+    /// device that re-registered a new token meanwhile keeps it.
+    async fn disable_push_target(&self, device_id: Uuid, token: &str, reason: &str, now_ms: i64) -> Result<bool>;
 
     /// Creates the utterance in state `receiving` if it does not exist, and
     /// returns it. Fails with [`StoreError::WrongDevice`] if the id is taken
@@ -132,19 +186,35 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the final transcript and moves the utterance to `transcribed`.
     async fn set_transcript(&self, id: Uuid, text: &str, now_ms: i64) -> Result<()>;
 
+    /// Creates a text-only utterance (transcribed on the phone) directly in
+    /// state `transcribed`, with `transcript_writes` = 1. Idempotent: if the
+    /// id exists for this device the row is returned unchanged with `false`;
+    /// for another device it fails with [`StoreError::WrongDevice`]. `true`
+    /// tells the one caller that must queue it for a reply.
+    async fn create_text_utterance(&self, id: Uuid, device_id: Uuid, text: &str, now_ms: i64) -> Result<(Utterance, bool)>;
+
     /// Stores the reply and, in the same transaction, its push request (when
-    /// the device has a push target). Moves the utterance to `replied`.
-    /// Idempotent: a second call for the same utterance changes nothing and
-    /// adds no second push request.
-    async fn set_reply(&self, id: Uuid, title: &str, body: &str, push: Option<&PushTarget>, now_ms: i64) -> Result<()>;
+    /// the device has a push target), due at once. Moves the utterance to
+    /// `replied`. Idempotent: a second call for the same utterance changes
+    /// nothing and adds no second push request.
+    async fn set_reply(&self, id: Uuid, reply: &ReplyRecord, push: Option<&PushTarget>, now_ms: i64) -> Result<()>;
 
     async fn set_failed(&self, id: Uuid, error: &str) -> Result<()>;
 
-    /// Push requests not yet recorded as sent, oldest first.
-    async fn unsent_pushes(&self, limit: u32) -> Result<Vec<PushRequest>>;
+    /// Claims up to `limit` pending push requests that are due
+    /// (`next_attempt_ms <= now_ms`) and not claimed by another sender, oldest
+    /// first, and leases them until `now_ms + lease_ms`. A sender that dies
+    /// holding a claim loses it when the lease runs out, and the request is
+    /// sent again: delivery is at least once, and the collapse id keeps it
+    /// visible once.
+    async fn claim_pushes(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushRequest>>;
 
-    /// Records that the push for `utterance_id` was handed to the provider.
-    async fn mark_push_sent(&self, utterance_id: Uuid, now_ms: i64) -> Result<()>;
+    /// Records the outcome of one attempt and releases the claim. `Sent` also
+    /// sets the utterance's `push_ms` timing (the first send wins).
+    async fn record_push(&self, utterance_id: Uuid, outcome: &PushOutcome, now_ms: i64) -> Result<()>;
+
+    /// The push request of an utterance, in any status.
+    async fn push_request(&self, utterance_id: Uuid) -> Result<Option<PushRequest>>;
 
     /// Utterances that are `complete` or `transcribed`: queued or interrupted
     /// work that a restarted server must pick up again.

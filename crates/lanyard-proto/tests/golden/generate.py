@@ -260,8 +260,10 @@ def main():
             {"name": "utterance_view", "json": '{"id":"%s","state":"replied","frames":150,"transcript":"turn on the lights","reply_title":"Lights","reply_body":"Done.","error":null,"timings":{"received_end_ms":1700000000000,"stt_start_ms":1700000000010,"stt_done_ms":1700000000400,"reply_ms":1700000000450,"push_ms":1700000000500}}' % u},
             {"name": "utterance_view_receiving", "json": '{"id":"%s","state":"receiving","frames":3,"transcript":null,"reply_title":null,"reply_body":null,"error":null,"timings":{"received_end_ms":null,"stt_start_ms":null,"stt_done_ms":null,"reply_ms":null,"push_ms":null}}' % u},
             {"name": "upload_response", "json": '{"utterance":"%s","state":"complete","frames":150,"added":108}' % u},
-            {"name": "push_registration", "json": '{"platform":"apns","token":"a1b2c3"}'},
-            {"name": "push_registration_fcm", "json": '{"platform":"fcm","token":"t"}'},
+            {"name": "push_registration", "json": '{"platform":"apns","token":"a1b2c3","environment":"production"}'},
+            {"name": "push_registration_sandbox", "json": '{"platform":"apns","token":"a1b2c3","environment":"sandbox"}'},
+            {"name": "push_registration_fcm", "json": '{"platform":"fcm","token":"t","environment":"production"}'},
+            {"name": "text_utterance", "json": '{"text":"call mum"}'},
             {"name": "error_body", "json": '{"code":"payload_too_large","message":"uploads are at most 4194304 bytes"}'},
         ],
     }

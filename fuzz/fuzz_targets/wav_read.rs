@@ -1,0 +1,5 @@
+//! Fuzz target `wav_read`: the body is [`lanyard_fuzz::wav_read`], which states the
+//! invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lanyard_fuzz::wav_read(data));
