@@ -4,11 +4,11 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use lanyard_proto::ble::Codec;
-use lanyard_proto::oggopus;
-use lanyard_proto::wire::{PushRegistration, STREAM_PATH, UploadResponse, UtteranceState, UtteranceView, limits};
+use lanyard_proto::{oggopus, wav};
+use lanyard_proto::wire::{PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceState, UtteranceView, limits};
 use lanyard_store::{PushTarget, StoreError};
 use uuid::Uuid;
 
@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
             put(upload).layer(DefaultBodyLimit::max(limits::MAX_UPLOAD_BYTES)),
         )
         .route("/v1/utterances/{id}", get(get_utterance))
+        .route("/v1/utterances/{id}/text", post(post_text))
         .route("/v1/device/push", put(register_push))
         .with_state(state)
 }
@@ -55,8 +56,43 @@ async fn register_push(
     if reg.token.is_empty() || reg.token.len() > 4096 {
         return Err(ApiError::BadRequest("push token must be 1 to 4096 characters".into()));
     }
-    state.store.set_push_target(device.id, &PushTarget { platform: reg.platform, token: reg.token }).await?;
+    let target = PushTarget { platform: reg.platform, token: reg.token, environment: reg.environment };
+    state.store.set_push_target(device.id, &target).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Longest text-only utterance, in bytes: ten minutes of fast speech.
+const MAX_TEXT_UTTERANCE_BYTES: usize = 16 * 1024;
+
+/// `POST /v1/utterances/{id}/text`: an utterance the phone transcribed
+/// itself. It takes the same reply path as audio. Idempotent per id.
+async fn post_text(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+    Path(id): Path<String>,
+    body: Result<Json<TextUtterance>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<UtteranceView>), ApiError> {
+    let id = parse_id(&id)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"text\": \"...\"}}")))?;
+    let text = body.text.trim();
+    if text.is_empty() {
+        return Err(ApiError::BadRequest("the text is empty; send what the user said".into()));
+    }
+    if text.len() > MAX_TEXT_UTTERANCE_BYTES {
+        return Err(ApiError::PayloadTooLarge(format!("the text exceeds {MAX_TEXT_UTTERANCE_BYTES} bytes")));
+    }
+    let (row, created) = state.store.create_text_utterance(id, device.id, text, now_ms()).await.map_err(|e| match e {
+        StoreError::WrongDevice(_) => ApiError::NotFound(format!("no utterance {id}")),
+        e => e.into(),
+    })?;
+    if row.codec.is_some() {
+        return Err(ApiError::Conflict(format!("utterance {id} carries audio; mint a new id for text")));
+    }
+    if created {
+        state.pipeline.enqueue(id).await;
+        return Ok((StatusCode::ACCEPTED, Json(row.view())));
+    }
+    Ok((StatusCode::OK, Json(row.view())))
 }
 
 /// `PUT /v1/utterances/{id}/audio`: the whole utterance as Ogg Opus.
@@ -82,22 +118,28 @@ async fn upload(
         _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
     })?;
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !(ctype.starts_with("audio/ogg") || ctype.starts_with("audio/opus")) {
+    let (codec, packets) = if ctype.starts_with("audio/ogg") || ctype.starts_with("audio/opus") {
+        let packets =
+            oggopus::read(&body).map_err(|e| ApiError::BadRequest(format!("the body is not usable Ogg Opus: {e}")))?;
+        (Codec::Opus16k20ms, packets)
+    } else if ["audio/wav", "audio/x-wav", "audio/wave"].iter().any(|t| ctype.starts_with(t)) {
+        let frames = wav::read(&body).map_err(|e| ApiError::BadRequest(format!("the body is not usable WAV: {e}")))?;
+        (Codec::Pcm16k, frames)
+    } else {
         return Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type is {ctype:?}; upload the utterance as Ogg Opus with `Content-Type: audio/ogg`"
+            "Content-Type is {ctype:?}; upload Opus utterances as `audio/ogg` (Ogg Opus) and PCM16 ones as `audio/wav`"
         )));
-    }
-    let packets = oggopus::read(&body).map_err(|e| ApiError::BadRequest(format!("the body is not usable Ogg Opus: {e}")))?;
+    };
     let frames = packets.len() as u32;
     if frames > limits::MAX_UTTERANCE_FRAMES {
         return Err(ApiError::BadRequest(format!("{frames} frames exceed the limit of {}", limits::MAX_UTTERANCE_FRAMES)));
     }
-    let row = state.store.open_utterance(id, device.id, Codec::Opus16k20ms, now_ms()).await.map_err(|e| match e {
+    let row = state.store.open_utterance(id, device.id, codec, now_ms()).await.map_err(|e| match e {
         StoreError::WrongDevice(_) => ApiError::NotFound(format!("no utterance {id}")),
         e => e.into(),
     })?;
-    if row.codec != Codec::Opus16k20ms {
-        return Err(ApiError::Conflict(format!("utterance {id} is being streamed as {:?}, not Opus", row.codec)));
+    if row.codec != Some(codec) {
+        return Err(ApiError::Conflict(format!("utterance {id} is {:?}, but the upload is {codec:?}", row.codec)));
     }
     if row.state != UtteranceState::Receiving {
         let resp = UploadResponse { utterance: id, state: row.state, frames: row.frames, added: 0 };

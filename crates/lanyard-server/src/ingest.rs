@@ -195,7 +195,7 @@ impl Conn {
             }
             Err(e) => return self.error(Some(utterance), "internal", e.to_string()).await,
         };
-        if row.codec != codec {
+        if row.codec != Some(codec) {
             return self
                 .error(Some(utterance), "codec_mismatch", format!("utterance {utterance} was opened as {:?}", row.codec))
                 .await;

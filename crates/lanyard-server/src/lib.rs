@@ -18,12 +18,12 @@
 mod api;
 pub mod audio;
 pub mod auth;
+pub mod config;
 mod error;
 mod hub;
 mod ingest;
 mod pipeline;
-pub mod push;
-pub mod responder;
+mod push;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,17 +38,27 @@ use tokio::sync::Notify;
 
 pub use crate::audio::AudioStore;
 pub use crate::hub::Hub;
+use crate::config::{ConfigError, PushSection};
 use crate::pipeline::Pipeline;
-use crate::push::{FileSink, PushProvider};
-use crate::responder::{Acknowledge, Responder};
+use lanyard_push::PushProvider;
+use lanyard_respond::ResponderConfig;
 
-/// Server settings. The `lanyard serve` command fills them from flags,
-/// environment and defaults.
+/// Server settings, resolved. The `lanyard serve` command fills them from
+/// flags, environment, the config file and defaults (see [`config`]).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Holds `lanyard.db`, `audio/` and `push-sink.jsonl`.
     pub data_dir: PathBuf,
+    pub responder: ResponderConfig,
+    pub push: PushSection,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the address and the data directory.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self { listen, data_dir, responder: ResponderConfig::Builtin, push: PushSection::default() }
+    }
 }
 
 impl ServerConfig {
@@ -73,6 +83,57 @@ pub enum ServerError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("store: {0}")]
     Store(#[from] lanyard_store::StoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("[push.apns] {0}")]
+    Apns(String),
+    #[error("[push.fcm] {0}")]
+    Fcm(String),
+    #[error("[responder] {0}")]
+    Responder(String),
+}
+
+/// Builds the push providers from the config, failing on any mistake. With
+/// no provider configured, notifications go to a file sink in the data
+/// directory, which delivers nothing and says so in the log.
+pub fn build_push_provider(cfg: &ServerConfig) -> Result<Arc<dyn PushProvider>, ServerError> {
+    let push = &cfg.push;
+    if push.apns.is_none() && push.fcm.is_none() {
+        tracing::warn!(path = %cfg.push_sink_path().display(), "no [push.apns] or [push.fcm] configured: push requests go to a file sink and reach no phone");
+        return Ok(Arc::new(lanyard_push::FileSink::new(cfg.push_sink_path())));
+    }
+    let apns = push
+        .apns
+        .as_ref()
+        .map(|a| {
+            let mut c = lanyard_push::ApnsConfig::new(a.key_path.clone(), a.key_id.clone(), a.team_id.clone(), a.topic.clone());
+            if let Some(u) = &a.production_url {
+                c.production_url = u.clone();
+            }
+            if let Some(u) = &a.sandbox_url {
+                c.sandbox_url = u.clone();
+            }
+            c.extra_root_certs = a.extra_root_certs.clone();
+            if let Some(s) = a.expiration_secs {
+                c.expiration = std::time::Duration::from_secs(s);
+            }
+            lanyard_push::ApnsProvider::new(c).map_err(|e| ServerError::Apns(e.to_string()))
+        })
+        .transpose()?;
+    let fcm = push
+        .fcm
+        .as_ref()
+        .map(|f| {
+            let mut c = lanyard_push::FcmConfig::new(f.service_account_path.clone());
+            if let Some(u) = &f.base_url {
+                c.base_url = u.clone();
+            }
+            c.token_uri_override = f.token_uri.clone();
+            c.extra_root_certs = f.extra_root_certs.clone();
+            lanyard_push::FcmProvider::new(c).map_err(|e| ServerError::Fcm(e.to_string()))
+        })
+        .transpose()?;
+    Ok(Arc::new(lanyard_push::Router::new(apns, fcm)))
 }
 
 /// Shared by every request.
@@ -111,6 +172,15 @@ pub async fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn Store>, ServerErro
     Ok(Arc::new(SqliteStore::open(&cfg.db_path()).await?))
 }
 
+/// Checks every section of the configuration the way [`start`] will, without
+/// starting anything: providers read their keys, the responder its settings.
+pub fn validate(cfg: &ServerConfig) -> Result<(), ServerError> {
+    cfg.push.retry_policy()?;
+    build_push_provider(cfg)?;
+    lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
+    Ok(())
+}
+
 /// Starts the server with the given speech-to-text engine (loaded once by the
 /// caller and shared by all utterances).
 pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<ServerHandle, ServerError> {
@@ -119,11 +189,13 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         AudioStore::new(cfg.audio_dir()).map_err(|source| ServerError::DataDir { path: cfg.audio_dir(), source })?,
     );
     let hub = Arc::new(Hub::default());
-    let provider: Arc<dyn PushProvider> = Arc::new(FileSink::new(cfg.push_sink_path()));
-    let responder: Arc<dyn Responder> = Arc::new(Acknowledge);
+    // Configuration mistakes stop the start here, before the port opens.
+    let policy = cfg.push.retry_policy()?;
+    let provider = build_push_provider(&cfg)?;
+    let responder = lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     let push_wake = Arc::new(Notify::new());
     let pipeline = Pipeline::spawn(store.clone(), audio.clone(), hub.clone(), stt, responder, push_wake.clone());
-    tokio::spawn(push::run_sender(store.clone(), provider, push_wake));
+    tokio::spawn(push::Sender { store: store.clone(), provider, wake: push_wake, policy }.run());
 
     // Work a previous run accepted but did not finish.
     for id in store.unfinished().await? {
@@ -136,6 +208,11 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
+    // Acks and replies are small writes that must leave at once; with Nagle's
+    // algorithm each would wait for the peer's delayed ACK (about 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let shutdown = Arc::new(Notify::new());
     let app = api::router(state);
     let stop = shutdown.clone();

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use crate::audio::AudioStore;
 use crate::hub::Hub;
 use crate::now_ms;
-use crate::responder::Responder;
+use lanyard_respond::{ReplyRequest, Responder};
+use lanyard_store::ReplyRecord;
 
 /// Utterances waiting for processing. When full, whoever completes an
 /// utterance waits: backpressure reaches the relay, which keeps its spool.
@@ -73,8 +74,11 @@ impl Worker {
             return Err("queued utterance is not in the store".into());
         };
         if utt.state == UtteranceState::Complete {
+            let Some(codec) = utt.codec else {
+                return Err("a text-only utterance cannot be in state complete".into());
+            };
             self.store.mark_stt_started(id, now_ms()).await.map_err(store_err)?;
-            let (audio, device, frames, codec) = (self.audio.clone(), utt.device_id, utt.frames, utt.codec);
+            let (audio, device, frames) = (self.audio.clone(), utt.device_id, utt.frames);
             let stt = self.stt.clone();
             let transcript = tokio::task::spawn_blocking(move || -> Result<String, String> {
                 let data = audio.read(device, id, frames).map_err(|e| format!("reading audio: {e}"))?;
@@ -92,15 +96,30 @@ impl Worker {
             utt.state = UtteranceState::Transcribed;
         }
         if utt.state == UtteranceState::Transcribed {
-            let reply = self.responder.reply(utt.transcript.as_deref().unwrap_or_default());
-            let device = self.store.device(utt.device_id).await.map_err(store_err)?;
-            let target = device.and_then(|d| d.push);
-            self.store.set_reply(id, &reply.title, &reply.body, target.as_ref(), now_ms()).await.map_err(store_err)?;
+            let device = self.store.device(utt.device_id).await.map_err(store_err)?.ok_or("the utterance's device is gone")?;
+            let request = ReplyRequest {
+                utterance_id: id,
+                device_id: device.id,
+                device_name: device.name.clone(),
+                transcript: utt.transcript.clone().unwrap_or_default(),
+                received_end_ms: utt.timings.received_end_ms.unwrap_or(utt.created_ms),
+                audio_secs: utt.frames as f32 * 0.02,
+            };
+            let reply = self.responder.respond(&request).await.map_err(|e| format!("responder {}: {e}", self.responder.name()))?;
+            let record = ReplyRecord {
+                title: reply.title.clone(),
+                body: reply.body.clone(),
+                data_json: serde_json::Value::Object(reply.data).to_string(),
+            };
+            let target = device.push;
+            self.store.set_reply(id, &record, target.as_ref(), now_ms()).await.map_err(store_err)?;
             if target.is_some() {
                 self.push_wake.notify_one();
             } else {
                 tracing::info!("device has no push target; the reply goes down the socket only");
             }
+            // An open stream gets the reply at once; the push still goes, with
+            // the same collapse id, so a suspended app shows it once.
             self.hub.send(utt.device_id, &ServerMsg::Reply { utterance: id, title: reply.title, body: reply.body });
         }
         Ok(())

@@ -1,120 +1,130 @@
-//! Push delivery: providers behind one trait, fed from the store's outbox.
+//! The push sender: drains the store's outbox into the providers.
 //!
-//! A reply and its push request are stored in one transaction; the sender
-//! then hands unsent requests to the provider and records each as sent. A
-//! crash between the two resends on restart (at least once); the collapse
-//! id, derived from the utterance id, makes the user see one notification.
+//! A reply and its push request are stored in one transaction. The sender
+//! claims due requests with a lease, hands each to the provider for its
+//! platform, and records the outcome:
 //!
-//! Real APNs and FCM providers come later. Until then the only provider is
-//! [`FileSink`], which writes each request it would send to a JSON-lines file.
+//! | provider says                         | recorded as                                     |
+//! |---------------------------------------|-------------------------------------------------|
+//! | accepted                              | `sent` (and the utterance's `push_ms`)          |
+//! | retry (429, 5xx, network)             | pending again, after backoff with jitter        |
+//! | retry, `max_attempts` reached         | `undeliverable`, "gave up after N attempts: ..."|
+//! | token invalid (410, BadDeviceToken, UNREGISTERED) | `undeliverable`, and the device's token disabled |
+//! | permanent error                       | `undeliverable`, with the provider's reason     |
+//!
+//! Delivery is at least once: a sender killed after the provider accepted a
+//! request but before the outcome was recorded sends it again once its lease
+//! runs out. Every send of a request carries the same collapse id (the
+//! utterance id), so the user sees one notification.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use lanyard_store::{PushRequest, Store};
-use serde::Serialize;
+use lanyard_proto::wire::{PushEnvironment, PushPlatform};
+use lanyard_push::{ApnsEnvironment, Notification, Platform, PushError, PushProvider};
+use lanyard_store::{PushOutcome, PushRequest, Store};
+use rand::Rng;
 use tokio::sync::Notify;
 
-#[async_trait]
-pub trait PushProvider: Send + Sync + 'static {
-    /// Hands one notification to the provider.
-    async fn send(&self, req: &PushRequest) -> Result<(), String>;
-    fn name(&self) -> &'static str;
-}
+use crate::config::RetryPolicy;
+use crate::now_ms;
 
-/// The collapse id of an utterance's notification. APNs allows 64 bytes; a
-/// UUID's 36 fit.
-pub fn collapse_id(req: &PushRequest) -> String {
-    req.utterance_id.to_string()
-}
+/// Requests claimed per round. Sends in a round run concurrently, so this
+/// also bounds the requests in flight to the providers.
+const BATCH: u32 = 64;
+/// How often the sender looks for retries that came due, when nothing wakes it.
+const POLL: Duration = Duration::from_millis(200);
 
-/// A push provider that delivers nothing: it appends each request, exactly
-/// as it would be sent, to a JSON-lines file. Used by the demo and tests
-/// until real APNs/FCM providers exist.
-pub struct FileSink {
-    path: PathBuf,
-}
-
-#[derive(Serialize)]
-struct SinkLine<'a> {
-    utterance_id: String,
-    device_id: String,
-    platform: &'a str,
-    token: &'a str,
-    collapse_id: String,
-    title: &'a str,
-    body: &'a str,
-    sent_at_ms: i64,
-}
-
-impl FileSink {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
+/// The provider-facing form of a stored request.
+fn notification(req: &PushRequest) -> Notification {
+    let data = match serde_json::from_str::<serde_json::Value>(&req.data_json) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    Notification {
+        utterance_id: req.utterance_id,
+        platform: match req.target.platform {
+            PushPlatform::Apns => Platform::Apns,
+            PushPlatform::Fcm => Platform::Fcm,
+        },
+        token: req.target.token.clone(),
+        apns_environment: match req.target.environment {
+            PushEnvironment::Production => ApnsEnvironment::Production,
+            PushEnvironment::Sandbox => ApnsEnvironment::Sandbox,
+        },
+        title: req.title.clone(),
+        body: req.body.clone(),
+        data,
     }
 }
 
-#[async_trait]
-impl PushProvider for FileSink {
-    async fn send(&self, req: &PushRequest) -> Result<(), String> {
-        let line = SinkLine {
-            utterance_id: req.utterance_id.to_string(),
-            device_id: req.device_id.to_string(),
-            platform: match req.target.platform {
-                lanyard_proto::wire::PushPlatform::Apns => "apns",
-                lanyard_proto::wire::PushPlatform::Fcm => "fcm",
-            },
-            token: &req.target.token,
-            collapse_id: collapse_id(req),
-            title: &req.title,
-            body: &req.body,
-            sent_at_ms: crate::now_ms(),
-        };
-        let mut json = serde_json::to_vec(&line).map_err(|e| e.to_string())?;
-        json.push(b'\n');
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-            f.write_all(&json)?;
-            f.sync_data()
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot write push sink {}: {e}", self.path.display()))
-    }
-
-    fn name(&self) -> &'static str {
-        "file-sink"
-    }
+/// The sender's state.
+pub struct Sender {
+    pub store: Arc<dyn Store>,
+    pub provider: Arc<dyn PushProvider>,
+    pub wake: Arc<Notify>,
+    pub policy: RetryPolicy,
 }
 
-/// Sends outbox rows whenever woken, and once at start for rows left by a crash.
-pub async fn run_sender(store: Arc<dyn Store>, provider: Arc<dyn PushProvider>, wake: Arc<Notify>) {
-    loop {
-        match store.unsent_pushes(64).await {
-            Ok(batch) => {
-                for req in &batch {
-                    match provider.send(req).await {
-                        Ok(()) => {
-                            if let Err(e) = store.mark_push_sent(req.utterance_id, crate::now_ms()).await {
-                                tracing::error!(utterance = %req.utterance_id, error = %e, "push sent but not recorded");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(utterance = %req.utterance_id, provider = provider.name(), error = %e, "push failed; will retry");
-                        }
+impl Sender {
+    /// Runs until the process ends.
+    pub async fn run(self) {
+        loop {
+            let now = now_ms();
+            let lease = self.policy.claim_lease.as_millis() as i64;
+            match self.store.claim_pushes(now, lease, BATCH).await {
+                Ok(batch) if !batch.is_empty() => {
+                    let full = batch.len() as u32 == BATCH;
+                    futures::future::join_all(batch.iter().map(|req| self.deliver(req))).await;
+                    if full {
+                        continue;
                     }
                 }
-                if batch.len() == 64 {
-                    continue;
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read the push outbox"),
+            }
+            let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(utterance = %req.utterance_id, attempt = req.attempts + 1))]
+    async fn deliver(&self, req: &PushRequest) {
+        let result = self.provider.send(&notification(req)).await;
+        let outcome = match result {
+            Ok(()) => PushOutcome::Sent,
+            Err(PushError::Retry { reason, retry_after }) => {
+                let attempts = req.attempts + 1;
+                if attempts >= self.policy.max_attempts {
+                    PushOutcome::Undeliverable { reason: format!("gave up after {attempts} attempts: {reason}") }
+                } else {
+                    let wait = self.backoff(attempts).max(retry_after.unwrap_or_default());
+                    tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, "push failed; will retry");
+                    PushOutcome::Retry { next_attempt_ms: now_ms() + wait.as_millis() as i64, error: reason }
                 }
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the push outbox"),
+            Err(PushError::TokenInvalid { reason }) => {
+                match self.store.disable_push_target(req.device_id, &req.target.token, &reason, now_ms()).await {
+                    Ok(true) => tracing::warn!(device = %req.device_id, %reason, "push token disabled"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot disable a dead push token"),
+                }
+                PushOutcome::Undeliverable { reason: format!("the device token was rejected: {reason}") }
+            }
+            Err(PushError::Undeliverable { reason }) => PushOutcome::Undeliverable { reason },
+        };
+        if let PushOutcome::Undeliverable { reason } = &outcome {
+            tracing::warn!(%reason, "push undeliverable");
         }
-        // Woken by new replies; the timeout retries failed sends.
-        let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
+        if let Err(e) = self.store.record_push(req.utterance_id, &outcome, now_ms()).await {
+            // The claim lapses and the request is sent again: at least once.
+            tracing::error!(error = %e, "push outcome not recorded; it will be retried after the lease");
+        }
+    }
+
+    /// Exponential backoff with full jitter, capped.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exp = self.policy.base.saturating_mul(1u32 << attempts.min(20)).min(self.policy.max);
+        let ms = rand::thread_rng().gen_range(exp.as_millis() as u64 / 2..=exp.as_millis() as u64);
+        Duration::from_millis(ms)
     }
 }

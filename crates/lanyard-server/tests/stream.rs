@@ -41,7 +41,7 @@ fn model_dir() -> std::path::PathBuf {
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), data_dir: dir.path().to_owned() };
+    let cfg = ServerConfig::new(([127, 0, 0, 1], 0).into(), dir.path().to_owned());
     let store = lanyard_server::open_store(&cfg).await.unwrap();
     let mut tokens = Vec::new();
     for name in ["a", "b"] {
