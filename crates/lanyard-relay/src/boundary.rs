@@ -83,6 +83,11 @@ impl Tracker {
         }
     }
 
+    /// Ends the current utterance now (the link is gone for good).
+    pub fn end_now(&mut self, out: &mut Vec<Step>) {
+        self.end(out);
+    }
+
     fn end(&mut self, out: &mut Vec<Step>) {
         if let Some((id, _)) = self.current.take() {
             out.push(Step::End { id });

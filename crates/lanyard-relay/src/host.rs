@@ -8,7 +8,7 @@
 //! send what is already on disk. The spool is fsynced every
 //! [`HostConfig::sync_interval`].
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +23,9 @@ use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, h
 use uuid::Uuid;
 
 use crate::boundary::{BoundaryConfig, Step, Tracker};
-use crate::link::{LinkEvent, run_sim_link};
+use crate::planner::{Decision, PlanInput, PlannerConfig, UttView, plan};
+use crate::seal::{seal, sealed_ids};
+use crate::link::LinkEvent;
 use crate::spool::{Spool, SpoolError};
 use crate::uplink::{Action, Input, RelayEvent, Uplink, UplinkConfig};
 
@@ -36,12 +38,11 @@ pub struct HostConfig {
     pub server: String,
     /// The device's bearer token.
     pub token: String,
-    /// The pendant simulator's address.
-    pub pendant: SocketAddr,
     /// The fsync window (see [`crate::spool`]).
     pub sync_interval: Duration,
     pub boundary: BoundaryConfig,
     pub uplink: UplinkConfig,
+    pub planner: PlannerConfig,
     /// Registered with the server at start, so replies reach the phone.
     pub push: Option<PushRegistration>,
     /// Exit once this many replies have arrived and nothing is pending (for
@@ -59,12 +60,61 @@ pub enum HostError {
     PushRegistration(String),
 }
 
+/// What the app tells the relay, besides BLE data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The app moved in its lifecycle (see [`crate::planner`]).
+    Lifecycle(Lifecycle),
+    /// A background upload the relay handed off finished. `ok` means the
+    /// server answered 2xx: it holds the whole utterance.
+    UploadFinished { id: Uuid, ok: bool },
+    /// Finish the current utterance, sync the spool and stop.
+    Shutdown,
+}
+
+pub use crate::planner::Lifecycle;
+
 /// An event with the time the relay saw it, as printed for the app or tests.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stamped {
     pub at_ms: u64,
     #[serde(flatten)]
     pub event: RelayEvent,
+}
+
+/// What the end of an utterance costs to deliver beyond its frames: the
+/// `end` message and the server's `complete`. Counting it keeps an utterance
+/// whose frames are all acknowledged, but not yet complete, in the plan.
+const END_COST_BYTES: u64 = 64;
+
+/// Measured upload throughput: an exponentially weighted average of
+/// acknowledged bytes per second over the times the uplink had work.
+#[derive(Debug, Default)]
+struct Meter {
+    last_ms: u64,
+    last_frames: u64,
+    bps: Option<f64>,
+}
+
+impl Meter {
+    /// An Opus frame at 32 kb/s is 80 bytes on average.
+    const FRAME_BYTES: f64 = 80.0;
+    /// Each second-long sample moves the average a quarter of the way.
+    const WEIGHT: f64 = 0.25;
+
+    fn update(&mut self, now_ms: u64, acked_frames: u64, busy: bool) {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        if self.last_ms == 0 || !busy {
+            (self.last_ms, self.last_frames) = (now_ms, acked_frames);
+            return;
+        }
+        if elapsed < 1000 {
+            return;
+        }
+        let rate = (acked_frames - self.last_frames) as f64 * Self::FRAME_BYTES * 1000.0 / elapsed as f64;
+        self.bps = Some(self.bps.map_or(rate, |b| b + Self::WEIGHT * (rate - b)));
+        (self.last_ms, self.last_frames) = (now_ms, acked_frames);
+    }
 }
 
 /// A quiet link for this long completes a held-back Omi frame: two frame
@@ -83,20 +133,58 @@ enum WsEvent {
     Down(u64, String),
 }
 
-/// Runs the relay until it is told to stop (or `exit_after` is reached).
-pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(), HostError> {
+/// Runs the relay on events from a pendant link until the link ends (and
+/// nothing is left to send) or `exit_after` is reached.
+///
+/// The link is a channel so that any transport can feed it: the simulator's
+/// socket ([`crate::link::run_sim_link`]), btleplug on Linux, or CoreBluetooth
+/// through the FFI on a phone.
+pub async fn run(
+    cfg: HostConfig,
+    mut link_rx: mpsc::Receiver<LinkEvent>,
+    mut control_rx: mpsc::UnboundedReceiver<Control>,
+    events: mpsc::UnboundedSender<Stamped>,
+) -> Result<(), HostError> {
     let ws_url = stream_url(&cfg.server)?;
     let (mut spool, recovery) = Spool::open(&cfg.spool_dir)?;
     tracing::info!(?recovery, "spool recovered");
-    if let Some(push) = &cfg.push {
-        register_push(&cfg.server, &cfg.token, push).await?;
+    if let Some(push) = cfg.push.clone() {
+        // An app that starts offline must still spool: registration retries
+        // in the background until it succeeds.
+        let (server, token, events) = (cfg.server.clone(), cfg.token.clone(), events.clone());
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match register_push(&server, &token, &push).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "push registration failed; retrying");
+                        let _ = events.send(Stamped {
+                            at_ms: now_ms(),
+                            event: RelayEvent::Error { id: None, code: "push_registration".into(), message: e.to_string() },
+                        });
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        });
     }
     let resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec));
     let mut tracker = Tracker::new(cfg.boundary.clone(), resumed, now_ms());
     let mut uplink = Uplink::new(cfg.uplink.clone(), rand::random());
     let mut actions = Vec::new();
-    // Everything the spool holds from before a restart goes to the uplink.
-    for u in spool.pending() {
+    // Uploads handed off before a restart are still the app's to finish.
+    let mut handed_off: HashMap<Uuid, PathBuf> = HashMap::new();
+    for (id, path) in sealed_ids(&cfg.spool_dir) {
+        if spool.utterance(id).is_some_and(|u| !u.done) {
+            handed_off.insert(id, path);
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    // Everything else the spool holds from before a restart goes to the uplink.
+    for u in spool.pending().filter(|u| !handed_off.contains_key(&u.id)) {
         let input = if u.ended {
             Input::Ended { id: u.id, codec: u.codec, frames: u.frame_count() }
         } else {
@@ -105,8 +193,14 @@ pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Res
         uplink.handle(now_ms(), input, &mut actions);
     }
 
-    let (link_tx, mut link_rx) = mpsc::channel(256);
-    let link_task = tokio::spawn(run_sim_link(cfg.pendant, link_tx));
+    let mut link_open = true;
+    let mut control_open = true;
+    let mut deadline: Option<u64> = None;
+    let mut suspending = false;
+    // Whether the plan at the deadline minus the margin has run.
+    let mut final_plan_done = false;
+    let mut meter = Meter::default();
+    let mut shutdown = false;
     let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
     let mut ws_gen = 0u64;
     let mut ws_out: Option<mpsc::UnboundedSender<Message>> = None;
@@ -124,8 +218,25 @@ pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Res
     loop {
         let now = now_ms();
         let mut steps = Vec::new();
+        let mut replan = false;
+        let final_plan_in = deadline
+            .filter(|_| !final_plan_done)
+            .map(|d| Duration::from_millis(d.saturating_sub(cfg.planner.safety_margin_ms).saturating_sub(now)));
         tokio::select! {
-            Some(ev) = link_rx.recv() => match ev {
+            _ = tokio::time::sleep(final_plan_in.unwrap_or_default()), if final_plan_in.is_some() => {
+                final_plan_done = true;
+                replan = true;
+            }
+            ev = link_rx.recv(), if link_open => match ev {
+                None => {
+                    // The transport is gone for good: finish what is spooled.
+                    link_open = false;
+                    if let Some(frame) = reassembler.flush() {
+                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                    }
+                    tracker.end_now(&mut steps);
+                }
+                Some(ev) => match ev {
                 LinkEvent::Connected { framing, omi_codec, att_mtu } => {
                     tracing::info!(?framing, att_mtu, "pendant connected");
                     reassembler = match (framing, omi_codec) {
@@ -156,6 +267,7 @@ pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Res
                         tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
                     }
                 }
+                },
             },
             Some(ev) = ws_rx.recv() => match ev {
                 WsEvent::Up(g, tx) if g == ws_gen => {
@@ -173,6 +285,59 @@ pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Res
                 }
                 _ => {}
             },
+            c = control_rx.recv(), if control_open => match c {
+                None => control_open = false,
+                Some(Control::Lifecycle(l)) => {
+                    tracing::info!(?l, "lifecycle");
+                    (deadline, suspending) = match l {
+                        Lifecycle::Foreground => (None, false),
+                        Lifecycle::Background { remaining_ms } => (Some(now + remaining_ms), false),
+                        Lifecycle::WillSuspend => {
+                            // BLE data stops with the app: what was said so far is the utterance.
+                            tracker.end_now(&mut steps);
+                            (deadline, true)
+                        }
+                    };
+                    final_plan_done = false;
+                    replan = true;
+                }
+                Some(Control::UploadFinished { id, ok }) => {
+                    match handed_off.remove(&id) {
+                        Some(path) => {
+                            let _ = std::fs::remove_file(path);
+                            let u = spool.utterance(id).map(|u| (u.codec, u.frame_count()));
+                            match (ok, u) {
+                                (true, Some((_, frames))) => {
+                                    spool.mark_done(id)?;
+                                    emit(RelayEvent::Complete { id, frames });
+                                }
+                                (false, Some((codec, frames))) => {
+                                    // Back to the planner: stream it, or hand it off again.
+                                    tracing::warn!(%id, "background upload failed");
+                                    uplink.handle(now, Input::Ended { id, codec, frames }, &mut actions);
+                                    replan = true;
+                                }
+                                (_, None) => {}
+                            }
+                        }
+                        None => tracing::warn!(%id, "upload result for an utterance that was not handed off"),
+                    }
+                }
+                Some(Control::Shutdown) => {
+                    // Notifications the app already handed over are spooled
+                    // before the utterance ends: nothing accepted is dropped.
+                    while let Ok(LinkEvent::Notification(bytes)) = link_rx.try_recv() {
+                        if let Ok(Some(frame)) = reassembler.push(&bytes) {
+                            tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                        }
+                    }
+                    if let Some(frame) = reassembler.flush() {
+                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                    }
+                    tracker.end_now(&mut steps);
+                    shutdown = true;
+                }
+            },
             _ = sync_timer.tick() => spool.sync()?,
             _ = tick.tick() => {
                 // Omi frames are only known whole when the next one starts;
@@ -184,6 +349,8 @@ pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Res
                 }
                 tracker.on_tick(now, &mut steps);
                 uplink.handle(now, Input::Tick, &mut actions);
+                meter.update(now, uplink.acked_frames(), uplink.is_connected() && uplink.pending() > 0);
+                replan = true;
             }
         }
 
@@ -206,6 +373,53 @@ pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Res
                     let codec = spool.utterance(id).map(|u| u.codec).expect("just ended");
                     emit(RelayEvent::UtteranceEnded { id, frames, lost });
                     uplink.handle(now, Input::Ended { id, codec, frames }, &mut actions);
+                }
+            }
+        }
+
+        if replan {
+            let views: Vec<UttView> = spool
+                .pending()
+                .filter(|u| u.ended && !handed_off.contains_key(&u.id))
+                .map(|u| UttView {
+                    id: u.id,
+                    started_ms: u.started_ms,
+                    unacked_bytes: spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0)) + END_COST_BYTES,
+                })
+                .collect();
+            let input = PlanInput {
+                now_ms: now,
+                deadline_ms: deadline,
+                suspending,
+                network_up: !uplink.failing(),
+                connected: uplink.is_connected(),
+                throughput_bps: meter.bps,
+                utterances: &views,
+            };
+            for (id, decision) in plan(&cfg.planner, &input) {
+                match decision {
+                    Decision::Stream => {}
+                    Decision::HandOff => {
+                        let sealed = seal(&spool, id)?;
+                        uplink.handle(now, Input::Forget { id }, &mut actions);
+                        emit(RelayEvent::UploadTask {
+                            id,
+                            path: sealed.path.to_string_lossy().into_owned(),
+                            url: format!("{}/v1/utterances/{id}/audio", cfg.server.trim_end_matches('/')),
+                            method: "PUT".into(),
+                            headers: vec![
+                                ("Authorization".into(), format!("Bearer {}", cfg.token)),
+                                ("Content-Type".into(), sealed.content_type.into()),
+                            ],
+                        });
+                        handed_off.insert(id, sealed.path);
+                    }
+                    Decision::Discard(reason) => {
+                        let reason = reason.to_string();
+                        spool.mark_dropped(id, &reason)?;
+                        uplink.handle(now, Input::Forget { id }, &mut actions);
+                        emit(RelayEvent::Discarded { id, reason });
+                    }
                 }
             }
         }
@@ -241,12 +455,16 @@ pub async fn run(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Res
             }
         }
 
-        if cfg.exit_after.is_some_and(|n| replies >= n) && uplink.pending() == 0 && tracker.current().is_none() {
+        if shutdown {
+            spool.sync()?;
+            break;
+        }
+        let idle = uplink.pending() == 0 && tracker.current().is_none() && handed_off.is_empty();
+        if idle && (cfg.exit_after.is_some_and(|n| replies >= n) || (!link_open && cfg.exit_after.is_none())) {
             spool.sync()?;
             break;
         }
     }
-    link_task.abort();
     Ok(())
 }
 
@@ -320,7 +538,9 @@ async fn open_ws(
     let mut req = url.into_client_request().map_err(|e| format!("bad stream URL {url}: {e}"))?;
     let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "token has invalid characters")?;
     req.headers_mut().insert("authorization", auth);
-    let connect = tokio_tungstenite::connect_async(req);
+    // Frames are small writes: send each at once instead of waiting for
+    // Nagle's algorithm, which would add up to 40 ms to every ack round trip.
+    let connect = tokio_tungstenite::connect_async_with_config(req, None, true);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(resp))) => {

@@ -14,10 +14,12 @@
 //! WebSocket; [`link`] is how a pendant's notifications reach it.
 
 pub mod boundary;
+pub mod planner;
+pub mod seal;
 pub mod host;
 pub mod link;
 pub mod spool;
 pub mod uplink;
 
-pub use host::{HostConfig, run};
+pub use host::{Control, HostConfig, Lifecycle, run};
 pub use uplink::RelayEvent;

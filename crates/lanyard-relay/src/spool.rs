@@ -22,6 +22,7 @@
 //!   kind 2 FRAME  seq (u32 LE), codec frame bytes
 //!   kind 3 END    frame count (u32 LE), frames lost on BLE (u32 LE)
 //!   kind 4 DONE   (nothing): the server confirmed the utterance complete
+//!   kind 5 DROP   reason (UTF-8): discarded by an explicit policy (TTL, eviction)
 //! ```
 //!
 //! Record ids grow by one per record across segments and restarts, so they
@@ -78,6 +79,7 @@ const KIND_BEGIN: u8 = 1;
 const KIND_FRAME: u8 = 2;
 const KIND_END: u8 = 3;
 const KIND_DONE: u8 = 4;
+const KIND_DROP: u8 = 5;
 
 #[derive(Debug, Error)]
 pub enum SpoolError {
@@ -132,8 +134,10 @@ pub struct SpooledUtterance {
     pub ended: bool,
     /// Frames the pendant sent that never reached the phone.
     pub lost: u32,
-    /// Set by DONE: the server holds it all.
+    /// Set by DONE or DROP: nothing more to deliver.
     pub done: bool,
+    /// Set by DROP: why the utterance was discarded instead of delivered.
+    pub dropped: Option<String>,
     segments: BTreeSet<u64>,
 }
 
@@ -241,6 +245,7 @@ impl Spool {
                 ended: false,
                 lost: 0,
                 done: false,
+                dropped: None,
                 segments: BTreeSet::from([segment]),
             },
         );
@@ -297,6 +302,30 @@ impl Spool {
         u.done = true;
         u.segments.insert(segment);
         self.collect_garbage()
+    }
+
+    /// Discards an utterance by policy: records why, durably, and deletes
+    /// what no longer holds anything undelivered. The caller reports it.
+    pub fn mark_dropped(&mut self, id: Uuid, reason: &str) -> Result<()> {
+        let u = self.utterances.get(&id).ok_or(SpoolError::UnknownUtterance(id))?;
+        if u.done {
+            return Ok(());
+        }
+        let (segment, _) = self.append(KIND_DROP, id, reason.as_bytes(), &[])?;
+        self.sync()?;
+        let u = self.utterances.get_mut(&id).expect("checked above");
+        u.done = true;
+        u.dropped = Some(reason.to_string());
+        u.segments.insert(segment);
+        self.collect_garbage()
+    }
+
+    /// Bytes of codec frames of `id` from frame `from` on: what is left to
+    /// send once the server holds `from` frames.
+    pub fn bytes_from(&self, id: Uuid, from: u32) -> u64 {
+        self.utterances
+            .get(&id)
+            .map_or(0, |u| u.frames.iter().skip(from as usize).map(|f| u64::from(f.len)).sum())
     }
 
     /// Reads frame `seq` of utterance `id` back from disk.
@@ -488,7 +517,7 @@ fn apply_record(
     let rest = &body[BODY_HEADER..];
     // Records of an utterance whose BEGIN is gone belong to an utterance
     // that was finished and collected: valid, and nothing to restore.
-    let collected = matches!(kind, KIND_FRAME | KIND_END | KIND_DONE) && !utterances.contains_key(&id);
+    let collected = matches!(kind, KIND_FRAME | KIND_END | KIND_DONE | KIND_DROP) && !utterances.contains_key(&id);
     let ok = collected || match kind {
         KIND_BEGIN if rest.len() == 9 && !utterances.contains_key(&id) => match Codec::from_id(rest[0]) {
             Some(codec) => {
@@ -502,6 +531,7 @@ fn apply_record(
                         ended: false,
                         lost: 0,
                         done: false,
+                        dropped: None,
                         segments: BTreeSet::new(),
                     },
                 );
@@ -534,6 +564,14 @@ fn apply_record(
                 true
             }
             None => false,
+        },
+        KIND_DROP => match (utterances.get_mut(&id), std::str::from_utf8(rest)) {
+            (Some(u), Ok(reason)) => {
+                u.done = true;
+                u.dropped = Some(reason.to_string());
+                true
+            }
+            _ => false,
         },
         _ => false,
     };

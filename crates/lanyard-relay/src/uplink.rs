@@ -62,6 +62,9 @@ pub enum Input {
     Disconnected { reason: String },
     Server(ServerMsg),
     Ack(Ack),
+    /// The utterance left the stream (handed off to an upload, or
+    /// discarded by policy): stop sending it.
+    Forget { id: Uuid },
     /// Time passed.
     Tick,
 }
@@ -95,6 +98,14 @@ pub enum RelayEvent {
     Final { id: Uuid, text: String },
     Reply { id: Uuid, title: String, body: String },
     Error { id: Option<Uuid>, code: String, message: String },
+    /// The planner handed the utterance off: the app must upload `path` with
+    /// an HTTP `method` request to `url` carrying `headers` (an iOS
+    /// URLSession background upload task), then report the result with
+    /// `Control::UploadFinished`.
+    UploadTask { id: Uuid, path: String, url: String, method: String, headers: Vec<(String, String)> },
+    /// The utterance was dropped by an explicit policy, with the reason
+    /// (e.g. `stale`: older than the TTL; `evicted`: the spool was full).
+    Discarded { id: Uuid, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +151,8 @@ pub struct Uplink {
     /// When the last utterance completed; the connection lingers after it.
     linger_until: u64,
     rng: u64,
+    /// Frames acknowledged since start, for the throughput meter.
+    acked_frames: u64,
 }
 
 impl Uplink {
@@ -155,6 +168,7 @@ impl Uplink {
             next_handle: 1,
             linger_until: 0,
             rng: seed | 1,
+            acked_frames: 0,
         }
     }
 
@@ -166,6 +180,17 @@ impl Uplink {
     /// Frames of `id` the server has acknowledged as durable.
     pub fn acked(&self, id: Uuid) -> Option<u32> {
         self.utts.get(&id).map(|u| u.acked)
+    }
+
+    /// Whether the last connection attempts failed: the network is likely
+    /// down or the server unreachable.
+    pub fn failing(&self) -> bool {
+        self.attempt > 0 && self.conn != Conn::Up
+    }
+
+    /// Frames acknowledged since the uplink started (monotonic).
+    pub fn acked_frames(&self) -> u64 {
+        self.acked_frames
     }
 
     pub fn is_connected(&self) -> bool {
@@ -202,10 +227,17 @@ impl Uplink {
             Input::Ack(ack) => {
                 if let Some(u) = self.handles.get(&ack.handle).and_then(|id| self.utts.get_mut(id)) {
                     // Acks are cumulative; an old one arriving late changes nothing.
-                    u.acked = u.acked.max(ack.next.min(u.next_send));
+                    let acked = u.acked.max(ack.next.min(u.next_send));
+                    self.acked_frames += u64::from(acked - u.acked);
+                    u.acked = acked;
                 }
             }
             Input::Server(msg) => self.on_server(now_ms, msg, out),
+            Input::Forget { id } => {
+                if let Some(u) = self.utts.remove(&id) {
+                    self.handles.remove(&u.handle);
+                }
+            }
             Input::Tick => {}
         }
         self.pump(now_ms, out);

@@ -101,7 +101,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     eprintln!("lanyard demo: working in {}", work.display());
 
-    let cfg = lanyard_server::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), data_dir: server_dir.clone() };
+    let cfg = lanyard_server::ServerConfig::new(([127, 0, 0, 1], 0).into(), server_dir.clone());
     let (_device, token) = crate::add_device(&cfg, "demo-phone").await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();

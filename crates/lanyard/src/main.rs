@@ -46,21 +46,34 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// Settings come from, in rising precedence: built-in defaults, the TOML file
+/// given by --config, LANYARD_* environment variables, and these flags.
 #[derive(Args, Clone)]
+#[command(after_long_help = "Precedence, later wins: built-in defaults < the TOML file (--config) < \
+LANYARD_* environment variables < flags.\n\n\
+The TOML file also configures what flags do not: [responder] (builtin, webhook or llm), [push] retry policy, \
+[push.apns] (.p8 key, key id, team id, topic) and [push.fcm] (service account). Without [push.apns] or \
+[push.fcm], push requests are written to push-sink.jsonl in the data directory and reach no phone. \
+A mistake in any section stops the start with a message that says what to fix.\n\n\
+Example:\n  lanyard serve --listen 0.0.0.0:8080 --config /etc/lanyard/server.toml")]
 pub struct ServeArgs {
-    /// Address to listen on. Use 0.0.0.0:PORT to accept phones on the network.
-    #[arg(long, env = "LANYARD_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Directory for the SQLite store, audio files and the push sink.
-    #[arg(long, env = "LANYARD_DATA_DIR", default_value_os_t = paths::default_server_dir())]
-    data_dir: PathBuf,
-    /// A CTranslate2 Whisper model directory (any faster-whisper model works).
-    /// `scripts/setup` installs the default, Whisper tiny.en.
-    #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = paths::default_model_dir())]
-    model_dir: PathBuf,
-    /// CPU threads for transcription; 0 means all cores.
-    #[arg(long, env = "LANYARD_STT_THREADS", default_value_t = 0)]
-    stt_threads: usize,
+    /// A TOML config file (see `lanyard-server`'s config module doc for every key).
+    #[arg(long, env = "LANYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]. Use 0.0.0.0:PORT to accept phones on the network.
+    #[arg(long, env = "LANYARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the SQLite store, audio files and the push sink
+    /// [default: ~/.local/share/lanyard/server].
+    #[arg(long, env = "LANYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A CTranslate2 Whisper model directory (any faster-whisper model works)
+    /// [default: ~/.local/share/lanyard/models/whisper-tiny.en, which `scripts/setup` installs].
+    #[arg(long, env = "LANYARD_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// CPU threads for transcription [default: 0, all cores].
+    #[arg(long, env = "LANYARD_STT_THREADS")]
+    stt_threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +115,18 @@ struct RelayArgs {
     /// Exit once this many replies have arrived and nothing is left to send.
     #[arg(long)]
     exit_after: Option<usize>,
+    /// Read lifecycle commands from stdin, one per line, as a phone app
+    /// reports them: `foreground`, `background MS` (ms of background time
+    /// left), `suspend`, `upload-ok ID`, `upload-failed ID`, `shutdown`.
+    #[arg(long)]
+    control_stdin: bool,
+    /// Carry out upload tasks here (PUT the sealed file) instead of leaving
+    /// them to a phone's background session: the Linux host's way.
+    #[arg(long)]
+    self_upload: bool,
+    /// Discard utterances older than this many seconds (stale replies).
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -184,8 +209,22 @@ pub fn load_stt(model_dir: &std::path::Path, threads: usize) -> Result<Arc<dyn l
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let stt = load_stt(&args.model_dir, args.stt_threads)?;
-    let cfg = lanyard_server::ServerConfig { listen: args.listen, data_dir: args.data_dir };
+    let file = match &args.config {
+        Some(path) => lanyard_server::config::FileConfig::load(path)?,
+        None => Default::default(),
+    };
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(paths::default_server_dir);
+    let model_dir = args.model_dir.or(file.stt.model_dir).unwrap_or_else(paths::default_model_dir);
+    let threads = args.stt_threads.or(file.stt.threads).unwrap_or(0);
+    let mut cfg = lanyard_server::ServerConfig::new(listen, data_dir);
+    cfg.push = file.push;
+    if let Some(r) = file.responder {
+        cfg.responder = r;
+    }
+    // Check the configuration before the model loads, so a typo fails at once.
+    lanyard_server::validate(&cfg)?;
+    let stt = load_stt(&model_dir, threads)?;
     let server = lanyard_server::start(cfg.clone(), stt).await?;
     print_json(&serde_json::json!({ "event": "listening", "addr": server.addr, "data_dir": cfg.data_dir }));
     tokio::select! {
@@ -198,7 +237,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn device_add(name: &str, data_dir: PathBuf) -> Result<()> {
-    let cfg = lanyard_server::ServerConfig { listen: ([127, 0, 0, 1], 0).into(), data_dir };
+    let cfg = lanyard_server::ServerConfig::new(([127, 0, 0, 1], 0).into(), data_dir);
     let (id, token) = add_device(&cfg, name).await?;
     eprintln!("Device {name:?} added as {id}. Its token is shown once; it is stored only as a hash.");
     println!("{token}");
@@ -221,7 +260,7 @@ fn parse_push(s: &str) -> Result<PushRegistration> {
         "fcm" => PushPlatform::Fcm,
         other => bail!("push platform {other:?} is unknown; use apns or fcm"),
     };
-    Ok(PushRegistration { platform, token: token.to_string() })
+    Ok(PushRegistration { platform, token: token.to_string(), environment: Default::default() })
 }
 
 async fn relay(args: RelayArgs) -> Result<()> {
@@ -230,25 +269,92 @@ async fn relay(args: RelayArgs) -> Result<()> {
         spool_dir: args.spool_dir,
         server: args.server,
         token: args.token,
-        pendant: args.pendant,
         sync_interval: Duration::from_millis(args.sync_ms.max(1)),
         boundary: lanyard_relay::boundary::BoundaryConfig { silence_timeout_ms: args.silence_ms },
         uplink: Default::default(),
+        planner: lanyard_relay::planner::PlannerConfig { ttl_ms: args.ttl_secs * 1000, ..Default::default() },
         push,
         exit_after: args.exit_after,
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::host::Stamped>();
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::Control>();
+    let self_upload = args.self_upload;
+    let uploads = control_tx.clone();
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             print_json(&ev);
+            if let (true, lanyard_relay::RelayEvent::UploadTask { id, path, url, method, headers }) = (self_upload, &ev.event) {
+                tokio::spawn(upload(*id, path.clone(), url.clone(), method.clone(), headers.clone(), uploads.clone()));
+            }
         }
     });
+    if args.control_stdin {
+        tokio::spawn(read_control(control_tx.clone()));
+    }
+    let (link_tx, link_rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(lanyard_relay::link::run_sim_link(args.pendant, link_tx));
     let result = tokio::select! {
-        r = lanyard_relay::run(cfg, tx) => r.context("relay failed"),
+        r = lanyard_relay::run(cfg, link_rx, control_rx, tx) => r.context("relay failed"),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     let _ = printer.await;
     result
+}
+
+/// Performs one upload task, as a background URLSession would.
+async fn upload(
+    id: uuid::Uuid,
+    path: String,
+    url: String,
+    method: String,
+    headers: Vec<(String, String)>,
+    control: tokio::sync::mpsc::UnboundedSender<lanyard_relay::Control>,
+) {
+    let ok = async {
+        let body = tokio::fs::read(&path).await.ok()?;
+        let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
+        let mut req = reqwest::Client::new().request(method, &url).body(body);
+        for (k, v) in &headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.ok()?;
+        if !resp.status().is_success() {
+            tracing::warn!(%id, status = %resp.status(), "upload refused");
+        }
+        Some(resp.status().is_success())
+    }
+    .await
+    .unwrap_or(false);
+    let _ = control.send(lanyard_relay::Control::UploadFinished { id, ok });
+}
+
+/// Reads lifecycle commands from stdin (see `--control-stdin`).
+async fn read_control(control: tokio::sync::mpsc::UnboundedSender<lanyard_relay::Control>) {
+    use lanyard_relay::{Control, Lifecycle};
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut words = line.split_whitespace();
+        let cmd = match (words.next(), words.next()) {
+            (Some("foreground"), None) => Control::Lifecycle(Lifecycle::Foreground),
+            (Some("background"), Some(ms)) if ms.parse::<u64>().is_ok() => {
+                Control::Lifecycle(Lifecycle::Background { remaining_ms: ms.parse().unwrap_or(0) })
+            }
+            (Some("suspend"), None) => Control::Lifecycle(Lifecycle::WillSuspend),
+            (Some(kind @ ("upload-ok" | "upload-failed")), Some(id)) if uuid::Uuid::parse_str(id).is_ok() => {
+                Control::UploadFinished { id: uuid::Uuid::parse_str(id).unwrap_or_default(), ok: kind == "upload-ok" }
+            }
+            (Some("shutdown"), None) => Control::Shutdown,
+            (None, _) => continue,
+            _ => {
+                eprintln!("lanyard relay: unknown control command {line:?}; see `lanyard relay --help`");
+                continue;
+            }
+        };
+        if control.send(cmd).is_err() {
+            return;
+        }
+    }
 }
 
 async fn pendant_sim(args: SimArgs) -> Result<()> {
