@@ -75,6 +75,12 @@ pub fn reassembler(data: &[u8]) {
             }
             0xfe => {
                 r.reset_link();
+                // Frames held for a reorder come out on reset, before the
+                // numbering starts afresh.
+                while let Some(f) = r.pop_ready() {
+                    check(&f, &mut last_seq);
+                    emitted += 1;
+                }
                 last_seq = None;
                 rest = tail;
             }
@@ -87,6 +93,10 @@ pub fn reassembler(data: &[u8]) {
                 }
                 rest = tail;
             }
+        }
+        while let Some(f) = r.pop_ready() {
+            check(&f, &mut last_seq);
+            emitted += 1;
         }
     }
     let s = r.stats();

@@ -34,8 +34,26 @@
 //!
 //! Sequence history is per BLE connection: call [`Reassembler::reset_link`]
 //! on reconnect, since the pendant then numbers afresh.
+//!
+//! **Reordering** (Lanyard framing): a whole frame that arrives ahead of a
+//! gap is held, up to [`REORDER_WINDOW`] frames, in case the missing ones
+//! are only late. When the gap fills, the held frames follow in order. When
+//! the window overflows, or the relay calls [`Reassembler::flush`] because
+//! the link went quiet, the held frames are released in order and the
+//! frames still missing are counted as lost. A frame [`Reassembler::push`]
+//! releases beyond the first is queued: take it with
+//! [`Reassembler::pop_ready`]. Fragments of different frames must not
+//! interleave (the pendant never does that); a frame whose fragments do is
+//! dropped as incomplete.
+
+use std::collections::VecDeque;
 
 use crate::ble::{self, Codec, FrameError, MAX_FRAME_LEN, seq_distance};
+
+/// Most frames held while waiting for a gap to fill: 4 frames are 80 ms of
+/// audio, more than any BLE retransmission delay, and bound the memory a
+/// pendant can make the phone hold to 4 x [`MAX_FRAME_LEN`].
+pub const REORDER_WINDOW: usize = 4;
 use crate::omi::{self, OmiCodec};
 
 /// A complete codec frame.
@@ -151,6 +169,10 @@ pub struct Reassembler {
     /// Sequence number of the last frame delivered: anything not ahead of it
     /// is a repeat.
     last_seq: Option<u16>,
+    /// Frames ahead of a gap, sorted by sequence (Lanyard only).
+    held: Vec<Frame>,
+    /// Frames released, beyond the one `push` or `flush` returned.
+    ready: VecDeque<Frame>,
     stats: LinkStats,
 }
 
@@ -180,8 +202,16 @@ impl Reassembler {
             mode,
             current: Current::Idle,
             last_seq: None,
+            held: Vec::new(),
+            ready: VecDeque::new(),
             stats: LinkStats::default(),
         }
+    }
+
+    /// The next frame released by the last `push` or `flush`, if more than
+    /// one was. Call it until `None` after each of them.
+    pub fn pop_ready(&mut self) -> Option<Frame> {
+        self.ready.pop_front()
     }
 
     /// What the link did so far.
@@ -194,6 +224,8 @@ impl Reassembler {
     /// duplicates. A frame in progress is dropped without being counted, since
     /// nothing says whether its rest was sent. The counters are kept.
     pub fn reset_link(&mut self) {
+        // Frames held for a reorder are whole: release them, with their gaps.
+        self.release_held();
         self.last_seq = None;
         self.current = Current::Idle;
         if let Mode::Omi { last_index, .. } = &mut self.mode {
@@ -222,14 +254,16 @@ impl Reassembler {
         }
     }
 
-    /// Completes a frame held back by the framing, if any. Omi only knows a
-    /// frame is whole when the next one starts, so the relay calls this when
-    /// the link goes quiet. A Lanyard frame is whole only with its last
-    /// fragment, so for Lanyard this returns `None` and keeps any partial
-    /// frame, whose remaining fragments may still come.
+    /// Releases what the link going quiet makes final; the relay calls it
+    /// then. Omi only knows a frame is whole when the next one starts, so its
+    /// pending frame is completed. Lanyard releases the frames held for a
+    /// reorder, counting the gap before them as lost (further frames: see
+    /// [`Reassembler::pop_ready`]); a partial Lanyard frame is kept, since
+    /// its remaining fragments may still come.
     pub fn flush(&mut self) -> Option<Frame> {
         if !matches!(self.mode, Mode::Omi { .. }) {
-            return None;
+            self.release_held();
+            return self.ready.pop_front();
         }
         match std::mem::take(&mut self.current) {
             Current::Pending(p) => self.deliver(p.into_frame()),
@@ -245,8 +279,49 @@ impl Reassembler {
         self.stats.incomplete += 1;
     }
 
-    /// Applies sequence accounting to a completed frame and hands it out.
+    /// Applies sequence accounting to a completed frame and hands it out,
+    /// holding it if it came ahead of a gap (Lanyard).
     fn deliver(&mut self, frame: Frame) -> Option<Frame> {
+        if let Some(last) = self.last_seq.filter(|_| matches!(self.mode, Mode::Lanyard)) {
+            let d = seq_distance(last, frame.seq);
+            if d > 1 {
+                if self.held.iter().any(|h| h.seq == frame.seq) {
+                    self.stats.duplicates += 1;
+                    return None;
+                }
+                let at = self.held.partition_point(|h| seq_distance(last, h.seq) < d);
+                self.held.insert(at, frame);
+                if self.held.len() > REORDER_WINDOW {
+                    // The gap is not late, it is lost.
+                    self.release_held();
+                    return self.ready.pop_front();
+                }
+                return None;
+            }
+            if d == 1 {
+                let out = self.emit(frame);
+                // The gap filled: the held frames that now follow, in order.
+                while self.last_seq.is_some_and(|l| self.held.first().is_some_and(|h| seq_distance(l, h.seq) == 1)) {
+                    let next = self.held.remove(0);
+                    let f = self.emit(next);
+                    self.ready.extend(f);
+                }
+                return out;
+            }
+        }
+        self.emit(frame)
+    }
+
+    /// Releases every held frame in order, counting the gaps before them.
+    fn release_held(&mut self) {
+        for frame in std::mem::take(&mut self.held) {
+            let f = self.emit(frame);
+            self.ready.extend(f);
+        }
+    }
+
+    /// Hands a frame out: the sequence accounting of [`Self::deliver`].
+    fn emit(&mut self, frame: Frame) -> Option<Frame> {
         if let Some(last) = self.last_seq {
             let d = seq_distance(last, frame.seq);
             if d <= 0 {
@@ -267,11 +342,10 @@ impl Reassembler {
 
     fn push_lanyard(&mut self, bytes: &[u8]) -> Result<Option<Frame>, ReassemblyError> {
         let n = ble::parse(bytes)?;
-        if self
-            .last_seq
-            .is_some_and(|last| seq_distance(last, n.seq) <= 0)
+        if self.last_seq.is_some_and(|last| seq_distance(last, n.seq) <= 0)
+            || self.held.iter().any(|h| h.seq == n.seq)
         {
-            // A piece of a frame already delivered.
+            // A piece of a frame already delivered, or held for a reorder.
             self.stats.duplicates += 1;
             return Ok(None);
         }

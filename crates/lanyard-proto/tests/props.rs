@@ -10,7 +10,7 @@ use lanyard_proto::ble::{
 };
 use lanyard_proto::link::{Decoder, MAX_RECORD, Record};
 use lanyard_proto::omi::{self, OmiCodec, OmiNotification};
-use lanyard_proto::reassembly::{Frame, LinkStats, Reassembler};
+use lanyard_proto::reassembly::{Frame, LinkStats, REORDER_WINDOW, Reassembler};
 use lanyard_proto::wire::{self, Ack, Audio, Binary, ClientMsg, ServerMsg};
 use lanyard_proto::{Uuid, oggopus};
 use proptest::prelude::*;
@@ -174,14 +174,65 @@ proptest! {
                     if let Ok(Some(f)) = r.push(n) {
                         got.push(f);
                     }
+                    got.extend(std::iter::from_fn(|| r.pop_ready()));
                 }
                 if copies == 2 {
                     expected.duplicates += 1;
                 }
             }
         }
+        // Frames held behind a gap come out when the link goes quiet.
+        got.extend(r.flush());
+        got.extend(std::iter::from_fn(|| r.pop_ready()));
         prop_assert_eq!(got, want);
         prop_assert_eq!(r.stats(), expected);
+    }
+
+    /// Whole frames delivered out of order within the reorder window come
+    /// out in order, with nothing counted lost; a gap wider than the window
+    /// is counted lost once it is given up on.
+    #[test]
+    fn ble_reorder_window(
+        first_seq in seq(),
+        n in 2usize..40,
+        swaps in prop::collection::vec((0usize..40, 1usize..=REORDER_WINDOW), 0..10),
+    ) {
+        let frames: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 1 + i % 5]).collect();
+        let notes: Vec<Vec<u8>> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let spec = FrameSpec { seq: first_seq.wrapping_add(i as u16), codec: Codec::Opus16k20ms, start: i == 0, end: i == n - 1, data: d };
+                ble::packetize(&spec, 185).unwrap().remove(0)
+            })
+            .collect();
+        // Swap neighbours at most REORDER_WINDOW apart, never the first frame.
+        let mut order: Vec<usize> = (0..n).collect();
+        for (at, by) in swaps {
+            let a = 1 + at % (n - 1);
+            let b = (a + by).min(n - 1);
+            order.swap(a, b);
+        }
+        // Out of order by more than the window only if some frame moved that far.
+        let displaced = order.iter().enumerate().map(|(pos, &i)| pos.abs_diff(i)).max().unwrap_or(0);
+        let mut r = Reassembler::lanyard();
+        let mut got = Vec::new();
+        for &i in &order {
+            got.extend(r.push(&notes[i]).unwrap());
+            got.extend(std::iter::from_fn(|| r.pop_ready()));
+        }
+        got.extend(r.flush());
+        got.extend(std::iter::from_fn(|| r.pop_ready()));
+        let seqs: Vec<u16> = got.iter().map(|f| f.seq).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_by_key(|s| ble::seq_distance(first_seq, *s));
+        prop_assert_eq!(&seqs, &sorted, "frames come out in sequence order");
+        if displaced <= REORDER_WINDOW {
+            prop_assert_eq!(got.len(), n, "every frame delivered");
+            prop_assert_eq!(r.stats().lost, 0);
+        }
+        prop_assert_eq!(r.stats().frames as usize + r.stats().duplicates as usize, n);
+        prop_assert_eq!(r.stats().frames as usize, got.len());
     }
 
     // ------------------------------------------------------------ Omi
@@ -305,6 +356,7 @@ proptest! {
             if n.len() % 7 == 0 {
                 frames += u64::from(r.flush().is_some());
             }
+            frames += std::iter::from_fn(|| r.pop_ready()).count() as u64;
         }
         let s = r.stats();
         prop_assert_eq!(s.notifications, notes.len() as u64);

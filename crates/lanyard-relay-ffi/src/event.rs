@@ -48,6 +48,16 @@ pub enum RelayEvent {
     UploadTask { at_ms: u64, id: String, path: String, url: String, method: String, headers: Vec<HttpHeader> },
     /// The utterance was dropped by an explicit policy (`stale`, `evicted`, ...).
     Discarded { at_ms: u64, id: String, reason: String },
+    /// The relay's counters (see the fields), every few seconds while they change.
+    Stats {
+        at_ms: u64,
+        spool_bytes: u64,
+        pending_utterances: u32,
+        handed_off: u32,
+        lost_frames: u64,
+        duplicate_notifications: u64,
+        discarded: u64,
+    },
     /// `notification()` found the relay's queue full and dropped
     /// notifications; `total` counts every drop since the relay started.
     /// Reported at most once per delivery round, however many were dropped.
@@ -84,6 +94,15 @@ impl RelayEvent {
                 headers: headers.into_iter().map(|(name, value)| HttpHeader { name, value }).collect(),
             },
             Inner::Discarded { id, reason } => Self::Discarded { at_ms, id: id.to_string(), reason },
+            Inner::Stats(s) => Self::Stats {
+                at_ms,
+                spool_bytes: s.spool_bytes,
+                pending_utterances: s.pending_utterances,
+                handed_off: s.handed_off,
+                lost_frames: s.lost_frames,
+                duplicate_notifications: s.duplicate_notifications,
+                discarded: s.discarded,
+            },
         }
     }
 }

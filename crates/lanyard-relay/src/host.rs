@@ -27,7 +27,7 @@ use crate::planner::{Decision, PlanInput, PlannerConfig, UttView, plan};
 use crate::seal::{seal, sealed_ids};
 use crate::link::LinkEvent;
 use crate::spool::{Spool, SpoolError};
-use crate::uplink::{Action, Input, RelayEvent, Uplink, UplinkConfig};
+use crate::uplink::{Action, Input, RelayEvent, RelayStats, Uplink, UplinkConfig};
 
 /// Everything the host needs.
 #[derive(Debug, Clone)]
@@ -117,6 +117,10 @@ impl Meter {
     }
 }
 
+/// How often the counters are reported, when they changed. Often enough for
+/// a status screen, rare enough to cost nothing.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A quiet link for this long completes a held-back Omi frame: two frame
 /// periods, so a frame is never cut while its next notification is in flight.
 const OMI_FLUSH_MS: u64 = 40;
@@ -200,6 +204,9 @@ pub async fn run(
     // Whether the plan at the deadline minus the margin has run.
     let mut final_plan_done = false;
     let mut meter = Meter::default();
+    let mut discarded = 0u64;
+    let mut last_stats: Option<RelayStats> = None;
+    let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
     let mut shutdown = false;
     let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
     let mut ws_gen = 0u64;
@@ -239,6 +246,14 @@ pub async fn run(
                 Some(ev) => match ev {
                 LinkEvent::Connected { framing, omi_codec, att_mtu } => {
                     tracing::info!(?framing, att_mtu, "pendant connected");
+                    // Whole frames of the previous connection still count.
+                    if let Some(frame) = reassembler.flush() {
+                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                    }
+                    reassembler.reset_link();
+                    while let Some(frame) = reassembler.pop_ready() {
+                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                    }
                     reassembler = match (framing, omi_codec) {
                         (Framing::Omi, Some(c)) => match Reassembler::omi(c) {
                             Some(r) => r,
@@ -339,6 +354,21 @@ pub async fn run(
                 }
             },
             _ = sync_timer.tick() => spool.sync()?,
+            _ = stats_timer.tick() => {
+                let link = reassembler.stats();
+                let stats = RelayStats {
+                    spool_bytes: spool.disk_bytes(),
+                    pending_utterances: spool.pending().count() as u32,
+                    handed_off: handed_off.len() as u32,
+                    lost_frames: link.lost,
+                    duplicate_notifications: link.duplicates,
+                    discarded,
+                };
+                if last_stats != Some(stats) {
+                    emit(RelayEvent::Stats(stats));
+                    last_stats = Some(stats);
+                }
+            }
             _ = tick.tick() => {
                 // Omi frames are only known whole when the next one starts;
                 // a quiet link completes the last one.
@@ -352,6 +382,11 @@ pub async fn run(
                 meter.update(now, uplink.acked_frames(), uplink.is_connected() && uplink.pending() > 0);
                 replan = true;
             }
+        }
+
+        // Frames released together (a reorder gap filled or given up on).
+        while let Some(frame) = reassembler.pop_ready() {
+            tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
         }
 
         for step in steps {
@@ -417,6 +452,7 @@ pub async fn run(
                     Decision::Discard(reason) => {
                         let reason = reason.to_string();
                         spool.mark_dropped(id, &reason)?;
+                        discarded += 1;
                         uplink.handle(now, Input::Forget { id }, &mut actions);
                         emit(RelayEvent::Discarded { id, reason });
                     }

@@ -106,6 +106,25 @@ pub enum RelayEvent {
     /// The utterance was dropped by an explicit policy, with the reason
     /// (e.g. `stale`: older than the TTL; `evicted`: the spool was full).
     Discarded { id: Uuid, reason: String },
+    /// Spool and loss counters, every few seconds while something changes.
+    Stats(RelayStats),
+}
+
+/// The relay's counters, for the app's status screen and for loss reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RelayStats {
+    /// Bytes the spool holds on disk.
+    pub spool_bytes: u64,
+    /// Utterances spooled and not yet delivered, handed off or discarded.
+    pub pending_utterances: u32,
+    /// Utterances waiting for the app's background upload.
+    pub handed_off: u32,
+    /// Since start: BLE frames missing from the pendant's sequence.
+    pub lost_frames: u64,
+    /// Since start: duplicate BLE notifications dropped.
+    pub duplicate_notifications: u64,
+    /// Since start: utterances discarded by policy (TTL, eviction).
+    pub discarded: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
