@@ -5,7 +5,8 @@
 //! iOS may suspend or kill the app at any moment, and a memory buffer dies
 //! with it. So every frame that comes off BLE is written to a file first, and
 //! the uplink reads what it sends from that file. A frame leaves the spool
-//! only when the server has said it holds the whole utterance durably.
+//! only when the server has said it holds the whole utterance durably, or
+//! when an explicit policy (a TTL, the size bound) drops it and says so.
 //!
 //! # On-disk format
 //!
@@ -26,7 +27,10 @@
 //! ```
 //!
 //! Record ids grow by one per record across segments and restarts, so they
-//! order everything the spool ever wrote.
+//! order everything the spool ever wrote. **Invariant:** no id that was
+//! synced is ever handed out again, and every record in a segment has an id
+//! at least the segment's name (recovery relies on the name when every
+//! record of the newest segment was lost).
 //!
 //! # Durability
 //!
@@ -35,29 +39,89 @@
 //! failure on a phone. Surviving an OS crash or power loss needs `fsync`; the
 //! host calls [`Spool::sync`] on a timer, every [`DEFAULT_SYNC_INTERVAL`] by
 //! default. That interval is the acceptable window of data loss on an OS
-//! crash. A segment is also synced before the spool moves on to the next one,
-//! so only the newest segment can ever have a torn tail.
+//! crash. Besides the timer:
+//!
+//! - a segment is synced before the spool moves on to the next one, so only
+//!   the newest segment can ever have a torn tail;
+//! - a new segment's name is made durable (the directory is synced) before
+//!   anything is written to it;
+//! - DONE and DROP are synced before any file they allow to go is deleted,
+//!   and each deletion is made durable (directory sync) before the next one,
+//!   oldest first (see "Deletion");
+//! - recovery's truncations are synced before anything is appended after them.
+//!
+//! The failure model this is checked against is [`fs::FaultyFs`]: file
+//! content is durable only once synced, a name created or removed only once
+//! its directory is synced (before that, each may or may not survive), and a
+//! crash keeps any prefix of a file's unsynced appends, possibly garbling the
+//! write it cut through. `tests/spool_crash.rs` crashes the spool at every
+//! kind of operation under that model.
+//!
+//! All file access goes through [`SpoolFs`]; [`Spool::open`] uses the real
+//! filesystem, [`Spool::open_with`] any other.
 //!
 //! # Recovery
 //!
-//! [`Spool::open`] reads every segment in order. A record whose length runs
-//! past the end of the file, whose checksum does not match, or whose body does
-//! not parse ends the segment: the file is truncated to the last good record.
-//! The spool never guesses at what a damaged record held and never returns a
-//! corrupt one. Truncations are reported in [`Recovery`].
+//! [`Spool::open`] reads every segment in name order. A record whose length
+//! runs past the end of the file, whose checksum does not match, or whose
+//! body does not parse or does not follow (an id that goes back, a frame out
+//! of sequence, a record for an utterance that already ended) ends the
+//! segment: the file is truncated to the last good record. The spool never
+//! guesses at what a damaged record held and never returns a corrupt one.
+//! Truncations are reported in [`Recovery`]. Records of an utterance whose
+//! BEGIN is gone belong to an utterance that was finished and collected, and
+//! are skipped. What recovery promises, after any crash the model allows:
+//!
+//! - every record a completed [`Spool::sync`] covered is back, byte for byte;
+//! - an utterance that was durably DONE or DROPped never comes back pending;
+//! - ids go on from past every synced record.
 //!
 //! # Deletion
 //!
 //! A segment file is deleted when every utterance with a record in it is
-//! done (the server acknowledged all of its frames and its end) and it is not
-//! the segment being written. Acknowledged frames of an unfinished utterance
-//! stay on disk until the utterance finishes; that costs a little space and
-//! keeps the rule simple: nothing is deleted that the server does not hold.
+//! done (delivered or dropped), none of those utterances still has a record
+//! in an older segment that stays, and it is not the segment being written.
+//! The second rule means an utterance loses its segments oldest first: a gap
+//! in the middle would read back as a frame out of sequence, and deleting the
+//! segment with its DONE while its BEGIN stays would bring it back as
+//! pending. Acknowledged frames of an unfinished utterance stay on disk until
+//! the utterance finishes; that costs a little space and keeps the rule
+//! simple: nothing is deleted that the server does not hold, unless a policy
+//! dropped it and wrote down why.
+//!
+//! # Eviction
+//!
+//! The spool is bounded by [`SpoolConfig::max_bytes`], 64 MiB by default
+//! ([`DEFAULT_MAX_BYTES`]). That is about 4.5 hours of Opus at 32 kb/s (the
+//! primary codec) or 35 minutes of PCM: hours of speech-gated recording
+//! with no network, which covers a long flight or a day in a dead zone,
+//! while staying small next to a phone's free space, so the app is not what
+//! the OS's low-storage warnings point at. Recovery reads the whole spool
+//! at start, so the bound also bounds start-up work.
+//!
+//! Before a BEGIN or FRAME that would take the spool past the bound, the
+//! oldest pending utterances (by their BEGIN's record id), never the one
+//! being appended to, are evicted one at a time until it fits: each gets a
+//! DROP record with the reason `evicted: spool full (N bytes)`, N being the
+//! bound, which makes its segments collectable under the usual rule. Space
+//! comes back a whole segment at a time, so the bound should be several
+//! segments. Evictions are counted ([`Spool::evictions`]) and reported: the
+//! host drains [`Spool::take_evicted`] after each append and tells the
+//! uplink and the app, as for any other drop.
+//!
+//! If evicting everything else is not enough, because the utterance being
+//! recorded is itself larger than the bound, the spool keeps appending:
+//! live audio is never dropped silently, and where to cut an utterance is
+//! the boundary tracker's decision, not the spool's. It logs a
+//! warning once and [`Spool::over_bound`] says so until space comes back.
+//! END, DONE and DROP records are never refused or made room for: they are
+//! small, and they are what lets space come back.
+
+pub mod fs;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,11 +129,16 @@ use lanyard_proto::ble::Codec;
 use thiserror::Error;
 use uuid::Uuid;
 
+pub use fs::{FaultyFile, FaultyFs, SpoolFile, SpoolFs, StdFs};
+
 /// The default fsync window (see the module doc).
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// A segment is closed once it passes this size. Small enough that a finished
 /// utterance's space comes back soon, large enough that file churn is rare.
 pub const SEGMENT_BYTES: u64 = 1 << 20;
+/// The default bound on the spool's size on disk (see "Eviction" in the
+/// module doc for why 64 MiB).
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 /// Largest record body accepted on recovery. Anything longer is corruption.
 const MAX_BODY: usize = 64 + lanyard_proto::ble::MAX_FRAME_LEN;
 const RECORD_HEADER: usize = 8;
@@ -101,6 +170,24 @@ type Result<T, E = SpoolError> = std::result::Result<T, E>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io { path: path.to_owned(), source }
+}
+
+/// How big the spool may grow and how it is cut into files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// The bound on bytes on disk, past which the oldest utterances are
+    /// evicted (see the module doc). Should be several times
+    /// `segment_bytes`: space comes back a whole segment at a time, and the
+    /// segment being written never goes.
+    pub max_bytes: u64,
+    /// A segment is closed once it reaches this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { max_bytes: DEFAULT_MAX_BYTES, segment_bytes: SEGMENT_BYTES }
+    }
 }
 
 /// What recovery found.
@@ -139,6 +226,9 @@ pub struct SpooledUtterance {
     /// Set by DROP: why the utterance was discarded instead of delivered.
     pub dropped: Option<String>,
     segments: BTreeSet<u64>,
+    /// Id of its BEGIN record: eviction goes oldest first by this, which
+    /// does not depend on the utterance ids being time-ordered.
+    first_record: u64,
 }
 
 impl SpooledUtterance {
@@ -147,35 +237,76 @@ impl SpooledUtterance {
     }
 }
 
-/// See the module doc.
-#[derive(Debug)]
-pub struct Spool {
+/// One segment file as the spool tracks it.
+#[derive(Debug, Default)]
+struct Segment {
+    /// Bytes of whole records in it: its length on disk.
+    len: u64,
+    /// Utterances with a record in it; it can go once all of them are done.
+    utterances: BTreeSet<Uuid>,
+}
+
+/// See the module doc. `F` is where the files live: the real filesystem
+/// unless a test says otherwise.
+pub struct Spool<F: SpoolFs = StdFs> {
+    fs: F,
+    cfg: SpoolConfig,
     dir: PathBuf,
-    /// Segment first-id -> utterances with records in it.
-    segments: BTreeMap<u64, BTreeSet<Uuid>>,
-    active: File,
+    /// Segment first-id -> what it holds.
+    segments: BTreeMap<u64, Segment>,
+    active: F::File,
     active_id: u64,
-    active_len: u64,
     next_id: u64,
     /// Ordered by id; UUIDv7 ids sort by creation time, so this is oldest first.
     utterances: BTreeMap<Uuid, SpooledUtterance>,
     /// Records written since the last sync.
     unsynced: bool,
+    /// Utterances evicted since the caller last asked, with the reason.
+    evicted: Vec<(Uuid, String)>,
+    /// Utterances evicted since the spool was opened.
+    evictions: u64,
+    /// Set while the spool is past `max_bytes` with nothing left to evict,
+    /// so that the warning is logged once per episode, not once per frame.
+    over_bound: bool,
     scratch: Vec<u8>,
+}
+
+impl<F: SpoolFs> fmt::Debug for Spool<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .field("cfg", &self.cfg)
+            .field("segments", &self.segments)
+            .field("active_id", &self.active_id)
+            .field("next_id", &self.next_id)
+            .field("utterances", &self.utterances)
+            .field("evictions", &self.evictions)
+            .finish_non_exhaustive()
+    }
 }
 
 fn segment_path(dir: &Path, first_id: u64) -> PathBuf {
     dir.join(format!("{first_id:020}.seg"))
 }
 
-impl Spool {
-    /// Opens (creating if needed) the spool in `dir` and recovers its state.
+impl Spool<StdFs> {
+    /// Opens (creating if needed) the spool in `dir` on the real filesystem,
+    /// with the default [`SpoolConfig`], and recovers its state.
     pub fn open(dir: &Path) -> Result<(Self, Recovery)> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut ids: Vec<u64> = fs::read_dir(dir)
+        Spool::open_with(StdFs, dir, SpoolConfig::default())
+    }
+}
+
+impl<F: SpoolFs> Spool<F> {
+    /// Opens (creating if needed) the spool in `dir` on `fs` and recovers
+    /// its state (see "Recovery" in the module doc).
+    pub fn open_with(fs: F, dir: &Path, cfg: SpoolConfig) -> Result<(Self, Recovery)> {
+        fs.create_dir_all(dir).map_err(io_err(dir))?;
+        let mut ids: Vec<u64> = fs
+            .list(dir)
             .map_err(io_err(dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+            .iter()
+            .filter_map(|name| name.strip_suffix(".seg")?.parse().ok())
             .collect();
         ids.sort_unstable();
 
@@ -183,38 +314,55 @@ impl Spool {
         let mut utterances = BTreeMap::new();
         let mut segments = BTreeMap::new();
         let mut next_id = 0u64;
-        let mut last_len = 0u64;
+        let mut last: Option<F::File> = None;
         for &seg in &ids {
+            // A segment is named after its first record, so no record in it
+            // or after it has a smaller id, even if every record it held was
+            // lost. Without this, an empty newest segment whose older
+            // neighbours were collected would restart the ids at zero.
+            next_id = next_id.max(seg);
             let path = segment_path(dir, seg);
-            let (good_len, file_len, touched) = replay_segment(&path, seg, &mut utterances, &mut next_id, &mut recovery)?;
-            if good_len < file_len {
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+            let bytes = fs.read(&path).map_err(io_err(&path))?;
+            let (good_len, touched) = replay_segment(&bytes, seg, &mut utterances, &mut next_id, &mut recovery);
+            last = None;
+            if good_len < bytes.len() as u64 {
+                let mut f = fs.open_append(&path).map_err(io_err(&path))?;
                 f.set_len(good_len).map_err(io_err(&path))?;
-                f.sync_all().map_err(io_err(&path))?;
-                recovery.truncated.push((path.clone(), file_len - good_len));
+                f.sync_data().map_err(io_err(&path))?;
+                recovery.truncated.push((path.clone(), bytes.len() as u64 - good_len));
+                last = Some(f);
             }
-            segments.insert(seg, touched);
-            last_len = good_len;
+            segments.insert(seg, Segment { len: good_len, utterances: touched });
         }
-        let (active_id, active_len) = match ids.last() {
-            Some(&id) if last_len < SEGMENT_BYTES => (id, last_len),
+        let (active_id, active) = match (ids.last(), last) {
+            (Some(&id), f) if segments[&id].len < cfg.segment_bytes => {
+                let path = segment_path(dir, id);
+                let f = match f {
+                    Some(f) => f,
+                    None => fs.open_append(&path).map_err(io_err(&path))?,
+                };
+                (id, f)
+            }
             _ => {
-                segments.insert(next_id, BTreeSet::new());
-                (next_id, 0)
+                let path = segment_path(dir, next_id);
+                segments.insert(next_id, Segment::default());
+                (next_id, fs.open_append(&path).map_err(io_err(&path))?)
             }
         };
-        let path = segment_path(dir, active_id);
-        let active = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io_err(&path))?;
         recovery.pending_utterances = utterances.values().filter(|u: &&SpooledUtterance| !u.done).count();
         let mut spool = Spool {
+            fs,
+            cfg,
             dir: dir.to_owned(),
             segments,
             active,
             active_id,
-            active_len,
             next_id,
             utterances,
             unsynced: false,
+            evicted: Vec::new(),
+            evictions: 0,
+            over_bound: false,
             scratch: Vec::with_capacity(256),
         };
         spool.sync_dir()?;
@@ -226,7 +374,12 @@ impl Spool {
         &self.dir
     }
 
-    /// Starts an utterance.
+    pub fn config(&self) -> SpoolConfig {
+        self.cfg
+    }
+
+    /// Starts an utterance. May evict older utterances to make room (see
+    /// [`Spool::take_evicted`]).
     pub fn begin(&mut self, id: Uuid, codec: Codec, started_ms: u64) -> Result<()> {
         if self.utterances.contains_key(&id) {
             return Err(SpoolError::Exists(id));
@@ -234,6 +387,8 @@ impl Spool {
         let mut body = [0u8; 9];
         body[0] = codec.id();
         body[1..].copy_from_slice(&started_ms.to_le_bytes());
+        self.make_room(id, record_len(body.len(), 0))?;
+        let first_record = self.next_id;
         let segment = self.append(KIND_BEGIN, id, &body, &[])?.0;
         self.utterances.insert(
             id,
@@ -247,12 +402,14 @@ impl Spool {
                 done: false,
                 dropped: None,
                 segments: BTreeSet::from([segment]),
+                first_record,
             },
         );
         Ok(())
     }
 
     /// Appends a frame; returns its sequence number within the utterance.
+    /// May evict older utterances to make room (see [`Spool::take_evicted`]).
     pub fn append_frame(&mut self, id: Uuid, frame: &[u8]) -> Result<u32> {
         if frame.len() > lanyard_proto::ble::MAX_FRAME_LEN {
             return Err(SpoolError::FrameTooLong(frame.len()));
@@ -261,7 +418,8 @@ impl Spool {
         if u.ended {
             return Err(SpoolError::Ended(id));
         }
-        let seq = u.frame_count();
+        self.make_room(id, record_len(4, frame.len()))?;
+        let seq = self.utterances[&id].frame_count();
         let (segment, offset) = self.append(KIND_FRAME, id, &seq.to_le_bytes(), frame)?;
         let u = self.utterances.get_mut(&id).expect("checked above");
         u.frames.push(FrameLoc { segment, offset, len: frame.len() as u32 });
@@ -335,10 +493,9 @@ impl Spool {
         let path = segment_path(&self.dir, loc.segment);
         let mut buf = vec![0u8; loc.len as usize];
         if loc.segment == self.active_id {
-            self.active.read_exact_at(&mut buf, loc.offset).map_err(io_err(&path))?;
+            self.active.read_at(loc.offset, &mut buf).map_err(io_err(&path))?;
         } else {
-            let f = File::open(&path).map_err(io_err(&path))?;
-            f.read_exact_at(&mut buf, loc.offset).map_err(io_err(&path))?;
+            self.fs.read_at(&path, loc.offset, &mut buf).map_err(io_err(&path))?;
         }
         Ok(buf)
     }
@@ -368,13 +525,9 @@ impl Spool {
         self.utterances.values().rev().find(|u| !u.ended && !u.done).map(|u| u.id)
     }
 
-    /// Bytes on disk.
+    /// Bytes on disk: the length of every segment file.
     pub fn disk_bytes(&self) -> u64 {
-        self.segments
-            .keys()
-            .filter_map(|&s| fs::metadata(segment_path(&self.dir, s)).ok())
-            .map(|m| m.len())
-            .sum()
+        self.segments.values().map(|s| s.len).sum()
     }
 
     /// Number of segment files.
@@ -382,8 +535,65 @@ impl Spool {
         self.segments.len()
     }
 
+    /// The id the next record will get. Ids never go back, across segments,
+    /// restarts and crashes, for every record that was synced.
+    pub fn next_record_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Utterances evicted since the spool was opened.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Utterances evicted since the last call, oldest first, each with the
+    /// reason written in its DROP record. The host drains this after every
+    /// [`Spool::begin`] and [`Spool::append_frame`] to tell the uplink and
+    /// the app; the spool has already forgotten or finished them.
+    pub fn take_evicted(&mut self) -> Vec<(Uuid, String)> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Whether the spool is past `max_bytes` although nothing is left to
+    /// evict: the utterance being recorded alone is larger than the bound.
+    pub fn over_bound(&self) -> bool {
+        self.disk_bytes() > self.cfg.max_bytes
+    }
+
+    /// Evicts the oldest pending utterances other than `keep` until a record
+    /// of `need` bytes fits under `max_bytes`, or nothing else is left.
+    fn make_room(&mut self, keep: Uuid, need: u64) -> Result<()> {
+        while self.disk_bytes() + need > self.cfg.max_bytes {
+            let victim = self
+                .utterances
+                .values()
+                .filter(|u| !u.done && u.id != keep)
+                .min_by_key(|u| u.first_record)
+                .map(|u| u.id);
+            let Some(victim) = victim else {
+                if !self.over_bound {
+                    tracing::warn!(
+                        utterance = %keep,
+                        disk_bytes = self.disk_bytes(),
+                        max_bytes = self.cfg.max_bytes,
+                        "spool is over its bound with nothing left to evict; keeping the live utterance"
+                    );
+                    self.over_bound = true;
+                }
+                return Ok(());
+            };
+            let reason = format!("evicted: spool full ({} bytes)", self.cfg.max_bytes);
+            tracing::warn!(utterance = %victim, %reason, "evicting the oldest utterance");
+            self.mark_dropped(victim, &reason)?;
+            self.evictions += 1;
+            self.evicted.push((victim, reason));
+        }
+        self.over_bound = false;
+        Ok(())
+    }
+
     fn append(&mut self, kind: u8, id: Uuid, head: &[u8], tail: &[u8]) -> Result<(u64, u64)> {
-        if self.active_len >= SEGMENT_BYTES {
+        if self.segments[&self.active_id].len >= self.cfg.segment_bytes {
             self.rotate()?;
         }
         let body_len = BODY_HEADER + head.len() + tail.len();
@@ -400,55 +610,77 @@ impl Spool {
         let crc = crc32c::crc32c(&buf[RECORD_HEADER..]);
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
         let path = segment_path(&self.dir, self.active_id);
+        let seg = self.segments.get_mut(&self.active_id).expect("the active segment is tracked");
         // One write() per record: once it returns, the record survives the
         // process being killed.
-        self.active.write_all(buf).map_err(io_err(&path))?;
-        let tail_offset = self.active_len + (buf.len() - tail.len()) as u64;
-        self.active_len += buf.len() as u64;
+        if let Err(e) = self.active.write_all(buf) {
+            // A failed write (a full disk) may leave part of the record in
+            // the file, and everything appended after it would then be cut
+            // off at recovery. Take the part back if the file lets us.
+            let _ = self.active.set_len(seg.len);
+            return Err(SpoolError::Io { path, source: e });
+        }
+        let tail_offset = seg.len + (buf.len() - tail.len()) as u64;
+        seg.len += buf.len() as u64;
+        seg.utterances.insert(id);
         self.next_id += 1;
         self.unsynced = true;
-        self.segments.entry(self.active_id).or_default().insert(id);
         Ok((self.active_id, tail_offset))
     }
 
     fn rotate(&mut self) -> Result<()> {
+        // Only the newest segment may have a torn tail (see the module doc).
         self.sync()?;
         let id = self.next_id;
         let path = segment_path(&self.dir, id);
-        self.active = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io_err(&path))?;
+        self.active = self.fs.open_append(&path).map_err(io_err(&path))?;
         self.active_id = id;
-        self.active_len = 0;
-        self.segments.insert(id, BTreeSet::new());
+        self.segments.insert(id, Segment::default());
         self.sync_dir()?;
         self.collect_garbage()
     }
 
     fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))
+        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
     }
 
     /// Deletes closed segments whose utterances are all done, and forgets
     /// utterances that have no segment left.
     fn collect_garbage(&mut self) -> Result<()> {
-        let dead: Vec<u64> = self
-            .segments
-            .iter()
-            .filter(|&(&seg, utts)| {
-                seg != self.active_id && utts.iter().all(|u| self.utterances.get(u).is_none_or(|u| u.done))
-            })
-            .map(|(&seg, _)| seg)
-            .collect();
+        // A segment may go when every utterance in it is done and none of
+        // them has a record in an older segment that stays: each utterance
+        // loses its segments oldest first, never one from the middle. A gap
+        // would be read back as a frame out of sequence (recovery would cut
+        // the segment there), and losing the segment with the DONE while the
+        // BEGIN stays would bring a delivered utterance back as pending.
+        let mut dead: Vec<u64> = Vec::new();
+        for (&seg, s) in &self.segments {
+            let collectable = seg != self.active_id
+                && s.utterances.iter().all(|id| {
+                    self.utterances
+                        .get(id)
+                        .is_none_or(|u| u.done && u.segments.range(..seg).all(|t| dead.contains(t)))
+                });
+            if collectable {
+                dead.push(seg);
+            }
+        }
+        // Oldest first, and each removal durable before the next: an
+        // utterance's DONE may sit in a later dead segment than its BEGIN,
+        // and if the later removal reached the disk without the earlier one,
+        // recovery would find the utterance without its DONE and send it
+        // again.
         for seg in &dead {
             let path = segment_path(&self.dir, *seg);
-            match fs::remove_file(&path) {
+            match self.fs.remove(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(SpoolError::Io { path, source: e }),
             }
+            self.sync_dir()?;
             self.segments.remove(seg);
         }
         if !dead.is_empty() {
-            self.sync_dir()?;
             for u in self.utterances.values_mut() {
                 u.segments.retain(|s| !dead.contains(s));
             }
@@ -459,17 +691,20 @@ impl Spool {
     }
 }
 
-/// Replays one segment into `utterances`. Returns the length of its valid
-/// prefix, the file length, and the utterances it touched.
+/// Bytes a record with a kind-specific part of `head + tail` bytes takes.
+fn record_len(head: usize, tail: usize) -> u64 {
+    (RECORD_HEADER + BODY_HEADER + head + tail) as u64
+}
+
+/// Replays one segment's bytes into `utterances`. Returns the length of its
+/// valid prefix and the utterances it touched.
 fn replay_segment(
-    path: &Path,
+    bytes: &[u8],
     seg: u64,
     utterances: &mut BTreeMap<Uuid, SpooledUtterance>,
     next_id: &mut u64,
     recovery: &mut Recovery,
-) -> Result<(u64, u64, BTreeSet<Uuid>)> {
-    let mut bytes = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
+) -> (u64, BTreeSet<Uuid>) {
     let mut pos = 0usize;
     let mut touched = BTreeSet::new();
     while let Some((body, len)) = next_record(&bytes[pos..]) {
@@ -480,7 +715,7 @@ fn replay_segment(
         recovery.records += 1;
         pos += len;
     }
-    Ok((pos as u64, bytes.len() as u64, touched))
+    (pos as u64, touched)
 }
 
 /// The next well-formed record at the start of `b`: its body and its total length.
@@ -533,6 +768,7 @@ fn apply_record(
                         done: false,
                         dropped: None,
                         segments: BTreeSet::new(),
+                        first_record: rec_id,
                     },
                 );
                 true
