@@ -1,5 +1,5 @@
 //! The relay-to-server protocol: a WebSocket at `/v1/stream` plus the HTTP
-//! shapes of the upload and query endpoints.
+//! shapes of the upload, query, deletion and admin endpoints.
 //!
 //! Control messages are JSON text frames, tagged by `"type"`. The hot path,
 //! audio up and acknowledgements down, is binary, because a server carries
@@ -66,8 +66,14 @@ pub mod limits {
     /// Utterances one connection may have open at once.
     pub const MAX_OPEN_UTTERANCES: usize = 16;
     /// A stream with no message for this long is closed: a phone that went to
-    /// sleep must not pin server memory.
+    /// sleep must not pin server memory. The server's default; operators may
+    /// set another (`[limits] idle_timeout_secs`).
     pub const IDLE_TIMEOUT_SECS: u64 = 60;
+    /// Utterances in one `GET /v1/utterances` page when the request names no
+    /// `limit`: a screenful, small enough to answer in one index scan.
+    pub const LIST_DEFAULT: u32 = 50;
+    /// Most utterances in one page: bounds the response and the query.
+    pub const LIST_MAX: u32 = 200;
 }
 
 /// WebSocket close codes (4000-4999 is the application range).
@@ -84,6 +90,9 @@ pub mod close {
     pub const RATE_LIMITED: u16 = 4004;
     /// No message within the idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4005;
+    /// The device was removed while streaming: its token no longer works.
+    /// Do not reconnect with it.
+    pub const REVOKED: u16 = 4006;
     /// The server is shutting down; reconnect later and resume.
     pub const GOING_AWAY: u16 = 1001;
 }
@@ -416,6 +425,43 @@ pub enum PushPlatform {
     Apns,
     /// Firebase Cloud Messaging.
     Fcm,
+}
+
+/// `GET /v1/utterances`: one page of the device's utterances, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UtteranceList {
+    /// At most `limit` utterances, newest (highest UUIDv7) first.
+    pub utterances: Vec<UtteranceView>,
+    /// Pass as `before` to get the next (older) page; `null` on the last page.
+    pub next_before: Option<Uuid>,
+}
+
+/// `DELETE /v1/device/data` and `DELETE /v1/admin/devices/{id}`: what was
+/// removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedData {
+    /// Utterance rows removed, with their transcripts, replies and push requests.
+    pub utterances: u64,
+    /// Audio files removed from disk.
+    pub audio_files: u64,
+}
+
+/// `POST /v1/admin/devices`: registers a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// Unique among devices, 1 to 64 characters.
+    pub name: String,
+}
+
+/// `POST /v1/admin/devices` answer. The token is shown only here: the server
+/// stores its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCreated {
+    pub id: Uuid,
+    pub name: String,
+    /// The device's bearer token (`lyd_...`).
+    pub token: String,
 }
 
 /// The JSON body of every HTTP error.

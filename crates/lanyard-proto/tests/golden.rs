@@ -15,7 +15,7 @@ use lanyard_proto::reassembly::Reassembler;
 use lanyard_proto::wire::{
     self, Ack, Audio, Binary, ClientMsg, ErrorBody, PushEnvironment, PushPlatform,
     PushRegistration, ServerMsg, TextUtterance, Timings, UploadResponse, UtteranceState,
-    UtteranceView, WireError,
+    UtteranceView, WireError, UtteranceList, DeletedData, NewDevice, DeviceCreated,
 };
 use lanyard_proto::{Uuid, oggopus};
 use serde_json::Value;
@@ -460,6 +460,11 @@ fn http_json() {
             "push_registration_fcm",
             "push_registration_sandbox",
             "text_utterance",
+            "utterance_list",
+            "utterance_list_last",
+            "deleted_data",
+            "new_device",
+            "device_created",
             "error_body",
         ],
     );
@@ -539,6 +544,55 @@ fn http_json() {
         "text_utterance",
         TextUtterance {
             text: "call mum".into(),
+        },
+    );
+    http_case(
+        list,
+        "utterance_list",
+        UtteranceList {
+            utterances: vec![UtteranceView {
+                id: u,
+                state: UtteranceState::Receiving,
+                frames: 3,
+                transcript: None,
+                reply_title: None,
+                reply_body: None,
+                error: None,
+                timings: Timings::default(),
+            }],
+            next_before: Some(u),
+        },
+    );
+    http_case(
+        list,
+        "utterance_list_last",
+        UtteranceList {
+            utterances: vec![],
+            next_before: None,
+        },
+    );
+    http_case(
+        list,
+        "deleted_data",
+        DeletedData {
+            utterances: 12,
+            audio_files: 11,
+        },
+    );
+    http_case(
+        list,
+        "new_device",
+        NewDevice {
+            name: "kitchen".into(),
+        },
+    );
+    http_case(
+        list,
+        "device_created",
+        DeviceCreated {
+            id: u,
+            name: "kitchen".into(),
+            token: "lyd_AAAA".into(),
         },
     );
     http_case(

@@ -1,33 +1,265 @@
-//! Routes. Every route is versioned under `/v1` except the health check.
+//! Routes. Every route is versioned under `/v1` except the health check,
+//! `/metrics` and `/openapi.json`.
+//!
+//! [`routes`] is the one list of them: the router is built from it, and so is
+//! the OpenAPI document, from each route's [`Doc`].
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::{oggopus, wav};
-use lanyard_proto::wire::{PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceState, UtteranceView, limits};
+use lanyard_proto::wire::{
+    DeletedData, PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceList, UtteranceState,
+    UtteranceView, limits,
+};
 use lanyard_store::{PushTarget, StoreError};
 use uuid::Uuid;
 
 use crate::auth::AuthDevice;
 use crate::error::ApiError;
-use crate::{AppState, ingest, now_ms};
+use crate::metrics::{self, Limit, Limited};
+use crate::{AppState, admin, ingest, now_ms};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    /// `Authorization: Bearer <device token>`.
+    Device,
+    /// `Authorization: Bearer <admin token>`.
+    Admin,
+}
+
+/// What the OpenAPI document says about a route. Schemas are named as in
+/// `openapi`'s components.
+pub struct Doc {
+    pub summary: &'static str,
+    pub auth: Auth,
+    /// Query parameters: (name, schema name, description).
+    pub query: &'static [(&'static str, &'static str, &'static str)],
+    /// The request body: (content type, schema name).
+    pub body: Option<(&'static str, &'static str)>,
+    /// Responses: (status, description, schema name; `None` for no body).
+    /// Error statuses carry an `ErrorBody`.
+    pub responses: &'static [(u16, &'static str, Option<&'static str>)],
+}
+
+/// One route: the one table the router and the OpenAPI document are built from.
+pub struct Route {
+    /// Lowercase, as OpenAPI spells it.
+    pub method: &'static str,
+    /// An axum path template; `{id}` is a path parameter.
+    pub path: &'static str,
+    pub handler: MethodRouter<AppState>,
+    pub doc: Doc,
+}
+
+const E400: (u16, &str, Option<&str>) = (400, "The request is malformed; the message says how.", Some("ErrorBody"));
+const E401: (u16, &str, Option<&str>) = (401, "No token, or not a device's token.", Some("ErrorBody"));
+const E404: (u16, &str, Option<&str>) =
+    (404, "No such utterance for this device (another device's looks the same).", Some("ErrorBody"));
+const E429: (u16, &str, Option<&str>) =
+    (429, "Over the device's request rate; `Retry-After` says when to try again.", Some("ErrorBody"));
+const ADMIN_401: (u16, &str, Option<&str>) = (401, "No token.", Some("ErrorBody"));
+const ADMIN_403: (u16, &str, Option<&str>) =
+    (403, "Not the admin token (device tokens never work here).", Some("ErrorBody"));
+const ADMIN_404: (u16, &str, Option<&str>) =
+    (404, "`admin_disabled`: no admin token is configured; or no such device.", Some("ErrorBody"));
+
+/// Every route, in registration order.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route {
+            method: "get",
+            path: "/healthz",
+            handler: get(|| async { "ok" }),
+            doc: Doc { summary: "Liveness: answers `ok`.", auth: Auth::None, query: &[], body: None, responses: &[(200, "Alive.", Some("text"))] },
+        },
+        Route {
+            method: "get",
+            path: "/metrics",
+            handler: get(|| async { crate::metrics::render() }),
+            doc: Doc {
+                summary: "Prometheus metrics, in the text exposition format. Aggregates only, no device ids.",
+                auth: Auth::None,
+                query: &[],
+                body: None,
+                responses: &[(200, "The metrics.", Some("text"))],
+            },
+        },
+        Route {
+            method: "get",
+            path: "/openapi.json",
+            handler: get(|| async { Json(crate::openapi::document()) }),
+            doc: Doc {
+                summary: "This document.",
+                auth: Auth::None,
+                query: &[],
+                body: None,
+                responses: &[(200, "OpenAPI 3.1.", Some("object"))],
+            },
+        },
+        Route {
+            method: "get",
+            path: STREAM_PATH,
+            handler: get(ingest::stream),
+            doc: Doc {
+                summary: "Upgrades to the streaming WebSocket (docs/protocol.md): audio up, durable acks and results down.",
+                auth: Auth::Device,
+                query: &[],
+                body: None,
+                responses: &[
+                    (101, "Switching to the WebSocket protocol.", None),
+                    E401,
+                    (429, "`too_many_streams`: the device has its maximum of streams open.", Some("ErrorBody")),
+                ],
+            },
+        },
+        Route {
+            method: "get",
+            path: "/v1/utterances",
+            handler: get(list_utterances),
+            doc: Doc {
+                summary: "The device's utterances, newest first, one page at a time.",
+                auth: Auth::Device,
+                query: &[
+                    ("limit", "Limit", "Utterances per page, 1 to 200; 50 when absent."),
+                    ("before", "Uuid", "`next_before` of the previous page; absent for the newest page."),
+                ],
+                body: None,
+                responses: &[(200, "One page.", Some("UtteranceList")), E400, E401],
+            },
+        },
+        Route {
+            method: "get",
+            path: "/v1/utterances/{id}",
+            handler: get(get_utterance),
+            doc: Doc {
+                summary: "One utterance of the device.",
+                auth: Auth::Device,
+                query: &[],
+                body: None,
+                responses: &[(200, "The utterance.", Some("UtteranceView")), E400, E401, E404],
+            },
+        },
+        Route {
+            method: "delete",
+            path: "/v1/utterances/{id}",
+            handler: delete(delete_utterance),
+            doc: Doc {
+                summary: "Deletes one utterance of the device: its row, transcript, reply, push request and audio file.",
+                auth: Auth::Device,
+                query: &[],
+                body: None,
+                responses: &[(204, "Deleted.", None), E400, E401, E404],
+            },
+        },
+        Route {
+            method: "put",
+            path: "/v1/utterances/{id}/audio",
+            handler: put(upload).layer(DefaultBodyLimit::max(limits::MAX_UPLOAD_BYTES)),
+            doc: Doc {
+                summary: "The whole utterance as Ogg Opus (`audio/ogg`) or PCM16 WAV (`audio/wav`). Idempotent per id.",
+                auth: Auth::Device,
+                query: &[],
+                body: Some(("audio/ogg", "binary")),
+                responses: &[
+                    (200, "Stored; the utterance is complete (or was already).", Some("UploadResponse")),
+                    E400,
+                    E401,
+                    E404,
+                    (409, "The utterance holds other audio.", Some("ErrorBody")),
+                    (413, "Over 4 MiB.", Some("ErrorBody")),
+                    (415, "Neither Ogg Opus nor WAV.", Some("ErrorBody")),
+                    E429,
+                ],
+            },
+        },
+        Route {
+            method: "post",
+            path: "/v1/utterances/{id}/text",
+            handler: post(post_text),
+            doc: Doc {
+                summary: "An utterance transcribed on the phone; it gets a reply like audio does. Idempotent per id.",
+                auth: Auth::Device,
+                query: &[],
+                body: Some(("application/json", "TextUtterance")),
+                responses: &[
+                    (202, "Created and queued for a reply.", Some("UtteranceView")),
+                    (200, "Already known; unchanged.", Some("UtteranceView")),
+                    E400,
+                    E401,
+                    E404,
+                    (409, "The id is an audio utterance.", Some("ErrorBody")),
+                    (413, "Over 16 KiB of text.", Some("ErrorBody")),
+                    E429,
+                ],
+            },
+        },
+        Route {
+            method: "put",
+            path: "/v1/device/push",
+            handler: put(register_push),
+            doc: Doc {
+                summary: "Sets where the device's notifications go, replacing the previous token.",
+                auth: Auth::Device,
+                query: &[],
+                body: Some(("application/json", "PushRegistration")),
+                responses: &[(204, "Registered.", None), E400, E401],
+            },
+        },
+        Route {
+            method: "delete",
+            path: "/v1/device/data",
+            handler: delete(delete_device_data),
+            doc: Doc {
+                summary: "Deletes all of the device's utterances and audio; the device stays registered.",
+                auth: Auth::Device,
+                query: &[],
+                body: None,
+                responses: &[(200, "What was deleted.", Some("DeletedData")), E401],
+            },
+        },
+        Route {
+            method: "post",
+            path: "/v1/admin/devices",
+            handler: post(admin::add_device),
+            doc: Doc {
+                summary: "Registers a device. Its token is in this answer only.",
+                auth: Auth::Admin,
+                query: &[],
+                body: Some(("application/json", "NewDevice")),
+                responses: &[
+                    (201, "Registered.", Some("DeviceCreated")),
+                    E400,
+                    ADMIN_401,
+                    ADMIN_403,
+                    ADMIN_404,
+                    (409, "A device has that name.", Some("ErrorBody")),
+                ],
+            },
+        },
+        Route {
+            method: "delete",
+            path: "/v1/admin/devices/{id}",
+            handler: delete(admin::delete_device),
+            doc: Doc {
+                summary: "Removes a device with all its utterances and audio; its token stops working.",
+                auth: Auth::Admin,
+                query: &[],
+                body: None,
+                responses: &[(200, "What was deleted.", Some("DeletedData")), E400, ADMIN_401, ADMIN_403, ADMIN_404],
+            },
+        },
+    ]
+}
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(STREAM_PATH, get(ingest::stream))
-        .route(
-            "/v1/utterances/{id}/audio",
-            put(upload).layer(DefaultBodyLimit::max(limits::MAX_UPLOAD_BYTES)),
-        )
-        .route("/v1/utterances/{id}", get(get_utterance))
-        .route("/v1/utterances/{id}/text", post(post_text))
-        .route("/v1/device/push", put(register_push))
-        .with_state(state)
+    routes().into_iter().fold(Router::new(), |r, route| r.route(route.path, route.handler)).with_state(state)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
@@ -45,6 +277,100 @@ async fn get_utterance(
         // Someone else's utterance is indistinguishable from none.
         _ => Err(ApiError::NotFound(format!("no utterance {id}"))),
     }
+}
+
+/// `?limit=N&before=<uuid>` of `GET /v1/utterances`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    limit: Option<u32>,
+    before: Option<String>,
+}
+
+/// `GET /v1/utterances`: newest first, keyset-paged by id.
+async fn list_utterances(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<UtteranceList>, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::BadRequest(format!("{e}; the query takes `limit` (1 to {}) and `before` (an utterance id)", limits::LIST_MAX))
+    })?;
+    let limit = params.limit.unwrap_or(limits::LIST_DEFAULT);
+    if !(1..=limits::LIST_MAX).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be 1 to {}, not {limit}", limits::LIST_MAX)));
+    }
+    let before = params.before.as_deref().map(parse_id).transpose()?;
+    // One more than asked tells whether another page follows, without a count.
+    let mut rows = state.store.list_utterances(device.id, before, limit + 1).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_before = if more { rows.last().map(|u| u.id) } else { None };
+    Ok(Json(UtteranceList { utterances: rows.iter().map(|u| u.view()).collect(), next_before }))
+}
+
+/// `DELETE /v1/utterances/{id}`: the audio file first, then the rows. A crash
+/// between the two leaves the row, so a retried delete finishes the job; the
+/// other order could leave audio that no retry can find.
+async fn delete_utterance(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.utterance(id).await? {
+        Some(u) if u.device_id == device.id => {}
+        _ => return Err(ApiError::NotFound(format!("no utterance {id}"))),
+    }
+    let audio = state.audio.clone();
+    tokio::task::spawn_blocking(move || audio.remove(device.id, id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(format!("cannot delete the audio of {id}: {e}")))?;
+    if !state.store.delete_utterance(device.id, id).await? {
+        // Deleted by a concurrent request: the outcome asked for.
+        tracing::info!(utterance = %id, "utterance deleted concurrently");
+    }
+    tracing::info!(device = %device.id, utterance = %id, "utterance deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/device/data`: every utterance and audio file of the device.
+async fn delete_device_data(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+) -> Result<Json<DeletedData>, ApiError> {
+    let deleted = remove_device_data(&state, device.id).await?;
+    tracing::info!(device = %device.id, utterances = deleted.utterances, audio_files = deleted.audio_files, "device data deleted");
+    Ok(Json(deleted))
+}
+
+/// Deletes a device's audio, then its rows (see [`delete_utterance`] for
+/// the order). Shared with the admin API's device removal, which then
+/// removes the device in the same store call.
+pub(crate) async fn remove_device_data(state: &AppState, device: Uuid) -> Result<DeletedData, ApiError> {
+    let audio = state.audio.clone();
+    let audio_files = tokio::task::spawn_blocking(move || audio.remove_device(device))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(format!("cannot delete the device's audio: {e}")))?;
+    let utterances = state.store.delete_device_data(device).await?;
+    Ok(DeletedData { utterances, audio_files })
+}
+
+/// Takes one of the device's request tokens, or answers 429.
+fn request_limit(state: &AppState, device: Uuid) -> Result<(), ApiError> {
+    state.limiter.request(device).map_err(|wait| {
+        metrics::emit(Limited { limit: Limit::Requests });
+        ApiError::TooManyRequests {
+            code: "rate_limited",
+            message: format!(
+                "more than {} uploads and text posts a second (burst {}); retry after the Retry-After header's seconds",
+                state.limiter.cfg.requests_per_sec, state.limiter.cfg.request_burst
+            ),
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    })
 }
 
 async fn register_push(
@@ -72,6 +398,7 @@ async fn post_text(
     Path(id): Path<String>,
     body: Result<Json<TextUtterance>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<UtteranceView>), ApiError> {
+    request_limit(&state, device.id)?;
     let id = parse_id(&id)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"text\": \"...\"}}")))?;
     let text = body.text.trim();
@@ -108,6 +435,7 @@ async fn upload(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
+    request_limit(&state, device.id)?;
     let id = parse_id(&id)?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(

@@ -132,6 +132,50 @@ impl AudioStore {
         self.open.lock().expect("audio map poisoned").remove(&utterance);
     }
 
+    /// Deletes an utterance's audio file, if it has one, and forgets its
+    /// writer. Returns whether a file was removed. Blocking.
+    ///
+    /// A stream still appending to it writes into the unlinked file, which
+    /// the filesystem frees when the writer closes; its `end` then finds no
+    /// utterance row and fails.
+    pub fn remove(&self, device: Uuid, utterance: Uuid) -> io::Result<bool> {
+        self.open.lock().expect("audio map poisoned").remove(&utterance);
+        match fs::remove_file(self.path(device, utterance)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes every audio file of a device, with its folder, and forgets
+    /// their writers. Returns the number of utterance files removed. Blocking.
+    pub fn remove_device(&self, device: Uuid) -> io::Result<u64> {
+        let dir = self.root.join(device.to_string());
+        self.open
+            .lock()
+            .expect("audio map poisoned")
+            .retain(|_, w| !w.lock().expect("audio lock poisoned").path.starts_with(&dir));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "frames") {
+                removed += 1;
+            }
+            fs::remove_file(&path)?;
+        }
+        match fs::remove_dir(&dir) {
+            // A stream of the device opened a new file meanwhile: it stays,
+            // as new data, and the folder with it.
+            Err(e) if e.kind() != io::ErrorKind::NotFound && e.kind() != io::ErrorKind::DirectoryNotEmpty => Err(e),
+            _ => Ok(removed),
+        }
+    }
+
     /// Reads the first `frames` frames of an utterance. Blocking.
     pub fn read(&self, device: Uuid, utterance: Uuid, frames: u32) -> io::Result<Vec<Vec<u8>>> {
         let path = self.path(device, utterance);
@@ -169,5 +213,17 @@ mod tests {
         assert_eq!(w.lock().unwrap().append_durable([&b"three"[..]]).unwrap(), 3);
         assert_eq!(store.read(d, u, 3).unwrap(), vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
         assert!(store.read(d, u, 4).is_err());
+
+        // Removal: one utterance, then the rest of the device.
+        let u2 = Uuid::now_v7();
+        store.writer(d, u2).unwrap().lock().unwrap().append_durable([&b"x"[..]]).unwrap();
+        assert!(store.remove(d, u).unwrap());
+        assert!(!store.remove(d, u).unwrap(), "removed twice");
+        assert!(store.read(d, u, 0).is_err());
+        assert_eq!(store.remove_device(d).unwrap(), 1);
+        assert!(!dir.path().join(d.to_string()).exists());
+        assert_eq!(store.remove_device(d).unwrap(), 0);
+        // A new writer starts from nothing, not from a forgotten one.
+        assert_eq!(store.writer(d, u2).unwrap().lock().unwrap().frames(), 0);
     }
 }

@@ -1,9 +1,16 @@
-//! Device tokens: minted once, shown once, stored only as a hash.
+//! Device tokens and the admin token: minted once, shown once, stored only
+//! as a hash.
 //!
 //! A token is 32 random bytes, base64url-encoded behind a `lyd_` prefix (so
 //! secret scanners can recognise it). It has 256 bits of entropy, so a plain
 //! SHA-256 is the right hash: a slow password hash protects low-entropy
 //! secrets and would only add latency to every request here.
+//!
+//! The two kinds never stand in for each other: a device route looks the
+//! token up among devices (the admin token is none, so 401), and an admin
+//! route compares it with the admin token's hash (a device token differs,
+//! so 403). The admin comparison is constant-time on the hashes, so the time
+//! it takes tells nothing about how much of a guess was right.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -11,6 +18,7 @@ use base64::Engine;
 use lanyard_store::Device;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -29,6 +37,17 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The bearer token of a request, or why there is none.
+fn bearer<'a>(parts: &'a Parts, missing: &'static str) -> Result<&'a str, ApiError> {
+    let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or(ApiError::Unauthorized(missing))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))
+}
+
 /// The authenticated device of a request, from `Authorization: Bearer ...`.
 pub struct AuthDevice(pub Device);
 
@@ -36,20 +55,32 @@ impl FromRequestParts<AppState> for AuthDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized("send the device token as `Authorization: Bearer <token>`"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        let token = bearer(parts, "send the device token as `Authorization: Bearer <token>`")?;
         let device = state
             .store
-            .device_by_token_hash(&hash_token(token.trim()))
+            .device_by_token_hash(&hash_token(token))
             .await?
             .ok_or(ApiError::Unauthorized("unknown device token; create one with `lanyard device add NAME`"))?;
         Ok(AuthDevice(device))
+    }
+}
+
+/// A request made with the admin token. Without an admin token configured,
+/// every admin route answers 404 `admin_disabled`, saying how to enable it.
+pub struct AuthAdmin;
+
+impl FromRequestParts<AppState> for AuthAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(want) = state.admin_token_hash else {
+            return Err(ApiError::AdminDisabled);
+        };
+        let token = bearer(parts, "send the admin token as `Authorization: Bearer <token>`")?;
+        if bool::from(hash_token(token).ct_eq(&want)) {
+            Ok(AuthAdmin)
+        } else {
+            Err(ApiError::Forbidden("this is not the admin token; device tokens do not work on admin routes".into()))
+        }
     }
 }

@@ -32,6 +32,19 @@
 //!
 //! [push.fcm]
 //! service_account_path = "/etc/lanyard/firebase-service-account.json"
+//!
+//! # The admin API (/v1/admin/...) is off unless a token is configured. Give
+//! # the SHA-256 of the token, hex; or set LANYARD_ADMIN_TOKEN to the token
+//! # itself, which wins over this key. Either way only the hash is kept.
+//! admin_token_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//!
+//! [limits]                         # per device; see docs/protocol.md
+//! idle_timeout_secs = 60           # a silent stream is closed (4005)
+//! frames_per_sec = 1500            # sustained audio frames, 30x real time (4004)
+//! frame_burst = 6000               # frames above the rate before 4004: 2 min of audio
+//! requests_per_sec = 10            # uploads and text posts (HTTP 429)
+//! request_burst = 60
+//! streams_per_device = 4           # simultaneous WebSocket connections (HTTP 429)
 //! ```
 //!
 //! Every section is checked at start-up, and a mistake fails the start with a
@@ -57,7 +70,105 @@ pub struct FileConfig {
     pub responder: Option<ResponderConfig>,
     #[serde(default)]
     pub push: PushSection,
+    /// SHA-256 of the admin token, 64 hex digits. See [`admin_token_hash`].
+    pub admin_token_hash: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
+
+/// `[limits]`: what one device may use. Each limit has its own answer (a
+/// close code or an HTTP status), listed in docs/protocol.md.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// A stream with no message for this long is closed with 4005.
+    pub idle_timeout_secs: u64,
+    /// Audio frames per second a device may send, over all its streams,
+    /// sustained. Real time is 50 (20 ms frames); the default, 1500, lets a
+    /// relay catch up a backlog at 30x real time (it paces itself at 1000).
+    /// Past the burst, 4004.
+    pub frames_per_sec: f64,
+    /// Frames a device may send above the rate before it is limited.
+    pub frame_burst: f64,
+    /// Uploads and text posts per second per device, sustained; past the
+    /// burst, HTTP 429.
+    pub requests_per_sec: f64,
+    pub request_burst: f64,
+    /// Simultaneous WebSocket connections of one device; one more is refused
+    /// with HTTP 429 before the upgrade. A relay needs one; a few allow for a
+    /// reconnect that overlaps a connection the server has not seen die yet.
+    pub streams_per_device: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: lanyard_proto::wire::limits::IDLE_TIMEOUT_SECS,
+            frames_per_sec: 1500.0,
+            // 10 s of audio: a relay's in-flight window (250 frames) twice.
+            frame_burst: 6000.0,
+            // A relay uploads one file per utterance; ten a second is a
+            // backlog draining, not speech.
+            requests_per_sec: 10.0,
+            request_burst: 60.0,
+            streams_per_device: 4,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Checks that every limit lets some traffic through.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Limits(m.to_string()));
+        if self.idle_timeout_secs == 0 {
+            return bad("idle_timeout_secs must be at least 1");
+        }
+        if !(self.frames_per_sec > 0.0 && self.frame_burst >= 1.0) {
+            return bad("frames_per_sec must be > 0 and frame_burst at least 1");
+        }
+        if !(self.requests_per_sec > 0.0 && self.request_burst >= 1.0) {
+            return bad("requests_per_sec must be > 0 and request_burst at least 1");
+        }
+        if self.streams_per_device == 0 {
+            return bad("streams_per_device must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The admin token's hash, from the environment's token (`LANYARD_ADMIN_TOKEN`,
+/// passed in by the caller) or else the config file's `admin_token_hash`.
+/// `None` leaves the admin API off.
+///
+/// A token must be at least [`MIN_ADMIN_TOKEN_LEN`] characters: it guards
+/// device creation and deletion, and it is hashed with plain SHA-256, which
+/// is only right for a high-entropy secret (see [`crate::auth`]).
+pub fn admin_token_hash(file_hash: Option<&str>, env_token: Option<&str>) -> Result<Option<[u8; 32]>, ConfigError> {
+    if let Some(token) = env_token.map(str::trim).filter(|t| !t.is_empty()) {
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(ConfigError::Admin(format!(
+                "LANYARD_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -base64 32`"
+            )));
+        }
+        return Ok(Some(crate::auth::hash_token(token)));
+    }
+    let Some(hex) = file_hash else { return Ok(None) };
+    let hex = hex.trim();
+    let mut out = [0u8; 32];
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(ConfigError::Admin(
+            "admin_token_hash must be 64 hex digits: the SHA-256 of the token (`printf %s TOKEN | sha256sum`)".into(),
+        ));
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| ConfigError::Admin("admin_token_hash must be 64 hex digits".into()))?;
+    }
+    Ok(Some(out))
+}
+
+/// Shortest admin token accepted: 32 characters of base64 carry 192 bits.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +242,10 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("[push] {0}")]
     Push(String),
+    #[error("[limits] {0}")]
+    Limits(String),
+    #[error("admin token: {0}")]
+    Admin(String),
 }
 
 impl FileConfig {
@@ -169,5 +284,43 @@ impl PushSection {
             max: Duration::from_millis(self.retry_max_ms),
             claim_lease: Duration::from_millis(self.claim_lease_ms),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_admin_token_from_toml() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            admin_token_hash = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
+            [limits]
+            idle_timeout_secs = 1
+            streams_per_device = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.limits.idle_timeout_secs, 1);
+        assert_eq!(file.limits.streams_per_device, 2);
+        assert_eq!(file.limits.frames_per_sec, LimitsSection::default().frames_per_sec, "unset keys keep defaults");
+        file.limits.validate().unwrap();
+        assert_eq!(LimitsSection::default().idle_timeout_secs, lanyard_proto::wire::limits::IDLE_TIMEOUT_SECS);
+        // The hash of "test", as `printf %s test | sha256sum` prints it.
+        let hash = admin_token_hash(file.admin_token_hash.as_deref(), None).unwrap().unwrap();
+        assert_eq!(hash, crate::auth::hash_token("test"));
+        // The environment's token wins over the file, and is hashed.
+        let token = "x".repeat(MIN_ADMIN_TOKEN_LEN);
+        let env = admin_token_hash(file.admin_token_hash.as_deref(), Some(&token)).unwrap().unwrap();
+        assert_eq!(env, crate::auth::hash_token(&token));
+        assert_eq!(admin_token_hash(None, None).unwrap(), None, "off by default");
+        assert_eq!(admin_token_hash(None, Some("")).unwrap(), None);
+        assert!(admin_token_hash(None, Some("short")).is_err());
+        assert!(admin_token_hash(Some("abc"), None).is_err());
+        assert!(admin_token_hash(Some(&"g".repeat(64)), None).is_err());
+        let bad: LimitsSection = toml::from_str("idle_timeout_secs = 0").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<FileConfig>("[limits]\nidle_timeout = 1").is_err(), "typos are errors");
     }
 }

@@ -21,18 +21,29 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    Forbidden(String),
+    /// The admin API is off: no admin token is configured.
+    #[error("the admin API is off; set `admin_token_hash` (the SHA-256 of a token, hex) in the config file or LANYARD_ADMIN_TOKEN in the environment, and restart")]
+    AdminDisabled,
+    /// A per-device limit; `retry_after_secs` goes in the `Retry-After` header.
+    #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String, retry_after_secs: u64 },
+    #[error("{0}")]
     Internal(String),
 }
 
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
-        match self {
+        match *self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::AdminDisabled => (StatusCode::NOT_FOUND, "admin_disabled"),
+            ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -54,6 +65,14 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, Json(ErrorBody { code: code.to_string(), message: self.to_string() })).into_response()
+        let retry_after = match self {
+            ApiError::TooManyRequests { retry_after_secs, .. } => Some(retry_after_secs),
+            _ => None,
+        };
+        let mut response = (status, Json(ErrorBody { code: code.to_string(), message: self.to_string() })).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -39,6 +39,12 @@ impl Hub {
         }
     }
 
+    /// Drops the senders of every open stream of the device: each stream sees
+    /// its channel close and ends with `close::REVOKED`. For a removed device.
+    pub fn disconnect(&self, device: Uuid) {
+        self.conns.lock().expect("hub poisoned").remove(&device);
+    }
+
     /// Sends to every open stream of the device. A device with none gets the
     /// push notification only.
     pub fn send(&self, device: Uuid, msg: &ServerMsg) {

@@ -18,11 +18,16 @@
 //!
 //! Each limit closes the socket with its own code (see `lanyard_proto::wire::close`):
 //! oversized frames or text, an utterance past its frame limit, too many open
-//! utterances, and an idle connection.
+//! utterances, frames faster than the device's rate (4004, a token bucket
+//! shared by all the device's streams), and an idle connection (4005, after
+//! `[limits] idle_timeout_secs`). A device over its number of simultaneous
+//! streams is refused before the upgrade, with HTTP 429 (see `crate::limits`).
+//! A resent frame the server already holds is dropped before the rate is
+//! counted, so a resume costs only the frames it adds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -36,25 +41,60 @@ use uuid::Uuid;
 
 use crate::audio::UtteranceAudio;
 use crate::auth::AuthDevice;
+use crate::error::ApiError;
+use crate::limits::TokenBucket;
+use crate::metrics::{self, AckWritten, FrameDuplicate, FramesDurable, FramesReceived, Limit, Limited, StreamClosed, StreamOpened};
 use crate::{AppState, now_ms};
 
 /// Most messages committed together. Bounds the memory of one batch and the
 /// delay of the first ack in it.
 const BATCH: usize = 256;
 
-pub async fn stream(State(state): State<AppState>, AuthDevice(device): AuthDevice, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(limits::MAX_FRAME_BYTES + wire::AUDIO_HEADER_LEN.max(limits::MAX_TEXT_BYTES))
+pub async fn stream(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // The slot is taken before the upgrade, so a device over its limit gets
+    // an HTTP answer it can read, and held until the connection ends.
+    let Some(slot) = state.limiter.stream_slot(device.id) else {
+        metrics::emit(Limited { limit: Limit::Streams });
+        return Err(ApiError::TooManyRequests {
+            code: "too_many_streams",
+            message: format!(
+                "this device already has {} streams open; close one, or wait for the server to see a dead one end",
+                state.limiter.cfg.streams_per_device
+            ),
+            retry_after_secs: 1,
+        });
+    };
+    let frames = state.limiter.frame_bucket(device.id);
+    let idle = Duration::from_secs(state.limiter.cfg.idle_timeout_secs);
+    Ok(ws
+        .max_message_size(limits::MAX_FRAME_BYTES + wire::AUDIO_HEADER_LEN.max(limits::MAX_TEXT_BYTES))
         .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            metrics::emit(StreamOpened);
             let (tx, rx) = mpsc::unbounded_channel();
             let conn = state.hub.join(device.id, tx);
-            let mut c = Conn { state: state.clone(), device: device.id, socket, results: rx, streams: HashMap::new() };
+            let mut c = Conn {
+                state: state.clone(),
+                device: device.id,
+                socket,
+                results: rx,
+                streams: HashMap::new(),
+                frames,
+                idle,
+                batch_start: None,
+            };
             let end = c.run().await;
             state.hub.leave(device.id, conn);
             if let Err((code, reason)) = end {
                 tracing::info!(device = %device.id, code, %reason, "closing stream");
                 let _ = c.socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
             }
-        })
+            metrics::emit(StreamClosed);
+        }))
 }
 
 /// One utterance open on this connection.
@@ -71,6 +111,12 @@ struct Conn {
     socket: WebSocket,
     results: mpsc::UnboundedReceiver<ServerMsg>,
     streams: HashMap<u32, Open>,
+    /// The device's frame rate bucket, shared with its other streams.
+    frames: Arc<Mutex<TokenBucket>>,
+    idle: Duration,
+    /// When the oldest frame of the batch being built was read, for the
+    /// time-to-safe and ack latency metrics.
+    batch_start: Option<Instant>,
 }
 
 /// Why a connection ends: a close code and a reason for the peer.
@@ -78,16 +124,22 @@ type Close = (u16, String);
 
 impl Conn {
     async fn run(&mut self) -> Result<(), Close> {
-        let idle = Duration::from_secs(limits::IDLE_TIMEOUT_SECS);
+        let idle = self.idle;
         loop {
             let first = tokio::select! {
                 m = self.socket.recv() => m,
-                Some(msg) = self.results.recv() => {
+                msg = self.results.recv() => {
+                    let Some(msg) = msg else {
+                        // The hub dropped this stream's sender: the device was removed.
+                        self.commit(&mut HashMap::new()).await?;
+                        return Err((close::REVOKED, "this device was removed; its token no longer works".into()));
+                    };
                     self.send_text(&msg).await?;
                     continue;
                 }
                 _ = tokio::time::sleep(idle) => {
-                    return Err((close::IDLE_TIMEOUT, format!("no message for {}s", limits::IDLE_TIMEOUT_SECS)));
+                    metrics::emit(Limited { limit: Limit::Idle });
+                    return Err((close::IDLE_TIMEOUT, format!("no message for {}s", idle.as_secs())));
                 }
             };
             let mut batch: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
@@ -130,6 +182,7 @@ impl Conn {
         };
         if audio.seq < open.next_seq {
             // A resend of a frame we hold: drop it, the next ack covers it.
+            metrics::emit(FrameDuplicate);
             batch.entry(audio.handle).or_default();
             return Ok(());
         }
@@ -145,16 +198,30 @@ impl Conn {
                 format!("utterance {} passed {} frames; end it and start another", open.utterance, limits::MAX_UTTERANCE_FRAMES),
             ));
         }
+        if !self.frames.lock().expect("bucket poisoned").take(Instant::now()) {
+            metrics::emit(Limited { limit: Limit::Frames });
+            let cfg = &self.state.limiter.cfg;
+            return Err((
+                close::RATE_LIMITED,
+                format!(
+                    "more than {} frames a second (burst {}) from this device; reconnect and resume more slowly",
+                    cfg.frames_per_sec, cfg.frame_burst
+                ),
+            ));
+        }
         open.next_seq += 1;
+        self.batch_start.get_or_insert_with(Instant::now);
         batch.entry(audio.handle).or_default().push(audio.frame.to_vec());
         Ok(())
     }
 
     /// Makes the batch durable, then acks it.
     async fn commit(&mut self, batch: &mut HashMap<u32, Vec<Vec<u8>>>) -> Result<(), Close> {
+        let received = self.batch_start.take();
         for (handle, frames) in batch.drain() {
             let Some(open) = self.streams.get(&handle) else { continue };
             let audio = open.audio.clone();
+            let count = frames.len() as u64;
             let durable = tokio::task::spawn_blocking(move || {
                 audio.lock().expect("audio lock poisoned").append_durable(frames.iter().map(Vec::as_slice))
             })
@@ -164,8 +231,17 @@ impl Conn {
                 tracing::error!(error = %e, "cannot store audio");
                 (close::GOING_AWAY, "the server cannot store audio right now; retry later".to_string())
             })?;
+            if count > 0 {
+                metrics::emit(FramesReceived { count });
+            }
+            if let Some(received) = received.filter(|_| count > 0) {
+                metrics::emit(FramesDurable { received });
+            }
             let ack = wire::encode_ack(Ack { handle, next: durable });
             self.socket.send(Message::Binary(ack.to_vec().into())).await.map_err(|_| (close::GOING_AWAY, String::new()))?;
+            if let Some(received) = received.filter(|_| count > 0) {
+                metrics::emit(AckWritten { received });
+            }
         }
         Ok(())
     }

@@ -14,7 +14,11 @@
 //!
 //! Only this crate knows axum. Its state is [`AppState`]; [`start`] binds,
 //! recovers unfinished work and serves until the returned handle is stopped.
+//! The routes are listed in `api` and described, for clients, by
+//! `GET /openapi.json` (`openapi`); per-device limits are in `limits` and
+//! every metric in `metrics`.
 
+mod admin;
 mod api;
 pub mod audio;
 pub mod auth;
@@ -22,6 +26,9 @@ pub mod config;
 mod error;
 mod hub;
 mod ingest;
+pub mod limits;
+pub mod metrics;
+mod openapi;
 mod pipeline;
 mod push;
 
@@ -38,7 +45,8 @@ use tokio::sync::Notify;
 
 pub use crate::audio::AudioStore;
 pub use crate::hub::Hub;
-use crate::config::{ConfigError, PushSection};
+use crate::config::{ConfigError, LimitsSection, PushSection};
+use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use lanyard_push::PushProvider;
 use lanyard_respond::ResponderConfig;
@@ -52,12 +60,24 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub responder: ResponderConfig,
     pub push: PushSection,
+    pub limits: LimitsSection,
+    /// SHA-256 of the admin token; `None` turns the admin API off. See
+    /// [`config::admin_token_hash`].
+    pub admin_token_hash: Option<[u8; 32]>,
 }
 
 impl ServerConfig {
-    /// Defaults for everything but the address and the data directory.
+    /// Defaults for everything but the address and the data directory. The
+    /// admin API is off.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
-        Self { listen, data_dir, responder: ResponderConfig::Builtin, push: PushSection::default() }
+        Self {
+            listen,
+            data_dir,
+            responder: ResponderConfig::Builtin,
+            push: PushSection::default(),
+            limits: LimitsSection::default(),
+            admin_token_hash: None,
+        }
     }
 }
 
@@ -143,6 +163,8 @@ pub struct AppState {
     pub audio: Arc<AudioStore>,
     pub hub: Arc<Hub>,
     pipeline: Pipeline,
+    limiter: Arc<Limiter>,
+    admin_token_hash: Option<[u8; 32]>,
 }
 
 /// A running server.
@@ -176,6 +198,7 @@ pub async fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn Store>, ServerErro
 /// starting anything: providers read their keys, the responder its settings.
 pub fn validate(cfg: &ServerConfig) -> Result<(), ServerError> {
     cfg.push.retry_policy()?;
+    cfg.limits.validate()?;
     build_push_provider(cfg)?;
     lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     Ok(())
@@ -191,6 +214,7 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     let hub = Arc::new(Hub::default());
     // Configuration mistakes stop the start here, before the port opens.
     let policy = cfg.push.retry_policy()?;
+    cfg.limits.validate()?;
     let provider = build_push_provider(&cfg)?;
     let responder = lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     let push_wake = Arc::new(Notify::new());
@@ -203,7 +227,13 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         pipeline.enqueue(id).await;
     }
 
-    let state = AppState { store, audio, hub, pipeline };
+    if cfg.admin_token_hash.is_none() {
+        tracing::info!("no admin token configured: the admin API (/v1/admin) is off");
+    }
+    // Install the metrics recorder before the first event.
+    metrics::handle();
+    let limiter = Arc::new(Limiter::new(cfg.limits.clone()));
+    let state = AppState { store, audio, hub, pipeline, limiter, admin_token_hash: cfg.admin_token_hash };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
@@ -224,6 +254,12 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     });
     tracing::info!(%addr, "lanyard server listening");
     Ok(ServerHandle { addr, shutdown, task })
+}
+
+/// Every route the server answers, as (method, path template), in the
+/// order they are registered. The OpenAPI document describes each of them.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    api::routes().into_iter().map(|r| (r.method, r.path)).collect()
 }
 
 /// Unix milliseconds, the store's unit of time.

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::audio::AudioStore;
 use crate::hub::Hub;
+use crate::metrics::{self, SttDequeued, SttQueued, Transcribed};
 use crate::now_ms;
 use lanyard_respond::{ReplyRequest, Responder};
 use lanyard_store::ReplyRecord;
@@ -50,6 +51,7 @@ impl Pipeline {
         let worker = Worker { store, audio, hub, stt, responder, push_wake };
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
+                metrics::emit(SttDequeued);
                 if let Err(e) = worker.process(id).await {
                     tracing::error!(utterance = %id, error = %e, "processing failed");
                     let _ = worker.store.set_failed(id, &e).await;
@@ -60,7 +62,11 @@ impl Pipeline {
     }
 
     pub async fn enqueue(&self, id: Uuid) {
+        // Counted before the send, which waits while the queue is full: a
+        // full queue shows as a depth above QUEUE_DEPTH.
+        metrics::emit(SttQueued);
         if self.tx.send(id).await.is_err() {
+            metrics::emit(SttDequeued);
             tracing::error!(utterance = %id, "pipeline is gone; the utterance will be resumed at restart");
         }
     }
@@ -88,7 +94,12 @@ impl Worker {
             })
             .await
             .map_err(|e| format!("transcription task: {e}"))??;
-            self.store.set_transcript(id, &transcript, now_ms()).await.map_err(store_err)?;
+            let done_ms = now_ms();
+            self.store.set_transcript(id, &transcript, done_ms).await.map_err(store_err)?;
+            if let Some(end_ms) = utt.timings.received_end_ms {
+                let ttfs = std::time::Duration::from_millis(done_ms.saturating_sub(end_ms).max(0) as u64);
+                metrics::emit(Transcribed { ttfs });
+            }
             self.audio.close(id);
             tracing::info!(%transcript, "transcribed");
             self.hub.send(utt.device_id, &ServerMsg::Final { utterance: id, text: transcript.clone() });

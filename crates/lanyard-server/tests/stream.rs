@@ -3,157 +3,19 @@
 //!
 //! Covers durable acks and resume without duplicates, stream + upload
 //! processed once, auth and isolation between devices, and the limits with
-//! their close codes and HTTP statuses.
+//! their close codes and HTTP statuses. The harness is in `common`; the
+//! HTTP API beyond streaming and uploads is tested in `api.rs`.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use futures::{SinkExt, StreamExt};
-use lanyard_audio::{FRAME_SAMPLES, FrameEncoder};
+use common::*;
+use futures::SinkExt;
 use lanyard_proto::ble::Codec;
-use lanyard_proto::wire::{self, Ack, Audio, Binary, ClientMsg, ServerMsg, UploadResponse, UtteranceState, close, limits};
+use lanyard_proto::wire::{ClientMsg, ServerMsg, UploadResponse, UtteranceState, close, limits, self};
 use lanyard_proto::{Uuid, oggopus};
-use lanyard_server::{ServerConfig, ServerHandle, auth};
-use lanyard_store::Store;
-use tokio::net::TcpStream;
+use lanyard_server::auth;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    server: ServerHandle,
-    store: Arc<dyn Store>,
-    token_a: String,
-    token_b: String,
-    url: String,
-}
-
-fn model_dir() -> std::path::PathBuf {
-    let dir = std::env::var_os("LANYARD_MODEL_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share/lanyard/models/whisper-tiny.en")
-    });
-    assert!(dir.join("model.bin").exists(), "no model at {}: run scripts/setup", dir.display());
-    dir
-}
-
-async fn harness() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = ServerConfig::new(([127, 0, 0, 1], 0).into(), dir.path().to_owned());
-    let store = lanyard_server::open_store(&cfg).await.unwrap();
-    let mut tokens = Vec::new();
-    for name in ["a", "b"] {
-        let token = auth::mint_token();
-        store.add_device(Uuid::now_v7(), name, &auth::hash_token(&token), 0).await.unwrap();
-        tokens.push(token);
-    }
-    let stt = lanyard_stt::WhisperCt2::load(&model_dir(), Default::default()).unwrap();
-    let server = lanyard_server::start(cfg, Arc::new(stt)).await.unwrap();
-    let url = format!("http://{}", server.addr);
-    let token_b = tokens.pop().unwrap();
-    let token_a = tokens.pop().unwrap();
-    Harness { _dir: dir, server, store, token_a, token_b, url }
-}
-
-impl Harness {
-    async fn ws(&self, token: &str) -> Ws {
-        let mut req = format!("ws://{}{}", self.server.addr, wire::STREAM_PATH).into_client_request().unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        tokio_tungstenite::connect_async(req).await.unwrap().0
-    }
-
-    async fn wait_state(&self, id: Uuid, want: UtteranceState) -> lanyard_store::Utterance {
-        for _ in 0..600 {
-            if let Some(u) = self.store.utterance(id).await.unwrap()
-                && u.state == want
-            {
-                return u;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("utterance {id} never reached {want:?}");
-    }
-}
-
-/// Real speech, Opus-encoded into 20 ms frames.
-fn speech_frames(text: &str) -> Vec<Vec<u8>> {
-    let pcm = lanyard_pendant::speech::synthesize(text, &Default::default()).unwrap();
-    let mut enc = FrameEncoder::new(Codec::Opus16k20ms).unwrap();
-    pcm.chunks(FRAME_SAMPLES)
-        .map(|c| {
-            let mut b = c.to_vec();
-            b.resize(FRAME_SAMPLES, 0);
-            enc.encode(&b).unwrap()
-        })
-        .collect()
-}
-
-async fn send_text(ws: &mut Ws, msg: &ClientMsg) {
-    ws.send(Message::text(msg.to_json())).await.unwrap();
-}
-
-async fn send_audio(ws: &mut Ws, handle: u32, seq: u32, frame: &[u8]) {
-    ws.send(Message::binary(wire::encode_audio(&Audio { handle, seq, frame }))).await.unwrap();
-}
-
-enum In {
-    Text(ServerMsg),
-    Ack(Ack),
-    Close(u16, String),
-}
-
-async fn recv(ws: &mut Ws) -> In {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("server answers").expect("open");
-        match m.unwrap() {
-            Message::Text(t) => return In::Text(wire::parse_server_text(&t).unwrap()),
-            Message::Binary(b) => match wire::parse_binary(&b).unwrap() {
-                Binary::Ack(a) => return In::Ack(a),
-                Binary::Audio(_) => panic!("server sent audio"),
-            },
-            Message::Close(f) => return f.map_or((1005, String::new()).into(), |f| In::Close(f.code.into(), f.reason.to_string())),
-            _ => {}
-        }
-    }
-}
-
-impl From<(u16, String)> for In {
-    fn from((c, r): (u16, String)) -> Self {
-        In::Close(c, r)
-    }
-}
-
-async fn expect_opened(ws: &mut Ws) -> (u32, bool) {
-    match recv(ws).await {
-        In::Text(ServerMsg::Opened { next_seq, complete, .. }) => (next_seq, complete),
-        _ => panic!("expected opened"),
-    }
-}
-
-/// Reads until the ack covers `next`.
-async fn expect_ack(ws: &mut Ws, next: u32) {
-    loop {
-        match recv(ws).await {
-            In::Ack(a) if a.next >= next => {
-                assert_eq!(a.next, next, "acks never run ahead of what was sent");
-                return;
-            }
-            In::Ack(_) => {}
-            In::Close(c, r) => panic!("closed {c} {r}"),
-            In::Text(t) => panic!("unexpected {t:?}"),
-        }
-    }
-}
-
-async fn expect_close(ws: &mut Ws) -> u16 {
-    loop {
-        if let In::Close(code, _) = recv(ws).await {
-            return code;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
@@ -208,11 +70,6 @@ async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
     h.server.stop().await;
 }
 
-impl Harness {
-    fn server_audio(&self, device: Uuid, id: Uuid, n: u32) -> Vec<Vec<u8>> {
-        lanyard_server::AudioStore::new(self._dir.path().join("audio")).unwrap().read(device, id, n).unwrap()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_streamed_then_uploaded_is_processed_once() {
@@ -296,7 +153,13 @@ async fn devices_cannot_see_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_close_with_their_codes() {
-    let h = harness().await;
+    // This test sends an utterance's worth of frames as fast as it can; the
+    // frame rate limit has its own test (tests/api.rs).
+    let h = harness_with(|cfg| {
+        cfg.limits.frames_per_sec = 1e9;
+        cfg.limits.frame_burst = 1e9;
+    })
+    .await;
     // A frame over the size limit.
     let mut ws = h.ws(&h.token_a).await;
     send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms }).await;

@@ -25,6 +25,7 @@
 //! | `create_text_utterance` | (no row)                  | `transcribed` | returns the row with `false`    |
 //! | `set_reply`             | `transcribed`             | `replied`     | no-op, no push request          |
 //! | `set_failed`            | not `replied` or `failed` | `failed`      | no-op: the first error stays    |
+//! | `delete_utterance`      | any                       | (no row)      | `false` when there is no row    |
 //!
 //! A call for an id that does not exist fails with
 //! [`StoreError::NoUtterance`]; the two that create the row fail with
@@ -183,8 +184,8 @@ impl SqliteStore {
 
     /// [`StoreError::NoUtterance`] unless `id` exists. Called after a
     /// conditional update changed nothing, to tell "wrong state" (a no-op)
-    /// from "no such utterance" (an error). Rows are never deleted, so the
-    /// answer cannot change between the two statements.
+    /// from "no such utterance" (an error). A row deleted between the two
+    /// statements reads as "no such utterance", which it then is.
     async fn ensure_utterance(&self, id: Uuid) -> Result<()> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM utterances WHERE id = ?")
             .bind(id.to_string())
@@ -545,7 +546,8 @@ impl Store for SqliteStore {
             tx.rollback().await.map_err(backend)?;
             // The trait has no "no such push request" error; the utterance
             // one is the nearest, and it names the id the caller passed.
-            // Rows are never deleted, so the answer is still current.
+            // A request deleted since (its utterance was deleted) reads as
+            // missing, which it then is.
             return match self.push_request(utterance_id).await? {
                 Some(_) => Ok(()),
                 None => Err(StoreError::NoUtterance(utterance_id)),
@@ -584,6 +586,88 @@ impl Store for SqliteStore {
         ids.iter().map(|s| parse_uuid(s)).collect()
     }
 
+    async fn list_utterances(&self, device_id: Uuid, before: Option<Uuid>, limit: u32) -> Result<Vec<Utterance>> {
+        // Two statements rather than `(? IS NULL OR id < ?)`, which SQLite
+        // cannot turn into an index range: each of these is one range scan of
+        // `utterances_device_id` (migration 0003).
+        let rows: Vec<UtteranceRow> = match before {
+            None => {
+                let sql = format!(
+                    "SELECT {UTTERANCE_COLUMNS} FROM utterances WHERE device_id = ? ORDER BY id DESC LIMIT ?"
+                );
+                sqlx::query_as(&sql).bind(device_id.to_string()).bind(i64::from(limit)).fetch_all(&self.pool).await
+            }
+            Some(before) => {
+                let sql = format!(
+                    "SELECT {UTTERANCE_COLUMNS} FROM utterances WHERE device_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
+                );
+                sqlx::query_as(&sql)
+                    .bind(device_id.to_string())
+                    .bind(before.to_string())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(backend)?;
+        rows.into_iter().map(Utterance::try_from).collect()
+    }
+
+    async fn delete_utterance(&self, device_id: Uuid, id: Uuid) -> Result<bool> {
+        // The outbox row references the utterance, so it goes first. Both
+        // statements are conditional on the device: another device's id
+        // deletes nothing, and the check after tells why.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query(
+            "DELETE FROM push_outbox WHERE utterance_id IN (SELECT id FROM utterances WHERE id = ?1 AND device_id = ?2)",
+        )
+        .bind(id.to_string())
+        .bind(device_id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let done = sqlx::query("DELETE FROM utterances WHERE id = ? AND device_id = ?")
+            .bind(id.to_string())
+            .bind(device_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 1 {
+            tx.commit().await.map_err(backend)?;
+            return Ok(true);
+        }
+        tx.rollback().await.map_err(backend)?;
+        match self.ensure_utterance(id).await {
+            Ok(()) => Err(StoreError::WrongDevice(id)),
+            Err(StoreError::NoUtterance(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_device_data(&self, device_id: Uuid) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let deleted = delete_utterances_of(&mut tx, device_id).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
+    }
+
+    async fn delete_device(&self, device_id: Uuid) -> Result<Option<u64>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let deleted = delete_utterances_of(&mut tx, device_id).await?;
+        let done = sqlx::query("DELETE FROM devices WHERE id = ?")
+            .bind(device_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            // No device, so no utterances were deleted either (the foreign key).
+            tx.rollback().await.map_err(backend)?;
+            return Ok(None);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(deleted))
+    }
+
     async fn transcript_writes(&self, id: Uuid) -> Result<u32> {
         let n: Option<i64> = sqlx::query_scalar("SELECT transcript_writes FROM utterances WHERE id = ?")
             .bind(id.to_string())
@@ -593,6 +677,23 @@ impl Store for SqliteStore {
         let n = n.ok_or(StoreError::NoUtterance(id))?;
         u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("transcript_writes = {n}")))
     }
+}
+
+/// Deletes a device's push requests and then its utterances (the outbox
+/// references them), inside the caller's transaction. Returns the utterances
+/// deleted.
+async fn delete_utterances_of(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, device_id: Uuid) -> Result<u64> {
+    sqlx::query("DELETE FROM push_outbox WHERE device_id = ?")
+        .bind(device_id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let done = sqlx::query("DELETE FROM utterances WHERE device_id = ?")
+        .bind(device_id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(done.rows_affected())
 }
 
 /// Everything sqlx reports that has no meaning of its own to callers.

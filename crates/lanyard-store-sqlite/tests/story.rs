@@ -1,5 +1,6 @@
 //! The store story: one walk through every [`Store`] method, in the order the
-//! server uses them, checking the semantics the trait documents.
+//! server uses them, checking the semantics the trait documents, ending with
+//! listing and deletion.
 //!
 //! [`store_story`] knows only the trait, so that every backend can run the
 //! same story (a PostgreSQL one would call it with its own store). It is here
@@ -324,6 +325,66 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert_eq!(store.push_request(nobody).await.unwrap(), None);
     assert!(matches!(store.transcript_writes(nobody).await, Err(StoreError::NoUtterance(_))));
 
+    // --- Listing: newest first, keyset pages, one device only ---
+    let mut kitchen_ids = vec![u1, u2, u3, t1];
+    kitchen_ids.sort_unstable_by(|a, b| b.cmp(a));
+    let listed = |page: Vec<lanyard_store::Utterance>| page.iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(listed(store.list_utterances(kitchen.id, None, 10).await.unwrap()), kitchen_ids);
+    let page1 = listed(store.list_utterances(kitchen.id, None, 3).await.unwrap());
+    assert_eq!(page1, kitchen_ids[..3]);
+    let page2 = listed(store.list_utterances(kitchen.id, Some(page1[2]), 3).await.unwrap());
+    assert_eq!(page2, kitchen_ids[3..], "the next page starts after the last id of the previous one");
+    assert!(store.list_utterances(kitchen.id, Some(kitchen_ids[3]), 3).await.unwrap().is_empty());
+    // Rows come whole, as `utterance` reads them.
+    assert_eq!(store.list_utterances(hall.id, None, 1).await.unwrap()[0], store.utterance(u5).await.unwrap().unwrap());
+    assert!(store.list_utterances(kitchen.id, None, 0).await.unwrap().is_empty());
+    assert!(store.list_utterances(Uuid::now_v7(), None, 10).await.unwrap().is_empty());
+
+    // --- Deletion, on a device of its own so the rows above stay ---
+    let attic_hash = [4u8; 32];
+    let attic = store.add_device(Uuid::now_v7(), "attic", &attic_hash, 20_000).await.unwrap();
+    store.set_push_target(attic.id, &fcm).await.unwrap();
+    let a1 = walk_to_transcribed(&*store, attic.id, 20_100).await;
+    store.set_reply(a1, &reply("A", "1", "{}"), Some(&fcm), 20_500).await.unwrap();
+    let a2 = walk_to_transcribed(&*store, attic.id, 21_000).await;
+    store.set_reply(a2, &reply("A", "2", "{}"), Some(&fcm), 21_500).await.unwrap();
+    let a3 = Uuid::now_v7();
+    store.open_utterance(a3, attic.id, Codec::Pcm16k, 22_000).await.unwrap();
+    // Another device's id: refused, and nothing moves.
+    let stolen = store.delete_utterance(kitchen.id, a1).await;
+    assert!(matches!(stolen, Err(StoreError::WrongDevice(id)) if id == a1), "{stolen:?}");
+    assert!(store.utterance(a1).await.unwrap().is_some());
+    // The utterance and its push request go together.
+    assert!(store.delete_utterance(attic.id, a1).await.unwrap());
+    assert_eq!(store.utterance(a1).await.unwrap(), None);
+    assert_eq!(store.push_request(a1).await.unwrap(), None);
+    assert!(!store.delete_utterance(attic.id, a1).await.unwrap(), "deleted twice");
+    assert!(!store.delete_utterance(attic.id, Uuid::now_v7()).await.unwrap());
+    // A late outcome for the deleted request finds nothing and changes nothing.
+    assert!(matches!(store.record_push(a1, &PushOutcome::Sent, 22_100).await, Err(StoreError::NoUtterance(_))));
+    // All of a device's data, with its push requests; the device stays.
+    assert_eq!(store.delete_device_data(attic.id).await.unwrap(), 2);
+    assert_eq!((store.utterance(a2).await.unwrap(), store.utterance(a3).await.unwrap()), (None, None));
+    assert_eq!(store.push_request(a2).await.unwrap(), None);
+    assert!(store.list_utterances(attic.id, None, 10).await.unwrap().is_empty());
+    let attic_now = store.device_by_token_hash(&attic_hash).await.unwrap().unwrap();
+    assert_eq!((attic_now.id, attic_now.push.as_ref()), (attic.id, Some(&fcm)));
+    assert_eq!(store.delete_device_data(attic.id).await.unwrap(), 0);
+    // The device itself, with whatever it made since; its token stops working.
+    let a4 = Uuid::now_v7();
+    store.create_text_utterance(a4, attic.id, "hello again", 23_000).await.unwrap();
+    store.set_reply(a4, &reply("A", "4", "{}"), Some(&fcm), 23_100).await.unwrap();
+    assert_eq!(store.delete_device(attic.id).await.unwrap(), Some(1));
+    assert_eq!(store.device(attic.id).await.unwrap(), None);
+    assert_eq!(store.device_by_token_hash(&attic_hash).await.unwrap(), None);
+    assert_eq!((store.utterance(a4).await.unwrap(), store.push_request(a4).await.unwrap()), (None, None));
+    assert_eq!(store.delete_device(attic.id).await.unwrap(), None);
+    // The name is free again.
+    store.add_device(Uuid::now_v7(), "attic", &[6u8; 32], 24_000).await.unwrap();
+    // Nothing of the other devices moved.
+    assert_eq!(listed(store.list_utterances(kitchen.id, None, 10).await.unwrap()), kitchen_ids);
+    assert!(store.push_request(u1).await.unwrap().is_some());
+
     Written {
         devices: vec![(kitchen_hash, kitchen), (hall_hash, hall)],
         utterances: vec![u1, u2, u3, u4, u5, t1],
@@ -567,7 +628,7 @@ async fn a_database_at_0001_is_migrated() {
     let mut conn = raw(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     // `sql IS NOT NULL` leaves out the primary key's automatic index.
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master
@@ -576,7 +637,7 @@ async fn a_database_at_0001_is_migrated() {
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(indexes, vec!["push_outbox_due".to_owned()]);
+    assert_eq!(indexes, vec!["push_outbox_device".to_owned(), "push_outbox_due".to_owned()]);
     let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
         "EXPLAIN QUERY PLAN SELECT utterance_id FROM push_outbox
          WHERE status = 'pending' AND next_attempt_ms <= 5 AND claimed_until_ms <= 5

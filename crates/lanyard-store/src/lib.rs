@@ -220,6 +220,30 @@ pub trait Store: Send + Sync + 'static {
     /// work that a restarted server must pick up again.
     async fn unfinished(&self) -> Result<Vec<Uuid>>;
 
+    /// One page of a device's utterances, newest first. Ids are UUIDv7, so
+    /// their order is their creation order; `before` (exclusive) is the last
+    /// id of the previous page, and `None` starts at the newest. Keyset
+    /// pagination: a page is one index range scan however deep it is, and
+    /// rows added or deleted meanwhile never shift a page.
+    async fn list_utterances(&self, device_id: Uuid, before: Option<Uuid>, limit: u32) -> Result<Vec<Utterance>>;
+
+    /// Deletes one utterance of the device, with its push request, in one
+    /// transaction. Returns `false` if there is no such utterance; fails with
+    /// [`StoreError::WrongDevice`] if it belongs to another device. A push
+    /// request claimed by a sender at that moment may still go out once; its
+    /// outcome then finds no row ([`StoreError::NoUtterance`]) and changes nothing.
+    async fn delete_utterance(&self, device_id: Uuid, id: Uuid) -> Result<bool>;
+
+    /// Deletes every utterance of the device and their push requests, in one
+    /// transaction, and keeps the device (its name, token and push target).
+    /// Returns the number of utterances deleted.
+    async fn delete_device_data(&self, device_id: Uuid) -> Result<u64>;
+
+    /// Deletes the device with all its utterances and push requests, in one
+    /// transaction: its token stops working at once. Returns the number of
+    /// utterances deleted, or `None` if there is no such device.
+    async fn delete_device(&self, device_id: Uuid) -> Result<Option<u64>>;
+
     /// How many times [`Store::set_transcript`] was called for `id`, counting
     /// calls that changed nothing. A correct server makes it 0 or 1; the
     /// exactly-once tests read it to catch speech-to-text running twice.

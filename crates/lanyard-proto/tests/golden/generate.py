@@ -264,6 +264,11 @@ def main():
             {"name": "push_registration_sandbox", "json": '{"platform":"apns","token":"a1b2c3","environment":"sandbox"}'},
             {"name": "push_registration_fcm", "json": '{"platform":"fcm","token":"t","environment":"production"}'},
             {"name": "text_utterance", "json": '{"text":"call mum"}'},
+            {"name": "utterance_list", "json": '{"utterances":[{"id":"%s","state":"receiving","frames":3,"transcript":null,"reply_title":null,"reply_body":null,"error":null,"timings":{"received_end_ms":null,"stt_start_ms":null,"stt_done_ms":null,"reply_ms":null,"push_ms":null}}],"next_before":"%s"}' % (u, u)},
+            {"name": "utterance_list_last", "json": '{"utterances":[],"next_before":null}'},
+            {"name": "deleted_data", "json": '{"utterances":12,"audio_files":11}'},
+            {"name": "new_device", "json": '{"name":"kitchen"}'},
+            {"name": "device_created", "json": '{"id":"%s","name":"kitchen","token":"lyd_AAAA"}' % u},
             {"name": "error_body", "json": '{"code":"payload_too_large","message":"uploads are at most 4194304 bytes"}'},
         ],
     }

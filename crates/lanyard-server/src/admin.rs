@@ -1,0 +1,65 @@
+//! The admin API: registering and removing devices over HTTP.
+//!
+//! Off unless an admin token is configured (`admin_token_hash` in the config
+//! file, or `LANYARD_ADMIN_TOKEN`); then every route takes that token and no
+//! device token (see [`crate::auth`]). `lanyard device add` does the same as
+//! `POST /v1/admin/devices` on the server's own files, for when the operator
+//! is on the machine.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use lanyard_proto::wire::{DeletedData, DeviceCreated, NewDevice};
+use lanyard_store::StoreError;
+use uuid::Uuid;
+
+use crate::auth::{AuthAdmin, hash_token, mint_token};
+use crate::error::ApiError;
+use crate::{AppState, api, now_ms};
+
+/// Longest device name, in characters: a label for people, not a document.
+const MAX_NAME_CHARS: usize = 64;
+
+/// `POST /v1/admin/devices`: 201 with the new device's token, shown once.
+pub async fn add_device(
+    State(state): State<AppState>,
+    _: AuthAdmin,
+    body: Result<Json<NewDevice>, JsonRejection>,
+) -> Result<(StatusCode, Json<DeviceCreated>), ApiError> {
+    let Json(NewDevice { name }) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"name\": \"...\"}}")))?;
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "a device name is 1 to {MAX_NAME_CHARS} characters, without control characters"
+        )));
+    }
+    let token = mint_token();
+    let id = Uuid::now_v7();
+    state.store.add_device(id, name, &hash_token(&token), now_ms()).await.map_err(|e| match e {
+        StoreError::DuplicateDeviceName(n) => ApiError::Conflict(format!("a device named {n:?} exists; pick another name")),
+        e => e.into(),
+    })?;
+    tracing::info!(device = %id, name, "device added by the admin API");
+    Ok((StatusCode::CREATED, Json(DeviceCreated { id, name: name.to_owned(), token })))
+}
+
+/// `DELETE /v1/admin/devices/{id}`: the device's audio, its rows, then the
+/// device itself; its open streams are closed.
+pub async fn delete_device(
+    State(state): State<AppState>,
+    _: AuthAdmin,
+    Path(id): Path<String>,
+) -> Result<Json<DeletedData>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a device id (a UUID)")))?;
+    if state.store.device(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no device {id}")));
+    }
+    let mut deleted = api::remove_device_data(&state, id).await?;
+    // Utterances made between the two calls go with the device.
+    deleted.utterances += state.store.delete_device(id).await?.unwrap_or(0);
+    state.hub.disconnect(id);
+    tracing::info!(device = %id, utterances = deleted.utterances, "device removed by the admin API");
+    Ok(Json(deleted))
+}

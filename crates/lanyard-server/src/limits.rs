@@ -1,0 +1,189 @@
+//! Per-device limits: rates (token buckets) and simultaneous streams.
+//!
+//! Every limit is per device, because a device's token is what the server
+//! can hold to account; a device cannot starve another by sending more. The
+//! numbers are in [`LimitsSection`] (`[limits]` in the config file) and the
+//! answers in docs/protocol.md:
+//!
+//! | limit                          | default            | answer                        |
+//! |--------------------------------|--------------------|-------------------------------|
+//! | audio frames, all streams      | 1500/s, burst 6000 | close 4004 `RATE_LIMITED`     |
+//! | uploads and text posts         | 10/s, burst 60     | HTTP 429 `rate_limited`       |
+//! | simultaneous streams           | 4                  | HTTP 429 `too_many_streams`   |
+//! | silence on a stream            | 60 s               | close 4005 `IDLE_TIMEOUT`     |
+//!
+//! [`TokenBucket`] decides with the time passed in, so it is tested with a
+//! simulated clock; [`Limiter`] holds the buckets and stream counts of every
+//! device and reads the clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::config::LimitsSection;
+
+/// A token bucket: `rate` tokens a second, up to `burst` saved. A request
+/// takes one token or is refused. Sans-I/O: the caller passes the time.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`: a device starts with its whole burst.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self { rate, burst, tokens: burst, last: now }
+    }
+
+    /// Takes one token if there is one. A clock that goes backwards (it
+    /// cannot with `Instant`, but callers may pass any) refills nothing.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = self.last.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until the next token: the `Retry-After` of a refusal.
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+}
+
+/// The limits of every device, shared by all requests of one server.
+pub struct Limiter {
+    pub cfg: LimitsSection,
+    frames: Mutex<HashMap<Uuid, Arc<Mutex<TokenBucket>>>>,
+    requests: Mutex<HashMap<Uuid, TokenBucket>>,
+    /// Open streams per device, counted from before the upgrade to the end
+    /// of the connection by [`StreamSlot`].
+    streams: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+/// Buckets idle this long are full again, so dropping them changes nothing.
+/// Pruning keeps the maps from growing with every device ever seen.
+fn prune(buckets: &mut HashMap<Uuid, TokenBucket>, now: Instant, cfg_burst: f64, rate: f64) {
+    if buckets.len() > 1024 {
+        let full_after = Duration::from_secs_f64(cfg_burst / rate);
+        buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
+    }
+}
+
+impl Limiter {
+    pub fn new(cfg: LimitsSection) -> Self {
+        Self {
+            cfg,
+            frames: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+            streams: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The device's frame bucket, shared by all its streams. A stream keeps
+    /// it for its lifetime, so the hot path locks only this bucket.
+    pub fn frame_bucket(&self, device: Uuid) -> Arc<Mutex<TokenBucket>> {
+        let mut map = self.frames.lock().expect("limiter poisoned");
+        if map.len() > 1024 {
+            // Buckets no stream holds any more.
+            map.retain(|_, b| Arc::strong_count(b) > 1);
+        }
+        map.entry(device)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(TokenBucket::new(self.cfg.frames_per_sec, self.cfg.frame_burst, Instant::now())))
+            })
+            .clone()
+    }
+
+    /// Takes one request token of the device; `Err` says how long to wait.
+    pub fn request(&self, device: Uuid) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.requests.lock().expect("limiter poisoned");
+        prune(&mut map, now, self.cfg.request_burst, self.cfg.requests_per_sec);
+        let bucket = map
+            .entry(device)
+            .or_insert_with(|| TokenBucket::new(self.cfg.requests_per_sec, self.cfg.request_burst, now));
+        if bucket.take(now) { Ok(()) } else { Err(bucket.wait()) }
+    }
+
+    /// Reserves one of the device's stream slots, or `None` if all are taken.
+    pub fn stream_slot(&self, device: Uuid) -> Option<StreamSlot> {
+        let mut map = self.streams.lock().expect("limiter poisoned");
+        let n = map.entry(device).or_insert(0);
+        if *n >= self.cfg.streams_per_device {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot { device, streams: self.streams.clone() })
+    }
+}
+
+/// One of a device's stream slots; dropping it frees the slot, however the
+/// connection ended (or if the upgrade never completed).
+pub struct StreamSlot {
+    device: Uuid,
+    streams: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self.streams.lock().expect("limiter poisoned");
+        if let Some(n) = map.get_mut(&self.device) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.device);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(200.0, 500.0, t0);
+        assert_eq!((0..600).filter(|_| b.take(t0)).count(), 500, "the burst, at once");
+        assert!(!b.take(t0));
+        assert!(b.wait() > Duration::ZERO && b.wait() <= Duration::from_millis(5));
+        // One second later: 200 more, not 201.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..300).filter(|_| b.take(t1)).count(), 200);
+        // Real-time audio (50 frames/s) for a minute never runs dry.
+        let mut b = TokenBucket::new(200.0, 500.0, t0);
+        for i in 0..3000u64 {
+            assert!(b.take(t0 + Duration::from_millis(20 * i)), "frame {i}");
+        }
+        // 4x real time is the sustained limit; 5x runs out after the burst.
+        let mut b = TokenBucket::new(200.0, 500.0, t0);
+        let refused = (0..5000u64).filter(|i| !b.take(t0 + Duration::from_micros(4000 * i))).count();
+        assert!(refused > 0 && refused < 1000, "{refused}");
+        // Idle time refills only up to the burst.
+        let mut b = TokenBucket::new(200.0, 500.0, t0);
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..1000).filter(|_| b.take(later)).count(), 500);
+    }
+
+    #[test]
+    fn stream_slots_are_counted_and_freed() {
+        let limiter = Limiter::new(LimitsSection { streams_per_device: 2, ..Default::default() });
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let s1 = limiter.stream_slot(a).unwrap();
+        let _s2 = limiter.stream_slot(a).unwrap();
+        assert!(limiter.stream_slot(a).is_none());
+        assert!(limiter.stream_slot(b).is_some(), "another device has its own slots");
+        drop(s1);
+        assert!(limiter.stream_slot(a).is_some());
+    }
+}

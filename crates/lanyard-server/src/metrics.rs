@@ -1,0 +1,219 @@
+//! Every metric the server records, as typed events, and the Prometheus
+//! recorder that `/metrics` renders.
+//!
+//! Code elsewhere never names a metric: it builds an event and calls
+//! [`emit`], and the event's `emit` is the one place that knows the metric's
+//! name, type, unit and labels (vector's `internal_events`). So the list below
+//! is the whole catalogue, and a rename is one edit.
+//!
+//! | metric                           | type      | what                                                        |
+//! |----------------------------------|-----------|-------------------------------------------------------------|
+//! | `lanyard_streams_active`         | gauge     | WebSocket streams open now                                  |
+//! | `lanyard_frames_received_total`  | counter   | audio frames accepted (duplicates of held frames excluded)  |
+//! | `lanyard_frames_duplicate_total` | counter   | audio frames the server already held, sent again: a relay   |
+//! |                                  |           | that resumes from `opened.next_seq` never causes one        |
+//! | `lanyard_time_to_safe_seconds`   | histogram | a batch's oldest frame read off the socket -> fdatasync done|
+//! | `lanyard_ack_latency_seconds`    | histogram | the same frame read -> its ACK written to the socket        |
+//! | `lanyard_stt_queue_depth`        | gauge     | complete utterances waiting for speech-to-text              |
+//! | `lanyard_ttfs_seconds`           | histogram | time to final transcript: `received_end` -> `stt_done`      |
+//! | `lanyard_limited_total{limit}`   | counter   | requests and streams refused by a limit (see `limits`)      |
+//!
+//! Time-to-safe ends when the audio is durable, which is when the server
+//! *may* ack; ack latency adds the socket write, and is what the relay sees
+//! (less the network). The two differ only when the socket is backed up.
+//!
+//! The recorder is process-wide (`metrics` has one global recorder), so it is
+//! installed once, on first use, and every server in the process (tests run
+//! several) renders the same registry. If the embedding program installed a
+//! recorder of its own first, the events go there and `/metrics` answers from
+//! an empty registry of its own.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const STREAMS_ACTIVE: &str = "lanyard_streams_active";
+const FRAMES_RECEIVED: &str = "lanyard_frames_received_total";
+const FRAMES_DUPLICATE: &str = "lanyard_frames_duplicate_total";
+const TIME_TO_SAFE: &str = "lanyard_time_to_safe_seconds";
+const ACK_LATENCY: &str = "lanyard_ack_latency_seconds";
+const STT_QUEUE_DEPTH: &str = "lanyard_stt_queue_depth";
+const TTFS: &str = "lanyard_ttfs_seconds";
+const LIMITED: &str = "lanyard_limited_total";
+
+/// Buckets for the ingest path: an fsync takes 0.1 to 10 ms on flash, and
+/// anything past a second is a stall worth seeing.
+const INGEST_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Buckets for transcription: Whisper takes from a tenth of a second to
+/// tens of seconds for a long utterance on a small CPU.
+const TTFS_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus handle, installing the recorder on first call.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(TIME_TO_SAFE.into()), INGEST_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ACK_LATENCY.into()), INGEST_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFS.into()), TTFS_BUCKETS))
+            .expect("bucket lists are non-empty constants");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will stay empty");
+        }
+        describe();
+        handle
+    })
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render() -> String {
+    let h = handle();
+    h.run_upkeep();
+    h.render()
+}
+
+fn describe() {
+    describe_gauge!(STREAMS_ACTIVE, "WebSocket streams open now.");
+    describe_counter!(FRAMES_RECEIVED, "Audio frames accepted on streams.");
+    describe_counter!(FRAMES_DUPLICATE, "Audio frames received again that the server already held.");
+    describe_histogram!(TIME_TO_SAFE, Unit::Seconds, "Oldest frame of a batch read off the socket to fdatasync done.");
+    describe_histogram!(ACK_LATENCY, Unit::Seconds, "Oldest frame of a batch read off the socket to its ACK written.");
+    describe_gauge!(STT_QUEUE_DEPTH, "Complete utterances waiting for speech-to-text.");
+    describe_histogram!(TTFS, Unit::Seconds, "Time to final transcript: received_end to stt_done.");
+    describe_counter!(LIMITED, "Requests and streams refused by a per-device limit, by limit.");
+}
+
+/// An event the server records. Each implementation is the only place that
+/// names its metric.
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+/// Records `event`.
+pub fn emit(event: impl InternalEvent) {
+    // Installs the recorder before the first event, so none is lost to the
+    // no-op recorder `metrics` starts with.
+    let _ = handle();
+    event.emit();
+}
+
+/// A stream was accepted (after the upgrade).
+pub struct StreamOpened;
+
+impl InternalEvent for StreamOpened {
+    fn emit(self) {
+        gauge!(STREAMS_ACTIVE).increment(1.0);
+    }
+}
+
+/// A stream ended, however.
+pub struct StreamClosed;
+
+impl InternalEvent for StreamClosed {
+    fn emit(self) {
+        gauge!(STREAMS_ACTIVE).decrement(1.0);
+    }
+}
+
+/// Frames were accepted into a batch.
+pub struct FramesReceived {
+    pub count: u64,
+}
+
+impl InternalEvent for FramesReceived {
+    fn emit(self) {
+        counter!(FRAMES_RECEIVED).increment(self.count);
+    }
+}
+
+/// A frame the server already held arrived again and was dropped.
+pub struct FrameDuplicate;
+
+impl InternalEvent for FrameDuplicate {
+    fn emit(self) {
+        counter!(FRAMES_DUPLICATE).increment(1);
+    }
+}
+
+/// A batch is durable: `received` is when its oldest frame was read.
+pub struct FramesDurable {
+    pub received: Instant,
+}
+
+impl InternalEvent for FramesDurable {
+    fn emit(self) {
+        histogram!(TIME_TO_SAFE).record(self.received.elapsed().as_secs_f64());
+    }
+}
+
+/// The ACK covering a batch was written: `received` is when its oldest
+/// frame was read.
+pub struct AckWritten {
+    pub received: Instant,
+}
+
+impl InternalEvent for AckWritten {
+    fn emit(self) {
+        histogram!(ACK_LATENCY).record(self.received.elapsed().as_secs_f64());
+    }
+}
+
+/// An utterance entered the speech-to-text queue.
+pub struct SttQueued;
+
+impl InternalEvent for SttQueued {
+    fn emit(self) {
+        gauge!(STT_QUEUE_DEPTH).increment(1.0);
+    }
+}
+
+/// The pipeline took an utterance off the queue.
+pub struct SttDequeued;
+
+impl InternalEvent for SttDequeued {
+    fn emit(self) {
+        gauge!(STT_QUEUE_DEPTH).decrement(1.0);
+    }
+}
+
+/// A transcript is stored: `ttfs` is from the utterance's `received_end` to now.
+pub struct Transcribed {
+    pub ttfs: Duration,
+}
+
+impl InternalEvent for Transcribed {
+    fn emit(self) {
+        histogram!(TTFS).record(self.ttfs.as_secs_f64());
+    }
+}
+
+/// Which limit refused something.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    Frames,
+    Requests,
+    Streams,
+    Idle,
+}
+
+/// A per-device limit refused a request, a frame or a stream.
+pub struct Limited {
+    pub limit: Limit,
+}
+
+impl InternalEvent for Limited {
+    fn emit(self) {
+        let limit = match self.limit {
+            Limit::Frames => "frames",
+            Limit::Requests => "requests",
+            Limit::Streams => "streams",
+            Limit::Idle => "idle",
+        };
+        counter!(LIMITED, "limit" => limit).increment(1);
+    }
+}

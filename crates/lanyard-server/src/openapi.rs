@@ -1,0 +1,289 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document of every route.
+//!
+//! Paths come from `api::routes`, the table the router is built from, so a
+//! route cannot be served without being described. The schemas are written
+//! here by hand from the `lanyard_proto::wire` types; the tests below
+//! serialize a value of each type and check that the schema names exactly
+//! its fields, so a field added to a type fails the build's tests until it
+//! is described.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::{self, Auth};
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for route in api::routes() {
+        let doc = &route.doc;
+        let mut op = Map::new();
+        op.insert("summary".into(), json!(doc.summary));
+        op.insert("operationId".into(), json!(operation_id(route.method, route.path)));
+        op.insert(
+            "security".into(),
+            match doc.auth {
+                Auth::None => json!([]),
+                Auth::Device => json!([{ "device": [] }]),
+                Auth::Admin => json!([{ "admin": [] }]),
+            },
+        );
+        let mut params: Vec<Value> = path_params(route.path)
+            .map(|name| {
+                json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
+            })
+            .collect();
+        params.extend(doc.query.iter().map(|(name, schema, description)| {
+            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema_ref(schema) })
+        }));
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
+        }
+        if let Some((ctype, schema)) = doc.body {
+            let mut content = Map::new();
+            content.insert(ctype.into(), json!({ "schema": schema_ref(schema) }));
+            if ctype == "audio/ogg" {
+                // Uploads take WAV for PCM16 utterances as well.
+                content.insert("audio/wav".into(), json!({ "schema": schema_ref(schema) }));
+            }
+            op.insert("requestBody".into(), json!({ "required": true, "content": content }));
+        }
+        let mut responses = Map::new();
+        for (status, description, schema) in doc.responses {
+            let mut r = Map::new();
+            r.insert("description".into(), json!(description));
+            if let Some(schema) = schema {
+                let ctype = match *schema {
+                    "text" => "text/plain",
+                    _ => "application/json",
+                };
+                r.insert("content".into(), json!({ ctype: { "schema": schema_ref(schema) } }));
+            }
+            responses.insert(status.to_string(), Value::Object(r));
+        }
+        if doc.auth != Auth::None {
+            responses.insert(
+                "500".into(),
+                json!({ "description": "A server fault.", "content": { "application/json": { "schema": schema_ref("ErrorBody") } } }),
+            );
+        }
+        op.insert("responses".into(), Value::Object(responses));
+        let entry = paths.entry(route.path.to_string()).or_insert_with(|| json!({}));
+        entry.as_object_mut().expect("path items are objects").insert(route.method.into(), Value::Object(op));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Lanyard server",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Relays stream audio over the WebSocket at /v1/stream (framing in docs/protocol.md) or upload it whole; the server transcribes it and replies by push. Every error is an ErrorBody with a stable `code`."
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "device": { "type": "http", "scheme": "bearer", "description": "A device token (`lyd_...`), from `lanyard device add` or POST /v1/admin/devices." },
+                "admin": { "type": "http", "scheme": "bearer", "description": "The admin token (admin_token_hash or LANYARD_ADMIN_TOKEN). Device tokens are refused." }
+            },
+            "schemas": schemas()
+        }
+    })
+}
+
+/// `{id}` in `/v1/utterances/{id}` -> `id`.
+fn path_params(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+}
+
+/// `delete` `/v1/utterances/{id}` -> `delete_v1_utterances_id`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_string();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        id.push('_');
+        id.extend(seg.chars().filter_map(|c| match c {
+            '{' | '}' => None,
+            c if c.is_ascii_alphanumeric() => Some(c),
+            _ => Some('_'),
+        }));
+    }
+    id
+}
+
+/// A schema by name: a component, or one of the inline kinds.
+fn schema_ref(name: &str) -> Value {
+    match name {
+        "text" => json!({ "type": "string" }),
+        "object" => json!({ "type": "object" }),
+        "binary" => json!({ "type": "string", "contentMediaType": "application/octet-stream" }),
+        "Uuid" => json!({ "type": "string", "format": "uuid" }),
+        "Limit" => json!({ "type": "integer", "minimum": 1, "maximum": lanyard_proto::wire::limits::LIST_MAX }),
+        component => json!({ "$ref": format!("#/components/schemas/{component}") }),
+    }
+}
+
+fn nullable(kind: &str) -> Value {
+    json!({ "type": [kind, "null"] })
+}
+
+fn millis() -> Value {
+    json!({ "type": ["integer", "null"], "description": "Unix milliseconds, once reached." })
+}
+
+fn uuid() -> Value {
+    json!({ "type": "string", "format": "uuid" })
+}
+
+fn schemas() -> Value {
+    json!({
+        "ErrorBody": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": { "type": "string", "description": "Stable and machine-readable: bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large, unsupported_media_type, rate_limited, too_many_streams, admin_disabled, internal." },
+                "message": { "type": "string", "description": "For people: what went wrong and what to do." }
+            }
+        },
+        "UtteranceState": { "type": "string", "enum": ["receiving", "complete", "transcribed", "replied", "failed"] },
+        "Timings": {
+            "type": "object",
+            "required": ["received_end_ms", "stt_start_ms", "stt_done_ms", "reply_ms", "push_ms"],
+            "properties": {
+                "received_end_ms": millis(), "stt_start_ms": millis(), "stt_done_ms": millis(),
+                "reply_ms": millis(), "push_ms": millis()
+            }
+        },
+        "UtteranceView": {
+            "type": "object",
+            "required": ["id", "state", "frames", "transcript", "reply_title", "reply_body", "error", "timings"],
+            "properties": {
+                "id": uuid(),
+                "state": schema_ref("UtteranceState"),
+                "frames": { "type": "integer", "minimum": 0 },
+                "transcript": nullable("string"),
+                "reply_title": nullable("string"),
+                "reply_body": nullable("string"),
+                "error": nullable("string"),
+                "timings": schema_ref("Timings")
+            }
+        },
+        "UtteranceList": {
+            "type": "object",
+            "required": ["utterances", "next_before"],
+            "properties": {
+                "utterances": { "type": "array", "items": schema_ref("UtteranceView") },
+                "next_before": { "type": ["string", "null"], "format": "uuid", "description": "`before` for the next page; null on the last." }
+            }
+        },
+        "UploadResponse": {
+            "type": "object",
+            "required": ["utterance", "state", "frames", "added"],
+            "properties": {
+                "utterance": uuid(),
+                "state": schema_ref("UtteranceState"),
+                "frames": { "type": "integer", "minimum": 0 },
+                "added": { "type": "integer", "minimum": 0 }
+            }
+        },
+        "TextUtterance": {
+            "type": "object",
+            "required": ["text"],
+            "additionalProperties": false,
+            "properties": { "text": { "type": "string", "maxLength": 16384 } }
+        },
+        "PushRegistration": {
+            "type": "object",
+            "required": ["platform", "token"],
+            "properties": {
+                "platform": { "type": "string", "enum": ["apns", "fcm"] },
+                "token": { "type": "string", "minLength": 1, "maxLength": 4096 },
+                "environment": { "type": "string", "enum": ["production", "sandbox"], "default": "production" }
+            }
+        },
+        "DeletedData": {
+            "type": "object",
+            "required": ["utterances", "audio_files"],
+            "properties": {
+                "utterances": { "type": "integer", "minimum": 0 },
+                "audio_files": { "type": "integer", "minimum": 0 }
+            }
+        },
+        "NewDevice": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": false,
+            "properties": { "name": { "type": "string", "minLength": 1, "maxLength": 64 } }
+        },
+        "DeviceCreated": {
+            "type": "object",
+            "required": ["id", "name", "token"],
+            "properties": {
+                "id": uuid(),
+                "name": { "type": "string" },
+                "token": { "type": "string", "description": "The bearer token; shown only here." }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use lanyard_proto::wire::{
+        DeletedData, DeviceCreated, ErrorBody, NewDevice, PushEnvironment, PushPlatform, PushRegistration, TextUtterance,
+        Timings, UploadResponse, UtteranceList, UtteranceState, UtteranceView,
+    };
+    use serde::Serialize;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// The schema's property names are exactly the serialized fields.
+    fn same_fields(name: &str, value: impl Serialize) {
+        let schemas = schemas();
+        let props = schemas[name]["properties"].as_object().unwrap_or_else(|| panic!("{name} has no properties"));
+        let mut want: Vec<_> = props.keys().cloned().collect();
+        let mut got: Vec<_> = serde_json::to_value(value).unwrap().as_object().unwrap().keys().cloned().collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "schema {name} and its Rust type disagree");
+    }
+
+    #[test]
+    fn schemas_match_the_wire_types() {
+        let view = UtteranceView {
+            id: Uuid::nil(),
+            state: UtteranceState::Replied,
+            frames: 1,
+            transcript: None,
+            reply_title: None,
+            reply_body: None,
+            error: None,
+            timings: Timings::default(),
+        };
+        same_fields("ErrorBody", ErrorBody { code: "x".into(), message: "y".into() });
+        same_fields("Timings", Timings::default());
+        same_fields("UtteranceView", view.clone());
+        same_fields("UtteranceList", UtteranceList { utterances: vec![view], next_before: None });
+        same_fields("UploadResponse", UploadResponse { utterance: Uuid::nil(), state: UtteranceState::Complete, frames: 1, added: 1 });
+        same_fields("TextUtterance", TextUtterance { text: "x".into() });
+        same_fields(
+            "PushRegistration",
+            PushRegistration { platform: PushPlatform::Fcm, token: "t".into(), environment: PushEnvironment::Sandbox },
+        );
+        same_fields("DeletedData", DeletedData { utterances: 1, audio_files: 1 });
+        same_fields("NewDevice", NewDevice { name: "n".into() });
+        same_fields("DeviceCreated", DeviceCreated { id: Uuid::nil(), name: "n".into(), token: "t".into() });
+        for s in ["receiving", "complete", "transcribed", "replied", "failed"] {
+            assert!(UtteranceState::parse(s).is_some());
+            assert!(schemas()["UtteranceState"]["enum"].as_array().unwrap().contains(&json!(s)));
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        for piece in text.split("\"#/components/schemas/").skip(1) {
+            let name = piece.split('"').next().unwrap();
+            assert!(doc["components"]["schemas"].get(name).is_some(), "dangling $ref to {name}");
+        }
+        assert_eq!(operation_id("delete", "/v1/utterances/{id}"), "delete_v1_utterances_id");
+    }
+}
