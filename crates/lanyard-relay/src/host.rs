@@ -187,6 +187,12 @@ pub async fn run(
             let _ = std::fs::remove_file(path);
         }
     }
+    // Re-announce them: the app may have died before it started the upload,
+    // and an app that still runs one ignores a task id it already has.
+    for (&id, path) in &handed_off {
+        let content_type = if path.extension().is_some_and(|e| e == "wav") { "audio/wav" } else { "audio/ogg" };
+        let _ = events.send(Stamped { at_ms: now_ms(), event: upload_task(&cfg, id, path, content_type) });
+    }
     // Everything else the spool holds from before a restart goes to the uplink.
     for u in spool.pending().filter(|u| !handed_off.contains_key(&u.id)) {
         let input = if u.ended {
@@ -412,6 +418,15 @@ pub async fn run(
             }
         }
 
+        // The spool makes room by evicting the oldest audio when it is full:
+        // each eviction is reported, and the uplink stops sending it.
+        for (id, reason) in spool.take_evicted() {
+            discarded += 1;
+            uplink.handle(now, Input::Forget { id }, &mut actions);
+            actions.retain(|a| !matches!(a, Action::SendAudio { id: i, .. } if *i == id));
+            emit(RelayEvent::Discarded { id, reason });
+        }
+
         if replan {
             let views: Vec<UttView> = spool
                 .pending()
@@ -437,16 +452,7 @@ pub async fn run(
                     Decision::HandOff => {
                         let sealed = seal(&spool, id)?;
                         uplink.handle(now, Input::Forget { id }, &mut actions);
-                        emit(RelayEvent::UploadTask {
-                            id,
-                            path: sealed.path.to_string_lossy().into_owned(),
-                            url: format!("{}/v1/utterances/{id}/audio", cfg.server.trim_end_matches('/')),
-                            method: "PUT".into(),
-                            headers: vec![
-                                ("Authorization".into(), format!("Bearer {}", cfg.token)),
-                                ("Content-Type".into(), sealed.content_type.into()),
-                            ],
-                        });
+                        emit(upload_task(&cfg, id, &sealed.path, sealed.content_type));
                         handed_off.insert(id, sealed.path);
                     }
                     Decision::Discard(reason) => {
@@ -502,6 +508,20 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The upload task the app carries out for a sealed utterance.
+fn upload_task(cfg: &HostConfig, id: Uuid, path: &std::path::Path, content_type: &str) -> RelayEvent {
+    RelayEvent::UploadTask {
+        id,
+        path: path.to_string_lossy().into_owned(),
+        url: format!("{}/v1/utterances/{id}/audio", cfg.server.trim_end_matches('/')),
+        method: "PUT".into(),
+        headers: vec![
+            ("Authorization".into(), format!("Bearer {}", cfg.token)),
+            ("Content-Type".into(), content_type.into()),
+        ],
+    }
 }
 
 fn ws_input(msg: Message) -> Option<Input> {

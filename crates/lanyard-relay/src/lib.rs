@@ -11,8 +11,11 @@
 //! - [`uplink`]: what to send, when to reconnect, when the spool may delete.
 //!
 //! [`host`] is the thin tokio shell that wires them to a pendant link and a
-//! WebSocket; [`link`] is how a pendant's notifications reach it.
+//! WebSocket; [`link`] is how a pendant's notifications reach it, and
+//! `ble` (feature `ble`) is the Linux host's btleplug radio.
 
+#[cfg(feature = "ble")]
+pub mod ble;
 pub mod boundary;
 pub mod planner;
 pub mod seal;

@@ -41,11 +41,16 @@ pub struct UplinkConfig {
     /// How long to keep the connection open after the last utterance
     /// completed, to receive its transcript and reply over the socket.
     pub linger_ms: u64,
+    /// Most frames sent per second, averaged over a second. Catching up a
+    /// backlog faster than the server's per-device rate limit (1500/s by
+    /// default) would get the stream closed; 1000/s is 20x real time, so
+    /// an hour of spooled audio drains in three minutes.
+    pub max_frames_per_sec: u32,
 }
 
 impl Default for UplinkConfig {
     fn default() -> Self {
-        Self { window: 250, backoff_base_ms: 200, backoff_max_ms: 10_000, linger_ms: 30_000 }
+        Self { window: 250, backoff_base_ms: 200, backoff_max_ms: 10_000, linger_ms: 30_000, max_frames_per_sec: 1000 }
     }
 }
 
@@ -172,12 +177,17 @@ pub struct Uplink {
     rng: u64,
     /// Frames acknowledged since start, for the throughput meter.
     acked_frames: u64,
+    /// Send budget (a token bucket holding at most one second of frames),
+    /// and when it was last refilled.
+    send_tokens: f64,
+    tokens_at_ms: u64,
 }
 
 impl Uplink {
     /// `seed` feeds the backoff jitter; pass something random in production
     /// and a constant in tests.
     pub fn new(cfg: UplinkConfig, seed: u64) -> Self {
+        let send_tokens = f64::from(cfg.max_frames_per_sec);
         Self {
             cfg,
             conn: Conn::Down { retry_at: 0 },
@@ -188,6 +198,8 @@ impl Uplink {
             linger_until: 0,
             rng: seed | 1,
             acked_frames: 0,
+            send_tokens,
+            tokens_at_ms: 0,
         }
     }
 
@@ -347,6 +359,11 @@ impl Uplink {
             out.push(Action::Disconnect);
             return;
         }
+        // Refill the send budget for the time that passed.
+        let rate = f64::from(self.cfg.max_frames_per_sec);
+        let elapsed = now_ms.saturating_sub(self.tokens_at_ms) as f64 / 1000.0;
+        self.send_tokens = (self.send_tokens + elapsed * rate).min(rate);
+        self.tokens_at_ms = now_ms;
         let mut opening = self.utts.values().filter(|u| u.phase != Phase::Closed).count();
         for (&id, u) in &mut self.utts {
             if u.phase == Phase::Closed {
@@ -366,9 +383,10 @@ impl Uplink {
             if u.phase != Phase::Open {
                 continue;
             }
-            while u.next_send < u.spooled && u.next_send - u.acked < self.cfg.window {
+            while u.next_send < u.spooled && u.next_send - u.acked < self.cfg.window && self.send_tokens >= 1.0 {
                 out.push(Action::SendAudio { id, handle: u.handle, seq: u.next_send });
                 u.next_send += 1;
+                self.send_tokens -= 1.0;
             }
             if let Some(total) = u.total
                 && !u.end_sent
