@@ -48,9 +48,7 @@ async fn main() {
     store.add_device(device, "bench-phone", &auth::hash_token(&token), 0).await.unwrap();
     let target = PushTarget { platform: PushPlatform::Apns, token: "be".repeat(32), environment: PushEnvironment::Production };
     store.set_push_target(device, &target).await.unwrap();
-    let model = std::env::var_os("LANYARD_MODEL_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share/lanyard/models/whisper-tiny.en")
-    });
+    let model = lanyard_stt::default_model_dir();
     let stt = lanyard_stt::WhisperCt2::load(&model, Default::default()).expect("run scripts/setup to install the model");
     let server = lanyard_server::start(cfg, Arc::new(stt)).await.unwrap();
     let url = format!("http://{}", server.addr);

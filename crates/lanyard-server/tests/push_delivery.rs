@@ -21,10 +21,8 @@ use lanyard_store::{PushStatus, PushTarget};
 const TOPIC: &str = "com.example.lanyard";
 
 fn model_dir() -> std::path::PathBuf {
-    let dir = std::env::var_os("LANYARD_MODEL_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share/lanyard/models/whisper-tiny.en")
-    });
-    assert!(dir.join("model.bin").exists(), "no model at {}: run scripts/setup", dir.display());
+    let dir = lanyard_stt::default_model_dir();
+    assert!(dir.join("model.bin").exists(), "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)", dir.display());
     dir
 }
 

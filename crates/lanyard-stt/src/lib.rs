@@ -22,6 +22,7 @@
 //! tokenizers and mel spectrograms; callers see PCM in and text out.
 
 mod error;
+mod location;
 pub mod guards;
 pub mod mel;
 mod preprocessor;
@@ -29,6 +30,7 @@ mod wer;
 mod whisper;
 
 pub use error::SttError;
+pub use location::default_model_dir;
 pub use preprocessor::{
     EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig,
     ensure_preprocessor_config,

@@ -21,5 +21,5 @@ pub fn default_spool_dir() -> PathBuf {
 
 /// Where `scripts/setup` installs the default model.
 pub fn default_model_dir() -> PathBuf {
-    data_home().join("models/whisper-tiny.en")
+    lanyard_stt::default_model_dir()
 }

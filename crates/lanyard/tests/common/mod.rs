@@ -15,17 +15,8 @@ use tokio::sync::mpsc;
 /// The model directory the tests use: `LANYARD_MODEL_DIR`, else where
 /// `scripts/setup` installs it. Missing is a failure, not a skip.
 pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("LANYARD_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let data = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".local/share"));
-        data.join("lanyard/models/whisper-tiny.en")
-    });
-    assert!(
-        dir.join("model.bin").exists(),
-        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
-        dir.display()
-    );
+    let dir = lanyard_stt::default_model_dir();
+    assert!(dir.join("model.bin").exists(), "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)", dir.display());
     dir
 }
 
