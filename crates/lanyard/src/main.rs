@@ -5,6 +5,7 @@
 //! `lanyard-pendant`. `demo` runs all three as separate processes, the way
 //! they run in production, and reports what happened to each utterance.
 
+mod bench;
 mod demo;
 mod paths;
 
@@ -44,6 +45,10 @@ enum Command {
     /// Start a server, a pendant simulator and a relay, speak a few sentences
     /// end to end, and report transcripts, replies, latency and word error rate.
     Demo(demo::DemoArgs),
+    /// Benchmarks: `lanyard bench ingest` measures how many live streams a
+    /// server carries, with ack latency, RSS and CPU.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Settings come from, in rising precedence: built-in defaults, the TOML file
@@ -213,6 +218,7 @@ fn main() -> Result<()> {
             Command::Relay(args) => relay(args).await,
             Command::PendantSim(args) => pendant_sim(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
         }
     })
 }
