@@ -1,0 +1,662 @@
+//! Benchmark: time to final transcript (TTFS) and word error rate of
+//! lanyard-stt's Whisper engine, side by side with faster-whisper, in one run.
+//!
+//! # What is measured
+//!
+//! The server transcribes an utterance once it is complete, so TTFS, from the
+//! end of speech to the final transcript, is the wall-clock time of one
+//! `SpeechToText::transcribe` call on the whole utterance (log-mel, encoder,
+//! decoder and guards). The clock starts with the complete audio in memory;
+//! espeak-ng's own trailing silence (about 0.3–0.4 s) is part of the audio,
+//! as a VAD's hangover would be on the pendant.
+//!
+//! Every utterance of the reference set (`benches/reference.txt`: each
+//! sentence in each espeak-ng voice listed there) goes through:
+//!
+//! - **(a) lanyard**: `WhisperCt2` with `WhisperConfig::default()`, exactly as
+//!   the server loads it (`lanyard::load_stt` with no `--stt-threads`): the
+//!   10 s window floor, beam 5, one intra-op thread per core;
+//! - **(b) untrimmed**: the same engine and beam with `min_window_secs = 30`,
+//!   i.e. the plain 30 s-padded decode; the WER yardstick for (a);
+//! - **(c) faster-whisper**: its default `model.transcribe(audio)` (beam 5,
+//!   padded 30 s window, VAD off, temperature fallback) on the same model
+//!   directory and the same PCM, at float32 with the same thread count, run
+//!   by `benches/faster_whisper_ttfs.py` in a child `python3`;
+//! - **(d) 4 speakers**: four threads, each transcribing a different
+//!   utterance at the same moment with one shared engine (a), as four
+//!   pendants ending their sentences together would; each latency runs from
+//!   the common start to that thread's transcript. The set is walked in
+//!   rounds of four.
+//!
+//! The set is processed in chunks of [`CHUNK`] utterances, and each chunk runs
+//! (a), (b), (c) and (d) back to back, so that load from other processes
+//! falls on all four alike rather than on whichever ran last. Each engine
+//! gets one untimed warm-up call first (faster-whisper one per chunk, as the
+//! helper is started once per chunk; its model load is not timed).
+//!
+//! Reported per row: p50, p95 and max latency (nearest rank), the word error
+//! rate over all words of the set, the ratio of the row's median to
+//! faster-whisper's median, and the WER difference to (b) in points; then
+//! the issue's bars with PASS/FAIL and the margin. Timings on a shared
+//! 2-core machine move with the load average, printed at the start and end
+//! and per chunk; rerun when the machine is quiet.
+//!
+//! # How to run
+//!
+//! ```text
+//! pip install faster-whisper          # once; brings ctranslate2, no model
+//! cargo bench -p lanyard-stt --bench ttfs
+//! ```
+//!
+//! Needs `espeak-ng`, `sox`, `python3` with `faster_whisper`, and the model in
+//! `$LANYARD_MODEL_DIR` or `~/.local/share/lanyard/models/whisper-tiny.en`.
+//! Environment knobs: `LANYARD_PYTHON` (default `python3`);
+//! `LANYARD_BENCH_LIMIT=N` runs only the first N utterances (a quick look;
+//! the reported figures should come from the full set). Synthesised PCM is
+//! cached under Cargo's target tmp dir (`CARGO_TARGET_TMPDIR/lanyard-stt-ttfs`),
+//! keyed by voice, rate and text; delete it after changing espeak-ng or sox.
+//!
+//! Words with errors are listed on stderr, one line per utterance and engine,
+//! so a WER change can be traced to the sentences that moved it.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use lanyard_stt::{SpeechToText, WhisperConfig, WhisperCt2, word_error_rate};
+
+/// Utterances per chunk; a multiple of [`SPEAKERS`].
+const CHUNK: usize = 12;
+/// Simultaneous speakers in (d).
+const SPEAKERS: usize = 4;
+const SAMPLE_RATE: f32 = 16_000.0;
+
+const HELPER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/benches/faster_whisper_ttfs.py"
+);
+const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference.txt");
+
+/// One reference utterance: a sentence in one voice.
+struct Utterance {
+    text: String,
+    voice: String,
+    rate: u32,
+    /// Raw s16le PCM, exactly what faster-whisper reads.
+    pcm: Vec<u8>,
+    samples: Vec<f32>,
+}
+
+impl Utterance {
+    fn secs(&self) -> f32 {
+        self.samples.len() as f32 / SAMPLE_RATE
+    }
+    fn words(&self) -> f32 {
+        self.text.split_whitespace().count() as f32
+    }
+}
+
+/// Latencies and texts of one engine, in utterance order.
+#[derive(Default)]
+struct Row {
+    secs: Vec<f64>,
+    texts: Vec<String>,
+}
+
+fn main() {
+    check_tools();
+    let model_dir = model_dir();
+    let (sentences, voices) =
+        parse_reference(&fs::read_to_string(REFERENCE).expect("read reference.txt"));
+    let mut utterances = synthesize_set(&sentences, &voices);
+    if let Some(limit) = std::env::var("LANYARD_BENCH_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        utterances.truncate(limit.max(SPEAKERS));
+    }
+    let n = utterances.len();
+
+    let default_config = WhisperConfig::default();
+    let threads = default_config.threads;
+    let lanyard =
+        Arc::new(WhisperCt2::load(&model_dir, default_config.clone()).expect("load the model (a)"));
+    let untrimmed = WhisperCt2::load(
+        &model_dir,
+        WhisperConfig {
+            min_window_secs: 30.0,
+            ..default_config.clone()
+        },
+    )
+    .expect("load the model (b)");
+    // Untimed warm-up: thread pools, allocators, first-call paths.
+    lanyard
+        .transcribe(&utterances[0].samples)
+        .expect("warm-up (a)");
+    untrimmed
+        .transcribe(&utterances[0].samples)
+        .expect("warm-up (b)");
+
+    let durations: Vec<f32> = utterances.iter().map(Utterance::secs).collect();
+    let (short, long) = (
+        durations.iter().copied().fold(f32::INFINITY, f32::min),
+        durations.iter().copied().fold(0.0, f32::max),
+    );
+    println!("lanyard-stt TTFS benchmark");
+    println!("  model       {}", model_dir.display());
+    println!(
+        "  machine     {} ({} cores available)",
+        cpu_model(),
+        threads
+    );
+    println!(
+        "  set         {} sentences x {} voices ({}) = {n} utterances, {:.1}-{:.1} s (median {:.1} s), {} words",
+        sentences.len(),
+        voices.len(),
+        voices
+            .iter()
+            .map(|(v, r)| format!("{v} {r} wpm"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        short,
+        long,
+        median_f32(&durations),
+        utterances.iter().map(Utterance::words).sum::<f32>()
+    );
+    let outside: Vec<String> = utterances
+        .iter()
+        .filter(|u| !(3.0..=10.0).contains(&u.secs()))
+        .map(|u| format!("{:.1} s {} {}: {:?}", u.secs(), u.voice, u.rate, u.text))
+        .collect();
+    if !outside.is_empty() {
+        println!(
+            "  note        {} utterance(s) outside 3-10 s: {}",
+            outside.len(),
+            outside.join("; ")
+        );
+    }
+    println!(
+        "  lanyard     WhisperConfig::default(): floor {} s, beam {}, {} threads; untrimmed: floor 30 s, same beam and threads",
+        default_config.min_window_secs, default_config.beam_size, threads
+    );
+    let load_start = load_average();
+    println!("  load avg    {} at start", load_start);
+
+    let scratch = tempfile::tempdir().expect("temp dir for the PCM files");
+    let mut rows: [Row; 4] = Default::default();
+    let mut speaker_secs = vec![0.0; n];
+    let mut speaker_texts = vec![String::new(); n];
+    let mut loads = Vec::new();
+    let mut versions = String::new();
+    let started = Instant::now();
+
+    for (chunk_index, chunk) in utterances.chunks(CHUNK).enumerate() {
+        let base = chunk_index * CHUNK;
+        loads.push(load_average_1m());
+
+        for (engine, row) in [(&*lanyard, 0), (&untrimmed, 1)] {
+            for u in chunk {
+                let t = Instant::now();
+                let transcript = engine.transcribe(&u.samples).expect("transcribe");
+                rows[row].secs.push(t.elapsed().as_secs_f64());
+                rows[row].texts.push(transcript.text);
+            }
+        }
+
+        let files: Vec<PathBuf> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let path = scratch.path().join(format!("u{:03}.pcm", base + i));
+                fs::write(&path, &u.pcm).expect("write PCM for faster-whisper");
+                path
+            })
+            .collect();
+        let (v, results) = faster_whisper(&model_dir, threads, &files);
+        versions = v;
+        for (secs, text) in results {
+            rows[2].secs.push(secs);
+            rows[2].texts.push(text);
+        }
+
+        // (d): rounds of four different utterances ending at the same moment.
+        for (round_index, round) in chunk.chunks(SPEAKERS).enumerate() {
+            if round.len() < SPEAKERS {
+                break;
+            }
+            let barrier = Arc::new(Barrier::new(SPEAKERS + 1));
+            let results: Vec<(f64, String)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = round
+                    .iter()
+                    .map(|u| {
+                        let (engine, barrier) = (Arc::clone(&lanyard), Arc::clone(&barrier));
+                        scope.spawn(move || {
+                            barrier.wait();
+                            let text = engine.transcribe(&u.samples).expect("transcribe (d)").text;
+                            (Instant::now(), text)
+                        })
+                    })
+                    .collect();
+                let common_start = Instant::now();
+                barrier.wait();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        let (done, text) = h.join().expect("speaker thread");
+                        (done.duration_since(common_start).as_secs_f64(), text)
+                    })
+                    .collect()
+            });
+            for (i, (secs, text)) in results.into_iter().enumerate() {
+                let k = base + round_index * SPEAKERS + i;
+                speaker_secs[k] = secs;
+                speaker_texts[k] = text;
+            }
+        }
+        eprintln!(
+            "  chunk {}/{} done ({:.0} s elapsed, load {:.2})",
+            chunk_index + 1,
+            n.div_ceil(CHUNK),
+            started.elapsed().as_secs_f64(),
+            loads.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    let measured = n / SPEAKERS * SPEAKERS;
+    rows[3].secs = speaker_secs[..measured].to_vec();
+    rows[3].texts = speaker_texts[..measured].to_vec();
+
+    // Which utterances each engine got wrong, for tracing a WER change.
+    let names = ["lanyard", "untrimmed", "faster-whisper", "4 speakers"];
+    for (row, name) in rows.iter().zip(names) {
+        for (u, text) in utterances.iter().zip(&row.texts) {
+            let wer = word_error_rate(&u.text, text);
+            if wer > 0.0 {
+                eprintln!(
+                    "  [{name}] {} {} WER {:.0}%: {:?} -> {:?}",
+                    u.voice,
+                    u.rate,
+                    100.0 * wer,
+                    u.text,
+                    text
+                );
+            }
+        }
+    }
+
+    let wer: Vec<f64> = rows
+        .iter()
+        .map(|row| set_wer(&utterances, &row.texts))
+        .collect();
+    let medians: Vec<f64> = rows.iter().map(|row| percentile(&row.secs, 0.5)).collect();
+    let fw_median = medians[2];
+    let load_end = load_average();
+
+    println!();
+    println!("  faster-whisper side: {versions}");
+    println!(
+        "  load avg    {} at end; 1-min load at chunk starts: min {:.2}, median {:.2}, max {:.2}",
+        load_end,
+        loads.iter().copied().fold(f64::INFINITY, f64::min),
+        percentile(&loads, 0.5),
+        loads.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "  wall time   {:.0} s for the whole run",
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    println!(
+        "| {:<44} | {:>4} | {:>6} | {:>6} | {:>6} | {:>6} | {:>10} | {:>10} |",
+        "engine", "n", "p50 s", "p95 s", "max s", "WER %", "p50 / fw", "WER vs (b)"
+    );
+    println!(
+        "|{:-<46}|{:->6}|{:->8}|{:->8}|{:->8}|{:->8}|{:->12}|{:->12}|",
+        "", "", "", "", "", "", "", ""
+    );
+    let labels = [
+        "(a) lanyard default, 1 speaker".to_owned(),
+        "(b) untrimmed (30 s window, beam 5)".to_owned(),
+        "(c) faster-whisper default transcribe".to_owned(),
+        format!("(d) lanyard default, {SPEAKERS} speakers at once"),
+    ];
+    for (i, (row, label)) in rows.iter().zip(&labels).enumerate() {
+        println!(
+            "| {:<44} | {:>4} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.2} | {:>9.2}x | {:>+7.2} pt |",
+            label,
+            row.secs.len(),
+            medians[i],
+            percentile(&row.secs, 0.95),
+            row.secs.iter().copied().fold(0.0, f64::max),
+            100.0 * wer[i],
+            medians[i] / fw_median,
+            100.0 * (wer[i] - wer[1]),
+        );
+    }
+    let paired: Vec<f64> = rows[0]
+        .secs
+        .iter()
+        .zip(&rows[2].secs)
+        .map(|(a, c)| a / c)
+        .collect();
+    println!();
+    println!(
+        "  per-utterance lanyard / faster-whisper time ratio: median {:.2}x (faster-whisper {:.1}x slower)",
+        percentile(&paired, 0.5),
+        1.0 / percentile(&paired, 0.5)
+    );
+
+    println!();
+    println!("Bars (issue): TTFS for 3-10 s utterances with tiny.en, WER vs the untrimmed decode");
+    bar("1 speaker p50 <= 0.5 s", medians[0], 0.5, "s");
+    bar(
+        "1 speaker p95 <= 1.0 s",
+        percentile(&rows[0].secs, 0.95),
+        1.0,
+        "s",
+    );
+    bar(
+        &format!("{SPEAKERS} speakers p95 <= 2.0 s"),
+        percentile(&rows[3].secs, 0.95),
+        2.0,
+        "s",
+    );
+    bar(
+        "WER within 1 point of untrimmed",
+        100.0 * (wer[0] - wer[1]),
+        1.0,
+        "pt",
+    );
+}
+
+/// Prints one bar's verdict and its margin.
+fn bar(name: &str, value: f64, limit: f64, unit: &str) {
+    let (verdict, how) = if value <= limit {
+        ("PASS", format!("{:.3} {unit} to spare", limit - value))
+    } else {
+        ("FAIL", format!("over by {:.3} {unit}", value - limit))
+    };
+    println!("  {verdict}  {name:<34} measured {value:>7.3} {unit:<2} ({how})");
+}
+
+/// Word error rate over the whole set: errors over reference words.
+fn set_wer(utterances: &[Utterance], texts: &[String]) -> f64 {
+    let (mut errors, mut words) = (0.0f64, 0.0f64);
+    for (u, text) in utterances.iter().zip(texts) {
+        errors += f64::from(word_error_rate(&u.text, text) * u.words());
+        words += f64::from(u.words());
+    }
+    errors / words
+}
+
+/// Nearest-rank percentile, as the server's push_latency bench computes it.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median_f32(values: &[f32]) -> f32 {
+    percentile(
+        &values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        0.5,
+    ) as f32
+}
+
+/// Sentences and `(voice, rate)` pairs from reference.txt.
+fn parse_reference(text: &str) -> (Vec<String>, Vec<(String, u32)>) {
+    let (mut sentences, mut voices) = (Vec::new(), Vec::new());
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("voice:") {
+            let mut parts = rest.split_whitespace();
+            let (Some(voice), Some(rate), None) = (parts.next(), parts.next(), parts.next()) else {
+                panic!("reference.txt: expected `voice: NAME RATE`, got {line:?}");
+            };
+            let rate = rate
+                .parse()
+                .unwrap_or_else(|_| panic!("reference.txt: bad rate in {line:?}"));
+            voices.push((voice.to_owned(), rate));
+        } else {
+            assert!(
+                !line.chars().any(|c| c.is_ascii_digit()),
+                "reference.txt: spell numbers out (word_error_rate does not): {line:?}"
+            );
+            sentences.push(line.to_owned());
+        }
+    }
+    assert!(
+        !sentences.is_empty() && !voices.is_empty(),
+        "reference.txt has no sentences or no voices"
+    );
+    (sentences, voices)
+}
+
+/// Every sentence in every voice, ordered so that neighbours differ in both
+/// sentence and voice (the rounds of (d) mix voices and texts): utterance k
+/// has voice `k % V` and sentence `(k / V + v * S / V) % S`.
+fn synthesize_set(sentences: &[String], voices: &[(String, u32)]) -> Vec<Utterance> {
+    let (s, v) = (sentences.len(), voices.len());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lanyard-stt-ttfs");
+    fs::create_dir_all(&cache).expect("create the PCM cache dir");
+    (0..s * v)
+        .map(|k| {
+            let voice_index = k % v;
+            let sentence = &sentences[(k / v + voice_index * s / v) % s];
+            let (voice, rate) = &voices[voice_index];
+            let pcm = synthesize_cached(&cache, sentence, voice, *rate);
+            let samples = pcm
+                .chunks_exact(2)
+                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+                .collect();
+            Utterance {
+                text: sentence.clone(),
+                voice: voice.clone(),
+                rate: *rate,
+                pcm,
+                samples,
+            }
+        })
+        .collect()
+}
+
+/// espeak-ng | sox to raw 16 kHz mono s16le, cached by voice, rate and text.
+fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Vec<u8> {
+    let key = format!("{voice}\0{rate}\0{text}");
+    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let path = cache.join(format!("{voice}-{rate}-{hash:016x}.pcm"));
+    if let Ok(pcm) = fs::read(&path) {
+        if pcm.len() > 16_000 {
+            return pcm;
+        }
+    }
+    let rate_arg = rate.to_string();
+    let mut espeak = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", &rate_arg, "--stdout", text])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run espeak-ng");
+    let sox = Command::new("sox")
+        .args([
+            "-t",
+            "wav",
+            "-",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+            "-",
+        ])
+        .stdin(espeak.stdout.take().expect("stdout was piped"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run sox");
+    assert!(
+        espeak.wait().expect("espeak-ng ran").success(),
+        "espeak-ng failed for {voice} {rate}: {text:?}"
+    );
+    assert!(
+        sox.status.success(),
+        "sox failed for {voice} {rate}: {text:?}"
+    );
+    assert!(
+        sox.stdout.len() > 16_000,
+        "espeak-ng produced under half a second for {text:?}"
+    );
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, &sox.stdout)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .expect("write the PCM cache");
+    sox.stdout
+}
+
+/// Runs the faster-whisper helper on `files`: its version line, and
+/// `(seconds, text)` per file in order.
+fn faster_whisper(
+    model_dir: &Path,
+    threads: usize,
+    files: &[PathBuf],
+) -> (String, Vec<(f64, String)>) {
+    let output = Command::new(python())
+        .arg(HELPER)
+        .args(["--cpu-threads", &threads.to_string()])
+        .arg(model_dir)
+        .args(files)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the faster-whisper helper");
+    assert!(
+        output.status.success(),
+        "{HELPER} failed ({})",
+        output.status
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("helper prints JSON");
+    let versions = format!(
+        "faster-whisper {}, ctranslate2 {} (pip wheel), cpu_threads {}",
+        json["faster_whisper"].as_str().unwrap_or("?"),
+        json["ctranslate2"].as_str().unwrap_or("?"),
+        json["cpu_threads"]
+    );
+    let results = json["results"]
+        .as_array()
+        .expect("results array")
+        .iter()
+        .map(|r| {
+            (
+                r["secs"].as_f64().expect("secs"),
+                r["text"].as_str().expect("text").to_owned(),
+            )
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        results.len(),
+        files.len(),
+        "helper returned one result per file"
+    );
+    (versions, results)
+}
+
+fn python() -> String {
+    std::env::var("LANYARD_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Fails early, before any synthesis or model load, when a tool is missing.
+fn check_tools() {
+    let fail = |what: &str| -> ! {
+        let _ = writeln!(std::io::stderr(), "ttfs bench: {what}");
+        std::process::exit(1);
+    };
+    let import = Command::new(python())
+        .args(["-c", "import faster_whisper"])
+        .output()
+        .unwrap_or_else(|e| {
+            fail(&format!(
+                "cannot run {} ({e}); install Python 3 or set LANYARD_PYTHON",
+                python()
+            ))
+        });
+    if !import.status.success() {
+        fail(&format!(
+            "`import faster_whisper` failed in {}:\n{}\nInstall it with `pip install faster-whisper` \
+             (it brings ctranslate2 and tokenizers; no model is downloaded, the bench passes the local model dir), \
+             or point LANYARD_PYTHON at a Python that has it.",
+            python(),
+            String::from_utf8_lossy(&import.stderr).trim()
+        ));
+    }
+    for tool in ["espeak-ng", "sox"] {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            fail(&format!(
+                "{tool} is not installed: apt-get install espeak-ng sox"
+            ));
+        }
+    }
+}
+
+/// `$LANYARD_MODEL_DIR`, else the server's default model directory.
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("LANYARD_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".local/share/lanyard/models/whisper-tiny.en")
+        });
+    if !dir.join("model.bin").is_file() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "ttfs bench: no CTranslate2 Whisper model in {}: run scripts/setup or set LANYARD_MODEL_DIR",
+            dir.display()
+        );
+        std::process::exit(1);
+    }
+    dir
+}
+
+/// `/proc/loadavg`'s three averages, or "unknown".
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn load_average_1m() -> f64 {
+    load_average()
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
