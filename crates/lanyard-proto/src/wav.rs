@@ -86,7 +86,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Vec<u8>>, WavError> {
                     return Err(WavError::NoFormat);
                 }
                 let data = &bytes[body..end];
-                if data.len() % 2 != 0 {
+                if !data.len().is_multiple_of(2) {
                     return Err(WavError::OddData(data.len()));
                 }
                 return Ok(data.chunks(FRAME_BYTES).map(<[u8]>::to_vec).collect());

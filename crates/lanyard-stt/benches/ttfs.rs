@@ -475,10 +475,10 @@ fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Vec<u8
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     let path = cache.join(format!("{voice}-{rate}-{hash:016x}.pcm"));
-    if let Ok(pcm) = fs::read(&path) {
-        if pcm.len() > 16_000 {
-            return pcm;
-        }
+    if let Ok(pcm) = fs::read(&path)
+        && pcm.len() > 16_000
+    {
+        return pcm;
     }
     let rate_arg = rate.to_string();
     let mut espeak = Command::new("espeak-ng")
