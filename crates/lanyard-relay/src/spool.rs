@@ -208,6 +208,16 @@ struct FrameLoc {
     /// Offset of the codec frame bytes within the segment file.
     offset: u64,
     len: u32,
+    /// Codec bytes of the frames before this one in the utterance, so that
+    /// [`Spool::bytes_from`], which the planner asks every tick, is O(1).
+    before: u64,
+}
+
+impl SpooledUtterance {
+    /// Where the next frame's record will be counted from.
+    fn frame_bytes(&self) -> u64 {
+        self.frames.last().map_or(0, |f| f.before + u64::from(f.len))
+    }
 }
 
 /// An utterance as the spool knows it.
@@ -422,7 +432,8 @@ impl<F: SpoolFs> Spool<F> {
         let seq = self.utterances[&id].frame_count();
         let (segment, offset) = self.append(KIND_FRAME, id, &seq.to_le_bytes(), frame)?;
         let u = self.utterances.get_mut(&id).expect("checked above");
-        u.frames.push(FrameLoc { segment, offset, len: frame.len() as u32 });
+        let before = u.frame_bytes();
+        u.frames.push(FrameLoc { segment, offset, len: frame.len() as u32, before });
         u.segments.insert(segment);
         Ok(seq)
     }
@@ -483,7 +494,7 @@ impl<F: SpoolFs> Spool<F> {
     pub fn bytes_from(&self, id: Uuid, from: u32) -> u64 {
         self.utterances
             .get(&id)
-            .map_or(0, |u| u.frames.iter().skip(from as usize).map(|f| u64::from(f.len)).sum())
+            .map_or(0, |u| u.frames.get(from as usize).map_or(0, |f| u.frame_bytes() - f.before))
     }
 
     /// Reads frame `seq` of utterance `id` back from disk.
@@ -777,10 +788,12 @@ fn apply_record(
         },
         KIND_FRAME if rest.len() >= 4 => match utterances.get_mut(&id) {
             Some(u) if !u.ended && u32::from_le_bytes(rest[0..4].try_into().expect("len")) == u.frame_count() => {
+                let before = u.frame_bytes();
                 u.frames.push(FrameLoc {
                     segment: seg,
                     offset: body_offset + (BODY_HEADER + 4) as u64,
                     len: (rest.len() - 4) as u32,
+                    before,
                 });
                 true
             }

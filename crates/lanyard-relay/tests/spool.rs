@@ -27,6 +27,7 @@ fn frames_survive_reopen_and_read_back() {
         for i in 0..10u8 {
             assert_eq!(s.append_frame(id, &[i; 7]).unwrap(), u32::from(i));
         }
+        assert_eq!((s.bytes_from(id, 0), s.bytes_from(id, 3)), (70, 49));
         // No sync: a killed process still leaves every write() in the file.
     }
     let (s, r) = Spool::open(dir.path()).unwrap();
@@ -36,6 +37,8 @@ fn frames_survive_reopen_and_read_back() {
     assert_eq!((u.frame_count(), u.ended, u.started_ms), (10, false, 1234));
     assert_eq!(s.read_frame(id, 9).unwrap(), vec![9; 7]);
     assert_eq!(s.open_utterance(), Some(id));
+    // What is left to send, as the planner asks it, after recovery too.
+    assert_eq!((s.bytes_from(id, 0), s.bytes_from(id, 9), s.bytes_from(id, 10)), (70, 7, 0));
 }
 
 #[test]
