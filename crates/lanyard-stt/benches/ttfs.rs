@@ -467,7 +467,8 @@ fn synthesize_set(sentences: &[String], voices: &[(String, u32)]) -> Vec<Utteran
         .collect()
 }
 
-/// espeak-ng | sox to raw 16 kHz mono s16le, cached by voice, rate and text.
+/// The pendant simulator's espeak-ng voice as raw 16 kHz mono s16le, cached
+/// by voice, rate and text.
 fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Vec<u8> {
     let key = format!("{voice}\0{rate}\0{text}");
     // FNV-1a: stable across Rust versions, unlike DefaultHasher.
@@ -480,50 +481,16 @@ fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Vec<u8
     {
         return pcm;
     }
-    let rate_arg = rate.to_string();
-    let mut espeak = Command::new("espeak-ng")
-        .args(["-v", voice, "-s", &rate_arg, "--stdout", text])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run espeak-ng");
-    let sox = Command::new("sox")
-        .args([
-            "-t",
-            "wav",
-            "-",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-            "-t",
-            "raw",
-            "-",
-        ])
-        .stdin(espeak.stdout.take().expect("stdout was piped"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run sox");
-    assert!(
-        espeak.wait().expect("espeak-ng ran").success(),
-        "espeak-ng failed for {voice} {rate}: {text:?}"
-    );
-    assert!(
-        sox.status.success(),
-        "sox failed for {voice} {rate}: {text:?}"
-    );
-    assert!(
-        sox.stdout.len() > 16_000,
-        "espeak-ng produced under half a second for {text:?}"
-    );
+    let voice_cfg = lanyard_pendant::speech::Voice { name: voice.to_string(), rate };
+    let samples = lanyard_pendant::speech::synthesize(text, &voice_cfg)
+        .unwrap_or_else(|e| panic!("cannot synthesize {voice} {rate} {text:?}: {e}"));
+    assert!(samples.len() > 8_000, "espeak-ng produced under half a second for {text:?}");
+    let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, &sox.stdout)
+    fs::write(&tmp, &pcm)
         .and_then(|()| fs::rename(&tmp, &path))
         .expect("write the PCM cache");
-    sox.stdout
+    pcm
 }
 
 /// Runs the faster-whisper helper on `files`: its version line, and

@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Environment variable naming the model directory under test.
 pub const MODEL_DIR_ENV: &str = "LANYARD_MODEL_DIR";
@@ -54,50 +54,12 @@ pub fn model_dir() -> PathBuf {
 }
 
 /// `text` spoken by espeak-ng (US English, 150 words per minute), as 16 kHz
-/// mono samples in [-1, 1].
+/// mono samples in [-1, 1]: the pendant simulator's own voice.
 pub fn synthesize(text: &str) -> Vec<f32> {
-    const HELP: &str = "install espeak-ng and sox (apt-get install espeak-ng sox)";
-    let mut espeak = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "--stdout", text])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run espeak-ng ({e}); {HELP}"));
-    let sox = Command::new("sox")
-        .args([
-            "-t",
-            "wav",
-            "-",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-            "-t",
-            "raw",
-            "-",
-        ])
-        .stdin(espeak.stdout.take().expect("stdout was piped"))
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run sox ({e}); {HELP}"));
-    assert!(
-        espeak.wait().expect("espeak-ng ran").success(),
-        "espeak-ng failed"
-    );
-    assert!(sox.status.success(), "sox failed");
-    let samples: Vec<f32> = sox
-        .stdout
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect();
-    assert!(
-        samples.len() > 16_000 / 2,
-        "espeak-ng produced under half a second for {text:?}"
-    );
-    samples
+    let pcm = lanyard_pendant::speech::synthesize(text, &Default::default())
+        .unwrap_or_else(|e| panic!("cannot synthesize {text:?}: {e}"));
+    assert!(pcm.len() > 16_000 / 2, "espeak-ng produced under half a second for {text:?}");
+    pcm.iter().map(|&s| f32::from(s) / 32768.0).collect()
 }
 
 /// `secs` seconds of digital silence.
