@@ -479,7 +479,7 @@ async fn upload(
         let w = audio.writer(device_id, id)?;
         let mut w = w.lock().expect("audio lock poisoned");
         let before = w.frames();
-        let held = w.append_durable(new.iter().skip(before as usize).map(Vec::as_slice))?;
+        let held = w.append_durable(0, new.iter().map(Vec::as_slice))?;
         Ok((before, held))
     })
     .await

@@ -13,7 +13,8 @@
 //! server holds: an acknowledgement is sent only after the records are
 //! written and `fdatasync`ed, and on open a torn tail (from a crash mid-write)
 //! is truncated, so the count never includes a frame that is not fully on disk.
-//! Because the count is the resume point, a frame is never stored twice.
+//! Because the count is the resume point, and every append says which frame
+//! it starts at (skipping what is held), a frame is never stored twice.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -38,11 +39,22 @@ impl UtteranceAudio {
         self.frames
     }
 
-    /// Appends frames and makes them durable. On return `frames()` counts them.
-    pub fn append_durable<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> io::Result<u32> {
+    /// Appends frames and makes them durable: `frames` are frames `first`,
+    /// `first + 1`, ... of the utterance. Those the file already holds are
+    /// skipped, so two writers racing on one utterance (a stream resuming
+    /// while a background upload completes it) never store a frame twice. A
+    /// `first` past the end would leave a gap and is refused. Returns the
+    /// frames held; on return `frames()` counts them.
+    pub fn append_durable<'a>(&mut self, first: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> io::Result<u32> {
+        if first > self.frames {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame {first} would leave a gap after the {} held", self.frames),
+            ));
+        }
         let mut buf = Vec::new();
         let mut n = 0u32;
-        for f in frames {
+        for f in frames.into_iter().skip((self.frames - first) as usize) {
             buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
             buf.extend_from_slice(&crc32c::crc32c(f).to_le_bytes());
             buf.extend_from_slice(f);
@@ -201,7 +213,7 @@ mod tests {
         let (d, u) = (Uuid::now_v7(), Uuid::now_v7());
         let store = AudioStore::new(dir.path().to_owned()).unwrap();
         let w = store.writer(d, u).unwrap();
-        assert_eq!(w.lock().unwrap().append_durable([&b"one"[..], b"two"]).unwrap(), 2);
+        assert_eq!(w.lock().unwrap().append_durable(0, [&b"one"[..], b"two"]).unwrap(), 2);
         let path = w.lock().unwrap().path().to_owned();
         drop(w);
         store.close(u);
@@ -210,13 +222,21 @@ mod tests {
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
         let w = store.writer(d, u).unwrap();
         assert_eq!(w.lock().unwrap().frames(), 2);
-        assert_eq!(w.lock().unwrap().append_durable([&b"three"[..]]).unwrap(), 3);
+        assert_eq!(w.lock().unwrap().append_durable(2, [&b"three"[..]]).unwrap(), 3);
         assert_eq!(store.read(d, u, 3).unwrap(), vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
         assert!(store.read(d, u, 4).is_err());
 
+        // Two writers racing (a resumed stream, an upload that completed the
+        // utterance meanwhile): what one stored, the other skips.
+        assert_eq!(w.lock().unwrap().append_durable(0, [&b"one"[..], &b"two"[..], &b"three"[..], &b"four"[..]]).unwrap(), 4);
+        assert_eq!(w.lock().unwrap().append_durable(2, [&b"three"[..], &b"four"[..]]).unwrap(), 4);
+        assert_eq!(store.read(d, u, 4).unwrap().len(), 4);
+        assert!(store.read(d, u, 5).is_err(), "a frame was stored twice");
+        assert!(w.lock().unwrap().append_durable(6, [&b"gap"[..]]).is_err(), "a gap is refused");
+
         // Removal: one utterance, then the rest of the device.
         let u2 = Uuid::now_v7();
-        store.writer(d, u2).unwrap().lock().unwrap().append_durable([&b"x"[..]]).unwrap();
+        store.writer(d, u2).unwrap().lock().unwrap().append_durable(0, [&b"x"[..]]).unwrap();
         assert!(store.remove(d, u).unwrap());
         assert!(!store.remove(d, u).unwrap(), "removed twice");
         assert!(store.read(d, u, 0).is_err());

@@ -46,6 +46,10 @@ use crate::limits::TokenBucket;
 use crate::metrics::{self, AckWritten, FrameDuplicate, FramesDurable, FramesReceived, Limit, Limited, StreamClosed, StreamOpened};
 use crate::{AppState, now_ms};
 
+/// Audio of one batch by handle: the sequence number of its first frame, and
+/// the frames in order.
+type Batch = HashMap<u32, (u32, Vec<Vec<u8>>)>;
+
 /// Most messages committed together. Bounds the memory of one batch and the
 /// delay of the first ack in it.
 const BATCH: usize = 256;
@@ -142,7 +146,7 @@ impl Conn {
                     return Err((close::IDLE_TIMEOUT, format!("no message for {}s", idle.as_secs())));
                 }
             };
-            let mut batch: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+            let mut batch: Batch = HashMap::new();
             let mut next = first;
             let mut taken = 0;
             loop {
@@ -171,7 +175,7 @@ impl Conn {
         }
     }
 
-    fn on_binary(&mut self, b: &[u8], batch: &mut HashMap<u32, Vec<Vec<u8>>>) -> Result<(), Close> {
+    fn on_binary(&mut self, b: &[u8], batch: &mut Batch) -> Result<(), Close> {
         let audio = match wire::parse_binary(b) {
             Ok(Binary::Audio(a)) => a,
             Ok(Binary::Ack(_)) => return Err((close::PROTOCOL, "ACK is a server message".into())),
@@ -183,7 +187,7 @@ impl Conn {
         if audio.seq < open.next_seq {
             // A resend of a frame we hold: drop it, the next ack covers it.
             metrics::emit(FrameDuplicate);
-            batch.entry(audio.handle).or_default();
+            batch.entry(audio.handle).or_insert((open.next_seq, Vec::new()));
             return Ok(());
         }
         if audio.seq > open.next_seq {
@@ -209,21 +213,23 @@ impl Conn {
                 ),
             ));
         }
+        let seq = open.next_seq;
         open.next_seq += 1;
         self.batch_start.get_or_insert_with(Instant::now);
-        batch.entry(audio.handle).or_default().push(audio.frame.to_vec());
+        batch.entry(audio.handle).or_insert((seq, Vec::new())).1.push(audio.frame.to_vec());
         Ok(())
     }
 
     /// Makes the batch durable, then acks it.
-    async fn commit(&mut self, batch: &mut HashMap<u32, Vec<Vec<u8>>>) -> Result<(), Close> {
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), Close> {
         let received = self.batch_start.take();
-        for (handle, frames) in batch.drain() {
+        for (handle, (first, frames)) in batch.drain() {
             let Some(open) = self.streams.get(&handle) else { continue };
             let audio = open.audio.clone();
             let count = frames.len() as u64;
+            // Positional: frames a racing upload stored meanwhile are skipped.
             let durable = tokio::task::spawn_blocking(move || {
-                audio.lock().expect("audio lock poisoned").append_durable(frames.iter().map(Vec::as_slice))
+                audio.lock().expect("audio lock poisoned").append_durable(first, frames.iter().map(Vec::as_slice))
             })
             .await
             .map_err(|e| (close::GOING_AWAY, format!("storage task failed: {e}")))?
