@@ -9,6 +9,20 @@
 //! Like a BLE peripheral, the simulator keeps talking whether or not a central
 //! is connected: notifications sent while no relay listens are lost, exactly
 //! as over the air. When a relay (re)connects it gets an advertisement first.
+//!
+//! Two options exist for `lanyard sim`'s fault campaigns:
+//!
+//! - [`BleFaults`]: lose a fraction of notifications, and deliver a fraction
+//!   of frames after the frame that follows them (reordering), from a seeded
+//!   generator so a campaign can be replayed. BLE's link layer retransmits,
+//!   so on a real link these come from pendant buffers overflowing and from
+//!   reconnects; here they are injected on purpose, and counted per utterance.
+//! - [`SimConfig::hold_until_central`]: a pendant that finds no central when
+//!   an utterance is due says so ([`SimEvent::WaitingForCentral`]) and holds
+//!   it until one connects, as a pendant that buffers speech while the phone
+//!   app is being relaunched. A relay that disappears mid-utterance is
+//!   noticed at once (its side of the socket closes) and the rest of that
+//!   utterance is lost over the air.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +34,7 @@ use lanyard_proto::link::Record;
 use lanyard_proto::omi::OmiCodec;
 use serde::Serialize;
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex, mpsc};
@@ -42,6 +56,43 @@ pub struct SimConfig {
     pub gap: Duration,
     /// Hold the first utterance until a relay is connected.
     pub wait_for_central: bool,
+    /// Hold every utterance until a relay is connected (see the module doc).
+    pub hold_until_central: bool,
+    /// Injected notification loss and frame reordering; none by default.
+    pub faults: BleFaults,
+}
+
+/// Injected BLE faults (see the module doc). Rates are probabilities in 0..=1.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BleFaults {
+    /// Each notification is lost with this probability.
+    pub drop_rate: f64,
+    /// Each frame (but an utterance's last) is held back and sent after the
+    /// next frame with this probability. The relay's reorder window (4 frames)
+    /// puts such a pair back in order.
+    pub reorder_rate: f64,
+    /// Seed of the generator that picks the victims.
+    pub seed: u64,
+}
+
+/// A small seeded generator (SplitMix64): enough to pick fault victims
+/// reproducibly without a dependency.
+#[derive(Debug)]
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.next_f64() < p
+    }
 }
 
 /// What the simulator did, with Unix-ms timestamps, for the demo's latency figures.
@@ -50,9 +101,23 @@ pub struct SimConfig {
 pub enum SimEvent {
     Listening { addr: SocketAddr },
     CentralConnected { at_ms: u64 },
+    /// An utterance is due but no central is connected; with
+    /// `hold_until_central` it waits for one (a phone app relaunched by the
+    /// system on the pendant's next BLE event).
+    WaitingForCentral { index: usize, at_ms: u64 },
     UtteranceStart { index: usize, text: String, at_ms: u64, frames: usize },
     /// The last frame of the utterance was handed to the radio: end of speech.
-    UtteranceEnd { index: usize, at_ms: u64, frames: usize, dropped_notifications: u64 },
+    /// `dropped_notifications` counts, since start, notifications no central
+    /// received; `injected_drops` and `reordered_frames` count this
+    /// utterance's injected faults ([`BleFaults`]).
+    UtteranceEnd {
+        index: usize,
+        at_ms: u64,
+        frames: usize,
+        dropped_notifications: u64,
+        injected_drops: u64,
+        reordered_frames: u64,
+    },
     Done { at_ms: u64 },
 }
 
@@ -86,7 +151,9 @@ fn advertisement(cfg: &SimConfig) -> Result<Record, SimError> {
     Ok(Record::Advertise { service: cfg.framing.service(), att_mtu: cfg.att_mtu, codec })
 }
 
-type Central = Arc<Mutex<Option<OwnedWriteHalf>>>;
+/// The connected central's write half, tagged with its connection number so
+/// that the watcher of an old connection never clears a newer one.
+type Central = Arc<Mutex<Option<(u64, OwnedWriteHalf)>>>;
 
 /// Runs the simulator until every sentence has been spoken.
 pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Result<(), SimError> {
@@ -115,13 +182,26 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
         let central = central.clone();
         let events = events.clone();
         async move {
+            let mut generation = 0u64;
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
-                let (_read, mut write) = stream.into_split();
+                let (mut read, mut write) = stream.into_split();
                 if write.write_all(&advert).await.is_err() {
                     continue;
                 }
-                *central.lock().await = Some(write);
+                generation += 1;
+                *central.lock().await = Some((generation, write));
+                // The relay never writes on this link: end of stream means it
+                // went away (closed, or killed and its socket closed by the OS).
+                let watched = central.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+                    let mut guard = watched.lock().await;
+                    if guard.as_ref().is_some_and(|(g, _)| *g == generation) {
+                        *guard = None;
+                    }
+                });
                 let _ = events.send(SimEvent::CentralConnected { at_ms: now_ms() });
                 let _ = connected_tx.send(());
             }
@@ -134,13 +214,36 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
 
     let mut packetizer = Packetizer::new(cfg.framing, usize::from(cfg.att_mtu))?;
     let mut dropped = 0u64;
+    let mut rng = SplitMix(cfg.faults.seed);
     for (index, (text, frames)) in utterances.into_iter().enumerate() {
+        if cfg.hold_until_central && central.lock().await.is_none() {
+            let _ = events.send(SimEvent::WaitingForCentral { index, at_ms: now_ms() });
+            while central.lock().await.is_none() {
+                // A connection may have come and gone; wait for a live one.
+                if connected_rx.recv().await.is_none() {
+                    break;
+                }
+            }
+        }
         let _ = events.send(SimEvent::UtteranceStart { index, text, at_ms: now_ms(), frames: frames.len() });
         let mut pace = tokio::time::interval(Duration::from_millis(u64::from(Codec::FRAME_MS)));
         let last = frames.len().saturating_sub(1);
+        let (mut injected_drops, mut reordered_frames) = (0u64, 0u64);
+        // A frame held back to go out after the next one (reordering).
+        let mut held: Vec<Vec<u8>> = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
             pace.tick().await;
-            for n in packetizer.frame(cfg.codec, frame, i == 0, i == last)? {
+            let notes = packetizer.frame(cfg.codec, frame, i == 0, i == last)?;
+            if held.is_empty() && i != last && rng.chance(cfg.faults.reorder_rate) {
+                held = notes;
+                reordered_frames += 1;
+                continue;
+            }
+            for n in notes.into_iter().chain(std::mem::take(&mut held)) {
+                if rng.chance(cfg.faults.drop_rate) {
+                    injected_drops += 1;
+                    continue;
+                }
                 if !send(&central, &Record::Notify(n).encode()).await {
                     dropped += 1;
                 }
@@ -151,6 +254,8 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
             at_ms: now_ms(),
             frames: frames.len(),
             dropped_notifications: dropped,
+            injected_drops,
+            reordered_frames,
         });
         tokio::time::sleep(cfg.gap).await;
     }
@@ -162,7 +267,7 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
 /// Sends one record to the connected central; false if none is listening.
 async fn send(central: &Central, bytes: &[u8]) -> bool {
     let mut guard = central.lock().await;
-    let Some(w) = guard.as_mut() else { return false };
+    let Some((_, w)) = guard.as_mut() else { return false };
     if w.write_all(bytes).await.is_ok() {
         true
     } else {

@@ -92,6 +92,8 @@ impl RelayConfig {
             planner: PlannerConfig::default(),
             push: self.push()?,
             exit_after: None,
+            send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
+            fsync_delay: Duration::ZERO,
         })
     }
 

@@ -4,7 +4,7 @@
 //!
 //! The mirror is kept by hand rather than by deriving UniFFI traits on the
 //! relay's own enum, so that `lanyard-relay` knows nothing about FFI and the
-//! FFI can add events of its own (`NotificationsDropped`, `Stopped`). The
+//! FFI can add events of its own (`Stopped`). The
 //! `match` in [`RelayEvent::from_stamped`] is exhaustive: a new relay event
 //! fails to compile here until it is mirrored.
 
@@ -58,10 +58,6 @@ pub enum RelayEvent {
         duplicate_notifications: u64,
         discarded: u64,
     },
-    /// `notification()` found the relay's queue full and dropped
-    /// notifications; `total` counts every drop since the relay started.
-    /// Reported at most once per delivery round, however many were dropped.
-    NotificationsDropped { at_ms: u64, total: u64 },
     /// The relay stopped: after `shutdown` (`error` is None) or because it
     /// failed (`error` says why and what to do). No event follows this one.
     Stopped { at_ms: u64, error: Option<String> },

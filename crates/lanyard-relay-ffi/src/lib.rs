@@ -7,7 +7,7 @@
 //! callbacks report:
 //!
 //! ```text
-//! CoreBluetooth / Android BLE ──pendant_connected / notification──▶ RelayCore ──▶ lanyard_relay::host::run
+//! CoreBluetooth / Android BLE ──pendant_connected / notification──▶ RelayCore ──▶ lanyard_relay::host (Link, Relay)
 //! UIApplication / Activity   ──set_lifecycle / upload_finished────▶            (its own tokio runtime)
 //! RelayListener::on_event   ◀──────────── RelayEvent ───────────────────────────┘
 //! ```
@@ -19,10 +19,10 @@
 //! developers:
 //!
 //! - [`RelayListener::on_event`] is called on the relay's runtime thread. It
-//!   must return quickly: while it runs, the relay does nothing else.
-//! - [`RelayCore::notification`] never blocks; if the relay falls behind the
-//!   notification is dropped, counted, and reported as
-//!   [`RelayEvent::NotificationsDropped`].
+//!   must return quickly: while it runs, the relay sends and receives
+//!   nothing (BLE audio is still spooled: that runs on the caller's thread).
+//! - [`RelayCore::notification`] spools the frame on the caller's thread (one
+//!   `write()`) and never waits for the network, an fsync or the listener.
 //! - [`RelayCore::shutdown`] blocks (with a timeout) until the spool is synced.
 
 mod config;

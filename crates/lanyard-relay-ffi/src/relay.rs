@@ -12,12 +12,18 @@
 //! thread and battery on a phone. A few blocking threads exist only for DNS
 //! look-ups.
 //!
-//! The app's threads (the CoreBluetooth queue, the main thread) only ever put
-//! a message on a channel: [`RelayCore::notification`] uses `try_send` on a
-//! bounded channel and never waits, so a slow disk can never stall the BLE
-//! stack. When the channel is full the notification is dropped, counted, and
-//! reported to the listener as `NotificationsDropped`; the pendant's sequence
-//! numbers make the gap show up as `lost` frames too.
+//! BLE data does not go through the runtime at all. [`RelayCore::notification`]
+//! runs the relay's ingest on the caller's thread (the CoreBluetooth delegate
+//! queue): it reassembles the notification and writes its frame to the spool
+//! with one `write()` before it returns, so a frame the app handed over
+//! survives the app being killed the next instant, and a phone does not wake
+//! a second thread 50 times a second. It never waits for the network, an
+//! fsync (those run on the relay's worker, outside the spool's lock), or the
+//! listener: a stalled worker does not stall the BLE stack, and nothing is
+//! queued in memory to be dropped. The worker picks the new frames up on its
+//! next round (every 200 ms while an utterance goes on, at once when one
+//! begins or ends). Notifications given after the relay stopped are counted
+//! in [`RelayCore::dropped_notifications`].
 //!
 //! Events reach [`RelayListener::on_event`] from one task on the runtime, in
 //! order. The same task reports the relay's end (`Stopped`) and then wakes
@@ -39,31 +45,21 @@ use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lanyard_proto::omi::OmiCodec;
-use lanyard_relay::Control;
 use lanyard_relay::host::{self, Stamped};
 use lanyard_relay::link::LinkEvent;
+use lanyard_relay::{Control, Link};
 use tokio::runtime::Runtime;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::config::{Framing, Lifecycle, RelayConfig};
 use crate::error::RelayError;
 use crate::event::{RelayEvent, RelayListener};
 
-/// Notifications that may wait for the relay. At 50 frames a second, one or
-/// two notifications each, this is 10 to 20 s of audio: far more than any
-/// hiccup of a healthy relay, and still bounded, so a relay that is stuck
-/// (a full disk) cannot grow the app's memory without limit.
-const LINK_QUEUE: usize = 1024;
-
 /// How long [`RelayCore::shutdown`] waits. Stopping takes one spool fsync;
 /// five seconds is generous even for a slow flash chip, and short enough to
 /// fit in iOS's `applicationWillTerminate` allowance.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The least time between two `NotificationsDropped` reports, so that a
-/// flood of drops does not become a flood of callbacks.
-const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the relay ended, as `shutdown` reports it.
 type Outcome = Result<(), String>;
@@ -77,15 +73,13 @@ pub struct RelayCore {
     /// plain drop panics on a runtime thread, where the last reference may go
     /// away if the listener holds the core).
     runtime: Mutex<Option<Runtime>>,
-    /// BLE data in. Bounded: see [`LINK_QUEUE`].
-    link_tx: mpsc::Sender<LinkEvent>,
+    /// BLE data in, spooled on the caller's thread.
+    link: Link,
     /// Lifecycle, upload results, shutdown. Unbounded: a handful of messages
     /// a minute, and none of them may be dropped.
     control_tx: mpsc::UnboundedSender<Control>,
-    /// Notifications (and link events) dropped because the queue was full.
-    dropped: Arc<AtomicU64>,
-    /// Wakes the event task to report drops.
-    drop_notify: Arc<Notify>,
+    /// Notifications (and link events) given after the relay stopped.
+    dropped: AtomicU64,
     /// Receives the relay's end once; the result is then kept in `outcome`.
     done_rx: Mutex<Option<std_mpsc::Receiver<Outcome>>>,
     outcome: Mutex<Option<Outcome>>,
@@ -108,20 +102,18 @@ impl RelayCore {
             .build()
             .map_err(|e| RelayError::Runtime { message: e.to_string() })?;
 
-        let (link_tx, link_rx) = mpsc::channel(LINK_QUEUE);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = std_mpsc::channel();
-        let dropped = Arc::new(AtomicU64::new(0));
-        let drop_notify = Arc::new(Notify::new());
+        let (relay, link) = host::open(host_cfg, events_tx).map_err(|e| RelayError::Spool { message: e.to_string() })?;
 
         let run = runtime.spawn(async move {
-            let result = host::run(host_cfg, link_rx, control_rx, events_tx).await;
+            let result = relay.run(None, control_rx).await;
             // The spool is closed: another relay may have it now.
             drop(lock);
             result
         });
-        let events = EventTask { listener, dropped: dropped.clone(), drop_notify: drop_notify.clone() };
+        let events = EventTask { listener };
         runtime.spawn(async move {
             events.forward(events_rx).await;
             let outcome = match run.await {
@@ -135,10 +127,9 @@ impl RelayCore {
 
         Ok(Arc::new(Self {
             runtime: Mutex::new(Some(runtime)),
-            link_tx,
+            link,
             control_tx,
-            dropped,
-            drop_notify,
+            dropped: AtomicU64::new(0),
             done_rx: Mutex::new(Some(done_rx)),
             outcome: Mutex::new(None),
         }))
@@ -166,9 +157,11 @@ impl RelayCore {
         Ok(())
     }
 
-    /// One audio notification, exactly as received. Never blocks: call it
-    /// straight from the BLE callback. If the relay is behind (or stopped)
-    /// the notification is dropped and counted; see `NotificationsDropped`.
+    /// One audio notification, exactly as received. Call it straight from
+    /// the BLE callback: its frame is in the spool when this returns (one
+    /// `write()`, microseconds; it never waits for the network, an fsync or
+    /// the listener). After the relay stopped it is only counted; see
+    /// [`RelayCore::dropped_notifications`].
     pub fn notification(&self, data: Vec<u8>) {
         self.send_link(LinkEvent::Notification(data));
     }
@@ -207,17 +200,8 @@ impl RelayCore {
             return outcome.map_err(|message| RelayError::Failed { message });
         }
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        // What the app has handed over is the relay's to keep: let it take
-        // every queued link event before it hears `Shutdown`, which it would
-        // otherwise act on first (its select has no order). The queue is
-        // empty when all its permits are back; the relay handles an event in
-        // the same loop turn that takes it, so it has then spooled them all.
-        while self.link_tx.capacity() < self.link_tx.max_capacity()
-            && !self.link_tx.is_closed()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        // Everything the app handed over is already in the spool: notification()
+        // spools on the caller's thread.
         // The relay may already have stopped by itself; then this send fails
         // and the outcome is waiting below.
         let _ = self.control_tx.send(Control::Shutdown);
@@ -243,8 +227,8 @@ impl RelayCore {
         outcome.map_err(|message| RelayError::Failed { message })
     }
 
-    /// Notifications and link events dropped so far because the relay was
-    /// behind or stopped.
+    /// Notifications and link events given after the relay stopped (they
+    /// had nowhere to go: create a new `RelayCore`).
     pub fn dropped_notifications(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -252,9 +236,10 @@ impl RelayCore {
 
 impl RelayCore {
     fn send_link(&self, event: LinkEvent) {
-        if self.link_tx.try_send(event).is_err() {
+        if self.link.is_stopped() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.drop_notify.notify_one();
+        } else {
+            self.link.event(event);
         }
     }
 
@@ -276,41 +261,13 @@ impl Drop for RelayCore {
 /// Hands events to the listener. See the module doc.
 struct EventTask {
     listener: Arc<dyn RelayListener>,
-    dropped: Arc<AtomicU64>,
-    drop_notify: Arc<Notify>,
 }
 
 impl EventTask {
-    /// Forwards events until the relay drops its sender (it stopped), with
-    /// drop reports in between.
+    /// Forwards events until the relay drops its sender (it stopped).
     async fn forward(&self, mut events: mpsc::UnboundedReceiver<Stamped>) {
-        let mut reported = 0u64;
-        let mut last_report: Option<Instant> = None;
-        let mut report_due: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(ev) => self.deliver(RelayEvent::from_stamped(ev)),
-                    None => break,
-                },
-                () = self.drop_notify.notified(), if report_due.is_none() => {
-                    let wait = last_report.map_or(Duration::ZERO, |t| DROP_REPORT_INTERVAL.saturating_sub(t.elapsed()));
-                    report_due = Some(tokio::time::Instant::now() + wait);
-                }
-                () = sleep_until(report_due) => {
-                    report_due = None;
-                    let total = self.dropped.load(Ordering::Relaxed);
-                    if total > reported {
-                        reported = total;
-                        last_report = Some(Instant::now());
-                        self.deliver(RelayEvent::NotificationsDropped { at_ms: now_ms(), total });
-                    }
-                }
-            }
-        }
-        let total = self.dropped.load(Ordering::Relaxed);
-        if total > reported {
-            self.deliver(RelayEvent::NotificationsDropped { at_ms: now_ms(), total });
+        while let Some(ev) = events.recv().await {
+            self.deliver(RelayEvent::from_stamped(ev));
         }
     }
 
@@ -320,13 +277,6 @@ impl EventTask {
         if std::panic::catch_unwind(AssertUnwindSafe(|| self.listener.on_event(event))).is_err() {
             tracing::error!("RelayListener::on_event failed; the event is lost to the app, the relay carries on");
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -83,6 +83,12 @@ impl Tracker {
         }
     }
 
+    /// When the silence timeout would end the current utterance, if no frame
+    /// comes first: the shell need not look before then.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.current.map(|_| self.last_frame_ms + self.cfg.silence_timeout_ms)
+    }
+
     /// Ends the current utterance now (the link is gone for good).
     pub fn end_now(&mut self, out: &mut Vec<Step>) {
         self.end(out);

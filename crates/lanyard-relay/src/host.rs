@@ -1,15 +1,33 @@
 //! The tokio shell around the relay's state machines, for a Linux host (and
-//! the simulator). It owns the I/O and nothing else: every decision is made
-//! by [`crate::boundary::Tracker`], [`crate::spool::Spool`] and
-//! [`crate::uplink::Uplink`].
+//! the simulator) and the phone library. It owns the I/O and nothing else:
+//! every decision is made by [`crate::boundary::Tracker`],
+//! [`crate::spool::Spool`], [`crate::uplink::Uplink`] and [`crate::planner`].
 //!
-//! One loop owns all state. Each BLE frame is appended to the spool (one
-//! `write()`) before the uplink learns of it, so the uplink can only ever
-//! send what is already on disk. The spool is fsynced every
-//! [`HostConfig::sync_interval`].
+//! # Threads and wake-ups
+//!
+//! [`open`] recovers the spool and returns a [`Relay`] and a [`Link`]. The
+//! pendant transport calls [`Link::event`] on its own thread (CoreBluetooth's
+//! delegate queue, the simulator's socket thread): the notification is
+//! reassembled and its frame appended to the spool with one `write()` before
+//! the call returns, so the uplink can only ever send what is already on
+//! disk, and a frame handed over survives the app being killed.
+//!
+//! [`Relay::run`] is one loop that owns the uplink. It is woken only by what
+//! needs it at once: an utterance beginning or ending, a WebSocket message,
+//! the app's lifecycle, a timer the state machines asked for. While an
+//! utterance goes on it also wakes every [`HostConfig::send_interval`]
+//! (200 ms): it hands the frames that arrived to the uplink, which sends
+//! them in one write, and fsyncs them (without holding the spool's lock, so
+//! a slow disk never holds up the transport). On this project's 2-core VM a
+//! bare thread wake-up costs about 20 µs of CPU and an fsync about 130 µs:
+//! a loop woken per 20 ms frame would cost several milliseconds per second
+//! of audio, a phone's battery pays for each, and the relay is meant to run
+//! all day. `cargo bench -p lanyard --bench relay_cost` measures it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
@@ -18,7 +36,7 @@ use lanyard_proto::reassembly::Reassembler;
 use lanyard_proto::wire::{self, Audio, Binary, PushRegistration, STREAM_PATH};
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 use uuid::Uuid;
 
@@ -38,8 +56,15 @@ pub struct HostConfig {
     pub server: String,
     /// The device's bearer token.
     pub token: String,
-    /// The fsync window (see [`crate::spool`]).
+    /// The fsync window (see [`crate::spool`]): every frame is durable this
+    /// long after it was written, at the latest.
     pub sync_interval: Duration,
+    /// How long frames may wait in the spool before the uplink hears of
+    /// them, while an utterance goes on. The relay's loop wakes this often
+    /// (or every `sync_interval`, if shorter) and sends what arrived in one
+    /// write, instead of waking for every 20 ms frame; the end of an
+    /// utterance is sent at once. 200 ms by default.
+    pub send_interval: Duration,
     pub boundary: BoundaryConfig,
     pub uplink: UplinkConfig,
     pub planner: PlannerConfig,
@@ -48,7 +73,14 @@ pub struct HostConfig {
     /// Exit once this many replies have arrived and nothing is pending (for
     /// the demo and tests); `None` runs until stopped.
     pub exit_after: Option<usize>,
+    /// Extra time each spool fsync takes, to simulate a slow disk (`lanyard
+    /// sim`'s slow-disk fault, `lanyard relay --fsync-delay-ms`). Zero in
+    /// production. The delay blocks the relay's loop, as a slow `fsync()` does.
+    pub fsync_delay: Duration,
 }
+
+/// The default [`HostConfig::send_interval`].
+pub const DEFAULT_SEND_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Error)]
 pub enum HostError {
@@ -137,304 +169,507 @@ enum WsEvent {
     Down(u64, String),
 }
 
-/// Runs the relay on events from a pendant link until the link ends (and
-/// nothing is left to send) or `exit_after` is reached.
-///
-/// The link is a channel so that any transport can feed it: the simulator's
-/// socket ([`crate::link::run_sim_link`]), btleplug on Linux, or CoreBluetooth
-/// through the FFI on a phone.
-pub async fn run(
-    cfg: HostConfig,
-    mut link_rx: mpsc::Receiver<LinkEvent>,
-    mut control_rx: mpsc::UnboundedReceiver<Control>,
-    events: mpsc::UnboundedSender<Stamped>,
-) -> Result<(), HostError> {
-    let ws_url = stream_url(&cfg.server)?;
-    let (mut spool, recovery) = Spool::open(&cfg.spool_dir)?;
-    tracing::info!(?recovery, "spool recovered");
-    if let Some(push) = cfg.push.clone() {
-        // An app that starts offline must still spool: registration retries
-        // in the background until it succeeds.
-        let (server, token, events) = (cfg.server.clone(), cfg.token.clone(), events.clone());
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(500);
-            loop {
-                match register_push(&server, &token, &push).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "push registration failed; retrying");
-                        let _ = events.send(Stamped {
-                            at_ms: now_ms(),
-                            event: RelayEvent::Error { id: None, code: "push_registration".into(), message: e.to_string() },
-                        });
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
-            }
-        });
-    }
-    let resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec));
-    let mut tracker = Tracker::new(cfg.boundary.clone(), resumed, now_ms());
-    let mut uplink = Uplink::new(cfg.uplink.clone(), rand::random());
-    let mut actions = Vec::new();
-    // Uploads handed off before a restart are still the app's to finish.
-    let mut handed_off: HashMap<Uuid, PathBuf> = HashMap::new();
-    for (id, path) in sealed_ids(&cfg.spool_dir) {
-        if spool.utterance(id).is_some_and(|u| !u.done) {
-            handed_off.insert(id, path);
-        } else {
-            let _ = std::fs::remove_file(path);
+/// The pendant side of the relay: everything a notification touches, shared
+/// between the link's thread and the relay's loop.
+struct Core {
+    spool: Spool,
+    reassembler: Reassembler,
+    tracker: Tracker,
+    /// The reassembler's loss count when the current utterance began.
+    lost_at_begin: u64,
+    last_notify_ms: u64,
+    /// When the spool last went from synced to holding unsynced writes.
+    dirty_since_ms: Option<u64>,
+    link_open: bool,
+    /// What the uplink has not heard yet, oldest first. Consecutive frame
+    /// counts of one utterance are merged, so this stays a few entries long.
+    news: Vec<Input>,
+    /// A spool error on the link's thread; the loop stops with it.
+    failed: Option<SpoolError>,
+    /// Taken when the relay stops, so that the app's event stream ends even
+    /// while transports still hold a [`Link`].
+    events: Option<mpsc::UnboundedSender<Stamped>>,
+}
+
+impl Core {
+    fn emit(&self, event: RelayEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(Stamped { at_ms: now_ms(), event });
         }
     }
-    // Re-announce them: the app may have died before it started the upload,
-    // and an app that still runs one ignores a task id it already has.
-    for (&id, path) in &handed_off {
-        let content_type = if path.extension().is_some_and(|e| e == "wav") { "audio/wav" } else { "audio/ogg" };
-        let _ = events.send(Stamped { at_ms: now_ms(), event: upload_task(&cfg, id, path, content_type) });
-    }
-    // Everything else the spool holds from before a restart goes to the uplink.
-    for u in spool.pending().filter(|u| !handed_off.contains_key(&u.id)) {
-        let input = if u.ended {
-            Input::Ended { id: u.id, codec: u.codec, frames: u.frame_count() }
-        } else {
-            Input::Spooled { id: u.id, codec: u.codec, frames: u.frame_count() }
-        };
-        uplink.handle(now_ms(), input, &mut actions);
-    }
 
-    let mut link_open = true;
-    let mut control_open = true;
-    let mut deadline: Option<u64> = None;
-    let mut suspending = false;
-    // Whether the plan at the deadline minus the margin has run.
-    let mut final_plan_done = false;
-    let mut meter = Meter::default();
-    let mut discarded = 0u64;
-    let mut last_stats: Option<RelayStats> = None;
-    let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
-    let mut shutdown = false;
-    let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
-    let mut ws_gen = 0u64;
-    let mut ws_out: Option<mpsc::UnboundedSender<Message>> = None;
-    let mut reassembler = Reassembler::lanyard();
-    let mut lost_at_begin = 0u64;
-    let mut last_notify_ms = now_ms();
-    let mut replies = 0usize;
-    let mut sync_timer = tokio::time::interval(cfg.sync_interval);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let emit = |event: RelayEvent| {
-        let _ = events.send(Stamped { at_ms: now_ms(), event });
-    };
-
-    loop {
-        let now = now_ms();
+    /// Handles one link event at `now`. Returns whether the loop must look
+    /// at once (an utterance began or ended, the link changed); plain frames
+    /// wait for its next round.
+    fn on_link(&mut self, ev: LinkEvent, now: u64) -> Result<bool, SpoolError> {
         let mut steps = Vec::new();
-        let mut replan = false;
-        let final_plan_in = deadline
-            .filter(|_| !final_plan_done)
-            .map(|d| Duration::from_millis(d.saturating_sub(cfg.planner.safety_margin_ms).saturating_sub(now)));
-        tokio::select! {
-            _ = tokio::time::sleep(final_plan_in.unwrap_or_default()), if final_plan_in.is_some() => {
-                final_plan_done = true;
-                replan = true;
-            }
-            ev = link_rx.recv(), if link_open => match ev {
-                None => {
-                    // The transport is gone for good: finish what is spooled.
-                    link_open = false;
-                    if let Some(frame) = reassembler.flush() {
-                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
-                    }
-                    tracker.end_now(&mut steps);
+        match ev {
+            LinkEvent::Connected { framing, omi_codec, att_mtu } => {
+                tracing::info!(?framing, att_mtu, "pendant connected");
+                // Whole frames of the previous connection still count.
+                if let Some(frame) = self.reassembler.flush() {
+                    self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
                 }
-                Some(ev) => match ev {
-                LinkEvent::Connected { framing, omi_codec, att_mtu } => {
-                    tracing::info!(?framing, att_mtu, "pendant connected");
-                    // Whole frames of the previous connection still count.
-                    if let Some(frame) = reassembler.flush() {
-                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
-                    }
-                    reassembler.reset_link();
-                    while let Some(frame) = reassembler.pop_ready() {
-                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
-                    }
-                    reassembler = match (framing, omi_codec) {
-                        (Framing::Omi, Some(c)) => match Reassembler::omi(c) {
-                            Some(r) => r,
-                            None => {
-                                emit(RelayEvent::Error { id: None, code: "unsupported_codec".into(),
-                                    message: format!("Omi codec {c:?} needs transcoding, which the relay does not do; set the pendant to Opus 16 kHz (21) or PCM16 (0)") });
-                                continue;
-                            }
-                        },
-                        _ => Reassembler::lanyard(),
-                    };
-                    lost_at_begin = 0;
+                self.reassembler.reset_link();
+                while let Some(frame) = self.reassembler.pop_ready() {
+                    self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
                 }
-                LinkEvent::Notification(bytes) => {
-                    last_notify_ms = now;
-                    match reassembler.push(&bytes) {
-                        Ok(Some(frame)) => tracker.on_frame(frame, now, Uuid::now_v7, &mut steps),
-                        Ok(None) => {}
-                        Err(e) => tracing::debug!(error = %e, "notification dropped"),
-                    }
-                }
-                LinkEvent::Battery(level) => tracing::debug!(level, "pendant battery"),
-                LinkEvent::Disconnected { reason } => {
-                    tracing::debug!(%reason, "pendant link down");
-                    if let Some(frame) = reassembler.flush() {
-                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
-                    }
-                }
-                },
-            },
-            Some(ev) = ws_rx.recv() => match ev {
-                WsEvent::Up(g, tx) if g == ws_gen => {
-                    ws_out = Some(tx);
-                    uplink.handle(now, Input::Connected, &mut actions);
-                }
-                WsEvent::Msg(g, msg) if g == ws_gen => {
-                    if let Some(input) = ws_input(msg) {
-                        uplink.handle(now, input, &mut actions);
-                    }
-                }
-                WsEvent::Down(g, reason) if g == ws_gen => {
-                    ws_out = None;
-                    uplink.handle(now, Input::Disconnected { reason }, &mut actions);
-                }
-                _ => {}
-            },
-            c = control_rx.recv(), if control_open => match c {
-                None => control_open = false,
-                Some(Control::Lifecycle(l)) => {
-                    tracing::info!(?l, "lifecycle");
-                    (deadline, suspending) = match l {
-                        Lifecycle::Foreground => (None, false),
-                        Lifecycle::Background { remaining_ms } => (Some(now + remaining_ms), false),
-                        Lifecycle::WillSuspend => {
-                            // BLE data stops with the app: what was said so far is the utterance.
-                            tracker.end_now(&mut steps);
-                            (deadline, true)
+                self.reassembler = match (framing, omi_codec) {
+                    (Framing::Omi, Some(c)) => match Reassembler::omi(c) {
+                        Some(r) => r,
+                        None => {
+                            self.emit(RelayEvent::Error { id: None, code: "unsupported_codec".into(),
+                                message: format!("Omi codec {c:?} needs transcoding, which the relay does not do; set the pendant to Opus 16 kHz (21) or PCM16 (0)") });
+                            Reassembler::lanyard()
                         }
-                    };
-                    final_plan_done = false;
-                    replan = true;
-                }
-                Some(Control::UploadFinished { id, ok }) => {
-                    match handed_off.remove(&id) {
-                        Some(path) => {
-                            let _ = std::fs::remove_file(path);
-                            let u = spool.utterance(id).map(|u| (u.codec, u.frame_count()));
-                            match (ok, u) {
-                                (true, Some((_, frames))) => {
-                                    spool.mark_done(id)?;
-                                    emit(RelayEvent::Complete { id, frames });
-                                }
-                                (false, Some((codec, frames))) => {
-                                    // Back to the planner: stream it, or hand it off again.
-                                    tracing::warn!(%id, "background upload failed");
-                                    uplink.handle(now, Input::Ended { id, codec, frames }, &mut actions);
-                                    replan = true;
-                                }
-                                (_, None) => {}
-                            }
-                        }
-                        None => tracing::warn!(%id, "upload result for an utterance that was not handed off"),
-                    }
-                }
-                Some(Control::Shutdown) => {
-                    // Notifications the app already handed over are spooled
-                    // before the utterance ends: nothing accepted is dropped.
-                    while let Ok(LinkEvent::Notification(bytes)) = link_rx.try_recv() {
-                        if let Ok(Some(frame)) = reassembler.push(&bytes) {
-                            tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
-                        }
-                    }
-                    if let Some(frame) = reassembler.flush() {
-                        tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
-                    }
-                    tracker.end_now(&mut steps);
-                    shutdown = true;
-                }
-            },
-            _ = sync_timer.tick() => spool.sync()?,
-            _ = stats_timer.tick() => {
-                let link = reassembler.stats();
-                let stats = RelayStats {
-                    spool_bytes: spool.disk_bytes(),
-                    pending_utterances: spool.pending().count() as u32,
-                    handed_off: handed_off.len() as u32,
-                    lost_frames: link.lost,
-                    duplicate_notifications: link.duplicates,
-                    discarded,
+                    },
+                    _ => Reassembler::lanyard(),
                 };
-                if last_stats != Some(stats) {
-                    emit(RelayEvent::Stats(stats));
-                    last_stats = Some(stats);
+                self.lost_at_begin = 0;
+            }
+            LinkEvent::Notification(bytes) => {
+                self.last_notify_ms = now;
+                match self.reassembler.push(&bytes) {
+                    Ok(Some(frame)) => self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "notification dropped"),
                 }
             }
-            _ = tick.tick() => {
-                // Omi frames are only known whole when the next one starts;
-                // a quiet link completes the last one.
-                if now.saturating_sub(last_notify_ms) >= OMI_FLUSH_MS
-                    && let Some(frame) = reassembler.flush()
-                {
-                    tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+            LinkEvent::Battery(level) => tracing::debug!(level, "pendant battery"),
+            LinkEvent::Disconnected { reason } => {
+                tracing::debug!(%reason, "pendant link down");
+                if let Some(frame) = self.reassembler.flush() {
+                    self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
                 }
-                tracker.on_tick(now, &mut steps);
-                uplink.handle(now, Input::Tick, &mut actions);
-                meter.update(now, uplink.acked_frames(), uplink.is_connected() && uplink.pending() > 0);
-                replan = true;
             }
         }
+        self.apply(steps, now)
+    }
 
+    /// Ends the current utterance: the link is gone for good, the app is
+    /// suspending or shutting down. What was said so far is the utterance.
+    fn end_now(&mut self, now: u64) -> Result<bool, SpoolError> {
+        let mut steps = Vec::new();
+        if let Some(frame) = self.reassembler.flush() {
+            self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+        }
+        self.tracker.end_now(&mut steps);
+        self.apply(steps, now)
+    }
+
+    /// The clock's part: a quiet link completes a held-back Omi frame, and
+    /// silence ends an utterance.
+    fn on_tick(&mut self, now: u64) -> Result<bool, SpoolError> {
+        let mut steps = Vec::new();
+        // Omi frames are only known whole when the next one starts.
+        if now.saturating_sub(self.last_notify_ms) >= OMI_FLUSH_MS
+            && let Some(frame) = self.reassembler.flush()
+        {
+            self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+        }
+        self.tracker.on_tick(now, &mut steps);
+        self.apply(steps, now)
+    }
+
+    /// Writes the tracker's steps to the spool, each frame with one `write()`
+    /// before anything else hears of it.
+    fn apply(&mut self, mut steps: Vec<Step>, now: u64) -> Result<bool, SpoolError> {
         // Frames released together (a reorder gap filled or given up on).
-        while let Some(frame) = reassembler.pop_ready() {
-            tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+        while let Some(frame) = self.reassembler.pop_ready() {
+            self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
         }
-
+        let mut urgent = false;
         for step in steps {
             match step {
                 Step::Begin { id, codec } => {
-                    spool.begin(id, codec, now)?;
-                    lost_at_begin = reassembler.stats().lost;
-                    emit(RelayEvent::UtteranceStarted { id });
-                    uplink.handle(now, Input::Spooled { id, codec, frames: 0 }, &mut actions);
+                    self.spool.begin(id, codec, now)?;
+                    self.lost_at_begin = self.reassembler.stats().lost;
+                    self.emit(RelayEvent::UtteranceStarted { id });
+                    self.news.push(Input::Spooled { id, codec, frames: 0 });
+                    urgent = true;
                 }
                 Step::Frame { id, data } => {
-                    let seq = spool.append_frame(id, &data)?;
-                    let codec = spool.utterance(id).map(|u| u.codec).expect("just appended");
-                    uplink.handle(now, Input::Spooled { id, codec, frames: seq + 1 }, &mut actions);
+                    let seq = self.spool.append_frame(id, &data)?;
+                    let codec = self.spool.utterance(id).map(|u| u.codec).expect("just appended");
+                    let frames = seq + 1;
+                    match self.news.last_mut() {
+                        Some(Input::Spooled { id: last, frames: f, .. }) if *last == id => *f = frames,
+                        _ => self.news.push(Input::Spooled { id, codec, frames }),
+                    }
                 }
                 Step::End { id } => {
-                    let lost = (reassembler.stats().lost - lost_at_begin) as u32;
-                    let frames = spool.end(id, lost)?;
-                    let codec = spool.utterance(id).map(|u| u.codec).expect("just ended");
-                    emit(RelayEvent::UtteranceEnded { id, frames, lost });
-                    uplink.handle(now, Input::Ended { id, codec, frames }, &mut actions);
+                    let lost = (self.reassembler.stats().lost - self.lost_at_begin) as u32;
+                    let frames = self.spool.end(id, lost)?;
+                    let codec = self.spool.utterance(id).map(|u| u.codec).expect("just ended");
+                    self.emit(RelayEvent::UtteranceEnded { id, frames, lost });
+                    self.news.push(Input::Ended { id, codec, frames });
+                    urgent = true;
                 }
+            }
+            self.dirty_since_ms.get_or_insert(now);
+        }
+        Ok(urgent)
+    }
+}
+
+/// State shared by the relay's loop and its [`Link`] handles.
+struct Shared {
+    core: Mutex<Core>,
+    wake: Notify,
+    /// Set when [`Relay::run`] returns.
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves nothing half-written that the
+        // spool's own recovery would not handle; carry on with the state.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The way into a running relay for a pendant transport (CoreBluetooth's
+/// delegate queue through the FFI, btleplug, the simulator's socket).
+///
+/// [`Link::event`] does the relay's ingest on the caller's thread: the
+/// notification is reassembled and its frame written to the spool before
+/// the call returns, so a frame the transport handed over survives the app
+/// being killed the next instant. The relay's loop is woken only when an
+/// utterance begins or ends; it picks up plain frames on its next round (see
+/// [`HostConfig::send_interval`]). A phone's CPU and battery pay for one
+/// `write()` per frame, not for a thread hand-off per frame.
+#[derive(Clone)]
+pub struct Link {
+    shared: Arc<Shared>,
+}
+
+impl Link {
+    /// Feeds one event from the pendant's link.
+    pub fn event(&self, ev: LinkEvent) {
+        self.with(|core, now| core.on_link(ev, now));
+    }
+
+    /// Whether the relay has stopped running: a transport thread may end.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Relaxed)
+    }
+
+    /// The transport is gone for good: the current utterance ends, and a
+    /// relay without `exit_after` stops once everything is delivered.
+    pub fn close(&self) {
+        self.with(|core, now| {
+            core.link_open = false;
+            core.end_now(now).map(|_| true)
+        });
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Core, u64) -> Result<bool, SpoolError>) {
+        let mut core = self.shared.lock();
+        if core.failed.is_some() || self.is_stopped() {
+            return;
+        }
+        let urgent = match f(&mut core, now_ms()) {
+            Ok(urgent) => urgent,
+            Err(e) => {
+                core.failed = Some(e);
+                true
+            }
+        };
+        drop(core);
+        if urgent {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// A relay with its spool open and recovered, ready to [`Relay::run`].
+pub struct Relay {
+    cfg: HostConfig,
+    ws_url: String,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<Stamped>,
+}
+
+/// Opens (and recovers) the spool. Returns the relay, to be run on a tokio
+/// runtime, and the [`Link`] its pendant transport feeds.
+pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(Relay, Link), HostError> {
+    let ws_url = stream_url(&cfg.server)?;
+    let (spool, recovery) = Spool::open(&cfg.spool_dir)?;
+    tracing::info!(?recovery, "spool recovered");
+    let resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec));
+    let now = now_ms();
+    let core = Core {
+        spool,
+        reassembler: Reassembler::lanyard(),
+        tracker: Tracker::new(cfg.boundary.clone(), resumed, now),
+        lost_at_begin: 0,
+        last_notify_ms: now,
+        dirty_since_ms: None,
+        link_open: true,
+        news: Vec::new(),
+        failed: None,
+        events: Some(events.clone()),
+    };
+    let shared = Arc::new(Shared { core: Mutex::new(core), wake: Notify::new(), stopped: AtomicBool::new(false) });
+    Ok((Relay { cfg, ws_url, shared: shared.clone(), events }, Link { shared }))
+}
+
+/// Runs the relay on events from a pendant link channel until the link ends
+/// (and nothing is left to send) or `exit_after` is reached: [`open`] and
+/// [`Relay::run`] for transports that deliver through a channel.
+pub async fn run(
+    cfg: HostConfig,
+    link_rx: mpsc::Receiver<LinkEvent>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    events: mpsc::UnboundedSender<Stamped>,
+) -> Result<(), HostError> {
+    let (relay, _link) = open(cfg, events)?;
+    relay.run(Some(link_rx), control_rx).await
+}
+
+impl Relay {
+    /// Runs until the link is closed and nothing is left to send, or
+    /// `exit_after` replies have arrived, or [`Control::Shutdown`].
+    ///
+    /// `link_rx`, when given, is drained into the relay's [`Link`] on this
+    /// loop (and its end closes the link); transports that hold a [`Link`]
+    /// pass `None`.
+    pub async fn run(
+        self,
+        mut link_rx: Option<mpsc::Receiver<LinkEvent>>,
+        mut control_rx: mpsc::UnboundedReceiver<Control>,
+    ) -> Result<(), HostError> {
+        let Relay { cfg, ws_url, shared, events } = self;
+        let link = Link { shared: shared.clone() };
+        /// Marks the relay stopped however `run` returns, and ends the
+        /// event stream.
+        struct Stopped(Arc<Shared>);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                // Under the lock: no `Link::event` is halfway through, and
+                // none will touch the spool from now on (the spool may soon
+                // belong to another relay).
+                let mut core = self.0.lock();
+                self.0.stopped.store(true, Ordering::Relaxed);
+                core.events = None;
+            }
+        }
+        let _stopped = Stopped(shared.clone());
+        let emit = |event: RelayEvent| {
+            let _ = events.send(Stamped { at_ms: now_ms(), event });
+        };
+        /// Aborts a task when the relay stops.
+        struct AbortOnDrop(tokio::task::JoinHandle<()>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut _registration = None;
+        if let Some(push) = cfg.push.clone() {
+            // An app that starts offline must still spool: registration retries
+            // in the background until it succeeds (or the relay stops).
+            let (server, token, events) = (cfg.server.clone(), cfg.token.clone(), events.clone());
+            _registration = Some(AbortOnDrop(tokio::spawn(async move {
+                let mut delay = Duration::from_millis(500);
+                loop {
+                    match register_push(&server, &token, &push).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "push registration failed; retrying");
+                            let _ = events.send(Stamped {
+                                at_ms: now_ms(),
+                                event: RelayEvent::Error { id: None, code: "push_registration".into(), message: e.to_string() },
+                            });
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            })));
+        }
+        let mut uplink = Uplink::new(cfg.uplink.clone(), rand::random());
+        let mut actions = Vec::new();
+        // Uploads handed off before a restart are still the app's to finish.
+        let mut handed_off: HashMap<Uuid, PathBuf> = HashMap::new();
+        {
+            let core = shared.lock();
+            for (id, path) in sealed_ids(&cfg.spool_dir) {
+                if core.spool.utterance(id).is_some_and(|u| !u.done) {
+                    handed_off.insert(id, path);
+                } else {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            // Re-announce them: the app may have died before it started the upload,
+            // and an app that still runs one ignores a task id it already has.
+            for (&id, path) in &handed_off {
+                let content_type = if path.extension().is_some_and(|e| e == "wav") { "audio/wav" } else { "audio/ogg" };
+                emit(upload_task(&cfg, id, path, content_type));
+            }
+            // Everything else the spool holds from before a restart goes to the uplink.
+            for u in core.spool.pending().filter(|u| !handed_off.contains_key(&u.id)) {
+                let input = if u.ended {
+                    Input::Ended { id: u.id, codec: u.codec, frames: u.frame_count() }
+                } else {
+                    Input::Spooled { id: u.id, codec: u.codec, frames: u.frame_count() }
+                };
+                uplink.handle(now_ms(), input, &mut actions);
             }
         }
 
-        // The spool makes room by evicting the oldest audio when it is full:
-        // each eviction is reported, and the uplink stops sending it.
-        for (id, reason) in spool.take_evicted() {
-            discarded += 1;
-            uplink.handle(now, Input::Forget { id }, &mut actions);
-            actions.retain(|a| !matches!(a, Action::SendAudio { id: i, .. } if *i == id));
-            emit(RelayEvent::Discarded { id, reason });
-        }
+        let mut control_open = true;
+        let mut deadline: Option<u64> = None;
+        let mut suspending = false;
+        // Whether the plan at the deadline minus the margin has run.
+        let mut final_plan_done = false;
+        let mut meter = Meter::default();
+        let mut discarded = 0u64;
+        let mut last_stats: Option<RelayStats> = None;
+        let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
+        stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut shutdown = false;
+        let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
+        let mut ws_gen = 0u64;
+        let mut ws_out: Option<mpsc::UnboundedSender<Message>> = None;
+        let mut replies = 0usize;
+        // While frames arrive the loop looks at least this often: to hand them
+        // to the uplink, and to fsync them within the sync interval.
+        let round = cfg.send_interval.min(cfg.sync_interval).as_millis().max(1) as u64;
+        let mut next_wake = now_ms();
+        let mut round_at: Option<u64> = None;
 
-        if replan {
-            let views: Vec<UttView> = spool
+        loop {
+            let sleep_for = Duration::from_millis(next_wake.saturating_sub(now_ms()));
+            tokio::select! {
+                () = tokio::time::sleep(sleep_for) => {}
+                () = shared.wake.notified() => {}
+                ev = async { link_rx.as_mut().expect("guarded").recv().await }, if link_rx.is_some() => match ev {
+                    Some(ev) => link.event(ev),
+                    None => {
+                        link_rx = None;
+                        link.close();
+                    }
+                },
+                Some(ev) = ws_rx.recv() => match ev {
+                    WsEvent::Up(g, tx) if g == ws_gen => {
+                        ws_out = Some(tx);
+                        uplink.handle(now_ms(), Input::Connected, &mut actions);
+                    }
+                    WsEvent::Msg(g, msg) if g == ws_gen => {
+                        if let Some(input) = ws_input(msg) {
+                            uplink.handle(now_ms(), input, &mut actions);
+                        }
+                    }
+                    WsEvent::Down(g, reason) if g == ws_gen => {
+                        ws_out = None;
+                        uplink.handle(now_ms(), Input::Disconnected { reason }, &mut actions);
+                    }
+                    _ => {}
+                },
+                c = control_rx.recv(), if control_open => {
+                    let now = now_ms();
+                    match c {
+                        None => control_open = false,
+                        Some(Control::Lifecycle(l)) => {
+                            tracing::info!(?l, "lifecycle");
+                            (deadline, suspending) = match l {
+                                Lifecycle::Foreground => (None, false),
+                                Lifecycle::Background { remaining_ms } => (Some(now + remaining_ms), false),
+                                // BLE data stops with the app: what was said so far is the utterance.
+                                Lifecycle::WillSuspend => {
+                                    link.with(|core, now| core.end_now(now));
+                                    (deadline, true)
+                                }
+                            };
+                            final_plan_done = false;
+                        }
+                        Some(Control::UploadFinished { id, ok }) => match handed_off.remove(&id) {
+                            Some(path) => {
+                                let _ = std::fs::remove_file(path);
+                                let mut core = shared.lock();
+                                let u = core.spool.utterance(id).map(|u| (u.codec, u.frame_count()));
+                                match (ok, u) {
+                                    (true, Some((_, frames))) => {
+                                        core.spool.mark_done(id)?;
+                                        emit(RelayEvent::Complete { id, frames });
+                                    }
+                                    (false, Some((codec, frames))) => {
+                                        // Back to the planner: stream it, or hand it off again.
+                                        tracing::warn!(%id, "background upload failed");
+                                        uplink.handle(now, Input::Ended { id, codec, frames }, &mut actions);
+                                    }
+                                    (_, None) => {}
+                                }
+                            }
+                            None => tracing::warn!(%id, "upload result for an utterance that was not handed off"),
+                        },
+                        Some(Control::Shutdown) => {
+                            // Notifications the app already handed over are spooled
+                            // before the utterance ends: nothing accepted is dropped.
+                            if let Some(rx) = link_rx.as_mut() {
+                                while let Ok(ev @ LinkEvent::Notification(_)) = rx.try_recv() {
+                                    link.event(ev);
+                                }
+                            }
+                            link.with(|core, now| core.end_now(now));
+                            shutdown = true;
+                        }
+                    }
+                }
+                _ = stats_timer.tick() => {
+                    let core = shared.lock();
+                    let ble = core.reassembler.stats();
+                    let stats = RelayStats {
+                        spool_bytes: core.spool.disk_bytes(),
+                        pending_utterances: core.spool.pending().count() as u32,
+                        handed_off: handed_off.len() as u32,
+                        lost_frames: ble.lost,
+                        duplicate_notifications: ble.duplicates,
+                        discarded,
+                    };
+                    if last_stats != Some(stats) {
+                        emit(RelayEvent::Stats(stats));
+                        last_stats = Some(stats);
+                    }
+                }
+            }
+
+            // One round: whatever woke the loop, catch up on everything.
+            let now = now_ms();
+            let mut core = shared.lock();
+            if let Some(e) = core.failed.take() {
+                return Err(e.into());
+            }
+            core.on_tick(now)?;
+            for input in std::mem::take(&mut core.news) {
+                uplink.handle(now, input, &mut actions);
+            }
+            uplink.handle(now, Input::Tick, &mut actions);
+            meter.update(now, uplink.acked_frames(), uplink.is_connected() && uplink.pending() > 0);
+
+            // The spool makes room by evicting the oldest audio when it is full:
+            // each eviction is reported, and the uplink stops sending it.
+            for (id, reason) in core.spool.take_evicted() {
+                discarded += 1;
+                uplink.handle(now, Input::Forget { id }, &mut actions);
+                actions.retain(|a| !matches!(a, Action::SendAudio { id: i, .. } if *i == id));
+                emit(RelayEvent::Discarded { id, reason });
+            }
+
+            // The planner is a few comparisons per utterance: run it every round.
+            let final_plan_at = deadline.map(|d| d.saturating_sub(cfg.planner.safety_margin_ms));
+            if final_plan_at.is_some_and(|t| now >= t) {
+                final_plan_done = true;
+            }
+            let views: Vec<UttView> = core
+                .spool
                 .pending()
                 .filter(|u| u.ended && !handed_off.contains_key(&u.id))
                 .map(|u| UttView {
                     id: u.id,
                     started_ms: u.started_ms,
-                    unacked_bytes: spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0)) + END_COST_BYTES,
+                    unacked_bytes: core.spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0)) + END_COST_BYTES,
                 })
                 .collect();
             let input = PlanInput {
@@ -450,64 +685,119 @@ pub async fn run(
                 match decision {
                     Decision::Stream => {}
                     Decision::HandOff => {
-                        let sealed = seal(&spool, id)?;
+                        let sealed = seal(&core.spool, id)?;
                         uplink.handle(now, Input::Forget { id }, &mut actions);
                         emit(upload_task(&cfg, id, &sealed.path, sealed.content_type));
                         handed_off.insert(id, sealed.path);
                     }
                     Decision::Discard(reason) => {
                         let reason = reason.to_string();
-                        spool.mark_dropped(id, &reason)?;
+                        core.spool.mark_dropped(id, &reason)?;
                         discarded += 1;
                         uplink.handle(now, Input::Forget { id }, &mut actions);
                         emit(RelayEvent::Discarded { id, reason });
                     }
                 }
             }
-        }
 
-        for action in actions.drain(..) {
-            match action {
-                Action::Connect => {
-                    ws_gen += 1;
-                    tokio::spawn(connect(ws_url.clone(), cfg.token.clone(), ws_gen, ws_tx.clone()));
-                }
-                Action::Disconnect => {
-                    ws_gen += 1;
-                    if let Some(tx) = ws_out.take() {
-                        let _ = tx.send(Message::Close(None));
+            for action in actions.drain(..) {
+                match action {
+                    Action::Connect => {
+                        ws_gen += 1;
+                        tokio::spawn(connect(ws_url.clone(), cfg.token.clone(), ws_gen, ws_tx.clone()));
+                    }
+                    Action::Disconnect => {
+                        ws_gen += 1;
+                        if let Some(tx) = ws_out.take() {
+                            let _ = tx.send(Message::Close(None));
+                        }
+                    }
+                    Action::SendText(msg) => {
+                        if let Some(tx) = &ws_out {
+                            let _ = tx.send(Message::text(msg.to_json()));
+                        }
+                    }
+                    Action::SendAudio { id, handle, seq } => {
+                        let frame = core.spool.read_frame(id, seq)?;
+                        if let Some(tx) = &ws_out {
+                            let _ = tx.send(Message::binary(wire::encode_audio(&Audio { handle, seq, frame: &frame })));
+                        }
+                    }
+                    Action::Done(id) => core.spool.mark_done(id)?,
+                    Action::Emit(event) => {
+                        replies += usize::from(matches!(event, RelayEvent::Reply { .. }));
+                        emit(event);
                     }
                 }
-                Action::SendText(msg) => {
-                    if let Some(tx) = &ws_out {
-                        let _ = tx.send(Message::text(msg.to_json()));
+            }
+
+            let live = core.tracker.current().is_some();
+            let idle = uplink.pending() == 0 && !live && handed_off.is_empty();
+            if shutdown
+                || (idle && (cfg.exit_after.is_some_and(|n| replies >= n) || (!core.link_open && cfg.exit_after.is_none())))
+            {
+                sync(&mut core.spool, cfg.fsync_delay)?;
+                break;
+            }
+
+            // While an utterance goes on, rounds come at a steady cadence
+            // whatever else wakes the loop (acks, replies).
+            round_at = match round_at {
+                Some(t) if live && now < t => Some(t),
+                _ if live => Some(now + round),
+                _ => None,
+            };
+            // When to look again if nothing wakes the loop first.
+            next_wake = [
+                round_at,
+                core.tracker.next_deadline(),
+                uplink.next_deadline(),
+                final_plan_at.filter(|_| !final_plan_done),
+                // In the background the planner watches the throughput.
+                deadline.map(|_| now + BACKGROUND_PLAN_MS),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + IDLE_WAKE_MS);
+            // Fsync now what would be due before then, so that every write is
+            // durable within the sync interval; otherwise wake for it.
+            if let Some(due) = core.dirty_since_ms.map(|t| t + cfg.sync_interval.as_millis() as u64) {
+                if due <= next_wake {
+                    // The fsync runs without the lock: a slow disk must not
+                    // hold up the link's thread, which only appends.
+                    core.dirty_since_ms = None;
+                    let job = core.spool.sync_job()?;
+                    drop(core);
+                    if let Some(job) = job {
+                        if !cfg.fsync_delay.is_zero() {
+                            std::thread::sleep(cfg.fsync_delay);
+                        }
+                        job.run()?;
+                        shared.lock().spool.synced(job);
                     }
-                }
-                Action::SendAudio { id, handle, seq } => {
-                    let frame = spool.read_frame(id, seq)?;
-                    if let Some(tx) = &ws_out {
-                        let _ = tx.send(Message::binary(wire::encode_audio(&Audio { handle, seq, frame: &frame })));
-                    }
-                }
-                Action::Done(id) => spool.mark_done(id)?,
-                Action::Emit(event) => {
-                    replies += usize::from(matches!(event, RelayEvent::Reply { .. }));
-                    emit(event);
+                } else {
+                    next_wake = due;
                 }
             }
         }
-
-        if shutdown {
-            spool.sync()?;
-            break;
-        }
-        let idle = uplink.pending() == 0 && tracker.current().is_none() && handed_off.is_empty();
-        if idle && (cfg.exit_after.is_some_and(|n| replies >= n) || (!link_open && cfg.exit_after.is_none())) {
-            spool.sync()?;
-            break;
-        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// How often the planner looks while the app is in the background.
+const BACKGROUND_PLAN_MS: u64 = 1000;
+
+/// The longest the loop sleeps with nothing to do; the planner's TTL is
+/// minutes, so this only bounds how late a stale utterance is noticed.
+const IDLE_WAKE_MS: u64 = 10_000;
+
+/// Fsyncs the spool, taking `delay` longer (see [`HostConfig::fsync_delay`]).
+fn sync(spool: &mut Spool, delay: Duration) -> Result<(), SpoolError> {
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
+    }
+    spool.sync()
 }
 
 /// The upload task the app carries out for a sealed utterance.
@@ -553,8 +843,19 @@ async fn connect(url: String, token: String, generation: u64, events: mpsc::Unbo
             let _ = events.send(WsEvent::Up(generation, tx));
             let writer = async {
                 while let Some(m) = rx.recv().await {
-                    let closing = matches!(m, Message::Close(_));
-                    if let Err(e) = sink.send(m).await {
+                    // A round's messages go out in one write: queue all that
+                    // are waiting, then flush once.
+                    let mut closing = matches!(m, Message::Close(_));
+                    let mut queued = sink.feed(m).await;
+                    while queued.is_ok() && !closing {
+                        let Ok(m) = rx.try_recv() else { break };
+                        closing = matches!(m, Message::Close(_));
+                        queued = sink.feed(m).await;
+                    }
+                    if let Err(e) = queued {
+                        return format!("send failed: {e}");
+                    }
+                    if let Err(e) = sink.flush().await {
                         return format!("send failed: {e}");
                     }
                     if closing {

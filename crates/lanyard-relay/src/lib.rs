@@ -24,5 +24,5 @@ pub mod link;
 pub mod spool;
 pub mod uplink;
 
-pub use host::{Control, HostConfig, Lifecycle, run};
+pub use host::{Control, DEFAULT_SEND_INTERVAL, HostConfig, Lifecycle, Link, Relay, open, run};
 pub use uplink::RelayEvent;

@@ -271,6 +271,9 @@ pub struct Spool<F: SpoolFs = StdFs> {
     utterances: BTreeMap<Uuid, SpooledUtterance>,
     /// Records written since the last sync.
     unsynced: bool,
+    /// Records written since the spool was opened: tells a [`SyncJob`]
+    /// whether it covered everything.
+    writes: u64,
     /// Utterances evicted since the caller last asked, with the reason.
     evicted: Vec<(Uuid, String)>,
     /// Utterances evicted since the spool was opened.
@@ -304,6 +307,43 @@ impl Spool<StdFs> {
     /// with the default [`SpoolConfig`], and recovers its state.
     pub fn open(dir: &Path) -> Result<(Self, Recovery)> {
         Spool::open_with(StdFs, dir, SpoolConfig::default())
+    }
+
+    /// An fsync of the active segment that runs without borrowing the spool,
+    /// so appends can go on while a slow disk flushes; `None` when nothing
+    /// is unsynced. Hand the job back to [`Spool::synced`] once it ran.
+    pub fn sync_job(&self) -> Result<Option<SyncJob>> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let path = segment_path(&self.dir, self.active_id);
+        let file = self.active.try_clone().map_err(io_err(&path))?;
+        Ok(Some(SyncJob { file, path, writes: self.writes }))
+    }
+
+    /// Records that `job` ran: the spool counts as synced only if nothing
+    /// was appended since the job was made (a later append, or a rotation to
+    /// a new segment, leaves it unsynced for the next sync).
+    pub fn synced(&mut self, job: SyncJob) {
+        if job.writes == self.writes {
+            self.unsynced = false;
+        }
+    }
+}
+
+/// See [`Spool::sync_job`].
+#[derive(Debug)]
+pub struct SyncJob {
+    file: std::fs::File,
+    path: PathBuf,
+    writes: u64,
+}
+
+impl SyncJob {
+    /// The fsync itself; everything appended before the job was made is then
+    /// durable.
+    pub fn run(&self) -> Result<()> {
+        self.file.sync_data().map_err(io_err(&self.path))
     }
 }
 
@@ -370,6 +410,7 @@ impl<F: SpoolFs> Spool<F> {
             next_id,
             utterances,
             unsynced: false,
+            writes: 0,
             evicted: Vec::new(),
             evictions: 0,
             over_bound: false,
@@ -501,11 +542,14 @@ impl<F: SpoolFs> Spool<F> {
     pub fn read_frame(&self, id: Uuid, seq: u32) -> Result<Vec<u8>> {
         let u = self.utterances.get(&id).ok_or(SpoolError::UnknownUtterance(id))?;
         let loc = *u.frames.get(seq as usize).ok_or(SpoolError::NoFrame { id, seq })?;
-        let path = segment_path(&self.dir, loc.segment);
         let mut buf = vec![0u8; loc.len as usize];
         if loc.segment == self.active_id {
-            self.active.read_at(loc.offset, &mut buf).map_err(io_err(&path))?;
+            // The common case, a frame just appended: no path to build.
+            self.active
+                .read_at(loc.offset, &mut buf)
+                .map_err(|e| SpoolError::Io { path: segment_path(&self.dir, loc.segment), source: e })?;
         } else {
+            let path = segment_path(&self.dir, loc.segment);
             self.fs.read_at(&path, loc.offset, &mut buf).map_err(io_err(&path))?;
         }
         Ok(buf)
@@ -620,7 +664,6 @@ impl<F: SpoolFs> Spool<F> {
         buf.extend_from_slice(tail);
         let crc = crc32c::crc32c(&buf[RECORD_HEADER..]);
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        let path = segment_path(&self.dir, self.active_id);
         let seg = self.segments.get_mut(&self.active_id).expect("the active segment is tracked");
         // One write() per record: once it returns, the record survives the
         // process being killed.
@@ -629,13 +672,14 @@ impl<F: SpoolFs> Spool<F> {
             // the file, and everything appended after it would then be cut
             // off at recovery. Take the part back if the file lets us.
             let _ = self.active.set_len(seg.len);
-            return Err(SpoolError::Io { path, source: e });
+            return Err(SpoolError::Io { path: segment_path(&self.dir, self.active_id), source: e });
         }
         let tail_offset = seg.len + (buf.len() - tail.len()) as u64;
         seg.len += buf.len() as u64;
         seg.utterances.insert(id);
         self.next_id += 1;
         self.unsynced = true;
+        self.writes += 1;
         Ok((self.active_id, tail_offset))
     }
 

@@ -28,6 +28,11 @@ use lanyard_proto::wire::{Ack, ClientMsg, ServerMsg, limits};
 use serde::Serialize;
 use uuid::Uuid;
 
+/// A paced uplink waits this long for its send budget to refill: 20 frames
+/// at the default 1000 frames/s, so catching up costs 50 wake-ups a second,
+/// not one per frame.
+const PACING_REFILL_MS: u64 = 20;
+
 /// Tunables of the uplink.
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
@@ -274,13 +279,25 @@ impl Uplink {
         self.pump(now_ms, out);
     }
 
-    /// When the shell should next send `Tick`, if it has nothing else to say.
+    /// When the shell should next send `Tick`, if it has nothing else to say:
+    /// a reconnect attempt, the end of the linger, or a send budget refilled
+    /// enough to go on catching up a backlog. `None`: only inputs matter.
     pub fn next_deadline(&self) -> Option<u64> {
         match self.conn {
             Conn::Down { retry_at } if self.wants_connection(retry_at) => Some(retry_at),
             Conn::Up if self.utts.is_empty() => Some(self.linger_until),
+            Conn::Up if self.paced() => Some(self.tokens_at_ms + PACING_REFILL_MS),
             _ => None,
         }
+    }
+
+    /// Whether frames are ready to go and the window allows them, but the send
+    /// budget does not.
+    fn paced(&self) -> bool {
+        self.send_tokens < 1.0
+            && self.utts.values().any(|u| {
+                u.phase == Phase::Open && u.next_send < u.spooled && u.next_send - u.acked < self.cfg.window
+            })
     }
 
     fn utt_entry(&mut self, id: Uuid, codec: Codec) -> &mut Utt {

@@ -156,3 +156,32 @@ fn in_flight_frames_are_bounded_by_the_window() {
     up.handle(0, Input::Ack(Ack { handle, next: 4 }), &mut out);
     assert_eq!(out.iter().filter(|a| matches!(a, Action::SendAudio { .. })).count(), 4);
 }
+
+#[test]
+fn a_paced_backlog_asks_for_a_tick_and_drains_at_the_configured_rate() {
+    let cfg = UplinkConfig { window: 10_000, max_frames_per_sec: 100, ..UplinkConfig::default() };
+    let mut up = Uplink::new(cfg, 1);
+    let id = Uuid::now_v7();
+    let mut out = Vec::new();
+    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 1000 }, &mut out);
+    up.handle(0, Input::Connected, &mut out);
+    up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle: 1, next_seq: 0, complete: false }), &mut out);
+    let sent = |out: &Vec<Action>| out.iter().filter(|a| matches!(a, Action::SendAudio { .. })).count();
+    // The budget holds one second of frames.
+    assert_eq!(sent(&out), 100);
+    // Out of budget with frames waiting: without a deadline the shell would
+    // sleep until the next input, and a backlog would stall between acks.
+    let mut now = 0;
+    let mut total = sent(&out);
+    while total < 1000 {
+        let at = up.next_deadline().expect("a paced uplink asks to be woken");
+        assert!(at > now && at - now <= 50, "woken {} ms later", at - now);
+        now = at;
+        out.clear();
+        up.handle(now, Input::Tick, &mut out);
+        total += sent(&out);
+        assert!(total <= 100 + (now as usize) / 10 + 1, "{total} frames by {now} ms exceeds 100/s");
+    }
+    // 900 frames after the first second's budget take 9 s at 100/s.
+    assert!((8_900..=9_100).contains(&now), "drained at {now} ms");
+}

@@ -8,6 +8,8 @@
 mod bench;
 mod demo;
 mod paths;
+#[cfg(feature = "sim")]
+mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +51,10 @@ enum Command {
     /// server carries, with ack latency, RSS and CPU.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a fault campaign from a scenario file: many pendants and relays under a
+    /// simulated iOS lifecycle, real faults, and an account of every utterance.
+    #[cfg(feature = "sim")]
+    Sim(sim::SimArgs),
 }
 
 /// Settings come from, in rising precedence: built-in defaults, the TOML file
@@ -157,6 +163,10 @@ struct RelayArgs {
     /// Discard utterances older than this many seconds (stale replies).
     #[arg(long, default_value_t = 3600)]
     ttl_secs: u64,
+    /// Make every spool fsync take this many milliseconds longer: a slow
+    /// disk, for fault campaigns (`lanyard sim`). Leave at 0 otherwise.
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    fsync_delay_ms: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -202,6 +212,19 @@ struct SimArgs {
     /// Keep the pendant up this many seconds after the last sentence.
     #[arg(long, default_value_t = 0)]
     linger_secs: u64,
+    /// Hold each sentence until a relay is connected, reporting
+    /// `waiting_for_central` (a phone app being relaunched on the next BLE event).
+    #[arg(long)]
+    hold_until_central: bool,
+    /// Fault injection: lose each notification with this probability (0 to 1).
+    #[arg(long, default_value_t = 0.0, hide_short_help = true)]
+    drop_rate: f64,
+    /// Fault injection: send a frame after the next one with this probability (0 to 1).
+    #[arg(long, default_value_t = 0.0, hide_short_help = true)]
+    reorder_rate: f64,
+    /// Seed for --drop-rate and --reorder-rate, so a run can be replayed.
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    fault_seed: u64,
 }
 
 fn main() -> Result<()> {
@@ -219,6 +242,8 @@ fn main() -> Result<()> {
             Command::PendantSim(args) => pendant_sim(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            #[cfg(feature = "sim")]
+            Command::Sim(args) => sim::run(args).await,
         }
     })
 }
@@ -311,6 +336,8 @@ async fn relay(args: RelayArgs) -> Result<()> {
         planner: lanyard_relay::planner::PlannerConfig { ttl_ms: args.ttl_secs * 1000, ..Default::default() },
         push,
         exit_after: args.exit_after,
+        fsync_delay: Duration::from_millis(args.fsync_delay_ms),
+        send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::host::Stamped>();
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::Control>();
@@ -445,6 +472,12 @@ async fn pendant_sim(args: SimArgs) -> Result<()> {
         voice: lanyard_pendant::speech::Voice { name: args.voice, rate: args.rate },
         gap: Duration::from_millis(args.gap_ms),
         wait_for_central: args.wait_for_central,
+        hold_until_central: args.hold_until_central,
+        faults: lanyard_pendant::sim::BleFaults {
+            drop_rate: args.drop_rate,
+            reorder_rate: args.reorder_rate,
+            seed: args.fault_seed,
+        },
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {

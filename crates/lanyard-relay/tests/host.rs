@@ -1,0 +1,81 @@
+//! The host's ingest path: a `Link` spools on the caller's thread, before
+//! the relay's loop ever runs, and stops touching the spool once the relay
+//! has stopped.
+
+use std::time::Duration;
+
+use lanyard_proto::ble::{Codec, Framing, FrameSpec, packetize};
+use lanyard_relay::host::{Control, HostConfig, Stamped};
+use lanyard_relay::link::LinkEvent;
+use lanyard_relay::spool::Spool;
+use tokio::sync::mpsc;
+
+fn config(dir: &std::path::Path) -> HostConfig {
+    HostConfig {
+        spool_dir: dir.to_path_buf(),
+        // Nothing listens on port 1: the relay must spool without a server.
+        server: "http://127.0.0.1:1".into(),
+        token: "t".into(),
+        sync_interval: Duration::from_millis(200),
+        send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
+        boundary: Default::default(),
+        uplink: Default::default(),
+        planner: Default::default(),
+        push: None,
+        exit_after: None,
+        fsync_delay: Duration::ZERO,
+    }
+}
+
+fn notification(seq: u16, start: bool, end: bool) -> LinkEvent {
+    let data = [seq as u8; 80];
+    let spec = FrameSpec { seq, codec: Codec::Opus16k20ms, start, end, data: &data };
+    let mut n = packetize(&spec, 185).unwrap();
+    assert_eq!(n.len(), 1);
+    LinkEvent::Notification(n.remove(0))
+}
+
+fn connected() -> LinkEvent {
+    LinkEvent::Connected { framing: Framing::Lanyard, omi_codec: None, att_mtu: 185 }
+}
+
+#[test]
+fn link_event_spools_the_frame_before_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
+    link.event(connected());
+    for seq in 0..5 {
+        link.event(notification(seq, seq == 0, false));
+    }
+    // The app is killed: the loop never ran, nothing was synced or sent.
+    drop((relay, link));
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let id = spool.open_utterance().expect("the utterance in progress is in the spool");
+    let u = spool.utterance(id).unwrap();
+    assert_eq!(u.frame_count(), 5);
+    assert_eq!(spool.read_frame(id, 4).unwrap(), vec![4u8; 80]);
+}
+
+#[test]
+fn a_stopped_relay_no_longer_touches_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    link.event(connected());
+    link.event(notification(0, true, false));
+    link.event(notification(1, false, false));
+    control_tx.send(Control::Shutdown).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(relay.run(None, control_rx)).unwrap();
+    assert!(link.is_stopped());
+    // The spool may belong to another relay now: late notifications are ignored.
+    link.event(notification(2, false, false));
+    link.event(notification(3, true, false));
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let all: Vec<_> = spool.pending().collect();
+    assert_eq!(all.len(), 1, "no utterance was begun after the stop");
+    assert!(all[0].ended, "shutdown ended the utterance in progress");
+    assert_eq!(all[0].frame_count(), 2);
+}

@@ -1,0 +1,833 @@
+//! The campaign's books: what happened to every utterance, and how fast.
+//!
+//! The unit of account is the **relay utterance**: an id the relay spooled
+//! (`utterance_started`), whichever launch of the relay spooled it. Each
+//! ends in exactly one of:
+//!
+//! - **replied**: the server holds exactly the frames the relay ended it
+//!   with (its store's count *and* the checksummed records in its audio
+//!   file), transcribed it, stored a reply, and APNs accepted a push for it;
+//! - **discarded**: the relay dropped it by policy and said why
+//!   (`discarded` with a reason), and the server did not answer it;
+//! - **lost**: anything else, with what is missing.
+//!
+//! **Duplicates** are counted separately, and any fails the run:
+//!
+//! - an utterance transcribed more than once (the store counts transcript
+//!   writes);
+//! - a push the user would see twice: a second push accepted by APNs for
+//!   the same utterance, *unless* the server was SIGKILLed between the two
+//!   (the documented at-most-once-more resend after a crash, which carries
+//!   the same collapse id, so the phone shows one notification; these are
+//!   reported as `push_resends_after_crash`);
+//! - an audio file holding more records than the utterance has frames
+//!   (audio stored twice);
+//! - audio frames the server received again although it held them
+//!   (`lanyard_frames_duplicate_total`, summed over server incarnations):
+//!   a relay that resends from 0 instead of the resume offset shows here,
+//!   one that skips shows as lost frames.
+//!
+//! The pendant's utterances are matched to relay utterances by time (a
+//! relay utterance belongs to the last pendant utterance that started
+//! before it). Audio the pendant spoke while its relay was dead, and BLE
+//! notifications dropped on purpose, never reached a spool: that is loss
+//! over the air, reported per spoken utterance but not counted against the
+//! system. Latency and word error rate are measured on spoken utterances
+//! heard as exactly one relay utterance that was replied.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use lanyard_proto::wire::Timings;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Server,
+    Pendant(usize),
+    Relay(usize),
+    /// The campaign itself, acting for phone `i` (lifecycle, uploads).
+    Sim(usize),
+}
+
+/// One JSON line a process printed, with the time the campaign read it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub at_ms: u64,
+    pub source: Source,
+    pub event: Value,
+}
+
+impl Record {
+    /// The event's own time when it has one, else when it was read.
+    fn time(&self) -> u64 {
+        self.event["at_ms"].as_u64().unwrap_or(self.at_ms)
+    }
+
+    fn kind(&self) -> &str {
+        self.event["event"].as_str().unwrap_or_default()
+    }
+
+    fn id(&self) -> Option<Uuid> {
+        self.event["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+    }
+}
+
+/// A fault that was applied, and what it touched.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultEvent {
+    pub at_ms: u64,
+    pub kind: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// One request the APNs peer received.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushSeen {
+    pub at_ms: u64,
+    /// From the collapse id, which the server sets to the utterance id.
+    pub utterance: Option<Uuid>,
+    pub device_token: Option<String>,
+    pub status: u16,
+}
+
+/// What the server holds for one utterance, read after the campaign.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerFacts {
+    pub state: Option<String>,
+    pub frames: Option<u32>,
+    pub transcript: Option<String>,
+    pub reply_body: Option<String>,
+    pub error: Option<String>,
+    pub timings: Timings,
+    pub transcript_writes: u32,
+    /// Whole, checksummed records in the audio file.
+    pub audio_records: Option<u32>,
+    pub push_status: Option<String>,
+}
+
+/// Every fault kind the campaign can apply, in report order.
+pub const FAULT_KINDS: &[&str] = &[
+    "network_cut",
+    "network_delay",
+    "black_hole",
+    "network_switch",
+    "server_kill",
+    "relay_kill",
+    "ble_drop",
+    "ble_reorder",
+    "slow_disk",
+    "apns_failure",
+];
+
+pub struct Inputs<'a> {
+    pub log: &'a [Record],
+    /// Reference sentences per pendant, in speaking order.
+    pub references: &'a [Vec<String>],
+    pub server: &'a HashMap<Uuid, ServerFacts>,
+    pub pushes: &'a [PushSeen],
+    pub faults: &'a [FaultEvent],
+    pub frames_duplicate: u64,
+    pub frames_received: u64,
+    pub timed_out: bool,
+}
+
+/// One relay utterance's account.
+#[derive(Debug, Clone, Serialize)]
+pub struct UttRow {
+    pub id: Uuid,
+    pub phone: usize,
+    /// The spoken utterance it belongs to, as (pendant, index).
+    pub spoken: Option<(usize, usize)>,
+    /// `replied`, `discarded` or `lost`.
+    pub outcome: String,
+    /// Why, for `discarded` and `lost`; empty otherwise.
+    pub reason: String,
+    pub duplicate: Option<String>,
+    pub spooled_frames: Option<u32>,
+    pub stored_frames: Option<u32>,
+    pub audio_records: Option<u32>,
+    pub transcript_writes: u32,
+    pub push_attempts: usize,
+    pub pushes_accepted: usize,
+    pub handed_off: bool,
+    pub transcript: Option<String>,
+}
+
+/// One spoken utterance, as the pendant said it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpokenRow {
+    pub pendant: usize,
+    pub index: usize,
+    pub reference: String,
+    pub frames_spoken: u64,
+    /// Frames the relay spooled for it, over all its relay utterances.
+    pub frames_spooled: u64,
+    pub injected_drops: u64,
+    pub reordered_frames: u64,
+    pub relay_utterances: Vec<Uuid>,
+    pub transcript: Option<String>,
+    pub wer: Option<f32>,
+    /// Latencies in ms from the end of speech (see [`METRICS`]).
+    pub latency_ms: BTreeMap<String, i64>,
+}
+
+/// A latency metric over utterances.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metric {
+    pub key: String,
+    pub name: String,
+    pub values_ms: Vec<i64>,
+    pub p50: Option<i64>,
+    pub p95: Option<i64>,
+    pub p99: Option<i64>,
+    /// Why there are no values, when there are none by design.
+    pub note: Option<String>,
+}
+
+/// Latency metrics: key, name, and the note for one that cannot be measured.
+pub const METRICS: &[(&str, &str, Option<&str>)] = &[
+    (
+        "eou_detect",
+        "end of speech → relay ends the utterance (end-of-utterance detection)",
+        None,
+    ),
+    (
+        "safe",
+        "end of speech → server holds every frame durably (time to safe)",
+        None,
+    ),
+    (
+        "first_partial",
+        "end of speech → first partial transcript",
+        Some("n/a — not implemented: the server sends no partial transcripts yet"),
+    ),
+    ("ttfs", "end of speech → final transcript (TTFS)", None),
+    (
+        "push",
+        "end of speech → push request accepted at APNs",
+        None,
+    ),
+];
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub spoken: usize,
+    pub relay_utterances: usize,
+    pub replied: usize,
+    pub discarded: usize,
+    pub lost: usize,
+    /// Utterances answered more than once (see the module doc).
+    pub duplicated: usize,
+    pub duplicate_frames: u64,
+    pub frames_received: u64,
+    pub frames_spooled: u64,
+    pub frames_stored: u64,
+    pub frames_spoken: u64,
+    pub push_resends_after_crash: usize,
+    pub handed_off: usize,
+    pub heard_as_one: usize,
+    /// Spoken utterances of which no frame reached a spool: lost before the
+    /// relay (over the air, or queued in a relay that was then killed).
+    pub spoken_unheard: usize,
+    /// Spoken utterances the relay spooled as several utterances (a
+    /// suspension or a kill mid-sentence, or a lost END marker).
+    pub spoken_split: usize,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Wer {
+    pub utterances: usize,
+    pub reference_words: usize,
+    pub rate: f32,
+}
+
+/// A point on the timeline of one utterance.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mark {
+    pub lane: String,
+    pub at_ms: u64,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Accounting {
+    pub totals: Totals,
+    pub utterances: Vec<UttRow>,
+    pub spoken: Vec<SpokenRow>,
+    pub latency: Vec<Metric>,
+    pub wer: Wer,
+    pub fault_counts: Vec<(String, usize)>,
+    /// The utterance shown on the timeline (the median TTFS), and its marks.
+    pub timeline_id: Option<Uuid>,
+    pub timeline: Vec<Mark>,
+}
+
+/// Every relay utterance id, in order of first sight.
+pub fn relay_ids(log: &[Record]) -> Vec<Uuid> {
+    let mut seen = HashSet::new();
+    let mut ids = Vec::new();
+    for r in log {
+        if let (Source::Relay(_), "utterance_started" | "utterance_ended") = (r.source, r.kind())
+            && let Some(id) = r.id()
+            && seen.insert(id)
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Which phone spooled each relay utterance.
+pub fn relay_owner(log: &[Record]) -> HashMap<Uuid, usize> {
+    let mut owner = HashMap::new();
+    for r in log {
+        if let (Source::Relay(i), "utterance_started" | "utterance_ended") = (r.source, r.kind())
+            && let Some(id) = r.id()
+        {
+            owner.entry(id).or_insert(i);
+        }
+    }
+    owner
+}
+
+pub fn discarded_ids(log: &[Record]) -> HashSet<Uuid> {
+    log.iter()
+        .filter(|r| matches!(r.source, Source::Relay(_)) && r.kind() == "discarded")
+        .filter_map(Record::id)
+        .collect()
+}
+
+/// Relay utterances started but not (yet) ended.
+pub fn unended_ids(log: &[Record]) -> HashSet<Uuid> {
+    let ended: HashSet<Uuid> = log
+        .iter()
+        .filter(|r| matches!(r.source, Source::Relay(_)) && r.kind() == "utterance_ended")
+        .filter_map(Record::id)
+        .collect();
+    relay_ids(log)
+        .into_iter()
+        .filter(|id| !ended.contains(id))
+        .collect()
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+#[derive(Default)]
+struct Spoken {
+    start_ms: u64,
+    end_ms: Option<u64>,
+    frames: u64,
+    injected_drops: u64,
+    reordered: u64,
+    text: String,
+}
+
+#[derive(Default)]
+struct RelayUtt {
+    phone: usize,
+    started_ms: Option<u64>,
+    ended: Option<(u64, u32)>,
+    discarded: Option<String>,
+    handed_off: bool,
+}
+
+pub fn account(inp: &Inputs) -> Accounting {
+    // Spoken utterances, per pendant.
+    let mut spoken: BTreeMap<(usize, usize), Spoken> = BTreeMap::new();
+    let mut relay: HashMap<Uuid, RelayUtt> = HashMap::new();
+    let mut order = Vec::new();
+    for r in inp.log {
+        match (r.source, r.kind()) {
+            (Source::Pendant(p), "utterance_start") => {
+                let k = r.event["index"].as_u64().unwrap_or(0) as usize;
+                let s = spoken.entry((p, k)).or_default();
+                s.start_ms = r.time();
+                s.text = r.event["text"].as_str().unwrap_or_default().to_string();
+            }
+            (Source::Pendant(p), "utterance_end") => {
+                let k = r.event["index"].as_u64().unwrap_or(0) as usize;
+                let s = spoken.entry((p, k)).or_default();
+                s.end_ms = Some(r.time());
+                s.frames = r.event["frames"].as_u64().unwrap_or(0);
+                s.injected_drops = r.event["injected_drops"].as_u64().unwrap_or(0);
+                s.reordered = r.event["reordered_frames"].as_u64().unwrap_or(0);
+            }
+            (Source::Relay(i), kind) => {
+                let Some(id) = r.id() else { continue };
+                if !matches!(
+                    kind,
+                    "utterance_started" | "utterance_ended" | "discarded" | "upload_task"
+                ) {
+                    continue;
+                }
+                let u = relay.entry(id).or_insert_with(|| {
+                    order.push(id);
+                    RelayUtt {
+                        phone: i,
+                        ..Default::default()
+                    }
+                });
+                match kind {
+                    "utterance_started" => {
+                        u.started_ms.get_or_insert(r.time());
+                    }
+                    "utterance_ended" => {
+                        let frames = r.event["frames"].as_u64().unwrap_or(0) as u32;
+                        u.ended.get_or_insert((r.time(), frames));
+                    }
+                    "discarded" => {
+                        u.discarded = Some(
+                            r.event["reason"]
+                                .as_str()
+                                .unwrap_or("no reason given")
+                                .to_string(),
+                        )
+                    }
+                    _ => u.handed_off = true,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Relay utterance -> spoken utterance, by time.
+    let mut heard: HashMap<(usize, usize), Vec<Uuid>> = HashMap::new();
+    let mut belongs: HashMap<Uuid, (usize, usize)> = HashMap::new();
+    for id in &order {
+        let u = &relay[id];
+        let Some(at) = u.started_ms.or(u.ended.map(|e| e.0)) else {
+            continue;
+        };
+        let key = spoken
+            .iter()
+            .filter(|((p, _), s)| *p == u.phone && s.start_ms <= at + 50)
+            .max_by_key(|(_, s)| s.start_ms)
+            .map(|(k, _)| *k);
+        if let Some(key) = key {
+            heard.entry(key).or_default().push(*id);
+            belongs.insert(*id, key);
+        }
+    }
+
+    let kills: Vec<u64> = inp
+        .faults
+        .iter()
+        .filter(|f| f.kind == "server_kill")
+        .map(|f| f.at_ms)
+        .collect();
+    let mut pushes: HashMap<Uuid, Vec<&PushSeen>> = HashMap::new();
+    for p in inp.pushes {
+        if let Some(id) = p.utterance {
+            pushes.entry(id).or_default().push(p);
+        }
+    }
+
+    let mut totals = Totals {
+        spoken: spoken.len(),
+        timed_out: inp.timed_out,
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    for id in &order {
+        let u = &relay[id];
+        let facts = inp.server.get(id).cloned().unwrap_or_default();
+        let seen = pushes.get(id).cloned().unwrap_or_default();
+        let accepted: Vec<&&PushSeen> = seen
+            .iter()
+            .filter(|p| (200..300).contains(&p.status))
+            .collect();
+        let spooled = u.ended.map(|e| e.1);
+        let replied_at_server = facts.state.as_deref() == Some("replied");
+        // More records on disk than frames is audio stored twice: counted
+        // below as a duplicate, not as a loss.
+        let frames_ok =
+            spooled.is_some() && facts.frames == spooled && facts.audio_records >= spooled;
+        let (outcome, reason) = if replied_at_server && frames_ok && !accepted.is_empty() {
+            ("replied", String::new())
+        } else if let (Some(why), false) = (&u.discarded, replied_at_server) {
+            ("discarded", why.clone())
+        } else if spooled.is_none() {
+            (
+                "lost",
+                "the relay never ended it (still open in a spool)".to_string(),
+            )
+        } else if facts.state.is_none() {
+            ("lost", "the server has no record of it".to_string())
+        } else if !frames_ok {
+            (
+                "lost",
+                format!(
+                    "the relay spooled {} frames; the server's store says {}, its audio file holds {}",
+                    spooled.unwrap_or(0),
+                    facts.frames.map_or("none".into(), |f| f.to_string()),
+                    facts
+                        .audio_records
+                        .map_or("no file".into(), |f| f.to_string())
+                ),
+            )
+        } else if !replied_at_server {
+            (
+                "lost",
+                format!(
+                    "server state {}{}",
+                    facts.state.as_deref().unwrap_or("?"),
+                    facts
+                        .error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            )
+        } else {
+            (
+                "lost",
+                format!(
+                    "no push accepted by APNs ({} attempts, outbox {})",
+                    seen.len(),
+                    facts.push_status.as_deref().unwrap_or("empty")
+                ),
+            )
+        };
+        let mut dups = Vec::new();
+        if facts.transcript_writes > 1 {
+            dups.push(format!("transcribed {} times", facts.transcript_writes));
+        }
+        if let (Some(on_disk), Some(spooled)) = (facts.audio_records, spooled)
+            && on_disk > spooled
+        {
+            dups.push(format!("the server's audio file holds {on_disk} records for {spooled} frames: audio stored twice"));
+        }
+        let mut unexplained = 0;
+        for pair in accepted.windows(2) {
+            let (a, b) = (pair[0].at_ms, pair[1].at_ms);
+            if kills.iter().any(|&k| k >= a && k <= b) {
+                totals.push_resends_after_crash += 1;
+            } else {
+                unexplained += 1;
+            }
+        }
+        if unexplained > 0 {
+            dups.push(format!(
+                "{} pushes accepted, {unexplained} without a server crash in between",
+                accepted.len()
+            ));
+        }
+        match outcome {
+            "replied" => totals.replied += 1,
+            "discarded" => totals.discarded += 1,
+            _ => totals.lost += 1,
+        }
+        totals.duplicated += usize::from(!dups.is_empty());
+        totals.frames_spooled += u64::from(spooled.unwrap_or(0));
+        totals.frames_stored += u64::from(facts.audio_records.unwrap_or(0));
+        totals.handed_off += usize::from(u.handed_off);
+        rows.push(UttRow {
+            id: *id,
+            phone: u.phone,
+            spoken: belongs.get(id).copied(),
+            outcome: outcome.into(),
+            reason,
+            duplicate: (!dups.is_empty()).then(|| dups.join("; ")),
+            spooled_frames: spooled,
+            stored_frames: facts.frames,
+            audio_records: facts.audio_records,
+            transcript_writes: facts.transcript_writes,
+            push_attempts: seen.len(),
+            pushes_accepted: accepted.len(),
+            handed_off: u.handed_off,
+            transcript: facts.transcript.clone(),
+        });
+    }
+    totals.relay_utterances = rows.len();
+    totals.duplicate_frames = inp.frames_duplicate;
+    totals.frames_received = inp.frames_received;
+
+    // Spoken utterances: latency and WER where heard as one and replied.
+    let row_of: HashMap<Uuid, &UttRow> = rows.iter().map(|r| (r.id, r)).collect();
+    let mut spoken_rows = Vec::new();
+    let mut metric_values: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let (mut errors, mut words, mut wer_n) = (0.0f32, 0usize, 0usize);
+    for (&(p, k), s) in &spoken {
+        let ids = heard.get(&(p, k)).cloned().unwrap_or_default();
+        let frames_spooled = ids
+            .iter()
+            .filter_map(|id| row_of.get(id).and_then(|r| r.spooled_frames))
+            .map(u64::from)
+            .sum();
+        totals.frames_spoken += s.frames;
+        let reference = if s.text.is_empty() {
+            inp.references
+                .get(p)
+                .and_then(|r| r.get(k))
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            s.text.clone()
+        };
+        let mut row = SpokenRow {
+            pendant: p,
+            index: k,
+            reference: reference.clone(),
+            frames_spoken: s.frames,
+            frames_spooled,
+            injected_drops: s.injected_drops,
+            reordered_frames: s.reordered,
+            relay_utterances: ids.clone(),
+            transcript: None,
+            wer: None,
+            latency_ms: BTreeMap::new(),
+        };
+        totals.spoken_unheard += usize::from(ids.is_empty());
+        totals.spoken_split += usize::from(ids.len() > 1);
+        if let ([id], Some(end)) = (ids.as_slice(), s.end_ms) {
+            totals.heard_as_one += 1;
+            let r = row_of[id];
+            let facts = inp.server.get(id).cloned().unwrap_or_default();
+            if r.outcome == "replied" {
+                let end = end as i64;
+                let mut put = |key: &'static str, at: Option<i64>| {
+                    if let Some(at) = at {
+                        row.latency_ms.insert(key.to_string(), at - end);
+                        metric_values.entry(key).or_default().push(at - end);
+                    }
+                };
+                put("eou_detect", relay[id].ended.map(|e| e.0 as i64));
+                put("safe", facts.timings.received_end_ms);
+                put("ttfs", facts.timings.stt_done_ms);
+                let first_ok = pushes.get(id).and_then(|v| {
+                    v.iter()
+                        .find(|p| (200..300).contains(&p.status))
+                        .map(|p| p.at_ms as i64)
+                });
+                put("push", first_ok);
+                let hyp = facts.transcript.clone().unwrap_or_default();
+                let wer = lanyard_stt::word_error_rate(&reference, &hyp);
+                let n = reference.split_whitespace().count();
+                errors += wer * n as f32;
+                words += n;
+                wer_n += 1;
+                row.wer = Some(wer);
+                row.transcript = Some(hyp);
+            }
+        }
+        spoken_rows.push(row);
+    }
+    let latency = METRICS
+        .iter()
+        .map(|(key, name, note)| {
+            let mut v = metric_values.remove(key).unwrap_or_default();
+            v.sort_unstable();
+            Metric {
+                key: key.to_string(),
+                name: name.to_string(),
+                p50: percentile(&v, 50.0),
+                p95: percentile(&v, 95.0),
+                p99: percentile(&v, 99.0),
+                values_ms: v,
+                note: note.map(str::to_string),
+            }
+        })
+        .collect();
+
+    // Fault counts: the campaign's log, plus the faults the pendants and the
+    // APNs peer applied (counted where they happened).
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for f in inp.faults {
+        *counts.entry(f.kind.clone()).or_default() += 1;
+    }
+    counts.insert(
+        "ble_drop".into(),
+        spoken.values().map(|s| s.injected_drops as usize).sum(),
+    );
+    counts.insert(
+        "ble_reorder".into(),
+        spoken.values().map(|s| s.reordered as usize).sum(),
+    );
+    counts.insert(
+        "apns_failure".into(),
+        inp.pushes
+            .iter()
+            .filter(|p| !(200..300).contains(&p.status))
+            .count(),
+    );
+    let mut fault_counts: Vec<(String, usize)> = FAULT_KINDS
+        .iter()
+        .map(|k| (k.to_string(), counts.remove(*k).unwrap_or(0)))
+        .collect();
+    fault_counts.extend(counts);
+
+    // The timeline: the spoken utterance with the median TTFS.
+    let mut candidates: Vec<(&SpokenRow, i64)> = spoken_rows
+        .iter()
+        .filter_map(|s| s.latency_ms.get("ttfs").map(|t| (s, *t)))
+        .collect();
+    candidates.sort_by_key(|(_, t)| *t);
+    let chosen = candidates.get(candidates.len() / 2).map(|(s, _)| *s);
+    let (timeline_id, timeline) = match chosen {
+        Some(s) => {
+            let id = s.relay_utterances[0];
+            (
+                Some(id),
+                timeline(
+                    inp,
+                    &spoken[&(s.pendant, s.index)],
+                    s.pendant,
+                    id,
+                    pushes.get(&id),
+                ),
+            )
+        }
+        None => (None, Vec::new()),
+    };
+
+    Accounting {
+        totals,
+        utterances: rows,
+        spoken: spoken_rows,
+        latency,
+        wer: Wer {
+            utterances: wer_n,
+            reference_words: words,
+            rate: if words == 0 {
+                0.0
+            } else {
+                errors / words as f32
+            },
+        },
+        fault_counts,
+        timeline_id,
+        timeline,
+    }
+}
+
+fn timeline(
+    inp: &Inputs,
+    s: &Spoken,
+    pendant: usize,
+    id: Uuid,
+    pushes: Option<&Vec<&PushSeen>>,
+) -> Vec<Mark> {
+    let mut marks = vec![Mark {
+        lane: "pendant".into(),
+        at_ms: s.start_ms,
+        label: "speech starts".into(),
+    }];
+    if let Some(end) = s.end_ms {
+        marks.push(Mark {
+            lane: "pendant".into(),
+            at_ms: end,
+            label: "end of speech".into(),
+        });
+    }
+    let (from, to) = (s.start_ms, s.end_ms.unwrap_or(s.start_ms));
+    for r in inp.log {
+        match r.source {
+            Source::Relay(_) if r.id() == Some(id) => {
+                let label = match r.kind() {
+                    "utterance_started" => "spooling starts",
+                    "utterance_ended" => "utterance ended (spooled)",
+                    "complete" => "server says complete",
+                    "final" => "final transcript received",
+                    "reply" => "reply received",
+                    "upload_task" => "handed off for upload",
+                    _ => continue,
+                };
+                marks.push(Mark {
+                    lane: "relay".into(),
+                    at_ms: r.time(),
+                    label: label.into(),
+                });
+            }
+            Source::Sim(i) if i == pendant => {
+                let label = match r.kind() {
+                    "upload_attempt" if r.id() == Some(id) => {
+                        format!("upload PUT: {}", r.event["status"])
+                    }
+                    "lifecycle" if r.time() + 2000 >= from && r.time() <= to + 30_000 => {
+                        format!("app: {}", r.event["what"].as_str().unwrap_or_default())
+                    }
+                    _ => continue,
+                };
+                marks.push(Mark {
+                    lane: "relay".into(),
+                    at_ms: r.time(),
+                    label,
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(f) = inp.server.get(&id) {
+        let t = &f.timings;
+        for (at, label) in [
+            (t.received_end_ms, "all frames durable (complete)"),
+            (t.stt_start_ms, "transcription starts"),
+            (t.stt_done_ms, "final transcript"),
+            (t.reply_ms, "reply stored"),
+            (t.push_ms, "push sent"),
+        ] {
+            if let Some(at) = at {
+                marks.push(Mark {
+                    lane: "server".into(),
+                    at_ms: at as u64,
+                    label: label.into(),
+                });
+            }
+        }
+    }
+    for p in pushes.into_iter().flatten() {
+        marks.push(Mark {
+            lane: "push".into(),
+            at_ms: p.at_ms,
+            label: format!("APNs answers {}", p.status),
+        });
+    }
+    for f in inp
+        .faults
+        .iter()
+        .filter(|f| f.at_ms + 2000 >= from && f.at_ms <= to + 30_000)
+    {
+        if f.kind == "server_kill"
+            || f.target.starts_with(&format!("phone-{pendant} "))
+            || f.target == format!("relay-{pendant}")
+        {
+            marks.push(Mark {
+                lane: "faults".into(),
+                at_ms: f.at_ms,
+                label: f.kind.clone(),
+            });
+        }
+    }
+    marks.sort_by_key(|m| m.at_ms);
+    marks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 95.0), Some(95));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}

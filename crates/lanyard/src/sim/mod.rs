@@ -1,0 +1,1029 @@
+//! `lanyard sim`: a fault campaign run from a scenario file.
+//!
+//! The campaign starts, as separate processes on loopback:
+//!
+//! - one `lanyard serve`, configured to push to an APNs look-alike that this
+//!   process runs ([`lanyard_push::testing::ApnsPeer`], which checks every
+//!   request as Apple does) and that fails a fraction of requests;
+//! - per simulated phone: a `lanyard pendant-sim` speaking the corpus at
+//!   real-time pace through the BLE framing, a `lanyard relay` with its own
+//!   spool and device token, driven through `--control-stdin` by a simulated
+//!   iOS lifecycle ([`phone`]), and a [`proxy::FaultProxy`] that is the
+//!   phone's network.
+//!
+//! Faults are applied for real, each with its scenario rate: connection
+//! cuts, delays, black holes and network switches in the proxies, SIGKILL of
+//! the server (restarted on the same data and port) and of relays
+//! (relaunched on the pendant's next BLE event), BLE notification loss and
+//! reordering in the pendant simulators, a slow spool disk in some relay
+//! launches, failing APNs answers. Every fault that touched something is
+//! logged with its time; one that touched nothing is not counted.
+//!
+//! Everything the processes print (JSON lines), the server's store and audio
+//! files, the server's metrics and the APNs peer's log then go to
+//! [`ledger`], which accounts for every utterance and measures latency, and
+//! to [`report`], which writes the HTML page and the JSON.
+
+mod ledger;
+mod phone;
+mod proxy;
+mod report;
+mod scenario;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lanyard_push::testing::{ApnsPeer, ApnsPeerConfig, PeerReply, TestApnsKey};
+use lanyard_store::Store;
+use lanyard_store_sqlite::SqliteStore;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::paths;
+pub use ledger::{FaultEvent, PushSeen, Record, ServerFacts, Source};
+pub use scenario::Scenario;
+
+#[derive(Args)]
+#[command(
+    after_long_help = "A scenario file (TOML) says how many pendants speak how many sentences, in which \
+voices, under which simulated iOS lifecycle, and which faults to apply at which rates. Committed scenarios are in \
+scenarios/: ci-short.toml (the CI campaign: every fault kind, ~100 utterances, a few minutes), clean.toml (no \
+faults: a baseline) and long-1000.toml (1,000 utterances, by hand).\n\n\
+Every utterance the relays spool ends in exactly one of: replied (transcribed once, one reply, a push accepted \
+by the APNs peer, and the server holding exactly the frames the relay spooled), discarded by policy (with the \
+relay's reason), or lost (with what is missing). Duplicates are counted: a second transcript write, a push the \
+user would see twice, an audio frame the server received again. The command exits 1 if anything is lost or \
+duplicated.\n\n\
+Latency per utterance, from the pendant's end of speech: end-of-utterance detection (relay), safe (the server \
+holds every frame durably), final transcript (TTFS), push request at APNs; p50/p95/p99. Word error rate against \
+the reference sentences.\n\n\
+Scenario keys (all optional; rates of timed faults are per minute, per phone for network and relay faults; \
+the others are probabilities):\n  \
+[run] name, seed, pendants, utterances_per_pendant, gap_ms, mtu, settle_secs, timeout_secs, stt_threads\n  \
+[corpus] voices, rates, sentences\n  \
+[lifecycle] enabled, foreground_ms, wake_window_ms, suspend_grace_ms, foreground_on_wake\n  \
+[faults] network_cuts_per_min, delays_per_min, delay_ms, delay_for_ms, black_holes_per_min, black_hole_for_ms, \
+network_switches_per_min, switch_outage_ms, server_kills_per_min, relay_kills_per_min, relay_kill_on_suspend, \
+ble_drop_rate, ble_reorder_rate, slow_disk_rate, slow_disk_fsync_ms, apns_failure_rate\n\n\
+Examples:\n  lanyard sim scenarios/clean.toml\n  lanyard sim scenarios/ci-short.toml --report report.html --json report.json\n\n\
+Child processes log to files under the work directory (--keep to look at them afterwards)."
+)]
+pub struct SimArgs {
+    /// The scenario file (TOML); see scenarios/ for examples.
+    scenario: PathBuf,
+    /// Write a self-contained HTML report here (plots, accounting table, timeline, machine, scenario).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write the full results as JSON here [default: next to --report, with .json].
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The speech model directory.
+    #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = paths::default_model_dir())]
+    model_dir: PathBuf,
+    /// Keep the campaign's data (server store and audio, spools, process logs) here instead of a temporary directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+/// Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What every part of the campaign shares: where events and faults go.
+#[derive(Clone)]
+pub struct Shared {
+    pub exe: PathBuf,
+    pub logs: PathBuf,
+    pub faults: Arc<Mutex<Vec<FaultEvent>>>,
+    /// Every stdout event of every child, with its source.
+    pub events: mpsc::UnboundedSender<(Source, Value)>,
+}
+
+impl Shared {
+    pub fn fault(&self, kind: &str, target: &str, detail: String) {
+        self.fault_at(now_ms(), kind, target, detail);
+    }
+
+    /// Logs a fault that began at `at_ms` (one that lasts is logged when it
+    /// ends, with what it touched, but dated from its start).
+    pub fn fault_at(&self, at_ms: u64, kind: &str, target: &str, detail: String) {
+        self.faults.lock().expect("fault log").push(FaultEvent {
+            at_ms,
+            kind: kind.into(),
+            target: target.into(),
+            detail,
+        });
+    }
+
+    /// Starts a `lanyard` child whose stdout JSON lines are tagged with
+    /// `source` and whose stderr goes to `logs/{name}.log` (appended across
+    /// relaunches).
+    pub fn spawn(&self, source: Source, name: &str, args: &[String], stdin: bool) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))
+            .with_context(|| format!("cannot create the log file for {name}"))?;
+        let mut child = Command::new(&self.exe)
+            .args(args)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(log)
+            // Plain log files, without terminal colour codes.
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send((source, v));
+                }
+            }
+        });
+        Ok(child)
+    }
+
+    fn fault_count(&self) -> usize {
+        self.faults.lock().expect("fault log").len()
+    }
+}
+
+/// Draws the wait until the next event of a Poisson process of `per_min`.
+pub fn poisson_wait(rng: &mut impl Rng, per_min: f64) -> Option<Duration> {
+    if per_min <= 0.0 {
+        return None;
+    }
+    let u: f64 = rng.r#gen::<f64>().max(1e-9);
+    Some(Duration::from_secs_f64(-u.ln() * 60.0 / per_min))
+}
+
+/// The server process, restartable on the same port and data.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    args: Vec<String>,
+    /// Counters scraped from incarnations that were killed.
+    dead_duplicates: u64,
+    dead_received: u64,
+    incarnations: u32,
+}
+
+impl Server {
+    async fn start(shared: &Shared, args: Vec<String>) -> Result<Server> {
+        let (child, addr) = start_server(shared, &args).await?;
+        Ok(Server {
+            child,
+            addr,
+            args,
+            dead_duplicates: 0,
+            dead_received: 0,
+            incarnations: 1,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILLs the server and starts it again on the same port and data.
+    async fn kill_and_restart(&mut self, shared: &Shared) -> Result<()> {
+        // The counters die with the process: read them first.
+        let (dup, recv) = scrape(&self.url()).await.unwrap_or((0, 0));
+        self.child
+            .kill()
+            .await
+            .context("cannot SIGKILL the server")?;
+        self.dead_duplicates += dup;
+        self.dead_received += recv;
+        shared.fault(
+            "server_kill",
+            "server",
+            format!("SIGKILL, incarnation {}", self.incarnations),
+        );
+        let mut args = self.args.clone();
+        let listen = args
+            .iter()
+            .position(|a| a == "--listen")
+            .expect("--listen given")
+            + 1;
+        args[listen] = self.addr.to_string();
+        let mut tries = 0;
+        loop {
+            match start_server(shared, &args).await {
+                Ok((child, _)) => {
+                    self.child = child;
+                    self.incarnations += 1;
+                    return Ok(());
+                }
+                Err(e) if tries < 10 => {
+                    tracing::warn!(error = %e, "server restart failed; trying again");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.context("the server did not come back after a kill")),
+            }
+        }
+    }
+
+    async fn counters(&self) -> (u64, u64) {
+        let (dup, recv) = scrape(&self.url()).await.unwrap_or((0, 0));
+        (self.dead_duplicates + dup, self.dead_received + recv)
+    }
+}
+
+/// Starts `lanyard serve` and waits for its address.
+async fn start_server(shared: &Shared, args: &[String]) -> Result<(Child, SocketAddr)> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let own = Shared {
+        events: tx,
+        ..shared.clone()
+    };
+    let mut child = own.spawn(Source::Server, "server", args, false)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            Ok(Some((_, v))) if v["event"] == "listening" => {
+                let addr = v["addr"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .context("server printed no address")?;
+                return Ok((child, addr));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!(
+                        "the server exited with {status}; see {}",
+                        shared.logs.join("server.log").display()
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "the server did not start within 120 s; see {}",
+                        shared.logs.join("server.log").display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Reads `lanyard_frames_duplicate_total` and `lanyard_frames_received_total`.
+async fn scrape(url: &str) -> Option<(u64, u64)> {
+    let text = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    Some((
+        value("lanyard_frames_duplicate_total"),
+        value("lanyard_frames_received_total"),
+    ))
+}
+
+/// The machine the campaign ran on, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub os: String,
+    pub kernel: String,
+    pub memory_gib: f64,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown".to_string(), |(_, v)| v.trim().to_string());
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Machine {
+        cpu,
+        cores,
+        os,
+        kernel,
+        memory_gib,
+    }
+}
+
+const APNS_TOPIC: &str = "org.lanyard.sim";
+
+/// The server's config file: pushes go to the local APNs peer, retried fast
+/// so a failing APNs shows up as retries within the campaign.
+fn server_config(dir: &Path, key: &TestApnsKey, peer: &ApnsPeer) -> Result<PathBuf> {
+    let key_path = key.write(dir);
+    let cert = peer.write_cert(dir);
+    let toml = format!(
+        r#"
+[push]
+max_attempts = 12
+retry_base_ms = 200
+retry_max_ms = 2000
+claim_lease_ms = 3000
+
+[push.apns]
+key_path = {key_path:?}
+key_id = {key_id:?}
+team_id = {team_id:?}
+topic = {APNS_TOPIC:?}
+production_url = {url:?}
+sandbox_url = {url:?}
+extra_root_certs = [{cert:?}]
+"#,
+        key_id = key.key_id,
+        team_id = key.team_id,
+        url = peer.url(),
+    );
+    let path = dir.join("server.toml");
+    std::fs::write(&path, toml).context("cannot write the server config")?;
+    Ok(path)
+}
+
+/// The campaign's push token for phone `i`: 64 hex digits, as APNs issues.
+fn push_token(i: usize) -> String {
+    format!("{:064x}", 0x5eed_0000_u64 + i as u64)
+}
+
+pub async fn run(args: SimArgs) -> Result<()> {
+    let mut scenario = Scenario::load(&args.scenario)?;
+    if let Some(seed) = args.seed {
+        scenario.run.seed = seed;
+    }
+    let outcome = campaign(&scenario, &args).await?;
+    let json_path = args
+        .json
+        .clone()
+        .or_else(|| args.report.as_ref().map(|r| r.with_extension("json")));
+    if let Some(path) = &json_path {
+        let text =
+            serde_json::to_string_pretty(&outcome).context("cannot serialize the results")?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("lanyard sim: results written to {}", path.display());
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, report::html(&outcome)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("lanyard sim: report written to {}", path.display());
+    }
+    print!("{}", report::summary(&outcome));
+    let t = &outcome.accounting.totals;
+    if t.lost > 0 || t.duplicated > 0 || t.duplicate_frames > 0 {
+        bail!(
+            "{} utterance(s) lost, {} answered twice, {} audio frames received twice; the tables above say which and why",
+            t.lost,
+            t.duplicated,
+            t.duplicate_frames
+        );
+    }
+    Ok(())
+}
+
+/// Everything a campaign produced: the JSON output and the report's input.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub scenario_path: String,
+    pub machine: Machine,
+    pub started_ms: u64,
+    pub wall_secs: f64,
+    pub server_incarnations: u32,
+    pub relay_launches: Vec<u32>,
+    pub fault_counts: Vec<(String, usize)>,
+    pub faults: Vec<FaultEvent>,
+    pub accounting: ledger::Accounting,
+}
+
+async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let work = args.keep.clone().unwrap_or_else(|| tmp.path().to_owned());
+    if args.keep.is_some() && work.exists() {
+        std::fs::remove_dir_all(&work)
+            .with_context(|| format!("cannot clear {}", work.display()))?;
+    }
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let server_dir = work.join("server");
+    eprintln!(
+        "lanyard sim: scenario {:?}, seed {}, working in {}",
+        scenario.run.name,
+        scenario.run.seed,
+        work.display()
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(scenario.run.seed);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let shared = Shared {
+        exe: std::env::current_exe().context("cannot find the lanyard executable")?,
+        logs: logs.clone(),
+        faults: Arc::default(),
+        events: tx,
+    };
+
+    // The APNs peer fails a fraction of requests, for real: the server sees
+    // the error status and must retry.
+    let key = TestApnsKey::generate();
+    let fail_rate = scenario.faults.apns_failure_rate;
+    let peer_rng = Mutex::new(rand::rngs::StdRng::seed_from_u64(rng.r#gen()));
+    let peer = ApnsPeer::start(ApnsPeerConfig::new(&key, APNS_TOPIC).with_script(move |_| {
+        let mut r = peer_rng.lock().expect("peer rng");
+        if fail_rate > 0.0 && r.r#gen::<f64>() < fail_rate {
+            match r.gen_range(0..3) {
+                0 => PeerReply::error(500, "InternalServerError"),
+                1 => PeerReply::error(503, "ServiceUnavailable"),
+                _ => PeerReply::error(429, "TooManyRequests"),
+            }
+        } else {
+            PeerReply::ok()
+        }
+    }))
+    .await
+    .context("cannot start the local APNs peer")?;
+    std::fs::create_dir_all(&server_dir).context("cannot create the server directory")?;
+    let config = server_config(&work, &key, &peer)?;
+
+    // Devices first: the store must exist before the server opens it.
+    let n = scenario.run.pendants;
+    let cfg = lanyard_server::ServerConfig::new(([127, 0, 0, 1], 0).into(), server_dir.clone());
+    let mut devices = Vec::new();
+    for i in 0..n {
+        devices.push(crate::add_device(&cfg, &format!("sim-phone-{i}")).await?);
+    }
+    let s = |x: &str| x.to_string();
+    let p = |x: &Path| x.to_string_lossy().into_owned();
+    let mut server_args = vec![
+        s("serve"),
+        s("--listen"),
+        s("127.0.0.1:0"),
+        s("--data-dir"),
+        p(&server_dir),
+    ];
+    server_args.extend([
+        s("--model-dir"),
+        p(&args.model_dir),
+        s("--config"),
+        p(&config),
+    ]);
+    if scenario.run.stt_threads > 0 {
+        server_args.extend([s("--stt-threads"), scenario.run.stt_threads.to_string()]);
+    }
+    let server = Server::start(&shared, server_args).await?;
+    let server_addr = server.addr;
+    let server_url = server.url();
+    eprintln!(
+        "lanyard sim: server up at {server_url}, APNs peer at {}",
+        peer.url()
+    );
+    let server = Arc::new(tokio::sync::Mutex::new(server));
+
+    // Pendants: each its own voice and rate, the corpus round-robin from an
+    // offset so the pendants do not speak in unison.
+    let corpus = scenario.corpus.sentences();
+    let mut pendant_addrs = Vec::new();
+    let mut pendants = Vec::new();
+    let (pendant_ready_tx, mut pendant_ready_rx) = mpsc::unbounded_channel::<(Source, Value)>();
+    let mut references: Vec<Vec<String>> = Vec::new();
+    for i in 0..n {
+        let voice = &scenario.corpus.voices[i % scenario.corpus.voices.len()];
+        let rate = scenario.corpus.rates
+            [(i / scenario.corpus.voices.len() + i) % scenario.corpus.rates.len()];
+        let mut a = vec![
+            s("pendant-sim"),
+            s("--listen"),
+            s("127.0.0.1:0"),
+            s("--wait-for-central"),
+            s("--hold-until-central"),
+        ];
+        a.extend([
+            s("--linger-secs"),
+            s("100000"),
+            s("--gap-ms"),
+            scenario.run.gap_ms.to_string(),
+        ]);
+        a.extend([
+            s("--mtu"),
+            scenario.run.mtu.to_string(),
+            s("--voice"),
+            voice.clone(),
+            s("--rate"),
+            rate.to_string(),
+        ]);
+        a.extend([s("--drop-rate"), scenario.faults.ble_drop_rate.to_string()]);
+        a.extend([
+            s("--reorder-rate"),
+            scenario.faults.ble_reorder_rate.to_string(),
+        ]);
+        a.extend([s("--fault-seed"), rng.r#gen::<u64>().to_string()]);
+        let mut refs = Vec::new();
+        for k in 0..scenario.run.utterances_per_pendant {
+            let sentence = &corpus[(k + i * 5) % corpus.len()];
+            refs.push(sentence.clone());
+            a.extend([s("--say"), sentence.clone()]);
+        }
+        references.push(refs);
+        let own = Shared {
+            events: pendant_ready_tx.clone(),
+            ..shared.clone()
+        };
+        pendants.push(own.spawn(Source::Pendant(i), &format!("pendant-{i}"), &a, false)?);
+    }
+    // Synthesis of every sentence happens before a pendant listens.
+    let mut early = Vec::new();
+    while pendant_addrs.len() < n {
+        let (src, v) = tokio::time::timeout(Duration::from_secs(300), pendant_ready_rx.recv())
+            .await
+            .context(
+                "the pendant simulators did not start within 300 s (espeak-ng and sox installed?)",
+            )?
+            .context("pendant simulators ended before listening")?;
+        if v["event"] == "listening" {
+            pendant_addrs.push((src, v["addr"].as_str().unwrap_or_default().to_string()));
+        } else {
+            early.push((now_ms(), src, v));
+        }
+    }
+    pendant_addrs.sort_by_key(|(src, _)| match src {
+        Source::Pendant(i) => *i,
+        _ => usize::MAX,
+    });
+    // From here on pendant events flow into the one event stream.
+    {
+        let tx = shared.events.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = pendant_ready_rx.recv().await {
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(pendant_ready_tx);
+
+    // Phones: a fault proxy and a relay under the lifecycle each.
+    let mut phones = Vec::new();
+    let mut proxies = Vec::new();
+    let stop_faults = Arc::new(tokio::sync::Notify::new());
+    for (i, (_, addr)) in pendant_addrs.iter().enumerate() {
+        let proxy = Arc::new(
+            proxy::FaultProxy::start(server_addr)
+                .await
+                .context("cannot start a fault proxy")?,
+        );
+        proxies.push(proxy.clone());
+        let spool = work.join(format!("spool-{i}"));
+        let base = vec![
+            s("relay"),
+            s("--server"),
+            proxy.url(),
+            s("--token"),
+            devices[i].1.clone(),
+            s("--sim"),
+            addr.clone(),
+            s("--spool-dir"),
+            p(&spool),
+            s("--push-token"),
+            format!("apns:{}", push_token(i)),
+            s("--control-stdin"),
+        ];
+        let phone = phone::Phone::start(
+            i,
+            shared.clone(),
+            base,
+            scenario.clone(),
+            proxy.clone(),
+            rng.r#gen(),
+        )
+        .context("cannot start a relay")?;
+        phones.push(phone);
+        tokio::spawn(network_faults(
+            i,
+            proxy,
+            scenario.clone(),
+            shared.clone(),
+            rng.r#gen(),
+            stop_faults.clone(),
+        ));
+    }
+    let server_faults = tokio::spawn(server_killer(
+        server.clone(),
+        scenario.clone(),
+        shared.clone(),
+        rng.r#gen(),
+        stop_faults.clone(),
+    ));
+
+    // The event loop: record everything, route pendant and relay events to
+    // their phone, show progress, until every pendant is done.
+    let total = scenario.utterances();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} spoken  {msg}",
+        )
+        .expect("progress template")
+        .progress_chars("=> "),
+    );
+    let store = SqliteStore::open(&server_dir.join("lanyard.db"))
+        .await
+        .context("cannot open the server's store")?;
+    let mut log: Vec<Record> = early
+        .into_iter()
+        .map(|(at_ms, source, event)| Record {
+            at_ms,
+            source,
+            event,
+        })
+        .collect();
+    let mut done = HashSet::new();
+    let deadline = started + Duration::from_secs(scenario.run.timeout_secs);
+    let mut status = tokio::time::interval(Duration::from_secs(2));
+    let mut last_line = Instant::now();
+    let mut draining_since: Option<Instant> = None;
+    let mut resolved_since: Option<Instant> = None;
+    let mut timed_out = false;
+    loop {
+        tokio::select! {
+            Some((source, event)) = rx.recv() => {
+                match source {
+                    Source::Pendant(i) => {
+                        match event["event"].as_str() {
+                            Some("utterance_end") => bar.inc(1),
+                            Some("done") => { done.insert(i); }
+                            _ => {}
+                        }
+                        phones[i].send(phone::Msg::Pendant(event.clone()));
+                    }
+                    Source::Relay(i) if event["event"] == "upload_task" => phones[i].send(phone::Msg::Relay(event.clone())),
+                    _ => {}
+                }
+                log.push(Record { at_ms: now_ms(), source, event });
+            }
+            _ = status.tick() => {
+                let ids = ledger::relay_ids(&log);
+                let mut replied = 0;
+                let mut resolved = 0;
+                let discarded = ledger::discarded_ids(&log);
+                for id in &ids {
+                    let r = store.push_request(*id).await.ok().flatten().is_some_and(|p| p.status == lanyard_store::PushStatus::Sent);
+                    replied += usize::from(r);
+                    resolved += usize::from(r || discarded.contains(id));
+                }
+                let msg = format!("{replied}/{} replied, {} faults applied", ids.len(), shared.fault_count());
+                bar.set_message(msg.clone());
+                if bar.is_hidden() && last_line.elapsed() > Duration::from_secs(20) {
+                    eprintln!("lanyard sim: {:.0}s, {}/{total} spoken, {msg}", started.elapsed().as_secs_f64(), bar.position());
+                    last_line = Instant::now();
+                }
+                if done.len() == n && draining_since.is_none() {
+                    // Speech is over: faults stop, every app comes to the
+                    // foreground, and what is in flight may settle.
+                    draining_since = Some(Instant::now());
+                    stop_faults.notify_waiters();
+                    for ph in &phones {
+                        ph.send(phone::Msg::Drain);
+                    }
+                    eprintln!("lanyard sim: every pendant is done after {:.0}s; delivering the rest", started.elapsed().as_secs_f64());
+                }
+                let open = ledger::unended_ids(&log);
+                if draining_since.is_some() && resolved == ids.len() && open.is_empty() {
+                    // Give a late duplicate (a second push, say) time to show.
+                    let since = *resolved_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(4) {
+                        break;
+                    }
+                } else {
+                    resolved_since = None;
+                }
+                let settle_over = draining_since.is_some_and(|d| d.elapsed() > Duration::from_secs(scenario.run.settle_secs));
+                if settle_over || Instant::now() > deadline {
+                    timed_out = true;
+                    eprintln!("lanyard sim: stopped waiting: {resolved} of {} utterances resolved", ids.len());
+                    break;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let wall_secs = started.elapsed().as_secs_f64();
+    server_faults.abort();
+    let mut relay_launches = Vec::new();
+    for ph in &phones {
+        relay_launches.push(ph.stop().await);
+    }
+    // Stragglers the relays printed as they stopped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok((source, event)) = rx.try_recv() {
+        log.push(Record {
+            at_ms: now_ms(),
+            source,
+            event,
+        });
+    }
+    for mut pendant in pendants {
+        let _ = pendant.kill().await;
+    }
+    // The raw events, for a look at what the books are made of.
+    let raw: String = log
+        .iter()
+        .map(|r| {
+            format!(
+                "{}\n",
+                serde_json::json!({"read_ms": r.at_ms, "source": r.source, "event": r.event})
+            )
+        })
+        .collect();
+    let _ = std::fs::write(work.join("events.jsonl"), raw);
+
+    // What the server holds, from its store and audio files.
+    let mut server = server.lock().await;
+    let (frames_duplicate, frames_received) = server.counters().await;
+    let mut facts: HashMap<Uuid, ServerFacts> = HashMap::new();
+    let owner = ledger::relay_owner(&log);
+    for id in ledger::relay_ids(&log) {
+        let row = store
+            .utterance(id)
+            .await
+            .context("cannot read the server's store")?;
+        let device = owner.get(&id).map(|&i| devices[i].0);
+        let audio = device.map(|d| {
+            server_dir
+                .join("audio")
+                .join(d.to_string())
+                .join(format!("{id}.frames"))
+        });
+        facts.insert(
+            id,
+            ServerFacts {
+                state: row
+                    .as_ref()
+                    .map(|u| format!("{:?}", u.state).to_lowercase()),
+                frames: row.as_ref().map(|u| u.frames),
+                transcript: row.as_ref().and_then(|u| u.transcript.clone()),
+                reply_body: row.as_ref().and_then(|u| u.reply_body.clone()),
+                error: row.as_ref().and_then(|u| u.error.clone()),
+                timings: row.as_ref().map(|u| u.timings.clone()).unwrap_or_default(),
+                transcript_writes: store.transcript_writes(id).await.unwrap_or(0),
+                audio_records: audio.and_then(|p| count_audio_records(&p)),
+                push_status: store
+                    .push_request(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|p| format!("{:?}", p.status).to_lowercase()),
+            },
+        );
+    }
+    let _ = server.child.kill().await;
+    let incarnations = server.incarnations;
+    drop(server);
+    let pushes: Vec<PushSeen> = peer
+        .received()
+        .iter()
+        .map(|r| PushSeen {
+            at_ms: r
+                .received_system
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            utterance: r
+                .header("apns-collapse-id")
+                .and_then(|c| Uuid::parse_str(c).ok()),
+            device_token: r.device_token.clone(),
+            status: r.answered_status,
+        })
+        .collect();
+    let faults = shared.faults.lock().expect("fault log").clone();
+    let accounting = ledger::account(&ledger::Inputs {
+        log: &log,
+        references: &references,
+        server: &facts,
+        pushes: &pushes,
+        faults: &faults,
+        frames_duplicate,
+        frames_received,
+        timed_out,
+    });
+    let fault_counts = accounting.fault_counts.clone();
+    drop(proxies);
+    Ok(Outcome {
+        scenario: scenario.clone(),
+        scenario_path: args.scenario.to_string_lossy().into_owned(),
+        machine: machine(),
+        started_ms,
+        wall_secs,
+        server_incarnations: incarnations,
+        relay_launches,
+        fault_counts,
+        faults,
+        accounting,
+    })
+}
+
+/// Counts whole, checksummed records in a server audio file (see
+/// `lanyard_server::audio`): the frames the server really holds on disk.
+fn count_audio_records(path: &Path) -> Option<u32> {
+    let bytes = std::fs::read(path).ok()?;
+    let (mut at, mut n) = (0usize, 0u32);
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?);
+        let Some(frame) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32c(frame) != crc {
+            break;
+        }
+        n += 1;
+        at += 8 + len;
+    }
+    Some(n)
+}
+
+/// CRC-32C (Castagnoli), bitwise: the server's record checksum.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Applies one phone's network faults until told to stop.
+async fn network_faults(
+    i: usize,
+    proxy: Arc<proxy::FaultProxy>,
+    scenario: Scenario,
+    shared: Shared,
+    seed: u64,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let f = &scenario.faults;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let target = format!("phone-{i} network");
+    // Next due time of each kind, as offsets from now.
+    let kinds = [
+        f.network_cuts_per_min,
+        f.delays_per_min,
+        f.black_holes_per_min,
+        f.network_switches_per_min,
+    ];
+    let start = tokio::time::Instant::now();
+    let mut due: Vec<Option<tokio::time::Instant>> = kinds
+        .iter()
+        .map(|&r| poisson_wait(&mut rng, r).map(|w| start + w))
+        .collect();
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        let Some((k, at)) = due
+            .iter()
+            .enumerate()
+            .filter_map(|(k, d)| d.map(|d| (k, d)))
+            .min_by_key(|(_, d)| *d)
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        let began = now_ms();
+        match k {
+            0 => {
+                if proxy.cut_one(rng.r#gen()) {
+                    shared.fault("network_cut", &target, "one live connection reset".into());
+                }
+            }
+            1 => {
+                let delay = Duration::from_millis(f.delay_ms);
+                let chunks = proxy
+                    .delay_for(delay, Duration::from_millis(f.delay_for_ms))
+                    .await;
+                if chunks > 0 {
+                    shared.fault_at(
+                        began,
+                        "network_delay",
+                        &target,
+                        format!("{chunks} chunks delayed {} ms", f.delay_ms),
+                    );
+                }
+            }
+            2 => {
+                let (held, reset) = proxy
+                    .black_hole_for(Duration::from_millis(f.black_hole_for_ms))
+                    .await;
+                if held > 0 || reset > 0 {
+                    shared.fault_at(
+                        began,
+                        "black_hole",
+                        &target,
+                        format!(
+                            "{} ms: {held} chunks swallowed, {reset} connections reset",
+                            f.black_hole_for_ms
+                        ),
+                    );
+                }
+            }
+            _ => {
+                let (reset, refused) = proxy
+                    .switch_network(Duration::from_millis(f.switch_outage_ms))
+                    .await;
+                if reset > 0 || refused > 0 {
+                    shared.fault_at(
+                        began,
+                        "network_switch",
+                        &target,
+                        format!(
+                            "{reset} connections reset, {refused} refused during a {} ms outage",
+                            f.switch_outage_ms
+                        ),
+                    );
+                }
+            }
+        }
+        due[k] = poisson_wait(&mut rng, kinds[k]).map(|w| tokio::time::Instant::now() + w);
+    }
+}
+
+/// SIGKILLs and restarts the server at the scenario's rate until told to stop.
+async fn server_killer(
+    server: Arc<tokio::sync::Mutex<Server>>,
+    scenario: Scenario,
+    shared: Shared,
+    seed: u64,
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    while let Some(wait) = poisson_wait(&mut rng, scenario.faults.server_kills_per_min) {
+        tokio::select! {
+            _ = &mut stopped => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let mut s = server.lock().await;
+        if let Err(e) = s.kill_and_restart(&shared).await {
+            eprintln!("lanyard sim: {e:#}");
+            return Err(e);
+        }
+    }
+    Ok(())
+}

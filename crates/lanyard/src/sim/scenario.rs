@@ -1,0 +1,268 @@
+//! The scenario file of `lanyard sim`: what to run and which faults to apply.
+//!
+//! A scenario is TOML with four tables; every key has a default, so a file
+//! names only what it changes, and an unknown key is an error (a typo must
+//! not silently turn a fault off). Rates of timed faults are *per minute of
+//! campaign*, drawn as a Poisson process from the scenario's seed; rates of
+//! per-item faults are probabilities in 0..=1.
+//!
+//! ```toml
+//! [run]
+//! seed = 7                  # every random choice derives from it
+//! pendants = 4              # pendant + relay pairs, each relay its own device
+//! utterances_per_pendant = 25
+//! gap_ms = 1200             # silence between a pendant's utterances
+//!
+//! [corpus]                  # espeak-ng voices and rates, spread over pendants
+//! voices = ["en-us", "en-gb"]
+//! rates = [150, 175]
+//!
+//! [lifecycle]               # the simulated iOS app around each relay
+//! wake_window_ms = [2000, 6000]
+//!
+//! [faults]
+//! network_cuts_per_min = 2.0
+//! relay_kill_on_suspend = 0.2
+//! ```
+//!
+//! See `scenarios/` at the repository root for complete files.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// A whole scenario, as read from its file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    pub run: RunSection,
+    pub corpus: CorpusSection,
+    pub lifecycle: LifecycleSection,
+    pub faults: FaultSection,
+}
+
+/// `[run]`: the size and pace of the campaign.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// A label for the report.
+    pub name: String,
+    /// Seed of every random choice: fault times, victims, lifecycle.
+    pub seed: u64,
+    /// Simulated pendants; each has its own relay process and device.
+    pub pendants: usize,
+    /// Sentences each pendant speaks, taken round-robin from the corpus.
+    pub utterances_per_pendant: usize,
+    /// Silence between a pendant's utterances. Kept under the relay's
+    /// silence timeout on purpose: utterance ends come from the END marker.
+    pub gap_ms: u64,
+    /// The negotiated ATT MTU of every pendant.
+    pub mtu: u16,
+    /// After the last pendant finishes, how long to wait for every utterance
+    /// to be delivered before the undelivered ones count as lost.
+    pub settle_secs: u64,
+    /// Hard limit on the whole campaign.
+    pub timeout_secs: u64,
+    /// CPU threads the server gives Whisper (0: all cores).
+    pub stt_threads: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            name: "unnamed".into(),
+            seed: 1,
+            pendants: 2,
+            utterances_per_pendant: 5,
+            gap_ms: 1200,
+            mtu: 185,
+            settle_secs: 180,
+            timeout_secs: 1800,
+            stt_threads: 0,
+        }
+    }
+}
+
+/// `[corpus]`: what the pendants say, and in which voices.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorpusSection {
+    /// espeak-ng voices, assigned to pendants in turn.
+    pub voices: Vec<String>,
+    /// Speaking rates in words per minute, assigned in turn after voices.
+    pub rates: Vec<u32>,
+    /// Reference sentences; empty means the built-in corpus.
+    pub sentences: Vec<String>,
+}
+
+impl Default for CorpusSection {
+    fn default() -> Self {
+        Self {
+            voices: vec!["en-us".into()],
+            rates: vec![150],
+            sentences: Vec::new(),
+        }
+    }
+}
+
+/// The built-in corpus: everyday requests a pendant user would speak.
+pub const CORPUS: &[&str] = &[
+    "Remind me to call my sister tomorrow morning.",
+    "What is the weather going to be like this weekend?",
+    "Add milk, eggs and bread to my shopping list.",
+    "Send a message to Tom saying I will be ten minutes late.",
+    "Set a timer for twenty minutes.",
+    "Turn off the lights in the kitchen.",
+    "What time is my dentist appointment on Friday?",
+    "Play some quiet music in the living room.",
+    "How long does it take to drive to the airport?",
+    "Book a table for two at seven tonight.",
+    "Remind me to water the plants when I get home.",
+    "Call the office and tell them I am running late.",
+];
+
+impl CorpusSection {
+    pub fn sentences(&self) -> Vec<String> {
+        if self.sentences.is_empty() {
+            CORPUS.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.sentences.clone()
+        }
+    }
+}
+
+/// `[lifecycle]`: how each relay's simulated iOS app moves between states.
+///
+/// Foreground for a while; then background, where every BLE event (an
+/// utterance starting or ending) grants a wake window; when a window runs
+/// out the app is told it will suspend and is then frozen with SIGSTOP.
+/// The next BLE event thaws it (SIGCONT) into a new wake window, or, with
+/// `foreground_on_wake`, the user opens the app. A killed app is relaunched
+/// on the pendant's next BLE event, in the background.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleSection {
+    /// Off: every relay stays in the foreground.
+    pub enabled: bool,
+    /// How long a foreground spell lasts, ms, drawn uniformly from [min, max].
+    pub foreground_ms: [u64; 2],
+    /// A background wake window, ms, drawn uniformly from [min, max].
+    pub wake_window_ms: [u64; 2],
+    /// Between `suspend` and the freeze: the app's last moment to hand off.
+    pub suspend_grace_ms: u64,
+    /// Probability that a wake brings the app to the foreground.
+    pub foreground_on_wake: f64,
+}
+
+impl Default for LifecycleSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            foreground_ms: [5_000, 20_000],
+            wake_window_ms: [2_000, 8_000],
+            suspend_grace_ms: 300,
+            foreground_on_wake: 0.2,
+        }
+    }
+}
+
+/// `[faults]`: each fault kind with its own rate. Zero turns a kind off.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSection {
+    /// Per relay: one live connection through its fault proxy is reset.
+    pub network_cuts_per_min: f64,
+    /// Per relay: a latency spike of `delay_ms` on every chunk for `delay_for_ms`.
+    pub delays_per_min: f64,
+    pub delay_ms: u64,
+    pub delay_for_ms: u64,
+    /// Per relay: connections are accepted but nothing is forwarded for
+    /// `black_hole_for_ms`; the connections caught in it are then reset.
+    pub black_holes_per_min: f64,
+    pub black_hole_for_ms: u64,
+    /// Per relay: a Wi-Fi to cellular switch: every connection is reset and
+    /// new ones are refused for `switch_outage_ms`.
+    pub network_switches_per_min: f64,
+    pub switch_outage_ms: u64,
+    /// The server is SIGKILLed and restarted on the same data and port.
+    pub server_kills_per_min: f64,
+    /// Per relay: SIGKILL at a random moment (a crash, or jetsam).
+    pub relay_kills_per_min: f64,
+    /// Probability that a suspending app is killed instead of frozen.
+    pub relay_kill_on_suspend: f64,
+    /// Per notification: lost between pendant and relay.
+    pub ble_drop_rate: f64,
+    /// Per frame: delivered after the next frame.
+    pub ble_reorder_rate: f64,
+    /// Probability that a relay launch gets a slow disk.
+    pub slow_disk_rate: f64,
+    /// How much longer each spool fsync takes on a slow disk. The relay
+    /// fsyncs every 200 ms inside its event loop, so a delay near 200 ms
+    /// leaves it no time for anything else: it falls behind real time and
+    /// what is queued is lost if the app is then killed (a finding of the
+    /// first campaigns; tens of ms is a slow flash chip).
+    pub slow_disk_fsync_ms: u64,
+    /// Per push request: the APNs peer answers 500, 503 or 429.
+    pub apns_failure_rate: f64,
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the scenario {}", path.display()))?;
+        let s: Scenario = toml::from_str(&text)
+            .with_context(|| format!("scenario {} is not valid; `lanyard sim --help` lists every key, and scenarios/ci-short.toml sets them all", path.display()))?;
+        s.validate()
+            .with_context(|| format!("scenario {}", path.display()))?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = &self.run;
+        if r.pendants == 0 || r.pendants > 32 {
+            bail!("[run] pendants must be 1 to 32 (each is two processes)");
+        }
+        if r.utterances_per_pendant == 0 {
+            bail!("[run] utterances_per_pendant must be at least 1");
+        }
+        if self.corpus.voices.is_empty() || self.corpus.rates.is_empty() {
+            bail!("[corpus] voices and rates must each name at least one");
+        }
+        let f = &self.faults;
+        for (name, p) in [
+            ("relay_kill_on_suspend", f.relay_kill_on_suspend),
+            ("ble_drop_rate", f.ble_drop_rate),
+            ("ble_reorder_rate", f.ble_reorder_rate),
+            ("slow_disk_rate", f.slow_disk_rate),
+            ("apns_failure_rate", f.apns_failure_rate),
+            ("foreground_on_wake", self.lifecycle.foreground_on_wake),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("{name} is a probability: give a value from 0 to 1, not {p}");
+            }
+        }
+        for (name, r) in [
+            ("network_cuts_per_min", f.network_cuts_per_min),
+            ("delays_per_min", f.delays_per_min),
+            ("black_holes_per_min", f.black_holes_per_min),
+            ("network_switches_per_min", f.network_switches_per_min),
+            ("server_kills_per_min", f.server_kills_per_min),
+            ("relay_kills_per_min", f.relay_kills_per_min),
+        ] {
+            if !(0.0..=60.0).contains(&r) {
+                bail!("[faults] {name} is events per minute: give a value from 0 to 60, not {r}");
+            }
+        }
+        let l = &self.lifecycle;
+        if l.foreground_ms[0] > l.foreground_ms[1] || l.wake_window_ms[0] > l.wake_window_ms[1] {
+            bail!("[lifecycle] ranges are [min, max] with min <= max");
+        }
+        Ok(())
+    }
+
+    /// Total utterances the pendants will speak.
+    pub fn utterances(&self) -> usize {
+        self.run.pendants * self.run.utterances_per_pendant
+    }
+}
