@@ -13,16 +13,16 @@ use axum::{Json, Router};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::{oggopus, wav};
 use lanyard_proto::wire::{
-    DeletedData, PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceList, UtteranceState,
-    UtteranceView, limits,
+    DeletedData, PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceState, UtteranceView, limits,
 };
-use lanyard_store::{PushTarget, StoreError};
+use lanyard_store::{PushTarget, StoreError, Utterance};
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::AuthDevice;
 use crate::error::ApiError;
 use crate::metrics::{self, Limit, Limited};
-use crate::{AppState, admin, ingest, now_ms};
+use crate::{AppState, admin, ingest, now_ms, transcribe};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,27 @@ pub fn routes() -> Vec<Route> {
                     (101, "Switching to the WebSocket protocol.", None),
                     E401,
                     (429, "`too_many_streams`: the device has its maximum of streams open.", Some("ErrorBody")),
+                ],
+            },
+        },
+        Route {
+            method: "post",
+            path: "/v1/audio/transcriptions",
+            handler: post(transcribe::transcriptions).layer(DefaultBodyLimit::max(transcribe::MAX_BODY_BYTES)),
+            doc: Doc {
+                summary: "OpenAI-compatible speech-to-text on this node's model, for another Lanyard node or any OpenAI client. \
+                          Multipart fields: `file` (WAV at any rate, or Ogg Opus; at most 600 s), `model` (ignored), \
+                          `response_format` (`json` or `text`), `language` (`en` or absent).",
+                auth: Auth::Device,
+                query: &[],
+                body: Some(("multipart/form-data", "TranscriptionRequest")),
+                responses: &[
+                    (200, "The text: `{\"text\": ...}`, or plain text with `response_format=text`.", Some("Transcription")),
+                    (400, "Malformed: no `file`, a broken WAV or Ogg, over 600 s, an unknown response_format or language.", Some("ErrorBody")),
+                    E401,
+                    (413, "Over 25 MiB.", Some("ErrorBody")),
+                    (415, "Not multipart, or a file that is neither WAV (PCM or float) nor Ogg Opus.", Some("ErrorBody")),
+                    E429,
                 ],
             },
         },
@@ -266,14 +287,57 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID; utterance ids are UUIDv7 minted by the relay")))
 }
 
+/// Where an utterance's audio stands, beside its view in every answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AudioStatus {
+    /// The audio file is on the server.
+    Stored,
+    /// Deleted by the retention policy (`[audio] retention_days`); the
+    /// transcript and reply remain.
+    Purged,
+    /// A text-only utterance: there never was audio.
+    None,
+}
+
+/// An utterance as the API answers it: the wire view (`UtteranceView`,
+/// flattened) and the audio's status. The extra keys are ignored by clients
+/// that read only the view.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct UtteranceBody {
+    #[serde(flatten)]
+    pub view: UtteranceView,
+    pub audio: AudioStatus,
+    /// When the retention policy deleted the audio.
+    pub audio_purged_ms: Option<i64>,
+}
+
+impl UtteranceBody {
+    pub(crate) fn of(u: &Utterance) -> Self {
+        let audio = match (u.codec, u.audio_purged_ms) {
+            (None, _) => AudioStatus::None,
+            (Some(_), Some(_)) => AudioStatus::Purged,
+            (Some(_), None) => AudioStatus::Stored,
+        };
+        Self { view: u.view(), audio, audio_purged_ms: u.audio_purged_ms }
+    }
+}
+
+/// `GET /v1/utterances`'s page, with [`UtteranceBody`] items.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct UtteranceListBody {
+    pub utterances: Vec<UtteranceBody>,
+    pub next_before: Option<Uuid>,
+}
+
 async fn get_utterance(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
     Path(id): Path<String>,
-) -> Result<Json<UtteranceView>, ApiError> {
+) -> Result<Json<UtteranceBody>, ApiError> {
     let id = parse_id(&id)?;
     match state.store.utterance(id).await? {
-        Some(u) if u.device_id == device.id => Ok(Json(u.view())),
+        Some(u) if u.device_id == device.id => Ok(Json(UtteranceBody::of(&u))),
         // Someone else's utterance is indistinguishable from none.
         _ => Err(ApiError::NotFound(format!("no utterance {id}"))),
     }
@@ -292,7 +356,7 @@ async fn list_utterances(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<UtteranceList>, ApiError> {
+) -> Result<Json<UtteranceListBody>, ApiError> {
     let Query(params) = params.map_err(|e| {
         ApiError::BadRequest(format!("{e}; the query takes `limit` (1 to {}) and `before` (an utterance id)", limits::LIST_MAX))
     })?;
@@ -306,7 +370,7 @@ async fn list_utterances(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_before = if more { rows.last().map(|u| u.id) } else { None };
-    Ok(Json(UtteranceList { utterances: rows.iter().map(|u| u.view()).collect(), next_before }))
+    Ok(Json(UtteranceListBody { utterances: rows.iter().map(UtteranceBody::of).collect(), next_before }))
 }
 
 /// `DELETE /v1/utterances/{id}`: the audio file first, then the rows. A crash
@@ -359,13 +423,13 @@ pub(crate) async fn remove_device_data(state: &AppState, device: Uuid) -> Result
 }
 
 /// Takes one of the device's request tokens, or answers 429.
-fn request_limit(state: &AppState, device: Uuid) -> Result<(), ApiError> {
+pub(crate) fn request_limit(state: &AppState, device: Uuid) -> Result<(), ApiError> {
     state.limiter.request(device).map_err(|wait| {
         metrics::emit(Limited { limit: Limit::Requests });
         ApiError::TooManyRequests {
             code: "rate_limited",
             message: format!(
-                "more than {} uploads and text posts a second (burst {}); retry after the Retry-After header's seconds",
+                "more than {} uploads, text posts and transcriptions a second (burst {}); retry after the Retry-After header's seconds",
                 state.limiter.cfg.requests_per_sec, state.limiter.cfg.request_burst
             ),
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
@@ -397,7 +461,7 @@ async fn post_text(
     AuthDevice(device): AuthDevice,
     Path(id): Path<String>,
     body: Result<Json<TextUtterance>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<UtteranceView>), ApiError> {
+) -> Result<(StatusCode, Json<UtteranceBody>), ApiError> {
     request_limit(&state, device.id)?;
     let id = parse_id(&id)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"text\": \"...\"}}")))?;
@@ -417,9 +481,9 @@ async fn post_text(
     }
     if created {
         state.pipeline.enqueue(id).await;
-        return Ok((StatusCode::ACCEPTED, Json(row.view())));
+        return Ok((StatusCode::ACCEPTED, Json(UtteranceBody::of(&row))));
     }
-    Ok((StatusCode::OK, Json(row.view())))
+    Ok((StatusCode::OK, Json(UtteranceBody::of(&row))))
 }
 
 /// `PUT /v1/utterances/{id}/audio`: the whole utterance as Ogg Opus.

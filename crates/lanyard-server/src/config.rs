@@ -12,8 +12,12 @@
 //! data_dir = "/var/lib/lanyard"
 //!
 //! [stt]
+//! backend = "local"                # or "remote"; see below
 //! model_dir = "/var/lib/lanyard/models/whisper-tiny.en"
 //! threads = 0                      # 0: all cores
+//!
+//! [audio]
+//! retention_days = 30              # audio of finished utterances; 0 keeps it forever
 //!
 //! [responder]                      # see lanyard-respond
 //! kind = "builtin"
@@ -49,11 +53,50 @@
 //!
 //! Every section is checked at start-up, and a mistake fails the start with a
 //! message that names the setting and what to do.
+//!
+//! # Speech-to-text: local or remote
+//!
+//! `backend = "local"` (the default) loads the Whisper model from `model_dir`
+//! and transcribes on this machine's CPU. `backend = "remote"` loads no model
+//! at all and sends each utterance to an OpenAI-compatible
+//! `POST .../audio/transcriptions` endpoint (see `lanyard_stt::RemoteStt`):
+//!
+//! ```toml
+//! [stt]
+//! backend = "remote"
+//! url = "https://api.groq.com/openai/v1"  # base URL, or the full .../audio/transcriptions URL
+//! api_key_env = "GROQ_API_KEY"            # or: api_key = "..."; neither for a server without auth
+//! model = "whisper-large-v3"              # default "whisper-1" (OpenAI)
+//! language = "en"                         # optional
+//! timeout_secs = 60                       # per attempt
+//! max_attempts = 3                        # on 5xx, 429 and connection errors; 1 = no retries
+//! ```
+//!
+//! Another Lanyard server serves the same endpoint: point `url` at
+//! `http://that-node:8080/v1` and give one of *its* device tokens as the key.
+//! `model_dir` and `threads` apply only to `local`, and `url`, `api_key*`,
+//! `model`, `language`, `timeout_secs` and `max_attempts` only to `remote`;
+//! a key of the other backend is an error, so a half-edited file is caught.
+//! Environment and flags: `LANYARD_STT_BACKEND` / `--stt-backend`,
+//! `LANYARD_STT_URL` / `--stt-url`, `LANYARD_STT_MODEL` / `--stt-model`,
+//! `LANYARD_STT_TIMEOUT_SECS` / `--stt-timeout-secs`, and
+//! `LANYARD_STT_API_KEY` (the key itself, which wins over the file's).
+//!
+//! # Audio retention
+//!
+//! The audio file of an utterance is deleted `retention_days` after the
+//! utterance was created, once it is finished (transcribed, replied or
+//! failed); its transcript and reply stay, and the API reports
+//! `"audio": "purged"`. Utterances still being received or transcribed are
+//! never touched. `retention_days = 0` keeps audio forever. The default, 30
+//! days, leaves time to look into a bad transcript without keeping a
+//! wearer's voice indefinitely.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use lanyard_respond::Secret;
 use lanyard_respond::ResponderConfig;
 use serde::Deserialize;
 use thiserror::Error;
@@ -74,6 +117,48 @@ pub struct FileConfig {
     pub admin_token_hash: Option<String>,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub audio: AudioSection,
+}
+
+/// `[audio]`: how long utterance audio is kept. See the module doc.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioSection {
+    /// Days after its creation that a finished utterance's audio is deleted;
+    /// 0 keeps audio forever.
+    pub retention_days: u32,
+    /// How often the sweeper looks for expired audio. Not in the TOML
+    /// example: an hour is fine-grained enough for a retention in days, and
+    /// tests lower it.
+    pub sweep_interval_secs: u64,
+}
+
+/// The default retention: see the module doc.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+
+impl Default for AudioSection {
+    fn default() -> Self {
+        Self { retention_days: DEFAULT_RETENTION_DAYS, sweep_interval_secs: 3600 }
+    }
+}
+
+impl AudioSection {
+    /// The retention as a duration; `None` keeps audio forever.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0).then(|| Duration::from_secs(u64::from(self.retention_days) * 86_400))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sweep_interval_secs == 0 {
+            return Err(ConfigError::Audio("sweep_interval_secs must be at least 1".into()));
+        }
+        // Far beyond any sensible retention, and safely inside i64 milliseconds.
+        if self.retention_days > 36_500 {
+            return Err(ConfigError::Audio("retention_days must be at most 36500; use 0 to keep audio forever".into()));
+        }
+        Ok(())
+    }
 }
 
 /// `[limits]`: what one device may use. Each limit has its own answer (a
@@ -170,11 +255,150 @@ pub fn admin_token_hash(file_hash: Option<&str>, env_token: Option<&str>) -> Res
 /// Shortest admin token accepted: 32 characters of base64 carry 192 bits.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
-#[derive(Debug, Default, Deserialize)]
+/// `[stt]`, as written. Every key is optional; [`SttSection::resolve`]
+/// checks them together and fills in defaults. `lanyard serve` overwrites
+/// keys from its flags and `LANYARD_STT_*` before resolving.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SttSection {
+    /// `local` (default) or `remote`.
+    pub backend: Option<SttBackendKind>,
+    /// Local: the CTranslate2 Whisper model directory.
     pub model_dir: Option<PathBuf>,
+    /// Local: CPU threads; 0 or absent uses every core.
     pub threads: Option<usize>,
+    /// Remote: the API's base URL or its full `/audio/transcriptions` URL.
+    pub url: Option<String>,
+    /// Remote: the bearer key, inline. At most one of this and `api_key_env`.
+    pub api_key: Option<Secret>,
+    /// Remote: the environment variable that holds the bearer key.
+    pub api_key_env: Option<String>,
+    /// Remote: the `model` field (default `whisper-1`).
+    pub model: Option<String>,
+    /// Remote: the `language` field, e.g. `en`; absent lets the server decide.
+    pub language: Option<String>,
+    /// Remote: per-attempt timeout in seconds (default 60, at most 600).
+    pub timeout_secs: Option<u64>,
+    /// Remote: attempts in all on 5xx, 429 and connection errors (default 3, at most 10).
+    pub max_attempts: Option<u32>,
+}
+
+/// `[stt] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SttBackendKind {
+    Local,
+    Remote,
+}
+
+impl std::str::FromStr for SttBackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "remote" => Ok(Self::Remote),
+            other => Err(format!("{other:?} is not a speech-to-text backend; use local or remote")),
+        }
+    }
+}
+
+/// The speech-to-text engine to build, resolved from `[stt]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SttBackend {
+    /// Whisper on this machine.
+    Local { model_dir: PathBuf, threads: usize },
+    /// An OpenAI-compatible endpoint; no model is loaded here.
+    Remote(lanyard_stt::RemoteConfig),
+}
+
+/// The longest remote timeout accepted: an utterance that waits longer has
+/// lost its point, and the pipeline transcribes one utterance at a time.
+pub const MAX_STT_TIMEOUT_SECS: u64 = 600;
+
+/// The most remote attempts accepted: more would only hold the queue.
+pub const MAX_STT_ATTEMPTS: u32 = 10;
+
+impl SttSection {
+    /// Checks the section and picks the backend. `env` reads `api_key_env`'s
+    /// variable (`std::env::var` in the server; a fake in tests), and
+    /// `default_model_dir` is used when `model_dir` is unset.
+    pub fn resolve(
+        &self,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
+        default_model_dir: impl FnOnce() -> PathBuf,
+    ) -> Result<SttBackend, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Stt(m));
+        match self.backend.unwrap_or(SttBackendKind::Local) {
+            SttBackendKind::Local => {
+                let remote_keys = [
+                    ("url", self.url.is_some()),
+                    ("api_key", self.api_key.is_some()),
+                    ("api_key_env", self.api_key_env.is_some()),
+                    ("model", self.model.is_some()),
+                    ("language", self.language.is_some()),
+                    ("timeout_secs", self.timeout_secs.is_some()),
+                    ("max_attempts", self.max_attempts.is_some()),
+                ];
+                if let Some((key, _)) = remote_keys.iter().find(|(_, set)| *set) {
+                    return bad(format!(
+                        "{key} applies only to backend = \"remote\"; set backend = \"remote\" (or --stt-backend remote) or remove {key}"
+                    ));
+                }
+                Ok(SttBackend::Local {
+                    model_dir: self.model_dir.clone().unwrap_or_else(default_model_dir),
+                    threads: self.threads.unwrap_or(0),
+                })
+            }
+            SttBackendKind::Remote => {
+                if self.model_dir.is_some() || self.threads.is_some() {
+                    return bad("model_dir and threads apply only to backend = \"local\"; remove them".into());
+                }
+                let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) else {
+                    return bad("backend = \"remote\" needs url, the API's base URL (e.g. https://api.openai.com/v1) or a Lanyard node's http://host:8080/v1".into());
+                };
+                // The engine's message names `[stt] url` itself.
+                lanyard_stt::endpoint_url(url)
+                    .map_err(|e| ConfigError::Stt(e.to_string().trim_start_matches("[stt] ").to_string()))?;
+                let api_key = match (&self.api_key, self.api_key_env.as_deref()) {
+                    (Some(_), Some(_)) => return bad("give either api_key or api_key_env, not both".into()),
+                    (Some(key), None) if key.expose().trim().is_empty() => {
+                        return bad("api_key is empty; set it, use api_key_env = \"VAR\", or remove it for a server without auth".into());
+                    }
+                    (Some(key), None) => Some(key.expose().trim().to_string()),
+                    (None, Some(var)) => match env(var) {
+                        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+                        _ => {
+                            return bad(format!(
+                                "api_key_env: the environment variable `{var}` is not set or empty; export it before starting the server"
+                            ));
+                        }
+                    },
+                    (None, None) => None,
+                };
+                let timeout_secs = self.timeout_secs.unwrap_or(lanyard_stt::DEFAULT_REMOTE_TIMEOUT.as_secs());
+                if !(1..=MAX_STT_TIMEOUT_SECS).contains(&timeout_secs) {
+                    return bad(format!("timeout_secs must be 1 to {MAX_STT_TIMEOUT_SECS}"));
+                }
+                let max_attempts = self.max_attempts.unwrap_or(lanyard_stt::DEFAULT_REMOTE_ATTEMPTS);
+                if !(1..=MAX_STT_ATTEMPTS).contains(&max_attempts) {
+                    return bad(format!("max_attempts must be 1 to {MAX_STT_ATTEMPTS} (1: no retries)"));
+                }
+                let model = self.model.clone().unwrap_or_else(|| lanyard_stt::DEFAULT_REMOTE_MODEL.to_string());
+                if model.trim().is_empty() {
+                    return bad("model is empty; remove it for the default (whisper-1) or name the server's model".into());
+                }
+                Ok(SttBackend::Remote(lanyard_stt::RemoteConfig {
+                    api_key,
+                    model,
+                    language: self.language.clone().filter(|l| !l.trim().is_empty()),
+                    timeout: Duration::from_secs(timeout_secs),
+                    max_attempts,
+                    ..lanyard_stt::RemoteConfig::new(url.trim())
+                }))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +470,10 @@ pub enum ConfigError {
     Limits(String),
     #[error("admin token: {0}")]
     Admin(String),
+    #[error("[stt] {0}")]
+    Stt(String),
+    #[error("[audio] {0}")]
+    Audio(String),
 }
 
 impl FileConfig {
@@ -322,5 +550,95 @@ mod tests {
         let bad: LimitsSection = toml::from_str("idle_timeout_secs = 0").unwrap();
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<FileConfig>("[limits]\nidle_timeout = 1").is_err(), "typos are errors");
+    }
+
+    fn env(var: &str) -> Result<String, std::env::VarError> {
+        match var {
+            "GROQ_KEY" => Ok("gsk_secret".into()),
+            "EMPTY" => Ok(" ".into()),
+            _ => Err(std::env::VarError::NotPresent),
+        }
+    }
+
+    fn resolve(toml_text: &str) -> Result<SttBackend, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        file.stt.resolve(&env, || PathBuf::from("/default/model"))
+    }
+
+    fn stt_error(toml_text: &str) -> String {
+        resolve(toml_text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn stt_backends_from_toml() {
+        // No section: the local model at its default place, all cores.
+        assert_eq!(resolve("").unwrap(), SttBackend::Local { model_dir: "/default/model".into(), threads: 0 });
+        assert_eq!(
+            resolve("[stt]\nmodel_dir = \"/m\"\nthreads = 2").unwrap(),
+            SttBackend::Local { model_dir: "/m".into(), threads: 2 }
+        );
+        let SttBackend::Remote(r) = resolve(
+            r#"
+            [stt]
+            backend = "remote"
+            url = "https://api.groq.com/openai/v1"
+            api_key_env = "GROQ_KEY"
+            model = "whisper-large-v3"
+            language = "en"
+            timeout_secs = 20
+            max_attempts = 2
+            "#,
+        )
+        .unwrap() else {
+            panic!("not remote")
+        };
+        assert_eq!(r.url, "https://api.groq.com/openai/v1");
+        assert_eq!(r.api_key.as_deref(), Some("gsk_secret"));
+        assert_eq!((r.model.as_str(), r.language.as_deref()), ("whisper-large-v3", Some("en")));
+        assert_eq!((r.timeout, r.max_attempts), (Duration::from_secs(20), 2));
+        // Defaults: OpenAI's model name, no key, 60 s, 3 attempts.
+        let SttBackend::Remote(r) = resolve("[stt]\nbackend = \"remote\"\nurl = \"http://10.0.0.2:8080/v1\"").unwrap() else {
+            panic!("not remote")
+        };
+        assert_eq!((r.model.as_str(), r.api_key, r.timeout.as_secs(), r.max_attempts), ("whisper-1", None, 60, 3));
+        assert!(!format!("{:?}", resolve("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key = \"sk-inline\"").unwrap()).contains("sk-inline"));
+    }
+
+    #[test]
+    fn stt_mistakes_say_what_to_fix() {
+        let e = stt_error("[stt]\nbackend = \"remote\"");
+        assert!(e.contains("[stt]") && e.contains("needs url"), "{e}");
+        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"ftp://h\"");
+        assert!(e.starts_with("[stt] url \"ftp://h\"") && e.contains("http or https"), "{e}");
+        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key_env = \"MISSING\"");
+        assert!(e.contains("`MISSING` is not set"), "{e}");
+        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key_env = \"EMPTY\"");
+        assert!(e.contains("`EMPTY` is not set or empty"), "{e}");
+        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key = \"k\"\napi_key_env = \"GROQ_KEY\"");
+        assert!(e.contains("not both"), "{e}");
+        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\nmodel_dir = \"/m\"");
+        assert!(e.contains("only to backend = \"local\""), "{e}");
+        let e = stt_error("[stt]\nurl = \"http://h/v1\"");
+        assert!(e.contains("url applies only to backend = \"remote\""), "{e}");
+        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\ntimeout_secs = 0");
+        assert!(e.contains("timeout_secs must be 1 to 600"), "{e}");
+        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\nmax_attempts = 0");
+        assert!(e.contains("max_attempts must be 1 to 10"), "{e}");
+        assert!(toml::from_str::<FileConfig>("[stt]\nbackend = \"cloud\"").is_err());
+        assert!("cloud".parse::<SttBackendKind>().unwrap_err().contains("local or remote"));
+    }
+
+    #[test]
+    fn audio_retention_from_toml() {
+        let file: FileConfig = toml::from_str("").unwrap();
+        assert_eq!(file.audio.retention(), Some(Duration::from_secs(30 * 86_400)));
+        let file: FileConfig = toml::from_str("[audio]\nretention_days = 0").unwrap();
+        assert_eq!(file.audio.retention(), None, "0 keeps audio forever");
+        file.audio.validate().unwrap();
+        let file: FileConfig = toml::from_str("[audio]\nretention_days = 7").unwrap();
+        assert_eq!(file.audio.retention(), Some(Duration::from_secs(7 * 86_400)));
+        let bad: FileConfig = toml::from_str("[audio]\nretention_days = 40000").unwrap();
+        assert!(bad.audio.validate().unwrap_err().to_string().contains("[audio] retention_days"));
+        assert!(toml::from_str::<FileConfig>("[audio]\nretention = 3").is_err(), "typos are errors");
     }
 }

@@ -16,7 +16,10 @@
 //! recovers unfinished work and serves until the returned handle is stopped.
 //! The routes are listed in `api` and described, for clients, by
 //! `GET /openapi.json` (`openapi`); per-device limits are in `limits` and
-//! every metric in `metrics`.
+//! every metric in `metrics`. `transcribe` serves the node's speech-to-text
+//! to others (OpenAI's `POST /v1/audio/transcriptions`), and `retention`
+//! deletes old audio. [`build_stt`] makes the engine `[stt]` asks for: the
+//! local Whisper model, or a remote endpoint with no model here.
 
 mod admin;
 mod api;
@@ -31,6 +34,8 @@ pub mod metrics;
 mod openapi;
 mod pipeline;
 mod push;
+pub mod retention;
+pub mod transcribe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,13 +44,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
-use lanyard_stt::SpeechToText;
+use lanyard_stt::{SpeechToText, SttError};
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 pub use crate::audio::AudioStore;
 pub use crate::hub::Hub;
-use crate::config::{ConfigError, LimitsSection, PushSection};
+use crate::config::{AudioSection, ConfigError, LimitsSection, PushSection, SttBackend};
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use lanyard_push::PushProvider;
@@ -61,6 +66,8 @@ pub struct ServerConfig {
     pub responder: ResponderConfig,
     pub push: PushSection,
     pub limits: LimitsSection,
+    /// How long audio is kept.
+    pub audio: AudioSection,
     /// SHA-256 of the admin token; `None` turns the admin API off. See
     /// [`config::admin_token_hash`].
     pub admin_token_hash: Option<[u8; 32]>,
@@ -76,6 +83,7 @@ impl ServerConfig {
             responder: ResponderConfig::Builtin,
             push: PushSection::default(),
             limits: LimitsSection::default(),
+            audio: AudioSection::default(),
             admin_token_hash: None,
         }
     }
@@ -111,6 +119,28 @@ pub enum ServerError {
     Fcm(String),
     #[error("[responder] {0}")]
     Responder(String),
+    #[error(transparent)]
+    Stt(#[from] SttError),
+}
+
+/// Builds the speech-to-text engine `[stt]` resolved to. Local loads the
+/// Whisper model (seconds, and the model must be installed); remote loads
+/// nothing and contacts nobody until the first utterance. Blocking.
+pub fn build_stt(backend: &SttBackend) -> Result<Arc<dyn SpeechToText>, ServerError> {
+    Ok(match backend {
+        SttBackend::Local { model_dir, threads } => {
+            let mut cfg = lanyard_stt::WhisperConfig::default();
+            if *threads > 0 {
+                cfg.threads = *threads;
+            }
+            Arc::new(lanyard_stt::WhisperCt2::load(model_dir, cfg)?)
+        }
+        SttBackend::Remote(remote) => {
+            let engine = lanyard_stt::RemoteStt::new(remote.clone())?;
+            tracing::info!(endpoint = %engine.endpoint(), model = %remote.model, "speech-to-text is remote; no model is loaded here");
+            Arc::new(engine)
+        }
+    })
 }
 
 /// Builds the push providers from the config, failing on any mistake. With
@@ -165,6 +195,13 @@ pub struct AppState {
     pipeline: Pipeline,
     limiter: Arc<Limiter>,
     admin_token_hash: Option<[u8; 32]>,
+    /// The one speech-to-text engine, shared by the pipeline and
+    /// `POST /v1/audio/transcriptions`.
+    stt: Arc<dyn SpeechToText>,
+    /// One permit: the engine transcribes one utterance at a time, using
+    /// every core for it (see `WhisperConfig::threads`), and the pipeline and
+    /// the endpoint queue for it in arrival order.
+    stt_gate: Arc<Semaphore>,
 }
 
 /// A running server.
@@ -199,6 +236,7 @@ pub async fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn Store>, ServerErro
 pub fn validate(cfg: &ServerConfig) -> Result<(), ServerError> {
     cfg.push.retry_policy()?;
     cfg.limits.validate()?;
+    cfg.audio.validate()?;
     build_push_provider(cfg)?;
     lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     Ok(())
@@ -215,10 +253,20 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     // Configuration mistakes stop the start here, before the port opens.
     let policy = cfg.push.retry_policy()?;
     cfg.limits.validate()?;
+    cfg.audio.validate()?;
     let provider = build_push_provider(&cfg)?;
     let responder = lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     let push_wake = Arc::new(Notify::new());
-    let pipeline = Pipeline::spawn(store.clone(), audio.clone(), hub.clone(), stt, responder, push_wake.clone());
+    let stt_gate = Arc::new(Semaphore::new(1));
+    let pipeline = Pipeline::spawn(
+        store.clone(),
+        audio.clone(),
+        hub.clone(),
+        stt.clone(),
+        stt_gate.clone(),
+        responder,
+        push_wake.clone(),
+    );
     tokio::spawn(push::Sender { store: store.clone(), provider, wake: push_wake, policy }.run());
 
     // Work a previous run accepted but did not finish.
@@ -233,7 +281,14 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     // Install the metrics recorder before the first event.
     metrics::handle();
     let limiter = Arc::new(Limiter::new(cfg.limits.clone()));
-    let state = AppState { store, audio, hub, pipeline, limiter, admin_token_hash: cfg.admin_token_hash };
+    retention::spawn(
+        store.clone(),
+        audio.clone(),
+        cfg.audio.retention(),
+        std::time::Duration::from_secs(cfg.audio.sweep_interval_secs),
+    );
+    let state =
+        AppState { store, audio, hub, pipeline, limiter, admin_token_hash: cfg.admin_token_hash, stt, stt_gate };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;

@@ -17,6 +17,9 @@
 //! | `lanyard_stt_queue_depth`        | gauge     | complete utterances waiting for speech-to-text              |
 //! | `lanyard_ttfs_seconds`           | histogram | time to final transcript: `received_end` -> `stt_done`      |
 //! | `lanyard_limited_total{limit}`   | counter   | requests and streams refused by a limit (see `limits`)      |
+//! | `lanyard_transcriptions_total{status}` | counter | `POST /v1/audio/transcriptions` answered, by HTTP status  |
+//! |                                  |           | (requests refused before the handler, e.g. 401, excluded)   |
+//! | `lanyard_audio_purged_total`     | counter   | audio files deleted by the retention sweeper                |
 //!
 //! Time-to-safe ends when the audio is durable, which is when the server
 //! *may* ack; ack latency adds the socket write, and is what the relay sees
@@ -42,6 +45,8 @@ const ACK_LATENCY: &str = "lanyard_ack_latency_seconds";
 const STT_QUEUE_DEPTH: &str = "lanyard_stt_queue_depth";
 const TTFS: &str = "lanyard_ttfs_seconds";
 const LIMITED: &str = "lanyard_limited_total";
+const TRANSCRIPTIONS: &str = "lanyard_transcriptions_total";
+const AUDIO_PURGED: &str = "lanyard_audio_purged_total";
 
 /// Buckets for the ingest path: an fsync takes 0.1 to 10 ms on flash, and
 /// anything past a second is a stall worth seeing.
@@ -86,6 +91,8 @@ fn describe() {
     describe_gauge!(STT_QUEUE_DEPTH, "Complete utterances waiting for speech-to-text.");
     describe_histogram!(TTFS, Unit::Seconds, "Time to final transcript: received_end to stt_done.");
     describe_counter!(LIMITED, "Requests and streams refused by a per-device limit, by limit.");
+    describe_counter!(TRANSCRIPTIONS, "Requests to /v1/audio/transcriptions answered, by HTTP status.");
+    describe_counter!(AUDIO_PURGED, "Audio files deleted by the retention sweeper.");
 }
 
 /// An event the server records. Each implementation is the only place that
@@ -215,5 +222,27 @@ impl InternalEvent for Limited {
             Limit::Idle => "idle",
         };
         counter!(LIMITED, "limit" => limit).increment(1);
+    }
+}
+
+/// `POST /v1/audio/transcriptions` answered with `status`.
+pub struct TranscriptionServed {
+    pub status: u16,
+}
+
+impl InternalEvent for TranscriptionServed {
+    fn emit(self) {
+        counter!(TRANSCRIPTIONS, "status" => self.status.to_string()).increment(1);
+    }
+}
+
+/// The retention sweeper deleted `count` audio files.
+pub struct AudioPurged {
+    pub count: u64,
+}
+
+impl InternalEvent for AudioPurged {
+    fn emit(self) {
+        counter!(AUDIO_PURGED).increment(self.count);
     }
 }

@@ -152,8 +152,10 @@ fn schemas() -> Value {
         },
         "UtteranceView": {
             "type": "object",
-            "required": ["id", "state", "frames", "transcript", "reply_title", "reply_body", "error", "timings"],
+            "required": ["id", "state", "frames", "transcript", "reply_title", "reply_body", "error", "timings", "audio", "audio_purged_ms"],
             "properties": {
+                "audio": { "type": "string", "enum": ["stored", "purged", "none"], "description": "Whether the audio file is kept: `purged` once [audio] retention_days deleted it (transcript and reply stay); `none` for a text utterance." },
+                "audio_purged_ms": millis(),
                 "id": uuid(),
                 "state": schema_ref("UtteranceState"),
                 "frames": { "type": "integer", "minimum": 0 },
@@ -181,6 +183,21 @@ fn schemas() -> Value {
                 "frames": { "type": "integer", "minimum": 0 },
                 "added": { "type": "integer", "minimum": 0 }
             }
+        },
+        "TranscriptionRequest": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": { "type": "string", "contentMediaType": "application/octet-stream", "description": "WAV (integer PCM or 32-bit float, any rate from 8 to 384 kHz, any channels; resampled to 16 kHz mono) or mono Ogg Opus. At most 600 s; the body at most 25 MiB." },
+                "model": { "type": "string", "description": "Accepted for compatibility and ignored: the node uses the one model it loaded." },
+                "response_format": { "type": "string", "enum": ["json", "text"], "default": "json" },
+                "language": { "type": "string", "enum": ["en", "english"], "description": "The node transcribes English; leave it out or send en." }
+            }
+        },
+        "Transcription": {
+            "type": "object",
+            "required": ["text"],
+            "properties": { "text": { "type": "string", "description": "The transcript, trimmed; empty when no speech was found." } }
         },
         "TextUtterance": {
             "type": "object",
@@ -227,12 +244,13 @@ fn schemas() -> Value {
 mod tests {
     use lanyard_proto::wire::{
         DeletedData, DeviceCreated, ErrorBody, NewDevice, PushEnvironment, PushPlatform, PushRegistration, TextUtterance,
-        Timings, UploadResponse, UtteranceList, UtteranceState, UtteranceView,
+        Timings, UploadResponse, UtteranceState, UtteranceView,
     };
     use serde::Serialize;
     use uuid::Uuid;
 
     use super::*;
+    use crate::api::{AudioStatus, UtteranceBody, UtteranceListBody};
 
     /// The schema's property names are exactly the serialized fields.
     fn same_fields(name: &str, value: impl Serialize) {
@@ -247,6 +265,30 @@ mod tests {
 
     #[test]
     fn schemas_match_the_wire_types() {
+        let row = lanyard_store::Utterance {
+            id: Uuid::nil(),
+            device_id: Uuid::nil(),
+            codec: Some(lanyard_proto::ble::Codec::Opus16k20ms),
+            state: UtteranceState::Replied,
+            frames: 1,
+            transcript: None,
+            reply_title: None,
+            reply_body: None,
+            reply_data: None,
+            error: None,
+            created_ms: 0,
+            timings: Timings::default(),
+            audio_purged_ms: Some(1),
+        };
+        let body = UtteranceBody::of(&row);
+        assert_eq!(serde_json::to_value(&body).unwrap()["audio"], "purged");
+        same_fields("UtteranceView", body.clone());
+        same_fields("UtteranceList", UtteranceListBody { utterances: vec![body], next_before: None });
+        let enums = schemas()["UtteranceView"]["properties"]["audio"]["enum"].clone();
+        for status in [AudioStatus::Stored, AudioStatus::Purged, AudioStatus::None] {
+            assert!(enums.as_array().unwrap().contains(&serde_json::to_value(status).unwrap()), "{status:?}");
+        }
+        same_fields("Transcription", json!({ "text": "hello" }));
         let view = UtteranceView {
             id: Uuid::nil(),
             state: UtteranceState::Replied,
@@ -259,8 +301,13 @@ mod tests {
         };
         same_fields("ErrorBody", ErrorBody { code: "x".into(), message: "y".into() });
         same_fields("Timings", Timings::default());
-        same_fields("UtteranceView", view.clone());
-        same_fields("UtteranceList", UtteranceList { utterances: vec![view], next_before: None });
+        // The wire view is the API's view less the audio status.
+        let mut wire: Vec<String> = serde_json::to_value(view).unwrap().as_object().unwrap().keys().cloned().collect();
+        wire.extend(["audio".to_string(), "audio_purged_ms".to_string()]);
+        wire.sort();
+        let mut api: Vec<String> = schemas()["UtteranceView"]["properties"].as_object().unwrap().keys().cloned().collect();
+        api.sort();
+        assert_eq!(wire, api);
         same_fields("UploadResponse", UploadResponse { utterance: Uuid::nil(), state: UtteranceState::Complete, frames: 1, added: 1 });
         same_fields("TextUtterance", TextUtterance { text: "x".into() });
         same_fields(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use lanyard_proto::wire::{ServerMsg, UtteranceState};
 use lanyard_store::Store;
 use lanyard_stt::SpeechToText;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::audio::AudioStore;
@@ -34,6 +34,9 @@ struct Worker {
     audio: Arc<AudioStore>,
     hub: Arc<Hub>,
     stt: Arc<dyn SpeechToText>,
+    /// Shared with `POST /v1/audio/transcriptions`: one transcription at a
+    /// time on the engine (see `AppState::stt_gate`).
+    stt_gate: Arc<Semaphore>,
     responder: Arc<dyn Responder>,
     push_wake: Arc<Notify>,
 }
@@ -44,11 +47,12 @@ impl Pipeline {
         audio: Arc<AudioStore>,
         hub: Arc<Hub>,
         stt: Arc<dyn SpeechToText>,
+        stt_gate: Arc<Semaphore>,
         responder: Arc<dyn Responder>,
         push_wake: Arc<Notify>,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
-        let worker = Worker { store, audio, hub, stt, responder, push_wake };
+        let worker = Worker { store, audio, hub, stt, stt_gate, responder, push_wake };
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
                 metrics::emit(SttDequeued);
@@ -86,6 +90,7 @@ impl Worker {
             self.store.mark_stt_started(id, now_ms()).await.map_err(store_err)?;
             let (audio, device, frames) = (self.audio.clone(), utt.device_id, utt.frames);
             let stt = self.stt.clone();
+            let turn = self.stt_gate.clone().acquire_owned().await.map_err(|e| format!("speech-to-text gate: {e}"))?;
             let transcript = tokio::task::spawn_blocking(move || -> Result<String, String> {
                 let data = audio.read(device, id, frames).map_err(|e| format!("reading audio: {e}"))?;
                 let pcm = lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice))
@@ -94,6 +99,7 @@ impl Worker {
             })
             .await
             .map_err(|e| format!("transcription task: {e}"))??;
+            drop(turn);
             let done_ms = now_ms();
             self.store.set_transcript(id, &transcript, done_ms).await.map_err(store_err)?;
             if let Some(end_ms) = utt.timings.received_end_ms {

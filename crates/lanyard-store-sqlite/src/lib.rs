@@ -26,6 +26,7 @@
 //! | `set_reply`             | `transcribed`             | `replied`     | no-op, no push request          |
 //! | `set_failed`            | not `replied` or `failed` | `failed`      | no-op: the first error stays    |
 //! | `delete_utterance`      | any                       | (no row)      | `false` when there is no row    |
+//! | `mark_audio_purged`     | `transcribed`, `replied`, `failed` | (same), `audio_purged_ms` set | `false`, no-op |
 //!
 //! A call for an id that does not exist fails with
 //! [`StoreError::NoUtterance`]; the two that create the row fail with
@@ -86,8 +87,8 @@ use async_trait::async_trait;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState};
 use lanyard_store::{
-    Device, PushEnvironment, PushOutcome, PushRequest, PushStatus, PushTarget, ReplyRecord, Result, Store, StoreError,
-    Utterance,
+    Device, PurgeCandidate, PushEnvironment, PushOutcome, PushRequest, PushStatus, PushTarget, ReplyRecord, Result,
+    Store, StoreError, Utterance,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::MigrateError;
@@ -201,7 +202,7 @@ const DEVICE_COLUMNS: &str = "id, name, created_ms, push_platform, push_token, p
 
 /// The columns of an [`UtteranceRow`], in `utterances`.
 const UTTERANCE_COLUMNS: &str = "id, device_id, codec, state, frames, transcript, reply_title, reply_body, reply_data,
-     error, created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms";
+     error, created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms, audio_purged_ms";
 
 /// The columns of a [`PushRow`], in `push_outbox`.
 const PUSH_COLUMNS: &str = "utterance_id, device_id, platform, token, environment, title, body, data, created_ms,
@@ -677,6 +678,45 @@ impl Store for SqliteStore {
         let n = n.ok_or(StoreError::NoUtterance(id))?;
         u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("transcript_writes = {n}")))
     }
+
+    async fn audio_to_purge(&self, created_before_ms: i64, limit: u32) -> Result<Vec<PurgeCandidate>> {
+        // Only rows whose audio is still kept, through the partial index of
+        // migration 0004, however long the history. Without statistics the
+        // planner prefers `utterances_state`, which would read every purged
+        // row too, so the index is named; INDEXED BY fails the statement
+        // rather than fall back, should the WHERE clause stop implying the
+        // index's, and the store story runs it.
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, device_id, created_ms FROM utterances INDEXED BY utterances_audio_kept
+             WHERE audio_purged_ms IS NULL AND codec <> 'text'
+               AND created_ms < ?1 AND state IN ('transcribed', 'replied', 'failed')
+             ORDER BY created_ms, id LIMIT ?2",
+        )
+        .bind(created_before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(id, device_id, created_ms)| {
+                Ok(PurgeCandidate { id: parse_uuid(&id)?, device_id: parse_uuid(&device_id)?, created_ms })
+            })
+            .collect()
+    }
+
+    async fn mark_audio_purged(&self, id: Uuid, now_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE utterances SET audio_purged_ms = ?
+             WHERE id = ? AND audio_purged_ms IS NULL AND codec <> 'text'
+               AND state IN ('transcribed', 'replied', 'failed')",
+        )
+        .bind(now_ms)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 /// Deletes a device's push requests and then its utterances (the outbox
@@ -835,6 +875,7 @@ struct UtteranceRow {
     stt_done_ms: Option<i64>,
     reply_ms: Option<i64>,
     push_ms: Option<i64>,
+    audio_purged_ms: Option<i64>,
 }
 
 impl TryFrom<UtteranceRow> for Utterance {
@@ -860,6 +901,7 @@ impl TryFrom<UtteranceRow> for Utterance {
                 reply_ms: r.reply_ms,
                 push_ms: r.push_ms,
             },
+            audio_purged_ms: r.audio_purged_ms,
         })
     }
 }

@@ -385,6 +385,51 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert_eq!(listed(store.list_utterances(kitchen.id, None, 10).await.unwrap()), kitchen_ids);
     assert!(store.push_request(u1).await.unwrap().is_some());
 
+    // --- Audio retention ---
+    // Everything finished so far was created before 30_000. Purging it first
+    // checks that only finished audio utterances are listed, and leaves the
+    // rows below to themselves.
+    for c in store.audio_to_purge(30_000, 1_000).await.unwrap() {
+        let u = store.utterance(c.id).await.unwrap().unwrap();
+        assert!(u.codec.is_some(), "a text utterance has no audio to purge: {u:?}");
+        assert!(matches!(u.state, UtteranceState::Transcribed | UtteranceState::Replied | UtteranceState::Failed), "{u:?}");
+        assert_eq!((c.device_id, c.created_ms), (u.device_id, u.created_ms));
+        assert!(store.mark_audio_purged(c.id, 30_000).await.unwrap());
+    }
+    assert!(store.audio_to_purge(30_000, 1_000).await.unwrap().is_empty());
+    let cellar = store.add_device(Uuid::now_v7(), "cellar", &[8u8; 32], 40_000).await.unwrap();
+    let receiving = Uuid::now_v7();
+    store.open_utterance(receiving, cellar.id, Codec::Pcm16k, 40_000).await.unwrap();
+    let waiting = Uuid::now_v7();
+    store.open_utterance(waiting, cellar.id, Codec::Pcm16k, 40_100).await.unwrap();
+    assert!(store.mark_complete(waiting, 3, 40_150).await.unwrap());
+    let done = walk_to_transcribed(&*store, cellar.id, 40_200).await;
+    let failed = Uuid::now_v7();
+    store.open_utterance(failed, cellar.id, Codec::Opus16k20ms, 40_300).await.unwrap();
+    assert!(store.mark_complete(failed, 3, 40_350).await.unwrap());
+    store.set_failed(failed, "decoding audio: corrupt").await.unwrap();
+    let text = Uuid::now_v7();
+    store.create_text_utterance(text, cellar.id, "typed", 40_400).await.unwrap();
+    let recent = walk_to_transcribed(&*store, cellar.id, 50_000).await;
+    let ids = |cs: Vec<lanyard_store::PurgeCandidate>| cs.iter().map(|c| c.id).collect::<Vec<_>>();
+    // Finished audio only, created strictly before the cutoff, oldest first.
+    assert_eq!(ids(store.audio_to_purge(50_000, 10).await.unwrap()), vec![done, failed]);
+    assert_eq!(ids(store.audio_to_purge(50_000, 1).await.unwrap()), vec![done]);
+    assert_eq!(ids(store.audio_to_purge(40_250, 10).await.unwrap()), vec![done]);
+    assert!(store.utterance(done).await.unwrap().unwrap().audio_purged_ms.is_none());
+    assert!(store.mark_audio_purged(done, 60_000).await.unwrap());
+    assert!(!store.mark_audio_purged(done, 61_000).await.unwrap(), "the first purge time stays");
+    let purged = store.utterance(done).await.unwrap().unwrap();
+    assert_eq!((purged.audio_purged_ms, purged.state, purged.transcript.as_deref()), (Some(60_000), UtteranceState::Transcribed, Some("hello")));
+    for not_finished in [receiving, waiting, text, Uuid::now_v7()] {
+        assert!(!store.mark_audio_purged(not_finished, 60_000).await.unwrap());
+    }
+    assert_eq!(store.utterance(waiting).await.unwrap().unwrap().audio_purged_ms, None);
+    assert_eq!(ids(store.audio_to_purge(50_001, 10).await.unwrap()), vec![failed, recent]);
+    // The reply step still works on a purged utterance: it needs only the transcript.
+    store.set_reply(done, &reply("T", "B", "{}"), None, 60_100).await.unwrap();
+    assert_eq!(store.utterance(done).await.unwrap().unwrap().audio_purged_ms, Some(60_000));
+
     Written {
         devices: vec![(kitchen_hash, kitchen), (hall_hash, hall)],
         utterances: vec![u1, u2, u3, u4, u5, t1],
@@ -628,7 +673,9 @@ async fn a_database_at_0001_is_migrated() {
     let mut conn = raw(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    // Rows from before 0004 keep their audio.
+    assert_eq!(store.utterance(unsent).await.unwrap().unwrap().audio_purged_ms, None);
     // `sql IS NOT NULL` leaves out the primary key's automatic index.
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master

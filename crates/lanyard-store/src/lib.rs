@@ -89,6 +89,9 @@ pub struct Utterance {
     pub error: Option<String>,
     pub created_ms: i64,
     pub timings: Timings,
+    /// When the retention sweeper deleted the audio file; `None` while the
+    /// audio is kept (and always for a text-only utterance, which has none).
+    pub audio_purged_ms: Option<i64>,
 }
 
 impl Utterance {
@@ -105,6 +108,15 @@ impl Utterance {
             timings: self.timings.clone(),
         }
     }
+}
+
+/// An utterance whose audio the retention policy may delete: finished
+/// (`transcribed`, `replied` or `failed`), with audio, not yet purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeCandidate {
+    pub id: Uuid,
+    pub device_id: Uuid,
+    pub created_ms: i64,
 }
 
 /// A push request in the outbox.
@@ -248,4 +260,16 @@ pub trait Store: Send + Sync + 'static {
     /// calls that changed nothing. A correct server makes it 0 or 1; the
     /// exactly-once tests read it to catch speech-to-text running twice.
     async fn transcript_writes(&self, id: Uuid) -> Result<u32>;
+
+    /// Up to `limit` utterances created before `created_before_ms` whose
+    /// audio may go: finished (`transcribed`, `replied` or `failed`), not
+    /// text-only, and not yet purged. Oldest first. Utterances still being
+    /// received or waiting for speech-to-text are never listed.
+    async fn audio_to_purge(&self, created_before_ms: i64, limit: u32) -> Result<Vec<PurgeCandidate>>;
+
+    /// Records that the utterance's audio file was deleted, at `now_ms`.
+    /// Conditional on what [`Store::audio_to_purge`] checks, so the first
+    /// call wins and returns `true`; a repeated call, an unfinished
+    /// utterance, or one deleted meanwhile give `false` and change nothing.
+    async fn mark_audio_purged(&self, id: Uuid, now_ms: i64) -> Result<bool>;
 }

@@ -1,5 +1,9 @@
 //! The one error type of this crate.
 //!
+//! The `Remote*` variants come from `RemoteStt` (feature `remote`);
+//! they name the endpoint, never the API key, and say which `[stt]` setting
+//! to look at.
+//!
 //! Every message ends with what the operator should do next, because these
 //! errors surface at server start-up (a missing or broken model directory)
 //! far more often than mid-stream. Errors from the C++ engine and the
@@ -71,4 +75,51 @@ pub enum SttError {
         "speech recognition failed in CTranslate2: {message}; retry, and if it persists re-install the model with scripts/setup"
     )]
     Inference { message: String },
+
+    /// `[stt] url` is not an http(s) URL of an OpenAI-compatible endpoint.
+    #[error(
+        "[stt] url {url:?} is not usable: {reason}; give the API's base URL (e.g. https://api.openai.com/v1, https://api.groq.com/openai/v1, http://host:8080/v1) or the full .../audio/transcriptions URL"
+    )]
+    RemoteUrl { url: String, reason: String },
+
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("cannot set up the HTTP client for remote speech recognition: {message}; check the system's TLS set-up")]
+    RemoteClient { message: String },
+
+    /// The endpoint refused the credentials (401 or 403).
+    #[error(
+        "the speech-to-text endpoint {url} refused the API key (HTTP {status}: {detail}); set [stt] api_key_env (or api_key, or LANYARD_STT_API_KEY) to a valid key; for a Lanyard node, a device token of that node (`lanyard device add`)"
+    )]
+    RemoteAuth { url: String, status: u16, detail: String },
+
+    /// The endpoint kept failing (5xx or 429) through every attempt.
+    #[error(
+        "the speech-to-text endpoint {url} failed {attempts} time(s), last with HTTP {status}: {detail}; the utterance is marked failed; check that server's logs and load, or raise [stt] max_attempts"
+    )]
+    RemoteUnavailable { url: String, status: u16, attempts: u32, detail: String },
+
+    /// The endpoint rejected the request itself (a 4xx other than 401, 403, 429).
+    #[error(
+        "the speech-to-text endpoint {url} rejected the request (HTTP {status}: {detail}); check [stt] url, model and language against what that server accepts"
+    )]
+    RemoteRejected { url: String, status: u16, detail: String },
+
+    /// No connection could be made (or it broke) through every attempt.
+    #[error(
+        "cannot reach the speech-to-text endpoint {url} after {attempts} attempt(s): {message}; is that server running, and is [stt] url right?"
+    )]
+    RemoteConnect { url: String, attempts: u32, message: String },
+
+    /// No answer within the timeout. Not retried: the far side may still be
+    /// working, and a second request would double its load.
+    #[error(
+        "the speech-to-text endpoint {url} did not answer within {secs} s; raise [stt] timeout_secs, or check that server's load"
+    )]
+    RemoteTimeout { url: String, secs: u64 },
+
+    /// A 2xx answer that is not `{"text": "..."}`.
+    #[error(
+        "the speech-to-text endpoint {url} answered, but not with {{\"text\": ...}}: {message}; is [stt] url an OpenAI-compatible /audio/transcriptions endpoint?"
+    )]
+    RemoteResponse { url: String, message: String },
 }

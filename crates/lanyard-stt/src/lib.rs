@@ -10,8 +10,15 @@
 //! choices (a trimmed encoder window with a 10 s floor, the English-only
 //! prompt, the loop guards) are explained in the `whisper` module's doc.
 //!
+//! The other engine, `RemoteStt` (feature `remote`), sends each utterance to
+//! an OpenAI-compatible `POST /v1/audio/transcriptions` endpoint: OpenAI,
+//! Groq, a faster-whisper server, or another Lanyard server. It needs no
+//! model on this machine.
+//!
 //! Code map:
 //! - `whisper`: [`WhisperCt2`] and its [`WhisperConfig`];
+//! - `remote` (feature `remote`): `RemoteStt` and its `RemoteConfig`;
+//! - [`resample`]: band-limited conversion of other rates to 16 kHz;
 //! - [`mel`]: Whisper's log-mel front end, matched against numpy;
 //! - [`guards`]: pure checks against decoder loops;
 //! - `preprocessor`: [`ensure_preprocessor_config`] and [`PreprocessorConfig`];
@@ -26,6 +33,9 @@ mod location;
 pub mod guards;
 pub mod mel;
 mod preprocessor;
+#[cfg(feature = "remote")]
+mod remote;
+pub mod resample;
 mod wer;
 mod whisper;
 
@@ -34,6 +44,11 @@ pub use location::default_model_dir;
 pub use preprocessor::{
     EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig,
     ensure_preprocessor_config,
+};
+#[cfg(feature = "remote")]
+pub use remote::{
+    DEFAULT_REMOTE_ATTEMPTS, DEFAULT_REMOTE_BACKOFF, DEFAULT_REMOTE_MODEL, DEFAULT_REMOTE_TIMEOUT, MAX_RETRY_AFTER,
+    RemoteConfig, RemoteStt, TRANSCRIPTIONS_PATH, endpoint_url,
 };
 pub use wer::word_error_rate;
 pub use whisper::{DEFAULT_MIN_WINDOW_SECS, WhisperConfig, WhisperCt2};

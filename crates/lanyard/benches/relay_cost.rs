@@ -153,6 +153,10 @@ fn run_once(model: &str, sync_ms: u64) -> Run {
 /// Set in the environment of the relay child.
 const CHILD: &str = "LANYARD_BENCH_RELAY_CHILD";
 
+/// CPU clocks (see `snapshot`) at the first utterance's start, and at the
+/// latest `complete`.
+type Window = (Option<[f64; 4]>, [f64; 4]);
+
 /// A CPU clock in milliseconds.
 fn cpu_ms(clock: libc::clockid_t) -> f64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -208,7 +212,7 @@ fn relay_child() {
         // The streaming window: from the first utterance starting to the last
         // one acknowledged complete. The printer runs on the relay's thread,
         // so its thread clock is the relay loop's.
-        let window: Arc<Mutex<(Option<[f64; 4]>, [f64; 4])>> = Arc::default();
+        let window: Arc<Mutex<Window>> = Arc::default();
         let w = window.clone();
         let printer = tokio::spawn(async move {
             let snapshot = || {

@@ -13,7 +13,6 @@ mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -66,7 +65,17 @@ The TOML file also configures what flags do not: [responder] (builtin, webhook o
 [push.apns] (.p8 key, key id, team id, topic) and [push.fcm] (service account). Without [push.apns] or \
 [push.fcm], push requests are written to push-sink.jsonl in the data directory and reach no phone. \
 A mistake in any section stops the start with a message that says what to fix.\n\n\
-Example:\n  lanyard serve --listen 0.0.0.0:8080 --config /etc/lanyard/server.toml")]
+Speech-to-text ([stt], --stt-*): `local` (the default) loads the Whisper model from --model-dir. `remote` \
+loads no model and sends each utterance to an OpenAI-compatible POST .../audio/transcriptions endpoint: \
+OpenAI, Groq, a faster-whisper server, or another Lanyard server, which serves the same endpoint with one of \
+its device tokens as the key. In the TOML file: url, api_key_env (or api_key), model, language, \
+timeout_secs, max_attempts. With backend = remote, --model-dir and --stt-threads are ignored.\n\n\
+Audio retention ([audio] retention_days, default 30): the audio files of finished utterances are deleted \
+that many days after they were recorded; transcripts and replies stay. 0 keeps audio forever.\n\n\
+Examples:\n  lanyard serve --listen 0.0.0.0:8080 --config /etc/lanyard/server.toml\n  \
+LANYARD_STT_API_KEY=$GROQ_API_KEY lanyard serve --stt-backend remote --stt-url https://api.groq.com/openai/v1 \
+--stt-model whisper-large-v3\n  \
+LANYARD_STT_API_KEY=lyd_... lanyard serve --stt-backend remote --stt-url http://gpu-node:8080/v1")]
 pub struct ServeArgs {
     /// A TOML config file (see `lanyard-server`'s config module doc for every key).
     #[arg(long, env = "LANYARD_CONFIG")]
@@ -85,6 +94,24 @@ pub struct ServeArgs {
     /// CPU threads for transcription [default: 0, all cores].
     #[arg(long, env = "LANYARD_STT_THREADS")]
     stt_threads: Option<usize>,
+    /// Where speech is transcribed: `local` (the Whisper model here) or `remote`
+    /// (an OpenAI-compatible endpoint, --stt-url) [default: local].
+    #[arg(long, env = "LANYARD_STT_BACKEND", value_name = "local|remote")]
+    stt_backend: Option<lanyard_server::config::SttBackendKind>,
+    /// Remote: the endpoint's base URL (https://api.openai.com/v1, http://other-node:8080/v1)
+    /// or its full .../audio/transcriptions URL.
+    #[arg(long, env = "LANYARD_STT_URL", value_name = "URL")]
+    stt_url: Option<String>,
+    /// Remote: the bearer key (for a Lanyard node, one of its device tokens). Prefer the
+    /// environment variable: a flag is visible to other users in the process list.
+    #[arg(long, env = "LANYARD_STT_API_KEY", hide_env_values = true, value_name = "KEY")]
+    stt_api_key: Option<String>,
+    /// Remote: the `model` field [default: whisper-1].
+    #[arg(long, env = "LANYARD_STT_MODEL")]
+    stt_model: Option<String>,
+    /// Remote: seconds to wait for each attempt [default: 60].
+    #[arg(long, env = "LANYARD_STT_TIMEOUT_SECS", value_name = "SECS")]
+    stt_timeout_secs: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -254,16 +281,6 @@ fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(value).expect("events serialize"));
 }
 
-pub fn load_stt(model_dir: &std::path::Path, threads: usize) -> Result<Arc<dyn lanyard_stt::SpeechToText>> {
-    let mut cfg = lanyard_stt::WhisperConfig::default();
-    if threads > 0 {
-        cfg.threads = threads;
-    }
-    let engine = lanyard_stt::WhisperCt2::load(model_dir, cfg)
-        .with_context(|| format!("cannot load the speech model from {}", model_dir.display()))?;
-    Ok(Arc::new(engine))
-}
-
 async fn serve(args: ServeArgs) -> Result<()> {
     let file = match &args.config {
         Some(path) => lanyard_server::config::FileConfig::load(path)?,
@@ -271,11 +288,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let listen = args.listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(paths::default_server_dir);
-    let model_dir = args.model_dir.or(file.stt.model_dir).unwrap_or_else(paths::default_model_dir);
-    let threads = args.stt_threads.or(file.stt.threads).unwrap_or(0);
+    // Flags and LANYARD_STT_* over the file's [stt]. The local backend's two
+    // apply only to it: LANYARD_MODEL_DIR is commonly set for every command,
+    // and must not make a remote configuration fail.
+    let mut stt = file.stt.clone();
+    stt.backend = args.stt_backend.or(stt.backend);
+    if stt.backend != Some(lanyard_server::config::SttBackendKind::Remote) {
+        stt.model_dir = args.model_dir.or(stt.model_dir);
+        stt.threads = args.stt_threads.or(stt.threads);
+    }
+    stt.url = args.stt_url.or(stt.url);
+    stt.model = args.stt_model.or(stt.model);
+    stt.timeout_secs = args.stt_timeout_secs.or(stt.timeout_secs);
+    if let Some(key) = args.stt_api_key.filter(|k| !k.is_empty()) {
+        stt.api_key = Some(lanyard_server::config::Secret::new(key));
+        stt.api_key_env = None;
+    }
+    let stt_backend = stt.resolve(&|var| std::env::var(var), paths::default_model_dir)?;
     let mut cfg = lanyard_server::ServerConfig::new(listen, data_dir);
     cfg.push = file.push;
     cfg.limits = file.limits;
+    cfg.audio = file.audio;
     cfg.admin_token_hash = lanyard_server::config::admin_token_hash(
         file.admin_token_hash.as_deref(),
         std::env::var("LANYARD_ADMIN_TOKEN").ok().as_deref(),
@@ -285,7 +318,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     // Check the configuration before the model loads, so a typo fails at once.
     lanyard_server::validate(&cfg)?;
-    let stt = load_stt(&model_dir, threads)?;
+    let stt = lanyard_server::build_stt(&stt_backend).context("cannot start speech-to-text")?;
     let server = lanyard_server::start(cfg.clone(), stt).await?;
     print_json(&serde_json::json!({ "event": "listening", "addr": server.addr, "data_dir": cfg.data_dir }));
     tokio::select! {

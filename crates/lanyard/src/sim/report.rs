@@ -427,9 +427,9 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         esc(&m.kernel)
     );
     let toml = toml::to_string_pretty(&o.scenario).unwrap_or_default();
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h2>Scenario</h2><p>{}</p><pre id=\"scenario\">{}</pre></body></html>\n",
+        "<h2>Scenario</h2><p>{}</p><pre id=\"scenario\">{}</pre></body></html>",
         esc(&o.scenario_path),
         esc(&toml)
     );
