@@ -33,6 +33,10 @@ use uuid::Uuid;
 /// not one per frame.
 const PACING_REFILL_MS: u64 = 20;
 
+/// The code of the error event for a server that resumed an utterance below
+/// what it had acknowledged (see [`Uplink`]'s resume rule).
+pub const SERVER_LOST_ACKED_AUDIO: &str = "server_lost_acked_audio";
+
 /// Tunables of the uplink.
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
@@ -327,6 +331,22 @@ impl Uplink {
                 if complete {
                     self.finish(now_ms, utterance, next_seq, out);
                     return;
+                }
+                // The server acknowledges only durable audio, so it can never
+                // hold less than it acknowledged. If it does, it broke that
+                // promise (lost a disk, or acked before fsync): say so loudly.
+                // Nothing is lost here, since the spool keeps everything until
+                // `complete`, and the resume below re-sends what it lacks.
+                if next_seq < u.acked {
+                    out.push(Action::Emit(RelayEvent::Error {
+                        id: Some(utterance),
+                        code: SERVER_LOST_ACKED_AUDIO.into(),
+                        message: format!(
+                            "the server acknowledged {} frames but now holds {next_seq}; re-sending them from the spool. \
+                             The server lost audio it had declared durable: check its disk and fsync settings",
+                            u.acked
+                        ),
+                    }));
                 }
                 // Resume exactly where the server's durable copy ends.
                 u.phase = Phase::Open;

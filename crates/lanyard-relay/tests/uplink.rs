@@ -185,3 +185,42 @@ fn a_paced_backlog_asks_for_a_tick_and_drains_at_the_configured_rate() {
     // 900 frames after the first second's budget take 9 s at 100/s.
     assert!((8_900..=9_100).contains(&now), "drained at {now} ms");
 }
+
+#[test]
+fn a_server_holding_less_than_it_acknowledged_is_reported_and_resent() {
+    use lanyard_relay::uplink::{RelayEvent, SERVER_LOST_ACKED_AUDIO};
+    let mut up = Uplink::new(UplinkConfig::default(), 1);
+    let id = Uuid::now_v7();
+    let mut out = Vec::new();
+    up.handle(0, Input::Spooled { id, codec: Codec::Opus16k20ms, frames: 20 }, &mut out);
+    up.handle(0, Input::Connected, &mut out);
+    up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle: 1, next_seq: 0, complete: false }), &mut out);
+    up.handle(0, Input::Ack(Ack { handle: 1, next: 20 }), &mut out);
+    assert_eq!(up.acked(id), Some(20));
+    up.handle(1, Input::Disconnected { reason: "cut".into() }, &mut out);
+    out.clear();
+    up.handle(10_000, Input::Tick, &mut out);
+    up.handle(10_000, Input::Connected, &mut out);
+    let handle = out
+        .iter()
+        .find_map(|a| match a {
+            Action::SendText(ClientMsg::Open { handle, .. }) => Some(*handle),
+            _ => None,
+        })
+        .expect("re-opened");
+    out.clear();
+    // The server restarted having lost frames 12..20 it had acknowledged.
+    up.handle(10_000, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 12, complete: false }), &mut out);
+    let reported = out.iter().any(|a| {
+        matches!(a, Action::Emit(RelayEvent::Error { id: Some(i), code, .. }) if *i == id && code == SERVER_LOST_ACKED_AUDIO)
+    });
+    assert!(reported, "the broken promise is reported: {out:?}");
+    let resent: Vec<u32> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendAudio { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, (12..20).collect::<Vec<_>>(), "what the server lacks is sent again from the spool");
+}

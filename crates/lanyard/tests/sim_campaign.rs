@@ -87,6 +87,12 @@ async fn short_campaign_with_every_fault_loses_nothing_and_answers_once() {
         report.display()
     );
     assert_eq!(
+        totals["acked_audio_lost"],
+        0,
+        "the server never held less than it acknowledged; see {}",
+        report.display()
+    );
+    assert_eq!(
         totals["timed_out"], false,
         "every utterance resolved in time"
     );

@@ -22,6 +22,9 @@
 //!   reported as `push_resends_after_crash`);
 //! - an audio file holding more records than the utterance has frames
 //!   (audio stored twice);
+//! - a relay finding the server holding less of an utterance than it had
+//!   acknowledged (`server_lost_acked_audio`): an ack for audio that was not
+//!   durable. The relay re-sends it, so nothing is lost, but it counts;
 //! - audio frames the server received again although it held them
 //!   (`lanyard_frames_duplicate_total`, summed over server incarnations):
 //!   a relay that resends from 0 instead of the resume offset shows here,
@@ -226,6 +229,11 @@ pub struct Totals {
     /// Utterances answered more than once (see the module doc).
     pub duplicated: usize,
     pub duplicate_frames: u64,
+    /// Times a relay found the server holding less of an utterance than it
+    /// had acknowledged (`server_lost_acked_audio`): the server acked audio
+    /// that was not durable. The relay re-sends it, so nothing is lost, but
+    /// the promise behind every ack was broken, and the run fails.
+    pub acked_audio_lost: usize,
     pub frames_received: u64,
     pub frames_spooled: u64,
     pub frames_stored: u64,
@@ -555,6 +563,15 @@ pub fn account(inp: &Inputs) -> Accounting {
     }
     totals.relay_utterances = rows.len();
     totals.duplicate_frames = inp.frames_duplicate;
+    totals.acked_audio_lost = inp
+        .log
+        .iter()
+        .filter(|r| {
+            matches!(r.source, Source::Relay(_))
+                && r.kind() == "error"
+                && r.event["code"] == lanyard_relay::uplink::SERVER_LOST_ACKED_AUDIO
+        })
+        .count();
     totals.frames_received = inp.frames_received;
 
     // Spoken utterances: latency and WER where heard as one and replied.

@@ -419,12 +419,14 @@ pub async fn run(args: SimArgs) -> Result<()> {
     }
     print!("{}", report::summary(&outcome));
     let t = &outcome.accounting.totals;
-    if t.lost > 0 || t.duplicated > 0 || t.duplicate_frames > 0 {
+    if t.lost > 0 || t.duplicated > 0 || t.duplicate_frames > 0 || t.acked_audio_lost > 0 {
         bail!(
-            "{} utterance(s) lost, {} answered twice, {} audio frames received twice; the tables above say which and why",
+            "{} utterance(s) lost, {} answered twice, {} audio frames received twice, {} acknowledged audio lost by \
+             the server; the tables above say which and why",
             t.lost,
             t.duplicated,
-            t.duplicate_frames
+            t.duplicate_frames,
+            t.acked_audio_lost
         );
     }
     Ok(())

@@ -31,16 +31,17 @@ fn ms(v: Option<i64>) -> String {
 
 fn verdict(o: &Outcome) -> (bool, String) {
     let t = &o.accounting.totals;
-    let pass = t.lost == 0 && t.duplicated == 0 && t.duplicate_frames == 0;
+    let pass = t.lost == 0 && t.duplicated == 0 && t.duplicate_frames == 0 && t.acked_audio_lost == 0;
     let text = format!(
-        "{}: {} relay utterances: {} replied, {} discarded by policy, {} lost; {} duplicated (answered or stored twice); {} audio frames received twice",
+        "{}: {} relay utterances: {} replied, {} discarded by policy, {} lost; {} duplicated (answered or stored twice); {} audio frames received twice; {} times the server held less than it had acknowledged",
         if pass { "PASS" } else { "FAIL" },
         t.relay_utterances,
         t.replied,
         t.discarded,
         t.lost,
         t.duplicated,
-        t.duplicate_frames
+        t.duplicate_frames,
+        t.acked_audio_lost
     );
     (pass, text)
 }
@@ -274,6 +275,7 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         h,
         "<tr><th>total</th><th>{}</th></tr><tr><td>duplicated: answered twice or audio stored twice</td><td>{}</td></tr>\
 <tr><td>audio frames received twice (server metric)</td><td>{}</td></tr>\
+<tr><td>acknowledged audio the server no longer held on resume</td><td>{}</td></tr>\
 <tr><td>push resends after a server crash (same collapse id, shown once)</td><td>{}</td></tr>\
 <tr><td>handed off to the background upload</td><td>{}</td></tr>\
 <tr><td>frames spoken / spooled / stored / received</td><td>{} / {} / {} / {}</td></tr>\
@@ -282,6 +284,7 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         t.relay_utterances,
         t.duplicated,
         t.duplicate_frames,
+        t.acked_audio_lost,
         t.push_resends_after_crash,
         t.handed_off,
         t.frames_spoken,
