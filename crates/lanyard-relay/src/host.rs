@@ -530,8 +530,7 @@ impl Relay {
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut shutdown = false;
         let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
-        let mut ws_gen = 0u64;
-        let mut ws_out: Option<mpsc::UnboundedSender<Message>> = None;
+        let mut socket = Socket { url: ws_url, token: cfg.token.clone(), generation: 0, out: None, events: ws_tx };
         let mut replies = 0usize;
         // While frames arrive the loop looks at least this often: to hand them
         // to the uplink, and to fsync them within the sync interval.
@@ -552,17 +551,17 @@ impl Relay {
                     }
                 },
                 Some(ev) = ws_rx.recv() => match ev {
-                    WsEvent::Up(g, tx) if g == ws_gen => {
-                        ws_out = Some(tx);
+                    WsEvent::Up(g, tx) if g == socket.generation => {
+                        socket.out = Some(tx);
                         uplink.handle(now_ms(), Input::Connected, &mut actions);
                     }
-                    WsEvent::Msg(g, msg) if g == ws_gen => {
+                    WsEvent::Msg(g, msg) if g == socket.generation => {
                         if let Some(input) = ws_input(msg) {
                             uplink.handle(now_ms(), input, &mut actions);
                         }
                     }
-                    WsEvent::Down(g, reason) if g == ws_gen => {
-                        ws_out = None;
+                    WsEvent::Down(g, reason) if g == socket.generation => {
+                        socket.out = None;
                         uplink.handle(now_ms(), Input::Disconnected { reason }, &mut actions);
                     }
                     _ => {}
@@ -657,6 +656,11 @@ impl Relay {
                 emit(RelayEvent::Discarded { id, reason });
             }
 
+            // Carry out the uplink's decisions first: a `complete` that came in
+            // this round marks the spool done, and the planner must not hand
+            // off (or discard) an utterance the server already holds.
+            replies += socket.carry_out(&mut actions, &mut core.spool, &emit)?;
+
             // The planner is a few comparisons per utterance: run it every round.
             let final_plan_at = deadline.map(|d| d.saturating_sub(cfg.planner.safety_margin_ms));
             if final_plan_at.is_some_and(|t| now >= t) {
@@ -700,36 +704,7 @@ impl Relay {
                 }
             }
 
-            for action in actions.drain(..) {
-                match action {
-                    Action::Connect => {
-                        ws_gen += 1;
-                        tokio::spawn(connect(ws_url.clone(), cfg.token.clone(), ws_gen, ws_tx.clone()));
-                    }
-                    Action::Disconnect => {
-                        ws_gen += 1;
-                        if let Some(tx) = ws_out.take() {
-                            let _ = tx.send(Message::Close(None));
-                        }
-                    }
-                    Action::SendText(msg) => {
-                        if let Some(tx) = &ws_out {
-                            let _ = tx.send(Message::text(msg.to_json()));
-                        }
-                    }
-                    Action::SendAudio { id, handle, seq } => {
-                        let frame = core.spool.read_frame(id, seq)?;
-                        if let Some(tx) = &ws_out {
-                            let _ = tx.send(Message::binary(wire::encode_audio(&Audio { handle, seq, frame: &frame })));
-                        }
-                    }
-                    Action::Done(id) => core.spool.mark_done(id)?,
-                    Action::Emit(event) => {
-                        replies += usize::from(matches!(event, RelayEvent::Reply { .. }));
-                        emit(event);
-                    }
-                }
-            }
+            replies += socket.carry_out(&mut actions, &mut core.spool, &emit)?;
 
             let live = core.tracker.current().is_some();
             let idle = uplink.pending() == 0 && !live && handed_off.is_empty();
@@ -782,6 +757,60 @@ impl Relay {
             }
         }
         Ok(())
+    }
+}
+
+/// The relay's WebSocket, as the loop sees it: the writer of the current
+/// connection, and the generation that tells its messages from a dead one's.
+struct Socket {
+    url: String,
+    token: String,
+    generation: u64,
+    out: Option<mpsc::UnboundedSender<Message>>,
+    events: mpsc::UnboundedSender<WsEvent>,
+}
+
+impl Socket {
+    /// Carries out the uplink's actions, in order. Returns how many replies
+    /// were among the events.
+    fn carry_out(
+        &mut self,
+        actions: &mut Vec<Action>,
+        spool: &mut Spool,
+        emit: &impl Fn(RelayEvent),
+    ) -> Result<usize, HostError> {
+        let mut replies = 0;
+        for action in actions.drain(..) {
+            match action {
+                Action::Connect => {
+                    self.generation += 1;
+                    tokio::spawn(connect(self.url.clone(), self.token.clone(), self.generation, self.events.clone()));
+                }
+                Action::Disconnect => {
+                    self.generation += 1;
+                    if let Some(tx) = self.out.take() {
+                        let _ = tx.send(Message::Close(None));
+                    }
+                }
+                Action::SendText(msg) => {
+                    if let Some(tx) = &self.out {
+                        let _ = tx.send(Message::text(msg.to_json()));
+                    }
+                }
+                Action::SendAudio { id, handle, seq } => {
+                    let frame = spool.read_frame(id, seq)?;
+                    if let Some(tx) = &self.out {
+                        let _ = tx.send(Message::binary(wire::encode_audio(&Audio { handle, seq, frame: &frame })));
+                    }
+                }
+                Action::Done(id) => spool.mark_done(id)?,
+                Action::Emit(event) => {
+                    replies += usize::from(matches!(event, RelayEvent::Reply { .. }));
+                    emit(event);
+                }
+            }
+        }
+        Ok(replies)
     }
 }
 
