@@ -55,9 +55,13 @@
 //! the reported figures should come from the full set). Synthesised PCM is
 //! cached under Cargo's target tmp dir (`CARGO_TARGET_TMPDIR/lanyard-stt-ttfs`),
 //! keyed by voice, rate and text; delete it after changing espeak-ng or sox.
+//! The set, its synthesis and cache live in `reference_set/`, shared with the
+//! `rtf` bench.
 //!
 //! Words with errors are listed on stderr, one line per utterance and engine,
 //! so a WER change can be traced to the sentences that moved it.
+
+mod reference_set;
 
 use std::fs;
 use std::io::Write;
@@ -67,37 +71,20 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use lanyard_stt::{SpeechToText, WhisperConfig, WhisperCt2, word_error_rate};
+use reference_set::{
+    REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile,
+    synthesize_set,
+};
 
 /// Utterances per chunk; a multiple of [`SPEAKERS`].
 const CHUNK: usize = 12;
 /// Simultaneous speakers in (d).
 const SPEAKERS: usize = 4;
-const SAMPLE_RATE: f32 = 16_000.0;
 
 const HELPER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/benches/faster_whisper_ttfs.py"
 );
-const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference.txt");
-
-/// One reference utterance: a sentence in one voice.
-struct Utterance {
-    text: String,
-    voice: String,
-    rate: u32,
-    /// Raw s16le PCM, exactly what faster-whisper reads.
-    pcm: Vec<u8>,
-    samples: Vec<f32>,
-}
-
-impl Utterance {
-    fn secs(&self) -> f32 {
-        self.samples.len() as f32 / SAMPLE_RATE
-    }
-    fn words(&self) -> f32 {
-        self.text.split_whitespace().count() as f32
-    }
-}
 
 /// Latencies and texts of one engine, in utterance order.
 #[derive(Default)]
@@ -391,106 +378,11 @@ fn set_wer(utterances: &[Utterance], texts: &[String]) -> f64 {
     errors / words
 }
 
-/// Nearest-rank percentile, as the server's push_latency bench computes it.
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn median_f32(values: &[f32]) -> f32 {
     percentile(
         &values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
         0.5,
     ) as f32
-}
-
-/// Sentences and `(voice, rate)` pairs from reference.txt.
-fn parse_reference(text: &str) -> (Vec<String>, Vec<(String, u32)>) {
-    let (mut sentences, mut voices) = (Vec::new(), Vec::new());
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("voice:") {
-            let mut parts = rest.split_whitespace();
-            let (Some(voice), Some(rate), None) = (parts.next(), parts.next(), parts.next()) else {
-                panic!("reference.txt: expected `voice: NAME RATE`, got {line:?}");
-            };
-            let rate = rate
-                .parse()
-                .unwrap_or_else(|_| panic!("reference.txt: bad rate in {line:?}"));
-            voices.push((voice.to_owned(), rate));
-        } else {
-            assert!(
-                !line.chars().any(|c| c.is_ascii_digit()),
-                "reference.txt: spell numbers out (word_error_rate does not): {line:?}"
-            );
-            sentences.push(line.to_owned());
-        }
-    }
-    assert!(
-        !sentences.is_empty() && !voices.is_empty(),
-        "reference.txt has no sentences or no voices"
-    );
-    (sentences, voices)
-}
-
-/// Every sentence in every voice, ordered so that neighbours differ in both
-/// sentence and voice (the rounds of (d) mix voices and texts): utterance k
-/// has voice `k % V` and sentence `(k / V + v * S / V) % S`.
-fn synthesize_set(sentences: &[String], voices: &[(String, u32)]) -> Vec<Utterance> {
-    let (s, v) = (sentences.len(), voices.len());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lanyard-stt-ttfs");
-    fs::create_dir_all(&cache).expect("create the PCM cache dir");
-    (0..s * v)
-        .map(|k| {
-            let voice_index = k % v;
-            let sentence = &sentences[(k / v + voice_index * s / v) % s];
-            let (voice, rate) = &voices[voice_index];
-            let pcm = synthesize_cached(&cache, sentence, voice, *rate);
-            let samples = pcm
-                .chunks_exact(2)
-                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-                .collect();
-            Utterance {
-                text: sentence.clone(),
-                voice: voice.clone(),
-                rate: *rate,
-                pcm,
-                samples,
-            }
-        })
-        .collect()
-}
-
-/// The pendant simulator's espeak-ng voice as raw 16 kHz mono s16le, cached
-/// by voice, rate and text.
-fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Vec<u8> {
-    let key = format!("{voice}\0{rate}\0{text}");
-    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let path = cache.join(format!("{voice}-{rate}-{hash:016x}.pcm"));
-    if let Ok(pcm) = fs::read(&path)
-        && pcm.len() > 16_000
-    {
-        return pcm;
-    }
-    let voice_cfg = lanyard_pendant::speech::Voice { name: voice.to_string(), rate };
-    let samples = lanyard_pendant::speech::synthesize(text, &voice_cfg)
-        .unwrap_or_else(|e| panic!("cannot synthesize {voice} {rate} {text:?}: {e}"));
-    assert!(samples.len() > 8_000, "espeak-ng produced under half a second for {text:?}");
-    let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, &pcm)
-        .and_then(|()| fs::rename(&tmp, &path))
-        .expect("write the PCM cache");
-    pcm
 }
 
 /// Runs the faster-whisper helper on `files`: its version line, and
@@ -568,45 +460,7 @@ fn check_tools() {
             String::from_utf8_lossy(&import.stderr).trim()
         ));
     }
-    for tool in ["espeak-ng", "sox"] {
-        if Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            fail(&format!(
-                "{tool} is not installed: apt-get install espeak-ng sox"
-            ));
-        }
-    }
-}
-
-/// `$LANYARD_MODEL_DIR`, else the server's default model directory.
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("LANYARD_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".local/share/lanyard/models/whisper-tiny.en")
-        });
-    if !dir.join("model.bin").is_file() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "ttfs bench: no CTranslate2 Whisper model in {}: run scripts/setup or set LANYARD_MODEL_DIR",
-            dir.display()
-        );
-        std::process::exit(1);
-    }
-    dir
-}
-
-/// `/proc/loadavg`'s three averages, or "unknown".
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
+    reference_set::check_speech_tools();
 }
 
 fn load_average_1m() -> f64 {
@@ -617,13 +471,3 @@ fn load_average_1m() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
-}
