@@ -10,6 +10,10 @@
 //! is connected: notifications sent while no relay listens are lost, exactly
 //! as over the air. When a relay (re)connects it gets an advertisement first.
 //!
+//! After its sentences it can also speak recordings of real people
+//! ([`Recording`]): read from a file and resampled to 16 kHz mono, then sent
+//! exactly like synthesized speech.
+//!
 //! Two options exist for `lanyard sim`'s fault campaigns:
 //!
 //! - [`BleFaults`]: lose a fraction of notifications, and deliver a fraction
@@ -60,6 +64,17 @@ pub struct SimConfig {
     pub hold_until_central: bool,
     /// Injected notification loss and frame reordering; none by default.
     pub faults: BleFaults,
+    /// Recordings of real speech, spoken after `sentences`.
+    pub recordings: Vec<Recording>,
+}
+
+/// A recording of real speech and what is said in it: an utterance the
+/// pendant reads from a file ([`speech::load_recording`]) instead of
+/// synthesizing, with its transcript as the utterance's text.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub path: std::path::PathBuf,
+    pub transcript: String,
 }
 
 /// Injected BLE faults (see the module doc). Rates are probabilities in 0..=1.
@@ -170,6 +185,10 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
         }
         utterances.push((text.clone(), frames));
     }
+    for rec in &cfg.recordings {
+        let pcm = speech::load_recording(&rec.path)?;
+        utterances.push((rec.transcript.clone(), encode_utterance(cfg.codec, &pcm)?));
+    }
     let advert = advertisement(&cfg)?.encode();
 
     let listener = TcpListener::bind(cfg.listen).await.map_err(|source| SimError::Bind { addr: cfg.listen, source })?;
@@ -262,6 +281,18 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
     let _ = events.send(SimEvent::Done { at_ms: now_ms() });
     accept.abort();
     Ok(())
+}
+
+/// Cuts PCM into 20 ms frames, the last padded with silence, and encodes them.
+fn encode_utterance(codec: Codec, pcm: &[i16]) -> Result<Vec<Vec<u8>>, SimError> {
+    let mut enc = FrameEncoder::new(codec)?;
+    let mut frames = Vec::new();
+    for chunk in pcm.chunks(FRAME_SAMPLES) {
+        let mut block = chunk.to_vec();
+        block.resize(FRAME_SAMPLES, 0);
+        frames.push(enc.encode(&block)?);
+    }
+    Ok(frames)
 }
 
 /// Sends one record to the connected central; false if none is listening.

@@ -69,3 +69,30 @@ pub fn synthesize(text: &str, voice: &Voice) -> Result<Vec<i16>, SpeechError> {
     }
     Ok(lanyard_audio::pcm16_from_le_bytes(&out.stdout))
 }
+
+/// Reads a recording of real speech as 16 kHz mono PCM16, for a pendant that
+/// speaks recorded people instead of espeak-ng.
+///
+/// Any file sox reads (WAV, FLAC, ...) is resampled and mixed down as needed.
+/// A `.raw` file has no header and is taken as 16 kHz mono signed 16-bit
+/// little-endian, the convention of pocketsphinx's test data.
+pub fn load_recording(path: &std::path::Path) -> Result<Vec<i16>, SpeechError> {
+    let mut sox = Command::new("sox");
+    sox.arg("-q");
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("raw")) {
+        sox.args(["-t", "raw", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", "-L"]);
+    }
+    let out = sox
+        .arg(path)
+        .args(["-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", "-L", "-t", "raw", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| SpeechError::Spawn { tool: "sox", source })?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(SpeechError::Failed {
+            tool: "sox",
+            stderr: format!("{}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(lanyard_audio::pcm16_from_le_bytes(&out.stdout))
+}

@@ -236,6 +236,11 @@ struct SimArgs {
     /// A sentence to speak; repeat for several. Defaults to the demo sentences.
     #[arg(long = "say")]
     sentences: Vec<String>,
+    /// A recording of real speech and its transcript, spoken after the
+    /// sentences; repeat for several. Any file sox reads, or a `.raw` file of
+    /// 16 kHz mono 16-bit PCM; it is resampled to 16 kHz mono.
+    #[arg(long = "say-wav", value_name = "PATH=TRANSCRIPT", value_parser = parse_recording)]
+    recordings: Vec<lanyard_pendant::sim::Recording>,
     /// Keep the pendant up this many seconds after the last sentence.
     #[arg(long, default_value_t = 0)]
     linger_secs: u64,
@@ -484,8 +489,19 @@ async fn read_control(control: tokio::sync::mpsc::UnboundedSender<lanyard_relay:
     }
 }
 
+/// `--say-wav PATH=TRANSCRIPT`: the path ends at the first `=`.
+fn parse_recording(arg: &str) -> Result<lanyard_pendant::sim::Recording, String> {
+    match arg.split_once('=') {
+        Some((path, transcript)) if !path.is_empty() && !transcript.trim().is_empty() => Ok(lanyard_pendant::sim::Recording {
+            path: path.into(),
+            transcript: transcript.trim().to_string(),
+        }),
+        _ => Err(format!("expected PATH=TRANSCRIPT, got {arg:?}")),
+    }
+}
+
 async fn pendant_sim(args: SimArgs) -> Result<()> {
-    let sentences = if args.sentences.is_empty() {
+    let sentences = if args.sentences.is_empty() && args.recordings.is_empty() {
         lanyard_pendant::speech::DEMO_SENTENCES.iter().map(|s| s.to_string()).collect()
     } else {
         args.sentences
@@ -511,6 +527,7 @@ async fn pendant_sim(args: SimArgs) -> Result<()> {
             reorder_rate: args.reorder_rate,
             seed: args.fault_seed,
         },
+        recordings: args.recordings,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {

@@ -5,8 +5,9 @@
 //! - one `lanyard serve`, configured to push to an APNs look-alike that this
 //!   process runs ([`lanyard_push::testing::ApnsPeer`], which checks every
 //!   request as Apple does) and that fails a fraction of requests;
-//! - per simulated phone: a `lanyard pendant-sim` speaking the corpus at
-//!   real-time pace through the BLE framing, a `lanyard relay` with its own
+//! - per simulated phone: a `lanyard pendant-sim` speaking the corpus
+//!   (espeak-ng, and if the scenario asks, recordings of real people from
+//!   [`real_speech`]) at real-time pace through the BLE framing, a `lanyard relay` with its own
 //!   spool and device token, driven through `--control-stdin` by a simulated
 //!   iOS lifecycle ([`phone`]), and a [`proxy::FaultProxy`] that is the
 //!   phone's network.
@@ -27,6 +28,7 @@
 mod ledger;
 mod phone;
 mod proxy;
+mod real_speech;
 mod report;
 mod scenario;
 
@@ -71,7 +73,7 @@ the reference sentences.\n\n\
 Scenario keys (all optional; rates of timed faults are per minute, per phone for network and relay faults; \
 the others are probabilities):\n  \
 [run] name, seed, pendants, utterances_per_pendant, gap_ms, mtu, settle_secs, timeout_secs, stt_threads\n  \
-[corpus] voices, rates, sentences\n  \
+[corpus] voices, rates, sentences, real_speech_per_pendant\n  \
 [lifecycle] enabled, foreground_ms, wake_window_ms, suspend_grace_ms, foreground_on_wake\n  \
 [faults] network_cuts_per_min, delays_per_min, delay_ms, delay_for_ms, black_holes_per_min, black_hole_for_ms, \
 network_switches_per_min, switch_outage_ms, server_kills_per_min, relay_kills_per_min, relay_kill_on_suspend, \
@@ -94,6 +96,9 @@ pub struct SimArgs {
     /// The speech model directory.
     #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = paths::default_model_dir())]
     model_dir: PathBuf,
+    /// Recordings of real speech for `[corpus] real_speech_per_pendant`, as scripts/setup installs them [default: ~/.local/share/lanyard/speech/pocketsphinx-5.1.1].
+    #[arg(long, env = "LANYARD_SPEECH_DIR", hide_default_value = true, default_value_os_t = real_speech::default_dir())]
+    speech_dir: PathBuf,
     /// Keep the campaign's data (server store and audio, spools, process logs) here instead of a temporary directory.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -450,6 +455,13 @@ pub struct Outcome {
 async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let started = Instant::now();
     let started_ms = now_ms();
+    // Recordings of real speech, checked before anything starts.
+    let real = scenario.corpus.real_speech_per_pendant;
+    let recordings = if real > 0 {
+        real_speech::recordings(&args.speech_dir)?
+    } else {
+        Vec::new()
+    };
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let work = args.keep.clone().unwrap_or_else(|| tmp.path().to_owned());
     if args.keep.is_some() && work.exists() {
@@ -533,6 +545,13 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     // Pendants: each its own voice and rate, the corpus round-robin from an
     // offset so the pendants do not speak in unison.
     let corpus = scenario.corpus.sentences();
+    if real > 0 {
+        eprintln!(
+            "lanyard sim: {} utterances of real speech, from {}",
+            real * n,
+            real_speech::PACKAGE
+        );
+    }
     let mut pendant_addrs = Vec::new();
     let mut pendants = Vec::new();
     let (pendant_ready_tx, mut pendant_ready_rx) = mpsc::unbounded_channel::<(Source, Value)>();
@@ -569,10 +588,17 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         ]);
         a.extend([s("--fault-seed"), rng.r#gen::<u64>().to_string()]);
         let mut refs = Vec::new();
-        for k in 0..scenario.run.utterances_per_pendant {
+        for k in 0..scenario.run.utterances_per_pendant - real {
             let sentence = &corpus[(k + i * 5) % corpus.len()];
             refs.push(sentence.clone());
             a.extend([s("--say"), sentence.clone()]);
+        }
+        // The recordings come last: the pendant simulator speaks them after
+        // its sentences.
+        for k in 0..real {
+            let (path, transcript) = &recordings[(i * real + k) % recordings.len()];
+            refs.push(transcript.to_string());
+            a.extend([s("--say-wav"), format!("{}={transcript}", path.display())]);
         }
         references.push(refs);
         let own = Shared {

@@ -16,6 +16,7 @@
 //! [corpus]                  # espeak-ng voices and rates, spread over pendants
 //! voices = ["en-us", "en-gb"]
 //! rates = [150, 175]
+//! real_speech_per_pendant = 1  # of each pendant's utterances, recorded people
 //!
 //! [lifecycle]               # the simulated iOS app around each relay
 //! wake_window_ms = [2000, 6000]
@@ -94,6 +95,9 @@ pub struct CorpusSection {
     pub rates: Vec<u32>,
     /// Reference sentences; empty means the built-in corpus.
     pub sentences: Vec<String>,
+    /// How many of each pendant's utterances, its last ones, are recordings
+    /// of real people (see `sim::real_speech`) instead of espeak-ng.
+    pub real_speech_per_pendant: usize,
 }
 
 impl Default for CorpusSection {
@@ -102,6 +106,7 @@ impl Default for CorpusSection {
             voices: vec!["en-us".into()],
             rates: vec![150],
             sentences: Vec::new(),
+            real_speech_per_pendant: 0,
         }
     }
 }
@@ -229,6 +234,9 @@ impl Scenario {
         if self.corpus.voices.is_empty() || self.corpus.rates.is_empty() {
             bail!("[corpus] voices and rates must each name at least one");
         }
+        if self.corpus.real_speech_per_pendant > r.utterances_per_pendant {
+            bail!("[corpus] real_speech_per_pendant cannot exceed [run] utterances_per_pendant");
+        }
         let f = &self.faults;
         for (name, p) in [
             ("relay_kill_on_suspend", f.relay_kill_on_suspend),
@@ -264,5 +272,36 @@ impl Scenario {
     /// Total utterances the pendants will speak.
     pub fn utterances(&self) -> usize {
         self.run.pendants * self.run.utterances_per_pendant
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_scenarios_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+        for name in ["ci-short", "clean", "long-1000", "smoke"] {
+            let s = Scenario::load(&dir.join(format!("{name}.toml"))).unwrap();
+            assert!(
+                s.corpus.real_speech_per_pendant <= s.run.utterances_per_pendant,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn real_speech_cannot_exceed_a_pendants_utterances() {
+        let s: Scenario = toml::from_str(
+            "[run]\nutterances_per_pendant = 2\n[corpus]\nreal_speech_per_pendant = 3\n",
+        )
+        .unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("real_speech_per_pendant")
+        );
     }
 }
