@@ -208,8 +208,8 @@ pub const METRICS: &[(&str, &str, Option<&str>)] = &[
     ),
     (
         "first_partial",
-        "end of speech → first partial transcript",
-        Some("n/a — not implemented: the server sends no partial transcripts yet"),
+        "start of speech → first partial transcript",
+        Some("n/a: the server sends no partial transcripts yet (measured from the relays' `partial` events once it does)"),
     ),
     ("ttfs", "end of speech → final transcript (TTFS)", None),
     (
@@ -350,6 +350,8 @@ struct RelayUtt {
     phone: usize,
     started_ms: Option<u64>,
     ended: Option<(u64, u32)>,
+    /// When the relay passed on the server's first partial transcript.
+    first_partial_ms: Option<u64>,
     discarded: Option<String>,
     handed_off: bool,
 }
@@ -379,7 +381,7 @@ pub fn account(inp: &Inputs) -> Accounting {
                 let Some(id) = r.id() else { continue };
                 if !matches!(
                     kind,
-                    "utterance_started" | "utterance_ended" | "discarded" | "upload_task"
+                    "utterance_started" | "utterance_ended" | "discarded" | "upload_task" | "partial"
                 ) {
                     continue;
                 }
@@ -397,6 +399,9 @@ pub fn account(inp: &Inputs) -> Accounting {
                     "utterance_ended" => {
                         let frames = r.event["frames"].as_u64().unwrap_or(0) as u32;
                         u.ended.get_or_insert((r.time(), frames));
+                    }
+                    "partial" => {
+                        u.first_partial_ms.get_or_insert(r.time());
                     }
                     "discarded" => {
                         u.discarded = Some(
@@ -632,6 +637,13 @@ pub fn account(inp: &Inputs) -> Accounting {
                         .map(|p| p.at_ms as i64)
                 });
                 put("push", first_ok);
+                // From the start of speech: how long the user waits to see
+                // the first words while still talking.
+                if let Some(at) = relay[id].first_partial_ms {
+                    let v = at as i64 - s.start_ms as i64;
+                    row.latency_ms.insert("first_partial".to_string(), v);
+                    metric_values.entry("first_partial").or_default().push(v);
+                }
                 let hyp = facts.transcript.clone().unwrap_or_default();
                 let wer = lanyard_stt::word_error_rate(&reference, &hyp);
                 let n = reference.split_whitespace().count();
