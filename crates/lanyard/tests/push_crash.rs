@@ -19,27 +19,7 @@ use uuid::Uuid;
 const TOPIC: &str = "com.example.lanyard";
 
 fn config(dir: &std::path::Path, key: &TestApnsKey, peer: &ApnsPeer, topic: &str) -> std::path::PathBuf {
-    let key_path = key.write(dir);
-    let cert = peer.write_cert(dir);
-    let toml = format!(
-        r#"
-[push]
-retry_base_ms = 50
-claim_lease_ms = 500
-
-[push.apns]
-key_path = {key_path:?}
-key_id = {key_id:?}
-team_id = {team_id:?}
-topic = {topic:?}
-production_url = {url:?}
-sandbox_url = {url:?}
-extra_root_certs = [{cert:?}]
-"#,
-        key_id = key.key_id,
-        team_id = key.team_id,
-        url = peer.url(),
-    );
+    let toml = format!("[push]\nretry_base_ms = 50\nclaim_lease_ms = 500\n\n{}", peer.apns_config_toml(dir, key, topic));
     let path = dir.join("server.toml");
     std::fs::write(&path, toml).unwrap();
     path

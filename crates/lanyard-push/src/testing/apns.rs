@@ -197,6 +197,21 @@ impl ApnsPeer {
         super::write_file(dir, &format!("apns-peer-{}.pem", self.server.addr.port()), &self.server.cert_pem)
     }
 
+    /// The `[push.apns]` section of a server config that pushes to this
+    /// peer, signing with `key` (written into `dir`, with the peer's
+    /// certificate) for `topic`.
+    pub fn apns_config_toml(&self, dir: &Path, key: &super::TestApnsKey, topic: &str) -> String {
+        let key_path = key.write(dir);
+        let cert = self.write_cert(dir);
+        format!(
+            "[push.apns]\nkey_path = {key_path:?}\nkey_id = {key_id:?}\nteam_id = {team_id:?}\ntopic = {topic:?}\n\
+             production_url = {url:?}\nsandbox_url = {url:?}\nextra_root_certs = [{cert:?}]\n",
+            key_id = key.key_id,
+            team_id = key.team_id,
+            url = self.url(),
+        )
+    }
+
     /// Replaces the script.
     pub fn set_script(&self, script: impl Fn(&ReceivedPush) -> PeerReply + Send + Sync + 'static) {
         self.state.cfg.lock().unwrap().script = Arc::new(script);

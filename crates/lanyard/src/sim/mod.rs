@@ -368,28 +368,9 @@ const APNS_TOPIC: &str = "org.lanyard.sim";
 /// The server's config file: pushes go to the local APNs peer, retried fast
 /// so a failing APNs shows up as retries within the campaign.
 fn server_config(dir: &Path, key: &TestApnsKey, peer: &ApnsPeer) -> Result<PathBuf> {
-    let key_path = key.write(dir);
-    let cert = peer.write_cert(dir);
     let toml = format!(
-        r#"
-[push]
-max_attempts = 12
-retry_base_ms = 200
-retry_max_ms = 2000
-claim_lease_ms = 3000
-
-[push.apns]
-key_path = {key_path:?}
-key_id = {key_id:?}
-team_id = {team_id:?}
-topic = {APNS_TOPIC:?}
-production_url = {url:?}
-sandbox_url = {url:?}
-extra_root_certs = [{cert:?}]
-"#,
-        key_id = key.key_id,
-        team_id = key.team_id,
-        url = peer.url(),
+        "[push]\nmax_attempts = 12\nretry_base_ms = 200\nretry_max_ms = 2000\nclaim_lease_ms = 3000\n\n{}",
+        peer.apns_config_toml(dir, key, APNS_TOPIC)
     );
     let path = dir.join("server.toml");
     std::fs::write(&path, toml).context("cannot write the server config")?;
