@@ -735,8 +735,9 @@ impl Relay {
             .flatten()
             .min()
             .unwrap_or(now + IDLE_WAKE_MS);
-            // Fsync now what would be due before then, so that every write is
-            // durable within the sync interval; otherwise wake for it.
+            // Fsync now what would come due before then, so that every write
+            // is durable within the sync interval. (If it comes due later, an
+            // earlier wake-up looks again.)
             if let Some(due) = core.dirty_since_ms.map(|t| t + cfg.sync_interval.as_millis() as u64) {
                 if due <= next_wake {
                     // The fsync runs without the lock: a slow disk must not
@@ -751,8 +752,6 @@ impl Relay {
                         job.run()?;
                         shared.lock().spool.synced(job);
                     }
-                } else {
-                    next_wake = due;
                 }
             }
         }
