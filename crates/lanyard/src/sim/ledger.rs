@@ -209,7 +209,7 @@ pub const METRICS: &[(&str, &str, Option<&str>)] = &[
     (
         "first_partial",
         "start of speech → first partial transcript",
-        Some("n/a: the server sends no partial transcripts yet (measured from the relays' `partial` events once it does)"),
+        Some("n/a: the server sends no partial transcripts yet (measured from the relays' partial events once it does)"),
     ),
     ("ttfs", "end of speech → final transcript (TTFS)", None),
     (
