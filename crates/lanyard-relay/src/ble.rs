@@ -2,7 +2,7 @@
 //! btleplug (feature `ble`).
 //!
 //! [`run_ble_link`] produces the same [`LinkEvent`]s as the simulator's
-//! [`crate::link::run_sim_link`] and the phone apps' CoreBluetooth glue, so
+//! [`crate::link::spawn_sim_link_thread`] and the phone apps' CoreBluetooth glue, so
 //! [`crate::run`] cannot tell them apart. One connection goes like this:
 //!
 //! 1. take the first Bluetooth adapter BlueZ knows;

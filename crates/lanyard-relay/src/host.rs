@@ -738,20 +738,20 @@ impl Relay {
             // Fsync now what would come due before then, so that every write
             // is durable within the sync interval. (If it comes due later, an
             // earlier wake-up looks again.)
-            if let Some(due) = core.dirty_since_ms.map(|t| t + cfg.sync_interval.as_millis() as u64) {
-                if due <= next_wake {
-                    // The fsync runs without the lock: a slow disk must not
-                    // hold up the link's thread, which only appends.
-                    core.dirty_since_ms = None;
-                    let job = core.spool.sync_job()?;
-                    drop(core);
-                    if let Some(job) = job {
-                        if !cfg.fsync_delay.is_zero() {
-                            std::thread::sleep(cfg.fsync_delay);
-                        }
-                        job.run()?;
-                        shared.lock().spool.synced(job);
+            if let Some(due) = core.dirty_since_ms.map(|t| t + cfg.sync_interval.as_millis() as u64)
+                && due <= next_wake
+            {
+                // The fsync runs without the lock: a slow disk must not hold
+                // up the link's thread, which only appends.
+                core.dirty_since_ms = None;
+                let job = core.spool.sync_job()?;
+                drop(core);
+                if let Some(job) = job {
+                    if !cfg.fsync_delay.is_zero() {
+                        std::thread::sleep(cfg.fsync_delay);
                     }
+                    job.run()?;
+                    shared.lock().spool.synced(job);
                 }
             }
         }

@@ -10,9 +10,6 @@ use std::time::Duration;
 use lanyard_proto::ble::Framing;
 use lanyard_proto::link::{Decoder, Record};
 use lanyard_proto::omi::OmiCodec;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::host::Link;
 
@@ -28,53 +25,12 @@ pub enum LinkEvent {
     Disconnected { reason: String },
 }
 
-/// Connects to a pendant simulator listening at `addr` and forwards its
-/// events, reconnecting after every drop (as a phone re-attaches to a
-/// pendant that comes back in range). Ends when `tx` is closed.
-pub async fn run_sim_link(addr: SocketAddr, tx: mpsc::Sender<LinkEvent>) {
-    loop {
-        let reason = match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                read_stream(stream, &tx).await
-            }
-            Err(e) => format!("cannot reach the pendant simulator at {addr}: {e}"),
-        };
-        if tx.send(LinkEvent::Disconnected { reason }).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn read_stream(mut stream: TcpStream, tx: &mpsc::Sender<LinkEvent>) -> String {
-    let mut decoder = Decoder::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) => return "pendant closed the link".into(),
-            Ok(n) => n,
-            Err(e) => return format!("link read failed: {e}"),
-        };
-        decoder.extend(&buf[..n]);
-        loop {
-            match next_event(&mut decoder) {
-                Ok(None) => break,
-                Ok(Some(event)) => {
-                    if tx.send(event).await.is_err() {
-                        return "relay stopped".into();
-                    }
-                }
-                Err(reason) => return reason,
-            }
-        }
-    }
-}
-
-/// [`run_sim_link`] on a thread of its own that calls into the relay
-/// directly, as CoreBluetooth's delegate queue does on a phone: each
-/// notification is spooled on this thread, and the relay's loop is not woken
-/// for it. `deliver` hands each event over, normally `|ev| link.event(ev)`
+/// Connects to a pendant simulator listening at `addr` and hands its events
+/// to the relay, reconnecting after every drop (as a phone re-attaches to a
+/// pendant that comes back in range). It runs on a thread of its own that
+/// calls into the relay directly, as CoreBluetooth's delegate queue does on a
+/// phone: each notification is spooled on this thread, and the relay's loop
+/// is not woken for it. `deliver` hands each event over, normally `|ev| link.event(ev)`
 /// (a benchmark wraps it to measure it). Ends when the relay has stopped.
 pub fn spawn_sim_link_thread(
     addr: SocketAddr,

@@ -392,33 +392,39 @@ async fn relay(args: RelayArgs) -> Result<()> {
     if args.control_stdin {
         tokio::spawn(read_control(control_tx.clone()));
     }
-    let (link_tx, link_rx) = tokio::sync::mpsc::channel(256);
-    spawn_link(args.sim, args.ble, args.ble_name, link_tx)?;
+    let (relay, link) = lanyard_relay::open(cfg, tx).context("cannot start the relay")?;
+    let link_rx = spawn_link(args.sim, args.ble, args.ble_name, link)?;
     let result = tokio::select! {
-        r = lanyard_relay::run(cfg, link_rx, control_rx, tx) => r.context("relay failed"),
+        r = relay.run(link_rx, control_rx) => r.context("relay failed"),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     let _ = printer.await;
     result
 }
 
-/// Starts the pendant link the flags chose. Either one feeds the same
-/// channel of `LinkEvent`s, so the relay does not know which it got.
+/// Starts the pendant link the flags chose. The simulator's socket is read
+/// on a thread of its own that spools each notification through the relay's
+/// `Link` as it arrives, as CoreBluetooth's queue does through the FFI.
+/// btleplug delivers on the async runtime, through the returned channel.
 fn spawn_link(
     sim: Option<SocketAddr>,
     ble: bool,
     ble_name: Option<String>,
-    tx: tokio::sync::mpsc::Sender<lanyard_relay::link::LinkEvent>,
-) -> Result<()> {
+    link: lanyard_relay::Link,
+) -> Result<Option<tokio::sync::mpsc::Receiver<lanyard_relay::link::LinkEvent>>> {
     if ble {
-        return spawn_ble_link(ble_name, tx);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        spawn_ble_link(ble_name, tx)?;
+        return Ok(Some(rx));
     }
     let addr = match sim {
         Some(addr) => addr,
         None => DEFAULT_SIM_ADDR.parse().expect("the default simulator address parses"),
     };
-    tokio::spawn(lanyard_relay::link::run_sim_link(addr, tx));
-    Ok(())
+    let deliver = link.clone();
+    lanyard_relay::link::spawn_sim_link_thread(addr, link, move |ev| deliver.event(ev))
+        .context("cannot start the pendant link thread")?;
+    Ok(None)
 }
 
 #[cfg(feature = "ble")]
