@@ -36,6 +36,8 @@ use lanyard_audio::{FRAME_SAMPLES, FrameEncoder};
 use lanyard_proto::ble::{Codec, Framing};
 use lanyard_proto::link::Record;
 use lanyard_proto::omi::OmiCodec;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,26 +90,6 @@ pub struct BleFaults {
     pub reorder_rate: f64,
     /// Seed of the generator that picks the victims.
     pub seed: u64,
-}
-
-/// A small seeded generator (SplitMix64): enough to pick fault victims
-/// reproducibly without a dependency.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && self.next_f64() < p
-    }
 }
 
 /// What the simulator did, with Unix-ms timestamps, for the demo's latency figures.
@@ -176,14 +158,7 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
     let mut utterances = Vec::with_capacity(cfg.sentences.len());
     for text in &cfg.sentences {
         let pcm = speech::synthesize(text, &cfg.voice)?;
-        let mut enc = FrameEncoder::new(cfg.codec)?;
-        let mut frames = Vec::new();
-        for chunk in pcm.chunks(FRAME_SAMPLES) {
-            let mut block = chunk.to_vec();
-            block.resize(FRAME_SAMPLES, 0);
-            frames.push(enc.encode(&block)?);
-        }
-        utterances.push((text.clone(), frames));
+        utterances.push((text.clone(), encode_utterance(cfg.codec, &pcm)?));
     }
     for rec in &cfg.recordings {
         let pcm = speech::load_recording(&rec.path)?;
@@ -233,7 +208,9 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
 
     let mut packetizer = Packetizer::new(cfg.framing, usize::from(cfg.att_mtu))?;
     let mut dropped = 0u64;
-    let mut rng = SplitMix(cfg.faults.seed);
+    let mut rng = StdRng::seed_from_u64(cfg.faults.seed);
+    let faults = cfg.faults;
+    let mut chance = move |p: f64| p > 0.0 && rng.gen_bool(p.min(1.0));
     for (index, (text, frames)) in utterances.into_iter().enumerate() {
         if cfg.hold_until_central && central.lock().await.is_none() {
             let _ = events.send(SimEvent::WaitingForCentral { index, at_ms: now_ms() });
@@ -253,13 +230,13 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
         for (i, frame) in frames.iter().enumerate() {
             pace.tick().await;
             let notes = packetizer.frame(cfg.codec, frame, i == 0, i == last)?;
-            if held.is_empty() && i != last && rng.chance(cfg.faults.reorder_rate) {
+            if held.is_empty() && i != last && chance(faults.reorder_rate) {
                 held = notes;
                 reordered_frames += 1;
                 continue;
             }
             for n in notes.into_iter().chain(std::mem::take(&mut held)) {
-                if rng.chance(cfg.faults.drop_rate) {
+                if chance(faults.drop_rate) {
                     injected_drops += 1;
                     continue;
                 }
