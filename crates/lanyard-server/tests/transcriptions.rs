@@ -113,9 +113,33 @@ fn speech_wav(text: &str, rate: u32, channels: u16) -> Vec<u8> {
     wav(&samples, rate, channels)
 }
 
+/// The transcript is recognisably `reference`. Loose on purpose: tiny.en's
+/// accuracy is measured by lanyard-stt's tests and benchmarks, and its
+/// borderline words differ between CPUs (the CI machine heard "water the
+/// plants" as "welcome a plant" where this one did not). A pipeline that
+/// mangles the audio (wrong rate, wrong channel count, wrong codec) gives
+/// nothing, or noise words, and fails this by far.
 fn assert_close(reference: &str, text: &str) {
     let wer = lanyard_stt::word_error_rate(reference, text);
-    assert!(wer <= 0.25, "WER {wer:.2}: {text:?} for {reference:?}");
+    assert!(wer <= 0.5, "WER {wer:.2}: {text:?} for {reference:?}");
+}
+
+/// What the model itself makes of `file`, decoded the way the endpoint
+/// decodes it, with a second engine loaded from the same model directory.
+fn direct(file: &[u8]) -> String {
+    static ENGINE: std::sync::OnceLock<lanyard_stt::WhisperCt2> = std::sync::OnceLock::new();
+    let stt = ENGINE.get_or_init(|| lanyard_stt::WhisperCt2::load(&model_dir(), Default::default()).unwrap());
+    let pcm = transcribe::decode(file).unwrap();
+    lanyard_stt::SpeechToText::transcribe(stt, &pcm).unwrap().text
+}
+
+/// The endpoint answered exactly what the model hears in `file`, on any CPU,
+/// and that is recognisably `reference`.
+async fn assert_served(reference: &str, file: &[u8], text: &str) {
+    let file = file.to_vec();
+    let expected = tokio::task::spawn_blocking(move || direct(&file)).await.unwrap();
+    assert_eq!(text.trim(), expected.trim(), "the endpoint's answer differs from the model's own transcription");
+    assert_close(reference, text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,24 +243,26 @@ async fn the_endpoint_answers_openai_style_requests() {
 
     // 48 kHz stereo WAV, as a desktop client records it, with the fields the
     // OpenAI SDK sends.
+    let wav48 = speech_wav(SENTENCE, 48_000, 2);
     let (ct, body) = multipart(
-        Some(&speech_wav(SENTENCE, 48_000, 2)),
+        Some(&wav48),
         &[("model", "whisper-1"), ("response_format", "json"), ("language", "en"), ("temperature", "0")],
     );
     let resp = post(&h.url, Some(&h.token_a), &ct, body).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     let answer: Value = resp.json().await.unwrap();
-    assert_close(SENTENCE, answer["text"].as_str().unwrap());
+    assert_served(SENTENCE, &wav48, answer["text"].as_str().unwrap()).await;
 
     // Ogg Opus, as a relay seals it, with plain-text output and no model field.
     let text = "Please remind me to water the plants tomorrow morning.";
     let frames = speech_frames(text);
-    let (ct, body) = multipart(Some(&oggopus::write(9, frames.iter().map(Vec::as_slice))), &[("response_format", "text")]);
+    let ogg = oggopus::write(9, frames.iter().map(Vec::as_slice));
+    let (ct, body) = multipart(Some(&ogg), &[("response_format", "text")]);
     let resp = post(&h.url, Some(&h.token_b), &ct, body).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    assert_close(text, &resp.text().await.unwrap());
+    assert_served(text, &ogg, &resp.text().await.unwrap()).await;
 
     // Silence is a transcript too: empty.
     let (ct, body) = multipart(Some(&wav(&[0; 32_000], 16_000, 1)), &[]);
