@@ -104,6 +104,7 @@ pub async fn stream(
 /// One utterance open on this connection.
 struct Open {
     utterance: Uuid,
+    codec: Codec,
     audio: Arc<Mutex<UtteranceAudio>>,
     /// Frames accepted so far (durable, or in the batch being committed).
     next_seq: u32,
@@ -227,9 +228,17 @@ impl Conn {
             let Some(open) = self.streams.get(&handle) else { continue };
             let audio = open.audio.clone();
             let count = frames.len() as u64;
+            let (live, device, utterance, codec) = (self.state.live.clone(), self.device, open.utterance, open.codec);
             // Positional: frames a racing upload stored meanwhile are skipped.
+            // Once durable, the frames go to the live transcriber too (Opus
+            // decode and voice activity: tens of microseconds a frame).
             let durable = tokio::task::spawn_blocking(move || {
-                audio.lock().expect("audio lock poisoned").append_durable(first, frames.iter().map(Vec::as_slice))
+                let durable =
+                    audio.lock().expect("audio lock poisoned").append_durable(first, frames.iter().map(Vec::as_slice));
+                if durable.is_ok() {
+                    live.feed(device, utterance, codec, first, &frames);
+                }
+                durable
             })
             .await
             .map_err(|e| (close::GOING_AWAY, format!("storage task failed: {e}")))?
@@ -296,7 +305,7 @@ impl Conn {
             Err(e) => return self.error(Some(utterance), "storage", format!("cannot open audio: {e}")).await,
         };
         let next_seq = writer.lock().expect("audio lock poisoned").frames();
-        self.streams.insert(handle, Open { utterance, audio: writer, next_seq });
+        self.streams.insert(handle, Open { utterance, codec, audio: writer, next_seq });
         self.send_text(&ServerMsg::Opened { utterance, handle, next_seq, complete: false }).await
     }
 

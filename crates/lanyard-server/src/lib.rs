@@ -2,10 +2,16 @@
 //!
 //! ```text
 //!  relay --WS /v1/stream---> ingest --append+fsync--> audio files --ack--> relay
+//!            ^                 | durable frames           |
+//!            |                 v                          |
+//!            +-- Partial --- live: decode, VAD, drafts    |
+//!                              | (speculative final)      |
 //!  relay --PUT upload------> upload --/                    |
 //!                                      store.mark_complete (once per utterance)
 //!                                                          v
-//!                          pipeline: decode Opus -> Whisper -> responder
+//!                          pipeline: speculative final, or decode Opus -> Whisper
+//!                                                          v
+//!                                                      responder
 //!                                                          v
 //!                          store: reply + push outbox (one transaction)
 //!                                                          v
@@ -19,7 +25,9 @@
 //! every metric in `metrics`. `transcribe` serves the node's speech-to-text
 //! to others (OpenAI's `POST /v1/audio/transcriptions`), and `retention`
 //! deletes old audio. [`build_stt`] makes the engine `[stt]` asks for: the
-//! local Whisper model, or a remote endpoint with no model here.
+//! local Whisper model, or a remote endpoint with no model here; `stt_pool`
+//! runs it for everyone, finals first, and `live` turns streamed audio into
+//! partials and speculative finals.
 
 mod admin;
 mod api;
@@ -31,10 +39,12 @@ mod hub;
 mod ingest;
 pub mod limits;
 pub mod metrics;
+mod live;
 mod openapi;
 mod pipeline;
 mod push;
 pub mod retention;
+pub mod stt_pool;
 pub mod transcribe;
 
 use std::net::SocketAddr;
@@ -46,13 +56,15 @@ use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
 use lanyard_stt::{SpeechToText, SttError};
 use thiserror::Error;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 pub use crate::audio::AudioStore;
 pub use crate::hub::Hub;
 use crate::config::{AudioSection, ConfigError, LimitsSection, PushSection, SttBackend};
 use crate::limits::Limiter;
+use crate::live::Live;
 use crate::pipeline::Pipeline;
+use crate::stt_pool::SttPool;
 use lanyard_push::PushProvider;
 use lanyard_respond::ResponderConfig;
 
@@ -195,13 +207,12 @@ pub struct AppState {
     pipeline: Pipeline,
     limiter: Arc<Limiter>,
     admin_token_hash: Option<[u8; 32]>,
-    /// The one speech-to-text engine, shared by the pipeline and
-    /// `POST /v1/audio/transcriptions`.
-    stt: Arc<dyn SpeechToText>,
-    /// One permit: the engine transcribes one utterance at a time, using
-    /// every core for it (see `WhisperConfig::threads`), and the pipeline and
-    /// the endpoint queue for it in arrival order.
-    stt_gate: Arc<Semaphore>,
+    /// The one speech-to-text engine behind its worker pool, shared by the
+    /// pipeline, streaming partials and `POST /v1/audio/transcriptions`
+    /// (see `stt_pool` for the priorities).
+    stt: SttPool,
+    /// Partials and speculative finals of the utterances being streamed.
+    live: Arc<Live>,
 }
 
 /// A running server.
@@ -257,13 +268,14 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     let provider = build_push_provider(&cfg)?;
     let responder = lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     let push_wake = Arc::new(Notify::new());
-    let stt_gate = Arc::new(Semaphore::new(1));
+    let stt = SttPool::start(stt, stt_pool::DEFAULT_WORKERS);
+    let live = Arc::new(Live::new(stt.clone(), hub.clone()));
     let pipeline = Pipeline::spawn(
         store.clone(),
         audio.clone(),
         hub.clone(),
         stt.clone(),
-        stt_gate.clone(),
+        live.clone(),
         responder,
         push_wake.clone(),
     );
@@ -288,7 +300,7 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         std::time::Duration::from_secs(cfg.audio.sweep_interval_secs),
     );
     let state =
-        AppState { store, audio, hub, pipeline, limiter, admin_token_hash: cfg.admin_token_hash, stt, stt_gate };
+        AppState { store, audio, hub, pipeline, limiter, admin_token_hash: cfg.admin_token_hash, stt, live };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;

@@ -20,6 +20,11 @@
 //! | `lanyard_transcriptions_total{status}` | counter | `POST /v1/audio/transcriptions` answered, by HTTP status  |
 //! |                                  |           | (requests refused before the handler, e.g. 401, excluded)   |
 //! | `lanyard_audio_purged_total`     | counter   | audio files deleted by the retention sweeper                |
+//! | `lanyard_stt_drafts_total{kind,outcome}` | counter | speculative and partial decodes: `run`, or dropped as   |
+//! |                                  |           | `superseded`, `stale` or `ended` (see `stt_pool`)           |
+//! | `lanyard_partials_sent_total`    | counter   | partial transcripts sent down a stream                      |
+//! | `lanyard_finals_total{source}`   | counter   | final transcripts: `speculative` (decoded at silence onset) |
+//! |                                  |           | or `full` (decoded after the end)                           |
 //!
 //! Time-to-safe ends when the audio is durable, which is when the server
 //! *may* ack; ack latency adds the socket write, and is what the relay sees
@@ -47,6 +52,9 @@ const TTFS: &str = "lanyard_ttfs_seconds";
 const LIMITED: &str = "lanyard_limited_total";
 const TRANSCRIPTIONS: &str = "lanyard_transcriptions_total";
 const AUDIO_PURGED: &str = "lanyard_audio_purged_total";
+const STT_DRAFTS: &str = "lanyard_stt_drafts_total";
+const PARTIALS_SENT: &str = "lanyard_partials_sent_total";
+const FINALS: &str = "lanyard_finals_total";
 
 /// Buckets for the ingest path: an fsync takes 0.1 to 10 ms on flash, and
 /// anything past a second is a stall worth seeing.
@@ -93,6 +101,9 @@ fn describe() {
     describe_counter!(LIMITED, "Requests and streams refused by a per-device limit, by limit.");
     describe_counter!(TRANSCRIPTIONS, "Requests to /v1/audio/transcriptions answered, by HTTP status.");
     describe_counter!(AUDIO_PURGED, "Audio files deleted by the retention sweeper.");
+    describe_counter!(STT_DRAFTS, "Speculative and partial decodes, run or dropped, by kind and outcome.");
+    describe_counter!(PARTIALS_SENT, "Partial transcripts sent down a stream.");
+    describe_counter!(FINALS, "Final transcripts, by source: speculative (decoded at silence onset) or full.");
 }
 
 /// An event the server records. Each implementation is the only place that
@@ -244,5 +255,53 @@ pub struct AudioPurged {
 impl InternalEvent for AudioPurged {
     fn emit(self) {
         counter!(AUDIO_PURGED).increment(self.count);
+    }
+}
+
+/// What became of a speculative or partial decode request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DraftOutcome {
+    Run,
+    Superseded,
+    Stale,
+    Ended,
+}
+
+/// A draft ran or was dropped (see `stt_pool`).
+pub struct DraftSettled {
+    pub kind: crate::stt_pool::DraftKind,
+    pub outcome: DraftOutcome,
+}
+
+impl InternalEvent for DraftSettled {
+    fn emit(self) {
+        let outcome = match self.outcome {
+            DraftOutcome::Run => "run",
+            DraftOutcome::Superseded => "superseded",
+            DraftOutcome::Stale => "stale",
+            DraftOutcome::Ended => "ended",
+        };
+        counter!(STT_DRAFTS, "kind" => self.kind.label(), "outcome" => outcome).increment(1);
+    }
+}
+
+/// A partial transcript went down a stream.
+pub struct PartialSent;
+
+impl InternalEvent for PartialSent {
+    fn emit(self) {
+        counter!(PARTIALS_SENT).increment(1);
+    }
+}
+
+/// A final transcript was taken from a speculative decode (`true`) or
+/// decoded in full.
+pub struct FinalTranscript {
+    pub speculative: bool,
+}
+
+impl InternalEvent for FinalTranscript {
+    fn emit(self) {
+        counter!(FINALS, "source" => if self.speculative { "speculative" } else { "full" }).increment(1);
     }
 }

@@ -4,18 +4,23 @@
 //! `Store::mark_complete` (or from start-up recovery). Each step records its
 //! result before the next starts, so a crash resumes at the step it stopped:
 //! `complete` -> transcribe -> `transcribed` -> reply + outbox -> `replied`.
+//!
+//! The transcript is the speculative decode `crate::live` made at silence
+//! onset when that one covers all the speech; otherwise the audio is read
+//! back, decoded and transcribed as a final on the worker pool.
 
 use std::sync::Arc;
 
 use lanyard_proto::wire::{ServerMsg, UtteranceState};
 use lanyard_store::Store;
-use lanyard_stt::SpeechToText;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::audio::AudioStore;
 use crate::hub::Hub;
-use crate::metrics::{self, SttDequeued, SttQueued, Transcribed};
+use crate::live::Live;
+use crate::metrics::{self, FinalTranscript, SttDequeued, SttQueued, Transcribed};
+use crate::stt_pool::SttPool;
 use crate::now_ms;
 use lanyard_respond::{ReplyRequest, Responder};
 use lanyard_store::ReplyRecord;
@@ -23,6 +28,13 @@ use lanyard_store::ReplyRecord;
 /// Utterances waiting for processing. When full, whoever completes an
 /// utterance waits: backpressure reaches the relay, which keeps its spool.
 const QUEUE_DEPTH: usize = 1024;
+
+/// Utterances processed at once. They share the engine through the worker
+/// pool, which serves devices in turns, and one utterance's reply or push
+/// (a webhook, say) does not hold up the next one's transcription. Bounds
+/// memory too: each holds its decoded audio while it waits for the engine
+/// (at most `MAX_UTTERANCE_FRAMES` of 20 ms, 19 MB of samples).
+const IN_FLIGHT: usize = 8;
 
 #[derive(Clone)]
 pub struct Pipeline {
@@ -33,10 +45,8 @@ struct Worker {
     store: Arc<dyn Store>,
     audio: Arc<AudioStore>,
     hub: Arc<Hub>,
-    stt: Arc<dyn SpeechToText>,
-    /// Shared with `POST /v1/audio/transcriptions`: one transcription at a
-    /// time on the engine (see `AppState::stt_gate`).
-    stt_gate: Arc<Semaphore>,
+    stt: SttPool,
+    live: Arc<Live>,
     responder: Arc<dyn Responder>,
     push_wake: Arc<Notify>,
 }
@@ -46,20 +56,27 @@ impl Pipeline {
         store: Arc<dyn Store>,
         audio: Arc<AudioStore>,
         hub: Arc<Hub>,
-        stt: Arc<dyn SpeechToText>,
-        stt_gate: Arc<Semaphore>,
+        stt: SttPool,
+        live: Arc<Live>,
         responder: Arc<dyn Responder>,
         push_wake: Arc<Notify>,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
-        let worker = Worker { store, audio, hub, stt, stt_gate, responder, push_wake };
+        let worker = Worker { store, audio, hub, stt, live, responder, push_wake };
+        let worker = Arc::new(worker);
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
                 metrics::emit(SttDequeued);
-                if let Err(e) = worker.process(id).await {
-                    tracing::error!(utterance = %id, error = %e, "processing failed");
-                    let _ = worker.store.set_failed(id, &e).await;
-                }
+                let worker = worker.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = worker.process(id).await {
+                        tracing::error!(utterance = %id, error = %e, "processing failed");
+                        let _ = worker.store.set_failed(id, &e).await;
+                    }
+                    drop(slot);
+                });
             }
         });
         Self { tx }
@@ -89,17 +106,25 @@ impl Worker {
             };
             self.store.mark_stt_started(id, now_ms()).await.map_err(store_err)?;
             let (audio, device, frames) = (self.audio.clone(), utt.device_id, utt.frames);
-            let stt = self.stt.clone();
-            let turn = self.stt_gate.clone().acquire_owned().await.map_err(|e| format!("speech-to-text gate: {e}"))?;
-            let transcript = tokio::task::spawn_blocking(move || -> Result<String, String> {
-                let data = audio.read(device, id, frames).map_err(|e| format!("reading audio: {e}"))?;
-                let pcm = lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice))
-                    .map_err(|e| format!("decoding audio: {e}"))?;
-                stt.transcribe(&pcm).map(|t| t.text).map_err(|e| format!("transcribing: {e}"))
-            })
-            .await
-            .map_err(|e| format!("transcription task: {e}"))??;
-            drop(turn);
+            let transcript = match self.live.take_final(id, frames).await {
+                Some(text) => {
+                    metrics::emit(FinalTranscript { speculative: true });
+                    tracing::debug!("final from the speculative decode at silence onset");
+                    text
+                }
+                None => {
+                    let pcm = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
+                        let data = audio.read(device, id, frames).map_err(|e| format!("reading audio: {e}"))?;
+                        lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice))
+                            .map_err(|e| format!("decoding audio: {e}"))
+                    })
+                    .await
+                    .map_err(|e| format!("decoding task: {e}"))??;
+                    let text = self.stt.transcribe(device, pcm).await.map(|t| t.text).map_err(|e| format!("transcribing: {e}"))?;
+                    metrics::emit(FinalTranscript { speculative: false });
+                    text
+                }
+            };
             let done_ms = now_ms();
             self.store.set_transcript(id, &transcript, done_ms).await.map_err(store_err)?;
             if let Some(end_ms) = utt.timings.received_end_ms {

@@ -34,10 +34,10 @@
 //!
 //! # Where the work runs
 //!
-//! On the node's one speech-to-text engine, the `Arc` the pipeline holds; no
-//! second model is loaded. Requests and the pipeline take turns through one
-//! permit (`AppState::stt_gate`), first come first served, because the
-//! engine is tuned to use every core for one utterance at a time.
+//! On the node's one speech-to-text engine, through its worker pool
+//! (`crate::stt_pool`); no second model is loaded. A request is a final, like
+//! the pipeline's: it takes its turn among the device's finals, ahead of
+//! partials and speculative decodes.
 
 use axum::Json;
 use axum::extract::State;
@@ -137,13 +137,8 @@ async fn serve(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(ApiError::from)?;
 
-    // One transcription at a time on the shared engine (see the module doc).
-    let _turn = state.stt_gate.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let stt = state.stt.clone();
-    let transcript = tokio::task::spawn_blocking(move || stt.transcribe(&pcm))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
+    // A final on the shared engine, in this device's turn (see the module doc).
+    let transcript = state.stt.transcribe(device, pcm).await.map_err(|e| match e {
             SttError::InvalidAudio { .. } => ApiError::BadRequest(e.to_string()),
             e => ApiError::Internal(format!("transcribing: {e}")),
         })?;

@@ -21,6 +21,9 @@
 //! - [`resample`]: band-limited conversion of other rates to 16 kHz;
 //! - [`mel`]: Whisper's log-mel front end, matched against numpy;
 //! - [`guards`]: pure checks against decoder loops;
+//! - [`agreement`]: [`LocalAgreement`], partial transcripts that only grow;
+//! - [`endpoint`]: [`Endpointer`], voice activity (earshot) on streamed audio:
+//!   silence onset for speculative decoding, and endpoints;
 //! - `preprocessor`: [`ensure_preprocessor_config`] and [`PreprocessorConfig`];
 //! - `wer`: [`word_error_rate`], the quality yardstick for tests and benchmarks;
 //! - `error`: [`SttError`], whose messages say what to do next.
@@ -28,6 +31,8 @@
 //! **Architecture invariant:** only this crate knows about CTranslate2,
 //! tokenizers and mel spectrograms; callers see PCM in and text out.
 
+pub mod agreement;
+pub mod endpoint;
 mod error;
 mod location;
 pub mod guards;
@@ -39,6 +44,8 @@ pub mod resample;
 mod wer;
 mod whisper;
 
+pub use agreement::LocalAgreement;
+pub use endpoint::{EndpointConfig, Endpointer, VadEvent};
 pub use error::SttError;
 pub use location::default_model_dir;
 pub use preprocessor::{
@@ -59,6 +66,22 @@ pub trait SpeechToText: Send + Sync {
     /// Transcribes one utterance of 16 kHz mono samples in `[-1, 1]`.
     /// Blocking and CPU-bound: async callers should use `spawn_blocking`.
     fn transcribe(&self, pcm16k: &[f32]) -> Result<Transcript, SttError>;
+
+    /// A quick transcription for a partial result while the user is still
+    /// speaking: cheaper than [`SpeechToText::transcribe`] where the engine
+    /// can make it so (greedy search, no fallback), and never used as the
+    /// final transcript.
+    fn transcribe_draft(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
+        self.transcribe(pcm16k)
+    }
+
+    /// Whether the engine runs on this machine, so that drafts while the user
+    /// speaks cost only local CPU. A remote engine says no, and the server
+    /// then sends no partials rather than a request a second to someone
+    /// else's endpoint.
+    fn is_local(&self) -> bool {
+        false
+    }
 
     /// A short, stable name for logs and metrics, e.g. `"whisper-ct2"`.
     fn name(&self) -> &str;

@@ -265,6 +265,7 @@ impl WhisperCt2 {
         &self,
         mut features: crate::mel::LogMel,
         speech_secs: f32,
+        draft: bool,
     ) -> Result<String, SttError> {
         let started = Instant::now();
         let shape = [1, features.n_mels, features.n_frames];
@@ -273,7 +274,7 @@ impl WhisperCt2 {
         let encode_secs = started.elapsed().as_secs_f32();
 
         let max_length = max_length_for(speech_secs, self.config.max_tokens_per_sec);
-        let hypothesis = self.decode_with_fallback(&encoded, max_length)?;
+        let hypothesis = self.decode_with_fallback(&encoded, max_length, draft)?;
         tracing::debug!(
             frames = features.n_frames,
             speech_secs,
@@ -302,17 +303,19 @@ impl WhisperCt2 {
     /// Greedy or beam decoding first, then sampling at each fallback
     /// temperature while the text still compresses like a loop; if every
     /// attempt does, the least repetitive one. Each attempt's back-to-back
-    /// repetitions are cut before it is judged.
+    /// repetitions are cut before it is judged. A draft is one greedy
+    /// attempt: it is replaced seconds later, and a loop in it is cut like
+    /// any other.
     fn decode_with_fallback(
         &self,
         encoded: &StorageView,
         max_length: usize,
+        draft: bool,
     ) -> Result<Hypothesis, SttError> {
         let mut best: Option<Hypothesis> = None;
-        for temperature in
-            std::iter::once(0.0).chain(self.config.fallback_temperatures.iter().copied())
-        {
-            let mut hypothesis = self.decode(encoded, max_length, temperature)?;
+        let fallbacks = if draft { &[][..] } else { &self.config.fallback_temperatures[..] };
+        for temperature in std::iter::once(0.0).chain(fallbacks.iter().copied()) {
+            let mut hypothesis = self.decode(encoded, max_length, temperature, draft)?;
             if let Some(cut) = repetition_cut(&hypothesis.text) {
                 tracing::warn!(text = %hypothesis.text, kept = %cut, "Whisper repeated itself; keeping the first copy");
                 hypothesis.compression_ratio = compression_ratio(&cut);
@@ -342,10 +345,11 @@ impl WhisperCt2 {
         encoded: &StorageView,
         max_length: usize,
         temperature: f32,
+        draft: bool,
     ) -> Result<Hypothesis, SttError> {
         let sampling = temperature > 0.0;
         let options = WhisperOptions {
-            beam_size: if sampling {
+            beam_size: if sampling || draft {
                 1
             } else {
                 self.config.beam_size.max(1)
@@ -395,6 +399,26 @@ impl WhisperCt2 {
 
 impl SpeechToText for WhisperCt2 {
     fn transcribe(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
+        self.run(pcm16k, false)
+    }
+
+    /// Greedy search and no temperature fallback, for partials that the
+    /// final decode replaces.
+    fn transcribe_draft(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
+        self.run(pcm16k, true)
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &str {
+        "whisper-ct2"
+    }
+}
+
+impl WhisperCt2 {
+    fn run(&self, pcm16k: &[f32], draft: bool) -> Result<Transcript, SttError> {
         let started = Instant::now();
         if let Some(index) = pcm16k.iter().position(|s| !s.is_finite()) {
             return Err(SttError::InvalidAudio {
@@ -424,7 +448,7 @@ impl SpeechToText for WhisperCt2 {
         let mut texts = Vec::with_capacity(windows.len());
         for window in &windows {
             let frames = features.frames(window.start / hop, (window.start + window.len) / hop);
-            let text = self.transcribe_window(frames, window.speech as f32 / rate)?;
+            let text = self.transcribe_window(frames, window.speech as f32 / rate, draft)?;
             if !text.is_empty() {
                 texts.push(text);
             }
@@ -435,10 +459,6 @@ impl SpeechToText for WhisperCt2 {
             audio_secs,
             compute_secs: started.elapsed().as_secs_f32(),
         })
-    }
-
-    fn name(&self) -> &str {
-        "whisper-ct2"
     }
 }
 

@@ -107,7 +107,19 @@ pub enum In {
     Close(u16, String),
 }
 
+/// The next message, partial transcripts skipped: the server sends them
+/// whenever its drafts agree, which most tests do not follow.
 pub async fn recv(ws: &mut Ws) -> In {
+    loop {
+        match recv_any(ws).await {
+            In::Text(ServerMsg::Partial { .. }) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The next message, partial transcripts included.
+pub async fn recv_any(ws: &mut Ws) -> In {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("server answers").expect("open");
         match m.unwrap() {

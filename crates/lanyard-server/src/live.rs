@@ -1,0 +1,285 @@
+//! Streaming transcription: partials while the user speaks, and a final
+//! that is often ready when the utterance ends.
+//!
+//! Every frame a stream makes durable is also fed here, in order
+//! ([`Live::feed`]). Per utterance, [`Live`] decodes the audio as it comes,
+//! runs the endpointer (`lanyard_stt::Endpointer`) over it, and asks the
+//! worker pool (`crate::stt_pool`) for two kinds of decode:
+//!
+//! - **partials**: each time [`PARTIAL_EVERY`] more audio has come in while
+//!   the user speaks, a draft of everything so far. LocalAgreement-2
+//!   (`lanyard_stt::LocalAgreement`) keeps only the words two consecutive
+//!   drafts agree on, and a partial goes down the device's streams when
+//!   that text grows: it never flickers and never takes a word back.
+//! - **a speculative final**: when the endpointer hears speech stop
+//!   (silence onset), a decode at final quality of the audio so far. If
+//!   nothing but silence follows before the utterance ends, the pipeline
+//!   takes it as the final transcript ([`Live::take_final`]) instead of
+//!   decoding again after the end marker.
+//!
+//! Nothing here is durable, and nothing needs to be: the audio is, and the
+//! pipeline decodes it in full whenever this state cannot vouch for it (the
+//! server restarted mid-utterance, frames arrived by upload, speech resumed
+//! after the speculative cut, the decode was dropped or is still too far
+//! behind). Partials are best effort under the pool's counted drop policy.
+//!
+//! # Bounds
+//!
+//! At most [`MAX_LIVE`] utterances are followed at once; more get no
+//! partials and no speculation, only their final (the engine could not keep
+//! up with more talkers anyway). Partials stop after [`PARTIAL_MAX_AUDIO`]
+//! of audio, as a draft of a long utterance costs more than it helps. State
+//! not fed for [`LIVE_IDLE`] is forgotten, so a stream that never comes back
+//! does not hold memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lanyard_audio::FrameDecoder;
+use lanyard_proto::ble::Codec;
+use lanyard_proto::wire::ServerMsg;
+use lanyard_stt::{EndpointConfig, Endpointer, LocalAgreement, VadEvent};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::hub::Hub;
+use crate::metrics::{self, PartialSent};
+use crate::stt_pool::{DraftKind, SttPool};
+
+const RATE: usize = 16_000;
+
+/// New audio between two partial drafts.
+pub const PARTIAL_EVERY: Duration = Duration::from_secs(1);
+
+/// No partials past this much audio.
+pub const PARTIAL_MAX_AUDIO: Duration = Duration::from_secs(30);
+
+/// Utterances followed at once.
+pub const MAX_LIVE: usize = 64;
+
+/// State not fed for this long is dropped.
+pub const LIVE_IDLE: Duration = Duration::from_secs(300);
+
+/// The longest the pipeline waits for a speculative decode that is already
+/// running when the utterance ends, before decoding in full itself.
+const SPECULATIVE_WAIT: Duration = Duration::from_secs(5);
+
+/// Where an utterance's speculative decode stands.
+#[derive(Clone, Debug, PartialEq)]
+enum Spec {
+    None,
+    /// Queued or running, over the first `len` samples.
+    Pending { len: usize },
+    /// Done: the transcript of the first `len` samples.
+    Done { len: usize, text: String },
+}
+
+struct Utterance {
+    device: Uuid,
+    decoder: FrameDecoder,
+    pcm: Vec<f32>,
+    /// Frames decoded so far; a batch that does not start here breaks the
+    /// chain (see `broken`).
+    frames: u32,
+    /// Frames were missed: nothing here speaks for the utterance any more.
+    broken: bool,
+    endpointer: Endpointer,
+    agreement: LocalAgreement,
+    /// `pcm.len()` when the last partial draft was queued.
+    drafted: usize,
+    draft_pending: bool,
+    spec: watch::Sender<Spec>,
+    /// The pipeline took the final, or the utterance is gone: no more partials.
+    closed: bool,
+    fed: Instant,
+}
+
+/// The live state of every utterance being streamed.
+pub struct Live {
+    pool: SttPool,
+    hub: Arc<Hub>,
+    /// Partials and speculation need a local engine; a remote one would get
+    /// a request a second per talker.
+    enabled: bool,
+    utterances: Mutex<HashMap<Uuid, Arc<Mutex<Utterance>>>>,
+}
+
+impl Live {
+    pub fn new(pool: SttPool, hub: Arc<Hub>) -> Self {
+        let enabled = pool.engine().is_local();
+        Self { pool, hub, enabled, utterances: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes frames `first..` of `utterance` that were just made durable.
+    /// Cheap when the utterance is not followed; blocking (Opus decoding and
+    /// voice activity), so callers on the runtime use `spawn_blocking`.
+    ///
+    /// Lock order: an utterance's lock may be held while calling into the
+    /// pool, which may settle a replaced draft's callback on this thread. A
+    /// partial's callback takes the utterance's lock, so a partial is never
+    /// replaced (one at a time, `draft_pending`), and pool calls that drop
+    /// partials (`cancel`) are made without the lock.
+    pub fn feed(&self, device: Uuid, utterance: Uuid, codec: Codec, first: u32, frames: &[Vec<u8>]) {
+        if !self.enabled || frames.is_empty() {
+            return;
+        }
+        let Some(entry) = self.entry(device, utterance, codec, first) else { return };
+        let mut u = entry.lock().expect("live utterance poisoned");
+        u.fed = Instant::now();
+        if u.broken || u.closed {
+            return;
+        }
+        if first != u.frames {
+            // Frames came by another way (an upload, a connection this
+            // server did not see): the decoded audio would have a hole.
+            u.broken = true;
+            // Not under the lock: a dropped partial's callback takes it.
+            drop(u);
+            self.pool.cancel(utterance);
+            return;
+        }
+        let start = u.pcm.len();
+        for f in frames {
+            let Utterance { decoder, pcm, .. } = &mut *u;
+            if decoder.decode_into(f, pcm).is_err() {
+                u.broken = true;
+                return;
+            }
+            u.frames += 1;
+        }
+        let pcm_len = u.pcm.len();
+        let events = {
+            let Utterance { endpointer, pcm, .. } = &mut *u;
+            endpointer.push(&pcm[start..])
+        };
+        for ev in events {
+            match ev {
+                VadEvent::SilenceOnset { .. } => {
+                    // Decode what is here now, at final quality.
+                    let len = u.endpointer.position().min(pcm_len);
+                    u.spec.send_replace(Spec::Pending { len });
+                    let spec = u.spec.clone();
+                    self.pool.draft(
+                        utterance,
+                        DraftKind::Speculative,
+                        u.pcm[..len].to_vec(),
+                        Box::new(move |result| {
+                            spec.send_if_modified(|s| {
+                                // Only the decode this Pending stands for may settle it.
+                                if *s != (Spec::Pending { len }) {
+                                    return false;
+                                }
+                                *s = match result {
+                                    Some(Ok(t)) => Spec::Done { len, text: t.text },
+                                    _ => Spec::None,
+                                };
+                                true
+                            });
+                        }),
+                    );
+                }
+                VadEvent::Speech { .. } => {
+                    // Speech again: a speculative decode (if any) stays, and
+                    // `take_final` checks it against where speech ended.
+                }
+                VadEvent::Endpoint { .. } => {}
+            }
+        }
+        self.maybe_partial(&entry, &mut u, utterance);
+    }
+
+    fn maybe_partial(&self, entry: &Arc<Mutex<Utterance>>, u: &mut Utterance, utterance: Uuid) {
+        let len = u.pcm.len();
+        let due = len >= u.drafted + PARTIAL_EVERY.as_secs() as usize * RATE;
+        // While speech goes on: in a pause the draft would only repeat itself.
+        let speaking = u.endpointer.in_speech();
+        if !due || !speaking || u.draft_pending || len > PARTIAL_MAX_AUDIO.as_secs() as usize * RATE {
+            return;
+        }
+        u.drafted = len;
+        u.draft_pending = true;
+        let (entry, hub, device) = (Arc::downgrade(entry), self.hub.clone(), u.device);
+        self.pool.draft(
+            utterance,
+            DraftKind::Partial,
+            u.pcm.clone(),
+            Box::new(move |result| {
+                let Some(entry) = entry.upgrade() else { return };
+                let mut u = entry.lock().expect("live utterance poisoned");
+                u.draft_pending = false;
+                let Some(Ok(t)) = result else { return };
+                if u.closed {
+                    return;
+                }
+                if let Some(text) = u.agreement.push(&t.text) {
+                    hub.send(device, &ServerMsg::Partial { utterance, text });
+                    metrics::emit(PartialSent);
+                }
+            }),
+        );
+    }
+
+    /// The entry for `utterance`, made on its first frame.
+    fn entry(&self, device: Uuid, utterance: Uuid, codec: Codec, first: u32) -> Option<Arc<Mutex<Utterance>>> {
+        let mut map = self.utterances.lock().expect("live map poisoned");
+        if let Some(e) = map.get(&utterance) {
+            return Some(e.clone());
+        }
+        if first != 0 {
+            // Joined mid-utterance (a resume after a server restart): the
+            // start is on disk, not here.
+            return None;
+        }
+        let now = Instant::now();
+        map.retain(|_, e| e.lock().map(|u| now.duration_since(u.fed) < LIVE_IDLE).unwrap_or(false));
+        if map.len() >= MAX_LIVE {
+            return None;
+        }
+        let decoder = FrameDecoder::new(codec).ok()?;
+        let e = Arc::new(Mutex::new(Utterance {
+            device,
+            decoder,
+            pcm: Vec::new(),
+            frames: 0,
+            broken: false,
+            endpointer: Endpointer::new(EndpointConfig::default()),
+            agreement: LocalAgreement::new(),
+            drafted: 0,
+            draft_pending: false,
+            spec: watch::channel(Spec::None).0,
+            closed: false,
+            fed: now,
+        }));
+        map.insert(utterance, e.clone());
+        Some(e)
+    }
+
+    /// The final transcript of `utterance`, complete at `frames` frames, if a
+    /// speculative decode already holds it: every frame was seen here, and no
+    /// speech came after the audio that was decoded. Waits for a speculative
+    /// decode still running. Forgets the utterance either way.
+    pub async fn take_final(&self, utterance: Uuid, frames: u32) -> Option<String> {
+        let entry = self.utterances.lock().expect("live map poisoned").remove(&utterance)?;
+        // Drafts not started yet go: a partial is moot now, and a
+        // speculative decode still queued (behind other finals) would only
+        // make this final wait; it settles as `Spec::None` and the pipeline
+        // decodes in full, in this device's turn. One already running is
+        // waited for below.
+        self.pool.cancel(utterance);
+        let mut spec = {
+            let mut u = entry.lock().expect("live utterance poisoned");
+            u.closed = true;
+            if u.broken || u.frames != frames {
+                return None;
+            }
+            u.spec.subscribe()
+        };
+        let settled = tokio::time::timeout(SPECULATIVE_WAIT, spec.wait_for(|s| !matches!(s, Spec::Pending { .. }))).await;
+        let Ok(Ok(state)) = settled else { return None };
+        let Spec::Done { len, text } = (*state).clone() else { return None };
+        drop(state);
+        let speech_end = entry.lock().expect("live utterance poisoned").endpointer.speech_end()?;
+        (speech_end <= len).then_some(text)
+    }
+}

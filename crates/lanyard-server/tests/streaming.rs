@@ -1,0 +1,170 @@
+//! Streaming transcription over a real socket at real-time pace: partial
+//! transcripts while the user speaks, and the final taken from the decode
+//! made when speech stopped, but only when no speech came after it.
+//!
+//! The tests read process-wide metric counters, so they take turns.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use lanyard_audio::{FRAME_SAMPLES, FrameEncoder};
+use lanyard_proto::Uuid;
+use lanyard_proto::ble::Codec;
+use lanyard_proto::wire::{self, Audio, Binary, ClientMsg, ServerMsg};
+use tokio_tungstenite::tungstenite::Message;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Opus frames of `parts`: each text is spoken, each number is that many
+/// milliseconds of silence.
+enum Part {
+    Say(&'static str),
+    Quiet(usize),
+}
+
+fn frames(parts: &[Part]) -> Vec<Vec<u8>> {
+    let mut pcm: Vec<i16> = Vec::new();
+    for p in parts {
+        match p {
+            Part::Say(text) => {
+                // Without espeak-ng's own trailing silence, so that `Quiet`
+                // says exactly how long the pause is.
+                let said = lanyard_pendant::speech::synthesize(text, &Default::default()).unwrap();
+                let end = said.iter().rposition(|s| s.unsigned_abs() > 300).map_or(0, |i| i + 1);
+                pcm.extend_from_slice(&said[..end]);
+            }
+            Part::Quiet(ms) => pcm.extend(std::iter::repeat_n(0, ms * 16)),
+        }
+    }
+    let mut enc = FrameEncoder::new(Codec::Opus16k20ms).unwrap();
+    pcm.chunks(FRAME_SAMPLES)
+        .map(|c| {
+            let mut b = c.to_vec();
+            b.resize(FRAME_SAMPLES, 0);
+            enc.encode(&b).unwrap()
+        })
+        .collect()
+}
+
+async fn counter(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+const SPECULATIVE: &str = "lanyard_finals_total{source=\"speculative\"}";
+const FULL: &str = "lanyard_finals_total{source=\"full\"}";
+
+/// What one utterance streamed at real-time pace brought back.
+struct Heard {
+    /// Partials, with when each arrived relative to the first frame.
+    partials: Vec<(Duration, String)>,
+    final_text: String,
+    /// From sending `end` to the final transcript.
+    end_to_final: Duration,
+    /// When the last frame was sent, relative to the first.
+    audio_done: Duration,
+}
+
+/// Streams `frames` 20 ms apart (as a relay does, in 200 ms batches), ends
+/// the utterance, and reads everything until the reply.
+async fn stream(h: &Harness, frames: &[Vec<u8>]) -> Heard {
+    let ws = h.ws(&h.token_a).await;
+    let (mut tx, mut rx) = ws.split();
+    let id = Uuid::now_v7();
+    tx.send(Message::text(ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }.to_json())).await.unwrap();
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut partials = Vec::new();
+        let mut end_sent = None;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), rx.next()).await.expect("server answers").unwrap().unwrap();
+            match m {
+                Message::Text(t) => match wire::parse_server_text(&t).unwrap() {
+                    ServerMsg::Partial { text, .. } => partials.push((start.elapsed(), text)),
+                    ServerMsg::Complete { .. } => end_sent = Some(Instant::now()),
+                    ServerMsg::Final { text, .. } => {
+                        let end = end_sent.expect("complete before final");
+                        return (partials, text, end.elapsed());
+                    }
+                    ServerMsg::Opened { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                },
+                Message::Binary(b) => assert!(matches!(wire::parse_binary(&b).unwrap(), Binary::Ack(_))),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    for (batch_no, batch) in frames.chunks(10).enumerate() {
+        tokio::time::sleep_until((start + Duration::from_millis(200 * (batch_no as u64 + 1))).into()).await;
+        for (i, f) in batch.iter().enumerate() {
+            let seq = (batch_no * 10 + i) as u32;
+            tx.send(Message::binary(wire::encode_audio(&Audio { handle: 1, seq, frame: f }))).await.unwrap();
+        }
+    }
+    let audio_done = start.elapsed();
+    tx.send(Message::text(ClientMsg::End { utterance: id, frames: frames.len() as u32 }.to_json())).await.unwrap();
+    let (partials, final_text, end_to_final) = reader.await.unwrap();
+    Heard { partials, final_text, end_to_final, audio_done }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partials_grow_while_speaking_and_the_final_comes_from_the_decode_at_silence() {
+    let _turn = SERIAL.lock().await;
+    let h = harness().await;
+    let reference = "Please remind me to call my sister tomorrow morning about the birthday party on Saturday.";
+    // A second of silence after the words, as a pendant's hangover or an
+    // Omi-style stream would send: the decode at silence onset has time to
+    // finish before the end arrives.
+    let audio = frames(&[Part::Quiet(300), Part::Say(reference), Part::Quiet(1_200)]);
+    let (spec_before, full_before) = (counter(&h.url, SPECULATIVE).await, counter(&h.url, FULL).await);
+
+    let heard = stream(&h, &audio).await;
+    eprintln!(
+        "{} s of audio; partials: {:?}; final after end: {:?}: {:?}",
+        audio.len() as f32 * 0.02,
+        heard.partials,
+        heard.end_to_final,
+        heard.final_text
+    );
+    // Partials came while the audio was still being spoken...
+    assert!(heard.partials.len() >= 2, "{:?}", heard.partials);
+    assert!(heard.partials[0].0 < heard.audio_done, "the first partial came before the audio ended");
+    // ...and each one grew the last, never taking a word back.
+    for pair in heard.partials.windows(2) {
+        let (a, b) = (&pair[0].1, &pair[1].1);
+        assert!(b.len() > a.len() && b.starts_with(a.as_str()), "{a:?} -> {b:?}");
+    }
+    let last = &heard.partials.last().unwrap().1;
+    assert!(lanyard_stt::word_error_rate(reference, last) < 1.0, "the partials are the sentence: {last:?}");
+    assert!(lanyard_stt::word_error_rate(reference, &heard.final_text) <= 0.5, "{:?}", heard.final_text);
+    // The final is the decode made at silence onset, not a second one.
+    assert_eq!(counter(&h.url, SPECULATIVE).await - spec_before, 1.0);
+    assert_eq!(counter(&h.url, FULL).await - full_before, 0.0);
+    h.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_after_the_pause_makes_the_final_decode_everything() {
+    let _turn = SERIAL.lock().await;
+    let h = harness().await;
+    // A pause long enough for a silence onset (and its decode), then more
+    // words and an end too soon for a second onset: the decode at the pause
+    // does not have the last words, so it must not be the final.
+    let audio = frames(&[Part::Say("Turn on the lights."), Part::Quiet(900), Part::Say("In the kitchen, please."), Part::Quiet(100)]);
+    let (spec_before, full_before) = (counter(&h.url, SPECULATIVE).await, counter(&h.url, FULL).await);
+
+    let heard = stream(&h, &audio).await;
+    eprintln!("final: {:?} ({:?} after end)", heard.final_text, heard.end_to_final);
+    assert!(heard.final_text.to_lowercase().contains("kitchen"), "the words after the pause are in the final: {:?}", heard.final_text);
+    assert_eq!(counter(&h.url, FULL).await - full_before, 1.0, "decoded in full");
+    assert_eq!(counter(&h.url, SPECULATIVE).await - spec_before, 0.0);
+    h.server.stop().await;
+}
