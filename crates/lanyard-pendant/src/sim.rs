@@ -58,8 +58,13 @@ pub struct SimConfig {
     pub att_mtu: u16,
     pub sentences: Vec<String>,
     pub voice: Voice,
-    /// Silence between utterances, during which the pendant sends nothing.
+    /// Silence between utterances, during which the pendant sends nothing
+    /// (or, with `continuous`, silent frames).
     pub gap: Duration,
+    /// Stream silent frames through the gaps, with no boundary markers, as
+    /// an Omi pendant does: the BLE data never pauses, so only the server's
+    /// voice activity detector can tell where an utterance ends.
+    pub continuous: bool,
     /// Hold the first utterance until a relay is connected.
     pub wait_for_central: bool,
     /// Hold every utterance until a relay is connected (see the module doc).
@@ -253,7 +258,21 @@ pub async fn run(cfg: SimConfig, events: mpsc::UnboundedSender<SimEvent>) -> Res
             injected_drops,
             reordered_frames,
         });
-        tokio::time::sleep(cfg.gap).await;
+        if cfg.continuous {
+            // The same silent packet, frame after frame, with no markers.
+            let quiet = encode_utterance(cfg.codec, &[0; FRAME_SAMPLES])?.remove(0);
+            let mut pace = tokio::time::interval(Duration::from_millis(u64::from(Codec::FRAME_MS)));
+            for _ in 0..cfg.gap.as_millis() / u128::from(Codec::FRAME_MS) {
+                pace.tick().await;
+                for n in packetizer.frame(cfg.codec, &quiet, false, false)? {
+                    if !send(&central, &Record::Notify(n).encode()).await {
+                        dropped += 1;
+                    }
+                }
+            }
+        } else {
+            tokio::time::sleep(cfg.gap).await;
+        }
     }
     let _ = events.send(SimEvent::Done { at_ms: now_ms() });
     accept.abort();

@@ -129,8 +129,14 @@ pub enum ServerMsg {
     /// The server holds all `frames` frames durably and has queued the
     /// utterance for transcription. The relay may delete it.
     Complete { utterance: Uuid, frames: u32 },
-    /// A provisional transcript while audio is still arriving.
+    /// A provisional transcript while audio is still arriving. Partials
+    /// only grow: each one extends the last, word for word.
     Partial { utterance: Uuid, text: String },
+    /// The server's voice activity detector heard speech stop in
+    /// `utterance` (silence for a while after it) when the server held
+    /// `frames` frames. A relay whose pendant marks no utterance boundaries
+    /// (Omi) ends the utterance here; one whose pendant marks them ignores it.
+    Endpoint { utterance: Uuid, frames: u32 },
     /// The final transcript.
     Final { utterance: Uuid, text: String },
     /// The reply that is also sent as a push notification.

@@ -384,6 +384,13 @@ fn wire_server_json() {
             },
         ),
         (
+            "endpoint",
+            ServerMsg::Endpoint {
+                utterance: u,
+                frames: 88,
+            },
+        ),
+        (
             "final",
             ServerMsg::Final {
                 utterance: u,

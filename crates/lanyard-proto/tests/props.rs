@@ -401,6 +401,7 @@ proptest! {
         (uuid(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(utterance, handle, next_seq, complete)| ServerMsg::Opened { utterance, handle, next_seq, complete }),
         (uuid(), any::<u32>()).prop_map(|(utterance, frames)| ServerMsg::Complete { utterance, frames }),
         (uuid(), any::<String>()).prop_map(|(utterance, text)| ServerMsg::Partial { utterance, text }),
+        (uuid(), any::<u32>()).prop_map(|(utterance, frames)| ServerMsg::Endpoint { utterance, frames }),
         (uuid(), any::<String>()).prop_map(|(utterance, text)| ServerMsg::Final { utterance, text }),
         (uuid(), any::<String>(), any::<String>()).prop_map(|(utterance, title, body)| ServerMsg::Reply { utterance, title, body }),
         (prop::option::of(uuid()), any::<String>(), any::<String>()).prop_map(|(utterance, code, message)| ServerMsg::Error { utterance, code, message }),

@@ -5,6 +5,12 @@
 //! so an utterance also ends after [`BoundaryConfig::silence_timeout_ms`]
 //! without BLE data.
 //!
+//! An Omi pendant also streams without pause, silence included, so BLE
+//! silence never comes while it is on: there, the server's voice activity
+//! detector says where speech stopped (`endpoint`), and
+//! [`Tracker::on_endpoint`] ends an utterance that no start marker opened.
+//! A pendant that marks its utterances knows better, and keeps them whole.
+//!
 //! After a relay restart the spool may hold an utterance that never ended
 //! (the app was killed while the user spoke). If the pendant carries on with
 //! frames that do not start a new utterance, they are the rest of that one:
@@ -39,13 +45,18 @@ pub enum Step {
 pub struct Tracker {
     cfg: BoundaryConfig,
     current: Option<(Uuid, Codec)>,
+    /// The current utterance began with a start marker: its pendant marks
+    /// boundaries, so the server's endpoints are not for it.
+    marked: bool,
     last_frame_ms: u64,
 }
 
 impl Tracker {
     /// `resumed` is the spool's unfinished utterance after a restart, if any.
     pub fn new(cfg: BoundaryConfig, resumed: Option<(Uuid, Codec)>, now_ms: u64) -> Self {
-        Self { cfg, current: resumed, last_frame_ms: now_ms }
+        // An adopted utterance's start is unknown: treat it as marked, so
+        // that only the pendant (or silence) ends it.
+        Self { cfg, marked: resumed.is_some(), current: resumed, last_frame_ms: now_ms }
     }
 
     pub fn current(&self) -> Option<Uuid> {
@@ -63,6 +74,7 @@ impl Tracker {
             None => {
                 let id = mint();
                 self.current = Some((id, frame.codec));
+                self.marked = frame.start;
                 out.push(Step::Begin { id, codec: frame.codec });
                 id
             }
@@ -87,6 +99,15 @@ impl Tracker {
     /// comes first: the shell need not look before then.
     pub fn next_deadline(&self) -> Option<u64> {
         self.current.map(|_| self.last_frame_ms + self.cfg.silence_timeout_ms)
+    }
+
+    /// The server heard speech stop in `id`. Ends it if it is the current
+    /// utterance and no start marker opened it (an Omi pendant); the next
+    /// frame starts a new one.
+    pub fn on_endpoint(&mut self, id: Uuid, out: &mut Vec<Step>) {
+        if self.current.is_some_and(|(c, _)| c == id) && !self.marked {
+            self.end(out);
+        }
     }
 
     /// Ends the current utterance now (the link is gone for good).
@@ -134,6 +155,28 @@ mod tests {
                 Step::End { id: b },
             ]
         );
+    }
+
+    #[test]
+    fn a_server_endpoint_ends_only_an_unmarked_utterance() {
+        let mut ids = (1..).map(Uuid::from_u128);
+        let mut t = Tracker::new(BoundaryConfig::default(), None, 0);
+        let mut out = vec![];
+        // Omi: no markers. The endpoint ends it; the next frame is a new one.
+        t.on_frame(frame(false, false, b"a"), 0, || ids.next().unwrap(), &mut out);
+        t.on_endpoint(Uuid::from_u128(9), &mut out);
+        assert_eq!(out.len(), 2, "an endpoint for another utterance changes nothing");
+        t.on_endpoint(Uuid::from_u128(1), &mut out);
+        assert_eq!(out[2], Step::End { id: Uuid::from_u128(1) });
+        t.on_frame(frame(false, false, b"b"), 20, || ids.next().unwrap(), &mut out);
+        assert_eq!(out[3], Step::Begin { id: Uuid::from_u128(2), codec: Codec::Opus16k20ms });
+        // A marked utterance stays whole through a pause the server heard.
+        out.clear();
+        t.on_frame(frame(true, false, b"c"), 40, || ids.next().unwrap(), &mut out);
+        let marked = t.current().unwrap();
+        t.on_endpoint(marked, &mut out);
+        assert_eq!(t.current(), Some(marked));
+        assert!(!out.contains(&Step::End { id: marked }), "{out:?}");
     }
 
     #[test]

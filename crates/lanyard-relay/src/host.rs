@@ -257,6 +257,13 @@ impl Core {
         self.apply(steps, now)
     }
 
+    /// The server's endpoint for `id` (see `Tracker::on_endpoint`).
+    fn on_endpoint(&mut self, id: Uuid, now: u64) -> Result<bool, SpoolError> {
+        let mut steps = Vec::new();
+        self.tracker.on_endpoint(id, &mut steps);
+        self.apply(steps, now)
+    }
+
     /// The clock's part: a quiet link completes a held-back Omi frame, and
     /// silence ends an utterance.
     fn on_tick(&mut self, now: u64) -> Result<bool, SpoolError> {
@@ -656,6 +663,20 @@ impl Relay {
                 emit(RelayEvent::Discarded { id, reason });
             }
 
+            // The server heard speech stop: an utterance no marker opened
+            // ends here, and its `end` goes out in this round.
+            let endpoints: Vec<Uuid> =
+                actions.iter().filter_map(|a| if let Action::Endpoint(id) = a { Some(*id) } else { None }).collect();
+            if !endpoints.is_empty() {
+                actions.retain(|a| !matches!(a, Action::Endpoint(_)));
+                for id in endpoints {
+                    core.on_endpoint(id, now)?;
+                }
+                for input in std::mem::take(&mut core.news) {
+                    uplink.handle(now, input, &mut actions);
+                }
+            }
+
             // Carry out the uplink's decisions first: a `complete` that came in
             // this round marks the spool done, and the planner must not hand
             // off (or discard) an utterance the server already holds.
@@ -807,6 +828,8 @@ impl Socket {
                     replies += usize::from(matches!(event, RelayEvent::Reply { .. }));
                     emit(event);
                 }
+                // Taken out by the loop before this, under the core's lock.
+                Action::Endpoint(_) => {}
             }
         }
         Ok(replies)

@@ -97,6 +97,9 @@ pub enum Action {
     Done(Uuid),
     /// Tell the app.
     Emit(RelayEvent),
+    /// The server heard speech stop in `id`: the shell ends the utterance if
+    /// its pendant marks no boundaries (see `boundary::Tracker::on_endpoint`).
+    Endpoint(Uuid),
 }
 
 /// Events for the app.
@@ -357,6 +360,7 @@ impl Uplink {
             ServerMsg::Partial { utterance, text } => {
                 out.push(Action::Emit(RelayEvent::Partial { id: utterance, text }));
             }
+            ServerMsg::Endpoint { utterance, .. } => out.push(Action::Endpoint(utterance)),
             ServerMsg::Final { utterance, text } => {
                 out.push(Action::Emit(RelayEvent::Final { id: utterance, text }));
             }

@@ -16,6 +16,10 @@
 //!   nothing but silence follows before the utterance ends, the pipeline
 //!   takes it as the final transcript ([`Live::take_final`]) instead of
 //!   decoding again after the end marker.
+//! - **an endpoint**: when the silence after speech reaches the
+//!   endpointer's `end_ms` (800 ms), an `endpoint` message goes to the
+//!   device's streams. A relay whose pendant marks no utterance boundaries
+//!   (Omi streams continuously) ends the utterance there.
 //!
 //! Nothing here is durable, and nothing needs to be: the audio is, and the
 //! pipeline decodes it in full whenever this state cannot vouch for it (the
@@ -44,7 +48,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::hub::Hub;
-use crate::metrics::{self, PartialSent};
+use crate::metrics::{self, EndpointSent, PartialSent};
 use crate::stt_pool::{DraftKind, SttPool};
 
 const RATE: usize = 16_000;
@@ -183,7 +187,13 @@ impl Live {
                     // Speech again: a speculative decode (if any) stays, and
                     // `take_final` checks it against where speech ended.
                 }
-                VadEvent::Endpoint { .. } => {}
+                VadEvent::Endpoint { .. } => {
+                    // For a pendant that marks no boundaries (Omi): the relay
+                    // ends the utterance here.
+                    let frames = u.frames;
+                    self.hub.send(u.device, &ServerMsg::Endpoint { utterance, frames });
+                    metrics::emit(EndpointSent);
+                }
             }
         }
         self.maybe_partial(&entry, &mut u, utterance);

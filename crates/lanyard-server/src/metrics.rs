@@ -23,6 +23,7 @@
 //! | `lanyard_stt_drafts_total{kind,outcome}` | counter | speculative and partial decodes: `run`, or dropped as   |
 //! |                                  |           | `superseded`, `stale` or `ended` (see `stt_pool`)           |
 //! | `lanyard_partials_sent_total`    | counter   | partial transcripts sent down a stream                      |
+//! | `lanyard_endpoints_sent_total`   | counter   | `endpoint` messages: the VAD heard speech stop              |
 //! | `lanyard_finals_total{source}`   | counter   | final transcripts: `speculative` (decoded at silence onset) |
 //! |                                  |           | or `full` (decoded after the end)                           |
 //!
@@ -54,6 +55,7 @@ const TRANSCRIPTIONS: &str = "lanyard_transcriptions_total";
 const AUDIO_PURGED: &str = "lanyard_audio_purged_total";
 const STT_DRAFTS: &str = "lanyard_stt_drafts_total";
 const PARTIALS_SENT: &str = "lanyard_partials_sent_total";
+const ENDPOINTS_SENT: &str = "lanyard_endpoints_sent_total";
 const FINALS: &str = "lanyard_finals_total";
 
 /// Buckets for the ingest path: an fsync takes 0.1 to 10 ms on flash, and
@@ -103,6 +105,7 @@ fn describe() {
     describe_counter!(AUDIO_PURGED, "Audio files deleted by the retention sweeper.");
     describe_counter!(STT_DRAFTS, "Speculative and partial decodes, run or dropped, by kind and outcome.");
     describe_counter!(PARTIALS_SENT, "Partial transcripts sent down a stream.");
+    describe_counter!(ENDPOINTS_SENT, "Endpoint messages sent: the server's VAD heard speech stop.");
     describe_counter!(FINALS, "Final transcripts, by source: speculative (decoded at silence onset) or full.");
 }
 
@@ -303,5 +306,14 @@ pub struct FinalTranscript {
 impl InternalEvent for FinalTranscript {
     fn emit(self) {
         counter!(FINALS, "source" => if self.speculative { "speculative" } else { "full" }).increment(1);
+    }
+}
+
+/// An `endpoint` message went down a device's streams.
+pub struct EndpointSent;
+
+impl InternalEvent for EndpointSent {
+    fn emit(self) {
+        counter!(ENDPOINTS_SENT).increment(1);
     }
 }

@@ -230,6 +230,11 @@ struct SimArgs {
     /// Silence between utterances, in milliseconds.
     #[arg(long, default_value_t = 1500)]
     gap_ms: u64,
+    /// Send silent frames through the gaps, with no utterance markers, as an
+    /// Omi pendant streams: only the server's voice activity detection
+    /// (its `endpoint` messages) then splits the utterances.
+    #[arg(long)]
+    continuous: bool,
     /// Start speaking only once a relay has connected.
     #[arg(long)]
     wait_for_central: bool,
@@ -526,6 +531,7 @@ async fn pendant_sim(args: SimArgs) -> Result<()> {
         sentences,
         voice: lanyard_pendant::speech::Voice { name: args.voice, rate: args.rate },
         gap: Duration::from_millis(args.gap_ms),
+        continuous: args.continuous,
         wait_for_central: args.wait_for_central,
         hold_until_central: args.hold_until_central,
         faults: lanyard_pendant::sim::BleFaults {

@@ -251,6 +251,7 @@ def main():
             {"name": "opened_complete", "json": '{"type":"opened","utterance":"%s","handle":7,"next_seq":150,"complete":true}' % u},
             {"name": "complete", "json": '{"type":"complete","utterance":"%s","frames":150}' % u},
             {"name": "partial", "json": '{"type":"partial","utterance":"%s","text":"turn on the"}' % u},
+            {"name": "endpoint", "json": '{"type":"endpoint","utterance":"%s","frames":88}' % u},
             {"name": "final", "json": '{"type":"final","utterance":"%s","text":"Turn on the lights \\"now\\"."}' % u},
             {"name": "reply", "json": '{"type":"reply","utterance":"%s","title":"Lights","body":"Done. Caf\u00e9 mode."}' % u},
             {"name": "error_utterance", "json": '{"type":"error","utterance":"%s","code":"utterance_too_long","message":"an utterance may be at most 30000 frames; end it and start a new one"}' % u},

@@ -1,0 +1,88 @@
+//! An Omi-style pendant streams without pause and marks no utterances: the
+//! server's voice activity detector finds where speech stops and says so
+//! (`endpoint`), and the relay splits the stream there. Without it the two
+//! sentences below would be one utterance (the BLE data never goes quiet,
+//! so the relay's silence timeout never fires).
+//!
+//! Server, pendant simulator and relay are separate `lanyard` processes on
+//! loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proc, add_device, start_server};
+use lanyard_store::Store;
+use lanyard_store_sqlite::SqliteStore;
+use uuid::Uuid;
+
+const FIRST: &str = "Please remind me to call my sister tomorrow morning.";
+const SECOND: &str = "What is on my calendar this afternoon?";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_omi_stream_is_split_where_the_server_hears_speech_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    let token = add_device(&server_dir, "omi-test");
+    let (_server, url) = start_server(&server_dir).await;
+
+    let mut pendant = Proc::spawn(&[
+        "pendant-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--framing",
+        "omi",
+        "--continuous",
+        "--gap-ms",
+        "2500",
+        "--wait-for-central",
+        "--linger-secs",
+        "60",
+        "--say",
+        FIRST,
+        "--say",
+        SECOND,
+    ]);
+    let sim_addr = pendant.expect("listening", Duration::from_secs(30)).await["addr"].as_str().unwrap().to_string();
+    let spool = dir.path().join("spool");
+    let mut relay = Proc::spawn(&[
+        "relay",
+        "--server",
+        &url,
+        "--token",
+        &token,
+        "--pendant",
+        &sim_addr,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--exit-after",
+        "2",
+    ]);
+
+    // The first utterance ends while the pendant still sends (silent)
+    // frames, before the second sentence starts: only an endpoint does that.
+    let first = relay.expect("utterance_ended", Duration::from_secs(60)).await;
+    assert_eq!(pendant.expect("utterance_start", Duration::from_secs(30)).await["index"], 0);
+    let second_start = pendant.expect("utterance_start", Duration::from_secs(30)).await;
+    assert_eq!(second_start["index"], 1);
+    let (ended_ms, started_ms) = (first["at_ms"].as_u64().unwrap(), second_start["at_ms"].as_u64().unwrap());
+    assert!(ended_ms < started_ms, "the first utterance ended at {ended_ms}, after the second began at {started_ms}");
+    let second = relay.expect("utterance_ended", Duration::from_secs(60)).await;
+    let ids: Vec<Uuid> = [&first, &second].iter().map(|e| Uuid::parse_str(e["id"].as_str().unwrap()).unwrap()).collect();
+    assert_ne!(ids[0], ids[1]);
+    // `--exit-after 2`: it exits once both replies came.
+    let status = tokio::time::timeout(Duration::from_secs(90), relay.child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+
+    let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.unwrap();
+    let texts: Vec<String> = {
+        let mut t = Vec::new();
+        for id in &ids {
+            t.push(store.utterance(*id).await.unwrap().unwrap().transcript.unwrap().to_lowercase());
+        }
+        t
+    };
+    eprintln!("split into: {texts:?}");
+    assert!(texts[0].contains("sister") && !texts[0].contains("calendar"), "{texts:?}");
+    assert!(texts[1].contains("calendar") && !texts[1].contains("sister"), "{texts:?}");
+}
