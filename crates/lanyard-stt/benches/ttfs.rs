@@ -27,10 +27,22 @@
 //!   pendants ending their sentences together would; each latency runs from
 //!   the common start to that thread's transcript. The set is walked in
 //!   rounds of four.
+//! - **(e) streaming**: what the server does with a streamed utterance
+//!   (`lanyard-server`'s `live` module). The audio is replayed through
+//!   `Endpointer` in 200 ms batches, as a relay sends it; at the last
+//!   silence onset that no speech follows, the audio received so far is
+//!   decoded (really, timed) at final quality, starting that batch's lead
+//!   before the end of the audio. TTFS is what is left of that decode after
+//!   the end (0 if it finished first). An utterance without such an onset is
+//!   decoded in full after the end, as in (a). The WER is of the cut's text.
+//! - **(f) streaming, 4 speakers**: (e) for four utterances whose audio ends
+//!   at the same instant: each decode is submitted at its own moment (its
+//!   onset, or the end) to one engine taking one at a time, as the server's
+//!   worker pool does; each TTFS runs from the common end.
 //!
 //! The set is processed in chunks of [`CHUNK`] utterances, and each chunk runs
-//! (a), (b), (c) and (d) back to back, so that load from other processes
-//! falls on all four alike rather than on whichever ran last. Each engine
+//! (a) to (f) back to back, so that load from other processes
+//! falls on all alike rather than on whichever ran last. Each engine
 //! gets one untimed warm-up call first (faster-whisper one per chunk, as the
 //! helper is started once per chunk; its model load is not timed).
 //!
@@ -70,7 +82,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use lanyard_stt::{SpeechToText, WhisperConfig, WhisperCt2, word_error_rate};
+use lanyard_stt::{
+    EndpointConfig, Endpointer, SpeechToText, VadEvent, WhisperConfig, WhisperCt2, word_error_rate,
+};
 use reference_set::{
     REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile,
     synthesize_set,
@@ -173,9 +187,12 @@ fn main() {
     println!("  load avg    {} at start", load_start);
 
     let scratch = tempfile::tempdir().expect("temp dir for the PCM files");
-    let mut rows: [Row; 4] = Default::default();
+    let mut rows: [Row; 6] = Default::default();
     let mut speaker_secs = vec![0.0; n];
     let mut speaker_texts = vec![String::new(); n];
+    let mut stream_secs = vec![0.0; n];
+    let mut stream_texts = vec![String::new(); n];
+    let cuts: Vec<Option<Cut>> = utterances.iter().map(|u| speculative_cut(&u.samples)).collect();
     let mut loads = Vec::new();
     let mut versions = String::new();
     let started = Instant::now();
@@ -243,6 +260,24 @@ fn main() {
                 speaker_texts[k] = text;
             }
         }
+        // (e): the server's streaming path, one speaker.
+        for (i, u) in chunk.iter().enumerate() {
+            let (secs, text) = streamed(&lanyard, u, cuts[base + i]);
+            rows[4].secs.push(secs);
+            rows[4].texts.push(text);
+        }
+        // (f): the streaming path, four speakers whose audio ends together.
+        for (round_index, round) in chunk.chunks(SPEAKERS).enumerate() {
+            if round.len() < SPEAKERS {
+                break;
+            }
+            let first = base + round_index * SPEAKERS;
+            let results = streamed_together(&lanyard, round, &cuts[first..first + SPEAKERS]);
+            for (i, (secs, text)) in results.into_iter().enumerate() {
+                stream_secs[first + i] = secs;
+                stream_texts[first + i] = text;
+            }
+        }
         eprintln!(
             "  chunk {}/{} done ({:.0} s elapsed, load {:.2})",
             chunk_index + 1,
@@ -254,9 +289,12 @@ fn main() {
     let measured = n / SPEAKERS * SPEAKERS;
     rows[3].secs = speaker_secs[..measured].to_vec();
     rows[3].texts = speaker_texts[..measured].to_vec();
+    rows[5].secs = stream_secs[..measured].to_vec();
+    rows[5].texts = stream_texts[..measured].to_vec();
+    let speculative = cuts.iter().filter(|c| c.is_some()).count();
 
     // Which utterances each engine got wrong, for tracing a WER change.
-    let names = ["lanyard", "untrimmed", "faster-whisper", "4 speakers"];
+    let names = ["lanyard", "untrimmed", "faster-whisper", "4 speakers", "streaming", "streaming 4 speakers"];
     for (row, name) in rows.iter().zip(names) {
         for (u, text) in utterances.iter().zip(&row.texts) {
             let wer = word_error_rate(&u.text, text);
@@ -308,6 +346,8 @@ fn main() {
         "(b) untrimmed (30 s window, beam 5)".to_owned(),
         "(c) faster-whisper default transcribe".to_owned(),
         format!("(d) lanyard default, {SPEAKERS} speakers at once"),
+        "(e) streaming: final decoded at silence onset".to_owned(),
+        format!("(f) streaming, {SPEAKERS} speakers at once"),
     ];
     for (i, (row, label)) in rows.iter().zip(&labels).enumerate() {
         println!(
@@ -335,8 +375,21 @@ fn main() {
         1.0 / percentile(&paired, 0.5)
     );
 
+    let leads: Vec<f64> = cuts.iter().flatten().map(|c| c.lead).collect();
+    println!(
+        "  streaming   {speculative} of {n} utterances had a valid silence onset (the rest decode in full after the end, as in (a)); \
+         the decode started a median {:.0} ms before the end of the audio",
+        1000.0 * percentile(&leads, 0.5)
+    );
+
     println!();
     println!("Bars (issue): TTFS for 3-10 s utterances with tiny.en, WER vs the untrimmed decode");
+    println!("  what the server does, streaming (e, f):");
+    bar("1 speaker p50 <= 0.5 s", medians[4], 0.5, "s");
+    bar("1 speaker p95 <= 1.0 s", percentile(&rows[4].secs, 0.95), 1.0, "s");
+    bar(&format!("{SPEAKERS} speakers p95 <= 2.0 s"), percentile(&rows[5].secs, 0.95), 2.0, "s");
+    bar("WER within 1 point of untrimmed", 100.0 * (wer[4] - wer[1]), 1.0, "pt");
+    println!("  the decode after the end alone (a, d):");
     bar("1 speaker p50 <= 0.5 s", medians[0], 0.5, "s");
     bar(
         "1 speaker p95 <= 1.0 s",
@@ -356,6 +409,81 @@ fn main() {
         1.0,
         "pt",
     );
+}
+
+/// Samples in one relay send round: 200 ms of audio.
+const BATCH_SAMPLES: usize = 3_200;
+
+/// Where the server's speculative decode cuts an utterance.
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    /// Samples decoded: the endpointer's position at the silence onset.
+    len: usize,
+    /// Seconds from the moment the batch with the onset arrived to the end
+    /// of the audio: how early the decode can start.
+    lead: f64,
+}
+
+/// Replays `samples` through the endpointer in 200 ms batches, as the
+/// server receives a relay's stream, and returns the cut of the last
+/// silence onset if no speech follows it; `None` if the final must be
+/// decoded after the end (as `crate::live` decides).
+fn speculative_cut(samples: &[f32]) -> Option<Cut> {
+    let mut e = Endpointer::new(EndpointConfig::default());
+    let (mut received, mut cut) = (0, None);
+    for batch in samples.chunks(BATCH_SAMPLES) {
+        received += batch.len();
+        for event in e.push(batch) {
+            if let VadEvent::SilenceOnset { .. } = event {
+                cut = Some((e.position().min(received), received));
+            }
+        }
+    }
+    let (len, at) = cut?;
+    (e.speech_end()? <= len).then(|| Cut { len, lead: (samples.len() - at) as f64 / 16_000.0 })
+}
+
+/// (e): TTFS of one utterance on the server's streaming path. With a valid
+/// cut, the decode of the cut starts `lead` before the end of the audio and
+/// TTFS is what is left of it after the end (0 if it finished first); with
+/// none, the whole utterance is decoded after the end, as in (a).
+fn streamed(engine: &WhisperCt2, u: &Utterance, cut: Option<Cut>) -> (f64, String) {
+    let audio = cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);
+    let t = Instant::now();
+    let text = engine.transcribe(audio).expect("transcribe (e)").text;
+    let decode = t.elapsed().as_secs_f64();
+    ((decode - cut.map_or(0.0, |c| c.lead)).max(0.0), text)
+}
+
+/// (f): four speakers whose audio ends at the same instant `end`. Each
+/// speculative decode is submitted `lead` before `end`, the others at `end`,
+/// and the engine takes one at a time in order of arrival, as the server's
+/// worker pool does. TTFS is from `end` to each transcript.
+fn streamed_together(engine: &WhisperCt2, round: &[Utterance], cuts: &[Option<Cut>]) -> Vec<(f64, String)> {
+    let lead_max = cuts.iter().flatten().map(|c| c.lead).fold(0.0, f64::max);
+    let gate = std::sync::Mutex::new(());
+    let start = Instant::now();
+    let end = start + std::time::Duration::from_secs_f64(lead_max);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = round
+            .iter()
+            .zip(cuts)
+            .map(|(u, cut)| {
+                let gate = &gate;
+                scope.spawn(move || {
+                    let submit = end - std::time::Duration::from_secs_f64(cut.map_or(0.0, |c| c.lead));
+                    std::thread::sleep(submit.saturating_duration_since(Instant::now()));
+                    let audio = cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);
+                    let text = {
+                        let _turn = gate.lock().expect("engine gate");
+                        engine.transcribe(audio).expect("transcribe (f)").text
+                    };
+                    (Instant::now().saturating_duration_since(end).as_secs_f64(), text)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("speaker thread")).collect()
+    })
 }
 
 /// Prints one bar's verdict and its margin.
