@@ -31,16 +31,22 @@
 //!
 //! At most [`MAX_LIVE`] utterances are followed at once; more get no
 //! partials and no speculation, only their final (the engine could not keep
-//! up with more talkers anyway). Partials stop after [`PARTIAL_MAX_AUDIO`]
-//! of audio, as a draft of a long utterance costs more than it helps. State
-//! not fed for [`LIVE_IDLE`] is forgotten, so a stream that never comes back
-//! does not hold memory.
+//! up with more talkers anyway). An utterance is followed for its first
+//! [`LIVE_MAX_AUDIO`] only (partials stop, its samples are freed, and its
+//! final is decoded in full): 30 s of samples is 1.9 MB, so the whole live
+//! state stays under about 125 MB. State not fed for [`LIVE_IDLE`] is
+//! forgotten, so a stream that never comes back does not hold memory.
+//!
+//! The words the partials agreed on are not forced on the final decode
+//! (`SpeechToText::transcribe_with_prefix`): they come from greedy drafts of
+//! the first seconds, which often mishear the first word, and forcing them
+//! cost 2.2 points of WER on the `ttfs` bench's reference set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lanyard_audio::FrameDecoder;
+use lanyard_audio::{FRAME_SAMPLES, FrameDecoder};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::ServerMsg;
 use lanyard_stt::{EndpointConfig, Endpointer, LocalAgreement, VadEvent};
@@ -56,8 +62,8 @@ const RATE: usize = 16_000;
 /// New audio between two partial drafts.
 pub const PARTIAL_EVERY: Duration = Duration::from_secs(1);
 
-/// No partials past this much audio.
-pub const PARTIAL_MAX_AUDIO: Duration = Duration::from_secs(30);
+/// Utterances are followed for this much audio at most.
+pub const LIVE_MAX_AUDIO: Duration = Duration::from_secs(30);
 
 /// Utterances followed at once.
 pub const MAX_LIVE: usize = 64;
@@ -143,6 +149,14 @@ impl Live {
             self.pool.cancel(utterance);
             return;
         }
+        if u.pcm.len() + frames.len() * FRAME_SAMPLES > LIVE_MAX_AUDIO.as_secs() as usize * RATE {
+            // Too long to follow: the final is decoded in full.
+            u.broken = true;
+            u.pcm = Vec::new();
+            drop(u);
+            self.pool.cancel(utterance);
+            return;
+        }
         let start = u.pcm.len();
         for f in frames {
             let Utterance { decoder, pcm, .. } = &mut *u;
@@ -204,7 +218,7 @@ impl Live {
         let due = len >= u.drafted + PARTIAL_EVERY.as_secs() as usize * RATE;
         // While speech goes on: in a pause the draft would only repeat itself.
         let speaking = u.endpointer.in_speech();
-        if !due || !speaking || u.draft_pending || len > PARTIAL_MAX_AUDIO.as_secs() as usize * RATE {
+        if !due || !speaking || u.draft_pending {
             return;
         }
         u.drafted = len;
@@ -271,12 +285,11 @@ impl Live {
     /// decode still running. Forgets the utterance either way.
     pub async fn take_final(&self, utterance: Uuid, frames: u32) -> Option<String> {
         let entry = self.utterances.lock().expect("live map poisoned").remove(&utterance)?;
-        // Drafts not started yet go: a partial is moot now, and a
-        // speculative decode still queued (behind other finals) would only
-        // make this final wait; it settles as `Spec::None` and the pipeline
-        // decodes in full, in this device's turn. One already running is
-        // waited for below.
-        self.pool.cancel(utterance);
+        // Partials not started yet go; a speculative decode still queued
+        // becomes this utterance's final request, in its device's turn, and
+        // is waited for below like one already running.
+        let device = entry.lock().expect("live utterance poisoned").device;
+        self.pool.promote(utterance, device);
         let mut spec = {
             let mut u = entry.lock().expect("live utterance poisoned");
             u.closed = true;

@@ -78,7 +78,16 @@ pub type DraftDone = Box<dyn FnOnce(Option<Result<Transcript, SttError>>) + Send
 
 struct FinalJob {
     pcm: Vec<f32>,
-    done: oneshot::Sender<Result<Transcript, SttError>>,
+    done: FinalDone,
+}
+
+/// Who waits for a final.
+enum FinalDone {
+    /// An `await`ing caller.
+    Caller(oneshot::Sender<Result<Transcript, SttError>>),
+    /// A speculative decode that became its utterance's final (see
+    /// [`SttPool::promote`]).
+    Promoted(DraftDone),
 }
 
 struct DraftJob {
@@ -111,13 +120,18 @@ struct Guard(Arc<Shared>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let drafts = {
+        let (finals, drafts) = {
             let mut q = self.0.queues.lock().expect("stt pool poisoned");
             q.closed = true;
-            q.finals.clear();
-            std::mem::take(&mut q.drafts)
+            (std::mem::take(&mut q.finals), std::mem::take(&mut q.drafts))
         };
         self.0.ready.notify_all();
+        // Callers see their sender dropped; promoted drafts hear `None`.
+        for job in finals.into_values().flatten() {
+            if let FinalDone::Promoted(done) = job.done {
+                done(None);
+            }
+        }
         for d in drafts {
             settle(d, DraftOutcome::Ended);
         }
@@ -160,7 +174,7 @@ impl SttPool {
                 return Err(stopped());
             }
             let queue = q.finals.entry(device).or_default();
-            queue.push_back(FinalJob { pcm, done });
+            queue.push_back(FinalJob { pcm, done: FinalDone::Caller(done) });
             if queue.len() == 1 {
                 q.turns.push_back(device);
             }
@@ -188,6 +202,36 @@ impl SttPool {
         self.shared.ready.notify_one();
         if let Some(old) = replaced {
             settle(old, DraftOutcome::Superseded);
+        }
+    }
+
+    /// `utterance` (of `device`) has ended: its waiting partial drafts go
+    /// (counted `ended`), and a speculative decode still waiting becomes a
+    /// final in the device's turn, since it is now what someone waits for.
+    /// Its callback gets the result as before.
+    pub fn promote(&self, utterance: Uuid, device: Uuid) {
+        let (gone, promoted) = {
+            let mut q = self.shared.queues.lock().expect("stt pool poisoned");
+            let (mine, keep): (Vec<DraftJob>, Vec<DraftJob>) =
+                std::mem::take(&mut q.drafts).into_iter().partition(|d| d.utterance == utterance);
+            q.drafts = keep;
+            let (spec, gone): (Vec<DraftJob>, Vec<DraftJob>) =
+                mine.into_iter().partition(|d| d.kind == DraftKind::Speculative);
+            let promoted = !spec.is_empty();
+            for d in spec {
+                let queue = q.finals.entry(device).or_default();
+                queue.push_back(FinalJob { pcm: d.pcm, done: FinalDone::Promoted(d.done) });
+                if queue.len() == 1 {
+                    q.turns.push_back(device);
+                }
+            }
+            (gone, promoted)
+        };
+        if promoted {
+            self.shared.ready.notify_one();
+        }
+        for d in gone {
+            settle(d, DraftOutcome::Ended);
         }
     }
 
@@ -264,7 +308,15 @@ fn work(shared: &Shared) {
         match job {
             Job::Final(job) => {
                 let result = shared.stt.transcribe(&job.pcm);
-                let _ = job.done.send(result);
+                match job.done {
+                    FinalDone::Caller(tx) => {
+                        let _ = tx.send(result);
+                    }
+                    FinalDone::Promoted(done) => {
+                        metrics::emit(DraftSettled { kind: DraftKind::Speculative, outcome: DraftOutcome::Run });
+                        done(Some(result));
+                    }
+                }
             }
             Job::Draft(job) => {
                 let result = match job.kind {
@@ -397,6 +449,34 @@ mod tests {
         assert_eq!(calls.iter().filter(|c| c.1).count(), 1, "only the partial is a draft decode: {calls:?}");
         let outcomes = outcomes.lock().unwrap().clone();
         assert_eq!(outcomes, vec![("p1", None), ("s", Some("3".into())), ("p2", Some("2".into()))]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn at_the_end_a_waiting_speculative_decode_becomes_the_final() {
+        let engine = Recorder::new(Duration::from_millis(30));
+        let pool = SttPool::start(engine.clone(), 1);
+        let (a, b, u, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.transcribe(b, vec![0.0]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let report = |label: &'static str| -> DraftDone {
+            let tx = tx.clone();
+            Box::new(move |r| tx.send((label, r.map(|r| r.unwrap().text))).unwrap())
+        };
+        pool.draft(other, DraftKind::Speculative, vec![7.0], report("other"));
+        pool.draft(u, DraftKind::Partial, vec![1.0], report("partial"));
+        pool.draft(u, DraftKind::Speculative, vec![2.0], report("spec"));
+        pool.promote(u, a);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(1)).unwrap(), ("partial", None), "the partial is moot");
+        busy.await.unwrap().unwrap();
+        // The promoted decode runs as a final, before the other utterance's
+        // speculative draft that was queued first.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), ("spec", Some("2".into())));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), ("other", Some("7".into())));
+        assert_eq!(labels(&engine), vec![0.0, 2.0, 7.0]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

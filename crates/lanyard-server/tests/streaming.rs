@@ -66,6 +66,8 @@ const FULL: &str = "lanyard_finals_total{source=\"full\"}";
 struct Heard {
     /// Partials, with when each arrived relative to the first frame.
     partials: Vec<(Duration, String)>,
+    /// Frame counts of the `endpoint` messages.
+    endpoints: Vec<u32>,
     final_text: String,
     /// From sending `end` to the final transcript.
     end_to_final: Duration,
@@ -83,16 +85,18 @@ async fn stream(h: &Harness, frames: &[Vec<u8>]) -> Heard {
     let start = Instant::now();
     let reader = tokio::spawn(async move {
         let mut partials = Vec::new();
+        let mut endpoints = Vec::new();
         let mut end_sent = None;
         loop {
             let m = tokio::time::timeout(Duration::from_secs(60), rx.next()).await.expect("server answers").unwrap().unwrap();
             match m {
                 Message::Text(t) => match wire::parse_server_text(&t).unwrap() {
                     ServerMsg::Partial { text, .. } => partials.push((start.elapsed(), text)),
+                    ServerMsg::Endpoint { frames, .. } => endpoints.push(frames),
                     ServerMsg::Complete { .. } => end_sent = Some(Instant::now()),
                     ServerMsg::Final { text, .. } => {
                         let end = end_sent.expect("complete before final");
-                        return (partials, text, end.elapsed());
+                        return (partials, endpoints, text, end.elapsed());
                     }
                     ServerMsg::Opened { .. } => {}
                     other => panic!("unexpected {other:?}"),
@@ -111,8 +115,8 @@ async fn stream(h: &Harness, frames: &[Vec<u8>]) -> Heard {
     }
     let audio_done = start.elapsed();
     tx.send(Message::text(ClientMsg::End { utterance: id, frames: frames.len() as u32 }.to_json())).await.unwrap();
-    let (partials, final_text, end_to_final) = reader.await.unwrap();
-    Heard { partials, final_text, end_to_final, audio_done }
+    let (partials, endpoints, final_text, end_to_final) = reader.await.unwrap();
+    Heard { partials, endpoints, final_text, end_to_final, audio_done }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,6 +149,11 @@ async fn partials_grow_while_speaking_and_the_final_comes_from_the_decode_at_sil
     let last = &heard.partials.last().unwrap().1;
     assert!(lanyard_stt::word_error_rate(reference, last) < 1.0, "the partials are the sentence: {last:?}");
     assert!(lanyard_stt::word_error_rate(reference, &heard.final_text) <= 0.5, "{:?}", heard.final_text);
+    // 800 ms into the second of silence, the VAD said speech had stopped:
+    // after the 15 words (about 5 s), before the end of the audio.
+    assert_eq!(heard.endpoints.len(), 1, "{:?}", heard.endpoints);
+    let at = heard.endpoints[0] as usize;
+    assert!(at > 250 && at < audio.len(), "endpoint at frame {at} of {}", audio.len());
     // The final is the decode made at silence onset, not a second one.
     assert_eq!(counter(&h.url, SPECULATIVE).await - spec_before, 1.0);
     assert_eq!(counter(&h.url, FULL).await - full_before, 0.0);
@@ -164,6 +173,9 @@ async fn speech_after_the_pause_makes_the_final_decode_everything() {
     let heard = stream(&h, &audio).await;
     eprintln!("final: {:?} ({:?} after end)", heard.final_text, heard.end_to_final);
     assert!(heard.final_text.to_lowercase().contains("kitchen"), "the words after the pause are in the final: {:?}", heard.final_text);
+    // The 900 ms pause was an endpoint (an Omi relay would split there); the
+    // 100 ms at the end was not.
+    assert_eq!(heard.endpoints.len(), 1, "{:?}", heard.endpoints);
     assert_eq!(counter(&h.url, FULL).await - full_before, 1.0, "decoded in full");
     assert_eq!(counter(&h.url, SPECULATIVE).await - spec_before, 0.0);
     h.server.stop().await;

@@ -29,16 +29,24 @@
 //!   rounds of four.
 //! - **(e) streaming**: what the server does with a streamed utterance
 //!   (`lanyard-server`'s `live` module). The audio is replayed through
-//!   `Endpointer` in 200 ms batches, as a relay sends it; at the last
-//!   silence onset that no speech follows, the audio received so far is
-//!   decoded (really, timed) at final quality, starting that batch's lead
-//!   before the end of the audio. TTFS is what is left of that decode after
-//!   the end (0 if it finished first). An utterance without such an onset is
-//!   decoded in full after the end, as in (a). The WER is of the cut's text.
+//!   `Endpointer` in 200 ms batches, as a relay sends it, with a greedy
+//!   partial draft each second of speech and LocalAgreement-2 over them
+//!   (untimed: they run before the end, on an engine otherwise idle). At
+//!   the last silence onset that no speech follows, the audio received so
+//!   far is decoded (really, timed) at final quality, starting that batch's
+//!   lead before the end of the audio. TTFS is what is left of that decode
+//!   after the end (0 if it finished first). An utterance without such an
+//!   onset is decoded in full after the end, as in (a). The WER is of that
+//!   final text.
 //! - **(f) streaming, 4 speakers**: (e) for four utterances whose audio ends
 //!   at the same instant: each decode is submitted at its own moment (its
 //!   onset, or the end) to one engine taking one at a time, as the server's
 //!   worker pool does; each TTFS runs from the common end.
+//! - **(g) agreed prefix**: (e), forcing the words the partials agreed on
+//!   as the start of the final (`transcribe_with_prefix`), so that only the
+//!   rest is decoded. The server does not do this (see the WER column). The
+//!   drafts run in step here; on the server a draft finishes a few hundred
+//!   ms after it is queued, so its prefix could be one draft shorter.
 //!
 //! The set is processed in chunks of [`CHUNK`] utterances, and each chunk runs
 //! (a) to (f) back to back, so that load from other processes
@@ -83,7 +91,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use lanyard_stt::{
-    EndpointConfig, Endpointer, SpeechToText, VadEvent, WhisperConfig, WhisperCt2, word_error_rate,
+    EndpointConfig, Endpointer, LocalAgreement, SpeechToText, VadEvent, WhisperConfig, WhisperCt2,
+    word_error_rate,
 };
 use reference_set::{
     REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile,
@@ -187,12 +196,16 @@ fn main() {
     println!("  load avg    {} at start", load_start);
 
     let scratch = tempfile::tempdir().expect("temp dir for the PCM files");
-    let mut rows: [Row; 6] = Default::default();
+    let mut rows: [Row; 7] = Default::default();
     let mut speaker_secs = vec![0.0; n];
     let mut speaker_texts = vec![String::new(); n];
     let mut stream_secs = vec![0.0; n];
     let mut stream_texts = vec![String::new(); n];
-    let cuts: Vec<Option<Cut>> = utterances.iter().map(|u| speculative_cut(&u.samples)).collect();
+    // The server's drafts while each utterance is spoken (untimed here; they
+    // run on the engine before the silence onset, when it is otherwise idle).
+    eprintln!("  replaying the utterances through the endpointer and partial drafts...");
+    let streams: Vec<Stream> = utterances.iter().map(|u| replay(&lanyard, &u.samples)).collect();
+    let cuts: Vec<Option<Cut>> = streams.iter().map(|s| s.cut).collect();
     let mut loads = Vec::new();
     let mut versions = String::new();
     let started = Instant::now();
@@ -262,7 +275,7 @@ fn main() {
         }
         // (e): the server's streaming path, one speaker.
         for (i, u) in chunk.iter().enumerate() {
-            let (secs, text) = streamed(&lanyard, u, cuts[base + i]);
+            let (secs, text) = streamed(&lanyard, u, &streams[base + i], false);
             rows[4].secs.push(secs);
             rows[4].texts.push(text);
         }
@@ -272,11 +285,17 @@ fn main() {
                 break;
             }
             let first = base + round_index * SPEAKERS;
-            let results = streamed_together(&lanyard, round, &cuts[first..first + SPEAKERS]);
+            let results = streamed_together(&lanyard, round, &streams[first..first + SPEAKERS]);
             for (i, (secs, text)) in results.into_iter().enumerate() {
                 stream_secs[first + i] = secs;
                 stream_texts[first + i] = text;
             }
+        }
+        // (g): (e) with the partials' agreed words forced as the start.
+        for (i, u) in chunk.iter().enumerate() {
+            let (secs, text) = streamed(&lanyard, u, &streams[base + i], true);
+            rows[6].secs.push(secs);
+            rows[6].texts.push(text);
         }
         eprintln!(
             "  chunk {}/{} done ({:.0} s elapsed, load {:.2})",
@@ -294,7 +313,8 @@ fn main() {
     let speculative = cuts.iter().filter(|c| c.is_some()).count();
 
     // Which utterances each engine got wrong, for tracing a WER change.
-    let names = ["lanyard", "untrimmed", "faster-whisper", "4 speakers", "streaming", "streaming 4 speakers"];
+    let names =
+        ["lanyard", "untrimmed", "faster-whisper", "4 speakers", "streaming", "streaming 4 speakers", "agreed prefix"];
     for (row, name) in rows.iter().zip(names) {
         for (u, text) in utterances.iter().zip(&row.texts) {
             let wer = word_error_rate(&u.text, text);
@@ -348,6 +368,7 @@ fn main() {
         format!("(d) lanyard default, {SPEAKERS} speakers at once"),
         "(e) streaming: final decoded at silence onset".to_owned(),
         format!("(f) streaming, {SPEAKERS} speakers at once"),
+        "(g) (e) forcing the partials' agreed words".to_owned(),
     ];
     for (i, (row, label)) in rows.iter().zip(&labels).enumerate() {
         println!(
@@ -424,53 +445,75 @@ struct Cut {
     lead: f64,
 }
 
-/// Replays `samples` through the endpointer in 200 ms batches, as the
-/// server receives a relay's stream, and returns the cut of the last
-/// silence onset if no speech follows it; `None` if the final must be
-/// decoded after the end (as `crate::live` decides).
-fn speculative_cut(samples: &[f32]) -> Option<Cut> {
+/// What the server's live state made of one streamed utterance.
+struct Stream {
+    /// The speculative cut, if one is valid at the end.
+    cut: Option<Cut>,
+    /// The words the partials agreed on: at the cut's onset for a
+    /// speculative final, at the end otherwise.
+    prefix: String,
+}
+
+/// Replays `samples` as `lanyard-server`'s `live` module sees a relay's
+/// stream: 200 ms batches through the endpointer, a greedy draft each
+/// second of audio while speech goes on (LocalAgreement-2 over them), and
+/// the cut of the last silence onset if no speech follows it (`None` if the
+/// final must be decoded after the end).
+fn replay(engine: &WhisperCt2, samples: &[f32]) -> Stream {
     let mut e = Endpointer::new(EndpointConfig::default());
-    let (mut received, mut cut) = (0, None);
+    let mut agreement = LocalAgreement::new();
+    let (mut received, mut drafted, mut cut) = (0, 0, None);
     for batch in samples.chunks(BATCH_SAMPLES) {
         received += batch.len();
         for event in e.push(batch) {
             if let VadEvent::SilenceOnset { .. } = event {
-                cut = Some((e.position().min(received), received));
+                cut = Some((e.position().min(received), received, agreement.text()));
             }
         }
+        if e.in_speech() && received >= drafted + 16_000 {
+            drafted = received;
+            agreement.push(&engine.transcribe_draft(&samples[..received]).expect("draft").text);
+        }
     }
-    let (len, at) = cut?;
-    (e.speech_end()? <= len).then(|| Cut { len, lead: (samples.len() - at) as f64 / 16_000.0 })
+    match cut {
+        Some((len, at, prefix)) if e.speech_end().is_some_and(|end| end <= len) => {
+            Stream { cut: Some(Cut { len, lead: (samples.len() - at) as f64 / 16_000.0 }), prefix }
+        }
+        _ => Stream { cut: None, prefix: agreement.text() },
+    }
 }
 
 /// (e): TTFS of one utterance on the server's streaming path. With a valid
 /// cut, the decode of the cut starts `lead` before the end of the audio and
 /// TTFS is what is left of it after the end (0 if it finished first); with
-/// none, the whole utterance is decoded after the end, as in (a).
-fn streamed(engine: &WhisperCt2, u: &Utterance, cut: Option<Cut>) -> (f64, String) {
-    let audio = cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);
+/// none, the whole utterance is decoded after the end, as in (a). (g):
+/// the same, forcing the agreed prefix.
+fn streamed(engine: &WhisperCt2, u: &Utterance, stream: &Stream, prefix: bool) -> (f64, String) {
+    let audio = stream.cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);
+    let prefix = if prefix { stream.prefix.as_str() } else { "" };
     let t = Instant::now();
-    let text = engine.transcribe(audio).expect("transcribe (e)").text;
+    let text = engine.transcribe_with_prefix(audio, prefix).expect("transcribe (e)").text;
     let decode = t.elapsed().as_secs_f64();
-    ((decode - cut.map_or(0.0, |c| c.lead)).max(0.0), text)
+    ((decode - stream.cut.map_or(0.0, |c| c.lead)).max(0.0), text)
 }
 
 /// (f): four speakers whose audio ends at the same instant `end`. Each
 /// speculative decode is submitted `lead` before `end`, the others at `end`,
 /// and the engine takes one at a time in order of arrival, as the server's
 /// worker pool does. TTFS is from `end` to each transcript.
-fn streamed_together(engine: &WhisperCt2, round: &[Utterance], cuts: &[Option<Cut>]) -> Vec<(f64, String)> {
-    let lead_max = cuts.iter().flatten().map(|c| c.lead).fold(0.0, f64::max);
+fn streamed_together(engine: &WhisperCt2, round: &[Utterance], streams: &[Stream]) -> Vec<(f64, String)> {
+    let lead_max = streams.iter().filter_map(|s| s.cut).map(|c| c.lead).fold(0.0, f64::max);
     let gate = std::sync::Mutex::new(());
     let start = Instant::now();
     let end = start + std::time::Duration::from_secs_f64(lead_max);
     std::thread::scope(|scope| {
         let handles: Vec<_> = round
             .iter()
-            .zip(cuts)
-            .map(|(u, cut)| {
+            .zip(streams)
+            .map(|(u, stream)| {
                 let gate = &gate;
                 scope.spawn(move || {
+                    let cut = stream.cut;
                     let submit = end - std::time::Duration::from_secs_f64(cut.map_or(0.0, |c| c.lead));
                     std::thread::sleep(submit.saturating_duration_since(Instant::now()));
                     let audio = cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);

@@ -67,6 +67,14 @@ pub trait SpeechToText: Send + Sync {
     /// Blocking and CPU-bound: async callers should use `spawn_blocking`.
     fn transcribe(&self, pcm16k: &[f32]) -> Result<Transcript, SttError>;
 
+    /// Transcribes with `prefix` forced as the start of the text (words
+    /// already agreed on while the user spoke), decoding only the rest. An
+    /// engine that cannot force a prefix transcribes in full.
+    fn transcribe_with_prefix(&self, pcm16k: &[f32], prefix: &str) -> Result<Transcript, SttError> {
+        let _ = prefix;
+        self.transcribe(pcm16k)
+    }
+
     /// A quick transcription for a partial result while the user is still
     /// speaking: cheaper than [`SpeechToText::transcribe`] where the engine
     /// can make it so (greedy search, no fallback), and never used as the

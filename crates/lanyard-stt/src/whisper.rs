@@ -265,7 +265,7 @@ impl WhisperCt2 {
         &self,
         mut features: crate::mel::LogMel,
         speech_secs: f32,
-        draft: bool,
+        mode: &Mode,
     ) -> Result<String, SttError> {
         let started = Instant::now();
         let shape = [1, features.n_mels, features.n_frames];
@@ -274,7 +274,7 @@ impl WhisperCt2 {
         let encode_secs = started.elapsed().as_secs_f32();
 
         let max_length = max_length_for(speech_secs, self.config.max_tokens_per_sec);
-        let hypothesis = self.decode_with_fallback(&encoded, max_length, draft)?;
+        let hypothesis = self.decode_with_fallback(&encoded, max_length, mode)?;
         tracing::debug!(
             frames = features.n_frames,
             speech_secs,
@@ -296,6 +296,7 @@ impl WhisperCt2 {
         Ok(if silent {
             String::new()
         } else {
+            // CTranslate2 returns the forced prefix with the rest.
             hypothesis.text
         })
     }
@@ -310,12 +311,12 @@ impl WhisperCt2 {
         &self,
         encoded: &StorageView,
         max_length: usize,
-        draft: bool,
+        mode: &Mode,
     ) -> Result<Hypothesis, SttError> {
         let mut best: Option<Hypothesis> = None;
-        let fallbacks = if draft { &[][..] } else { &self.config.fallback_temperatures[..] };
+        let fallbacks = if mode.draft { &[][..] } else { &self.config.fallback_temperatures[..] };
         for temperature in std::iter::once(0.0).chain(fallbacks.iter().copied()) {
-            let mut hypothesis = self.decode(encoded, max_length, temperature, draft)?;
+            let mut hypothesis = self.decode(encoded, max_length, temperature, mode)?;
             if let Some(cut) = repetition_cut(&hypothesis.text) {
                 tracing::warn!(text = %hypothesis.text, kept = %cut, "Whisper repeated itself; keeping the first copy");
                 hypothesis.compression_ratio = compression_ratio(&cut);
@@ -345,11 +346,11 @@ impl WhisperCt2 {
         encoded: &StorageView,
         max_length: usize,
         temperature: f32,
-        draft: bool,
+        mode: &Mode,
     ) -> Result<Hypothesis, SttError> {
         let sampling = temperature > 0.0;
         let options = WhisperOptions {
-            beam_size: if sampling || draft {
+            beam_size: if sampling || mode.draft {
                 1
             } else {
                 self.config.beam_size.max(1)
@@ -357,7 +358,9 @@ impl WhisperCt2 {
             // topk 0 samples from the whole distribution; 1 is argmax.
             sampling_topk: if sampling { 0 } else { 1 },
             sampling_temperature: if sampling { temperature } else { 1.0 },
-            max_length,
+            // Room for the forced prefix too, whether or not CTranslate2
+            // counts the prompt in the length.
+            max_length: (max_length + mode.prefix.len()).min(MAX_TARGET_POSITIONS),
             num_hypotheses: 1,
             return_scores: true,
             return_no_speech_prob: true,
@@ -367,7 +370,7 @@ impl WhisperCt2 {
         };
         let result = self
             .model
-            .generate(encoded, std::slice::from_ref(&self.prompt), &options)
+            .generate(encoded, std::slice::from_ref(&mode.prompt(&self.prompt)), &options)
             .map_err(inference)?
             .into_iter()
             .next()
@@ -399,13 +402,20 @@ impl WhisperCt2 {
 
 impl SpeechToText for WhisperCt2 {
     fn transcribe(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
-        self.run(pcm16k, false)
+        self.run(pcm16k, false, "")
+    }
+
+    /// Forces `prefix` as the start of the text (the words the partials
+    /// already agreed on) and decodes only the rest, so the final does not
+    /// start over. Audio longer than one window ignores the prefix.
+    fn transcribe_with_prefix(&self, pcm16k: &[f32], prefix: &str) -> Result<Transcript, SttError> {
+        self.run(pcm16k, false, prefix)
     }
 
     /// Greedy search and no temperature fallback, for partials that the
     /// final decode replaces.
     fn transcribe_draft(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
-        self.run(pcm16k, true)
+        self.run(pcm16k, true, "")
     }
 
     fn is_local(&self) -> bool {
@@ -418,7 +428,7 @@ impl SpeechToText for WhisperCt2 {
 }
 
 impl WhisperCt2 {
-    fn run(&self, pcm16k: &[f32], draft: bool) -> Result<Transcript, SttError> {
+    fn run(&self, pcm16k: &[f32], draft: bool, prefix: &str) -> Result<Transcript, SttError> {
         let started = Instant::now();
         if let Some(index) = pcm16k.iter().position(|s| !s.is_finite()) {
             return Err(SttError::InvalidAudio {
@@ -448,7 +458,8 @@ impl WhisperCt2 {
         let mut texts = Vec::with_capacity(windows.len());
         for window in &windows {
             let frames = features.frames(window.start / hop, (window.start + window.len) / hop);
-            let text = self.transcribe_window(frames, window.speech as f32 / rate, draft)?;
+            let mode = if windows.len() == 1 { self.mode(draft, prefix)? } else { self.mode(draft, "")? };
+            let text = self.transcribe_window(frames, window.speech as f32 / rate, &mode)?;
             if !text.is_empty() {
                 texts.push(text);
             }
@@ -459,6 +470,43 @@ impl WhisperCt2 {
             audio_secs,
             compute_secs: started.elapsed().as_secs_f32(),
         })
+    }
+}
+
+/// Whisper's decoder context: 448 positions, prompt included.
+const MAX_TARGET_POSITIONS: usize = 448;
+
+/// How one window is decoded.
+struct Mode {
+    /// Greedy, no fallback (a partial's draft).
+    draft: bool,
+    /// Tokens forced after the prompt.
+    prefix: Vec<String>,
+}
+
+impl Mode {
+    fn prompt(&self, base: &[&'static str]) -> Vec<String> {
+        base.iter().map(|t| (*t).to_owned()).chain(self.prefix.iter().cloned()).collect()
+    }
+}
+
+impl WhisperCt2 {
+    fn mode(&self, draft: bool, prefix: &str) -> Result<Mode, SttError> {
+        let prefix_text = prefix.split_whitespace().collect::<Vec<_>>().join(" ");
+        if prefix_text.is_empty() {
+            return Ok(Mode { draft, prefix: Vec::new() });
+        }
+        // Whisper's text tokens carry their leading space.
+        let encoding = self
+            .tokenizer
+            .encode(format!(" {prefix_text}"), false)
+            .map_err(|e| inference(format!("cannot tokenize the prefix: {e}")))?;
+        let prefix: Vec<String> = encoding.get_tokens().to_vec();
+        if prefix.len() + self.prompt.len() >= MAX_TARGET_POSITIONS / 2 {
+            // Too long to leave the decoder room: decode everything.
+            return Ok(Mode { draft, prefix: Vec::new() });
+        }
+        Ok(Mode { draft, prefix })
     }
 }
 

@@ -107,12 +107,13 @@ pub enum In {
     Close(u16, String),
 }
 
-/// The next message, partial transcripts skipped: the server sends them
-/// whenever its drafts agree, which most tests do not follow.
+/// The next message, partial transcripts and endpoints skipped: the server
+/// sends them as its drafts agree and its VAD hears pauses, which most tests
+/// do not follow (`streaming.rs` does).
 pub async fn recv(ws: &mut Ws) -> In {
     loop {
         match recv_any(ws).await {
-            In::Text(ServerMsg::Partial { .. }) => continue,
+            In::Text(ServerMsg::Partial { .. } | ServerMsg::Endpoint { .. }) => continue,
             other => return other,
         }
     }

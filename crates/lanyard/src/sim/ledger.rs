@@ -209,7 +209,7 @@ pub const METRICS: &[(&str, &str, Option<&str>)] = &[
     (
         "first_partial",
         "start of speech → first partial transcript",
-        Some("n/a: the server sends no partial transcripts yet (measured from the relays' partial events once it does)"),
+        Some("n/a: no partial arrived (the server sends one once two drafts, a second of speech apart, agree; short utterances end first)"),
     ),
     ("ttfs", "end of speech → final transcript (TTFS)", None),
     (
