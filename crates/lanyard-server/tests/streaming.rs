@@ -150,10 +150,11 @@ async fn partials_grow_while_speaking_and_the_final_comes_from_the_decode_at_sil
     assert!(lanyard_stt::word_error_rate(reference, last) < 1.0, "the partials are the sentence: {last:?}");
     assert!(lanyard_stt::word_error_rate(reference, &heard.final_text) <= 0.5, "{:?}", heard.final_text);
     // 800 ms into the second of silence, the VAD said speech had stopped:
-    // after the 15 words (about 5 s), before the end of the audio.
+    // after the 15 words (about 5 s); with the frames that had come in then
+    // (on a loaded machine a batch can carry the rest of the audio).
     assert_eq!(heard.endpoints.len(), 1, "{:?}", heard.endpoints);
     let at = heard.endpoints[0] as usize;
-    assert!(at > 250 && at < audio.len(), "endpoint at frame {at} of {}", audio.len());
+    assert!(at > 250 && at <= audio.len(), "endpoint at frame {at} of {}", audio.len());
     // The final is the decode made at silence onset, not a second one.
     assert_eq!(counter(&h.url, SPECULATIVE).await - spec_before, 1.0);
     assert_eq!(counter(&h.url, FULL).await - full_before, 0.0);

@@ -22,11 +22,12 @@
 //!   padded 30 s window, VAD off, temperature fallback) on the same model
 //!   directory and the same PCM, at float32 with the same thread count, run
 //!   by `benches/faster_whisper_ttfs.py` in a child `python3`;
-//! - **(d) 4 speakers**: four threads, each transcribing a different
-//!   utterance at the same moment with one shared engine (a), as four
-//!   pendants ending their sentences together would; each latency runs from
-//!   the common start to that thread's transcript. The set is walked in
-//!   rounds of four.
+//! - **(d) 4 speakers**: four different utterances submitted at the same
+//!   moment, as four pendants ending their sentences together would, to the
+//!   server's worker pool reduced to what latency depends on (`pooled`: one
+//!   engine (a); whatever waits when it comes free, up to four, goes as one
+//!   batch); each latency runs from the common start to that utterance's
+//!   transcript. The set is walked in rounds of four.
 //! - **(e) streaming**: what the server does with a streamed utterance
 //!   (`lanyard-server`'s `live` module). The audio is replayed through
 //!   `Endpointer` in 200 ms batches, as a relay sends it, with a greedy
@@ -40,8 +41,8 @@
 //!   final text.
 //! - **(f) streaming, 4 speakers**: (e) for four utterances whose audio ends
 //!   at the same instant: each decode is submitted at its own moment (its
-//!   onset, or the end) to one engine taking one at a time, as the server's
-//!   worker pool does; each TTFS runs from the common end.
+//!   onset, or the end) to the pool as in (d); each TTFS runs from the
+//!   common end.
 //! - **(g) agreed prefix**: (e), forcing the words the partials agreed on
 //!   as the start of the final (`transcribe_with_prefix`), so that only the
 //!   rest is decoded. The server does not do this (see the WER column). The
@@ -87,12 +88,12 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Instant;
 
 use lanyard_stt::{
-    EndpointConfig, Endpointer, LocalAgreement, SpeechToText, VadEvent, WhisperConfig, WhisperCt2,
-    word_error_rate,
+    EndpointConfig, Endpointer, LocalAgreement, MAX_BATCH, SpeechToText, VadEvent, WhisperConfig,
+    WhisperCt2, word_error_rate,
 };
 use reference_set::{
     REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile,
@@ -239,35 +240,14 @@ fn main() {
             rows[2].texts.push(text);
         }
 
-        // (d): rounds of four different utterances ending at the same moment.
+        // (d): rounds of four different utterances ending at the same moment,
+        // through the server's worker pool (see `pooled`).
         for (round_index, round) in chunk.chunks(SPEAKERS).enumerate() {
             if round.len() < SPEAKERS {
                 break;
             }
-            let barrier = Arc::new(Barrier::new(SPEAKERS + 1));
-            let results: Vec<(f64, String)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = round
-                    .iter()
-                    .map(|u| {
-                        let (engine, barrier) = (Arc::clone(&lanyard), Arc::clone(&barrier));
-                        scope.spawn(move || {
-                            barrier.wait();
-                            let text = engine.transcribe(&u.samples).expect("transcribe (d)").text;
-                            (Instant::now(), text)
-                        })
-                    })
-                    .collect();
-                let common_start = Instant::now();
-                barrier.wait();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        let (done, text) = h.join().expect("speaker thread");
-                        (done.duration_since(common_start).as_secs_f64(), text)
-                    })
-                    .collect()
-            });
-            for (i, (secs, text)) in results.into_iter().enumerate() {
+            let jobs: Vec<(f64, &[f32])> = round.iter().map(|u| (0.0, &u.samples[..])).collect();
+            for (i, (secs, text)) in pooled(&lanyard, &jobs, 0.0).into_iter().enumerate() {
                 let k = base + round_index * SPEAKERS + i;
                 speaker_secs[k] = secs;
                 speaker_texts[k] = text;
@@ -497,36 +477,62 @@ fn streamed(engine: &WhisperCt2, u: &Utterance, stream: &Stream, prefix: bool) -
     ((decode - stream.cut.map_or(0.0, |c| c.lead)).max(0.0), text)
 }
 
-/// (f): four speakers whose audio ends at the same instant `end`. Each
-/// speculative decode is submitted `lead` before `end`, the others at `end`,
-/// and the engine takes one at a time in order of arrival, as the server's
-/// worker pool does. TTFS is from `end` to each transcript.
+/// (f): four speakers whose audio ends at the same instant. Each decode is
+/// submitted `lead` before that instant (a speculative one) or at it, to
+/// the pool as in `pooled`; TTFS runs from the common end.
 fn streamed_together(engine: &WhisperCt2, round: &[Utterance], streams: &[Stream]) -> Vec<(f64, String)> {
     let lead_max = streams.iter().filter_map(|s| s.cut).map(|c| c.lead).fold(0.0, f64::max);
-    let gate = std::sync::Mutex::new(());
+    let jobs: Vec<(f64, &[f32])> = round
+        .iter()
+        .zip(streams)
+        .map(|(u, s)| match s.cut {
+            Some(c) => (lead_max - c.lead, &u.samples[..c.len]),
+            None => (lead_max, &u.samples[..]),
+        })
+        .collect();
+    pooled(engine, &jobs, lead_max)
+}
+
+/// The server's worker pool (`lanyard-server`'s `stt_pool`), reduced to what
+/// latency depends on: one engine; whatever is waiting when it comes free,
+/// up to `MAX_BATCH`, goes to it as one batch (`transcribe_batch`). Each job
+/// is submitted at its offset in seconds from the start; returns, per job,
+/// the seconds from `clock_start` (an offset) to its transcript, at least 0.
+fn pooled(engine: &WhisperCt2, jobs: &[(f64, &[f32])], clock_start: f64) -> Vec<(f64, String)> {
+    use std::sync::{Condvar, Mutex};
+    let queue: (Mutex<Vec<usize>>, Condvar) = (Mutex::new(Vec::new()), Condvar::new());
     let start = Instant::now();
-    let end = start + std::time::Duration::from_secs_f64(lead_max);
+    let mut out: Vec<Option<(f64, String)>> = vec![None; jobs.len()];
     std::thread::scope(|scope| {
-        let handles: Vec<_> = round
-            .iter()
-            .zip(streams)
-            .map(|(u, stream)| {
-                let gate = &gate;
-                scope.spawn(move || {
-                    let cut = stream.cut;
-                    let submit = end - std::time::Duration::from_secs_f64(cut.map_or(0.0, |c| c.lead));
-                    std::thread::sleep(submit.saturating_duration_since(Instant::now()));
-                    let audio = cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);
-                    let text = {
-                        let _turn = gate.lock().expect("engine gate");
-                        engine.transcribe(audio).expect("transcribe (f)").text
-                    };
-                    (Instant::now().saturating_duration_since(end).as_secs_f64(), text)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("speaker thread")).collect()
-    })
+        for (i, (offset, _)) in jobs.iter().enumerate() {
+            let queue = &queue;
+            scope.spawn(move || {
+                let at = start + std::time::Duration::from_secs_f64(*offset);
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                queue.0.lock().expect("queue").push(i);
+                queue.1.notify_one();
+            });
+        }
+        let mut done = 0;
+        while done < jobs.len() {
+            let batch: Vec<usize> = {
+                let mut q = queue.0.lock().expect("queue");
+                while q.is_empty() {
+                    q = queue.1.wait(q).expect("queue");
+                }
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect()
+            };
+            let pcms: Vec<&[f32]> = batch.iter().map(|&i| jobs[i].1).collect();
+            let results = engine.transcribe_batch(&pcms);
+            let at = start.elapsed().as_secs_f64();
+            for (i, result) in batch.into_iter().zip(results) {
+                out[i] = Some(((at - clock_start).max(0.0), result.expect("transcribe (pool)").text));
+                done += 1;
+            }
+        }
+    });
+    out.into_iter().map(|r| r.expect("every job ran")).collect()
 }
 
 /// Prints one bar's verdict and its margin.

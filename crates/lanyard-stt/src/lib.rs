@@ -58,7 +58,7 @@ pub use remote::{
     RemoteConfig, RemoteStt, TRANSCRIPTIONS_PATH, endpoint_url,
 };
 pub use wer::word_error_rate;
-pub use whisper::{DEFAULT_MIN_WINDOW_SECS, WhisperConfig, WhisperCt2};
+pub use whisper::{DEFAULT_MIN_WINDOW_SECS, MAX_BATCH, WhisperConfig, WhisperCt2};
 
 /// A speech recogniser. Implementations are loaded once and shared across
 /// connections, hence `Send + Sync` and `&self`.
@@ -73,6 +73,12 @@ pub trait SpeechToText: Send + Sync {
     fn transcribe_with_prefix(&self, pcm16k: &[f32], prefix: &str) -> Result<Transcript, SttError> {
         let _ = prefix;
         self.transcribe(pcm16k)
+    }
+
+    /// Transcribes several utterances, in input order. The default runs
+    /// them one by one; an engine that gains from batching overrides it.
+    fn transcribe_batch(&self, batch: &[&[f32]]) -> Vec<Result<Transcript, SttError>> {
+        batch.iter().map(|pcm| self.transcribe(pcm)).collect()
     }
 
     /// A quick transcription for a partial result while the user is still

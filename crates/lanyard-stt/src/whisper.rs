@@ -348,8 +348,20 @@ impl WhisperCt2 {
         temperature: f32,
         mode: &Mode,
     ) -> Result<Hypothesis, SttError> {
+        let options = self.options(max_length, temperature, mode);
+        let result = self
+            .model
+            .generate(encoded, std::slice::from_ref(&mode.prompt(&self.prompt)), &options)
+            .map_err(inference)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| inference("CTranslate2 returned no result"))?;
+        self.hypothesis(result, temperature)
+    }
+
+    fn options(&self, max_length: usize, temperature: f32, mode: &Mode) -> WhisperOptions {
         let sampling = temperature > 0.0;
-        let options = WhisperOptions {
+        WhisperOptions {
             beam_size: if sampling || mode.draft {
                 1
             } else {
@@ -367,14 +379,11 @@ impl WhisperCt2 {
             suppress_blank: true,
             suppress_tokens: vec![-1],
             ..Default::default()
-        };
-        let result = self
-            .model
-            .generate(encoded, std::slice::from_ref(&mode.prompt(&self.prompt)), &options)
-            .map_err(inference)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| inference("CTranslate2 returned no result"))?;
+        }
+    }
+
+    /// The text and guard figures of one generation result.
+    fn hypothesis(&self, result: sys::WhisperGenerationResult, temperature: f32) -> Result<Hypothesis, SttError> {
         let ids: Vec<u32> = result
             .sequences_ids
             .first()
@@ -410,6 +419,12 @@ impl SpeechToText for WhisperCt2 {
     /// start over. Audio longer than one window ignores the prefix.
     fn transcribe_with_prefix(&self, pcm16k: &[f32], prefix: &str) -> Result<Transcript, SttError> {
         self.run(pcm16k, false, prefix)
+    }
+
+    /// One encoder batch and one beam search for up to [`MAX_BATCH`]
+    /// utterances of the same window (see `run_batch`).
+    fn transcribe_batch(&self, batch: &[&[f32]]) -> Vec<Result<Transcript, SttError>> {
+        self.run_batch(batch)
     }
 
     /// Greedy search and no temperature fallback, for partials that the
@@ -490,7 +505,99 @@ impl Mode {
     }
 }
 
+/// Most utterances transcribed in one batch.
+pub const MAX_BATCH: usize = 4;
+
 impl WhisperCt2 {
+    /// Transcribes several utterances at once (`SpeechToText::transcribe_batch`), as one encoder batch and one
+    /// beam search over all of them, which keeps both cores busier than a
+    /// single short utterance does. Utterances batch together when each fits
+    /// one encoder window and the windows have the same length (everything
+    /// up to the window floor, 10 s by default); otherwise, or for a
+    /// hypothesis the loop guard rejects, they are transcribed one by one as
+    /// [`SpeechToText::transcribe`] would. Results are in input order and
+    /// equal to that method's, up to floating-point summation order.
+    fn run_batch(&self, batch: &[&[f32]]) -> Vec<Result<Transcript, SttError>> {
+        let started = Instant::now();
+        let one_by_one = || batch.iter().map(|pcm| self.transcribe(pcm)).collect();
+        if batch.len() < 2 || batch.len() > MAX_BATCH {
+            return one_by_one();
+        }
+        let rate = self.preprocessor.sampling_rate as f32;
+        let hop = self.front_end.hop_length();
+        let min_window = (self.config.min_window_secs.max(0.0) * rate) as usize;
+        let plans: Vec<Vec<Window>> = batch
+            .iter()
+            .map(|pcm| plan_windows(pcm.len(), min_window, self.preprocessor.max_window_samples(), hop))
+            .collect();
+        let Some(len) = plans.first().and_then(|p| p.first()).map(|w| w.len) else { return one_by_one() };
+        let batchable = plans.iter().all(|p| p.len() == 1 && p[0].len == len)
+            && batch.iter().all(|pcm| pcm.iter().all(|s| s.is_finite()));
+        if !batchable {
+            return one_by_one();
+        }
+        match self.batch_windows(batch, &plans, len) {
+            Ok(texts) => texts
+                .into_iter()
+                .zip(batch)
+                .map(|(text, pcm)| match text {
+                    Some(text) => Ok(Transcript {
+                        text,
+                        audio_secs: pcm.len() as f32 / rate,
+                        compute_secs: started.elapsed().as_secs_f32(),
+                    }),
+                    None => self.transcribe(pcm),
+                })
+                .collect(),
+            Err(e) => batch.iter().map(|_| Err(SttError::Inference { message: e.to_string() })).collect(),
+        }
+    }
+
+    /// The batch's texts; `None` for one the loop guard rejected.
+    fn batch_windows(&self, batch: &[&[f32]], plans: &[Vec<Window>], len: usize) -> Result<Vec<Option<String>>, SttError> {
+        let hop = self.front_end.hop_length();
+        let rate = self.preprocessor.sampling_rate as f32;
+        let mut data = Vec::new();
+        let (mut n_mels, mut n_frames) = (0, 0);
+        for pcm in batch {
+            let mut padded = pcm.to_vec();
+            padded.resize(len, 0.0);
+            let features = self.front_end.log_mel(&padded).frames(0, len / hop);
+            (n_mels, n_frames) = (features.n_mels, features.n_frames);
+            data.extend_from_slice(&features.data);
+        }
+        let shape = [batch.len(), n_mels, n_frames];
+        let input = StorageView::new(&shape, &mut data, Device::CPU).map_err(inference)?;
+        let encoded = self.model.encode(&input, false).map_err(inference)?;
+        let max_length = plans
+            .iter()
+            .map(|p| max_length_for(p[0].speech as f32 / rate, self.config.max_tokens_per_sec))
+            .max()
+            .unwrap_or(1);
+        let mode = Mode { draft: false, prefix: Vec::new() };
+        let prompts = vec![mode.prompt(&self.prompt); batch.len()];
+        let results = self.model.generate(&encoded, &prompts, &self.options(max_length, 0.0, &mode)).map_err(inference)?;
+        if results.len() != batch.len() {
+            return Err(inference("CTranslate2 returned a result per batch item, but not as many"));
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                let mut h = self.hypothesis(result, 0.0)?;
+                if let Some(cut) = repetition_cut(&h.text) {
+                    h.compression_ratio = compression_ratio(&cut);
+                    h.text = cut;
+                }
+                if h.compression_ratio > self.config.compression_ratio_threshold {
+                    return Ok(None);
+                }
+                let silent = h.no_speech_prob > self.config.certain_no_speech_threshold
+                    || (h.no_speech_prob > self.config.no_speech_threshold && h.avg_logprob < self.config.log_prob_threshold);
+                Ok(Some(if silent { String::new() } else { h.text }))
+            })
+            .collect()
+    }
+
     fn mode(&self, draft: bool, prefix: &str) -> Result<Mode, SttError> {
         let prefix_text = prefix.split_whitespace().collect::<Vec<_>>().join(" ");
         if prefix_text.is_empty() {

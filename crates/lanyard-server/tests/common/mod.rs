@@ -141,10 +141,17 @@ impl From<(u16, String)> for In {
     }
 }
 
+/// Reads until `opened`. Results of the device's other utterances (a final
+/// or a reply of one posted earlier) may come down the stream first.
 pub async fn expect_opened(ws: &mut Ws) -> (u32, bool) {
-    match recv(ws).await {
-        In::Text(ServerMsg::Opened { next_seq, complete, .. }) => (next_seq, complete),
-        _ => panic!("expected opened"),
+    loop {
+        match recv(ws).await {
+            In::Text(ServerMsg::Opened { next_seq, complete, .. }) => return (next_seq, complete),
+            In::Text(ServerMsg::Final { .. } | ServerMsg::Reply { .. }) => {}
+            In::Text(other) => panic!("expected opened, got {other:?}"),
+            In::Ack(a) => panic!("expected opened, got an ack {a:?}"),
+            In::Close(c, r) => panic!("expected opened, the server closed {c} {r}"),
+        }
     }
 }
 
