@@ -18,6 +18,18 @@
 //! utterance's does. The tokio hop (`spawn_blocking`), the socket and the
 //! metrics are not included.
 //!
+//! `group_commit_*`: what the streaming endpoint does now, through the
+//! store's group committer (`AudioStore::commit`): N utterances (one a
+//! connection) of 10 frames each (200 ms of audio, one relay send) submitted
+//! together, then every answer awaited. One iteration is one group commit:
+//! the committer writes the N appends and syncs once for all of them
+//! (`syncfs` from two files up, `fdatasync` for one; see
+//! `lanyard_server`'s `audio::commit`). The parse and the ACK are as above
+//! and not repeated. Back-to-back iterations meet the committer's window
+//! (`COMMIT_WINDOW`, 5 ms between sync starts), so an iteration takes at
+//! least that: `group_commit_1x10_frames` shows the window, not the sync,
+//! and the larger ones what the writes and one sync add to it.
+//!
 //! Run: `cargo bench -p lanyard-server --bench ingest`
 //! (a quick look: `-- --warm-up-time 1 --measurement-time 3`).
 
@@ -26,7 +38,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lanyard_proto::Uuid;
 use lanyard_proto::wire::{self, Ack, Audio, Binary};
-use lanyard_server::AudioStore;
+use lanyard_server::{Append, AudioStore};
 
 /// Bytes in one 20 ms Opus frame at 32 kb/s.
 const FRAME_LEN: usize = 80;
@@ -68,6 +80,31 @@ fn ingest(c: &mut Criterion) {
                 let first = w.frames();
                 let next = w.append_durable(first, frames.iter().map(Vec::as_slice)).unwrap();
                 black_box(wire::encode_ack(Ack { handle: HANDLE, next }))
+            })
+        });
+    }
+    for streams in [1usize, 100, 1000] {
+        let writers: Vec<_> = (0..streams).map(|_| store.writer(device, Uuid::now_v7()).unwrap()).collect();
+        let frames: Vec<Vec<u8>> = messages(10)
+            .iter()
+            .map(|m| match wire::parse_binary(m).unwrap() {
+                Binary::Audio(a) => a.frame.to_vec(),
+                Binary::Ack(_) => unreachable!("only AUDIO is sent"),
+            })
+            .collect();
+        g.throughput(Throughput::Elements(streams as u64 * 10));
+        g.bench_function(format!("group_commit_{streams}x10_frames"), |b| {
+            b.iter(|| {
+                let tickets: Vec<_> = writers
+                    .iter()
+                    .map(|w| {
+                        let first = w.lock().unwrap().frames();
+                        store.commit(Append { audio: w.clone(), first, frames: frames.clone(), then: None })
+                    })
+                    .collect();
+                for t in tickets {
+                    black_box(t.wait().unwrap());
+                }
             })
         });
     }

@@ -11,10 +11,15 @@
 //!
 //! Record *i* is frame *i*. The file is the truth about how many frames the
 //! server holds: an acknowledgement is sent only after the records are
-//! written and `fdatasync`ed, and on open a torn tail (from a crash mid-write)
+//! written and made durable, and on open a torn tail (from a crash mid-write)
 //! is truncated, so the count never includes a frame that is not fully on disk.
 //! Because the count is the resume point, and every append says which frame
 //! it starts at (skipping what is held), a frame is never stored twice.
+//!
+//! Two ways in: [`UtteranceAudio::append_durable`] writes and `fdatasync`s
+//! at once (the upload), and [`AudioStore::commit`] hands the append to the
+//! store's group committer ([`commit`]), which writes the frames of many
+//! connections and makes them durable with one sync (the stream).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -25,27 +30,48 @@ use std::sync::{Arc, Mutex};
 use lanyard_proto::ble::MAX_FRAME_LEN;
 use uuid::Uuid;
 
+pub mod commit;
+
+pub use commit::{Append, Then};
+
 /// The frames of one utterance, open for appending.
 #[derive(Debug)]
 pub struct UtteranceAudio {
     path: PathBuf,
     file: File,
+    /// Records in the file.
     frames: u32,
+    /// Records known to be durable: `frames`, except between a
+    /// [`write`](Self::write) and the sync that covers it.
+    durable: u32,
+    /// A sync of written records failed: what the file holds is unknown, and
+    /// the store reopens it (recounting its records) instead of appending.
+    failed: bool,
+    /// The device of the file's filesystem (`st_dev`): the committer's
+    /// `syncfs` covers it only if it is the data directory's.
+    dev: u64,
 }
 
 impl UtteranceAudio {
-    /// Frames held durably.
+    /// Frames held: records written to the file. Equal to [`durable`](Self::durable)
+    /// except while a group commit is between its write and its sync.
     pub fn frames(&self) -> u32 {
         self.frames
     }
 
-    /// Appends frames and makes them durable: `frames` are frames `first`,
-    /// `first + 1`, ... of the utterance. Those the file already holds are
-    /// skipped, so two writers racing on one utterance (a stream resuming
-    /// while a background upload completes it) never store a frame twice. A
-    /// `first` past the end would leave a gap and is refused. Returns the
-    /// frames held; on return `frames()` counts them.
-    pub fn append_durable<'a>(&mut self, first: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> io::Result<u32> {
+    /// Frames known to be durable.
+    pub fn durable(&self) -> u32 {
+        self.durable
+    }
+
+    /// Appends frames without syncing them (see [`append_durable`](Self::append_durable)
+    /// for `first` and the return value); they count in [`durable`](Self::durable)
+    /// only once a sync that started after this write has succeeded and
+    /// [`synced`](Self::synced) says so.
+    pub fn write<'a>(&mut self, first: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> io::Result<u32> {
+        if self.failed {
+            return Err(io::Error::other(format!("{}: an earlier sync failed", self.path.display())));
+        }
         if first > self.frames {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -63,10 +89,51 @@ impl UtteranceAudio {
         if n == 0 {
             return Ok(self.frames);
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if let Err(e) = self.file.write_all(&buf) {
+            // Part of the buffer may be in the file: a torn tail that only a
+            // reopen (which truncates it) can account for.
+            self.failed = true;
+            return Err(e);
+        }
         self.frames += n;
         Ok(self.frames)
+    }
+
+    /// A sync that started after the first `frames` records were written
+    /// has succeeded.
+    pub fn synced(&mut self, frames: u32) {
+        self.durable = self.durable.max(frames.min(self.frames));
+    }
+
+    /// A sync that covered this file's unsynced records failed.
+    fn sync_failed(&mut self) {
+        self.failed = true;
+    }
+
+    /// `fdatasync`s the file if records written are not known durable yet.
+    pub fn make_durable(&mut self) -> io::Result<u32> {
+        if self.failed {
+            return Err(io::Error::other(format!("{}: an earlier sync failed", self.path.display())));
+        }
+        if self.durable < self.frames {
+            if let Err(e) = self.file.sync_data() {
+                self.failed = true;
+                return Err(e);
+            }
+            self.durable = self.frames;
+        }
+        Ok(self.durable)
+    }
+
+    /// Appends frames and makes them durable: `frames` are frames `first`,
+    /// `first + 1`, ... of the utterance. Those the file already holds are
+    /// skipped, so two writers racing on one utterance (a stream resuming
+    /// while a background upload completes it) never store a frame twice. A
+    /// `first` past the end would leave a gap and is refused. Returns the
+    /// frames held; on return `frames()` counts them.
+    pub fn append_durable<'a>(&mut self, first: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> io::Result<u32> {
+        self.write(first, frames)?;
+        self.make_durable()
     }
 
     pub fn path(&self) -> &Path {
@@ -102,12 +169,24 @@ pub struct AudioStore {
     /// Utterances being written. A stream and an upload of the same
     /// utterance share one entry, so their appends are serialized.
     open: Mutex<HashMap<Uuid, Arc<Mutex<UtteranceAudio>>>>,
+    /// The group committer of [`commit`](Self::commit), started on first use.
+    committer: std::sync::OnceLock<commit::Committer>,
 }
 
 impl AudioStore {
     pub fn new(root: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&root)?;
-        Ok(Self { root, open: Mutex::new(HashMap::new()) })
+        Ok(Self { root, open: Mutex::new(HashMap::new()), committer: std::sync::OnceLock::new() })
+    }
+
+    /// Appends frames through the group committer (see [`commit`]): the
+    /// answer comes once they are durable, with the frames held, as from
+    /// [`UtteranceAudio::append_durable`]; then `append.then` runs, on the
+    /// committer's feeder thread, in the order of the commits.
+    pub fn commit(&self, append: Append) -> commit::Ticket {
+        self.committer
+            .get_or_init(|| commit::Committer::start(commit::FsSync::new(&self.root), commit::COMMIT_WINDOW))
+            .submit(append)
     }
 
     pub fn path(&self, device: Uuid, utterance: Uuid) -> PathBuf {
@@ -117,9 +196,17 @@ impl AudioStore {
     /// Opens an utterance for appending, recovering its frame count. Blocking.
     pub fn writer(&self, device: Uuid, utterance: Uuid) -> io::Result<Arc<Mutex<UtteranceAudio>>> {
         let mut open = self.open.lock().expect("audio map poisoned");
-        if let Some(w) = open.get(&utterance) {
-            return Ok(w.clone());
+        if let Some(w) = open.get(&utterance).cloned()
+            && !w.lock().expect("audio lock poisoned").failed
+        {
+            drop(open);
+            // The count is a resume point: what it counts must be durable
+            // (frames a group commit wrote and has not synced yet are synced
+            // here, outside the map's lock).
+            w.lock().expect("audio lock poisoned").make_durable()?;
+            return Ok(w);
         }
+        // Not open, or a sync of it failed: (re)open and recount below.
         let path = self.path(device, utterance);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
@@ -134,7 +221,8 @@ impl AudioStore {
             file.set_len(good as u64)?;
             file.sync_all()?;
         }
-        let w = Arc::new(Mutex::new(UtteranceAudio { path, file, frames }));
+        let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata()?);
+        let w = Arc::new(Mutex::new(UtteranceAudio { path, file, frames, durable: frames, failed: false, dev }));
         open.insert(utterance, w.clone());
         Ok(w)
     }

@@ -58,7 +58,7 @@ use lanyard_stt::{SpeechToText, SttError};
 use thiserror::Error;
 use tokio::sync::Notify;
 
-pub use crate::audio::AudioStore;
+pub use crate::audio::{Append, AudioStore};
 pub use crate::hub::Hub;
 use crate::config::{AudioSection, ConfigError, LimitsSection, PushSection, SttBackend};
 use crate::limits::Limiter;

@@ -7,10 +7,16 @@
 //! per-device limits apply to each stream alone, as they would in the field)
 //! with one WebSocket connection to `/v1/stream` carrying one utterance.
 //!
-//! Every stream sends one frame (80 bytes by default: Opus at 32 kb/s, 20 ms)
-//! every 20 ms, at a start phase drawn at random so the streams do not fire
-//! in lockstep, and never ends its utterance: the server ingests and acks,
-//! and speech-to-text is never run ("STT queued, not run").
+//! Every stream makes one frame (80 bytes by default: Opus at 32 kb/s, 20 ms,
+//! of quiet noise that the server's voice activity detector does not take
+//! for speech; see `opus_frames`)
+//! every 20 ms and sends the frames it has every `--batch-ms` (200 by
+//! default, as the relay does: `HostConfig::send_interval`), each frame its
+//! own binary WebSocket message and the batch one socket write; `--batch-ms
+//! 20` sends each frame as it is made. Each stream starts at a phase drawn at
+//! random so the streams do not fire in lockstep, and never ends its
+//! utterance: the server ingests and acks, and speech-to-text is never run
+//! ("STT queued, not run").
 //!
 //! # What is measured
 //!
@@ -20,7 +26,7 @@
 //! the acks of its last frames arrive under the same load.
 //!
 //! - **Ack latency** of a frame: from just before the frame is written to its
-//!   socket to the arrival of the first ACK that covers it (`next > seq`;
+//!   socket (with its batch) to the arrival of the first ACK that covers it (`next > seq`;
 //!   ACKs are cumulative, so one ACK can end several frames' latency). The
 //!   server acks only after `fdatasync`, so this is also the frame's **time
 //!   to safe** as the relay sees it: "last frame sent -> its ack" is this
@@ -30,9 +36,10 @@
 //!   Percentiles cover every frame sent in the window; a frame still unacked
 //!   when the drain ends counts as infinitely late (so more than 1% unacked
 //!   makes p99 "unacked").
-//! - **Send lag**: how late the generator wrote each frame against its 20 ms
-//!   schedule. If it grows, the generator (which shares the CPU with the
-//!   server) is falling behind, and the latencies understate the load.
+//! - **Send lag**: how late the generator wrote each frame against its
+//!   batch's schedule (every `--batch-ms`). If it grows, the generator (which
+//!   shares the CPU with the server) is falling behind, and the latencies
+//!   understate the load.
 //! - **Server RSS**: `VmRSS` at the end of the window, the largest `VmRSS`
 //!   sampled during it, and `VmHWM` (the peak over the server's life, model
 //!   load included), from `/proc/<pid>/status`.
@@ -71,11 +78,14 @@ pub enum BenchCommand {
 on 127.0.0.1 with a temporary data directory and admin token, and stopped at the end. With --server, pass \
 --admin-token (the devices are created through the admin API, and removed again at the end) and \
 --server-pid for RSS and CPU figures (the server must run on this machine).\n\n\
-Ack latency is measured per frame: from just before the frame is written to the socket to the first ACK \
-that covers it. The server acks only after fdatasync, so this is the time to safe of that frame; \
-`--streams 100` is the time-to-safe measurement.\n\n\
+Each stream makes a frame every 20 ms and sends what it has every --batch-ms (200, as the relay does) in \
+one socket write; --batch-ms 20 sends every frame alone.\n\n\
+Ack latency is measured per frame: from just before the frame is written to the socket (with its batch) to \
+the first ACK that covers it. The server acks only once the frame is durable (synced), so this is the time \
+to safe of that frame; `--streams 100` is the time-to-safe measurement.\n\n\
 Examples:\n  lanyard bench ingest --streams 2000 --secs 30 --json ingest-2000.json\n  \
 lanyard bench ingest --streams 100\n  \
+lanyard bench ingest --streams 500 --batch-ms 20\n  \
 lanyard bench ingest --server http://127.0.0.1:8080 --admin-token $LANYARD_ADMIN_TOKEN --server-pid $(pidof lanyard)")]
 pub struct IngestArgs {
     /// Simultaneous streams (one device, one connection, one utterance each).
@@ -90,9 +100,15 @@ pub struct IngestArgs {
     /// New connections a second while ramping up.
     #[arg(long, default_value_t = 200.0)]
     ramp: f64,
-    /// Bytes per codec frame: 80 is Opus at 32 kb/s in 20 ms frames.
+    /// Bytes per codec frame: 80 is Opus at 32 kb/s in 20 ms frames (quiet
+    /// noise, encoded at constant bit rate and padded to this size).
     #[arg(long, default_value_t = 80)]
     frame_bytes: usize,
+    /// Each stream sends the frames made since its last send every this many
+    /// milliseconds, in one socket write (a multiple of 20; 200 is the
+    /// relay's send interval, 20 sends every frame alone).
+    #[arg(long, default_value_t = 200)]
+    batch_ms: u64,
     /// A running server's base URL (http://HOST:PORT); by default one is started.
     #[arg(long)]
     server: Option<String>,
@@ -176,6 +192,9 @@ struct StreamResult {
 async fn ingest(args: IngestArgs) -> Result<()> {
     if args.streams == 0 || args.secs == 0 || args.ramp <= 0.0 {
         bail!("--streams, --secs and --ramp must be positive");
+    }
+    if args.batch_ms == 0 || !args.batch_ms.is_multiple_of(FRAME.as_millis() as u64) || args.batch_ms > 10_000 {
+        bail!("--batch-ms must be a multiple of 20, up to 10000");
     }
     if args.frame_bytes == 0 || args.frame_bytes > wire::limits::MAX_FRAME_BYTES {
         bail!("--frame-bytes must be 1 to {}", wire::limits::MAX_FRAME_BYTES);
@@ -445,16 +464,15 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
     }
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id()).rotate_left(32);
+    let frames = Arc::new(opus_frames(args.frame_bytes, &mut seed)?);
     let mut tasks = Vec::with_capacity(n);
     let ramp_start = Instant::now();
     for (i, dev) in devices.iter().enumerate() {
         tokio::time::sleep_until((ramp_start + Duration::from_secs_f64(i as f64 / args.ramp)).into()).await;
         let phase = Duration::from_nanos(splitmix(&mut seed) % FRAME.as_nanos() as u64);
-        let mut frame = vec![0u8; args.frame_bytes];
-        for chunk in frame.chunks_mut(8) {
-            chunk.copy_from_slice(&splitmix(&mut seed).to_le_bytes()[..chunk.len()]);
-        }
-        tasks.push(tokio::spawn(stream(ws_url.clone(), dev.token.clone(), frame, phase, base, shared.clone(), stopped.clone())));
+        let frame = (frames.clone(), (splitmix(&mut seed) % frames.len() as u64) as usize);
+        let batch = Duration::from_millis(args.batch_ms);
+        tasks.push(tokio::spawn(stream(ws_url.clone(), dev.token.clone(), frame, phase, batch, base, shared.clone(), stopped.clone())));
         if i % 16 == 0 {
             update_connect(&pb, &shared);
         }
@@ -498,12 +516,12 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
         let since = now - phase_start;
         if window.is_none() && since >= Duration::from_secs(args.warmup_secs) {
             shared.window_start.store((now - base).as_nanos() as u64, Ordering::Relaxed);
-            window = Some((now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0)));
+            window = Some((now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs()));
             pb.set_prefix("measure");
         }
         if since >= Duration::from_secs(total) {
             shared.window_end.store((now - base).as_nanos() as u64, Ordering::Relaxed);
-            window_end = (now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0));
+            window_end = (now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs());
             break;
         }
         if window.is_some() {
@@ -540,8 +558,8 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
     let _ = stop.send(true);
 
     // 4. Gather.
-    let (w_start, cpu0, self0) = window.expect("the window opened");
-    let (w_end, cpu1, self1) = window_end;
+    let (w_start, cpu0, self0, busy0) = window.expect("the window opened");
+    let (w_end, cpu1, self1, busy1) = window_end;
     let wall = (w_end - w_start).as_secs_f64();
     let mut lat = Vec::new();
     let mut lag = Vec::new();
@@ -584,6 +602,9 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
     };
     let server_cores = server_split.map(|(u, s)| u + s);
     let gen_cores = (self1 - self0) / wall;
+    let busy_cores = busy0.zip(busy1).map(|(a, b)| (b - a) / wall);
+    // What the rest of the machine used meanwhile: a noisy neighbour shows here.
+    let other_cores = busy_cores.map(|b| (b - server_cores.unwrap_or(0.0) - gen_cores).max(0.0));
     let streams_live = connected.saturating_sub(dropped);
     let p99 = pct(0.99);
     let max = if w_unacked > 0 { None } else { lat.last().map(|&us| us as f64 / 1000.0) };
@@ -609,6 +630,7 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
             "ramp_per_sec": args.ramp,
             "frame_bytes": args.frame_bytes,
             "frame_interval_ms": FRAME.as_millis() as u64,
+            "batch_ms": args.batch_ms,
             "server": server.url,
             "server_started_by_bench": server.child.is_some(),
             "server_pid": server.pid,
@@ -629,12 +651,12 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
             "expected_frames_per_sec": streams_live as f64 * 50.0,
         },
         "ack_latency_ms": {
-            "definition": "per frame: just before it is written to the socket -> the first ACK covering it (the server acks after fdatasync); also the time to safe of that frame; unacked frames count as infinitely late (null)",
+            "definition": "per frame: just before it is written to the socket (with its batch) -> the first ACK covering it (the server acks once the frame is durable); also the time to safe of that frame; unacked frames count as infinitely late (null)",
             "p50": pct(0.50), "p95": pct(0.95), "p99": p99, "p999": pct(0.999), "max": max,
         },
         "time_to_safe_p99_ms": p99,
         "send_lag_ms": {
-            "definition": "how late the load generator wrote each frame against its 20 ms schedule",
+            "definition": "how late the load generator wrote each frame against its batch's schedule (every batch_ms)",
             "p50": lag_pct(0.50), "p99": lag_pct(0.99), "max": lag_pct(1.0),
         },
         "server": {
@@ -646,6 +668,10 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
             "cpu_cores_user": server_split.map(|(u, _)| u),
             "cpu_cores_system": server_split.map(|(_, s)| s),
             "cpu_percent_of_machine": server_cores.map(|c| 100.0 * c / cores as f64),
+        },
+        "machine": {
+            "cpu_cores_busy": busy_cores,
+            "cpu_cores_other_processes": other_cores,
         },
         "load_generator": {
             "cpu_cores_used": gen_cores,
@@ -669,8 +695,19 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
 }
 
 /// A moment of the window: when, the server's (user, system) CPU seconds,
-/// this process's CPU seconds.
-type Snapshot = (Instant, Option<(f64, f64)>, f64);
+/// this process's CPU seconds, the machine's busy CPU seconds.
+type Snapshot = (Instant, Option<(f64, f64)>, f64, Option<f64>);
+
+/// /proc/stat: CPU seconds all cores spent busy (not idle or waiting for I/O).
+fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = f.iter().take(8).enumerate().filter(|&(i, _)| i != 3 && i != 4).map(|(_, v)| v).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(busy as f64 / hz)
+}
 
 fn update_connect(pb: &ProgressBar, shared: &Shared) {
     let (c, f) = (shared.connected.load(Ordering::Relaxed), shared.failed.load(Ordering::Relaxed));
@@ -686,17 +723,47 @@ fn splitmix(s: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// What the streams send: one second (50 frames) of quiet noise, about
+/// -60 dBFS, encoded as Opus (16 kHz, 20 ms, constant bit rate) and padded
+/// to `bytes` a frame. The server stores and acks it like any audio, and its
+/// live transcriber decodes it, but its voice activity detector hears no
+/// speech in it, so no speech-to-text runs (random bytes would decode to
+/// loud noise, which it takes for speech: then the live transcriber would
+/// run drafts all the time).
+fn opus_frames(bytes: usize, seed: &mut u64) -> Result<Vec<Vec<u8>>> {
+    const MAX_PACKET: usize = 1275;
+    let mut enc = opus::Encoder::new(16_000, opus::Channels::Mono, opus::Application::Voip).context("opus encoder")?;
+    let bitrate = (bytes.min(MAX_PACKET) * 8 * 50).clamp(6_000, 510_000) as i32;
+    enc.set_bitrate(opus::Bitrate::Bits(bitrate)).context("opus bitrate")?;
+    enc.set_vbr(false).context("opus cbr")?;
+    (0..50)
+        .map(|_| {
+            let pcm: Vec<i16> = (0..320).map(|_| (splitmix(seed) % 61) as i16 - 30).collect();
+            let mut out = vec![0u8; bytes];
+            let n = enc
+                .encode(&pcm, &mut out[..bytes.min(MAX_PACKET)])
+                .with_context(|| format!("cannot make a {bytes}-byte Opus frame"))?;
+            let n = if n < bytes { opus::packet::pad(&mut out, n).context("opus padding")? } else { n };
+            out.truncate(n);
+            Ok(out)
+        })
+        .collect()
+}
+
 fn micros(d: Duration) -> u32 {
     d.as_micros().min(u32::MAX as u128) as u32
 }
 
-/// One simulated relay: connect, open an utterance, send a frame every
-/// 20 ms until told to stop, and time every frame to its ack.
+/// One simulated relay: connect, open an utterance, every `batch` send the
+/// frames made since the last send (one every 20 ms) in one write, until told
+/// to stop, and time every frame to its ack.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     url: String,
     token: String,
-    frame: Vec<u8>,
+    (frames, offset): (Arc<Vec<Vec<u8>>>, usize),
     phase: Duration,
+    batch: Duration,
     base: Instant,
     sh: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -712,28 +779,46 @@ async fn stream(
     };
     sh.connected.fetch_add(1, Ordering::Relaxed);
     let handle = 1u32;
-    let mut ticks = tokio::time::interval_at((Instant::now() + phase).into(), FRAME);
+    let start = Instant::now() + phase;
+    let mut ticks = tokio::time::interval_at(start.into(), batch);
     // A real relay sends a backlog at once, so a late generator catches up.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut pending: VecDeque<(u32, Instant)> = VecDeque::with_capacity(64);
     let mut seq = 0u32;
     let mut acked_next = 0u32;
-    let mut msg = Vec::with_capacity(wire::AUDIO_HEADER_LEN + frame.len());
     let end: Option<String> = loop {
         tokio::select! {
             scheduled = ticks.tick() => {
-                msg.clear();
-                msg.extend_from_slice(&wire::encode_audio(&Audio { handle, seq, frame: &frame }));
+                // The frames made by the scheduled time: one at the start,
+                // then one every 20 ms.
+                let scheduled = scheduled.into_std();
+                let made = (scheduled.saturating_duration_since(start).as_nanos() / FRAME.as_nanos()) as u32 + 1;
                 let sent = Instant::now();
-                if let Err(e) = ws.send(Message::binary(msg.clone())).await {
+                let first = seq;
+                let mut failed = None;
+                // Each frame is its own message; the batch is one write.
+                while seq < made {
+                    let frame = &frames[(offset + seq as usize) % frames.len()];
+                    let msg = wire::encode_audio(&Audio { handle, seq, frame });
+                    if let Err(e) = ws.feed(Message::binary(msg)).await {
+                        failed = Some(e);
+                        break;
+                    }
+                    pending.push_back((seq, sent));
+                    seq += 1;
+                }
+                if let Some(e) = failed {
                     break Some(format!("send failed: {e}"));
                 }
-                pending.push_back((seq, sent));
-                seq += 1;
-                sh.sent.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = ws.flush().await {
+                    break Some(format!("send failed: {e}"));
+                }
+                let n = seq - first;
+                sh.sent.fetch_add(u64::from(n), Ordering::Relaxed);
                 if sh.in_window(base, sent) {
-                    out.window_sent += 1;
-                    out.lag_us.push(micros(sent.saturating_duration_since(scheduled.into_std())));
+                    out.window_sent += u64::from(n);
+                    let lag = micros(sent.saturating_duration_since(scheduled));
+                    out.lag_us.extend(std::iter::repeat_n(lag, n as usize));
                 }
             }
             m = ws.next() => {
@@ -794,7 +879,9 @@ async fn connect(url: &str, token: &str) -> Result<Ws, String> {
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().map_err(|_| "bad token".to_string())?);
     // Small buffers: thousands of connections share this process's memory.
-    let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    // Messages are buffered until the batch's flush (the buffer grows to one
+    // batch: about 1 KB at 200 ms).
+    let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(64 * 1024);
     let (mut ws, _) = tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async_with_config(req, Some(cfg), true))
         .await
         .map_err(|_| "connect timed out (20 s)".to_string())?
@@ -844,6 +931,7 @@ fn print_report(r: &serde_json::Value) {
         c["server"].as_str().unwrap_or("?"),
     );
     println!("  machine            {cores} cores, shared by the server and this load generator (loopback)");
+    println!("  sending            one frame every 20 ms, sent every {} ms in one write", c["batch_ms"]);
     if let Some(fs) = c["server_data_fs"].as_str() {
         println!("  server data on     {fs}");
     }
@@ -871,8 +959,8 @@ fn print_report(r: &serde_json::Value) {
     );
     println!("  time to safe p99   {}   (frame sent -> the ACK that covers it; see --help)", fmt_ms(&r["time_to_safe_p99_ms"]));
     println!(
-        "  generator send lag p50 {}  p99 {}  max {}   (lateness against the 20 ms schedule)",
-        fmt_ms(&g["p50"]), fmt_ms(&g["p99"]), fmt_ms(&g["max"])
+        "  generator send lag p50 {}  p99 {}  max {}   (lateness against the {} ms batch schedule)",
+        fmt_ms(&g["p50"]), fmt_ms(&g["p99"]), fmt_ms(&g["max"]), c["batch_ms"]
     );
     println!(
         "  server RSS         {} at the end, {} max in the window, {} peak (VmHWM)",
@@ -890,6 +978,9 @@ fn print_report(r: &serde_json::Value) {
     }
     let gc = lg["cpu_cores_used"].as_f64().unwrap_or(0.0);
     println!("  generator CPU      {gc:.2} cores ({:.0}% of the machine)", 100.0 * gc / cores as f64);
+    if let Some(o) = r["machine"]["cpu_cores_other_processes"].as_f64() {
+        println!("  other processes    {o:.2} cores (the rest of the machine's busy time in the window: a noisy neighbour)");
+    }
     match (r["streams_per_core"].as_f64(), r["streams_per_core_incl_generator"].as_f64()) {
         (Some(a), Some(b)) => println!("  streams per core   {a:.0} (live streams / server cores used); {b:.0} counting the generator too"),
         _ => println!("  streams per core   n/a"),
