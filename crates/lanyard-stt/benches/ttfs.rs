@@ -202,10 +202,20 @@ fn main() {
     let mut speaker_texts = vec![String::new(); n];
     let mut stream_secs = vec![0.0; n];
     let mut stream_texts = vec![String::new(); n];
+    // The endpointer's settings: the server's, or LANYARD_BENCH_ONSET_MS to
+    // try another silence onset.
+    let endpoint_cfg = EndpointConfig {
+        onset_ms: std::env::var("LANYARD_BENCH_ONSET_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(EndpointConfig::default().onset_ms),
+        ..EndpointConfig::default()
+    };
+    println!("  endpointer  silence onset after {} ms, endpoint after {} ms", endpoint_cfg.onset_ms, endpoint_cfg.end_ms);
     // The server's drafts while each utterance is spoken (untimed here; they
     // run on the engine before the silence onset, when it is otherwise idle).
     eprintln!("  replaying the utterances through the endpointer and partial drafts...");
-    let streams: Vec<Stream> = utterances.iter().map(|u| replay(&lanyard, &u.samples)).collect();
+    let streams: Vec<Stream> = utterances.iter().map(|u| replay(&lanyard, &u.samples, &endpoint_cfg)).collect();
     let cuts: Vec<Option<Cut>> = streams.iter().map(|s| s.cut).collect();
     let mut loads = Vec::new();
     let mut versions = String::new();
@@ -254,8 +264,8 @@ fn main() {
             }
         }
         // (e): the server's streaming path, one speaker.
-        for (i, u) in chunk.iter().enumerate() {
-            let (secs, text) = streamed(&lanyard, u, &streams[base + i], false);
+        for u in chunk {
+            let (secs, text) = simulated(&lanyard, &u.samples, &endpoint_cfg);
             rows[4].secs.push(secs);
             rows[4].texts.push(text);
         }
@@ -439,8 +449,8 @@ struct Stream {
 /// second of audio while speech goes on (LocalAgreement-2 over them), and
 /// the cut of the last silence onset if no speech follows it (`None` if the
 /// final must be decoded after the end).
-fn replay(engine: &WhisperCt2, samples: &[f32]) -> Stream {
-    let mut e = Endpointer::new(EndpointConfig::default());
+fn replay(engine: &WhisperCt2, samples: &[f32], cfg: &EndpointConfig) -> Stream {
+    let mut e = Endpointer::new(cfg.clone());
     let mut agreement = LocalAgreement::new();
     let (mut received, mut drafted, mut cut) = (0, 0, None);
     for batch in samples.chunks(BATCH_SAMPLES) {
@@ -450,7 +460,7 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> Stream {
                 cut = Some((e.position().min(received), received, agreement.text()));
             }
         }
-        if e.in_speech() && received >= drafted + 16_000 {
+        if e.voiced_now() && received >= drafted + 16_000 {
             drafted = received;
             agreement.push(&engine.transcribe_draft(&samples[..received]).expect("draft").text);
         }
@@ -475,6 +485,100 @@ fn streamed(engine: &WhisperCt2, u: &Utterance, stream: &Stream, prefix: bool) -
     let text = engine.transcribe_with_prefix(audio, prefix).expect("transcribe (e)").text;
     let decode = t.elapsed().as_secs_f64();
     ((decode - stream.cut.map_or(0.0, |c| c.lead)).max(0.0), text)
+}
+
+/// (e): one speaker on the server's streaming path, as a discrete-event
+/// replay on the audio's own clock. The audio arrives in 200 ms batches
+/// (a batch at the time its last sample was spoken). The engine runs one
+/// job at a time, for as long as the job really takes here: a partial draft
+/// (greedy) each second of audio while speech goes on, and a speculative
+/// decode at each silence onset (the newest replaces one still queued;
+/// speculative before partial, as `stt_pool` orders them; a running job is
+/// never interrupted). At the end of the audio the end marker arrives:
+/// queued partials go, and if the newest speculative decode covers all the
+/// speech it is the final (a queued one is promoted and runs when the
+/// engine is free); otherwise the whole utterance is decoded once the
+/// engine is free. TTFS runs from the end of the audio to that decode's end.
+fn simulated(engine: &WhisperCt2, samples: &[f32], cfg: &EndpointConfig) -> (f64, String) {
+    struct Sim<'a> {
+        engine: &'a WhisperCt2,
+        samples: &'a [f32],
+        /// When the engine is next free, in seconds of audio.
+        free_at: f64,
+        /// Queued jobs: (queued at, samples).
+        spec: Option<(f64, usize)>,
+        partial: Option<(f64, usize)>,
+        /// The newest speculative decode that started: (ends at, samples, text).
+        spec_run: Option<(f64, usize, String)>,
+    }
+    impl Sim<'_> {
+        /// Runs the queued jobs that start by `now`.
+        fn run_until(&mut self, now: f64) {
+            loop {
+                let (kind, job) = match (self.spec, self.partial) {
+                    (Some(j), _) => (true, j),
+                    (None, Some(j)) => (false, j),
+                    (None, None) => return,
+                };
+                let start = self.free_at.max(job.0);
+                if start > now {
+                    return;
+                }
+                let t = Instant::now();
+                let audio = &self.samples[..job.1];
+                let text = if kind {
+                    self.spec = None;
+                    self.engine.transcribe(audio).expect("speculative decode").text
+                } else {
+                    self.partial = None;
+                    self.engine.transcribe_draft(audio).expect("draft").text
+                };
+                self.free_at = start + t.elapsed().as_secs_f64();
+                if kind {
+                    self.spec_run = Some((self.free_at, job.1, text));
+                }
+            }
+        }
+    }
+    let rate = 16_000.0;
+    let mut sim = Sim { engine, samples, free_at: 0.0, spec: None, partial: None, spec_run: None };
+    let mut e = Endpointer::new(cfg.clone());
+    let (mut received, mut drafted) = (0, 0);
+    for batch in samples.chunks(BATCH_SAMPLES) {
+        received += batch.len();
+        let now = received as f64 / rate;
+        sim.run_until(now);
+        for event in e.push(batch) {
+            if let VadEvent::SilenceOnset { .. } = event {
+                sim.spec = Some((now, e.position().min(received)));
+            }
+        }
+        if e.voiced_now() && received >= drafted + 16_000 && sim.partial.is_none() {
+            drafted = received;
+            sim.partial = Some((now, received));
+        }
+    }
+    let end = samples.len() as f64 / rate;
+    sim.run_until(end);
+    sim.partial = None;
+    let speech_end = e.speech_end();
+    // The newest speculative decode: still queued (promoted now), or run.
+    if let Some((_, len)) = sim.spec
+        && speech_end.is_some_and(|s| s <= len)
+    {
+        sim.run_until(f64::INFINITY);
+    }
+    match sim.spec_run {
+        Some((done, len, text)) if sim.spec.is_none() && speech_end.is_some_and(|s| s <= len) => {
+            ((done - end).max(0.0), text)
+        }
+        _ => {
+            let start = sim.free_at.max(end);
+            let t = Instant::now();
+            let text = engine.transcribe(samples).expect("final decode").text;
+            (start + t.elapsed().as_secs_f64() - end, text)
+        }
+    }
 }
 
 /// (f): four speakers whose audio ends at the same instant. Each decode is

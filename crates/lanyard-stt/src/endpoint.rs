@@ -24,6 +24,9 @@ use earshot::Detector;
 /// Samples per detector frame (16 ms at 16 kHz), fixed by `earshot`.
 pub const VAD_FRAME: usize = 256;
 
+/// See [`Endpointer::voiced_now`].
+pub const VOICED_NOW_MS: usize = 100;
+
 /// Thresholds of the [`Endpointer`]; `Default` gives the tuned values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointConfig {
@@ -159,6 +162,14 @@ impl Endpointer {
     /// Speech is going on: it started, and no silence onset followed yet.
     pub fn in_speech(&self) -> bool {
         self.speaking && !self.onset_sent
+    }
+
+    /// The voice is on now: speech is going on and the last [`VOICED_NOW_MS`]
+    /// held some of it. A partial draft is worth starting only then: in the
+    /// pause that may be the end, it would hold the engine just when the
+    /// final needs it.
+    pub fn voiced_now(&self) -> bool {
+        self.in_speech() && self.speech_end.is_some_and(|end| (self.position - end) * 1000 / 16_000 <= VOICED_NOW_MS)
     }
 
     /// Samples examined so far (whole frames).
