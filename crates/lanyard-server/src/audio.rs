@@ -44,8 +44,16 @@ pub struct UtteranceAudio {
     /// Records known to be durable: `frames`, except between a
     /// [`write`](Self::write) and the sync that covers it.
     durable: u32,
-    /// A sync of written records failed: what the file holds is unknown, and
-    /// the store reopens it (recounting its records) instead of appending.
+    /// File length after the records written, and after the durable ones.
+    bytes: u64,
+    durable_bytes: u64,
+    /// `(frames, bytes)` after each write not yet known durable, so that a
+    /// sync covering the first `n` records knows their length.
+    pending: Vec<(u32, u64)>,
+    /// A write or a sync failed: the file may hold records the disk does
+    /// not (Linux marks pages clean after a failed write-back, so a reread
+    /// would still see them). The store reopens it, cut back to
+    /// `durable_bytes`, instead of appending.
     failed: bool,
     /// The device of the file's filesystem (`st_dev`): the committer's
     /// `syncfs` covers it only if it is the data directory's.
@@ -96,6 +104,8 @@ impl UtteranceAudio {
             return Err(e);
         }
         self.frames += n;
+        self.bytes += buf.len() as u64;
+        self.pending.push((self.frames, self.bytes));
         Ok(self.frames)
     }
 
@@ -103,6 +113,11 @@ impl UtteranceAudio {
     /// has succeeded.
     pub fn synced(&mut self, frames: u32) {
         self.durable = self.durable.max(frames.min(self.frames));
+        let durable = self.durable;
+        if let Some(&(_, bytes)) = self.pending.iter().rev().find(|(f, _)| *f <= durable) {
+            self.durable_bytes = self.durable_bytes.max(bytes);
+        }
+        self.pending.retain(|(f, _)| *f > durable);
     }
 
     /// A sync that covered this file's unsynced records failed.
@@ -121,6 +136,8 @@ impl UtteranceAudio {
                 return Err(e);
             }
             self.durable = self.frames;
+            self.durable_bytes = self.bytes;
+            self.pending.clear();
         }
         Ok(self.durable)
     }
@@ -196,22 +213,38 @@ impl AudioStore {
     /// Opens an utterance for appending, recovering its frame count. Blocking.
     pub fn writer(&self, device: Uuid, utterance: Uuid) -> io::Result<Arc<Mutex<UtteranceAudio>>> {
         let mut open = self.open.lock().expect("audio map poisoned");
-        if let Some(w) = open.get(&utterance).cloned()
-            && !w.lock().expect("audio lock poisoned").failed
-        {
-            drop(open);
-            // The count is a resume point: what it counts must be durable
-            // (frames a group commit wrote and has not synced yet are synced
-            // here, outside the map's lock).
-            w.lock().expect("audio lock poisoned").make_durable()?;
-            return Ok(w);
+        // After a failed write or sync: how much of the file is known durable.
+        let mut cut_to = None;
+        if let Some(w) = open.get(&utterance).cloned() {
+            let failed = {
+                let a = w.lock().expect("audio lock poisoned");
+                a.failed.then_some(a.durable_bytes)
+            };
+            match failed {
+                None => {
+                    drop(open);
+                    // The count is a resume point: what it counts must be
+                    // durable (frames a group commit wrote and has not synced
+                    // yet are synced here, outside the map's lock).
+                    w.lock().expect("audio lock poisoned").make_durable()?;
+                    return Ok(w);
+                }
+                Some(durable_bytes) => cut_to = Some(durable_bytes),
+            }
         }
-        // Not open, or a sync of it failed: (re)open and recount below.
+        // Not open, or a write or sync of it failed: (re)open and recount.
         let path = self.path(device, utterance);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        if let Some(len) = cut_to {
+            // What is past the last successful sync may be in the page cache
+            // only: cut it, and make the cut durable, before counting.
+            tracing::warn!(path = %path.display(), keep = len, "reopening audio after a failed write or sync; cutting what was not synced");
+            file.set_len(len)?;
+            file.sync_all()?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let (records, good) = read_records(&bytes);
@@ -222,7 +255,18 @@ impl AudioStore {
             file.sync_all()?;
         }
         let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata()?);
-        let w = Arc::new(Mutex::new(UtteranceAudio { path, file, frames, durable: frames, failed: false, dev }));
+        let good = good as u64;
+        let w = Arc::new(Mutex::new(UtteranceAudio {
+            path,
+            file,
+            frames,
+            durable: frames,
+            bytes: good,
+            durable_bytes: good,
+            pending: Vec::new(),
+            failed: false,
+            dev,
+        }));
         open.insert(utterance, w.clone());
         Ok(w)
     }

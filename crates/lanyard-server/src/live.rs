@@ -30,11 +30,13 @@
 //! # Bounds
 //!
 //! At most [`MAX_LIVE`] utterances are followed at once; more get no
-//! partials and no speculation, only their final (the engine could not keep
-//! up with more talkers anyway). An utterance is followed for its first
-//! [`LIVE_MAX_AUDIO`] only (partials stop, its samples are freed, and its
-//! final is decoded in full): 30 s of samples is 1.9 MB, so the whole live
-//! state stays under about 125 MB. State not fed for [`LIVE_IDLE`] is
+//! partials, no speculation and no endpoint, only their final (the engine
+//! could not keep up with more talkers anyway, and decoding every stream
+//! would cost the ingest path its CPU). An utterance is followed in full
+//! for its first [`LIVE_MAX_AUDIO`] only (then partials stop, its samples
+//! are freed, its final is decoded in full, and only the endpointer goes
+//! on): 30 s of samples is 1.9 MB, so the whole live state stays under
+//! about 125 MB. State not fed for [`LIVE_IDLE`] is
 //! forgotten, so a stream that never comes back does not hold memory.
 //!
 //! The words the partials agreed on are not forced on the final decode
@@ -71,9 +73,11 @@ pub const MAX_LIVE: usize = 64;
 /// State not fed for this long is dropped.
 pub const LIVE_IDLE: Duration = Duration::from_secs(300);
 
-/// The longest the pipeline waits for a speculative decode that is already
-/// running when the utterance ends, before decoding in full itself.
-const SPECULATIVE_WAIT: Duration = Duration::from_secs(5);
+/// The longest the pipeline waits for the speculative decode it took as the
+/// final (running, or promoted to a final): it always ends, with a text or
+/// `None`, unless the engine itself hangs, and a second decode of the same
+/// audio would only queue behind it. So this is a last resort.
+const SPECULATIVE_WAIT: Duration = Duration::from_secs(120);
 
 /// Where an utterance's speculative decode stands.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,6 +98,10 @@ struct Utterance {
     frames: u32,
     /// Frames were missed: nothing here speaks for the utterance any more.
     broken: bool,
+    /// Past [`LIVE_MAX_AUDIO`]: the samples are gone and there are no more
+    /// partials or speculation, but the endpointer still listens, so that a
+    /// marker-less (Omi) stream still gets its endpoint.
+    overlong: bool,
     endpointer: Endpointer,
     agreement: LocalAgreement,
     /// `pcm.len()` when the last partial draft was queued.
@@ -149,12 +157,31 @@ impl Live {
             self.pool.cancel(utterance);
             return;
         }
-        if u.pcm.len() + frames.len() * FRAME_SAMPLES > LIVE_MAX_AUDIO.as_secs() as usize * RATE {
-            // Too long to follow: the final is decoded in full.
-            u.broken = true;
+        if !u.overlong && u.pcm.len() + frames.len() * FRAME_SAMPLES > LIVE_MAX_AUDIO.as_secs() as usize * RATE {
+            // Too long to keep: the final is decoded in full, and only the
+            // endpointer goes on (below), over the frames as they come.
+            u.overlong = true;
             u.pcm = Vec::new();
             drop(u);
             self.pool.cancel(utterance);
+            u = entry.lock().expect("live utterance poisoned");
+        }
+        if u.overlong {
+            let mut pcm = Vec::with_capacity(frames.len() * FRAME_SAMPLES);
+            for f in frames {
+                if u.decoder.decode_into(f, &mut pcm).is_err() {
+                    u.broken = true;
+                    return;
+                }
+                u.frames += 1;
+            }
+            for ev in u.endpointer.push(&pcm) {
+                if let VadEvent::Endpoint { .. } = ev {
+                    let frames = u.frames;
+                    self.hub.send(u.device, &ServerMsg::Endpoint { utterance, frames });
+                    metrics::emit(EndpointSent);
+                }
+            }
             return;
         }
         let start = u.pcm.len();
@@ -270,6 +297,7 @@ impl Live {
             pcm: Vec::new(),
             frames: 0,
             broken: false,
+            overlong: false,
             endpointer: Endpointer::new(EndpointConfig::default()),
             agreement: LocalAgreement::new(),
             drafted: 0,
@@ -294,7 +322,7 @@ impl Live {
         let (device, mut spec, pending_useful) = {
             let mut u = entry.lock().expect("live utterance poisoned");
             u.closed = true;
-            let complete = !u.broken && u.frames == frames;
+            let complete = !u.broken && !u.overlong && u.frames == frames;
             let speech_end = u.endpointer.speech_end();
             let covers = |len: usize| complete && speech_end.is_some_and(|end| end <= len);
             let pending_useful = match &*u.spec.borrow() {

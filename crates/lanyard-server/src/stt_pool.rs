@@ -278,9 +278,17 @@ fn work(shared: &Shared) {
                 if q.closed {
                     return;
                 }
-                // Every final waiting, up to a batch, in turns across devices.
-                let finals: Vec<FinalJob> = std::iter::from_fn(|| next_final(&mut q)).take(MAX_BATCH).collect();
-                if !finals.is_empty() {
+                // Every final waiting, up to a batch, in turns across devices;
+                // only short ones batch, so that a long one (one by one
+                // inside the engine) holds up nobody else's.
+                if let Some(first) = next_final(&mut q) {
+                    let mut finals = vec![first];
+                    while finals.len() < MAX_BATCH
+                        && finals[0].pcm.len() <= BATCH_MAX_SAMPLES
+                        && peek_final(&q).is_some_and(|j| j.pcm.len() <= BATCH_MAX_SAMPLES)
+                    {
+                        finals.extend(next_final(&mut q));
+                    }
                     break Job::Finals(finals);
                 }
                 let now = Instant::now();
@@ -315,7 +323,8 @@ fn work(shared: &Shared) {
         match job {
             Job::Finals(jobs) => {
                 let pcms: Vec<&[f32]> = jobs.iter().map(|j| j.pcm.as_slice()).collect();
-                let results = shared.stt.transcribe_batch(&pcms);
+                let results = guarded(|| shared.stt.transcribe_batch(&pcms))
+                    .unwrap_or_else(|e| pcms.iter().map(|_| Err(e.clone_message())).collect());
                 for (job, result) in jobs.into_iter().zip(results) {
                     match job.done {
                         FinalDone::Caller(tx) => {
@@ -323,21 +332,57 @@ fn work(shared: &Shared) {
                         }
                         FinalDone::Promoted(done) => {
                             metrics::emit(DraftSettled { kind: DraftKind::Speculative, outcome: DraftOutcome::Run });
-                            done(Some(result));
+                            let _ = guarded(move || done(Some(result)));
                         }
                     }
                 }
             }
             Job::Draft(job) => {
-                let result = match job.kind {
+                let result = guarded(|| match job.kind {
                     DraftKind::Speculative => shared.stt.transcribe(&job.pcm),
                     DraftKind::Partial => shared.stt.transcribe_draft(&job.pcm),
-                };
+                })
+                .and_then(|r| r);
                 metrics::emit(DraftSettled { kind: job.kind, outcome: DraftOutcome::Run });
-                (job.done)(Some(result));
+                let done = job.done;
+                let _ = guarded(move || done(Some(result)));
             }
         }
     }
+}
+
+/// Finals this short (one encoder window at the default floor, 10 s) go to
+/// the engine together; a longer one goes alone.
+const BATCH_MAX_SAMPLES: usize = 10 * 16_000;
+
+/// Runs `f`; a panic (in the engine or a callback) becomes an error instead
+/// of ending the pool's only worker, which would leave every later final
+/// waiting for ever.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, SttError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "speech-to-text panicked; the worker carries on");
+        SttError::Inference { message: format!("speech-to-text panicked: {what}") }
+    })
+}
+
+trait CloneMessage {
+    fn clone_message(&self) -> SttError;
+}
+
+impl CloneMessage for SttError {
+    fn clone_message(&self) -> SttError {
+        SttError::Inference { message: self.to_string() }
+    }
+}
+
+/// The final [`next_final`] would return, without taking it.
+fn peek_final(q: &Queues) -> Option<&FinalJob> {
+    q.turns.iter().find_map(|d| q.finals.get(d).and_then(|queue| queue.front()))
 }
 
 /// The next final, in turns across devices.

@@ -549,7 +549,11 @@ impl WhisperCt2 {
                     None => self.transcribe(pcm),
                 })
                 .collect(),
-            Err(e) => batch.iter().map(|_| Err(SttError::Inference { message: e.to_string() })).collect(),
+            Err(e) => {
+                // One bad item must not fail the others: each on its own.
+                tracing::warn!(error = %e, "batched transcription failed; transcribing one by one");
+                one_by_one()
+            }
         }
     }
 

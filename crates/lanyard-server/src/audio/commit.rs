@@ -124,8 +124,22 @@ impl FsSync {
     pub fn new(root: &Path) -> Self {
         use std::os::unix::fs::MetadataExt;
         let root = File::open(root).and_then(|f| f.metadata().map(|m| (f, m.dev()))).ok();
-        Self { root, syncfs: true }
+        // Before Linux 5.8, syncfs returned 0 even when write-back failed:
+        // an ack could then cover frames the disk never took.
+        let syncfs = kernel_at_least(5, 8);
+        if !syncfs {
+            tracing::warn!("this kernel's syncfs does not report write-back errors (before Linux 5.8); audio is synced file by file");
+        }
+        Self { root, syncfs }
     }
+}
+
+/// Whether the running Linux kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
 }
 
 impl Syncer for FsSync {
@@ -435,10 +449,42 @@ mod tests {
         assert!(r.is_err(), "acked without a sync: {r:?}");
         assert_eq!(w.lock().unwrap().durable(), 0);
         assert!(w.lock().unwrap().write(1, [&b"two"[..]]).is_err(), "a failed file takes no more appends");
-        // A new writer recounts the file (here the record did reach it).
+        // A new writer cuts what no sync covered (the record may be in the
+        // page cache only) and counts what is left.
         let w2 = store.writer(d, u).unwrap();
         assert!(!Arc::ptr_eq(&w, &w2));
-        assert_eq!(w2.lock().unwrap().durable(), 1);
+        assert_eq!(w2.lock().unwrap().durable(), 0);
+        assert_eq!(std::fs::metadata(store.path(d, u)).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_reopen_after_a_failed_sync_keeps_exactly_what_was_synced() {
+        /// Succeeds once, then fails.
+        struct OnceOk(bool);
+        impl Syncer for OnceOk {
+            fn sync(&mut self, files: &[Arc<Mutex<UtteranceAudio>>]) -> Vec<io::Result<()>> {
+                let ok = std::mem::replace(&mut self.0, false);
+                files
+                    .iter()
+                    .map(|f| if ok { f.lock().unwrap().file.sync_data() } else { Err(io::Error::other("EIO")) })
+                    .collect()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = AudioStore::new(dir.path().to_owned()).unwrap();
+        let (d, u) = (Uuid::now_v7(), Uuid::now_v7());
+        let w = store.writer(d, u).unwrap();
+        let committer = Committer::start(OnceOk(true), Duration::ZERO);
+        let two = vec![b"one".to_vec(), b"two".to_vec()];
+        assert_eq!(committer.submit(Append { audio: w.clone(), first: 0, frames: two, then: None }).wait().unwrap(), 2);
+        let three = vec![b"three".to_vec()];
+        assert!(committer.submit(Append { audio: w.clone(), first: 2, frames: three, then: None }).wait().is_err());
+        let w2 = store.writer(d, u).unwrap();
+        let held = { let a = w2.lock().unwrap(); (a.frames(), a.durable()) };
+        assert_eq!(held, (2, 2), "the unsynced third is cut");
+        // And appending goes on from there.
+        assert_eq!(w2.lock().unwrap().append_durable(2, [&b"again"[..]]).unwrap(), 3);
+        assert_eq!(store.read(d, u, 3).unwrap(), vec![b"one".to_vec(), b"two".to_vec(), b"again".to_vec()]);
     }
 
     #[test]
