@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use lanyard_audio::{FRAME_SAMPLES, FrameEncoder};
 use lanyard_proto::Uuid;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{self, Audio, Binary, ClientMsg, ServerMsg};
@@ -39,24 +38,7 @@ fn frames(parts: &[Part]) -> Vec<Vec<u8>> {
             Part::Quiet(ms) => pcm.extend(std::iter::repeat_n(0, ms * 16)),
         }
     }
-    let mut enc = FrameEncoder::new(Codec::Opus16k20ms).unwrap();
-    pcm.chunks(FRAME_SAMPLES)
-        .map(|c| {
-            let mut b = c.to_vec();
-            b.resize(FRAME_SAMPLES, 0);
-            enc.encode(&b).unwrap()
-        })
-        .collect()
-}
-
-async fn counter(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(n, _)| *n == name)
-        .map(|(_, v)| v.parse::<f64>().unwrap())
-        .sum()
+    opus_frames(&pcm)
 }
 
 const SPECULATIVE: &str = "lanyard_finals_total{source=\"speculative\"}";

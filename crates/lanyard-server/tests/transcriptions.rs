@@ -66,18 +66,6 @@ async fn error(resp: reqwest::Response) -> (u16, String, String) {
     (status, body["code"].as_str().unwrap().to_string(), body["message"].as_str().unwrap().to_string())
 }
 
-/// A counter's value in a Prometheus scrape (summed over label sets that
-/// match `name` exactly, labels included).
-async fn counter(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(n, _)| *n == name)
-        .map(|(_, v)| v.parse::<f64>().unwrap())
-        .sum()
-}
-
 const SERVED_OK: &str = "lanyard_transcriptions_total{status=\"200\"}";
 
 /// Real speech as 16-bit samples at 16 kHz.

@@ -82,7 +82,11 @@ impl Harness {
 
 /// Real speech, Opus-encoded into 20 ms frames.
 pub fn speech_frames(text: &str) -> Vec<Vec<u8>> {
-    let pcm = lanyard_pendant::speech::synthesize(text, &Default::default()).unwrap();
+    opus_frames(&lanyard_pendant::speech::synthesize(text, &Default::default()).unwrap())
+}
+
+/// 16 kHz samples as Opus 20 ms frames, the last padded with silence.
+pub fn opus_frames(pcm: &[i16]) -> Vec<Vec<u8>> {
     let mut enc = FrameEncoder::new(Codec::Opus16k20ms).unwrap();
     pcm.chunks(FRAME_SAMPLES)
         .map(|c| {
@@ -91,6 +95,18 @@ pub fn speech_frames(text: &str) -> Vec<Vec<u8>> {
             enc.encode(&b).unwrap()
         })
         .collect()
+}
+
+/// A counter's value in a Prometheus scrape (summed over label sets that
+/// match `name` exactly, labels included).
+pub async fn counter(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
 }
 
 pub async fn send_text(ws: &mut Ws, msg: &ClientMsg) {
