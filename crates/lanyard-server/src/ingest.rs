@@ -13,8 +13,9 @@
 //! The committer is one thread for all connections. It takes every append
 //! queued, `write()`s each to its utterance's file, makes them all durable
 //! with one sync, and only then answers: `syncfs(2)` on the data directory
-//! when two or more files were touched (one syscall for the filesystem,
-//! about 2 to 15 ms here whatever the number of files), `fdatasync` for a
+//! when two or more files were touched (one syscall for the filesystem: the
+//! `ingest` bench's group commit of 100 connections' appends takes 5.7 ms,
+//! of 1,000 17.2 ms), `fdatasync` for a
 //! single file, and `fdatasync` on each file if `syncfs` fails. So an
 //! acknowledgement is sent only after its frames are durable: the sync that
 //! covers them started after they were written. Because `syncfs` also
@@ -29,9 +30,10 @@
 //! from the relay's write to the ACK, p99 set by the disk's slowest flushes;
 //! see docs/benchmarks.md), and a lone frame on an idle server waits for
 //! nothing but its own sync: there is no timer before the first sync.
-//! Per-file `fdatasync`s, as every connection did before, cost about 2 ms
-//! each on this disk and do not overlap well; one `syncfs` a window carries
-//! thousands of streams.
+//! Per-file `fdatasync`s, as every connection did before, cost about
+//! 0.2 ms each on an idle disk (`commit_N_frames`) and queue behind one
+//! another in the journal; one `syncfs` a window carries thousands of
+//! streams (before the committer, 2,000 streams gave an ack p99 of 717 ms).
 //!
 //! The alternative, a shared write-ahead log with one `fdatasync` per window
 //! and the utterance files written later and replayed at start-up, was not

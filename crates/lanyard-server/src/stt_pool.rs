@@ -15,10 +15,10 @@
 //! single utterance; then speculative decodes; then partials. A final waits
 //! at most for the one draft already running. The finals waiting when a
 //! worker comes free, up to `lanyard_stt::MAX_BATCH` (4), go to the engine
-//! together (`SpeechToText::transcribe_batch`): on this 2-core box tiny.en
-//! transcribes four short utterances in one batch in about a third of the
-//! time it takes one by one (`lanyard-stt` `tests/batch.rs`, and the `ttfs`
-//! bench's four-speaker rows).
+//! together (`SpeechToText::transcribe_batch`): on this 2-core box the
+//! `ttfs` bench's four speakers ending together get their transcripts in a
+//! median 1.18 s, where one utterance alone takes 0.56 s (so four one by
+//! one would take about 2.3 s).
 //!
 //! # Dropped drafts: an explicit, counted policy
 //!
