@@ -15,16 +15,29 @@ in float32 on the CPU with ``--cpu-threads`` intra-op threads (the Rust bench
 passes its own engine's count, so both sides get the same cores). Nothing is
 downloaded: the model path is local and the Hugging Face hub is set offline.
 
+With ``--same-decode FLOOR_SECS BEAM`` it also times, per utterance, the decode
+lanyard-stt's row (a) does, on the wheel's own CTranslate2 build: the audio
+padded with silence to at least FLOOR_SECS, log-mel (faster-whisper's
+feature extractor), one encode and one beam search of width BEAM with
+``max_length`` bounded by the audio (8 tokens a second plus 16), blank and
+non-speech tokens suppressed, no fallback. Only the CTranslate2 build
+differs from lanyard's, which is how ttfs.rs compares CPU backends: the wheel
+computes float32 matrix products with oneDNN on AMD and Intel MKL on Intel
+CPUs (``CT2_USE_MKL`` overrides it; ``CT2_VERBOSE=1`` logs the choice).
+
 Usage (ttfs.rs runs it; by hand it is)::
 
     pip install faster-whisper
-    python3 faster_whisper_ttfs.py [--cpu-threads N] MODEL_DIR FILE.pcm...
+    python3 faster_whisper_ttfs.py [--cpu-threads N] [--same-decode FLOOR BEAM] MODEL_DIR FILE.pcm...
 
 Each FILE is raw 16 kHz mono signed 16-bit little-endian PCM. Prints one JSON
 object on stdout::
 
     {"faster_whisper": "1.2.1", "ctranslate2": "4.8.5", "cpu_threads": 2,
-     "results": [{"file": ..., "audio_secs": ..., "secs": ..., "text": ...}]}
+     "results": [{"file": ..., "audio_secs": ..., "secs": ..., "text": ...,
+                  "same_secs": ..., "same_text": ...}]}
+
+(``same_*`` only with ``--same-decode``.)
 
 Exit status 3 (with install instructions on stderr) when faster_whisper cannot
 be imported, 2 on bad usage.
@@ -66,10 +79,36 @@ def transcribe(model, audio):
     return time.perf_counter() - started, text
 
 
+# Whisper's English-only start of transcript and no-timestamps tokens; the
+# multilingual models take the language and task tokens in between.
+def prompt_tokens(model_dir, multilingual):
+    from faster_whisper.tokenizer import Tokenizer
+    import tokenizers
+    hf = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok = Tokenizer(hf, multilingual, task="transcribe", language="en" if multilingual else None)
+    return tok.sot_sequence + [tok.no_timestamps], tok
+
+
+def same_decode(model, extractor, tok, prompt, audio, floor_secs, beam):
+    """Row (a)'s decode on the wheel's CTranslate2: see the module doc."""
+    started = time.perf_counter()
+    floor = int(floor_secs * 16000)
+    padded = audio if len(audio) >= floor else np.concatenate([audio, np.zeros(floor - len(audio), np.float32)])
+    features = extractor(padded)[:, : len(padded) // 160]
+    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+    max_length = min(int(np.ceil(len(audio) / 16000 * 8)) + 16, 448)
+    result = model.model.generate(encoded, [prompt], beam_size=beam, max_length=max_length,
+                                  suppress_blank=True, suppress_tokens=[-1])[0]
+    text = tok.decode([t for t in result.sequences_ids[0] if t < tok.eot]).strip()
+    return time.perf_counter() - started, text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-threads", type=int, default=0,
                         help="CTranslate2 intra-op threads (0: its default)")
+    parser.add_argument("--same-decode", nargs=2, metavar=("FLOOR_SECS", "BEAM"),
+                        help="also time lanyard's row (a) decode on this CTranslate2 build")
     parser.add_argument("model_dir")
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
@@ -78,16 +117,25 @@ def main():
                          cpu_threads=args.cpu_threads)
     audios = [read_pcm(path) for path in args.files]
     transcribe(model, audios[0])  # warm-up, not reported
+    same = None
+    if args.same_decode:
+        floor_secs, beam = float(args.same_decode[0]), int(args.same_decode[1])
+        prompt, tok = prompt_tokens(args.model_dir, model.model.is_multilingual)
+        same = lambda audio: same_decode(model, model.feature_extractor, tok, prompt, audio, floor_secs, beam)
+        same(audios[0])  # warm-up, not reported
 
     results = []
     for path, audio in zip(args.files, audios):
         secs, text = transcribe(model, audio)
-        results.append({
+        result = {
             "file": path,
             "audio_secs": len(audio) / 16000.0,
             "secs": secs,
             "text": text,
-        })
+        }
+        if same:
+            result["same_secs"], result["same_text"] = same(audio)
+        results.append(result)
     json.dump({
         "faster_whisper": faster_whisper.__version__,
         "ctranslate2": ctranslate2.__version__,

@@ -48,6 +48,15 @@
 //!   rest is decoded. The server does not do this (see the WER column). The
 //!   drafts run in step here; on the server a draft finishes a few hundred
 //!   ms after it is queued, so its prefix could be one draft shorter.
+//! - **(h) (a) on the wheel's CTranslate2**: (a)'s decode (window floor,
+//!   log-mel, one encode, beam 5, no fallback) on the CTranslate2 that
+//!   faster-whisper's pip wheel ships, timed by the same helper as (c). Only
+//!   the CTranslate2 build differs from (a): lanyard's takes its float32
+//!   matrix products from OpenBLAS on x86-64 Linux (ruy elsewhere), the
+//!   wheel's from oneDNN on AMD or Intel MKL on Intel CPUs (the helper runs
+//!   with `CT2_VERBOSE=1` and the bench prints the wheel's choice). This is
+//!   the CPU backend comparison; `docs/benchmarks.md` adds ruy, measured
+//!   with a ruy build of this bench in the same sitting.
 //!
 //! The set is processed in chunks of [`CHUNK`] utterances, and each chunk runs
 //! (a) to (f) back to back, so that load from other processes
@@ -87,7 +96,7 @@ mod reference_set;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -193,11 +202,12 @@ fn main() {
         "  lanyard     WhisperConfig::default(): floor {} s, beam {}, {} threads; untrimmed: floor 30 s, same beam and threads",
         default_config.min_window_secs, default_config.beam_size, threads
     );
+    println!("  backend     lanyard's CTranslate2 computes float32 matrix products with {LANYARD_BACKEND}");
     let load_start = load_average();
     println!("  load avg    {} at start", load_start);
 
     let scratch = tempfile::tempdir().expect("temp dir for the PCM files");
-    let mut rows: [Row; 7] = Default::default();
+    let mut rows: [Row; 8] = Default::default();
     let mut speaker_secs = vec![0.0; n];
     let mut speaker_texts = vec![String::new(); n];
     let mut stream_secs = vec![0.0; n];
@@ -243,11 +253,13 @@ fn main() {
                 path
             })
             .collect();
-        let (v, results) = faster_whisper(&model_dir, threads, &files);
+        let (v, results) = faster_whisper(&model_dir, &default_config, &files);
         versions = v;
-        for (secs, text) in results {
-            rows[2].secs.push(secs);
-            rows[2].texts.push(text);
+        for r in results {
+            rows[2].secs.push(r.secs);
+            rows[2].texts.push(r.text);
+            rows[7].secs.push(r.same_secs);
+            rows[7].texts.push(r.same_text);
         }
 
         // (d): rounds of four different utterances ending at the same moment,
@@ -304,7 +316,7 @@ fn main() {
 
     // Which utterances each engine got wrong, for tracing a WER change.
     let names =
-        ["lanyard", "untrimmed", "faster-whisper", "4 speakers", "streaming", "streaming 4 speakers", "agreed prefix"];
+        ["lanyard", "untrimmed", "faster-whisper", "4 speakers", "streaming", "streaming 4 speakers", "agreed prefix", "wheel"];
     for (row, name) in rows.iter().zip(names) {
         for (u, text) in utterances.iter().zip(&row.texts) {
             let wer = word_error_rate(&u.text, text);
@@ -331,6 +343,7 @@ fn main() {
 
     println!();
     println!("  faster-whisper side: {versions}");
+    let wheel_backend = versions.rsplit("SGEMM ").next().unwrap_or("?").to_owned();
     println!(
         "  load avg    {} at end; 1-min load at chunk starts: min {:.2}, median {:.2}, max {:.2}",
         load_end,
@@ -359,6 +372,7 @@ fn main() {
         "(e) streaming: final decoded at silence onset".to_owned(),
         format!("(f) streaming, {SPEAKERS} speakers at once"),
         "(g) (e) forcing the partials' agreed words".to_owned(),
+        "(h) (a) on the wheel's CTranslate2".to_owned(),
     ];
     for (i, (row, label)) in rows.iter().zip(&labels).enumerate() {
         println!(
@@ -384,6 +398,13 @@ fn main() {
         "  per-utterance lanyard / faster-whisper time ratio: median {:.2}x (faster-whisper {:.1}x slower)",
         percentile(&paired, 0.5),
         1.0 / percentile(&paired, 0.5)
+    );
+    let backends: Vec<f64> = rows[0].secs.iter().zip(&rows[7].secs).map(|(a, h)| a / h).collect();
+    println!(
+        "  CPU backend: per-utterance (a) {} / (h) {} time ratio: median {:.2}x",
+        LANYARD_BACKEND,
+        wheel_backend,
+        percentile(&backends, 0.5)
     );
 
     let leads: Vec<f64> = cuts.iter().flatten().map(|c| c.lead).collect();
@@ -666,30 +687,48 @@ fn median_f32(values: &[f32]) -> f32 {
     ) as f32
 }
 
-/// Runs the faster-whisper helper on `files`: its version line, and
-/// `(seconds, text)` per file in order.
-fn faster_whisper(
-    model_dir: &Path,
-    threads: usize,
-    files: &[PathBuf],
-) -> (String, Vec<(f64, String)>) {
+/// The matrix-product library lanyard-stt's CTranslate2 is built with (see
+/// `crates/lanyard-stt/Cargo.toml`).
+const LANYARD_BACKEND: &str =
+    if cfg!(all(target_os = "linux", target_arch = "x86_64")) { "OpenBLAS" } else { "ruy" };
+
+/// One utterance as the helper timed it: (c) and (h).
+struct Helper {
+    secs: f64,
+    text: String,
+    same_secs: f64,
+    same_text: String,
+}
+
+/// Runs the faster-whisper helper on `files`: its version line (with the
+/// wheel's SGEMM backend, from CTranslate2's own log), and per file in order
+/// faster-whisper's default transcription (c) and `config`'s decode on the
+/// wheel's CTranslate2 (h).
+fn faster_whisper(model_dir: &Path, config: &WhisperConfig, files: &[PathBuf]) -> (String, Vec<Helper>) {
     let output = Command::new(python())
         .arg(HELPER)
-        .args(["--cpu-threads", &threads.to_string()])
+        .args(["--cpu-threads", &config.threads.to_string()])
+        .args(["--same-decode", &config.min_window_secs.to_string(), &config.beam_size.to_string()])
         .arg(model_dir)
         .args(files)
-        .stderr(Stdio::inherit())
+        .env("CT2_VERBOSE", "1")
         .output()
         .expect("run the faster-whisper helper");
-    assert!(
-        output.status.success(),
-        "{HELPER} failed ({})",
-        output.status
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("helper prints JSON");
+    // CTranslate2's info log names the SGEMM backend; anything else the
+    // helper says goes on to our stderr.
+    let log = String::from_utf8_lossy(&output.stderr);
+    let mut sgemm = "?".to_owned();
+    for line in log.lines() {
+        if let Some(rest) = line.split("SGEMM backend: ").nth(1) {
+            sgemm = rest.split_whitespace().next().unwrap_or("?").to_owned();
+        } else if !line.contains("[ctranslate2]") {
+            eprintln!("{line}");
+        }
+    }
+    assert!(output.status.success(), "{HELPER} failed ({})", output.status);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("helper prints JSON");
     let versions = format!(
-        "faster-whisper {}, ctranslate2 {} (pip wheel), cpu_threads {}",
+        "faster-whisper {}, ctranslate2 {} (pip wheel), cpu_threads {}, SGEMM {sgemm}",
         json["faster_whisper"].as_str().unwrap_or("?"),
         json["ctranslate2"].as_str().unwrap_or("?"),
         json["cpu_threads"]
@@ -698,18 +737,14 @@ fn faster_whisper(
         .as_array()
         .expect("results array")
         .iter()
-        .map(|r| {
-            (
-                r["secs"].as_f64().expect("secs"),
-                r["text"].as_str().expect("text").to_owned(),
-            )
+        .map(|r| Helper {
+            secs: r["secs"].as_f64().expect("secs"),
+            text: r["text"].as_str().expect("text").to_owned(),
+            same_secs: r["same_secs"].as_f64().expect("same_secs"),
+            same_text: r["same_text"].as_str().expect("same_text").to_owned(),
         })
         .collect::<Vec<_>>();
-    assert_eq!(
-        results.len(),
-        files.len(),
-        "helper returned one result per file"
-    );
+    assert_eq!(results.len(), files.len(), "helper returned one result per file");
     (versions, results)
 }
 
