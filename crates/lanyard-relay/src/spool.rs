@@ -282,7 +282,17 @@ pub struct Spool<F: SpoolFs = StdFs> {
     /// so that the warning is logged once per episode, not once per frame.
     over_bound: bool,
     scratch: Vec<u8>,
+    /// The newest bytes of the active segment, as written: what the uplink
+    /// sends back out is nearly always a frame appended moments ago, and
+    /// reading it from here spares a `pread` and an allocation per frame.
+    /// Starts at `tail_base` in the file; at most [`TAIL_CACHE_BYTES`].
+    tail: Vec<u8>,
+    tail_base: u64,
 }
+
+/// Bound on [`Spool`]'s in-memory copy of the active segment's newest bytes:
+/// about 20 s of Opus frames, longer than a send round or a reconnect.
+const TAIL_CACHE_BYTES: usize = 64 << 10;
 
 impl<F: SpoolFs> fmt::Debug for Spool<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -415,7 +425,10 @@ impl<F: SpoolFs> Spool<F> {
             evictions: 0,
             over_bound: false,
             scratch: Vec::with_capacity(256),
+            tail: Vec::new(),
+            tail_base: 0,
         };
+        spool.tail_base = spool.segments[&spool.active_id].len;
         spool.sync_dir()?;
         spool.collect_garbage()?;
         Ok((spool, recovery))
@@ -538,10 +551,17 @@ impl<F: SpoolFs> Spool<F> {
             .map_or(0, |u| u.frames.get(from as usize).map_or(0, |f| u.frame_bytes() - f.before))
     }
 
-    /// Reads frame `seq` of utterance `id` back from disk.
+    /// Reads frame `seq` of utterance `id` back: from the copy of the active
+    /// segment's newest bytes if it is there, from disk otherwise.
     pub fn read_frame(&self, id: Uuid, seq: u32) -> Result<Vec<u8>> {
         let u = self.utterances.get(&id).ok_or(SpoolError::UnknownUtterance(id))?;
         let loc = *u.frames.get(seq as usize).ok_or(SpoolError::NoFrame { id, seq })?;
+        if loc.segment == self.active_id
+            && let Some(start) = loc.offset.checked_sub(self.tail_base)
+            && let Some(bytes) = self.tail.get(start as usize..(start + u64::from(loc.len)) as usize)
+        {
+            return Ok(bytes.to_vec());
+        }
         let mut buf = vec![0u8; loc.len as usize];
         if loc.segment == self.active_id {
             // The common case, a frame just appended: no path to build.
@@ -676,6 +696,13 @@ impl<F: SpoolFs> Spool<F> {
         }
         let tail_offset = seg.len + (buf.len() - tail.len()) as u64;
         seg.len += buf.len() as u64;
+        if self.tail.len() + buf.len() > TAIL_CACHE_BYTES {
+            // Keep the newer half: one move per half of the bound.
+            let cut = self.tail.len() / 2;
+            self.tail.drain(..cut);
+            self.tail_base += cut as u64;
+        }
+        self.tail.extend_from_slice(buf);
         seg.utterances.insert(id);
         self.next_id += 1;
         self.unsynced = true;
@@ -691,6 +718,8 @@ impl<F: SpoolFs> Spool<F> {
         self.active = self.fs.open_append(&path).map_err(io_err(&path))?;
         self.active_id = id;
         self.segments.insert(id, Segment::default());
+        self.tail.clear();
+        self.tail_base = 0;
         self.sync_dir()?;
         self.collect_garbage()
     }

@@ -16,6 +16,32 @@ fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// Frames read back while the spool is open come from its in-memory copy of
+/// the newest bytes when they are recent and from the file when the copy has
+/// moved on (or the segment rotated): both must give the bytes appended.
+#[test]
+fn frames_read_back_from_memory_and_disk_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = Spool::open(dir.path()).unwrap();
+    let ids = [Uuid::now_v7(), Uuid::now_v7()];
+    let frame = |u: usize, i: u32| -> Vec<u8> { (0..80 + (i % 7) as usize).map(|b| (b as u32 ^ i ^ u as u32) as u8).collect() };
+    // About 4 MiB: many times the in-memory copy, and several segments.
+    for (u, id) in ids.iter().enumerate() {
+        s.begin(*id, Codec::Opus16k20ms, 0).unwrap();
+        for i in 0..25_000u32 {
+            assert_eq!(s.append_frame(*id, &frame(u, i)).unwrap(), i);
+            // The uplink's pattern: the frame just written, read back at once.
+            assert_eq!(s.read_frame(*id, i).unwrap(), frame(u, i));
+        }
+    }
+    assert!(s.segment_count() > 2, "the test must cross segment rotations");
+    for (u, id) in ids.iter().enumerate() {
+        for i in (0..25_000u32).step_by(97).chain([24_999]) {
+            assert_eq!(s.read_frame(*id, i).unwrap(), frame(u, i), "frame {i} of utterance {u}");
+        }
+    }
+}
+
 #[test]
 fn frames_survive_reopen_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
