@@ -20,12 +20,19 @@
 //! at once (the upload), and [`AudioStore::commit`] hands the append to the
 //! store's group committer ([`commit`]), which writes the frames of many
 //! connections and makes them durable with one sync (the stream).
+//!
+//! A file stays open while something holds its writer: a stream that has the
+//! utterance open, an upload, a commit in flight. The store keeps only a weak
+//! reference, so an utterance that is abandoned mid-way (the phone handed it
+//! to a background upload that never came, or discarded it) closes its file
+//! with its last holder instead of keeping a descriptor for the life of the
+//! server; the next writer reopens it and recounts its frames from the file.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use lanyard_proto::ble::MAX_FRAME_LEN;
 use uuid::Uuid;
@@ -58,6 +65,20 @@ pub struct UtteranceAudio {
     /// The device of the file's filesystem (`st_dev`): the committer's
     /// `syncfs` covers it only if it is the data directory's.
     dev: u64,
+    /// Where a failed writer leaves its `durable_bytes` when its last holder
+    /// lets it go, so that the next writer still cuts what was never synced.
+    cuts: Option<Arc<Mutex<HashMap<PathBuf, u64>>>>,
+}
+
+impl Drop for UtteranceAudio {
+    fn drop(&mut self) {
+        if self.failed
+            && let Some(cuts) = &self.cuts
+            && let Ok(mut cuts) = cuts.lock()
+        {
+            cuts.insert(self.path.clone(), self.durable_bytes);
+        }
+    }
 }
 
 impl UtteranceAudio {
@@ -183,9 +204,12 @@ fn read_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
 #[derive(Debug)]
 pub struct AudioStore {
     root: PathBuf,
-    /// Utterances being written. A stream and an upload of the same
-    /// utterance share one entry, so their appends are serialized.
-    open: Mutex<HashMap<Uuid, Arc<Mutex<UtteranceAudio>>>>,
+    /// Utterances being written, held weakly (see the module doc). A stream
+    /// and an upload of the same utterance share one writer, so their
+    /// appends are serialized.
+    open: Mutex<OpenWriters>,
+    /// Failed writers' durable lengths, by path (see [`UtteranceAudio`]).
+    cuts: Arc<Mutex<HashMap<PathBuf, u64>>>,
     /// The group committer of [`commit`](Self::commit), started on first use.
     committer: std::sync::OnceLock<commit::Committer>,
 }
@@ -193,7 +217,17 @@ pub struct AudioStore {
 impl AudioStore {
     pub fn new(root: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&root)?;
-        Ok(Self { root, open: Mutex::new(HashMap::new()), committer: std::sync::OnceLock::new() })
+        Ok(Self {
+            root,
+            open: Mutex::new(OpenWriters::default()),
+            cuts: Arc::default(),
+            committer: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Audio files open now: utterances whose writer something still holds.
+    pub fn open_files(&self) -> usize {
+        self.open.lock().expect("audio map poisoned").live.values().filter(|w| w.strong_count() > 0).count()
     }
 
     /// Appends frames through the group committer (see [`commit`]): the
@@ -213,11 +247,19 @@ impl AudioStore {
     /// Opens an utterance for appending, recovering its frame count. Blocking.
     pub fn writer(&self, device: Uuid, utterance: Uuid) -> io::Result<Arc<Mutex<UtteranceAudio>>> {
         let mut open = self.open.lock().expect("audio map poisoned");
-        // After a failed write or sync: how much of the file is known durable.
+        let path = self.path(device, utterance);
+        // After a failed write or sync: how much of the file is known durable
+        // (from the failed writer itself if it is still held, or from what it
+        // left when it was let go).
         let mut cut_to = None;
-        if let Some(w) = open.get(&utterance).cloned() {
+        if let Some(w) = open.live.get(&utterance).and_then(Weak::upgrade) {
             let failed = {
-                let a = w.lock().expect("audio lock poisoned");
+                let mut a = w.lock().expect("audio lock poisoned");
+                // A failed writer about to be replaced must not leave its
+                // length behind when it goes: the new writer's data is newer.
+                if a.failed {
+                    a.cuts = None;
+                }
                 a.failed.then_some(a.durable_bytes)
             };
             match failed {
@@ -231,14 +273,17 @@ impl AudioStore {
                 }
                 Some(durable_bytes) => cut_to = Some(durable_bytes),
             }
+        } else {
+            cut_to = self.cuts.lock().expect("audio cuts poisoned").remove(&path);
         }
         // Not open, or a write or sync of it failed: (re)open and recount.
-        let path = self.path(device, utterance);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
-        if let Some(len) = cut_to {
+        if let Some(len) = cut_to
+            && len < file.metadata()?.len()
+        {
             // What is past the last successful sync may be in the page cache
             // only: cut it, and make the cut durable, before counting.
             tracing::warn!(path = %path.display(), keep = len, "reopening audio after a failed write or sync; cutting what was not synced");
@@ -266,14 +311,15 @@ impl AudioStore {
             pending: Vec::new(),
             failed: false,
             dev,
+            cuts: Some(self.cuts.clone()),
         }));
-        open.insert(utterance, w.clone());
+        open.insert(utterance, &w);
         Ok(w)
     }
 
     /// Forgets an open writer once the utterance is complete.
     pub fn close(&self, utterance: Uuid) {
-        self.open.lock().expect("audio map poisoned").remove(&utterance);
+        self.open.lock().expect("audio map poisoned").live.remove(&utterance);
     }
 
     /// Deletes an utterance's audio file, if it has one, and forgets its
@@ -283,7 +329,8 @@ impl AudioStore {
     /// the filesystem frees when the writer closes; its `end` then finds no
     /// utterance row and fails.
     pub fn remove(&self, device: Uuid, utterance: Uuid) -> io::Result<bool> {
-        self.open.lock().expect("audio map poisoned").remove(&utterance);
+        self.open.lock().expect("audio map poisoned").live.remove(&utterance);
+        self.cuts.lock().expect("audio cuts poisoned").remove(&self.path(device, utterance));
         match fs::remove_file(self.path(device, utterance)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -298,7 +345,9 @@ impl AudioStore {
         self.open
             .lock()
             .expect("audio map poisoned")
-            .retain(|_, w| !w.lock().expect("audio lock poisoned").path.starts_with(&dir));
+            .live
+            .retain(|_, w| w.upgrade().is_some_and(|w| !w.lock().expect("audio lock poisoned").path.starts_with(&dir)));
+        self.cuts.lock().expect("audio cuts poisoned").retain(|path, _| !path.starts_with(&dir));
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -335,9 +384,55 @@ impl AudioStore {
     }
 }
 
+/// The store's weak map of writers. Entries of writers that were let go are
+/// swept when the map has doubled since the last sweep, so that it stays
+/// proportional to the files actually open.
+#[derive(Debug, Default)]
+struct OpenWriters {
+    live: HashMap<Uuid, Weak<Mutex<UtteranceAudio>>>,
+    sweep_at: usize,
+}
+
+impl OpenWriters {
+    fn insert(&mut self, utterance: Uuid, writer: &Arc<Mutex<UtteranceAudio>>) {
+        self.live.insert(utterance, Arc::downgrade(writer));
+        if self.live.len() >= self.sweep_at {
+            self.live.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (2 * self.live.len()).max(1024);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An utterance abandoned mid-way (its stream gone, never completed)
+    /// must not keep its file open: the server would run out of descriptors.
+    #[test]
+    fn a_file_closes_with_the_last_holder_of_its_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AudioStore::new(dir.path().to_owned()).unwrap();
+        let d = Uuid::now_v7();
+        let ids: Vec<Uuid> = (0..3000).map(|_| Uuid::now_v7()).collect();
+        for (i, &u) in ids.iter().enumerate() {
+            let w = store.writer(d, u).unwrap();
+            w.lock().unwrap().append_durable(0, [&[i as u8][..]]).unwrap();
+            // A second holder (an upload beside the stream) shares the writer.
+            let again = store.writer(d, u).unwrap();
+            assert!(Arc::ptr_eq(&w, &again));
+            assert_eq!(store.open_files(), 1);
+        }
+        assert_eq!(store.open_files(), 0);
+        // The weak map is swept as it grows: it stays far below one entry per
+        // utterance ever written.
+        assert!(store.open.lock().unwrap().live.len() <= 1024, "{} entries", store.open.lock().unwrap().live.len());
+        // Reopened, each counts what its file holds and goes on from there.
+        let w = store.writer(d, ids[7]).unwrap();
+        assert_eq!(w.lock().unwrap().frames(), 1);
+        assert_eq!(w.lock().unwrap().append_durable(1, [&b"more"[..]]).unwrap(), 2);
+        assert_eq!(store.read(d, ids[7], 2).unwrap(), vec![vec![7u8], b"more".to_vec()]);
+    }
 
     #[test]
     fn frames_survive_reopen_and_torn_tails_are_cut() {

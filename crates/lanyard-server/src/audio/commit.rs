@@ -488,6 +488,43 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_writer_let_go_before_the_reopen_still_has_its_tail_cut() {
+        /// Succeeds once, then fails.
+        struct OnceOk(bool);
+        impl Syncer for OnceOk {
+            fn sync(&mut self, files: &[Arc<Mutex<UtteranceAudio>>]) -> Vec<io::Result<()>> {
+                let ok = std::mem::replace(&mut self.0, false);
+                files
+                    .iter()
+                    .map(|f| if ok { f.lock().unwrap().file.sync_data() } else { Err(io::Error::other("EIO")) })
+                    .collect()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = AudioStore::new(dir.path().to_owned()).unwrap();
+        let (d, u) = (Uuid::now_v7(), Uuid::now_v7());
+        let w = store.writer(d, u).unwrap();
+        let committer = Committer::start(OnceOk(true), Duration::ZERO);
+        let two = vec![b"one".to_vec(), b"two".to_vec()];
+        assert_eq!(committer.submit(Append { audio: w.clone(), first: 0, frames: two, then: None }).wait().unwrap(), 2);
+        let three = vec![b"three".to_vec()];
+        assert!(committer.submit(Append { audio: w.clone(), first: 2, frames: three, then: None }).wait().is_err());
+        // The stream that held it goes away (and the committer lets go of it
+        // once its batch is done): the file closes with the last holder.
+        let weak = Arc::downgrade(&w);
+        drop(w);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while weak.strong_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(weak.strong_count(), 0, "the committer still holds the writer");
+        assert_eq!(store.open_files(), 0);
+        let w2 = store.writer(d, u).unwrap();
+        let held = { let a = w2.lock().unwrap(); (a.frames(), a.durable()) };
+        assert_eq!(held, (2, 2), "the unsynced third is cut even though its writer was let go");
+    }
+
+    #[test]
     fn the_real_syncer_commits_through_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = AudioStore::new(dir.path().to_owned()).unwrap();
