@@ -14,7 +14,9 @@
 //! After a relay restart the spool may hold an utterance that never ended
 //! (the app was killed while the user spoke). If the pendant carries on with
 //! frames that do not start a new utterance, they are the rest of that one:
-//! the tracker adopts it rather than splitting one sentence in two.
+//! the tracker adopts it rather than splitting one sentence in two. Not after
+//! an OS restart, though: `host::open` ends that utterance first (the crash
+//! may have taken frames the server already holds).
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::reassembly::Frame;

@@ -401,9 +401,22 @@ pub struct Relay {
 /// runtime, and the [`Link`] its pendant transport feeds.
 pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(Relay, Link), HostError> {
     let ws_url = stream_url(&cfg.server)?;
-    let (spool, recovery) = Spool::open(&cfg.spool_dir)?;
+    let (mut spool, recovery) = Spool::open(&cfg.spool_dir)?;
     tracing::info!(?recovery, "spool recovered");
-    let resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec));
+    let mut resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec));
+    // An utterance the app was killed in is carried on by the frames that
+    // follow (see `boundary`), but not across an OS restart: the crash may
+    // have taken its last frames from the spool after the server had
+    // acknowledged them, and frames appended after the shorter tail would
+    // reuse numbers the server holds. It ends where the spool's copy ends,
+    // and the uplink completes it from the server's copy.
+    if resumed.is_some() && os_restarted_since_last_open(&cfg.spool_dir) {
+        let (id, _) = resumed.take().expect("checked");
+        let frames = spool.end(id, 0)?;
+        spool.sync()?;
+        tracing::warn!(%id, frames, "the OS restarted since the relay last ran; ending the utterance it was in");
+    }
+    record_boot(&cfg.spool_dir);
     let now = now_ms();
     let core = Core {
         spool,
@@ -419,6 +432,63 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     };
     let shared = Arc::new(Shared { core: Mutex::new(core), wake: Notify::new(), stopped: AtomicBool::new(false) });
     Ok((Relay { cfg, ws_url, shared: shared.clone(), events }, Link { shared }))
+}
+
+/// The file in the spool directory that names the OS boot the relay last
+/// opened the spool in.
+const BOOT_FILE: &str = "boot-id";
+
+/// What this boot of the OS is called: Linux's (and Android's) random boot
+/// id, or the boot time on Apple systems. `None` elsewhere.
+fn boot_id() -> Option<String> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_owned())
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+        let mut size = std::mem::size_of::<libc::timeval>();
+        // SAFETY: `kern.boottime` is a `struct timeval`, and `size` says how
+        // much room `tv` has.
+        let rc = unsafe {
+            libc::sysctlbyname(c"kern.boottime".as_ptr(), (&raw mut tv).cast(), &mut size, std::ptr::null_mut(), 0)
+        };
+        (rc == 0).then(|| format!("boot at {}.{:06}", tv.tv_sec, tv.tv_usec))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+    {
+        None
+    }
+}
+
+/// Whether the OS may have restarted since the spool in `dir` was last
+/// opened: yes unless both the recorded boot and this one are known and
+/// equal (a spool from before this check, or a platform without a boot id,
+/// gets the careful answer).
+fn os_restarted_since_last_open(dir: &std::path::Path) -> bool {
+    let recorded = std::fs::read_to_string(dir.join(BOOT_FILE)).ok();
+    match (recorded, boot_id()) {
+        (Some(recorded), Some(now)) => recorded.trim() != now,
+        _ => true,
+    }
+}
+
+/// Records this boot for the next open (best effort: if it fails, the next
+/// open gives the careful answer).
+fn record_boot(dir: &std::path::Path) {
+    let Some(now) = boot_id() else { return };
+    let path = dir.join(BOOT_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|r| r.trim() == now) {
+        return;
+    }
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, now.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record the OS boot in the spool directory");
+    }
 }
 
 /// Runs the relay on events from a pendant link channel until the link ends

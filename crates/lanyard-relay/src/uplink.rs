@@ -36,6 +36,10 @@ const PACING_REFILL_MS: u64 = 20;
 /// The code of the error event for a server that resumed an utterance below
 /// what it had acknowledged (see [`Uplink`]'s resume rule).
 pub const SERVER_LOST_ACKED_AUDIO: &str = "server_lost_acked_audio";
+/// The [`RelayEvent::Error`] code for the other way round: the server holds
+/// frames the spool lost (acknowledged, then gone with an OS crash before
+/// the spool's fsync).
+pub const SPOOL_LOST_ACKED_AUDIO: &str = "spool_lost_acked_audio";
 
 /// Tunables of the uplink.
 #[derive(Debug, Clone)]
@@ -350,6 +354,36 @@ impl Uplink {
                             u.acked
                         ),
                     }));
+                }
+                // The server holds more than the spool: an OS crash took
+                // frames the server had acked before the spool's fsync (the
+                // page cache died with it). The host never carries on an
+                // utterance across an OS restart (see `host::open`), so an
+                // ended one is the case here: the server's copy is the whole
+                // utterance, and `end` says so.
+                if next_seq > u.spooled {
+                    let recovered = u.total.is_some();
+                    out.push(Action::Emit(RelayEvent::Error {
+                        id: Some(utterance),
+                        code: SPOOL_LOST_ACKED_AUDIO.into(),
+                        message: if recovered {
+                            format!(
+                                "the spool kept {} frames but the server had acknowledged {next_seq} (an OS crash took the rest before \
+                                 the spool's fsync); ending the utterance with the server's copy",
+                                u.spooled
+                            )
+                        } else {
+                            format!(
+                                "the spool kept {} frames but the server had acknowledged {next_seq}, and the utterance is still open; \
+                                 frames the spool numbers below {next_seq} will not reach the server",
+                                u.spooled
+                            )
+                        },
+                    }));
+                    if recovered {
+                        u.spooled = next_seq;
+                        u.total = Some(next_seq);
+                    }
                 }
                 // Resume exactly where the server's durable copy ends.
                 u.phase = Phase::Open;

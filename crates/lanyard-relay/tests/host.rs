@@ -79,3 +79,39 @@ fn a_stopped_relay_no_longer_touches_the_spool() {
     assert!(all[0].ended, "shutdown ended the utterance in progress");
     assert_eq!(all[0].frame_count(), 2);
 }
+
+/// A relay restarted in the same OS boot carries on the utterance it was
+/// killed in; after an OS restart (another boot id in the spool directory)
+/// it ends that utterance where the spool's copy ends and starts a new one,
+/// because the crash may have taken frames the server already holds.
+#[test]
+fn an_unfinished_utterance_is_carried_on_after_a_kill_but_not_after_an_os_restart() {
+    for os_restarted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
+        let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
+        link.event(connected());
+        for seq in 0..5 {
+            link.event(notification(seq, seq == 0, false));
+        }
+        // Killed mid-utterance.
+        drop((relay, link));
+        if os_restarted {
+            std::fs::write(dir.path().join("boot-id"), "a boot before this one").unwrap();
+        }
+        let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
+        let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
+        link.event(connected());
+        for seq in 5..8 {
+            link.event(notification(seq, false, false));
+        }
+        drop((relay, link));
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let all: Vec<(u32, bool)> = spool.pending().map(|u| (u.frame_count(), u.ended)).collect();
+        if os_restarted {
+            assert_eq!(all, vec![(5, true), (3, false)], "ended at the spool's copy; the rest is a new utterance");
+        } else {
+            assert_eq!(all, vec![(8, false)], "the restarted relay carries the utterance on");
+        }
+    }
+}

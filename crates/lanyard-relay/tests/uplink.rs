@@ -224,3 +224,43 @@ fn a_server_holding_less_than_it_acknowledged_is_reported_and_resent() {
         .collect();
     assert_eq!(resent, (12..20).collect::<Vec<_>>(), "what the server lacks is sent again from the spool");
 }
+
+/// After an OS crash the spool may hold fewer frames of an ended utterance
+/// than the server acknowledged (the crash took them before the spool's
+/// fsync). The server's copy is then the utterance: nothing is sent again
+/// or numbered anew, `end` carries the server's count, and it is reported.
+#[test]
+fn a_spool_holding_less_than_the_server_acknowledged_ends_with_the_servers_copy() {
+    use lanyard_relay::uplink::{RelayEvent, SPOOL_LOST_ACKED_AUDIO};
+    let mut up = Uplink::new(UplinkConfig::default(), 1);
+    let id = Uuid::now_v7();
+    let mut out = Vec::new();
+    // Recovered after the reboot: 12 frames, ended there by the host.
+    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 12 }, &mut out);
+    up.handle(0, Input::Connected, &mut out);
+    let handle = out
+        .iter()
+        .find_map(|a| match a {
+            Action::SendText(ClientMsg::Open { handle, .. }) => Some(*handle),
+            _ => None,
+        })
+        .expect("opened");
+    out.clear();
+    up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 20, complete: false }), &mut out);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Emit(RelayEvent::Error { id: Some(i), code, .. }) if *i == id && code == SPOOL_LOST_ACKED_AUDIO)),
+        "the lost tail is reported: {out:?}"
+    );
+    assert!(!out.iter().any(|a| matches!(a, Action::SendAudio { .. })), "nothing is sent: the server holds more: {out:?}");
+    let ends: Vec<u32> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendText(ClientMsg::End { utterance, frames }) if *utterance == id => Some(*frames),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, vec![20], "`end` carries what the server holds, so the server completes it");
+    out.clear();
+    up.handle(1, Input::Server(ServerMsg::Complete { utterance: id, frames: 20 }), &mut out);
+    assert!(out.iter().any(|a| matches!(a, Action::Done(i) if *i == id)), "and the spool lets it go: {out:?}");
+}
