@@ -683,12 +683,14 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
             "capacity": {
                 "bar": format!(">= {TARGET_STREAMS} streams, ack p99 <= {TARGET_ACK_P99_MS} ms, server RSS (VmHWM) <= 1 GiB"),
                 "applies": capacity_applies,
-                "result": pass(capacity_ok),
+                "result": if capacity_applies { pass(capacity_ok) } else { "not measured" },
             },
             "time_to_safe": {
                 "bar": format!("p99 <= {TARGET_TTS_P99_MS} ms at {TARGET_TTS_STREAMS} streams"),
                 "applies": n == TARGET_TTS_STREAMS,
-                "result": pass(tts_ok),
+                // Judged only at its own size: at 2,000 streams the same
+                // figure is the capacity bar's ack p99, not this one.
+                "result": if n == TARGET_TTS_STREAMS { pass(tts_ok) } else { "not measured" },
             },
         },
     }))
@@ -992,7 +994,7 @@ fn print_report(r: &serde_json::Value) {
             key,
             t["bar"].as_str().unwrap_or(""),
             t["result"].as_str().unwrap_or(""),
-            if t["applies"].as_bool() == Some(true) { "" } else { " (not this run's size)" }
+            if t["applies"].as_bool() == Some(true) { "" } else { " (the bar is about another number of streams)" }
         );
     }
 }
