@@ -27,6 +27,8 @@
 //! to a background upload that never came, or discarded it) closes its file
 //! with its last holder instead of keeping a descriptor for the life of the
 //! server; the next writer reopens it and recounts its frames from the file.
+//! A writer whose write or sync fails records how much of its file is
+//! durable at that moment, and the next writer cuts the file back to it.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -65,20 +67,11 @@ pub struct UtteranceAudio {
     /// The device of the file's filesystem (`st_dev`): the committer's
     /// `syncfs` covers it only if it is the data directory's.
     dev: u64,
-    /// Where a failed writer leaves its `durable_bytes` when its last holder
-    /// lets it go, so that the next writer still cuts what was never synced.
+    /// Where the writer leaves its `durable_bytes` the moment it fails, so
+    /// that the next writer of the file cuts what was never synced, even if
+    /// this one has been let go by then. `None` once the file was replaced
+    /// or deleted: its length no longer describes the file at that path.
     cuts: Option<Arc<Mutex<HashMap<PathBuf, u64>>>>,
-}
-
-impl Drop for UtteranceAudio {
-    fn drop(&mut self) {
-        if self.failed
-            && let Some(cuts) = &self.cuts
-            && let Ok(mut cuts) = cuts.lock()
-        {
-            cuts.insert(self.path.clone(), self.durable_bytes);
-        }
-    }
 }
 
 impl UtteranceAudio {
@@ -121,7 +114,7 @@ impl UtteranceAudio {
         if let Err(e) = self.file.write_all(&buf) {
             // Part of the buffer may be in the file: a torn tail that only a
             // reopen (which truncates it) can account for.
-            self.failed = true;
+            self.fail();
             return Err(e);
         }
         self.frames += n;
@@ -143,7 +136,17 @@ impl UtteranceAudio {
 
     /// A sync that covered this file's unsynced records failed.
     fn sync_failed(&mut self) {
+        self.fail();
+    }
+
+    /// Marks the writer failed and leaves its durable length where the
+    /// next writer of the file finds it, whether or not this one is still
+    /// held by then (see [`AudioStore::writer`]).
+    fn fail(&mut self) {
         self.failed = true;
+        if let Some(cuts) = &self.cuts {
+            cuts.lock().expect("audio cuts poisoned").insert(self.path.clone(), self.durable_bytes);
+        }
     }
 
     /// `fdatasync`s the file if records written are not known durable yet.
@@ -153,7 +156,7 @@ impl UtteranceAudio {
         }
         if self.durable < self.frames {
             if let Err(e) = self.file.sync_data() {
-                self.failed = true;
+                self.fail();
                 return Err(e);
             }
             self.durable = self.frames;
@@ -208,7 +211,8 @@ pub struct AudioStore {
     /// and an upload of the same utterance share one writer, so their
     /// appends are serialized.
     open: Mutex<OpenWriters>,
-    /// Failed writers' durable lengths, by path (see [`UtteranceAudio`]).
+    /// Failed writers' durable lengths, by path (see [`UtteranceAudio`]):
+    /// an entry stays until a reopen has cut the file to it.
     cuts: Arc<Mutex<HashMap<PathBuf, u64>>>,
     /// The group committer of [`commit`](Self::commit), started on first use.
     committer: std::sync::OnceLock<commit::Committer>,
@@ -248,34 +252,27 @@ impl AudioStore {
     pub fn writer(&self, device: Uuid, utterance: Uuid) -> io::Result<Arc<Mutex<UtteranceAudio>>> {
         let mut open = self.open.lock().expect("audio map poisoned");
         let path = self.path(device, utterance);
-        // After a failed write or sync: how much of the file is known durable
-        // (from the failed writer itself if it is still held, or from what it
-        // left when it was let go).
-        let mut cut_to = None;
         if let Some(w) = open.live.get(&utterance).and_then(Weak::upgrade) {
-            let failed = {
-                let mut a = w.lock().expect("audio lock poisoned");
-                // A failed writer about to be replaced must not leave its
-                // length behind when it goes: the new writer's data is newer.
-                if a.failed {
-                    a.cuts = None;
-                }
-                a.failed.then_some(a.durable_bytes)
-            };
-            match failed {
-                None => {
-                    drop(open);
-                    // The count is a resume point: what it counts must be
-                    // durable (frames a group commit wrote and has not synced
-                    // yet are synced here, outside the map's lock).
-                    w.lock().expect("audio lock poisoned").make_durable()?;
-                    return Ok(w);
-                }
-                Some(durable_bytes) => cut_to = Some(durable_bytes),
+            let mut a = w.lock().expect("audio lock poisoned");
+            if !a.failed {
+                drop(a);
+                drop(open);
+                // The count is a resume point: what it counts must be
+                // durable (frames a group commit wrote and has not synced
+                // yet are synced here, outside the map's lock).
+                w.lock().expect("audio lock poisoned").make_durable()?;
+                return Ok(w);
             }
-        } else {
-            cut_to = self.cuts.lock().expect("audio cuts poisoned").remove(&path);
+            // A failed writer is replaced. It recorded its durable length
+            // when it failed; from now on it must not record again, since
+            // the file at its path will hold newer data.
+            a.cuts = None;
         }
+        // After a failed write or sync: how much of the file is known
+        // durable, as the failed writer recorded it (held or not by now).
+        // The entry goes only once the file is cut, so a reopen that fails
+        // on a sick disk leaves it for the next try.
+        let cut_to = self.cuts.lock().expect("audio cuts poisoned").get(&path).copied();
         // Not open, or a write or sync of it failed: (re)open and recount.
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
@@ -300,6 +297,7 @@ impl AudioStore {
             file.sync_all()?;
         }
         let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata()?);
+        self.cuts.lock().expect("audio cuts poisoned").remove(&path);
         let good = good as u64;
         let w = Arc::new(Mutex::new(UtteranceAudio {
             path,
@@ -329,7 +327,10 @@ impl AudioStore {
     /// the filesystem frees when the writer closes; its `end` then finds no
     /// utterance row and fails.
     pub fn remove(&self, device: Uuid, utterance: Uuid) -> io::Result<bool> {
-        self.open.lock().expect("audio map poisoned").live.remove(&utterance);
+        if let Some(w) = self.open.lock().expect("audio map poisoned").live.remove(&utterance).and_then(|w| w.upgrade()) {
+            // Its length must not apply to a new file at the same path.
+            w.lock().expect("audio lock poisoned").cuts = None;
+        }
         self.cuts.lock().expect("audio cuts poisoned").remove(&self.path(device, utterance));
         match fs::remove_file(self.path(device, utterance)) {
             Ok(()) => Ok(true),
@@ -346,7 +347,16 @@ impl AudioStore {
             .lock()
             .expect("audio map poisoned")
             .live
-            .retain(|_, w| w.upgrade().is_some_and(|w| !w.lock().expect("audio lock poisoned").path.starts_with(&dir)));
+            .retain(|_, w| {
+                w.upgrade().is_some_and(|w| {
+                    let mut a = w.lock().expect("audio lock poisoned");
+                    let keep = !a.path.starts_with(&dir);
+                    if !keep {
+                        a.cuts = None;
+                    }
+                    keep
+                })
+            });
         self.cuts.lock().expect("audio cuts poisoned").retain(|path, _| !path.starts_with(&dir));
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
