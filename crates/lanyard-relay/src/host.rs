@@ -439,7 +439,8 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
 const BOOT_FILE: &str = "boot-id";
 
 /// What this boot of the OS is called: Linux's (and Android's) random boot
-/// id, or the boot time on Apple systems. `None` elsewhere.
+/// id, or Apple's boot session UUID (unlike `kern.boottime`, it does not
+/// move when the clock is set). `None` elsewhere, or if it cannot be read.
 fn boot_id() -> Option<String> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
@@ -447,14 +448,24 @@ fn boot_id() -> Option<String> {
     }
     #[cfg(target_vendor = "apple")]
     {
-        let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
-        let mut size = std::mem::size_of::<libc::timeval>();
-        // SAFETY: `kern.boottime` is a `struct timeval`, and `size` says how
-        // much room `tv` has.
+        let mut buf = [0u8; 64];
+        let mut size = buf.len();
+        // SAFETY: `buf` has room for `size` bytes, which the call may not
+        // exceed, and it sets `size` to what it wrote.
         let rc = unsafe {
-            libc::sysctlbyname(c"kern.boottime".as_ptr(), (&raw mut tv).cast(), &mut size, std::ptr::null_mut(), 0)
+            libc::sysctlbyname(
+                c"kern.bootsessionuuid".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                &mut size,
+                std::ptr::null_mut(),
+                0,
+            )
         };
-        (rc == 0).then(|| format!("boot at {}.{:06}", tv.tv_sec, tv.tv_usec))
+        if rc != 0 {
+            return None;
+        }
+        let id = String::from_utf8_lossy(&buf[..size.min(buf.len())]).trim_end_matches('\0').trim().to_owned();
+        (!id.is_empty()).then_some(id)
     }
     #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
     {

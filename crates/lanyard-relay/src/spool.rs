@@ -291,7 +291,8 @@ pub struct Spool<F: SpoolFs = StdFs> {
 }
 
 /// Bound on [`Spool`]'s in-memory copy of the active segment's newest bytes:
-/// about 20 s of Opus frames, longer than a send round or a reconnect.
+/// 6 to 11 s of Opus frames with their record headers (it keeps the newer
+/// half when full), many send rounds.
 const TAIL_CACHE_BYTES: usize = 64 << 10;
 
 impl<F: SpoolFs> fmt::Debug for Spool<F> {

@@ -49,7 +49,8 @@
 //!   drafts run in step here; on the server a draft finishes a few hundred
 //!   ms after it is queued, so its prefix could be one draft shorter.
 //! - **(h) (a) on the wheel's CTranslate2**: (a)'s decode (window floor,
-//!   log-mel, one encode, beam 5, no fallback) on the CTranslate2 that
+//!   log-mel, one encode, beam 5; without (a)'s temperature fallback, which
+//!   only a rejected hypothesis triggers) on the CTranslate2 that
 //!   faster-whisper's pip wheel ships, timed by the same helper as (c). Only
 //!   the CTranslate2 build differs from (a): lanyard's takes its float32
 //!   matrix products from OpenBLAS on x86-64 Linux (ruy elsewhere), the
@@ -690,7 +691,7 @@ fn median_f32(values: &[f32]) -> f32 {
 /// The matrix-product library lanyard-stt's CTranslate2 is built with (see
 /// `crates/lanyard-stt/Cargo.toml`).
 const LANYARD_BACKEND: &str =
-    if cfg!(all(target_os = "linux", target_arch = "x86_64")) { "OpenBLAS" } else { "ruy" };
+    if cfg!(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu")) { "OpenBLAS" } else { "ruy" };
 
 /// One utterance as the helper timed it: (c) and (h).
 struct Helper {
