@@ -39,17 +39,23 @@ fn connected() -> LinkEvent {
     LinkEvent::Connected { framing: Framing::Lanyard, omi_codec: None, att_mtu: 185 }
 }
 
+/// Opens a relay on the spool in `dir`, hands it a pendant connection and
+/// the notifications `seqs` (frame 0 marks an utterance's start), and drops
+/// it as a killed app would: the loop never runs, nothing is synced or sent.
+fn spool_then_kill(dir: &std::path::Path, seqs: std::ops::Range<u16>) {
+    let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, link) = lanyard_relay::open(config(dir), tx).unwrap();
+    link.event(connected());
+    for seq in seqs {
+        link.event(notification(seq, seq == 0, false));
+    }
+    drop((relay, link));
+}
+
 #[test]
 fn link_event_spools_the_frame_before_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
-    let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
-    link.event(connected());
-    for seq in 0..5 {
-        link.event(notification(seq, seq == 0, false));
-    }
-    // The app is killed: the loop never ran, nothing was synced or sent.
-    drop((relay, link));
+    spool_then_kill(dir.path(), 0..5);
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let id = spool.open_utterance().expect("the utterance in progress is in the spool");
     let u = spool.utterance(id).unwrap();
@@ -88,24 +94,13 @@ fn a_stopped_relay_no_longer_touches_the_spool() {
 fn an_unfinished_utterance_is_carried_on_after_a_kill_but_not_after_an_os_restart() {
     for os_restarted in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
-        let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
-        link.event(connected());
-        for seq in 0..5 {
-            link.event(notification(seq, seq == 0, false));
-        }
         // Killed mid-utterance.
-        drop((relay, link));
+        spool_then_kill(dir.path(), 0..5);
         if os_restarted {
             std::fs::write(dir.path().join("boot-id"), "a boot before this one").unwrap();
         }
-        let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
-        let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
-        link.event(connected());
-        for seq in 5..8 {
-            link.event(notification(seq, false, false));
-        }
-        drop((relay, link));
+        // Relaunched, the pendant goes on with the sentence.
+        spool_then_kill(dir.path(), 5..8);
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let all: Vec<(u32, bool)> = spool.pending().map(|u| (u.frame_count(), u.ended)).collect();
         if os_restarted {

@@ -186,9 +186,23 @@ fn a_paced_backlog_asks_for_a_tick_and_drains_at_the_configured_rate() {
     assert!((8_900..=9_100).contains(&now), "drained at {now} ms");
 }
 
+/// The handle of the first `open` among `out`, if any.
+fn open_handle(out: &[Action]) -> Option<u32> {
+    out.iter().find_map(|a| match a {
+        Action::SendText(ClientMsg::Open { handle, .. }) => Some(*handle),
+        _ => None,
+    })
+}
+
+/// Whether `out` reports an error with `code` for utterance `id`.
+fn reported(out: &[Action], id: Uuid, code: &str) -> bool {
+    use lanyard_relay::uplink::RelayEvent;
+    out.iter().any(|a| matches!(a, Action::Emit(RelayEvent::Error { id: Some(i), code: c, .. }) if *i == id && c == code))
+}
+
 #[test]
 fn a_server_holding_less_than_it_acknowledged_is_reported_and_resent() {
-    use lanyard_relay::uplink::{RelayEvent, SERVER_LOST_ACKED_AUDIO};
+    use lanyard_relay::uplink::SERVER_LOST_ACKED_AUDIO;
     let mut up = Uplink::new(UplinkConfig::default(), 1);
     let id = Uuid::now_v7();
     let mut out = Vec::new();
@@ -201,20 +215,11 @@ fn a_server_holding_less_than_it_acknowledged_is_reported_and_resent() {
     out.clear();
     up.handle(10_000, Input::Tick, &mut out);
     up.handle(10_000, Input::Connected, &mut out);
-    let handle = out
-        .iter()
-        .find_map(|a| match a {
-            Action::SendText(ClientMsg::Open { handle, .. }) => Some(*handle),
-            _ => None,
-        })
-        .expect("re-opened");
+    let handle = open_handle(&out).expect("re-opened");
     out.clear();
     // The server restarted having lost frames 12..20 it had acknowledged.
     up.handle(10_000, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 12, complete: false }), &mut out);
-    let reported = out.iter().any(|a| {
-        matches!(a, Action::Emit(RelayEvent::Error { id: Some(i), code, .. }) if *i == id && code == SERVER_LOST_ACKED_AUDIO)
-    });
-    assert!(reported, "the broken promise is reported: {out:?}");
+    assert!(reported(&out, id, SERVER_LOST_ACKED_AUDIO), "the broken promise is reported: {out:?}");
     let resent: Vec<u32> = out
         .iter()
         .filter_map(|a| match a {
@@ -231,26 +236,17 @@ fn a_server_holding_less_than_it_acknowledged_is_reported_and_resent() {
 /// or numbered anew, `end` carries the server's count, and it is reported.
 #[test]
 fn a_spool_holding_less_than_the_server_acknowledged_ends_with_the_servers_copy() {
-    use lanyard_relay::uplink::{RelayEvent, SPOOL_LOST_ACKED_AUDIO};
+    use lanyard_relay::uplink::SPOOL_LOST_ACKED_AUDIO;
     let mut up = Uplink::new(UplinkConfig::default(), 1);
     let id = Uuid::now_v7();
     let mut out = Vec::new();
     // Recovered after the reboot: 12 frames, ended there by the host.
     up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 12 }, &mut out);
     up.handle(0, Input::Connected, &mut out);
-    let handle = out
-        .iter()
-        .find_map(|a| match a {
-            Action::SendText(ClientMsg::Open { handle, .. }) => Some(*handle),
-            _ => None,
-        })
-        .expect("opened");
+    let handle = open_handle(&out).expect("opened");
     out.clear();
     up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 20, complete: false }), &mut out);
-    assert!(
-        out.iter().any(|a| matches!(a, Action::Emit(RelayEvent::Error { id: Some(i), code, .. }) if *i == id && code == SPOOL_LOST_ACKED_AUDIO)),
-        "the lost tail is reported: {out:?}"
-    );
+    assert!(reported(&out, id, SPOOL_LOST_ACKED_AUDIO), "the lost tail is reported: {out:?}");
     assert!(!out.iter().any(|a| matches!(a, Action::SendAudio { .. })), "nothing is sent: the server holds more: {out:?}");
     let ends: Vec<u32> = out
         .iter()

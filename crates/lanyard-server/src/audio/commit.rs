@@ -457,8 +457,10 @@ mod tests {
         assert_eq!(std::fs::metadata(store.path(d, u)).unwrap().len(), 0);
     }
 
-    #[test]
-    fn a_reopen_after_a_failed_sync_keeps_exactly_what_was_synced() {
+    /// A store whose utterance got two frames through a sync that succeeded,
+    /// then a third through one that failed: the temporary directory (kept
+    /// alive), the store, (device, utterance) and the writer.
+    fn two_synced_then_a_failed_sync() -> (tempfile::TempDir, AudioStore, (Uuid, Uuid), Arc<Mutex<UtteranceAudio>>) {
         /// Succeeds once, then fails.
         struct OnceOk(bool);
         impl Syncer for OnceOk {
@@ -479,6 +481,13 @@ mod tests {
         assert_eq!(committer.submit(Append { audio: w.clone(), first: 0, frames: two, then: None }).wait().unwrap(), 2);
         let three = vec![b"three".to_vec()];
         assert!(committer.submit(Append { audio: w.clone(), first: 2, frames: three, then: None }).wait().is_err());
+        (dir, store, (d, u), w)
+    }
+
+    #[test]
+    fn a_reopen_after_a_failed_sync_keeps_exactly_what_was_synced() {
+        // The failed writer is still held (its stream has not noticed yet).
+        let (_dir, store, (d, u), _failed) = two_synced_then_a_failed_sync();
         let w2 = store.writer(d, u).unwrap();
         let held = { let a = w2.lock().unwrap(); (a.frames(), a.durable()) };
         assert_eq!(held, (2, 2), "the unsynced third is cut");
@@ -489,26 +498,7 @@ mod tests {
 
     #[test]
     fn a_failed_writer_let_go_before_the_reopen_still_has_its_tail_cut() {
-        /// Succeeds once, then fails.
-        struct OnceOk(bool);
-        impl Syncer for OnceOk {
-            fn sync(&mut self, files: &[Arc<Mutex<UtteranceAudio>>]) -> Vec<io::Result<()>> {
-                let ok = std::mem::replace(&mut self.0, false);
-                files
-                    .iter()
-                    .map(|f| if ok { f.lock().unwrap().file.sync_data() } else { Err(io::Error::other("EIO")) })
-                    .collect()
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let store = AudioStore::new(dir.path().to_owned()).unwrap();
-        let (d, u) = (Uuid::now_v7(), Uuid::now_v7());
-        let w = store.writer(d, u).unwrap();
-        let committer = Committer::start(OnceOk(true), Duration::ZERO);
-        let two = vec![b"one".to_vec(), b"two".to_vec()];
-        assert_eq!(committer.submit(Append { audio: w.clone(), first: 0, frames: two, then: None }).wait().unwrap(), 2);
-        let three = vec![b"three".to_vec()];
-        assert!(committer.submit(Append { audio: w.clone(), first: 2, frames: three, then: None }).wait().is_err());
+        let (_dir, store, (d, u), w) = two_synced_then_a_failed_sync();
         // The stream that held it goes away (and the committer lets go of it
         // once its batch is done): the file closes with the last holder.
         let weak = Arc::downgrade(&w);
