@@ -410,13 +410,22 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     // acknowledged them, and frames appended after the shorter tail would
     // reuse numbers the server holds. It ends where the spool's copy ends,
     // and the uplink completes it from the server's copy.
-    if resumed.is_some() && os_restarted_since_last_open(&cfg.spool_dir) {
-        let (id, _) = resumed.take().expect("checked");
+    // Same boot only if both the recorded boot and this one are known and
+    // equal: a spool from before the check, or a platform without a boot
+    // id, gets the careful answer.
+    let boot = boot_id();
+    let recorded = std::fs::read_to_string(cfg.spool_dir.join(BOOT_FILE)).ok();
+    let same_boot = matches!((&recorded, &boot), (Some(r), Some(b)) if r.trim() == b);
+    if !same_boot && let Some((id, _)) = resumed.take() {
         let frames = spool.end(id, 0)?;
         spool.sync()?;
         tracing::warn!(%id, frames, "the OS restarted since the relay last ran; ending the utterance it was in");
     }
-    record_boot(&cfg.spool_dir);
+    // Only now, once that end is durable: a crash before it must find the
+    // old boot recorded and end the utterance again.
+    if !same_boot && let Some(boot) = &boot {
+        record_boot(&cfg.spool_dir, boot);
+    }
     let now = now_ms();
     let core = Core {
         spool,
@@ -473,28 +482,12 @@ fn boot_id() -> Option<String> {
     }
 }
 
-/// Whether the OS may have restarted since the spool in `dir` was last
-/// opened: yes unless both the recorded boot and this one are known and
-/// equal (a spool from before this check, or a platform without a boot id,
-/// gets the careful answer).
-fn os_restarted_since_last_open(dir: &std::path::Path) -> bool {
-    let recorded = std::fs::read_to_string(dir.join(BOOT_FILE)).ok();
-    match (recorded, boot_id()) {
-        (Some(recorded), Some(now)) => recorded.trim() != now,
-        _ => true,
-    }
-}
-
-/// Records this boot for the next open (best effort: if it fails, the next
+/// Records `boot` for the next open (best effort: if it fails, the next
 /// open gives the careful answer).
-fn record_boot(dir: &std::path::Path) {
-    let Some(now) = boot_id() else { return };
+fn record_boot(dir: &std::path::Path, boot: &str) {
     let path = dir.join(BOOT_FILE);
-    if std::fs::read_to_string(&path).is_ok_and(|r| r.trim() == now) {
-        return;
-    }
     let written = std::fs::File::create(&path).and_then(|mut f| {
-        std::io::Write::write_all(&mut f, now.as_bytes())?;
+        std::io::Write::write_all(&mut f, boot.as_bytes())?;
         f.sync_all()
     });
     if let Err(e) = written {
