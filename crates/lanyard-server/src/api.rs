@@ -193,7 +193,7 @@ pub fn routes() -> Vec<Route> {
                     E400,
                     E401,
                     E404,
-                    (409, "The utterance holds other audio.", Some("ErrorBody")),
+                    (409, "The utterance has another codec.", Some("ErrorBody")),
                     (413, "Over 4 MiB.", Some("ErrorBody")),
                     (415, "Neither Ogg Opus nor WAV.", Some("ErrorBody")),
                     E429,
@@ -549,13 +549,16 @@ async fn upload(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| ApiError::Internal(format!("cannot store audio: {e}")))?;
-    if held != frames {
-        return Err(ApiError::Conflict(format!(
-            "the server already holds {held} frames of {id}, more than the {frames} uploaded; upload the whole utterance"
-        )));
+    // The upload is the whole utterance as the phone holds it. Holding more
+    // means the phone's spool lost frames the server had acknowledged (an
+    // OS crash inside its fsync window): the server's copy has every frame
+    // the device sent, so the utterance completes with it. Refusing would
+    // leave the phone nothing better to upload.
+    if held > frames {
+        tracing::warn!(%id, held, uploaded = frames, "upload shorter than the audio held; completing with the held frames");
     }
-    ingest::complete(&state, id, frames).await.map_err(ApiError::Internal)?;
+    ingest::complete(&state, id, held).await.map_err(ApiError::Internal)?;
     let state_now = state.store.utterance(id).await?.map_or(UtteranceState::Complete, |u| u.state);
-    let resp = UploadResponse { utterance: id, state: state_now, frames, added: held - held_before.min(held) };
+    let resp = UploadResponse { utterance: id, state: state_now, frames: held, added: held - held_before.min(held) };
     Ok((StatusCode::OK, Json(resp)))
 }

@@ -116,6 +116,52 @@ async fn half_streamed_then_uploaded_is_processed_once() {
     h.server.stop().await;
 }
 
+/// After an OS crash inside its fsync window, a phone's spool can hold fewer
+/// frames of an utterance than it streamed and the server acknowledged. Its
+/// background upload of what it still has completes the utterance with the
+/// server's longer copy, answered once, instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_shorter_than_the_acknowledged_audio_completes_with_the_servers_copy() {
+    let h = harness().await;
+    let frames = speech_frames("Call the dentist on Monday.");
+    let n = frames.len() as u32;
+    let id = Uuid::now_v7();
+    let mut ws = h.ws(&h.token_a).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    expect_opened(&mut ws).await;
+    for (i, f) in frames.iter().enumerate() {
+        send_audio(&mut ws, 1, i as u32, f).await;
+    }
+    // Partial transcripts may come before the last ack.
+    loop {
+        match recv(&mut ws).await {
+            In::Ack(a) if a.next == n => break,
+            In::Ack(_) | In::Text(_) => {}
+            In::Close(c, r) => panic!("closed {c} {r}"),
+        }
+    }
+    drop(ws);
+
+    let ogg = oggopus::write(7, frames[..n as usize / 2].iter().map(Vec::as_slice));
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1/utterances/{id}/audio", h.url))
+        .bearer_auth(&h.token_a)
+        .header("content-type", "audio/ogg")
+        .body(ogg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r: UploadResponse = resp.json().await.unwrap();
+    assert_eq!((r.frames, r.added), (n, 0), "the utterance is the server's whole copy");
+
+    let u = h.wait_state(id, UtteranceState::Replied).await;
+    assert_eq!(u.frames, n);
+    assert!(u.transcript.unwrap().to_lowercase().contains("monday"), "the second half, not uploaded, is transcribed");
+    assert_eq!(h.store.transcript_writes(id).await.unwrap(), 1);
+    h.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_cannot_see_each_other() {
     let h = harness().await;
