@@ -80,7 +80,7 @@ impl RelayConfig {
         };
         let boundary = match self.silence_timeout_ms {
             0 => BoundaryConfig::default(),
-            ms => BoundaryConfig { silence_timeout_ms: ms },
+            ms => BoundaryConfig { silence_timeout_ms: ms, ..Default::default() },
         };
         Ok(HostConfig {
             spool_dir: PathBuf::from(&self.spool_dir),

@@ -11,6 +11,13 @@
 //! [`Tracker::on_endpoint`] ends an utterance that no start marker opened.
 //! A pendant that marks its utterances knows better, and keeps them whole.
 //!
+//! The server takes at most [`MAX_UTTERANCE_FRAMES`] frames (10 minutes) in
+//! one utterance, and closes a stream that sends more (4002). An Omi pendant
+//! in a quiet room never gives the server an endpoint, and a monologue can
+//! outlast any limit, so an utterance that reaches
+//! [`BoundaryConfig::max_frames`] ends there and the next frame starts the
+//! next one (opened the way the full one was, by a marker or not).
+//!
 //! After a relay restart the spool may hold an utterance that never ended
 //! (the app was killed while the user spoke). If the pendant carries on with
 //! frames that do not start a new utterance, they are the rest of that one:
@@ -20,6 +27,7 @@
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::reassembly::Frame;
+pub use lanyard_proto::wire::limits::MAX_UTTERANCE_FRAMES;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -27,11 +35,14 @@ pub struct BoundaryConfig {
     /// BLE silence that ends an utterance. 1.5 s is longer than a breath
     /// between clauses and short enough for a reply within seconds.
     pub silence_timeout_ms: u64,
+    /// The most frames one utterance holds; the next frame starts a new one.
+    /// [`MAX_UTTERANCE_FRAMES`], the server's limit, by default.
+    pub max_frames: u32,
 }
 
 impl Default for BoundaryConfig {
     fn default() -> Self {
-        Self { silence_timeout_ms: 1500 }
+        Self { silence_timeout_ms: 1500, max_frames: MAX_UTTERANCE_FRAMES }
     }
 }
 
@@ -50,15 +61,24 @@ pub struct Tracker {
     /// The current utterance began with a start marker: its pendant marks
     /// boundaries, so the server's endpoints are not for it.
     marked: bool,
+    /// Frames in the current utterance.
+    frames: u32,
     last_frame_ms: u64,
 }
 
 impl Tracker {
-    /// `resumed` is the spool's unfinished utterance after a restart, if any.
-    pub fn new(cfg: BoundaryConfig, resumed: Option<(Uuid, Codec)>, now_ms: u64) -> Self {
+    /// `resumed` is the spool's unfinished utterance after a restart, if
+    /// any, with the frames it holds.
+    pub fn new(cfg: BoundaryConfig, resumed: Option<(Uuid, Codec, u32)>, now_ms: u64) -> Self {
         // An adopted utterance's start is unknown: treat it as marked, so
         // that only the pendant (or silence) ends it.
-        Self { cfg, marked: resumed.is_some(), current: resumed, last_frame_ms: now_ms }
+        Self {
+            cfg,
+            marked: resumed.is_some(),
+            current: resumed.map(|(id, codec, _)| (id, codec)),
+            frames: resumed.map_or(0, |(_, _, frames)| frames),
+            last_frame_ms: now_ms,
+        }
     }
 
     pub fn current(&self) -> Option<Uuid> {
@@ -71,12 +91,19 @@ impl Tracker {
         if frame.start || self.current.is_some_and(|(_, c)| c != frame.codec) {
             self.end(out);
         }
+        // A full utterance goes on as a new one, opened as it was.
+        let full = self.current.is_some() && !frame.data.is_empty() && self.frames >= self.cfg.max_frames;
+        let marked = if full { self.marked } else { frame.start };
+        if full {
+            self.end(out);
+        }
         let id = match self.current {
             Some((id, _)) => id,
             None => {
                 let id = mint();
                 self.current = Some((id, frame.codec));
-                self.marked = frame.start;
+                self.marked = marked;
+                self.frames = 0;
                 out.push(Step::Begin { id, codec: frame.codec });
                 id
             }
@@ -84,6 +111,7 @@ impl Tracker {
         // An empty frame only carries a marker.
         if !frame.data.is_empty() {
             out.push(Step::Frame { id, data: frame.data });
+            self.frames += 1;
         }
         if frame.end {
             self.end(out);
@@ -182,9 +210,53 @@ mod tests {
     }
 
     #[test]
+    fn a_full_utterance_goes_on_as_a_new_one_opened_as_it_was() {
+        let cfg = BoundaryConfig { max_frames: 2, ..Default::default() };
+        let mut ids = (1..).map(Uuid::from_u128);
+        let mut t = Tracker::new(cfg.clone(), None, 0);
+        let mut out = vec![];
+        for (i, d) in [b"a", b"b", b"c", b"d", b"e"].iter().enumerate() {
+            t.on_frame(frame(i == 0, false, *d), i as u64 * 20, || ids.next().unwrap(), &mut out);
+        }
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let opus = Codec::Opus16k20ms;
+        assert_eq!(
+            out,
+            vec![
+                Step::Begin { id: a, codec: opus },
+                Step::Frame { id: a, data: b"a".to_vec() },
+                Step::Frame { id: a, data: b"b".to_vec() },
+                Step::End { id: a },
+                Step::Begin { id: b, codec: opus },
+                Step::Frame { id: b, data: b"c".to_vec() },
+                Step::Frame { id: b, data: b"d".to_vec() },
+                Step::End { id: b },
+                Step::Begin { id: c, codec: opus },
+                Step::Frame { id: c, data: b"e".to_vec() },
+            ]
+        );
+        // Marked from the start, so the continuation is too: the server's
+        // endpoint leaves it alone.
+        t.on_endpoint(c, &mut out);
+        assert_eq!(t.current(), Some(c));
+        // A marker-only frame on a full utterance does not open a new one.
+        out.clear();
+        t.on_frame(frame(false, false, b"f"), 200, || ids.next().unwrap(), &mut out);
+        t.on_frame(frame(false, true, b""), 220, || unreachable!(), &mut out);
+        assert_eq!(out, vec![Step::Frame { id: c, data: b"f".to_vec() }, Step::End { id: c }]);
+        // An adopted utterance counts the frames the spool holds.
+        let old = Uuid::from_u128(7);
+        let mut t = Tracker::new(cfg, Some((old, opus, 2)), 0);
+        out.clear();
+        t.on_frame(frame(false, false, b"g"), 10, || Uuid::from_u128(8), &mut out);
+        assert_eq!(out[0], Step::End { id: old });
+        assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: opus });
+    }
+
+    #[test]
     fn a_restarted_relay_adopts_the_unfinished_utterance() {
         let old = Uuid::from_u128(7);
-        let mut t = Tracker::new(BoundaryConfig::default(), Some((old, Codec::Opus16k20ms)), 0);
+        let mut t = Tracker::new(BoundaryConfig::default(), Some((old, Codec::Opus16k20ms, 1)), 0);
         let mut out = vec![];
         t.on_frame(frame(false, true, b"tail"), 10, || unreachable!(), &mut out);
         assert_eq!(out, vec![Step::Frame { id: old, data: b"tail".to_vec() }, Step::End { id: old }]);
@@ -193,7 +265,7 @@ mod tests {
     #[test]
     fn a_start_marker_closes_an_adopted_utterance() {
         let old = Uuid::from_u128(7);
-        let mut t = Tracker::new(BoundaryConfig::default(), Some((old, Codec::Opus16k20ms)), 0);
+        let mut t = Tracker::new(BoundaryConfig::default(), Some((old, Codec::Opus16k20ms, 1)), 0);
         let mut out = vec![];
         t.on_frame(frame(true, false, b"x"), 10, || Uuid::from_u128(8), &mut out);
         assert_eq!(out[0], Step::End { id: old });

@@ -403,7 +403,7 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     let ws_url = stream_url(&cfg.server)?;
     let (mut spool, recovery) = Spool::open(&cfg.spool_dir)?;
     tracing::info!(?recovery, "spool recovered");
-    let mut resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec));
+    let mut resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec, u.frame_count()));
     // An utterance the app was killed in is carried on by the frames that
     // follow (see `boundary`), but not across an OS restart: the crash may
     // have taken its last frames from the spool after the server had
@@ -416,7 +416,7 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     let boot = boot_id();
     let recorded = std::fs::read_to_string(cfg.spool_dir.join(BOOT_FILE)).ok();
     let same_boot = matches!((&recorded, &boot), (Some(r), Some(b)) if r.trim() == b);
-    if !same_boot && let Some((id, _)) = resumed.take() {
+    if !same_boot && let Some((id, ..)) = resumed.take() {
         let frames = spool.end(id, 0)?;
         spool.sync()?;
         tracing::warn!(%id, frames, "the OS restarted since the relay last ran; ending the utterance it was in");

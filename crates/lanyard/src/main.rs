@@ -374,7 +374,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
         server: args.server,
         token: args.token,
         sync_interval: Duration::from_millis(args.sync_ms.max(1)),
-        boundary: lanyard_relay::boundary::BoundaryConfig { silence_timeout_ms: args.silence_ms },
+        boundary: lanyard_relay::boundary::BoundaryConfig { silence_timeout_ms: args.silence_ms, ..Default::default() },
         uplink: Default::default(),
         planner: lanyard_relay::planner::PlannerConfig { ttl_ms: args.ttl_secs * 1000, ..Default::default() },
         push,
