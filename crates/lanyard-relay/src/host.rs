@@ -619,7 +619,7 @@ impl Relay {
         let mut next_wake = now_ms();
         let mut round_at: Option<u64> = None;
 
-        loop {
+        'relay: loop {
             let sleep_for = Duration::from_millis(next_wake.saturating_sub(now_ms()));
             tokio::select! {
                 () = tokio::time::sleep(sleep_for) => {}
@@ -715,139 +715,147 @@ impl Relay {
                 }
             }
 
-            // One round: whatever woke the loop, catch up on everything.
-            let now = now_ms();
-            let mut core = shared.lock();
-            if let Some(e) = core.failed.take() {
-                return Err(e.into());
-            }
-            core.on_tick(now)?;
-            for input in std::mem::take(&mut core.news) {
-                uplink.handle(now, input, &mut actions);
-            }
-            uplink.handle(now, Input::Tick, &mut actions);
-            meter.update(now, uplink.acked_frames(), uplink.is_connected() && uplink.pending() > 0);
-
-            // The spool makes room by evicting the oldest audio when it is full:
-            // each eviction is reported, and the uplink stops sending it.
-            for (id, reason) in core.spool.take_evicted() {
-                discarded += 1;
-                uplink.handle(now, Input::Forget { id }, &mut actions);
-                actions.retain(|a| !matches!(a, Action::SendAudio { id: i, .. } if *i == id));
-                emit(RelayEvent::Discarded { id, reason });
-            }
-
-            // The server heard speech stop: an utterance no marker opened
-            // ends here, and its `end` goes out in this round.
-            let endpoints: Vec<Uuid> =
-                actions.iter().filter_map(|a| if let Action::Endpoint(id) = a { Some(*id) } else { None }).collect();
-            if !endpoints.is_empty() {
-                actions.retain(|a| !matches!(a, Action::Endpoint(_)));
-                for id in endpoints {
-                    core.on_endpoint(id, now)?;
+            // One round: whatever woke the loop, catch up on everything. It
+            // ends with the spool's fsync, if one comes due, to run without
+            // the lock.
+            let sync_job = 'round: {
+                let now = now_ms();
+                let mut core = shared.lock();
+                if let Some(e) = core.failed.take() {
+                    return Err(e.into());
                 }
+                core.on_tick(now)?;
                 for input in std::mem::take(&mut core.news) {
                     uplink.handle(now, input, &mut actions);
                 }
-            }
+                uplink.handle(now, Input::Tick, &mut actions);
+                meter.update(now, uplink.acked_frames(), uplink.is_connected() && uplink.pending() > 0);
 
-            // Carry out the uplink's decisions first: a `complete` that came in
-            // this round marks the spool done, and the planner must not hand
-            // off (or discard) an utterance the server already holds.
-            replies += socket.carry_out(&mut actions, &mut core.spool, &emit)?;
+                // The spool makes room by evicting the oldest audio when it is full:
+                // each eviction is reported, and the uplink stops sending it.
+                for (id, reason) in core.spool.take_evicted() {
+                    discarded += 1;
+                    uplink.handle(now, Input::Forget { id }, &mut actions);
+                    actions.retain(|a| !matches!(a, Action::SendAudio { id: i, .. } if *i == id));
+                    emit(RelayEvent::Discarded { id, reason });
+                }
 
-            // The planner is a few comparisons per utterance: run it every round.
-            let final_plan_at = deadline.map(|d| d.saturating_sub(cfg.planner.safety_margin_ms));
-            if final_plan_at.is_some_and(|t| now >= t) {
-                final_plan_done = true;
-            }
-            let views: Vec<UttView> = core
-                .spool
-                .pending()
-                .filter(|u| u.ended && !handed_off.contains_key(&u.id))
-                .map(|u| UttView {
-                    id: u.id,
-                    started_ms: u.started_ms,
-                    unacked_bytes: core.spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0)) + END_COST_BYTES,
-                })
-                .collect();
-            let input = PlanInput {
-                now_ms: now,
-                deadline_ms: deadline,
-                suspending,
-                network_up: !uplink.failing(),
-                connected: uplink.is_connected(),
-                throughput_bps: meter.bps,
-                utterances: &views,
-            };
-            for (id, decision) in plan(&cfg.planner, &input) {
-                match decision {
-                    Decision::Stream => {}
-                    Decision::HandOff => {
-                        let sealed = seal(&core.spool, id)?;
-                        uplink.handle(now, Input::Forget { id }, &mut actions);
-                        emit(upload_task(&cfg, id, &sealed.path, sealed.content_type));
-                        handed_off.insert(id, sealed.path);
+                // The server heard speech stop: an utterance no marker opened
+                // ends here, and its `end` goes out in this round.
+                let endpoints: Vec<Uuid> =
+                    actions.iter().filter_map(|a| if let Action::Endpoint(id) = a { Some(*id) } else { None }).collect();
+                if !endpoints.is_empty() {
+                    actions.retain(|a| !matches!(a, Action::Endpoint(_)));
+                    for id in endpoints {
+                        core.on_endpoint(id, now)?;
                     }
-                    Decision::Discard(reason) => {
-                        let reason = reason.to_string();
-                        core.spool.mark_dropped(id, &reason)?;
-                        discarded += 1;
-                        uplink.handle(now, Input::Forget { id }, &mut actions);
-                        emit(RelayEvent::Discarded { id, reason });
+                    for input in std::mem::take(&mut core.news) {
+                        uplink.handle(now, input, &mut actions);
                     }
                 }
-            }
 
-            replies += socket.carry_out(&mut actions, &mut core.spool, &emit)?;
+                // Carry out the uplink's decisions first: a `complete` that came in
+                // this round marks the spool done, and the planner must not hand
+                // off (or discard) an utterance the server already holds.
+                replies += socket.carry_out(&mut actions, &mut core.spool, &emit)?;
 
-            let live = core.tracker.current().is_some();
-            let idle = uplink.pending() == 0 && !live && handed_off.is_empty();
-            if shutdown
-                || (idle && (cfg.exit_after.is_some_and(|n| replies >= n) || (!core.link_open && cfg.exit_after.is_none())))
-            {
-                sync(&mut core.spool, cfg.fsync_delay)?;
-                break;
-            }
-
-            // While an utterance goes on, rounds come at a steady cadence
-            // whatever else wakes the loop (acks, replies).
-            round_at = match round_at {
-                Some(t) if live && now < t => Some(t),
-                _ if live => Some(now + round),
-                _ => None,
-            };
-            // When to look again if nothing wakes the loop first.
-            next_wake = [
-                round_at,
-                core.tracker.next_deadline(),
-                uplink.next_deadline(),
-                final_plan_at.filter(|_| !final_plan_done),
-                // In the background the planner watches the throughput.
-                deadline.map(|_| now + BACKGROUND_PLAN_MS),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + IDLE_WAKE_MS);
-            // Fsync now what would come due before then, so that every write
-            // is durable within the sync interval. (If it comes due later, an
-            // earlier wake-up looks again.)
-            if let Some(due) = core.dirty_since_ms.map(|t| t + cfg.sync_interval.as_millis() as u64)
-                && due <= next_wake
-            {
-                // The fsync runs without the lock: a slow disk must not hold
-                // up the link's thread, which only appends.
-                core.dirty_since_ms = None;
-                let job = core.spool.sync_job()?;
-                drop(core);
-                if let Some(job) = job {
-                    if !cfg.fsync_delay.is_zero() {
-                        std::thread::sleep(cfg.fsync_delay);
-                    }
-                    job.run()?;
-                    shared.lock().spool.synced(job);
+                // The planner is a few comparisons per utterance: run it every round.
+                let final_plan_at = deadline.map(|d| d.saturating_sub(cfg.planner.safety_margin_ms));
+                if final_plan_at.is_some_and(|t| now >= t) {
+                    final_plan_done = true;
                 }
+                let views: Vec<UttView> = core
+                    .spool
+                    .pending()
+                    .filter(|u| u.ended && !handed_off.contains_key(&u.id))
+                    .map(|u| UttView {
+                        id: u.id,
+                        started_ms: u.started_ms,
+                        unacked_bytes: core.spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0)) + END_COST_BYTES,
+                    })
+                    .collect();
+                let input = PlanInput {
+                    now_ms: now,
+                    deadline_ms: deadline,
+                    suspending,
+                    network_up: !uplink.failing(),
+                    connected: uplink.is_connected(),
+                    throughput_bps: meter.bps,
+                    utterances: &views,
+                };
+                for (id, decision) in plan(&cfg.planner, &input) {
+                    match decision {
+                        Decision::Stream => {}
+                        Decision::HandOff => {
+                            let sealed = seal(&core.spool, id)?;
+                            uplink.handle(now, Input::Forget { id }, &mut actions);
+                            emit(upload_task(&cfg, id, &sealed.path, sealed.content_type));
+                            handed_off.insert(id, sealed.path);
+                        }
+                        Decision::Discard(reason) => {
+                            let reason = reason.to_string();
+                            core.spool.mark_dropped(id, &reason)?;
+                            discarded += 1;
+                            uplink.handle(now, Input::Forget { id }, &mut actions);
+                            emit(RelayEvent::Discarded { id, reason });
+                        }
+                    }
+                }
+
+                replies += socket.carry_out(&mut actions, &mut core.spool, &emit)?;
+
+                let live = core.tracker.current().is_some();
+                let idle = uplink.pending() == 0 && !live && handed_off.is_empty();
+                if shutdown
+                    || (idle && (cfg.exit_after.is_some_and(|n| replies >= n) || (!core.link_open && cfg.exit_after.is_none())))
+                {
+                    sync(&mut core.spool, cfg.fsync_delay)?;
+                    break 'relay;
+                }
+
+                // While an utterance goes on, rounds come at a steady cadence
+                // whatever else wakes the loop (acks, replies).
+                round_at = match round_at {
+                    Some(t) if live && now < t => Some(t),
+                    _ if live => Some(now + round),
+                    _ => None,
+                };
+                // When to look again if nothing wakes the loop first.
+                next_wake = [
+                    round_at,
+                    core.tracker.next_deadline(),
+                    uplink.next_deadline(),
+                    final_plan_at.filter(|_| !final_plan_done),
+                    // In the background the planner watches the throughput.
+                    deadline.map(|_| now + BACKGROUND_PLAN_MS),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + IDLE_WAKE_MS);
+                // Fsync now what would come due before then, so that every write
+                // is durable within the sync interval. (If it comes due later, an
+                // earlier wake-up looks again.)
+                match core.dirty_since_ms.map(|t| t + cfg.sync_interval.as_millis() as u64) {
+                    Some(due) if due <= next_wake => {
+                        core.dirty_since_ms = None;
+                        break 'round core.spool.sync_job()?;
+                    }
+                    _ => None,
+                }
+            };
+            // The fsync runs without the lock: a slow disk must not hold up
+            // the link's thread, which only appends.
+            if let Some(job) = sync_job {
+                // Let the WebSocket writer send this round's frames first:
+                // the server's ack then comes back while the disk flushes,
+                // and the loop finds it waiting instead of being woken for it.
+                tokio::task::yield_now().await;
+                if !cfg.fsync_delay.is_zero() {
+                    std::thread::sleep(cfg.fsync_delay);
+                }
+                job.run()?;
+                shared.lock().spool.synced(job);
             }
         }
         Ok(())
@@ -1022,7 +1030,11 @@ async fn open_ws(
     req.headers_mut().insert("authorization", auth);
     // Frames are small writes: send each at once instead of waiting for
     // Nagle's algorithm, which would add up to 40 ms to every ack round trip.
-    let connect = tokio_tungstenite::connect_async_with_config(req, None, true);
+    // The server sends acks and short JSON: a small read buffer is plenty,
+    // and tungstenite zero-fills all of it before every read (the 128 KiB
+    // default was the largest user-space cost of the relay's loop).
+    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let connect = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(resp))) => {
@@ -1033,6 +1045,9 @@ async fn open_ws(
         Err(_) => Err(format!("connecting to {url} timed out")),
     }
 }
+
+/// The WebSocket's read buffer; a longer message is read in several reads.
+const READ_BUFFER_BYTES: usize = 4 << 10;
 
 /// `http://h:p` -> `ws://h:p/v1/stream`.
 pub fn stream_url(server: &str) -> Result<String, HostError> {

@@ -288,6 +288,9 @@ pub struct Spool<F: SpoolFs = StdFs> {
     /// Starts at `tail_base` in the file; at most [`TAIL_CACHE_BYTES`].
     tail: Vec<u8>,
     tail_base: u64,
+    /// A second handle on the active segment for [`Spool::sync_job`] (real
+    /// filesystem only), made once per segment rather than per fsync.
+    sync_handle: Option<(u64, std::sync::Arc<std::fs::File>)>,
 }
 
 /// Bound on [`Spool`]'s in-memory copy of the active segment's newest bytes:
@@ -323,12 +326,19 @@ impl Spool<StdFs> {
     /// An fsync of the active segment that runs without borrowing the spool,
     /// so appends can go on while a slow disk flushes; `None` when nothing
     /// is unsynced. Hand the job back to [`Spool::synced`] once it ran.
-    pub fn sync_job(&self) -> Result<Option<SyncJob>> {
+    pub fn sync_job(&mut self) -> Result<Option<SyncJob>> {
         if !self.unsynced {
             return Ok(None);
         }
         let path = segment_path(&self.dir, self.active_id);
-        let file = self.active.try_clone().map_err(io_err(&path))?;
+        let file = match &self.sync_handle {
+            Some((id, file)) if *id == self.active_id => file.clone(),
+            _ => {
+                let file = std::sync::Arc::new(self.active.try_clone().map_err(io_err(&path))?);
+                self.sync_handle = Some((self.active_id, file.clone()));
+                file
+            }
+        };
         Ok(Some(SyncJob { file, path, writes: self.writes }))
     }
 
@@ -345,7 +355,7 @@ impl Spool<StdFs> {
 /// See [`Spool::sync_job`].
 #[derive(Debug)]
 pub struct SyncJob {
-    file: std::fs::File,
+    file: std::sync::Arc<std::fs::File>,
     path: PathBuf,
     writes: u64,
 }
@@ -428,6 +438,7 @@ impl<F: SpoolFs> Spool<F> {
             scratch: Vec::with_capacity(256),
             tail: Vec::new(),
             tail_base: 0,
+            sync_handle: None,
         };
         spool.tail_base = spool.segments[&spool.active_id].len;
         spool.sync_dir()?;
@@ -717,6 +728,7 @@ impl<F: SpoolFs> Spool<F> {
         let id = self.next_id;
         let path = segment_path(&self.dir, id);
         self.active = self.fs.open_append(&path).map_err(io_err(&path))?;
+        self.sync_handle = None;
         self.active_id = id;
         self.segments.insert(id, Segment::default());
         self.tail.clear();
