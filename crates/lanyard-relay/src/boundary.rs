@@ -16,7 +16,8 @@
 //! in a quiet room never gives the server an endpoint, and a monologue can
 //! outlast any limit, so an utterance that reaches
 //! [`BoundaryConfig::max_frames`] ends there and the next frame starts the
-//! next one (opened the way the full one was, by a marker or not).
+//! next one (opened the way the full one was: by a marker or not, and as not
+//! marked after an adopted one, whose opening is unknown).
 //!
 //! After a relay restart the spool may hold an utterance that never ended
 //! (the app was killed while the user spoke). If the pendant carries on with
@@ -61,6 +62,9 @@ pub struct Tracker {
     /// The current utterance began with a start marker: its pendant marks
     /// boundaries, so the server's endpoints are not for it.
     marked: bool,
+    /// The current utterance was adopted from the spool after a restart: it
+    /// counts as marked, but how it was opened is unknown.
+    adopted: bool,
     /// Frames in the current utterance.
     frames: u32,
     last_frame_ms: u64,
@@ -75,6 +79,7 @@ impl Tracker {
         Self {
             cfg,
             marked: resumed.is_some(),
+            adopted: resumed.is_some(),
             current: resumed.map(|(id, codec, _)| (id, codec)),
             frames: resumed.map_or(0, |(_, _, frames)| frames),
             last_frame_ms: now_ms,
@@ -91,9 +96,11 @@ impl Tracker {
         if frame.start || self.current.is_some_and(|(_, c)| c != frame.codec) {
             self.end(out);
         }
-        // A full utterance goes on as a new one, opened as it was.
+        // A full utterance goes on as a new one, opened as it was. (Not an
+        // adopted one: if its pendant were an Omi, a continuation counted as
+        // marked would ignore the endpoints of every one after it.)
         let full = self.current.is_some() && !frame.data.is_empty() && self.frames >= self.cfg.max_frames;
-        let marked = if full { self.marked } else { frame.start };
+        let marked = if full { self.marked && !self.adopted } else { frame.start };
         if full {
             self.end(out);
         }
@@ -103,6 +110,7 @@ impl Tracker {
                 let id = mint();
                 self.current = Some((id, frame.codec));
                 self.marked = marked;
+                self.adopted = false;
                 self.frames = 0;
                 out.push(Step::Begin { id, codec: frame.codec });
                 id
@@ -244,13 +252,17 @@ mod tests {
         t.on_frame(frame(false, false, b"f"), 200, || ids.next().unwrap(), &mut out);
         t.on_frame(frame(false, true, b""), 220, || unreachable!(), &mut out);
         assert_eq!(out, vec![Step::Frame { id: c, data: b"f".to_vec() }, Step::End { id: c }]);
-        // An adopted utterance counts the frames the spool holds.
+        // An adopted utterance counts the frames the spool holds. How it was
+        // opened is unknown, so its continuation is not taken as marked:
+        // the server's endpoint ends it.
         let old = Uuid::from_u128(7);
         let mut t = Tracker::new(cfg, Some((old, opus, 2)), 0);
         out.clear();
         t.on_frame(frame(false, false, b"g"), 10, || Uuid::from_u128(8), &mut out);
         assert_eq!(out[0], Step::End { id: old });
         assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: opus });
+        t.on_endpoint(Uuid::from_u128(8), &mut out);
+        assert_eq!(out.last(), Some(&Step::End { id: Uuid::from_u128(8) }));
     }
 
     #[test]

@@ -849,7 +849,9 @@ impl Relay {
             if let Some(job) = sync_job {
                 // Let the WebSocket writer send this round's frames first:
                 // the server's ack then comes back while the disk flushes,
-                // and the loop finds it waiting instead of being woken for it.
+                // and the loop's next park finds it waiting instead of
+                // sleeping until it comes (one sleep and wake-up fewer; the
+                // ack is still handled in a round of its own).
                 tokio::task::yield_now().await;
                 if !cfg.fsync_delay.is_zero() {
                     std::thread::sleep(cfg.fsync_delay);

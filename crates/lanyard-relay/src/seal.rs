@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lanyard_proto::ble::Codec;
+use lanyard_proto::wire::limits::MAX_UTTERANCE_FRAMES;
 use lanyard_proto::{oggopus, wav};
 use uuid::Uuid;
 
@@ -32,7 +33,9 @@ pub fn uploads_dir(spool_dir: &Path) -> PathBuf {
 /// Writes utterance `id` from the spool into an upload file.
 pub fn seal(spool: &Spool, id: Uuid) -> Result<Sealed, SpoolError> {
     let u = spool.utterance(id).ok_or(SpoolError::UnknownUtterance(id))?;
-    let frames: Vec<Vec<u8>> = (0..u.frame_count()).map(|i| spool.read_frame(id, i)).collect::<Result<_, _>>()?;
+    // The server takes at most this many (see `Uplink`'s cap for the rest).
+    let count = u.frame_count().min(MAX_UTTERANCE_FRAMES);
+    let frames: Vec<Vec<u8>> = (0..count).map(|i| spool.read_frame(id, i)).collect::<Result<_, _>>()?;
     let (bytes, ext, content_type) = match u.codec {
         Codec::Opus16k20ms => {
             // The Ogg serial only has to be unique within the file.
@@ -107,5 +110,20 @@ mod tests {
         assert_eq!(sealed.content_type, "audio/wav");
         assert_eq!(&bytes[..4], b"RIFF");
         assert_eq!(bytes.len(), 44 + 640);
+    }
+
+    #[test]
+    fn a_seal_stops_at_the_servers_frame_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path()).unwrap();
+        let id = Uuid::now_v7();
+        spool.begin(id, Codec::Opus16k20ms, 0).unwrap();
+        for i in 0..MAX_UTTERANCE_FRAMES + 3 {
+            spool.append_frame(id, &i.to_le_bytes()).unwrap();
+        }
+        spool.end(id, 0).unwrap();
+        let packets = oggopus::read(&fs::read(seal(&spool, id).unwrap().path).unwrap()).unwrap();
+        assert_eq!(packets.len(), MAX_UTTERANCE_FRAMES as usize);
+        assert_eq!(packets.last().unwrap(), &(MAX_UTTERANCE_FRAMES - 1).to_le_bytes());
     }
 }

@@ -40,6 +40,11 @@ pub const SERVER_LOST_ACKED_AUDIO: &str = "server_lost_acked_audio";
 /// frames the spool lost (acknowledged, then gone with an OS crash before
 /// the spool's fsync).
 pub const SPOOL_LOST_ACKED_AUDIO: &str = "spool_lost_acked_audio";
+/// The [`RelayEvent::Error`] code for an ended utterance longer than the
+/// server takes ([`limits::MAX_UTTERANCE_FRAMES`]): only that many frames go,
+/// and the event counts the rest. The tracker splits utterances at the
+/// limit, so only a spool written before it did can hold one.
+pub const UTTERANCE_TOO_LONG: &str = "utterance_too_long";
 
 /// Tunables of the uplink.
 #[derive(Debug, Clone)]
@@ -248,12 +253,23 @@ impl Uplink {
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Action>) {
         match input {
             Input::Spooled { id, codec, frames } => {
-                self.utt_entry(id, codec).spooled = frames;
+                self.utt_entry(id, codec).spooled = frames.min(limits::MAX_UTTERANCE_FRAMES);
             }
             Input::Ended { id, codec, frames } => {
+                let sendable = frames.min(limits::MAX_UTTERANCE_FRAMES);
                 let u = self.utt_entry(id, codec);
-                u.spooled = frames;
-                u.total = Some(frames);
+                if sendable < frames && u.total != Some(sendable) {
+                    out.push(Action::Emit(RelayEvent::Error {
+                        id: Some(id),
+                        code: UTTERANCE_TOO_LONG.into(),
+                        message: format!(
+                            "{} frames past the server's limit of {sendable} are not sent; the utterance ends at the limit",
+                            frames - sendable
+                        ),
+                    }));
+                }
+                u.spooled = sendable;
+                u.total = Some(sendable);
             }
             Input::Connected => {
                 self.conn = Conn::Up;
