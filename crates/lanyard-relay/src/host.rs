@@ -40,7 +40,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 use uuid::Uuid;
 
-use crate::boundary::{BoundaryConfig, Step, Tracker};
+use crate::boundary::{BoundaryConfig, MAX_UTTERANCE_FRAMES, Step, Tracker};
 use crate::planner::{Decision, PlanInput, PlannerConfig, UttView, plan};
 use crate::seal::{seal, sealed_ids};
 use crate::link::LinkEvent;
@@ -672,7 +672,8 @@ impl Relay {
                                 match (ok, u) {
                                     (true, Some((_, frames))) => {
                                         core.spool.mark_done(id)?;
-                                        emit(RelayEvent::Complete { id, frames });
+                                        // The sealed file stopped at the server's limit.
+                                        emit(RelayEvent::Complete { id, frames: frames.min(MAX_UTTERANCE_FRAMES) });
                                     }
                                     (false, Some((codec, frames))) => {
                                         // Back to the planner: stream it, or hand it off again.
@@ -771,7 +772,10 @@ impl Relay {
                     .map(|u| UttView {
                         id: u.id,
                         started_ms: u.started_ms,
-                        unacked_bytes: core.spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0)) + END_COST_BYTES,
+                        // Frames past the server's limit are never sent (see `Uplink`).
+                        unacked_bytes: core.spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0))
+                            - core.spool.bytes_from(u.id, MAX_UTTERANCE_FRAMES)
+                            + END_COST_BYTES,
                     })
                     .collect();
                 let input = PlanInput {

@@ -42,8 +42,9 @@ pub const SERVER_LOST_ACKED_AUDIO: &str = "server_lost_acked_audio";
 pub const SPOOL_LOST_ACKED_AUDIO: &str = "spool_lost_acked_audio";
 /// The [`RelayEvent::Error`] code for an ended utterance longer than the
 /// server takes ([`limits::MAX_UTTERANCE_FRAMES`]): only that many frames go,
-/// and the event counts the rest. The tracker splits utterances at the
-/// limit, so only a spool written before it did can hold one.
+/// and the event counts the rest (once while the uplink holds the utterance;
+/// again after a restart or a failed upload). The tracker splits utterances
+/// at the limit, so only a spool written before it did can hold one.
 pub const UTTERANCE_TOO_LONG: &str = "utterance_too_long";
 
 /// Tunables of the uplink.

@@ -262,37 +262,52 @@ fn a_spool_holding_less_than_the_server_acknowledged_ends_with_the_servers_copy(
 }
 
 /// A spool written before the tracker split utterances at the server's
-/// limit may hold a longer one. Only the frames the server takes are sent,
-/// `end` stops at the limit, and the rest is counted in an error event, once,
-/// instead of the stream being closed with 4002 on every reconnect.
+/// limit may hold a longer one, ended or not. Only the frames the server
+/// takes are sent, `end` stops at the limit, and the rest is counted in an
+/// error event (once while the uplink holds the utterance), instead of the
+/// stream being closed with 4002 on every reconnect.
 #[test]
 fn an_utterance_past_the_servers_limit_is_sent_up_to_it_and_the_rest_reported() {
     use lanyard_proto::wire::limits::MAX_UTTERANCE_FRAMES as MAX;
     use lanyard_relay::uplink::UTTERANCE_TOO_LONG;
-    let mut up = Uplink::new(UplinkConfig { max_frames_per_sec: u32::MAX, ..UplinkConfig::default() }, 1);
+    let config = UplinkConfig { max_frames_per_sec: u32::MAX, ..UplinkConfig::default() };
     let mut server = ModelServer::default();
     let id = Uuid::now_v7();
-    let mut out = Vec::new();
-    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: MAX + 5 }, &mut out);
-    assert!(reported(&out, id, UTTERANCE_TOO_LONG), "the frames past the limit are reported: {out:?}");
-    // Told again (a restart, a failed upload): not reported again.
-    out.clear();
-    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: MAX + 5 }, &mut out);
-    assert!(!reported(&out, id, UTTERANCE_TOO_LONG), "{out:?}");
-    // Stream it to the model server, which asserts no gap and `end` == held.
-    let mut inbox: VecDeque<Input> = VecDeque::from([Input::Connected]);
-    let mut now = 0;
-    while !server.complete.contains_key(&id) {
-        now += 1;
-        assert!(now < 100_000, "no progress");
-        let input = inbox.pop_front().unwrap_or(Input::Tick);
-        up.handle(now, input, &mut out);
-        for a in out.drain(..) {
-            if let Action::SendAudio { seq, .. } = a {
-                assert!(seq < MAX, "frame {seq} is past the server's limit");
+    let opus = Codec::Opus16k20ms;
+    /// Runs `up` against `server` until `done` holds, checking that no frame
+    /// past the limit goes out.
+    fn drive(up: &mut Uplink, server: &mut ModelServer, done: impl Fn(&ModelServer) -> bool) {
+        let mut inbox: VecDeque<Input> = VecDeque::from([Input::Connected]);
+        let mut out = Vec::new();
+        let mut now = 0;
+        while !done(server) {
+            now += 1;
+            assert!(now < 100_000, "no progress");
+            let input = inbox.pop_front().unwrap_or(Input::Tick);
+            up.handle(now, input, &mut out);
+            for a in out.drain(..) {
+                if let Action::SendAudio { seq, .. } = a {
+                    assert!(seq < MAX, "frame {seq} is past the server's limit");
+                }
+                server.on(&a, &mut inbox);
             }
-            server.on(&a, &mut inbox);
         }
     }
+    // Still open (the app was killed mid-utterance): streamed up to the limit.
+    let mut up = Uplink::new(config.clone(), 1);
+    let mut out = Vec::new();
+    up.handle(0, Input::Spooled { id, codec: opus, frames: MAX + 5 }, &mut out);
+    drive(&mut up, &mut server, |s| s.held.get(&id) == Some(&MAX));
+    // Then ended, past the limit: reported, once while the uplink holds it.
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5 }, &mut out);
+    assert!(reported(&out, id, UTTERANCE_TOO_LONG), "the frames past the limit are reported: {out:?}");
+    out.clear();
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5 }, &mut out);
+    assert!(!reported(&out, id, UTTERANCE_TOO_LONG), "{out:?}");
+    // A restart before the `end` went out: the server resumes at the limit,
+    // nothing is sent, and `end` completes it there.
+    let mut up = Uplink::new(config, 2);
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5 }, &mut out);
+    drive(&mut up, &mut server, |s| s.complete.contains_key(&id));
     assert_eq!(server.complete[&id], MAX);
 }
