@@ -30,9 +30,12 @@
 //! floor is what our code adds, with the work the floor leaves out: each
 //! utterance's begin, end and done records, its `open`, `end` and
 //! `complete`, the partials, final and reply it hands the app as events
-//! (which this bench prints as JSON from the loop's thread), and the
-//! wake-ups of the pauses between utterances. The floors' processes add
-//! their own load to the machine's two cores while the relay runs.
+//! (which this bench prints as JSON from the loop's thread), the fsync
+//! after each utterance's DONE record (the floor of the 60 s window never
+//! fsyncs in its 40 s), and the wake-ups of the pauses between utterances.
+//! The floors' processes add their own load to the machine's two cores
+//! while the relay runs, so the relay's figures are a little higher than in
+//! a run without them.
 //!
 //! A second floor, alongside too, prices a contract the issue does not
 //! allow, for comparison only: frames copied into an mmap'd segment (which
@@ -190,8 +193,9 @@ const CHILD: &str = "LANYARD_BENCH_RELAY_CHILD";
 /// Set in the environment of the floor child.
 const FLOOR_CHILD: &str = "LANYARD_BENCH_FLOOR_CHILD";
 
-/// A spool record of a typical 20 ms Opus frame: 80 bytes and the header.
-const FLOOR_RECORD: usize = 92;
+/// A spool FRAME record of a typical 20 ms Opus frame: the 8-byte header,
+/// the 29-byte body head (record id, kind, utterance id, seq) and 80 bytes.
+const FLOOR_RECORD: usize = 117;
 /// How much audio the floor runs for: 40 s, about as much as a relay run.
 const FLOOR_FRAMES: u64 = 2000;
 /// Frames per round: 200 ms of audio, as the relay's send interval.
