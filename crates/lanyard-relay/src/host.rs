@@ -773,8 +773,10 @@ impl Relay {
                         id: u.id,
                         started_ms: u.started_ms,
                         // Frames past the server's limit are never sent (see `Uplink`).
-                        unacked_bytes: core.spool.bytes_from(u.id, uplink.acked(u.id).unwrap_or(0))
-                            - core.spool.bytes_from(u.id, MAX_UTTERANCE_FRAMES)
+                        unacked_bytes: core
+                            .spool
+                            .bytes_from(u.id, uplink.acked(u.id).unwrap_or(0))
+                            .saturating_sub(core.spool.bytes_from(u.id, MAX_UTTERANCE_FRAMES))
                             + END_COST_BYTES,
                     })
                     .collect();
