@@ -289,8 +289,9 @@ pub struct Spool<F: SpoolFs = StdFs> {
     tail: Vec<u8>,
     tail_base: u64,
     /// A second handle on the active segment for [`Spool::sync_job`] (real
-    /// filesystem only), made once per segment rather than per fsync.
-    sync_handle: Option<(u64, std::sync::Arc<std::fs::File>)>,
+    /// filesystem only), made once per segment rather than per fsync; a
+    /// rotation drops it.
+    sync_handle: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// Bound on [`Spool`]'s in-memory copy of the active segment's newest bytes:
@@ -332,12 +333,8 @@ impl Spool<StdFs> {
         }
         let path = segment_path(&self.dir, self.active_id);
         let file = match &self.sync_handle {
-            Some((id, file)) if *id == self.active_id => file.clone(),
-            _ => {
-                let file = std::sync::Arc::new(self.active.try_clone().map_err(io_err(&path))?);
-                self.sync_handle = Some((self.active_id, file.clone()));
-                file
-            }
+            Some(file) => file.clone(),
+            None => self.sync_handle.insert(std::sync::Arc::new(self.active.try_clone().map_err(io_err(&path))?)).clone(),
         };
         Ok(Some(SyncJob { file, path, writes: self.writes }))
     }
