@@ -76,17 +76,23 @@ pub fn sealed_ids(spool_dir: &Path) -> Vec<(Uuid, PathBuf)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn opus_utterances_seal_to_ogg_that_reads_back_frame_for_frame() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path()).unwrap();
+    /// A spool in `dir` holding one ended Opus utterance of `frames`.
+    fn ended_opus<'a>(dir: &Path, frames: impl IntoIterator<Item = &'a [u8]>) -> (Spool, Uuid) {
+        let (mut spool, _) = Spool::open(dir).unwrap();
         let id = Uuid::now_v7();
         spool.begin(id, Codec::Opus16k20ms, 0).unwrap();
-        let frames: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; 70]).collect();
-        for f in &frames {
+        for f in frames {
             spool.append_frame(id, f).unwrap();
         }
         spool.end(id, 0).unwrap();
+        (spool, id)
+    }
+
+    #[test]
+    fn opus_utterances_seal_to_ogg_that_reads_back_frame_for_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; 70]).collect();
+        let (spool, id) = ended_opus(dir.path(), frames.iter().map(Vec::as_slice));
         let sealed = seal(&spool, id).unwrap();
         assert_eq!(sealed.content_type, "audio/ogg");
         assert_eq!(oggopus::read(&fs::read(&sealed.path).unwrap()).unwrap(), frames);
@@ -115,13 +121,8 @@ mod tests {
     #[test]
     fn a_seal_stops_at_the_servers_frame_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path()).unwrap();
-        let id = Uuid::now_v7();
-        spool.begin(id, Codec::Opus16k20ms, 0).unwrap();
-        for i in 0..MAX_UTTERANCE_FRAMES + 3 {
-            spool.append_frame(id, &i.to_le_bytes()).unwrap();
-        }
-        spool.end(id, 0).unwrap();
+        let frames: Vec<[u8; 4]> = (0..MAX_UTTERANCE_FRAMES + 3).map(u32::to_le_bytes).collect();
+        let (spool, id) = ended_opus(dir.path(), frames.iter().map(|f| &f[..]));
         let packets = oggopus::read(&fs::read(seal(&spool, id).unwrap().path).unwrap()).unwrap();
         assert_eq!(packets.len(), MAX_UTTERANCE_FRAMES as usize);
         assert_eq!(packets.last().unwrap(), &(MAX_UTTERANCE_FRAMES - 1).to_le_bytes());
