@@ -331,8 +331,9 @@ fn run(shared: &Shared, mut syncer: impl Syncer, window: Duration, feed: SyncSen
                 Ok(n)
             });
             let ok = r.is_ok();
-            let _ = reply.send(r);
+            // Counted before the answer: whoever has it sees the count.
             shared.stats.appends.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(r);
             if let (true, Some(then)) = (ok, then) {
                 match feed.try_send((then, first, frames)) {
                     Ok(()) => {}
