@@ -434,7 +434,7 @@ mod tests {
             std::thread::sleep(self.delay);
             self.calls.lock().unwrap().push((pcm[0], draft));
             self.running.fetch_sub(1, Ordering::SeqCst);
-            Ok(Transcript { text: format!("{}", pcm[0]), audio_secs: 0.0, compute_secs: 0.0 })
+            Ok(Transcript::untimed(format!("{}", pcm[0]), 0.0, 0.0))
         }
     }
 

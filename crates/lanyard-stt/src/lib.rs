@@ -58,6 +58,7 @@ pub use remote::{
     RemoteConfig, RemoteStt, TRANSCRIPTIONS_PATH, endpoint_url,
 };
 pub use wer::word_error_rate;
+
 pub use whisper::{DEFAULT_MIN_WINDOW_SECS, MAX_BATCH, WhisperConfig, WhisperCt2};
 
 /// A speech recogniser. Implementations are loaded once and shared across
@@ -72,6 +73,13 @@ pub trait SpeechToText: Send + Sync {
     /// engine that cannot force a prefix transcribes in full.
     fn transcribe_with_prefix(&self, pcm16k: &[f32], prefix: &str) -> Result<Transcript, SttError> {
         let _ = prefix;
+        self.transcribe(pcm16k)
+    }
+
+    /// Transcribes like [`SpeechToText::transcribe`], and also times each
+    /// word (`Segment::words`) where the engine can. An engine that cannot
+    /// leaves the words empty; callers must not assume they are there.
+    fn transcribe_with_words(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
         self.transcribe(pcm16k)
     }
 
@@ -104,10 +112,96 @@ pub trait SpeechToText: Send + Sync {
 /// The text of one utterance, with the costs needed to watch the real-time factor.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Transcript {
-    /// The recognised text, trimmed; empty when no speech was found.
+    /// The recognised text, trimmed; empty when no speech was found. It is
+    /// the segments' texts joined with single spaces.
     pub text: String,
     /// Duration of the input audio in seconds.
     pub audio_secs: f32,
     /// Wall-clock seconds spent transcribing (features, encoder and decoder).
     pub compute_secs: f32,
+    /// The text in timed pieces, in order, with times in seconds from the
+    /// start of the input audio. An engine that cannot time its text gives
+    /// one segment spanning the whole audio (or none for empty text).
+    pub segments: Vec<Segment>,
+}
+
+impl Transcript {
+    /// A transcript from timed segments: the text is theirs, joined.
+    pub fn from_segments(segments: Vec<Segment>, audio_secs: f32, compute_secs: f32) -> Self {
+        let text = join_segment_texts(&segments);
+        Self { text, audio_secs, compute_secs, segments }
+    }
+
+    /// A transcript from an engine that gives only text: one segment over
+    /// the whole audio, none when the text is empty.
+    pub fn untimed(text: String, audio_secs: f32, compute_secs: f32) -> Self {
+        let text = text.trim().to_owned();
+        let segments = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Segment { start: 0.0, end: audio_secs, text: text.clone(), words: Vec::new() }]
+        };
+        Self { text, audio_secs, compute_secs, segments }
+    }
+
+    /// The same transcript with every time moved `secs` later: for a piece of
+    /// audio that starts `secs` into the utterance.
+    pub fn shifted(mut self, secs: f32) -> Self {
+        for segment in &mut self.segments {
+            segment.shift(secs);
+        }
+        self
+    }
+}
+
+/// Joins segment texts with one space, skipping empty ones.
+pub fn join_segment_texts(segments: &[Segment]) -> String {
+    segments
+        .iter()
+        .map(|s| s.text.trim())
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A timed piece of a transcript: what Whisper calls a segment, usually a
+/// sentence or a clause. Times are seconds from the start of the audio.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Segment {
+    /// Start of the segment's speech, in seconds.
+    pub start: f32,
+    /// End of the segment's speech, in seconds (`>= start`).
+    pub end: f32,
+    /// The segment's text, trimmed.
+    pub text: String,
+    /// Word times, when the engine was asked for them and can give them;
+    /// otherwise empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<Word>,
+}
+
+impl Segment {
+    /// Moves the segment (and its words) `secs` later.
+    pub fn shift(&mut self, secs: f32) {
+        self.start += secs;
+        self.end += secs;
+        for word in &mut self.words {
+            word.start += secs;
+            word.end += secs;
+        }
+    }
+}
+
+/// One word with its time, as OpenAI's `verbose_json` gives it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Word {
+    /// The word as spoken, without surrounding spaces (punctuation attached).
+    pub word: String,
+    /// Start, in seconds from the start of the audio.
+    pub start: f32,
+    /// End, in seconds from the start of the audio.
+    pub end: f32,
+    /// The decoder's probability of the word's tokens (their product's
+    /// geometric mean is not used: this is their mean).
+    pub probability: f32,
 }

@@ -317,11 +317,11 @@ impl SpeechToText for RemoteStt {
                 }
             }
         };
-        Ok(Transcript {
+        Ok(Transcript::untimed(
             text,
-            audio_secs: pcm16k.len() as f32 / crate::EXPECTED_SAMPLING_RATE as f32,
-            compute_secs: started.elapsed().as_secs_f32(),
-        })
+            pcm16k.len() as f32 / crate::EXPECTED_SAMPLING_RATE as f32,
+            started.elapsed().as_secs_f32(),
+        ))
     }
 
     fn name(&self) -> &str {

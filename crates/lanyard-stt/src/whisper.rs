@@ -480,11 +480,7 @@ impl WhisperCt2 {
             }
         }
 
-        Ok(Transcript {
-            text: texts.join(" "),
-            audio_secs,
-            compute_secs: started.elapsed().as_secs_f32(),
-        })
+        Ok(Transcript::untimed(texts.join(" "), audio_secs, started.elapsed().as_secs_f32()))
     }
 }
 
@@ -541,11 +537,7 @@ impl WhisperCt2 {
                 .into_iter()
                 .zip(batch)
                 .map(|(text, pcm)| match text {
-                    Some(text) => Ok(Transcript {
-                        text,
-                        audio_secs: pcm.len() as f32 / rate,
-                        compute_secs: started.elapsed().as_secs_f32(),
-                    }),
+                    Some(text) => Ok(Transcript::untimed(text, pcm.len() as f32 / rate, started.elapsed().as_secs_f32())),
                     None => self.transcribe(pcm),
                 })
                 .collect(),
