@@ -26,6 +26,8 @@
 //!   silence onset for speculative decoding, and endpoints;
 //! - `preprocessor`: [`ensure_preprocessor_config`] and [`PreprocessorConfig`];
 //! - `wer`: [`word_error_rate`], the quality yardstick for tests and benchmarks;
+//! - [`sentences`]: [`sentences::sentence_coverage`], whether a transcript kept every
+//!   sentence said, as often as it was said (long speech);
 //! - `error`: [`SttError`], whose messages say what to do next.
 //!
 //! **Architecture invariant:** only this crate knows about CTranslate2,
@@ -41,6 +43,7 @@ mod preprocessor;
 #[cfg(feature = "remote")]
 mod remote;
 pub mod resample;
+pub mod sentences;
 mod wer;
 mod whisper;
 

@@ -20,8 +20,8 @@ pub fn word_error_rate(reference: &str, hypothesis: &str) -> f32 {
     edit_distance(&reference, &hypothesis) as f32 / reference.len() as f32
 }
 
-/// Lower-cased words with punctuation removed.
-fn normalize(text: &str) -> Vec<String> {
+/// Lower-cased words with punctuation removed (also the sentence check's).
+pub(crate) fn normalize(text: &str) -> Vec<String> {
     text.to_lowercase()
         .chars()
         .filter(|c| !matches!(c, '\'' | '’'))
