@@ -11,6 +11,19 @@
 //! [`Tracker::on_endpoint`] ends an utterance that no start marker opened.
 //! A pendant that marks its utterances knows better, and keeps them whole.
 //!
+//! The endpoint names the frame count the server had when it heard speech
+//! stop (`k`), and it arrives later than that: by then the relay may have
+//! spooled more frames of the utterance (`k..N`), often the onset of the
+//! next sentence. The server transcribes an utterance that got an endpoint
+//! only up to `k`, so those frames would be heard by no one, and the next
+//! utterance would start mid-word. Instead the tracker carries them: it
+//! begins the next utterance at once and tells the shell to copy frames
+//! `k..N` of the ended one into it ([`Step::Carry`]), before anything the
+//! pendant sends next. The ended utterance still holds (and the uplink
+//! still sends) all `N` frames: what the server holds is never rewritten,
+//! and the server alone decides to stop transcribing at `k`. So each frame
+//! is transcribed once: the ended utterance's `0..k`, all of the next.
+//!
 //! The server takes at most [`MAX_UTTERANCE_FRAMES`] frames (10 minutes) in
 //! one utterance, and closes a stream that sends more (4002). An Omi pendant
 //! in a quiet room never gives the server an endpoint, and a monologue can
@@ -52,6 +65,11 @@ impl Default for BoundaryConfig {
 pub enum Step {
     Begin { id: Uuid, codec: Codec },
     Frame { id: Uuid, data: Vec<u8> },
+    /// Append copies of frames `frames` of the ended utterance `from` to
+    /// `id`, in order, each as a [`Step::Frame`] would be: the frames the
+    /// relay spooled after the server's endpoint (see the module doc). It
+    /// comes right after `id`'s `Begin`.
+    Carry { from: Uuid, id: Uuid, frames: std::ops::Range<u32> },
     End { id: Uuid },
 }
 
@@ -139,12 +157,28 @@ impl Tracker {
         self.current.map(|_| self.last_frame_ms + self.cfg.silence_timeout_ms)
     }
 
-    /// The server heard speech stop in `id`. Ends it if it is the current
-    /// utterance and no start marker opened it (an Omi pendant); the next
-    /// frame starts a new one.
-    pub fn on_endpoint(&mut self, id: Uuid, out: &mut Vec<Step>) {
-        if self.current.is_some_and(|(c, _)| c == id) && !self.marked {
-            self.end(out);
+    /// The server heard speech stop in `id` when it held `frames` of its
+    /// frames. Ends it if it is the current utterance and no start marker
+    /// opened it (an Omi pendant). If the utterance holds more than
+    /// `frames` frames, the next one begins now, unmarked, with those past
+    /// `frames` carried into it ([`Step::Carry`]); otherwise the next frame
+    /// starts it. `mint` makes its id.
+    pub fn on_endpoint(&mut self, id: Uuid, frames: u32, mint: impl FnOnce() -> Uuid, out: &mut Vec<Step>) {
+        let Some((current, codec)) = self.current else { return };
+        if current != id || self.marked {
+            return;
+        }
+        let held = self.frames;
+        self.end(out);
+        if frames < held {
+            let next = mint();
+            // `held` is at most `max_frames`, so the carried frames fit.
+            self.current = Some((next, codec));
+            self.marked = false;
+            self.adopted = false;
+            self.frames = held - frames;
+            out.push(Step::Begin { id: next, codec });
+            out.push(Step::Carry { from: id, id: next, frames: frames..held });
         }
     }
 
@@ -202,9 +236,11 @@ mod tests {
         let mut out = vec![];
         // Omi: no markers. The endpoint ends it; the next frame is a new one.
         t.on_frame(frame(false, false, b"a"), 0, || ids.next().unwrap(), &mut out);
-        t.on_endpoint(Uuid::from_u128(9), &mut out);
+        t.on_endpoint(Uuid::from_u128(9), 0, || unreachable!(), &mut out);
         assert_eq!(out.len(), 2, "an endpoint for another utterance changes nothing");
-        t.on_endpoint(Uuid::from_u128(1), &mut out);
+        // The server had every frame: nothing to carry.
+        t.on_endpoint(Uuid::from_u128(1), 1, || unreachable!(), &mut out);
+        assert_eq!(out.len(), 3);
         assert_eq!(out[2], Step::End { id: Uuid::from_u128(1) });
         t.on_frame(frame(false, false, b"b"), 20, || ids.next().unwrap(), &mut out);
         assert_eq!(out[3], Step::Begin { id: Uuid::from_u128(2), codec: Codec::Opus16k20ms });
@@ -212,9 +248,68 @@ mod tests {
         out.clear();
         t.on_frame(frame(true, false, b"c"), 40, || ids.next().unwrap(), &mut out);
         let marked = t.current().unwrap();
-        t.on_endpoint(marked, &mut out);
+        t.on_endpoint(marked, 0, || unreachable!(), &mut out);
         assert_eq!(t.current(), Some(marked));
         assert!(!out.contains(&Step::End { id: marked }), "{out:?}");
+    }
+
+    #[test]
+    fn frames_spooled_after_the_endpoint_begin_the_next_utterance() {
+        let mut ids = (1..).map(Uuid::from_u128);
+        let mut t = Tracker::new(BoundaryConfig::default(), None, 0);
+        let mut out = vec![];
+        for (i, d) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
+            t.on_frame(frame(false, false, *d), i as u64 * 20, || ids.next().unwrap(), &mut out);
+        }
+        // The server heard speech stop after two frames; "c" and "d" came
+        // while its message was on the way.
+        out.clear();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        t.on_endpoint(a, 2, || ids.next().unwrap(), &mut out);
+        let opus = Codec::Opus16k20ms;
+        assert_eq!(
+            out,
+            vec![Step::End { id: a }, Step::Begin { id: b, codec: opus }, Step::Carry { from: a, id: b, frames: 2..4 }]
+        );
+        assert_eq!(t.current(), Some(b));
+        // The pendant's next frame follows the carried ones, and the new
+        // utterance counts them towards its limit and is unmarked: the
+        // server's next endpoint ends it too.
+        out.clear();
+        t.on_frame(frame(false, false, b"e"), 100, || unreachable!(), &mut out);
+        assert_eq!(out, vec![Step::Frame { id: b, data: b"e".to_vec() }]);
+        assert_eq!(t.frames, 3);
+        t.on_endpoint(b, 1, || ids.next().unwrap(), &mut out);
+        assert_eq!(out[1..3], [Step::End { id: b }, Step::Begin { id: Uuid::from_u128(3), codec: opus }]);
+        assert_eq!(out[3], Step::Carry { from: b, id: Uuid::from_u128(3), frames: 1..3 });
+        // A stale endpoint (for an utterance no longer current) carries nothing.
+        out.clear();
+        t.on_endpoint(a, 0, || unreachable!(), &mut out);
+        t.on_endpoint(b, 0, || unreachable!(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // Nor does an endpoint that saw every frame, or more.
+        let mut t = Tracker::new(BoundaryConfig::default(), None, 0);
+        t.on_frame(frame(false, false, b"x"), 0, || Uuid::from_u128(10), &mut out);
+        t.on_endpoint(Uuid::from_u128(10), 5, || unreachable!(), &mut out);
+        assert_eq!(out.last(), Some(&Step::End { id: Uuid::from_u128(10) }));
+        assert_eq!(t.current(), None);
+    }
+
+    #[test]
+    fn a_marked_utterance_carries_nothing() {
+        let mut t = Tracker::new(BoundaryConfig::default(), None, 0);
+        let mut out = vec![];
+        t.on_frame(frame(true, false, b"a"), 0, || Uuid::from_u128(1), &mut out);
+        t.on_frame(frame(false, false, b"b"), 20, || unreachable!(), &mut out);
+        out.clear();
+        t.on_endpoint(Uuid::from_u128(1), 1, || unreachable!(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(t.current(), Some(Uuid::from_u128(1)));
+        // Nor an adopted one (its opening is unknown: it counts as marked).
+        let old = Uuid::from_u128(7);
+        let mut t = Tracker::new(BoundaryConfig::default(), Some((old, Codec::Opus16k20ms, 3)), 0);
+        t.on_endpoint(old, 1, || unreachable!(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
@@ -245,7 +340,7 @@ mod tests {
         );
         // Marked from the start, so the continuation is too: the server's
         // endpoint leaves it alone.
-        t.on_endpoint(c, &mut out);
+        t.on_endpoint(c, 0, || unreachable!(), &mut out);
         assert_eq!(t.current(), Some(c));
         // A marker-only frame on a full utterance does not open a new one.
         out.clear();
@@ -261,7 +356,7 @@ mod tests {
         t.on_frame(frame(false, false, b"g"), 10, || Uuid::from_u128(8), &mut out);
         assert_eq!(out[0], Step::End { id: old });
         assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: opus });
-        t.on_endpoint(Uuid::from_u128(8), &mut out);
+        t.on_endpoint(Uuid::from_u128(8), 1, || unreachable!(), &mut out);
         assert_eq!(out.last(), Some(&Step::End { id: Uuid::from_u128(8) }));
     }
 
@@ -282,5 +377,92 @@ mod tests {
         t.on_frame(frame(true, false, b"x"), 10, || Uuid::from_u128(8), &mut out);
         assert_eq!(out[0], Step::End { id: old });
         assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: Codec::Opus16k20ms });
+    }
+
+    /// What the pendant does, or the server says, next.
+    #[derive(Debug, Clone)]
+    enum Ev {
+        /// A frame; `start` opens a marked utterance, `end` closes one.
+        Frame { start: bool, end: bool },
+        /// An endpoint for the current utterance (`stale`: the one before
+        /// it) at `back` frames before the newest, or past it if negative.
+        Endpoint { stale: bool, back: i64 },
+    }
+
+    fn ev() -> impl proptest::strategy::Strategy<Value = Ev> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (proptest::bool::weighted(0.05), proptest::bool::weighted(0.05))
+                .prop_map(|(start, end)| Ev::Frame { start, end }),
+            2 => (proptest::bool::weighted(0.2), -2i64..8).prop_map(|(stale, back)| Ev::Endpoint { stale, back }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Run against a model spool and a model server that transcribes an
+        /// utterance ended by an endpoint at `k` only up to `k` (and any
+        /// other in full): every frame the pendant sent is transcribed once,
+        /// in order, and no utterance outgrows the limit.
+        #[test]
+        fn every_frame_is_transcribed_once_in_order(
+            evs in proptest::collection::vec(ev(), 0..200),
+            max_frames in 3u32..12,
+        ) {
+            use std::collections::HashMap;
+            let cfg = BoundaryConfig { max_frames, ..Default::default() };
+            let mut t = Tracker::new(cfg, None, 0);
+            let mut next_id = 0u128;
+            // The model spool: utterances in the order they began.
+            let mut order: Vec<Uuid> = vec![];
+            let mut spool: HashMap<Uuid, Vec<Vec<u8>>> = HashMap::new();
+            // Where the server stops transcribing each utterance.
+            let mut cut: HashMap<Uuid, u32> = HashMap::new();
+            let mut sent: Vec<Vec<u8>> = vec![];
+            for (i, e) in evs.into_iter().enumerate() {
+                let mut out = vec![];
+                let mut mint = || { next_id += 1; Uuid::from_u128(next_id) };
+                match e {
+                    Ev::Frame { start, end } => {
+                        let data = (i as u32).to_le_bytes().to_vec();
+                        sent.push(data.clone());
+                        t.on_frame(Frame { seq: 0, codec: Codec::Opus16k20ms, start, end, data }, i as u64, &mut mint, &mut out);
+                    }
+                    Ev::Endpoint { stale, back } => {
+                        let Some(current) = t.current() else { continue };
+                        let pos = order.iter().position(|&u| u == current).unwrap();
+                        let id = if stale && pos > 0 { order[pos - 1] } else { current };
+                        let held = spool[&id].len() as i64;
+                        let k = (held - back).max(0) as u32;
+                        t.on_endpoint(id, k, &mut mint, &mut out);
+                        if out.first() == Some(&Step::End { id }) {
+                            cut.insert(id, k);
+                        }
+                    }
+                }
+                for step in out {
+                    match step {
+                        Step::Begin { id, .. } => {
+                            proptest::prop_assert!(spool.insert(id, vec![]).is_none());
+                            order.push(id);
+                        }
+                        Step::Frame { id, data } => spool.get_mut(&id).unwrap().push(data),
+                        Step::Carry { from, id, frames } => {
+                            proptest::prop_assert!(spool[&id].is_empty(), "a carry comes first");
+                            let copies = spool[&from][frames.start as usize..frames.end as usize].to_vec();
+                            spool.get_mut(&id).unwrap().extend(copies);
+                        }
+                        Step::End { .. } => {}
+                    }
+                }
+            }
+            let mut heard: Vec<Vec<u8>> = vec![];
+            for id in &order {
+                let frames = &spool[id];
+                proptest::prop_assert!(frames.len() as u32 <= max_frames);
+                let upto = cut.get(id).map_or(frames.len(), |&k| (k as usize).min(frames.len()));
+                heard.extend_from_slice(&frames[..upto]);
+            }
+            proptest::prop_assert_eq!(heard, sent);
+        }
     }
 }

@@ -23,6 +23,18 @@
 //! a loop woken per 20 ms frame would cost several milliseconds per second
 //! of audio, a phone's battery pays for each, and the relay is meant to run
 //! all day. `cargo bench -p lanyard --bench relay_cost` measures it.
+//!
+//! # Endpoints
+//!
+//! The server's `endpoint` for an utterance no marker opened ends it in
+//! the round it arrives in, under the core's lock (see
+//! [`crate::boundary`]). It names the frame count the server split at,
+//! and the spool may hold more frames of the utterance by then: the next
+//! utterance begins at once and starts with copies of those frames, read
+//! back from the spool and appended with one `write()` each, in order,
+//! before any frame the pendant sends next. The ended utterance keeps its
+//! copies too and is sent whole; the server transcribes it only up to the
+//! split, so every frame is transcribed once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -257,10 +269,11 @@ impl Core {
         self.apply(steps, now)
     }
 
-    /// The server's endpoint for `id` (see `Tracker::on_endpoint`).
-    fn on_endpoint(&mut self, id: Uuid, now: u64) -> Result<bool, SpoolError> {
+    /// The server's endpoint for `id`, which it heard after `frames` frames
+    /// (see `Tracker::on_endpoint`).
+    fn on_endpoint(&mut self, id: Uuid, frames: u32, now: u64) -> Result<bool, SpoolError> {
         let mut steps = Vec::new();
-        self.tracker.on_endpoint(id, &mut steps);
+        self.tracker.on_endpoint(id, frames, Uuid::now_v7, &mut steps);
         self.apply(steps, now)
     }
 
@@ -295,13 +308,13 @@ impl Core {
                     self.news.push(Input::Spooled { id, codec, frames: 0 });
                     urgent = true;
                 }
-                Step::Frame { id, data } => {
-                    let seq = self.spool.append_frame(id, &data)?;
-                    let codec = self.spool.utterance(id).map(|u| u.codec).expect("just appended");
-                    let frames = seq + 1;
-                    match self.news.last_mut() {
-                        Some(Input::Spooled { id: last, frames: f, .. }) if *last == id => *f = frames,
-                        _ => self.news.push(Input::Spooled { id, codec, frames }),
+                Step::Frame { id, data } => self.spool_frame(id, &data)?,
+                Step::Carry { from, id, frames } => {
+                    // Read them all before appending any: an append may
+                    // evict older utterances to make room, `from` among them.
+                    let copies = frames.map(|seq| self.spool.read_frame(from, seq)).collect::<Result<Vec<_>, _>>()?;
+                    for data in copies {
+                        self.spool_frame(id, &data)?;
                     }
                 }
                 Step::End { id } => {
@@ -316,6 +329,18 @@ impl Core {
             self.dirty_since_ms.get_or_insert(now);
         }
         Ok(urgent)
+    }
+
+    /// Appends one frame to `id` with one `write()`, and notes it for the uplink.
+    fn spool_frame(&mut self, id: Uuid, data: &[u8]) -> Result<(), SpoolError> {
+        let seq = self.spool.append_frame(id, data)?;
+        let codec = self.spool.utterance(id).map(|u| u.codec).expect("just appended");
+        let frames = seq + 1;
+        match self.news.last_mut() {
+            Some(Input::Spooled { id: last, frames: f, .. }) if *last == id => *f = frames,
+            _ => self.news.push(Input::Spooled { id, codec, frames }),
+        }
+        Ok(())
     }
 }
 
@@ -742,13 +767,16 @@ impl Relay {
                 }
 
                 // The server heard speech stop: an utterance no marker opened
-                // ends here, and its `end` goes out in this round.
-                let endpoints: Vec<Uuid> =
-                    actions.iter().filter_map(|a| if let Action::Endpoint(id) = a { Some(*id) } else { None }).collect();
+                // ends here, and its `end` goes out in this round; what was
+                // spooled after the server's split begins the next one.
+                let endpoints: Vec<(Uuid, u32)> = actions
+                    .iter()
+                    .filter_map(|a| if let Action::Endpoint { id, frames } = a { Some((*id, *frames)) } else { None })
+                    .collect();
                 if !endpoints.is_empty() {
-                    actions.retain(|a| !matches!(a, Action::Endpoint(_)));
-                    for id in endpoints {
-                        core.on_endpoint(id, now)?;
+                    actions.retain(|a| !matches!(a, Action::Endpoint { .. }));
+                    for (id, frames) in endpoints {
+                        core.on_endpoint(id, frames, now)?;
                     }
                     for input in std::mem::take(&mut core.news) {
                         uplink.handle(now, input, &mut actions);
@@ -919,7 +947,7 @@ impl Socket {
                     emit(event);
                 }
                 // Taken out by the loop before this, under the core's lock.
-                Action::Endpoint(_) => {}
+                Action::Endpoint { .. } => {}
             }
         }
         Ok(replies)
@@ -1085,4 +1113,106 @@ async fn register_push(server: &str, token: &str, push: &PushRegistration) -> Re
         return Err(HostError::PushRegistration(format!("{url}: HTTP {status}: {body}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use lanyard_proto::ble::{Codec, FrameSpec, packetize};
+
+    use super::*;
+
+    /// A relay on the spool in `dir`, its loop never run: the test plays
+    /// the loop's part by calling the core.
+    fn relay(dir: &std::path::Path) -> (Relay, Link) {
+        let cfg = HostConfig {
+            spool_dir: dir.to_path_buf(),
+            server: "http://127.0.0.1:1".into(),
+            token: "t".into(),
+            sync_interval: Duration::from_millis(200),
+            send_interval: DEFAULT_SEND_INTERVAL,
+            boundary: BoundaryConfig::default(),
+            uplink: UplinkConfig::default(),
+            planner: PlannerConfig::default(),
+            push: None,
+            exit_after: None,
+            fsync_delay: Duration::ZERO,
+        };
+        open(cfg, mpsc::unbounded_channel().0).unwrap()
+    }
+
+    /// Frame `seq` as a pendant sends it: its bytes say which frame it is.
+    fn frame(seq: u16, start: bool) -> LinkEvent {
+        let data = [seq as u8; 80];
+        let spec = FrameSpec { seq, codec: Codec::Opus16k20ms, start, end: false, data: &data };
+        LinkEvent::Notification(packetize(&spec, 185).unwrap().remove(0))
+    }
+
+    fn connected() -> LinkEvent {
+        LinkEvent::Connected { framing: Framing::Lanyard, omi_codec: None, att_mtu: 185 }
+    }
+
+    /// Each utterance in the spool, oldest first: whether it ended, and its
+    /// frames, each as the first byte the pendant gave it.
+    fn spooled(dir: &std::path::Path) -> Vec<(Uuid, bool, Vec<u8>)> {
+        let (spool, _) = Spool::open(dir).unwrap();
+        spool
+            .pending()
+            .map(|u| (u.id, u.ended, (0..u.frame_count()).map(|s| spool.read_frame(u.id, s).unwrap()[0]).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn frames_past_the_servers_endpoint_begin_the_next_utterance() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, link) = relay(dir.path());
+        link.event(connected());
+        // No start marker: the server's endpoints split this stream.
+        for seq in 0..6 {
+            link.event(frame(seq, false));
+        }
+        let first = link.shared.lock().tracker.current().unwrap();
+        // The server split at 4 frames; frames 4 and 5 arrived meanwhile.
+        let urgent = link.shared.lock().on_endpoint(first, 4, now_ms()).unwrap();
+        assert!(urgent, "the end goes out, and the new utterance opens, at once");
+        let second = link.shared.lock().tracker.current().expect("begun before the pendant's next frame");
+        assert_ne!(first, second);
+        let news = std::mem::take(&mut link.shared.lock().news);
+        let opus = Codec::Opus16k20ms;
+        assert_eq!(
+            news[news.len() - 2..],
+            [Input::Ended { id: first, codec: opus, frames: 6 }, Input::Spooled { id: second, codec: opus, frames: 2 }]
+        );
+        for seq in 6..8 {
+            link.event(frame(seq, false));
+        }
+        drop((relay, link));
+        let all = spooled(dir.path());
+        assert_eq!(all, vec![(first, true, vec![0, 1, 2, 3, 4, 5]), (second, false, vec![4, 5, 6, 7])]);
+        // What the server transcribes: the first up to its endpoint, all of
+        // the second. Every frame once, in order.
+        let heard: Vec<u8> = all[0].2[..4].iter().chain(&all[1].2).copied().collect();
+        assert_eq!(heard, (0..8).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn an_endpoint_that_saw_every_frame_or_a_marked_utterance_carries_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, link) = relay(dir.path());
+        link.event(connected());
+        for seq in 0..3 {
+            link.event(frame(seq, false));
+        }
+        let first = link.shared.lock().tracker.current().unwrap();
+        link.shared.lock().on_endpoint(first, 3, now_ms()).unwrap();
+        assert_eq!(link.shared.lock().tracker.current(), None, "the next frame starts the next utterance");
+        // A marked utterance stays whole through the server's endpoint.
+        for seq in 3..6 {
+            link.event(frame(seq, seq == 3));
+        }
+        let marked = link.shared.lock().tracker.current().unwrap();
+        link.shared.lock().on_endpoint(marked, 1, now_ms()).unwrap();
+        assert_eq!(link.shared.lock().tracker.current(), Some(marked));
+        drop((relay, link));
+        assert_eq!(spooled(dir.path()), vec![(first, true, vec![0, 1, 2]), (marked, false, vec![3, 4, 5])]);
+    }
 }

@@ -107,9 +107,11 @@ pub enum Action {
     Done(Uuid),
     /// Tell the app.
     Emit(RelayEvent),
-    /// The server heard speech stop in `id`: the shell ends the utterance if
-    /// its pendant marks no boundaries (see `boundary::Tracker::on_endpoint`).
-    Endpoint(Uuid),
+    /// The server heard speech stop in `id` when it held `frames` of its
+    /// frames: the shell ends the utterance if its pendant marks no
+    /// boundaries, and carries the frames past `frames` into the next one
+    /// (see `boundary::Tracker::on_endpoint`).
+    Endpoint { id: Uuid, frames: u32 },
 }
 
 /// Events for the app.
@@ -411,7 +413,7 @@ impl Uplink {
             ServerMsg::Partial { utterance, text } => {
                 out.push(Action::Emit(RelayEvent::Partial { id: utterance, text }));
             }
-            ServerMsg::Endpoint { utterance, .. } => out.push(Action::Endpoint(utterance)),
+            ServerMsg::Endpoint { utterance, frames } => out.push(Action::Endpoint { id: utterance, frames }),
             ServerMsg::Final { utterance, text } => {
                 out.push(Action::Emit(RelayEvent::Final { id: utterance, text }));
             }

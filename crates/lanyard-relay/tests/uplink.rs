@@ -311,3 +311,14 @@ fn an_utterance_past_the_servers_limit_is_sent_up_to_it_and_the_rest_reported() 
     drive(&mut up, &mut server, |s| s.complete.contains_key(&id));
     assert_eq!(server.complete[&id], MAX);
 }
+
+#[test]
+fn an_endpoint_goes_to_the_shell_with_the_servers_frame_count() {
+    // The shell carries the frames past `frames` into the next utterance
+    // (see `boundary::Tracker::on_endpoint`), so the count must reach it.
+    let mut up = Uplink::new(UplinkConfig::default(), 1);
+    let id = Uuid::now_v7();
+    let mut out = Vec::new();
+    up.handle(0, Input::Server(ServerMsg::Endpoint { utterance: id, frames: 88 }), &mut out);
+    assert_eq!(out, vec![Action::Endpoint { id, frames: 88 }]);
+}
