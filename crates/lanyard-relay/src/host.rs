@@ -1195,6 +1195,29 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_killed_after_a_carry_goes_on_with_the_carried_utterance() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay1, link) = relay(dir.path());
+        link.event(connected());
+        for seq in 0..6 {
+            link.event(frame(seq, false));
+        }
+        let first = link.shared.lock().tracker.current().unwrap();
+        link.shared.lock().on_endpoint(first, 4, now_ms()).unwrap();
+        let second = link.shared.lock().tracker.current().unwrap();
+        // Killed: nothing synced, nothing sent. Relaunched in the same OS
+        // boot, the pendant goes on.
+        drop((relay1, link));
+        let (relay2, link) = relay(dir.path());
+        link.event(connected());
+        for seq in 6..8 {
+            link.event(frame(seq, false));
+        }
+        drop((relay2, link));
+        assert_eq!(spooled(dir.path()), vec![(first, true, vec![0, 1, 2, 3, 4, 5]), (second, false, vec![4, 5, 6, 7])]);
+    }
+
+    #[test]
     fn an_endpoint_that_saw_every_frame_or_a_marked_utterance_carries_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (relay, link) = relay(dir.path());
