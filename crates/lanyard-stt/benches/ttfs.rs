@@ -43,9 +43,9 @@
 //!   at the same instant: each decode is submitted at its own moment (its
 //!   onset, or the end) to the pool as in (d); each TTFS runs from the
 //!   common end.
-//! - **(g) agreed prefix**: (e), forcing the words the partials agreed on
-//!   as the start of the final (`transcribe_with_prefix`), so that only the
-//!   rest is decoded. The server does not do this (see the WER column). The
+//! - **(g) agreed words as the prompt**: (e), giving the words the partials
+//!   agreed on as the previous text (`transcribe_after`). The server does
+//!   not do this for short utterances (see the WER column). The
 //!   drafts run in step here; on the server a draft finishes a few hundred
 //!   ms after it is queued, so its prefix could be one draft shorter.
 //! - **(h) (a) on the wheel's CTranslate2**: (a)'s decode (window floor,
@@ -372,7 +372,7 @@ fn main() {
         format!("(d) lanyard default, {SPEAKERS} speakers at once"),
         "(e) streaming: final decoded at silence onset".to_owned(),
         format!("(f) streaming, {SPEAKERS} speakers at once"),
-        "(g) (e) forcing the partials' agreed words".to_owned(),
+        "(g) (e) with the partials' agreed words as the prompt".to_owned(),
         "(h) (a) on the wheel's CTranslate2".to_owned(),
     ];
     for (i, (row, label)) in rows.iter().zip(&labels).enumerate() {
@@ -504,7 +504,7 @@ fn streamed(engine: &WhisperCt2, u: &Utterance, stream: &Stream, prefix: bool) -
     let audio = stream.cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);
     let prefix = if prefix { stream.prefix.as_str() } else { "" };
     let t = Instant::now();
-    let text = engine.transcribe_with_prefix(audio, prefix).expect("transcribe (e)").text;
+    let text = engine.transcribe_after(audio, prefix).expect("transcribe (e)").text;
     let decode = t.elapsed().as_secs_f64();
     ((decode - stream.cut.map_or(0.0, |c| c.lead)).max(0.0), text)
 }

@@ -27,6 +27,22 @@ pub const VAD_FRAME: usize = 256;
 /// See [`Endpointer::voiced_now`].
 pub const VOICED_NOW_MS: usize = 100;
 
+/// Whether each whole 16 ms frame ([`VAD_FRAME`] samples) of `pcm` holds
+/// voice, at earshot's recommended threshold. For decoders that skip
+/// silence; a trailing partial frame is not judged.
+pub fn voiced_frames(pcm: &[f32]) -> Vec<bool> {
+    let mut detector = Detector::default_boxed();
+    let threshold = EndpointConfig::default().threshold;
+    let mut frame = Vec::with_capacity(VAD_FRAME);
+    pcm.chunks_exact(VAD_FRAME)
+        .map(|chunk| {
+            frame.clear();
+            frame.extend(chunk.iter().map(|s| if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 }));
+            detector.predict_f32(&frame) >= threshold
+        })
+        .collect()
+}
+
 /// Thresholds of the [`Endpointer`]; `Default` gives the tuned values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointConfig {

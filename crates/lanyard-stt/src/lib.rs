@@ -24,6 +24,7 @@
 //! - [`agreement`]: [`LocalAgreement`], partial transcripts that only grow;
 //! - [`endpoint`]: [`Endpointer`], voice activity (earshot) on streamed audio:
 //!   silence onset for speculative decoding, and endpoints;
+//! - [`settle`]: [`SettlePolicy`], when to settle a long utterance being spoken;
 //! - `preprocessor`: [`ensure_preprocessor_config`] and [`PreprocessorConfig`];
 //! - `wer`: [`word_error_rate`], the quality yardstick for tests and benchmarks;
 //! - [`sentences`]: [`sentences::sentence_coverage`], whether a transcript kept every
@@ -44,6 +45,7 @@ mod preprocessor;
 mod remote;
 pub mod resample;
 pub mod sentences;
+pub mod settle;
 mod wer;
 mod whisper;
 
@@ -60,9 +62,10 @@ pub use remote::{
     DEFAULT_REMOTE_ATTEMPTS, DEFAULT_REMOTE_BACKOFF, DEFAULT_REMOTE_MODEL, DEFAULT_REMOTE_TIMEOUT, MAX_RETRY_AFTER,
     RemoteConfig, RemoteStt, TRANSCRIPTIONS_PATH, endpoint_url,
 };
+pub use settle::SettlePolicy;
 pub use wer::word_error_rate;
 
-pub use whisper::{DEFAULT_MIN_WINDOW_SECS, MAX_BATCH, WhisperConfig, WhisperCt2};
+pub use whisper::{DEFAULT_MIN_WINDOW_SECS, MAX_BATCH, SETTLE_MARGIN_SECS, WhisperConfig, WhisperCt2};
 
 /// A speech recogniser. Implementations are loaded once and shared across
 /// connections, hence `Send + Sync` and `&self`.
@@ -71,18 +74,30 @@ pub trait SpeechToText: Send + Sync {
     /// Blocking and CPU-bound: async callers should use `spawn_blocking`.
     fn transcribe(&self, pcm16k: &[f32]) -> Result<Transcript, SttError>;
 
-    /// Transcribes with `prefix` forced as the start of the text (words
-    /// already agreed on while the user spoke), decoding only the rest. An
-    /// engine that cannot force a prefix transcribes in full.
-    fn transcribe_with_prefix(&self, pcm16k: &[f32], prefix: &str) -> Result<Transcript, SttError> {
-        let _ = prefix;
-        self.transcribe(pcm16k)
-    }
-
     /// Transcribes like [`SpeechToText::transcribe`], and also times each
     /// word (`Segment::words`) where the engine can. An engine that cannot
     /// leaves the words empty; callers must not assume they are there.
     fn transcribe_with_words(&self, pcm16k: &[f32]) -> Result<Transcript, SttError> {
+        self.transcribe(pcm16k)
+    }
+
+    /// Transcribes the audio received so far of an utterance that is still
+    /// being spoken, after `previous_text` (what was settled before this
+    /// audio). Returns the segments that will not change whatever follows,
+    /// timed from the start of `pcm16k`, and how many samples of `pcm16k`
+    /// they account for: the caller keeps them and calls again later with
+    /// the audio from there on. An engine that cannot tell settles nothing
+    /// (the default), and the final decode then covers the whole utterance.
+    fn transcribe_settled(&self, pcm16k: &[f32], previous_text: &str) -> Result<(Vec<Segment>, usize), SttError> {
+        let _ = (pcm16k, previous_text);
+        Ok((Vec::new(), 0))
+    }
+
+    /// Transcribes the rest of an utterance whose start was settled as
+    /// `previous_text` (see [`SpeechToText::transcribe_settled`]). The
+    /// default ignores the previous text.
+    fn transcribe_after(&self, pcm16k: &[f32], previous_text: &str) -> Result<Transcript, SttError> {
+        let _ = previous_text;
         self.transcribe(pcm16k)
     }
 
