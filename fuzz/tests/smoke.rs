@@ -186,7 +186,17 @@ fn wire_server_json() {
     let seeds: Vec<Vec<u8>> = [
         ServerMsg::Opened { utterance: uuid(), handle: 7, next_seq: 3, complete: false },
         ServerMsg::Complete { utterance: uuid(), frames: 3 },
-        ServerMsg::Final { utterance: uuid(), text: "hé \"x\"".into() },
+        ServerMsg::Final { utterance: uuid(), text: "hé \"x\"".into(), segments: vec![] },
+        ServerMsg::Final {
+            utterance: uuid(),
+            text: "hé".into(),
+            segments: vec![wire::Segment {
+                start: 0.5,
+                end: 1.25,
+                text: "hé".into(),
+                words: vec![wire::Word { word: "hé".into(), start: 0.5, end: 1.25, probability: 0.75 }],
+            }],
+        },
         ServerMsg::Reply { utterance: uuid(), title: "t".into(), body: "b".into() },
         ServerMsg::Error { utterance: None, code: "c".into(), message: "m".into() },
     ]

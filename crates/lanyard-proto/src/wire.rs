@@ -113,8 +113,9 @@ pub enum ClientMsg {
     End { utterance: Uuid, frames: u32 },
 }
 
-/// JSON control messages from the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// JSON control messages from the server. `PartialEq` only: a `final`
+/// carries [`Segment`] times as floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// Answer to `open`: send from `next_seq`. `complete` means the server
@@ -137,8 +138,16 @@ pub enum ServerMsg {
     /// `frames` frames. A relay whose pendant marks no utterance boundaries
     /// (Omi) ends the utterance here; one whose pendant marks them ignores it.
     Endpoint { utterance: Uuid, frames: u32 },
-    /// The final transcript.
-    Final { utterance: Uuid, text: String },
+    /// The final transcript, and the same text in timed [`Segment`]s
+    /// (absent when there are none, e.g. for an empty transcript). Added
+    /// after v1 with a default, so a relay that does not know `segments`
+    /// ignores it and one that does accepts a `final` without it.
+    Final {
+        utterance: Uuid,
+        text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        segments: Vec<Segment>,
+    },
     /// The reply that is also sent as a push notification.
     Reply {
         utterance: Uuid,
@@ -356,6 +365,11 @@ pub struct UtteranceView {
     pub frames: u32,
     /// The final transcript, once transcribed.
     pub transcript: Option<String>,
+    /// The transcript in timed pieces, in order; empty until transcribed,
+    /// and for a text utterance (the phone sent no times). Always written;
+    /// read with a default, so a view from an older server still parses.
+    #[serde(default)]
+    pub segments: Vec<Segment>,
     /// The reply's push title, once replied.
     pub reply_title: Option<String>,
     /// The reply's push body, once replied.
@@ -364,6 +378,53 @@ pub struct UtteranceView {
     pub error: Option<String>,
     /// Milliseconds since the Unix epoch at each step, when reached.
     pub timings: Timings,
+}
+
+/// A timed piece of a transcript, usually a sentence or a clause: what
+/// Whisper calls a segment. Times are seconds from the start of the
+/// utterance's audio (the first frame is 0), as in OpenAI's `verbose_json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Where the segment's speech starts, in seconds.
+    #[serde(deserialize_with = "finite")]
+    pub start: f32,
+    /// Where it ends, in seconds (`>= start`).
+    #[serde(deserialize_with = "finite")]
+    pub end: f32,
+    /// The segment's text, trimmed. The transcript is the segments' texts
+    /// joined with single spaces.
+    pub text: String,
+    /// Word times, where the engine gave them; absent otherwise, so a reader
+    /// must not count on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<Word>,
+}
+
+/// One word of a [`Segment`] with its time, in OpenAI's `verbose_json` shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    /// The word as spoken, punctuation attached, without surrounding spaces.
+    pub word: String,
+    /// Start, in seconds from the start of the audio.
+    #[serde(deserialize_with = "finite")]
+    pub start: f32,
+    /// End, in seconds from the start of the audio.
+    #[serde(deserialize_with = "finite")]
+    pub end: f32,
+    /// The recogniser's confidence in the word, 0 to 1.
+    #[serde(deserialize_with = "finite")]
+    pub probability: f32,
+}
+
+/// A finite `f32`: JSON has no NaN or infinity, and a number too large for
+/// an `f32` would become one, which would not survive being sent again.
+fn finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    let v = f32::deserialize(d)?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom("times and probabilities are finite numbers of seconds (or 0 to 1)"))
+    }
 }
 
 /// The per-utterance latency breakdown, as Unix milliseconds.

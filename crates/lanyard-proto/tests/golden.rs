@@ -15,7 +15,7 @@ use lanyard_proto::reassembly::Reassembler;
 use lanyard_proto::wire::{
     self, Ack, Audio, Binary, ClientMsg, ErrorBody, PushEnvironment, PushPlatform,
     PushRegistration, ServerMsg, TextUtterance, Timings, UploadResponse, UtteranceState,
-    UtteranceView, WireError, UtteranceList, DeletedData, NewDevice, DeviceCreated,
+    UtteranceView, WireError, UtteranceList, DeletedData, NewDevice, DeviceCreated, Segment, Word,
 };
 use lanyard_proto::{Uuid, oggopus};
 use serde_json::Value;
@@ -395,6 +395,33 @@ fn wire_server_json() {
             ServerMsg::Final {
                 utterance: u,
                 text: "Turn on the lights \"now\".".into(),
+                segments: vec![],
+            },
+        ),
+        (
+            "final_segments",
+            ServerMsg::Final {
+                utterance: u,
+                text: "Turn on the lights. Now.".into(),
+                segments: vec![
+                    Segment {
+                        start: 0.0,
+                        end: 1.5,
+                        text: "Turn on the lights.".into(),
+                        words: vec![
+                            word("Turn", 0.0, 0.25, 0.75),
+                            word("on", 0.25, 0.5, 1.0),
+                            word("the", 0.5, 0.75, 0.5),
+                            word("lights.", 0.75, 1.5, 0.875),
+                        ],
+                    },
+                    Segment {
+                        start: 2.0,
+                        end: 2.5,
+                        text: "Now.".into(),
+                        words: vec![],
+                    },
+                ],
             },
         ),
         (
@@ -432,6 +459,16 @@ fn wire_server_json() {
             "{name}: decode"
         );
         assert_eq!(value.to_json(), text, "{name}: encode");
+    }
+}
+
+/// A timed word, for the `segments` vectors.
+fn word(word: &str, start: f32, end: f32, probability: f32) -> Word {
+    Word {
+        word: word.into(),
+        start,
+        end,
+        probability,
     }
 }
 
@@ -483,6 +520,12 @@ fn http_json() {
             state: UtteranceState::Replied,
             frames: 150,
             transcript: Some("turn on the lights".into()),
+            segments: vec![Segment {
+                start: 0.0,
+                end: 1.25,
+                text: "turn on the lights".into(),
+                words: vec![],
+            }],
             reply_title: Some("Lights".into()),
             reply_body: Some("Done.".into()),
             error: None,
@@ -503,12 +546,18 @@ fn http_json() {
             state: UtteranceState::Receiving,
             frames: 3,
             transcript: None,
+            segments: vec![],
             reply_title: None,
             reply_body: None,
             error: None,
             timings: Timings::default(),
         },
     );
+    // A view from a server older than `segments` still parses, with none.
+    let v1 = find(list, "utterance_view_receiving").replace("\"segments\":[],", "");
+    assert!(!v1.contains("segments"));
+    let old: UtteranceView = serde_json::from_str(&v1).expect("a v1 view");
+    assert!(old.segments.is_empty());
     http_case(
         list,
         "upload_response",
@@ -562,6 +611,7 @@ fn http_json() {
                 state: UtteranceState::Receiving,
                 frames: 3,
                 transcript: None,
+                segments: vec![],
                 reply_title: None,
                 reply_body: None,
                 error: None,

@@ -23,6 +23,20 @@ fn uuid() -> impl Strategy<Value = Uuid> {
     any::<u128>().prop_map(Uuid::from_u128)
 }
 
+/// Seconds in steps of 1/64 up to about 26 minutes, and probabilities in
+/// steps of 1/256: exact in binary, so equality after JSON is exact too.
+fn secs() -> impl Strategy<Value = f32> {
+    (0u32..100_000).prop_map(|n| n as f32 / 64.0)
+}
+
+fn segments() -> impl Strategy<Value = Vec<wire::Segment>> {
+    let word = (any::<String>(), secs(), secs(), 0u32..=256)
+        .prop_map(|(word, start, end, p)| wire::Word { word, start, end, probability: p as f32 / 256.0 });
+    let segment = (secs(), secs(), any::<String>(), prop::collection::vec(word, 0..3))
+        .prop_map(|(start, end, text, words)| wire::Segment { start, end, text, words });
+    prop::collection::vec(segment, 0..3)
+}
+
 /// Sequence numbers, often close to the wrap so that runs of frames cross it.
 fn seq() -> impl Strategy<Value = u16> {
     prop_oneof![any::<u16>(), (0xffe0u16..=0xffff)]
@@ -402,7 +416,7 @@ proptest! {
         (uuid(), any::<u32>()).prop_map(|(utterance, frames)| ServerMsg::Complete { utterance, frames }),
         (uuid(), any::<String>()).prop_map(|(utterance, text)| ServerMsg::Partial { utterance, text }),
         (uuid(), any::<u32>()).prop_map(|(utterance, frames)| ServerMsg::Endpoint { utterance, frames }),
-        (uuid(), any::<String>()).prop_map(|(utterance, text)| ServerMsg::Final { utterance, text }),
+        (uuid(), any::<String>(), segments()).prop_map(|(utterance, text, segments)| ServerMsg::Final { utterance, text, segments }),
         (uuid(), any::<String>(), any::<String>()).prop_map(|(utterance, title, body)| ServerMsg::Reply { utterance, title, body }),
         (prop::option::of(uuid()), any::<String>(), any::<String>()).prop_map(|(utterance, code, message)| ServerMsg::Error { utterance, code, message }),
     ]) {

@@ -74,7 +74,7 @@ impl Default for UplinkConfig {
 }
 
 /// What happens to the uplink.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// The spool holds `frames` frames of utterance `id` (a running total).
     Spooled { id: Uuid, codec: Codec, frames: u32 },
@@ -414,7 +414,7 @@ impl Uplink {
                 out.push(Action::Emit(RelayEvent::Partial { id: utterance, text }));
             }
             ServerMsg::Endpoint { utterance, frames } => out.push(Action::Endpoint { id: utterance, frames }),
-            ServerMsg::Final { utterance, text } => {
+            ServerMsg::Final { utterance, text, .. } => {
                 out.push(Action::Emit(RelayEvent::Final { id: utterance, text }));
             }
             ServerMsg::Reply { utterance, title, body } => {

@@ -93,6 +93,14 @@ pub struct ReplyRequest {
     pub device_name: String,
     /// What speech-to-text heard. May be empty when nothing intelligible was said.
     pub transcript: String,
+    /// The transcript in timed pieces, in order: `start` and `end` in
+    /// seconds from the start of the utterance, `text`, and `words` (each
+    /// with `word`, `start`, `end`, `probability`) where the engine timed
+    /// them. Empty for an utterance transcribed on the phone. Added after
+    /// the first version; read with a default, so a stored or replayed
+    /// request without it still parses.
+    #[serde(default)]
+    pub segments: Vec<lanyard_proto::wire::Segment>,
     /// When the utterance ended on the pendant, in Unix milliseconds, so a
     /// responder can resolve "in ten minutes" against the moment of speaking
     /// rather than the moment of transcription.
@@ -210,18 +218,25 @@ mod tests {
             device_id: Uuid::nil(),
             device_name: "kitchen".into(),
             transcript: "hello".into(),
+            segments: vec![lanyard_proto::wire::Segment { start: 0.0, end: 1.5, text: "hello".into(), words: vec![] }],
             received_end_ms: 1_700_000_000_000,
             audio_secs: 1.5,
         };
         let json = serde_json::to_value(&req).unwrap();
         let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
         let mut expected =
-            ["utterance_id", "device_id", "device_name", "transcript", "received_end_ms", "audio_secs"].map(String::from);
+            ["utterance_id", "device_id", "device_name", "transcript", "segments", "received_end_ms", "audio_secs"].map(String::from);
         expected.sort();
         let mut keys = keys;
         keys.sort();
         assert_eq!(keys, expected);
         assert_eq!(json["utterance_id"], "00000000-0000-0000-0000-000000000000");
         assert_eq!(json["audio_secs"], 1.5);
+        assert_eq!(json["segments"], serde_json::json!([{"start": 0.0, "end": 1.5, "text": "hello"}]));
+        // A body from before `segments` still parses, with none.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("segments");
+        let old: ReplyRequest = serde_json::from_value(old).unwrap();
+        assert!(old.segments.is_empty());
     }
 }

@@ -11,10 +11,15 @@
 //! X-Lanyard-Utterance: 0190f5a2-…
 //!
 //! {"utterance_id":"0190f5a2-…","device_id":"…","device_name":"kitchen",
-//!  "transcript":"remind me to buy milk","received_end_ms":1718000000123,"audio_secs":2.1}
+//!  "transcript":"remind me to buy milk",
+//!  "segments":[{"start":0.0,"end":2.1,"text":"remind me to buy milk"}],
+//!  "received_end_ms":1718000000123,"audio_secs":2.1}
 //! ```
 //!
-//! The body is a [`ReplyRequest`]. `X-Lanyard-Utterance` repeats its
+//! The body is a [`ReplyRequest`]. `segments` holds the transcript in timed
+//! pieces (seconds from the start of the utterance; `words` inside a segment
+//! where the engine timed them); it is empty for text sent by the phone, and
+//! a hook that does not need times can ignore it. `X-Lanyard-Utterance` repeats its
 //! `utterance_id`: the same utterance can arrive more than once (retries, or a
 //! server restart before the reply was stored), so a hook with side effects
 //! should deduplicate on it.

@@ -31,6 +31,7 @@ fn request(transcript: &str) -> ReplyRequest {
         device_id: Uuid::from_u128(8),
         device_name: "kitchen".into(),
         transcript: transcript.into(),
+        segments: Vec::new(),
         received_end_ms: 1_718_000_000_000,
         audio_secs: 3.0,
     }

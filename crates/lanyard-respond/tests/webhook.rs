@@ -26,6 +26,12 @@ fn request() -> ReplyRequest {
         device_id: Uuid::from_u128(0x0190_f5a2_0000_7000_8000_0000_0000_0002),
         device_name: "kitchen".into(),
         transcript: "remind me to buy milk".into(),
+        segments: vec![lanyard_proto::wire::Segment {
+            start: 0.25,
+            end: 2.5,
+            text: "remind me to buy milk".into(),
+            words: vec![lanyard_proto::wire::Word { word: "remind".into(), start: 0.25, end: 0.625, probability: 0.875 }],
+        }],
         received_end_ms: 1_718_000_000_123,
         audio_secs: 2.5,
     }
@@ -83,6 +89,10 @@ fn request_ok(seen: &Seen) -> Result<(), String> {
         "device_id": "0190f5a2-0000-7000-8000-000000000002",
         "device_name": "kitchen",
         "transcript": "remind me to buy milk",
+        "segments": [{
+            "start": 0.25, "end": 2.5, "text": "remind me to buy milk",
+            "words": [{"word": "remind", "start": 0.25, "end": 0.625, "probability": 0.875}]
+        }],
         "received_end_ms": 1_718_000_000_123_i64,
         "audio_secs": 2.5,
     });

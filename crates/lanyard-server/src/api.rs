@@ -126,13 +126,14 @@ pub fn routes() -> Vec<Route> {
             doc: Doc {
                 summary: "OpenAI-compatible speech-to-text on this node's model, for another Lanyard node or any OpenAI client. \
                           Multipart fields: `file` (WAV at any rate, or Ogg Opus; at most 600 s), `model` (ignored), \
-                          `response_format` (`json` or `text`), `language` (`en` or absent).",
+                          `response_format` (`json`, `text`, `verbose_json`, `srt` or `vtt`), \
+                          `timestamp_granularities[]` (`segment`, `word`; verbose_json only), `language` (`en` or absent).",
                 auth: Auth::Device,
                 query: &[],
                 body: Some(("multipart/form-data", "TranscriptionRequest")),
                 responses: &[
-                    (200, "The text: `{\"text\": ...}`, or plain text with `response_format=text`.", Some("Transcription")),
-                    (400, "Malformed: no `file`, a broken WAV or Ogg, over 600 s, an unknown response_format or language.", Some("ErrorBody")),
+                    (200, "The transcript in the response_format asked for: `{\"text\": ...}`, verbose JSON with segments (and words), plain text, SRT or WebVTT.", Some("Transcriptions")),
+                    (400, "Malformed: no `file`, a broken WAV or Ogg, over 600 s, an unknown response_format, language or timestamp granularity, or granularities without verbose_json.", Some("ErrorBody")),
                     E401,
                     (413, "Over 25 MiB.", Some("ErrorBody")),
                     (415, "Not multipart, or a file that is neither WAV (PCM or float) nor Ogg Opus.", Some("ErrorBody")),

@@ -52,11 +52,7 @@ pub fn document() -> Value {
             let mut r = Map::new();
             r.insert("description".into(), json!(description));
             if let Some(schema) = schema {
-                let ctype = match *schema {
-                    "text" => "text/plain",
-                    _ => "application/json",
-                };
-                r.insert("content".into(), json!({ ctype: { "schema": schema_ref(schema) } }));
+                r.insert("content".into(), response_content(schema));
             }
             responses.insert(status.to_string(), Value::Object(r));
         }
@@ -86,6 +82,22 @@ pub fn document() -> Value {
             "schemas": schemas()
         }
     })
+}
+
+/// A response's `content`: JSON of the schema, or plain text for `text`.
+/// `Transcriptions` is what `/v1/audio/transcriptions` answers, by its
+/// `response_format`: JSON (`json`, `verbose_json`), plain text (`text`,
+/// `srt`) or WebVTT (`vtt`).
+fn response_content(schema: &str) -> Value {
+    match schema {
+        "text" => json!({ "text/plain": { "schema": schema_ref("text") } }),
+        "Transcriptions" => json!({
+            "application/json": { "schema": { "oneOf": [schema_ref("Transcription"), schema_ref("TranscriptionVerbose")] } },
+            "text/plain": { "schema": { "type": "string", "description": "`text`: the transcript; `srt`: SubRip cues (00:00:01,500 --> 00:00:03,000)." } },
+            "text/vtt": { "schema": { "type": "string", "description": "`vtt`: WEBVTT, then cues (00:00:01.500 --> 00:00:03.000)." } }
+        }),
+        schema => json!({ "application/json": { "schema": schema_ref(schema) } }),
+    }
 }
 
 /// `{id}` in `/v1/utterances/{id}` -> `id`.
@@ -131,8 +143,33 @@ fn uuid() -> Value {
     json!({ "type": "string", "format": "uuid" })
 }
 
+fn seconds(description: &str) -> Value {
+    json!({ "type": "number", "minimum": 0, "description": description })
+}
+
 fn schemas() -> Value {
     json!({
+        "Segment": {
+            "type": "object",
+            "required": ["start", "end", "text"],
+            "description": "A timed piece of the transcript (a sentence or clause). The transcript is the segments' texts joined with spaces.",
+            "properties": {
+                "start": seconds("Where its speech starts, in seconds from the start of the audio."),
+                "end": seconds("Where it ends, in seconds from the start of the audio."),
+                "text": { "type": "string" },
+                "words": { "type": "array", "items": schema_ref("Word"), "description": "Word times, present only where the engine timed them." }
+            }
+        },
+        "Word": {
+            "type": "object",
+            "required": ["word", "start", "end", "probability"],
+            "properties": {
+                "word": { "type": "string" },
+                "start": seconds("Seconds from the start of the audio."),
+                "end": seconds("Seconds from the start of the audio."),
+                "probability": { "type": "number", "minimum": 0, "maximum": 1 }
+            }
+        },
         "ErrorBody": {
             "type": "object",
             "required": ["code", "message"],
@@ -152,7 +189,7 @@ fn schemas() -> Value {
         },
         "UtteranceView": {
             "type": "object",
-            "required": ["id", "state", "frames", "transcript", "reply_title", "reply_body", "error", "timings", "audio", "audio_purged_ms"],
+            "required": ["id", "state", "frames", "transcript", "segments", "reply_title", "reply_body", "error", "timings", "audio", "audio_purged_ms"],
             "properties": {
                 "audio": { "type": "string", "enum": ["stored", "purged", "none"], "description": "Whether the audio file is kept: `purged` once [audio] retention_days deleted it (transcript and reply stay); `none` for a text utterance." },
                 "audio_purged_ms": millis(),
@@ -160,6 +197,7 @@ fn schemas() -> Value {
                 "state": schema_ref("UtteranceState"),
                 "frames": { "type": "integer", "minimum": 0 },
                 "transcript": nullable("string"),
+                "segments": { "type": "array", "items": schema_ref("Segment"), "description": "The transcript in timed pieces; empty until transcribed, and for a text utterance." },
                 "reply_title": nullable("string"),
                 "reply_body": nullable("string"),
                 "error": nullable("string"),
@@ -190,7 +228,8 @@ fn schemas() -> Value {
             "properties": {
                 "file": { "type": "string", "contentMediaType": "application/octet-stream", "description": "WAV (integer PCM or 32-bit float, any rate from 8 to 384 kHz, any channels; resampled to 16 kHz mono) or mono Ogg Opus. At most 600 s; the body at most 25 MiB." },
                 "model": { "type": "string", "description": "Accepted for compatibility and ignored: the node uses the one model it loaded." },
-                "response_format": { "type": "string", "enum": ["json", "text"], "default": "json" },
+                "response_format": { "type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"], "default": "json" },
+                "timestamp_granularities[]": { "type": "array", "items": { "type": "string", "enum": ["segment", "word"] }, "description": "With verbose_json only: `segment` (the default), `word` (a top-level `words` list), or both." },
                 "language": { "type": "string", "enum": ["en", "english"], "description": "The node transcribes English; leave it out or send en." }
             }
         },
@@ -198,6 +237,44 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["text"],
             "properties": { "text": { "type": "string", "description": "The transcript, trimmed; empty when no speech was found." } }
+        },
+        "TranscriptionVerbose": {
+            "type": "object",
+            "required": ["task", "language", "duration", "text"],
+            "description": "`response_format=verbose_json`, in OpenAI's shape.",
+            "properties": {
+                "task": { "type": "string", "enum": ["transcribe"] },
+                "language": { "type": "string", "enum": ["english"] },
+                "duration": seconds("Length of the audio."),
+                "text": { "type": "string" },
+                "segments": { "type": "array", "items": schema_ref("TranscriptionSegment"), "description": "Unless only `word` granularity was asked for." },
+                "words": { "type": "array", "items": schema_ref("TranscriptionWord"), "description": "With `timestamp_granularities[]=word`; empty when the engine cannot time words." }
+            }
+        },
+        "TranscriptionSegment": {
+            "type": "object",
+            "required": ["id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"],
+            "properties": {
+                "id": { "type": "integer", "minimum": 0 },
+                "seek": { "type": "integer", "minimum": 0, "description": "Start of the segment's 30 s window, in 10 ms frames." },
+                "start": seconds("Seconds from the start of the audio."),
+                "end": seconds("Seconds from the start of the audio."),
+                "text": { "type": "string", "description": "With Whisper's leading space." },
+                "tokens": { "type": "array", "items": { "type": "integer" }, "description": "Empty: the engine does not expose its tokens." },
+                "temperature": { "type": "number", "description": "0." },
+                "avg_logprob": { "type": "number", "description": "0: not exposed by the engine." },
+                "compression_ratio": { "type": "number", "description": "The text's bytes over its zlib-compressed bytes." },
+                "no_speech_prob": { "type": "number", "description": "0: not exposed by the engine." }
+            }
+        },
+        "TranscriptionWord": {
+            "type": "object",
+            "required": ["word", "start", "end"],
+            "properties": {
+                "word": { "type": "string" },
+                "start": seconds("Seconds from the start of the audio."),
+                "end": seconds("Seconds from the start of the audio.")
+            }
         },
         "TextUtterance": {
             "type": "object",
@@ -243,8 +320,8 @@ fn schemas() -> Value {
 #[cfg(test)]
 mod tests {
     use lanyard_proto::wire::{
-        DeletedData, DeviceCreated, ErrorBody, NewDevice, PushEnvironment, PushPlatform, PushRegistration, TextUtterance,
-        Timings, UploadResponse, UtteranceState, UtteranceView,
+        DeletedData, DeviceCreated, ErrorBody, NewDevice, PushEnvironment, PushPlatform, PushRegistration, Segment,
+        TextUtterance, Timings, UploadResponse, UtteranceState, UtteranceView, Word,
     };
     use serde::Serialize;
     use uuid::Uuid;
@@ -272,6 +349,7 @@ mod tests {
             state: UtteranceState::Replied,
             frames: 1,
             transcript: None,
+            segments: vec![Segment { start: 0.0, end: 1.0, text: "hi".into(), words: vec![] }],
             reply_title: None,
             reply_body: None,
             reply_data: None,
@@ -289,11 +367,22 @@ mod tests {
             assert!(enums.as_array().unwrap().contains(&serde_json::to_value(status).unwrap()), "{status:?}");
         }
         same_fields("Transcription", json!({ "text": "hello" }));
+        let word = Word { word: "hi".into(), start: 0.0, end: 1.0, probability: 0.5 };
+        same_fields("Segment", Segment { start: 0.0, end: 1.0, text: "hi".into(), words: vec![word.clone()] });
+        same_fields("Word", word);
+        let mut timed = lanyard_stt::Segment { start: 0.0, end: 1.0, text: "hi".into(), words: vec![] };
+        timed.words.push(lanyard_stt::Word { word: "hi".into(), start: 0.0, end: 1.0, probability: 0.5 });
+        let both = crate::transcribe::Granularities { word: true, segment: true };
+        let verbose = crate::transcribe::verbose_json(&lanyard_stt::Transcript::from_segments(vec![timed], 1.0, 0.0), both);
+        same_fields("TranscriptionVerbose", verbose.clone());
+        same_fields("TranscriptionSegment", verbose["segments"][0].clone());
+        same_fields("TranscriptionWord", verbose["words"][0].clone());
         let view = UtteranceView {
             id: Uuid::nil(),
             state: UtteranceState::Replied,
             frames: 1,
             transcript: None,
+            segments: vec![],
             reply_title: None,
             reply_body: None,
             error: None,

@@ -21,7 +21,7 @@ use crate::hub::Hub;
 use crate::live::Live;
 use crate::metrics::{self, FinalTranscript, SttDequeued, SttQueued, Transcribed};
 use crate::stt_pool::SttPool;
-use crate::now_ms;
+use crate::{now_ms, transcribe};
 use lanyard_respond::{ReplyRequest, Responder};
 use lanyard_store::ReplyRecord;
 
@@ -110,7 +110,8 @@ impl Worker {
                 Some(text) => {
                     metrics::emit(FinalTranscript { speculative: true });
                     tracing::debug!("final from the speculative decode at silence onset");
-                    text
+                    // `live` keeps only the text: one segment over the utterance.
+                    lanyard_stt::Transcript::untimed(text, frames as f32 * 0.02, 0.0)
                 }
                 None => {
                     let pcm = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
@@ -120,21 +121,25 @@ impl Worker {
                     })
                     .await
                     .map_err(|e| format!("decoding task: {e}"))??;
-                    let text = self.stt.transcribe(device, pcm).await.map(|t| t.text).map_err(|e| format!("transcribing: {e}"))?;
+                    let transcript =
+                        self.stt.transcribe(device, pcm).await.map_err(|e| format!("transcribing: {e}"))?;
                     metrics::emit(FinalTranscript { speculative: false });
-                    text
+                    transcript
                 }
             };
+            let (transcript, segments) = (transcript.text.clone(), transcribe::wire_segments(&transcript.segments));
             let done_ms = now_ms();
-            self.store.set_transcript(id, &transcript, done_ms).await.map_err(store_err)?;
+            self.store.set_transcript(id, &transcript, &segments, done_ms).await.map_err(store_err)?;
             if let Some(end_ms) = utt.timings.received_end_ms {
                 let ttfs = std::time::Duration::from_millis(done_ms.saturating_sub(end_ms).max(0) as u64);
                 metrics::emit(Transcribed { ttfs });
             }
             self.audio.close(id);
             tracing::info!(%transcript, "transcribed");
-            self.hub.send(utt.device_id, &ServerMsg::Final { utterance: id, text: transcript.clone() });
+            let segments_sent = segments.clone();
+            self.hub.send(utt.device_id, &ServerMsg::Final { utterance: id, text: transcript.clone(), segments: segments_sent });
             utt.transcript = Some(transcript);
+            utt.segments = segments;
             utt.state = UtteranceState::Transcribed;
         }
         if utt.state == UtteranceState::Transcribed {
@@ -144,6 +149,7 @@ impl Worker {
                 device_id: device.id,
                 device_name: device.name.clone(),
                 transcript: utt.transcript.clone().unwrap_or_default(),
+                segments: utt.segments.clone(),
                 received_end_ms: utt.timings.received_end_ms.unwrap_or(utt.created_ms),
                 audio_secs: utt.frames as f32 * 0.02,
             };

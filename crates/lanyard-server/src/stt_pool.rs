@@ -18,7 +18,9 @@
 //! together (`SpeechToText::transcribe_batch`): on this 2-core box the
 //! `ttfs` bench's four speakers ending together get their transcripts in a
 //! median 1.18 s, where one utterance alone takes 0.56 s (so four one by
-//! one would take about 2.3 s).
+//! one would take about 2.3 s). A final that asks for word times (a
+//! `/v1/audio/transcriptions` request with `timestamp_granularities[]=word`)
+//! goes alone, to `SpeechToText::transcribe_with_words`.
 //!
 //! # Dropped drafts: an explicit, counted policy
 //!
@@ -83,6 +85,9 @@ pub type DraftDone = Box<dyn FnOnce(Option<Result<Transcript, SttError>>) + Send
 
 struct FinalJob {
     pcm: Vec<f32>,
+    /// Word times wanted (`SpeechToText::transcribe_with_words`): such a
+    /// final goes to the engine alone, since a batch cannot ask for them.
+    words: bool,
     done: FinalDone,
 }
 
@@ -172,6 +177,16 @@ impl SttPool {
 
     /// Transcribes `pcm` as a final, in `device`'s turn.
     pub async fn transcribe(&self, device: Uuid, pcm: Vec<f32>) -> Result<Transcript, SttError> {
+        self.final_job(device, pcm, false).await
+    }
+
+    /// Like [`SttPool::transcribe`], with word times where the engine can
+    /// give them (`SpeechToText::transcribe_with_words`).
+    pub async fn transcribe_with_words(&self, device: Uuid, pcm: Vec<f32>) -> Result<Transcript, SttError> {
+        self.final_job(device, pcm, true).await
+    }
+
+    async fn final_job(&self, device: Uuid, pcm: Vec<f32>, words: bool) -> Result<Transcript, SttError> {
         let (done, rx) = oneshot::channel();
         {
             let mut q = self.shared.queues.lock().expect("stt pool poisoned");
@@ -179,7 +194,7 @@ impl SttPool {
                 return Err(stopped());
             }
             let queue = q.finals.entry(device).or_default();
-            queue.push_back(FinalJob { pcm, done: FinalDone::Caller(done) });
+            queue.push_back(FinalJob { pcm, words, done: FinalDone::Caller(done) });
             if queue.len() == 1 {
                 q.turns.push_back(device);
             }
@@ -225,7 +240,7 @@ impl SttPool {
             let promoted = !spec.is_empty();
             for d in spec {
                 let queue = q.finals.entry(device).or_default();
-                queue.push_back(FinalJob { pcm: d.pcm, done: FinalDone::Promoted(d.done) });
+                queue.push_back(FinalJob { pcm: d.pcm, words: false, done: FinalDone::Promoted(d.done) });
                 if queue.len() == 1 {
                     q.turns.push_back(device);
                 }
@@ -283,9 +298,8 @@ fn work(shared: &Shared) {
                 // inside the engine) holds up nobody else's.
                 if let Some(first) = next_final(&mut q) {
                     let mut finals = vec![first];
-                    while finals.len() < MAX_BATCH
-                        && finals[0].pcm.len() <= BATCH_MAX_SAMPLES
-                        && peek_final(&q).is_some_and(|j| j.pcm.len() <= BATCH_MAX_SAMPLES)
+                    let batches = |j: &FinalJob| j.pcm.len() <= BATCH_MAX_SAMPLES && !j.words;
+                    while finals.len() < MAX_BATCH && batches(&finals[0]) && peek_final(&q).is_some_and(batches)
                     {
                         finals.extend(next_final(&mut q));
                     }
@@ -323,8 +337,12 @@ fn work(shared: &Shared) {
         match job {
             Job::Finals(jobs) => {
                 let pcms: Vec<&[f32]> = jobs.iter().map(|j| j.pcm.as_slice()).collect();
-                let results = guarded(|| shared.stt.transcribe_batch(&pcms))
-                    .unwrap_or_else(|e| pcms.iter().map(|_| Err(e.clone_message())).collect());
+                let results = match jobs.as_slice() {
+                    // Asked for words: alone (see `FinalJob::words`).
+                    [job] if job.words => vec![guarded(|| shared.stt.transcribe_with_words(&job.pcm)).and_then(|r| r)],
+                    _ => guarded(|| shared.stt.transcribe_batch(&pcms))
+                        .unwrap_or_else(|e| pcms.iter().map(|_| Err(e.clone_message())).collect()),
+                };
                 for (job, result) in jobs.into_iter().zip(results) {
                     match job.done {
                         FinalDone::Caller(tx) => {
@@ -445,6 +463,11 @@ mod tests {
         fn transcribe_draft(&self, pcm: &[f32]) -> Result<Transcript, SttError> {
             self.call(pcm, true)
         }
+        fn transcribe_with_words(&self, pcm: &[f32]) -> Result<Transcript, SttError> {
+            let mut t = self.call(pcm, false)?;
+            t.text.push_str(" with words");
+            Ok(t)
+        }
         fn transcribe_batch(&self, batch: &[&[f32]]) -> Vec<Result<Transcript, SttError>> {
             self.batches.lock().unwrap().push(batch.len());
             batch.iter().map(|pcm| self.call(pcm, false)).collect()
@@ -486,6 +509,33 @@ mod tests {
         assert_eq!(engine.most.load(Ordering::SeqCst), 1, "one worker, one decode at a time");
         // What waited went in batches of at most four, in that order.
         assert_eq!(*engine.batches.lock().unwrap(), vec![1, 4, 1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_final_that_wants_words_goes_alone_to_the_word_timing_call() {
+        let engine = Recorder::new(Duration::from_millis(20));
+        let pool = SttPool::start(engine.clone(), 1);
+        let device = Uuid::now_v7();
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.transcribe(device, vec![0.0]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Three short finals wait together; the middle one asks for words.
+        let mut waits = Vec::new();
+        for (label, words) in [(1.0, false), (2.0, true), (3.0, false)] {
+            let pool = pool.clone();
+            waits.push(tokio::spawn(async move {
+                if words { pool.transcribe_with_words(device, vec![label]).await } else { pool.transcribe(device, vec![label]).await }
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        busy.await.unwrap().unwrap();
+        let texts: Vec<String> = futures::future::join_all(waits).await.into_iter().map(|r| r.unwrap().unwrap().text).collect();
+        assert_eq!(texts, ["1", "2 with words", "3"]);
+        assert_eq!(labels(&engine), vec![0.0, 1.0, 2.0, 3.0], "still in turn");
+        // Not batched with its neighbours: each plain one went on its own.
+        assert_eq!(*engine.batches.lock().unwrap(), vec![1, 1, 1]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

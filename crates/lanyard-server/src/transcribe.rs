@@ -18,8 +18,15 @@
 //!   - Ogg Opus, mono (what Lanyard relays upload); packets of up to 120 ms.
 //!   - anything else (MP3, M4A, ...) is 415: convert it to WAV.
 //! - `model`: accepted and ignored: a node serves the one model it loaded.
-//! - `response_format`: `json` (default, `{"text": "..."}`) or `text`
-//!   (`text/plain`); anything else is 400.
+//! - `response_format`: `json` (default, `{"text": "..."}`), `text`
+//!   (`text/plain`), `verbose_json` (OpenAI's: duration, language, segments
+//!   with their times, words when asked), `srt` or `vtt` (subtitles, one
+//!   cue a segment); anything else is 400, naming the valid ones. The
+//!   shapes are in `formats`.
+//! - `timestamp_granularities[]`: `segment` (the default) and/or `word`,
+//!   with `verbose_json` only (400 otherwise, as OpenAI documents). `word`
+//!   asks the engine for word times (`SpeechToText::transcribe_with_words`);
+//!   an engine that cannot time words answers an empty `words`.
 //! - `language`: absent, `en` or `english`; anything else is 400, because the
 //!   node's model transcribes English.
 //! - other fields (`prompt`, `temperature`, ...) are read and ignored.
@@ -47,13 +54,18 @@ use axum::response::{IntoResponse, Response};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::oggopus::{self, OggOpusError};
 use lanyard_proto::wire::limits;
-use lanyard_stt::SttError;
+use lanyard_stt::{SttError, Transcript};
 
 use crate::AppState;
 use crate::api::request_limit;
 use crate::auth::AuthDevice;
 use crate::error::ApiError;
 use crate::metrics::{self, TranscriptionServed};
+
+mod formats;
+
+pub use formats::{Granularities, ResponseFormat, srt, timestamp, verbose_json, vtt};
+pub(crate) use formats::wire_segments;
 
 /// The largest request body: OpenAI's 25 MiB.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -91,36 +103,16 @@ async fn serve(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     request_limit(state, device)?;
-    let mut multipart = multipart.map_err(|_| {
+    let multipart = multipart.map_err(|_| {
         ApiError::UnsupportedMediaType(
             "send multipart/form-data with the audio in a `file` field, as OpenAI's /v1/audio/transcriptions takes it"
                 .into(),
         )
     })?;
-    let mut form = Form::default();
-    while let Some(field) = multipart.next_field().await.map_err(body_error)? {
-        let name = field.name().unwrap_or("").to_string();
-        match name.as_str() {
-            "file" if form.file.is_some() => {
-                return Err(ApiError::BadRequest("send one `file` field, not several".into()));
-            }
-            "file" => form.file = Some(field.bytes().await.map_err(body_error)?.to_vec()),
-            "response_format" => form.response_format = Some(field.text().await.map_err(body_error)?),
-            "language" => form.language = Some(field.text().await.map_err(body_error)?),
-            "model" => form.model = Some(field.text().await.map_err(body_error)?),
-            // Read to the end so that the stream moves on; the value is unused.
-            _ => drop(field.bytes().await.map_err(body_error)?),
-        }
-    }
-    let format = match form.response_format.as_deref().map(str::trim) {
-        None | Some("") | Some("json") => ResponseFormat::Json,
-        Some("text") => ResponseFormat::Text,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "response_format {other:?} is not supported here; use json (the default) or text"
-            )));
-        }
-    };
+    let form = read_form(multipart).await?;
+    // Every field is checked before the audio is decoded or queued.
+    let format = ResponseFormat::parse(form.response_format.as_deref()).map_err(ApiError::BadRequest)?;
+    let granularities = Granularities::parse(&form.granularities, format).map_err(ApiError::BadRequest)?;
     if let Some(language) = form.language.as_deref().map(str::trim).filter(|l| !l.is_empty())
         && !language.eq_ignore_ascii_case("en")
         && !language.eq_ignore_ascii_case("english")
@@ -138,18 +130,54 @@ async fn serve(
         .map_err(ApiError::from)?;
 
     // A final on the shared engine, in this device's turn (see the module doc).
-    let transcript = state.stt.transcribe(device, pcm).await.map_err(|e| match e {
-            SttError::InvalidAudio { .. } => ApiError::BadRequest(e.to_string()),
-            e => ApiError::Internal(format!("transcribing: {e}")),
-        })?;
+    let transcript = if granularities.word {
+        state.stt.transcribe_with_words(device, pcm).await
+    } else {
+        state.stt.transcribe(device, pcm).await
+    };
+    let transcript = transcript.map_err(|e| match e {
+        SttError::InvalidAudio { .. } => ApiError::BadRequest(e.to_string()),
+        e => ApiError::Internal(format!("transcribing: {e}")),
+    })?;
     tracing::info!(%device, model = form.model.as_deref().unwrap_or(""), audio_secs = transcript.audio_secs,
         compute_secs = transcript.compute_secs, "transcription served");
-    Ok(match format {
-        ResponseFormat::Json => Json(serde_json::json!({ "text": transcript.text })).into_response(),
-        ResponseFormat::Text => {
-            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], transcript.text).into_response()
+    Ok(answer(&transcript, format, granularities))
+}
+
+/// Reads every field of the form; see the module doc for which are used.
+async fn read_form(mut multipart: Multipart) -> Result<Form, ApiError> {
+    let mut form = Form::default();
+    while let Some(field) = multipart.next_field().await.map_err(body_error)? {
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "file" if form.file.is_some() => {
+                return Err(ApiError::BadRequest("send one `file` field, not several".into()));
+            }
+            "file" => form.file = Some(field.bytes().await.map_err(body_error)?.to_vec()),
+            "response_format" => form.response_format = Some(field.text().await.map_err(body_error)?),
+            "language" => form.language = Some(field.text().await.map_err(body_error)?),
+            "model" => form.model = Some(field.text().await.map_err(body_error)?),
+            // OpenAI's SDKs send a list as repeated `name[]` fields.
+            "timestamp_granularities[]" | "timestamp_granularities" => {
+                form.granularities.push(field.text().await.map_err(body_error)?)
+            }
+            // Read to the end so that the stream moves on; the value is unused.
+            _ => drop(field.bytes().await.map_err(body_error)?),
         }
-    })
+    }
+    Ok(form)
+}
+
+/// The transcript in the format asked for.
+fn answer(transcript: &Transcript, format: ResponseFormat, granularities: Granularities) -> Response {
+    let plain = |body: String, ctype: &'static str| ([(header::CONTENT_TYPE, ctype)], body).into_response();
+    match format {
+        ResponseFormat::Json => Json(serde_json::json!({ "text": transcript.text })).into_response(),
+        ResponseFormat::VerboseJson => Json(formats::verbose_json(transcript, granularities)).into_response(),
+        ResponseFormat::Text => plain(transcript.text.clone(), "text/plain; charset=utf-8"),
+        ResponseFormat::Srt => plain(formats::srt(&transcript.segments), "text/plain; charset=utf-8"),
+        ResponseFormat::Vtt => plain(formats::vtt(&transcript.segments), "text/vtt; charset=utf-8"),
+    }
 }
 
 /// The fields of the form that are used.
@@ -159,11 +187,8 @@ struct Form {
     response_format: Option<String>,
     language: Option<String>,
     model: Option<String>,
-}
-
-enum ResponseFormat {
-    Json,
-    Text,
+    /// Every `timestamp_granularities[]` value, in order.
+    granularities: Vec<String>,
 }
 
 /// A body that could not be read: over the limit (413) or malformed (400).

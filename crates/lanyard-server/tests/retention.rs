@@ -31,7 +31,7 @@ async fn recorded(store: &dyn Store, audio: &AudioStore, device: Uuid, created_m
     if finish {
         assert!(store.mark_complete(id, 3, created_ms + 100).await.unwrap());
         store.mark_stt_started(id, created_ms + 200).await.unwrap();
-        store.set_transcript(id, "turn the lights off", created_ms + 300).await.unwrap();
+        store.set_transcript(id, "turn the lights off", &[], created_ms + 300).await.unwrap();
         let reply = ReplyRecord { title: "Lanyard".into(), body: "Noted.".into(), data_json: "{}".into() };
         store.set_reply(id, &reply, None, created_ms + 400).await.unwrap();
         audio.close(id);

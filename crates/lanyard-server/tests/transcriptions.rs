@@ -2,7 +2,9 @@
 //! over real sockets: node B, configured with `[stt] backend = "remote"` and
 //! no model, transcribes through node A's endpoint with one of A's device
 //! tokens; the endpoint answers OpenAI-style requests in WAV (any rate) and
-//! Ogg Opus; and it refuses what it cannot serve with the documented status.
+//! Ogg Opus; the official `openai` Python package gets every response_format
+//! (json, text, verbose_json with segment and word granularities, srt, vtt);
+//! and it refuses what it cannot serve with the documented status.
 //!
 //! The tests here read the process-wide metrics registry, so they take
 //! turns ([`SERIAL`]) and their counter deltas are exact.
@@ -194,6 +196,17 @@ async fn a_node_without_a_model_transcribes_through_another_nodes_endpoint() {
     let view: Value =
         reqwest::Client::new().get(format!("{url_b}/v1/utterances/{id}")).bearer_auth(&token_b).send().await.unwrap().json().await.unwrap();
     assert_eq!((view["state"].as_str(), view["audio"].as_str()), (Some("replied"), Some("stored")));
+    // The device's view carries the transcript's segments, timed within the
+    // utterance (the remote engine gives one over the whole audio).
+    let segments = view["segments"].as_array().expect("segments in the view");
+    assert!(!segments.is_empty(), "{view}");
+    let joined: Vec<&str> = segments.iter().map(|s| s["text"].as_str().unwrap()).collect();
+    assert_eq!(joined.join(" "), u.transcript.clone().unwrap());
+    for s in segments {
+        let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        assert!(0.0 <= start && start <= end && end <= f64::from(u.frames) * 0.02 + 0.01, "{s}");
+    }
+    assert_eq!(u.segments.len(), segments.len(), "the store holds what the view shows");
 
     // B's token means nothing to A, and a stopped A is a clear failure on B.
     let (wav_ct, wav_body) = multipart(Some(&wav(&[0; 1600], 16_000, 1)), &[]);
@@ -300,10 +313,17 @@ async fn the_endpoint_refuses_what_it_cannot_serve() {
     let (status, _, message) = error(post(&h.url, Some(&h.token_a), &ct, body).await).await;
     assert_eq!(status, 400);
     assert!(message.contains("`file`"), "{message}");
-    let (ct, body) = multipart(Some(&short), &[("response_format", "srt")]);
+    let (ct, body) = multipart(Some(&short), &[("response_format", "csv")]);
     let (status, _, message) = error(post(&h.url, Some(&h.token_a), &ct, body).await).await;
     assert_eq!(status, 400);
-    assert!(message.contains("json") && message.contains("text"), "{message}");
+    for valid in ["json", "text", "verbose_json", "srt", "vtt"] {
+        assert!(message.contains(valid), "{message}");
+    }
+    // Word times need verbose_json, as OpenAI documents.
+    let (ct, body) = multipart(Some(&short), &[("response_format", "text"), ("timestamp_granularities[]", "word")]);
+    let (status, _, message) = error(post(&h.url, Some(&h.token_a), &ct, body).await).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("verbose_json"), "{message}");
     let (ct, body) = multipart(Some(&short), &[("language", "de")]);
     let (status, _, message) = error(post(&h.url, Some(&h.token_a), &ct, body).await).await;
     assert_eq!(status, 400);
@@ -337,3 +357,71 @@ async fn the_endpoint_refuses_what_it_cannot_serve() {
     h.server.stop().await;
 }
 
+/// `HH:MM:SS<sep>mmm`, written here again rather than taken from the code
+/// under test.
+fn clock(secs: f64, sep: char) -> String {
+    let ms = (secs * 1000.0).round() as u64;
+    format!("{:02}:{:02}:{:02}{sep}{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+}
+
+/// The official `openai` Python package as the client, against the real
+/// server: every `response_format`, and `timestamp_granularities`. The
+/// script (`tests/python/openai_transcriptions.py`) checks each answer's
+/// shape as the SDK parses it; this test checks the text against the model
+/// and that the subtitles are timed like `verbose_json`'s segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_package_gets_every_response_format() {
+    let _turn = SERIAL.lock().await;
+    let h = harness().await;
+    let before = counter(&h.url, SERVED_OK).await;
+    let refused_before = counter(&h.url, "lanyard_transcriptions_total{status=\"400\"}").await;
+    let dir = tempfile::tempdir().unwrap();
+    let audio = dir.path().join("speech.wav");
+    let wav16 = speech_wav(SENTENCE, 16_000, 1);
+    std::fs::write(&audio, &wav16).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_transcriptions.py");
+    let (url, token) = (h.url.clone(), h.token_a.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .env("LANYARD_URL", url)
+            .env("LANYARD_TOKEN", token)
+            .env("AUDIO", &audio)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("cannot run python3: install it (scripts/setup does)");
+    assert!(
+        out.status.success(),
+        "the openai client's checks failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Value = serde_json::from_slice(&out.stdout).expect("the script prints one JSON object");
+    let text = answers["json"].as_str().unwrap();
+    assert_served(SENTENCE, &wav16, text).await;
+    let secs = speech(SENTENCE).len() as f64 / 16_000.0;
+    assert!((answers["duration"].as_f64().unwrap() - secs).abs() < 0.01, "duration {} for {secs} s", answers["duration"]);
+
+    // The subtitles are the verbose segments, in their two clock formats.
+    let segments = answers["segments"].as_array().unwrap();
+    let (mut srt, mut vtt) = (String::new(), String::from("WEBVTT\n\n"));
+    for (i, s) in segments.iter().enumerate() {
+        let (start, end, words) = (s[0].as_f64().unwrap(), s[1].as_f64().unwrap(), s[2].as_str().unwrap().trim());
+        srt += &format!("{}\n{} --> {}\n{words}\n\n", i + 1, clock(start, ','), clock(end, ','));
+        vtt += &format!("{} --> {}\n{words}\n\n", clock(start, '.'), clock(end, '.'));
+    }
+    assert_eq!(answers["srt"].as_str().unwrap(), srt);
+    assert_eq!(answers["vtt"].as_str().unwrap(), vtt);
+    // Word times lie inside the audio and in order.
+    let words = answers["words"].as_array().unwrap();
+    for pair in words.windows(2) {
+        assert!(pair[0][1].as_f64() <= pair[1][1].as_f64(), "words out of order: {words:?}");
+    }
+
+    // Seven answers (json, text, three verbose, srt, vtt) and four refusals.
+    assert_eq!(counter(&h.url, SERVED_OK).await - before, 7.0);
+    assert_eq!(counter(&h.url, "lanyard_transcriptions_total{status=\"400\"}").await - refused_before, 4.0);
+    h.server.stop().await;
+}

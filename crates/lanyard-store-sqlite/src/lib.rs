@@ -35,6 +35,10 @@
 //! a retry after a restart, which must be harmless; the trait has no "wrong
 //! state" error to report the rare real bug.
 //!
+//! `set_transcript` writes the text and its segments (JSON array text in
+//! the `segments` column) in the same conditional statement, so a row never
+//! holds a transcript without its segments or another run's segments.
+//!
 //! `set_transcript` counts every call, applied or not, in `transcript_writes`:
 //! the counter exists to catch a server that runs speech-to-text twice, and a
 //! second run that the state check swallowed is still a second run. A text
@@ -88,7 +92,7 @@ use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState};
 use lanyard_store::{
     Device, PurgeCandidate, PushEnvironment, PushOutcome, PushRequest, PushStatus, PushTarget, ReplyRecord, Result,
-    Store, StoreError, Utterance,
+    Segment, Store, StoreError, Utterance,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::MigrateError;
@@ -201,7 +205,7 @@ impl SqliteStore {
 const DEVICE_COLUMNS: &str = "id, name, created_ms, push_platform, push_token, push_environment, push_disabled_reason";
 
 /// The columns of an [`UtteranceRow`], in `utterances`.
-const UTTERANCE_COLUMNS: &str = "id, device_id, codec, state, frames, transcript, reply_title, reply_body, reply_data,
+const UTTERANCE_COLUMNS: &str = "id, device_id, codec, state, frames, transcript, segments, reply_title, reply_body, reply_data,
      error, created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms, audio_purged_ms";
 
 /// The columns of a [`PushRow`], in `push_outbox`.
@@ -364,14 +368,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn set_transcript(&self, id: Uuid, text: &str, now_ms: i64) -> Result<()> {
+    async fn set_transcript(&self, id: Uuid, text: &str, segments: &[Segment], now_ms: i64) -> Result<()> {
         // One statement: the counter always moves, the rest only from
         // `complete`. SQLite evaluates every SET expression against the old
-        // row, so each CASE sees the state before this update.
+        // row, so each CASE sees the state before this update. The segments
+        // ride in the same statement, so they are written with the text or
+        // not at all.
+        let segments = segments_json(segments)?;
         let done = sqlx::query(
             "UPDATE utterances SET
                  transcript_writes = transcript_writes + 1,
                  transcript  = CASE WHEN state = 'complete' THEN ?1 ELSE transcript END,
+                 segments    = CASE WHEN state = 'complete' THEN ?4 ELSE segments END,
                  stt_done_ms = CASE WHEN state = 'complete' THEN ?2 ELSE stt_done_ms END,
                  state       = CASE WHEN state = 'complete' THEN 'transcribed' ELSE state END
              WHERE id = ?3",
@@ -379,6 +387,7 @@ impl Store for SqliteStore {
         .bind(text)
         .bind(now_ms)
         .bind(id.to_string())
+        .bind(segments)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -816,6 +825,25 @@ fn parse_state(s: &str) -> Result<UtteranceState> {
     UtteranceState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown utterance state {s:?}")))
 }
 
+/// The `segments` column's text: NULL for none, so that a row without
+/// segments looks the same whether it predates the column or not.
+fn segments_json(segments: &[Segment]) -> Result<Option<String>> {
+    if segments.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(segments)
+        .map(Some)
+        .map_err(|e| StoreError::Backend(format!("cannot encode the segments: {e}")))
+}
+
+/// Inverse of [`segments_json`].
+fn parse_segments(text: Option<&str>) -> Result<Vec<Segment>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => serde_json::from_str(t).map_err(|e| StoreError::Corrupt(format!("segments: {e}"))),
+    }
+}
+
 fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("bad id {s:?}")))
 }
@@ -865,6 +893,7 @@ struct UtteranceRow {
     state: String,
     frames: i64,
     transcript: Option<String>,
+    segments: Option<String>,
     reply_title: Option<String>,
     reply_body: Option<String>,
     reply_data: Option<String>,
@@ -888,6 +917,7 @@ impl TryFrom<UtteranceRow> for Utterance {
             codec: parse_codec(&r.codec)?,
             state: parse_state(&r.state)?,
             frames: u32::try_from(r.frames).map_err(|_| StoreError::Corrupt(format!("frames = {}", r.frames)))?,
+            segments: parse_segments(r.segments.as_deref())?,
             transcript: r.transcript,
             reply_title: r.reply_title,
             reply_body: r.reply_body,

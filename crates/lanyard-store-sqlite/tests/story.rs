@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState};
-use lanyard_store::{Device, PushEnvironment, PushOutcome, PushStatus, PushTarget, ReplyRecord, Store, StoreError};
+use lanyard_store::{
+    Device, PushEnvironment, PushOutcome, PushStatus, PushTarget, ReplyRecord, Segment, Store, StoreError, Word,
+};
 use lanyard_store_sqlite::SqliteStore;
 use sqlx::Connection;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -126,17 +128,35 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     // --- Speech to text ---
     store.mark_stt_started(u1, 4_000).await.unwrap();
     assert_eq!(store.transcript_writes(u1).await.unwrap(), 0);
-    store.set_transcript(u1, "what is the weather", 5_000).await.unwrap();
+    assert!(store.utterance(u1).await.unwrap().unwrap().segments.is_empty(), "no segments before the transcript");
+    // Two segments, the first with word times; times that are not exact in
+    // binary (0.1, 0.7) must come back as the same f32.
+    let segments = vec![
+        Segment {
+            start: 0.1,
+            end: 0.7,
+            text: "what is".into(),
+            words: vec![
+                Word { word: "what".into(), start: 0.1, end: 0.32, probability: 0.93 },
+                Word { word: "is".into(), start: 0.32, end: 0.7, probability: 0.61 },
+            ],
+        },
+        Segment { start: 0.7, end: 1.9, text: "the weather".into(), words: vec![] },
+    ];
+    store.set_transcript(u1, "what is the weather", &segments, 5_000).await.unwrap();
     let u = store.utterance(u1).await.unwrap().unwrap();
     assert_eq!(u.state, UtteranceState::Transcribed);
     assert_eq!(u.transcript.as_deref(), Some("what is the weather"));
+    assert_eq!(u.segments, segments, "the segments read back as written");
+    assert_eq!(u.view().segments, segments, "and the device's view carries them");
     assert_eq!((u.timings.stt_start_ms, u.timings.stt_done_ms), (Some(4_000), Some(5_000)));
     assert_eq!(store.transcript_writes(u1).await.unwrap(), 1);
     // Transcribed but not replied: a restarted server must pick it up again.
     assert_eq!(store.unfinished().await.unwrap(), vec![u1]);
     // A second transcription is counted (that is what the counter is for),
     // but the first transcript stands and the state does not move.
-    store.set_transcript(u1, "what is the feather", 5_500).await.unwrap();
+    let other = vec![Segment { start: 0.0, end: 2.0, text: "what is the feather".into(), words: vec![] }];
+    store.set_transcript(u1, "what is the feather", &other, 5_500).await.unwrap();
     assert_eq!(store.transcript_writes(u1).await.unwrap(), 2);
     assert_eq!(store.utterance(u1).await.unwrap().unwrap(), u);
 
@@ -263,6 +283,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert_eq!((text.id, text.device_id, text.codec), (t1, kitchen.id, None));
     assert_eq!(text.state, UtteranceState::Transcribed);
     assert_eq!(text.transcript.as_deref(), Some("lights on"));
+    assert!(text.segments.is_empty(), "the phone sent no times");
     assert_eq!((text.frames, text.created_ms), (0, 14_000));
     assert_eq!(text.timings, Timings { received_end_ms: Some(14_000), ..Timings::default() });
     assert_eq!((&text.reply_title, &text.reply_data, &text.error), (&None, &None, &None));
@@ -318,7 +339,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let no = |r: Result<(), StoreError>| matches!(r, Err(StoreError::NoUtterance(id)) if id == nobody);
     assert!(matches!(store.mark_complete(nobody, 1, 0).await, Err(StoreError::NoUtterance(_))));
     assert!(no(store.mark_stt_started(nobody, 0).await));
-    assert!(no(store.set_transcript(nobody, "x", 0).await));
+    assert!(no(store.set_transcript(nobody, "x", &[], 0).await));
     assert!(no(store.set_reply(nobody, &reply("x", "y", "{}"), Some(&fcm), 0).await));
     assert!(no(store.set_failed(nobody, "x").await));
     assert!(no(store.record_push(nobody, &PushOutcome::Sent, 0).await));
@@ -455,7 +476,7 @@ async fn walk_to_transcribed(store: &dyn Store, device: Uuid, t: i64) -> Uuid {
     store.open_utterance(id, device, Codec::Opus16k20ms, t).await.unwrap();
     assert!(store.mark_complete(id, 10, t + 100).await.unwrap());
     store.mark_stt_started(id, t + 200).await.unwrap();
-    store.set_transcript(id, "hello", t + 300).await.unwrap();
+    store.set_transcript(id, "hello", &[], t + 300).await.unwrap();
     id
 }
 
@@ -673,9 +694,12 @@ async fn a_database_at_0001_is_migrated() {
     let mut conn = raw(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
-    // Rows from before 0004 keep their audio.
-    assert_eq!(store.utterance(unsent).await.unwrap().unwrap().audio_purged_ms, None);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    // Rows from before 0004 keep their audio; rows from before 0005 keep
+    // their transcript and have no segments.
+    let u = store.utterance(unsent).await.unwrap().unwrap();
+    assert_eq!(u.audio_purged_ms, None);
+    assert_eq!((u.transcript.as_deref(), u.segments.len()), (Some("hi"), 0));
     // `sql IS NOT NULL` leaves out the primary key's automatic index.
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master
@@ -736,6 +760,13 @@ async fn unknown_values_read_back_as_corrupt() {
 
     sqlx::query("UPDATE utterances SET codec = 'pcm16k', state = 'paused'").execute(&mut conn).await.unwrap();
     assert!(matches!(store.utterance(id).await, Err(StoreError::Corrupt(m)) if m.contains("paused")));
+
+    sqlx::query("UPDATE utterances SET state = 'transcribed', segments = '[{\"start\":\"soon\"}]'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(store.utterance(id).await, Err(StoreError::Corrupt(m)) if m.contains("segments")));
+    sqlx::query("UPDATE utterances SET segments = NULL").execute(&mut conn).await.unwrap();
 
     sqlx::query("UPDATE devices SET push_platform = 'pager', push_token = 't'").execute(&mut conn).await.unwrap();
     assert!(matches!(store.device_by_token_hash(&[4u8; 32]).await, Err(StoreError::Corrupt(m)) if m.contains("pager")));

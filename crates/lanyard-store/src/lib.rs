@@ -14,6 +14,8 @@
 use async_trait::async_trait;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState, UtteranceView};
+
+pub use lanyard_proto::wire::{Segment, Word};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -82,6 +84,11 @@ pub struct Utterance {
     /// Frames the utterance has, known once it is complete.
     pub frames: u32,
     pub transcript: Option<String>,
+    /// The transcript in timed pieces (times in seconds from the first
+    /// frame, words where the engine timed them), stored with the
+    /// transcript by [`Store::set_transcript`]. Empty before that, for a
+    /// text-only utterance, and for rows transcribed before segments were kept.
+    pub segments: Vec<Segment>,
     pub reply_title: Option<String>,
     pub reply_body: Option<String>,
     /// JSON object text, with the reply.
@@ -102,6 +109,7 @@ impl Utterance {
             state: self.state,
             frames: self.frames,
             transcript: self.transcript.clone(),
+            segments: self.segments.clone(),
             reply_title: self.reply_title.clone(),
             reply_body: self.reply_body.clone(),
             error: self.error.clone(),
@@ -195,8 +203,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn mark_stt_started(&self, id: Uuid, now_ms: i64) -> Result<()>;
 
-    /// Stores the final transcript and moves the utterance to `transcribed`.
-    async fn set_transcript(&self, id: Uuid, text: &str, now_ms: i64) -> Result<()>;
+    /// Stores the final transcript with its segments and moves the
+    /// utterance to `transcribed`, all in one conditional write: the text
+    /// and the segments are both written, by the one call that moves the
+    /// state, or neither is.
+    async fn set_transcript(&self, id: Uuid, text: &str, segments: &[Segment], now_ms: i64) -> Result<()>;
 
     /// Creates a text-only utterance (transcribed on the phone) directly in
     /// state `transcribed`, with `transcript_writes` = 1. Idempotent: if the

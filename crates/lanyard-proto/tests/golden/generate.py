@@ -253,19 +253,23 @@ def main():
             {"name": "partial", "json": '{"type":"partial","utterance":"%s","text":"turn on the"}' % u},
             {"name": "endpoint", "json": '{"type":"endpoint","utterance":"%s","frames":88}' % u},
             {"name": "final", "json": '{"type":"final","utterance":"%s","text":"Turn on the lights \\"now\\"."}' % u},
+            # Segments: seconds from the first frame, as floats; words only
+            # where the engine timed them. A final with no segments omits the
+            # key (the vector above), as a v1 server sent it.
+            {"name": "final_segments", "json": '{"type":"final","utterance":"%s","text":"Turn on the lights. Now.","segments":[{"start":0.0,"end":1.5,"text":"Turn on the lights.","words":[{"word":"Turn","start":0.0,"end":0.25,"probability":0.75},{"word":"on","start":0.25,"end":0.5,"probability":1.0},{"word":"the","start":0.5,"end":0.75,"probability":0.5},{"word":"lights.","start":0.75,"end":1.5,"probability":0.875}]},{"start":2.0,"end":2.5,"text":"Now."}]}' % u},
             {"name": "reply", "json": '{"type":"reply","utterance":"%s","title":"Lights","body":"Done. Caf\u00e9 mode."}' % u},
             {"name": "error_utterance", "json": '{"type":"error","utterance":"%s","code":"utterance_too_long","message":"an utterance may be at most 30000 frames; end it and start a new one"}' % u},
             {"name": "error_connection", "json": '{"type":"error","utterance":null,"code":"unauthorized","message":"the bearer token is not valid; register the device again"}'},
         ],
         "http": [
-            {"name": "utterance_view", "json": '{"id":"%s","state":"replied","frames":150,"transcript":"turn on the lights","reply_title":"Lights","reply_body":"Done.","error":null,"timings":{"received_end_ms":1700000000000,"stt_start_ms":1700000000010,"stt_done_ms":1700000000400,"reply_ms":1700000000450,"push_ms":1700000000500}}' % u},
-            {"name": "utterance_view_receiving", "json": '{"id":"%s","state":"receiving","frames":3,"transcript":null,"reply_title":null,"reply_body":null,"error":null,"timings":{"received_end_ms":null,"stt_start_ms":null,"stt_done_ms":null,"reply_ms":null,"push_ms":null}}' % u},
+            {"name": "utterance_view", "json": '{"id":"%s","state":"replied","frames":150,"transcript":"turn on the lights","segments":[{"start":0.0,"end":1.25,"text":"turn on the lights"}],"reply_title":"Lights","reply_body":"Done.","error":null,"timings":{"received_end_ms":1700000000000,"stt_start_ms":1700000000010,"stt_done_ms":1700000000400,"reply_ms":1700000000450,"push_ms":1700000000500}}' % u},
+            {"name": "utterance_view_receiving", "json": '{"id":"%s","state":"receiving","frames":3,"transcript":null,"segments":[],"reply_title":null,"reply_body":null,"error":null,"timings":{"received_end_ms":null,"stt_start_ms":null,"stt_done_ms":null,"reply_ms":null,"push_ms":null}}' % u},
             {"name": "upload_response", "json": '{"utterance":"%s","state":"complete","frames":150,"added":108}' % u},
             {"name": "push_registration", "json": '{"platform":"apns","token":"a1b2c3","environment":"production"}'},
             {"name": "push_registration_sandbox", "json": '{"platform":"apns","token":"a1b2c3","environment":"sandbox"}'},
             {"name": "push_registration_fcm", "json": '{"platform":"fcm","token":"t","environment":"production"}'},
             {"name": "text_utterance", "json": '{"text":"call mum"}'},
-            {"name": "utterance_list", "json": '{"utterances":[{"id":"%s","state":"receiving","frames":3,"transcript":null,"reply_title":null,"reply_body":null,"error":null,"timings":{"received_end_ms":null,"stt_start_ms":null,"stt_done_ms":null,"reply_ms":null,"push_ms":null}}],"next_before":"%s"}' % (u, u)},
+            {"name": "utterance_list", "json": '{"utterances":[{"id":"%s","state":"receiving","frames":3,"transcript":null,"segments":[],"reply_title":null,"reply_body":null,"error":null,"timings":{"received_end_ms":null,"stt_start_ms":null,"stt_done_ms":null,"reply_ms":null,"push_ms":null}}],"next_before":"%s"}' % (u, u)},
             {"name": "utterance_list_last", "json": '{"utterances":[],"next_before":null}'},
             {"name": "deleted_data", "json": '{"utterances":12,"audio_files":11}'},
             {"name": "new_device", "json": '{"name":"kitchen"}'},
