@@ -37,7 +37,12 @@
 //! frames that do not start a new utterance, they are the rest of that one:
 //! the tracker adopts it rather than splitting one sentence in two. Not after
 //! an OS restart, though: `host::open` ends that utterance first (the crash
-//! may have taken frames the server already holds).
+//! may have taken frames the server already holds). An adopted utterance
+//! counts as marked, since how it was opened is unknown, with one
+//! exception: the next utterance of a carry (see above) that a kill cut
+//! short, which the host finishes and resumes as unmarked
+//! ([`Tracker::resume_unmarked`]): a carry only ever follows an endpoint
+//! that ended an unmarked utterance.
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::reassembly::Frame;
@@ -102,6 +107,14 @@ impl Tracker {
             frames: resumed.map_or(0, |(_, _, frames)| frames),
             last_frame_ms: now_ms,
         }
+    }
+
+    /// Like [`Tracker::new`] resuming `resumed`, for an utterance known to
+    /// have no start marker: the next utterance of a carry that a kill cut
+    /// short, which the relay finished when it opened the spool again (see
+    /// `host`). The server's endpoints end it, as before the kill.
+    pub fn resume_unmarked(cfg: BoundaryConfig, resumed: (Uuid, Codec, u32), now_ms: u64) -> Self {
+        Self { marked: false, adopted: false, ..Self::new(cfg, Some(resumed), now_ms) }
     }
 
     pub fn current(&self) -> Option<Uuid> {

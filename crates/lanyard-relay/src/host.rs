@@ -35,6 +35,16 @@
 //! before any frame the pendant sends next. The ended utterance keeps its
 //! copies too and is sent whole; the server transcribes it only up to the
 //! split, so every frame is transcribed once.
+//!
+//! A kill between those writes would lose the frames not yet copied: the
+//! ended utterance is transcribed only up to the split. So the carry is
+//! written down first, in the spool directory's `carry` file, and removed
+//! once the copies are in the spool; [`open`] finishes a carry it finds
+//! there (ending the old utterance, beginning the new one, copying what is
+//! missing), and the tracker goes on with the new utterance as one no
+//! marker opened. The file is not fsynced: it is read only in the boot it
+//! was written in, since after an OS restart the utterance in progress is
+//! ended where the spool's copy ends, as any other.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -298,6 +308,14 @@ impl Core {
         while let Some(frame) = self.reassembler.pop_ready() {
             self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
         }
+        // A carry is written down before anything it does (see "Endpoints").
+        let carry = steps.iter().find_map(|s| match s {
+            Step::Carry { from, id, frames } => Some(CarryIntent { from: *from, to: *id, frames: frames.clone() }),
+            _ => None,
+        });
+        if let Some(carry) = &carry {
+            carry.record(self.spool.dir());
+        }
         let mut urgent = false;
         for step in steps {
             match step {
@@ -316,6 +334,7 @@ impl Core {
                     for data in copies {
                         self.spool_frame(id, &data)?;
                     }
+                    CarryIntent::done(self.spool.dir());
                 }
                 Step::End { id } => {
                     let lost = (self.reassembler.stats().lost - self.lost_at_begin) as u32;
@@ -428,6 +447,12 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     let ws_url = stream_url(&cfg.server)?;
     let (mut spool, recovery) = Spool::open(&cfg.spool_dir)?;
     tracing::info!(?recovery, "spool recovered");
+    let boot = boot_id();
+    let recorded = std::fs::read_to_string(cfg.spool_dir.join(BOOT_FILE)).ok();
+    let same_boot = matches!((&recorded, &boot), (Some(r), Some(b)) if r.trim() == b);
+    let now = now_ms();
+    // A kill in the middle of a carry: finish it (see "Endpoints").
+    let carried = CarryIntent::finish_recorded(&mut spool, same_boot, now)?;
     let mut resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec, u.frame_count()));
     // An utterance the app was killed in is carried on by the frames that
     // follow (see `boundary`), but not across an OS restart: the crash may
@@ -438,9 +463,6 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     // Same boot only if both the recorded boot and this one are known and
     // equal: a spool from before the check, or a platform without a boot
     // id, gets the careful answer.
-    let boot = boot_id();
-    let recorded = std::fs::read_to_string(cfg.spool_dir.join(BOOT_FILE)).ok();
-    let same_boot = matches!((&recorded, &boot), (Some(r), Some(b)) if r.trim() == b);
     if !same_boot && let Some((id, ..)) = resumed.take() {
         let frames = spool.end(id, 0)?;
         spool.sync()?;
@@ -451,11 +473,15 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     if !same_boot && let Some(boot) = &boot {
         record_boot(&cfg.spool_dir, boot);
     }
-    let now = now_ms();
+    let tracker = match resumed {
+        // The new utterance of a finished carry: no marker opened it.
+        Some(r) if Some(r.0) == carried => Tracker::resume_unmarked(cfg.boundary.clone(), r, now),
+        r => Tracker::new(cfg.boundary.clone(), r, now),
+    };
     let core = Core {
         spool,
         reassembler: Reassembler::lanyard(),
-        tracker: Tracker::new(cfg.boundary.clone(), resumed, now),
+        tracker,
         lost_at_begin: 0,
         last_notify_ms: now,
         dirty_since_ms: None,
@@ -471,6 +497,97 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
 /// The file in the spool directory that names the OS boot the relay last
 /// opened the spool in.
 const BOOT_FILE: &str = "boot-id";
+
+/// The file in the spool directory that holds a carry while its copies are
+/// written (see "Endpoints" in the module doc).
+const CARRY_FILE: &str = "carry";
+
+/// A carry: frames `frames` of the ended utterance `from` are copied into
+/// the new utterance `to`. Written down as one line, `from to start end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CarryIntent {
+    from: Uuid,
+    to: Uuid,
+    frames: std::ops::Range<u32>,
+}
+
+impl CarryIntent {
+    /// Writes the carry down with one `write()`, before any of its steps. If
+    /// that fails the carry still goes ahead, only without its protection
+    /// against a kill in the middle.
+    fn record(&self, dir: &std::path::Path) {
+        let line = format!("{} {} {} {}\n", self.from, self.to, self.frames.start, self.frames.end);
+        if let Err(e) = std::fs::write(dir.join(CARRY_FILE), line) {
+            tracing::warn!(error = %e, "cannot record the carry; a kill before its copies are spooled would lose them");
+        }
+    }
+
+    /// The copies are all in the spool.
+    fn done(dir: &std::path::Path) {
+        match std::fs::remove_file(dir.join(CARRY_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot remove the finished carry's record");
+            }
+            _ => {}
+        }
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        let from = words.next()?.parse().ok()?;
+        let to = words.next()?.parse().ok()?;
+        let (start, end) = (words.next()?.parse().ok()?, words.next()?.parse().ok()?);
+        (start < end && words.next().is_none()).then_some(CarryIntent { from, to, frames: start..end })
+    }
+
+    /// Finishes the carry recorded in the spool's directory, if a kill cut
+    /// it short, and forgets it. Returns the utterance it carried into,
+    /// open. Only in the boot it was recorded in (see "Endpoints").
+    fn finish_recorded(spool: &mut Spool, same_boot: bool, now: u64) -> Result<Option<Uuid>, SpoolError> {
+        let path = spool.dir().join(CARRY_FILE);
+        let Ok(line) = std::fs::read_to_string(&path) else { return Ok(None) };
+        let carried = match CarryIntent::parse(&line).filter(|_| same_boot) {
+            Some(carry) => carry.finish(spool, now)?,
+            None => None,
+        };
+        spool.sync()?;
+        CarryIntent::done(spool.dir());
+        Ok(carried)
+    }
+
+    /// Does what the carry did not get to, in its order: ends `from`, begins
+    /// `to`, appends the copies `to` lacks. `None` if there is nothing to
+    /// carry on: `from` is gone (delivered and collected) or lacks the
+    /// frames, or `to` has ended.
+    fn finish(&self, spool: &mut Spool, now: u64) -> Result<Option<Uuid>, SpoolError> {
+        let Some(from) = spool.utterance(self.from).filter(|u| !u.done && u.frame_count() >= self.frames.end) else {
+            return Ok(None);
+        };
+        let (codec, ended) = (from.codec, from.ended);
+        if !ended {
+            spool.end(self.from, 0)?;
+        }
+        let copied = match spool.utterance(self.to) {
+            None => {
+                spool.begin(self.to, codec, now)?;
+                0
+            }
+            Some(to) if to.ended || to.done => return Ok(None),
+            Some(to) => to.frame_count(),
+        };
+        // Read before appending, as `Core::apply` does: an append may evict.
+        let missing = (self.frames.start.saturating_add(copied)..self.frames.end)
+            .map(|seq| spool.read_frame(self.from, seq))
+            .collect::<Result<Vec<_>, _>>()?;
+        for data in missing {
+            spool.append_frame(self.to, &data)?;
+        }
+        if copied < self.frames.len() as u32 {
+            tracing::warn!(from = %self.from, to = %self.to, copied, "a kill cut a carry short; finished it");
+        }
+        Ok(Some(self.to))
+    }
+}
 
 /// What this boot of the OS is called: Linux's (and Android's) random boot
 /// id, or Apple's boot session UUID (unlike `kern.boottime`, it does not
@@ -1215,6 +1332,85 @@ mod tests {
         }
         drop((relay2, link));
         assert_eq!(spooled(dir.path()), vec![(first, true, vec![0, 1, 2, 3, 4, 5]), (second, false, vec![4, 5, 6, 7])]);
+    }
+
+    /// A kill at every point of a carry: after its record, after the old
+    /// utterance's end, after the new one's begin, after each copy. The
+    /// relaunched relay finishes the carry and goes on with the new
+    /// utterance as one no marker opened. After an OS restart it does not
+    /// (the utterance in progress is ended as any other).
+    #[test]
+    fn a_relay_killed_in_the_middle_of_a_carry_finishes_it() {
+        for (writes, os_restarted) in [(0u32, false), (1, false), (2, false), (3, false), (4, false), (2, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (relay1, link) = relay(dir.path());
+            link.event(connected());
+            for seq in 0..6 {
+                link.event(frame(seq, false));
+            }
+            let first = link.shared.lock().tracker.current().unwrap();
+            drop((relay1, link));
+            // What an endpoint at 4 frames makes the core write, up to the kill.
+            let second = Uuid::now_v7();
+            CarryIntent { from: first, to: second, frames: 4..6 }.record(dir.path());
+            {
+                let (mut spool, _) = Spool::open(dir.path()).unwrap();
+                if writes >= 1 {
+                    spool.end(first, 0).unwrap();
+                }
+                if writes >= 2 {
+                    spool.begin(second, Codec::Opus16k20ms, 0).unwrap();
+                }
+                for seq in 4..4 + writes.saturating_sub(2) {
+                    let data = spool.read_frame(first, seq).unwrap();
+                    spool.append_frame(second, &data).unwrap();
+                }
+            }
+            if os_restarted {
+                std::fs::write(dir.path().join(BOOT_FILE), "a boot before this one").unwrap();
+            }
+            let (relay2, link) = relay(dir.path());
+            assert!(!dir.path().join(CARRY_FILE).exists(), "a carry is finished once");
+            if os_restarted {
+                drop((relay2, link));
+                assert_eq!(spooled(dir.path()), vec![(first, true, vec![0, 1, 2, 3, 4, 5]), (second, true, vec![])]);
+                continue;
+            }
+            assert_eq!(link.shared.lock().tracker.current(), Some(second), "after {writes} writes");
+            link.event(connected());
+            for seq in 6..8 {
+                link.event(frame(seq, false));
+            }
+            // Unmarked, as before the kill: the server's endpoint ends it.
+            link.shared.lock().on_endpoint(second, 4, now_ms()).unwrap();
+            assert_eq!(link.shared.lock().tracker.current(), None);
+            drop((relay2, link));
+            assert_eq!(
+                spooled(dir.path()),
+                vec![(first, true, vec![0, 1, 2, 3, 4, 5]), (second, true, vec![4, 5, 6, 7])],
+                "after {writes} writes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_carry_is_recorded_while_its_copies_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, link) = relay(dir.path());
+        link.event(connected());
+        for seq in 0..3 {
+            link.event(frame(seq, false));
+        }
+        let first = link.shared.lock().tracker.current().unwrap();
+        link.shared.lock().on_endpoint(first, 1, now_ms()).unwrap();
+        assert!(!dir.path().join(CARRY_FILE).exists(), "removed once the copies are spooled");
+        drop((relay, link));
+        let carry = CarryIntent { from: first, to: Uuid::now_v7(), frames: 1..3 };
+        carry.record(dir.path());
+        assert_eq!(CarryIntent::parse(&std::fs::read_to_string(dir.path().join(CARRY_FILE)).unwrap()), Some(carry));
+        for bad in ["", "x y 1 2", "{first} {first} 2 2", "{first} {first} 1 2 3"] {
+            assert_eq!(CarryIntent::parse(&bad.replace("{first}", &first.to_string())), None, "{bad}");
+        }
     }
 
     #[test]
