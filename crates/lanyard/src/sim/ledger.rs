@@ -40,6 +40,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::Timings;
 use serde::Serialize;
 use serde_json::Value;
@@ -170,6 +171,8 @@ pub struct SpokenRow {
     pub index: usize,
     pub reference: String,
     pub frames_spoken: u64,
+    /// How long the pendant spoke: its frames of 20 ms.
+    pub length_ms: u64,
     /// Frames the relay spooled for it, over all its relay utterances.
     pub frames_spooled: u64,
     pub injected_drops: u64,
@@ -257,6 +260,96 @@ pub struct Wer {
     pub rate: f32,
 }
 
+/// The utterance lengths the by-length table tells apart: key, label, and
+/// the longest length in the bucket, ms (none: no limit). A length on a
+/// limit belongs to the bucket below it: 10 s is "10 to 30 s", 30 s too.
+pub const LENGTH_BUCKETS: &[(&str, &str, Option<u64>)] = &[
+    ("under_10s", "under 10 s", Some(9_999)),
+    ("10_to_30s", "10 to 30 s", Some(30_000)),
+    ("over_30s", "over 30 s", None),
+];
+
+/// Which of [`LENGTH_BUCKETS`] an utterance of `length_ms` falls in.
+pub fn length_bucket(length_ms: u64) -> usize {
+    LENGTH_BUCKETS
+        .iter()
+        .position(|(_, _, max)| max.is_none_or(|max| length_ms <= max))
+        .unwrap_or(LENGTH_BUCKETS.len() - 1)
+}
+
+/// WER and TTFS over the spoken utterances of one length bucket.
+#[derive(Debug, Clone, Serialize)]
+pub struct LengthRow {
+    pub key: String,
+    pub label: String,
+    /// Spoken utterances of this length.
+    pub spoken: usize,
+    /// Of those, the ones that reached a spool and of which every relay
+    /// utterance was replied.
+    pub replied: usize,
+    /// Of those, the ones heard whole: as one relay utterance, replied,
+    /// holding every frame the pendant spoke but those dropped on purpose
+    /// (a relay killed mid-sentence leaves the rest of it unsaid, and its
+    /// WER would blame the engine). WER and TTFS are over these.
+    pub measured: usize,
+    pub reference_words: usize,
+    /// Word error rate over the measured utterances, weighted by words.
+    pub wer: Option<f32>,
+    /// End of speech to final transcript, as [`METRICS`]' `ttfs`.
+    pub ttfs_n: usize,
+    pub ttfs_p50: Option<i64>,
+    pub ttfs_p95: Option<i64>,
+}
+
+/// The by-length table: WER and TTFS per [`LENGTH_BUCKETS`] bucket, over
+/// the spoken utterances heard whole (see [`LengthRow::measured`]).
+/// `replied` holds the relay utterances that ended replied.
+pub fn by_length(spoken: &[SpokenRow], replied: &HashSet<Uuid>) -> Vec<LengthRow> {
+    let mut rows: Vec<LengthRow> = LENGTH_BUCKETS
+        .iter()
+        .map(|(key, label, _)| LengthRow {
+            key: key.to_string(),
+            label: label.to_string(),
+            spoken: 0,
+            replied: 0,
+            measured: 0,
+            reference_words: 0,
+            wer: None,
+            ttfs_n: 0,
+            ttfs_p50: None,
+            ttfs_p95: None,
+        })
+        .collect();
+    let mut errors = vec![0.0f32; rows.len()];
+    let mut ttfs: Vec<Vec<i64>> = vec![Vec::new(); rows.len()];
+    for s in spoken {
+        let b = length_bucket(s.length_ms);
+        let row = &mut rows[b];
+        row.spoken += 1;
+        let heard = !s.relay_utterances.is_empty();
+        row.replied +=
+            usize::from(heard && s.relay_utterances.iter().all(|id| replied.contains(id)));
+        let whole =
+            s.relay_utterances.len() == 1 && s.frames_spooled + s.injected_drops >= s.frames_spoken;
+        let Some(wer) = s.wer.filter(|_| whole) else {
+            continue;
+        };
+        row.measured += 1;
+        let words = s.reference.split_whitespace().count();
+        row.reference_words += words;
+        errors[b] += wer * words as f32;
+        ttfs[b].extend(s.latency_ms.get("ttfs").copied());
+    }
+    for ((row, errors), mut ttfs) in rows.iter_mut().zip(errors).zip(ttfs) {
+        row.wer = (row.reference_words > 0).then(|| errors / row.reference_words as f32);
+        ttfs.sort_unstable();
+        row.ttfs_n = ttfs.len();
+        row.ttfs_p50 = percentile(&ttfs, 50.0);
+        row.ttfs_p95 = percentile(&ttfs, 95.0);
+    }
+    rows
+}
+
 /// A point on the timeline of one utterance.
 #[derive(Debug, Clone, Serialize)]
 pub struct Mark {
@@ -272,6 +365,8 @@ pub struct Accounting {
     pub spoken: Vec<SpokenRow>,
     pub latency: Vec<Metric>,
     pub wer: Wer,
+    /// WER and TTFS by utterance length (see [`by_length`]).
+    pub by_length: Vec<LengthRow>,
     pub fault_counts: Vec<(String, usize)>,
     /// The utterance shown on the timeline (the median TTFS), and its marks.
     pub timeline_id: Option<Uuid>,
@@ -381,7 +476,11 @@ pub fn account(inp: &Inputs) -> Accounting {
                 let Some(id) = r.id() else { continue };
                 if !matches!(
                     kind,
-                    "utterance_started" | "utterance_ended" | "discarded" | "upload_task" | "partial"
+                    "utterance_started"
+                        | "utterance_ended"
+                        | "discarded"
+                        | "upload_task"
+                        | "partial"
                 ) {
                     continue;
                 }
@@ -581,6 +680,11 @@ pub fn account(inp: &Inputs) -> Accounting {
 
     // Spoken utterances: latency and WER where heard as one and replied.
     let row_of: HashMap<Uuid, &UttRow> = rows.iter().map(|r| (r.id, r)).collect();
+    let replied: HashSet<Uuid> = rows
+        .iter()
+        .filter(|r| r.outcome == "replied")
+        .map(|r| r.id)
+        .collect();
     let mut spoken_rows = Vec::new();
     let mut metric_values: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     let (mut errors, mut words, mut wer_n) = (0.0f32, 0usize, 0usize);
@@ -606,6 +710,7 @@ pub fn account(inp: &Inputs) -> Accounting {
             index: k,
             reference: reference.clone(),
             frames_spoken: s.frames,
+            length_ms: s.frames * u64::from(Codec::FRAME_MS),
             frames_spooled,
             injected_drops: s.injected_drops,
             reordered_frames: s.reordered,
@@ -724,6 +829,7 @@ pub fn account(inp: &Inputs) -> Accounting {
         None => (None, Vec::new()),
     };
 
+    let lengths = by_length(&spoken_rows, &replied);
     Accounting {
         totals,
         utterances: rows,
@@ -738,6 +844,7 @@ pub fn account(inp: &Inputs) -> Accounting {
                 errors / words as f32
             },
         },
+        by_length: lengths,
         fault_counts,
         timeline_id,
         timeline,
@@ -858,5 +965,80 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), Some(99));
         assert_eq!(percentile(&[7], 99.0), Some(7));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn lengths_fall_in_buckets_with_each_limit_in_the_lower_one() {
+        let key = |ms| LENGTH_BUCKETS[length_bucket(ms)].0;
+        assert_eq!(key(0), "under_10s");
+        assert_eq!(key(9_980), "under_10s");
+        assert_eq!(key(10_000), "10_to_30s");
+        assert_eq!(key(30_000), "10_to_30s");
+        assert_eq!(key(30_020), "over_30s");
+        assert_eq!(key(600_000), "over_30s");
+    }
+
+    /// A spoken utterance of `secs` heard as `ids`, with its WER and TTFS
+    /// if it was measured.
+    fn spoken(secs: u64, ids: &[Uuid], wer_ttfs: Option<(f32, i64)>) -> SpokenRow {
+        let frames = secs * 50;
+        SpokenRow {
+            pendant: 0,
+            index: 0,
+            reference: "one two three four".into(),
+            frames_spoken: frames,
+            length_ms: secs * 1000,
+            frames_spooled: frames,
+            injected_drops: 0,
+            reordered_frames: 0,
+            relay_utterances: ids.to_vec(),
+            transcript: None,
+            wer: wer_ttfs.map(|(w, _)| w),
+            latency_ms: wer_ttfs
+                .map(|(_, t)| BTreeMap::from([("ttfs".to_string(), t)]))
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn the_by_length_table_measures_utterances_heard_whole() {
+        let [a, b, c, d, e, f] = [1, 2, 3, 4, 5, 6].map(Uuid::from_u128);
+        let replied: HashSet<Uuid> = [a, b, c, d, e].into();
+        let mut cut_short = spoken(40, &[e], Some((0.75, 9_000)));
+        cut_short.frames_spooled = 500;
+        let mut dropped_on_purpose = spoken(45, &[d], Some((0.25, 3_000)));
+        dropped_on_purpose.frames_spooled -= 3;
+        dropped_on_purpose.injected_drops = 3;
+        let rows = by_length(
+            &[
+                spoken(3, &[a], Some((0.0, 400))),
+                spoken(4, &[b], Some((0.5, 600))),
+                spoken(5, &[], None),
+                spoken(20, &[c, f], None),
+                spoken(35, &[c], Some((0.0, 1_000))),
+                dropped_on_purpose,
+                cut_short,
+            ],
+            &replied,
+        );
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["under_10s", "10_to_30s", "over_30s"]);
+        let short = &rows[0];
+        assert_eq!((short.spoken, short.replied, short.measured), (3, 2, 2));
+        assert_eq!(short.wer, Some(0.25));
+        assert_eq!(
+            (short.ttfs_n, short.ttfs_p50, short.ttfs_p95),
+            (2, Some(400), Some(600))
+        );
+        // Split in two, one half not replied: neither replied nor measured.
+        let middle = &rows[1];
+        assert_eq!((middle.spoken, middle.replied, middle.measured), (1, 0, 0));
+        assert_eq!((middle.wer, middle.ttfs_p50), (None, None));
+        // A relay killed mid-passage: replied, but not measured.
+        let long = &rows[2];
+        assert_eq!((long.spoken, long.replied, long.measured), (3, 3, 2));
+        assert_eq!(long.reference_words, 8);
+        assert_eq!(long.wer, Some(0.125));
+        assert_eq!((long.ttfs_p50, long.ttfs_p95), (Some(1_000), Some(3_000)));
     }
 }

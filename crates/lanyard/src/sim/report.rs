@@ -6,8 +6,8 @@
 //! browser, so no font library is involved). It holds the verdict, the
 //! accounting table, the faults applied, latency percentiles with a
 //! histogram and a CDF per metric, a timeline of one utterance across
-//! pendant, relay, server and push, the word error rate, the machine and
-//! the scenario.
+//! pendant, relay, server and push, the word error rate, WER and TTFS by
+//! utterance length, the machine and the scenario.
 
 use std::fmt::Write as _;
 
@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use super::Outcome;
-use super::ledger::{Mark, Metric};
+use super::ledger::{LengthRow, Mark, Metric};
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -44,6 +44,26 @@ fn verdict(o: &Outcome) -> (bool, String) {
         t.acked_audio_lost
     );
     (pass, text)
+}
+
+fn percent(v: Option<f32>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// One bucket of the by-length table, as a line of the terminal summary.
+fn length_line(b: &LengthRow) -> String {
+    format!(
+        "{}: {} spoken, {} replied; WER {} over {} ({} words); TTFS p50 {} p95 {} (n={})",
+        b.label,
+        b.spoken,
+        b.replied,
+        percent(b.wer),
+        b.measured,
+        b.reference_words,
+        ms(b.ttfs_p50),
+        ms(b.ttfs_p95),
+        b.ttfs_n
+    )
 }
 
 /// The terminal summary.
@@ -107,6 +127,13 @@ pub fn summary(o: &Outcome) -> String {
         a.wer.utterances,
         a.wer.reference_words
     );
+    let _ = writeln!(
+        s,
+        "  by utterance length (WER and TTFS over those heard whole: one relay utterance, replied, every frame):"
+    );
+    for b in &a.by_length {
+        let _ = writeln!(s, "    {}", length_line(b));
+    }
     for r in a
         .utterances
         .iter()
@@ -382,6 +409,29 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         a.wer.reference_words
     );
 
+    h.push_str(
+        "<h2>By utterance length</h2><p>Length is how long the pendant spoke. WER and TTFS (end of speech → final \
+transcript) are over the utterances heard whole: as one relay utterance, replied, with every frame the pendant \
+spoke but those dropped on purpose.</p><table id=\"by-length\"><tr><th>length</th><th>spoken</th><th>replied</th>\
+<th>heard whole</th><th>reference words</th><th>WER</th><th>TTFS n</th><th>TTFS p50</th><th>TTFS p95</th></tr>",
+    );
+    for b in &a.by_length {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&b.label),
+            b.spoken,
+            b.replied,
+            b.measured,
+            b.reference_words,
+            percent(b.wer),
+            b.ttfs_n,
+            ms(b.ttfs_p50),
+            ms(b.ttfs_p95)
+        );
+    }
+    h.push_str("</table>");
+
     h.push_str("<h2>Timeline of one utterance</h2>");
     match a.timeline_id {
         Some(id) => {
@@ -394,7 +444,7 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         None => h.push_str("<p>No utterance was replied, so there is no timeline.</p>"),
     }
 
-    h.push_str("<details><summary>Every spoken utterance</summary><table id=\"spoken\"><tr><th>pendant#index</th><th>reference</th><th>transcript</th><th>WER</th><th>frames spoken / spooled</th><th>BLE drops / reorders</th><th>relay utterances</th><th>latency (ms)</th></tr>");
+    h.push_str("<details><summary>Every spoken utterance</summary><table id=\"spoken\"><tr><th>pendant#index</th><th>reference</th><th>transcript</th><th>WER</th><th>length</th><th>frames spoken / spooled</th><th>BLE drops / reorders</th><th>relay utterances</th><th>latency (ms)</th></tr>");
     for s in &a.spoken {
         let lat: Vec<String> = s
             .latency_ms
@@ -403,12 +453,13 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
             .collect();
         let _ = write!(
             h,
-            "<tr><td>{}#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td><td>{} / {}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>",
             s.pendant,
             s.index,
             esc(&s.reference),
             esc(s.transcript.as_deref().unwrap_or("")),
             s.wer.map_or("-".into(), |w| format!("{:.0}%", w * 100.0)),
+            s.length_ms as f64 / 1000.0,
             s.frames_spoken,
             s.frames_spooled,
             s.injected_drops,
