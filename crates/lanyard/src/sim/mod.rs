@@ -6,7 +6,8 @@
 //!   process runs ([`lanyard_push::testing::ApnsPeer`], which checks every
 //!   request as Apple does) and that fails a fraction of requests;
 //! - per simulated phone: a `lanyard pendant-sim` speaking the corpus
-//!   (espeak-ng, and if the scenario asks, recordings of real people from
+//!   (espeak-ng, and if the scenario asks, long passages of several
+//!   sentences from [`long_speech`] and recordings of real people from
 //!   [`real_speech`]) at real-time pace through the BLE framing, a `lanyard relay` with its own
 //!   spool and device token, driven through `--control-stdin` by a simulated
 //!   iOS lifecycle ([`phone`]), and a [`proxy::FaultProxy`] that is the
@@ -26,6 +27,7 @@
 //! to [`report`], which writes the HTML page and the JSON.
 
 mod ledger;
+mod long_speech;
 mod phone;
 mod proxy;
 mod real_speech;
@@ -41,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use lanyard_pendant::speech::Voice;
 use lanyard_push::testing::{ApnsPeer, ApnsPeerConfig, PeerReply, TestApnsKey};
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
@@ -69,11 +72,11 @@ user would see twice, an audio frame the server received again. The command exit
 duplicated.\n\n\
 Latency per utterance, from the pendant's end of speech: end-of-utterance detection (relay), safe (the server \
 holds every frame durably), final transcript (TTFS), push request at APNs; p50/p95/p99. Word error rate against \
-the reference sentences.\n\n\
+the reference sentences; both also by utterance length (under 10 s, 10 to 30 s, over 30 s).\n\n\
 Scenario keys (all optional; rates of timed faults are per minute, per phone for network and relay faults; \
 the others are probabilities):\n  \
 [run] name, seed, pendants, utterances_per_pendant, gap_ms, mtu, settle_secs, timeout_secs, stt_threads\n  \
-[corpus] voices, rates, sentences, real_speech_per_pendant\n  \
+[corpus] voices, rates, sentences, real_speech_per_pendant, long_utterances_per_pendant, long_secs\n  \
 [lifecycle] enabled, foreground_ms, wake_window_ms, suspend_grace_ms, foreground_on_wake\n  \
 [faults] network_cuts_per_min, delays_per_min, delay_ms, delay_for_ms, black_holes_per_min, black_hole_for_ms, \
 network_switches_per_min, switch_outage_ms, server_kills_per_min, relay_kills_per_min, relay_kill_on_suspend, \
@@ -523,8 +526,8 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     );
     let server = Arc::new(tokio::sync::Mutex::new(server));
 
-    // Pendants: each its own voice and rate, the corpus round-robin from an
-    // offset so the pendants do not speak in unison.
+    // Pendants: each its own voice and rate, and its own part of the corpus
+    // (see `pendant_speech`).
     let corpus = scenario.corpus.sentences();
     if real > 0 {
         eprintln!(
@@ -533,14 +536,21 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
             real_speech::PACKAGE
         );
     }
+    let long = scenario.corpus.long_utterances_per_pendant;
+    if long > 0 {
+        let [lo, hi] = scenario.corpus.long_secs;
+        eprintln!(
+            "lanyard sim: {} long utterances, {lo} to {hi} s each",
+            long * n
+        );
+    }
     let mut pendant_addrs = Vec::new();
     let mut pendants = Vec::new();
     let (pendant_ready_tx, mut pendant_ready_rx) = mpsc::unbounded_channel::<(Source, Value)>();
     let mut references: Vec<Vec<String>> = Vec::new();
+    let mut speech = pendants_speech(scenario, &corpus, &recordings, &work.join("speech")).await?;
     for i in 0..n {
-        let voice = &scenario.corpus.voices[i % scenario.corpus.voices.len()];
-        let rate = scenario.corpus.rates
-            [(i / scenario.corpus.voices.len() + i) % scenario.corpus.rates.len()];
+        let voice = voice_of(scenario, i);
         let mut a = vec![
             s("pendant-sim"),
             s("--listen"),
@@ -558,9 +568,9 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
             s("--mtu"),
             scenario.run.mtu.to_string(),
             s("--voice"),
-            voice.clone(),
+            voice.name,
             s("--rate"),
-            rate.to_string(),
+            voice.rate.to_string(),
         ]);
         a.extend([s("--drop-rate"), scenario.faults.ble_drop_rate.to_string()]);
         a.extend([
@@ -568,19 +578,8 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
             scenario.faults.ble_reorder_rate.to_string(),
         ]);
         a.extend([s("--fault-seed"), rng.r#gen::<u64>().to_string()]);
-        let mut refs = Vec::new();
-        for k in 0..scenario.run.utterances_per_pendant - real {
-            let sentence = &corpus[(k + i * 5) % corpus.len()];
-            refs.push(sentence.clone());
-            a.extend([s("--say"), sentence.clone()]);
-        }
-        // The recordings come last: the pendant simulator speaks them after
-        // its sentences.
-        for k in 0..real {
-            let (path, transcript) = &recordings[(i * real + k) % recordings.len()];
-            refs.push(transcript.to_string());
-            a.extend([s("--say-wav"), format!("{}={transcript}", path.display())]);
-        }
+        let (say, refs) = std::mem::take(&mut speech[i]);
+        a.extend(say);
         references.push(refs);
         let own = Shared {
             events: pendant_ready_tx.clone(),
@@ -877,6 +876,106 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         faults,
         accounting,
     })
+}
+
+/// The espeak-ng voice and rate of pendant `i`: voices in turn, and rates
+/// in turn after voices.
+fn voice_of(scenario: &Scenario, i: usize) -> Voice {
+    let c = &scenario.corpus;
+    Voice {
+        name: c.voices[i % c.voices.len()].clone(),
+        rate: c.rates[(i / c.voices.len() + i) % c.rates.len()],
+    }
+}
+
+/// What every pendant says (see [`pendant_speech`]), synthesized on every
+/// core at once into `dir`.
+async fn pendants_speech(
+    scenario: &Scenario,
+    corpus: &[String],
+    recordings: &[(PathBuf, &'static str)],
+    dir: &Path,
+) -> Result<Vec<(Vec<String>, Vec<String>)>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let jobs: Vec<_> = (0..scenario.run.pendants)
+        .map(|i| {
+            let (scenario, corpus, recordings, dir) = (
+                scenario.clone(),
+                corpus.to_vec(),
+                recordings.to_vec(),
+                dir.to_owned(),
+            );
+            tokio::task::spawn_blocking(move || {
+                pendant_speech(&scenario, i, &corpus, &recordings, &dir)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for job in jobs {
+        all.push(job.await.context("speech synthesis panicked")??);
+    }
+    Ok(all)
+}
+
+/// What pendant `i` says, as `pendant-sim` arguments, and the reference text
+/// of each utterance in speaking order.
+///
+/// The corpus sentences, round-robin from an offset so the pendants do not
+/// speak in unison; the pendant's long utterances ([`long_speech`]) among
+/// them, at its turns; the recordings of real people last. The simulator
+/// speaks its `--say` sentences before its `--say-wav` files, so a sentence
+/// that follows a long utterance is synthesized here, by the same function
+/// in the same voice, into a file of its own in `dir`.
+fn pendant_speech(
+    scenario: &Scenario,
+    i: usize,
+    corpus: &[String],
+    recordings: &[(PathBuf, &str)],
+    dir: &Path,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let c = &scenario.corpus;
+    let (real, long) = (c.real_speech_per_pendant, c.long_utterances_per_pendant);
+    let slots = scenario.run.utterances_per_pendant - real;
+    let turns = long_speech::positions(i, scenario.run.pendants, long, slots);
+    let voice = voice_of(scenario, i);
+    // Its own generator: scenarios without long utterances draw their
+    // faults exactly as before.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(scenario.run.seed ^ (0x1_0000_0000 + i as u64));
+    let (mut args, mut refs) = (Vec::new(), Vec::new());
+    let mut said = 0;
+    for slot in 0..slots {
+        let file = dir.join(format!("pendant-{i}-{slot}.raw"));
+        if let Some(k) = turns.iter().position(|&t| t == slot) {
+            let passage = long_speech::speak(i * long + k, &voice, c.long_secs, &mut rng)?;
+            long_speech::write_raw(&file, &passage.pcm)?;
+            args.extend([
+                "--say-wav".into(),
+                format!("{}={}", file.display(), passage.text),
+            ]);
+            refs.push(passage.text);
+            continue;
+        }
+        let sentence = &corpus[(said + i * 5) % corpus.len()];
+        said += 1;
+        if turns.first().is_some_and(|&first| slot > first) {
+            let pcm = lanyard_pendant::speech::synthesize(sentence, &voice)
+                .with_context(|| format!("cannot synthesize {sentence:?}"))?;
+            long_speech::write_raw(&file, &pcm)?;
+            args.extend(["--say-wav".into(), format!("{}={sentence}", file.display())]);
+        } else {
+            args.extend(["--say".into(), sentence.clone()]);
+        }
+        refs.push(sentence.clone());
+    }
+    for k in 0..real {
+        let (path, transcript) = &recordings[(i * real + k) % recordings.len()];
+        refs.push(transcript.to_string());
+        args.extend([
+            "--say-wav".into(),
+            format!("{}={transcript}", path.display()),
+        ]);
+    }
+    Ok((args, refs))
 }
 
 /// Counts whole, checksummed records in a server audio file (see

@@ -17,6 +17,8 @@
 //! voices = ["en-us", "en-gb"]
 //! rates = [150, 175]
 //! real_speech_per_pendant = 1  # of each pendant's utterances, recorded people
+//! long_utterances_per_pendant = 1  # passages of several sentences (sim::long_speech)
+//! long_secs = [35, 50]      # how long each passage runs
 //!
 //! [lifecycle]               # the simulated iOS app around each relay
 //! wake_window_ms = [2000, 6000]
@@ -98,6 +100,15 @@ pub struct CorpusSection {
     /// How many of each pendant's utterances, its last ones, are recordings
     /// of real people (see `sim::real_speech`) instead of espeak-ng.
     pub real_speech_per_pendant: usize,
+    /// How many of each pendant's utterances are long: a passage of several
+    /// sentences joined by pauses, with some said twice on purpose (see
+    /// `sim::long_speech`). They are spread over the campaign, the pendants
+    /// taking turns, so that one long talker at a time is the usual case.
+    pub long_utterances_per_pendant: usize,
+    /// How long a long utterance runs, in seconds: each passage's length is
+    /// drawn from [min, max], and it never runs past max. The server takes
+    /// at most 10 minutes in one utterance, so max is 600 at most.
+    pub long_secs: [u64; 2],
 }
 
 impl Default for CorpusSection {
@@ -107,9 +118,16 @@ impl Default for CorpusSection {
             rates: vec![150],
             sentences: Vec::new(),
             real_speech_per_pendant: 0,
+            long_utterances_per_pendant: 0,
+            long_secs: [35, 50],
         }
     }
 }
+
+/// The longest a long utterance may be, in seconds: the server takes at most
+/// 30,000 frames of 20 ms (10 minutes) in one utterance. A relay would split
+/// a longer one, which the books would then count as split, not as one.
+pub const MAX_LONG_SECS: u64 = 600;
 
 /// The built-in corpus: everyday requests a pendant user would speak.
 pub const CORPUS: &[&str] = &[
@@ -234,8 +252,19 @@ impl Scenario {
         if self.corpus.voices.is_empty() || self.corpus.rates.is_empty() {
             bail!("[corpus] voices and rates must each name at least one");
         }
-        if self.corpus.real_speech_per_pendant > r.utterances_per_pendant {
-            bail!("[corpus] real_speech_per_pendant cannot exceed [run] utterances_per_pendant");
+        let c = &self.corpus;
+        if c.real_speech_per_pendant + c.long_utterances_per_pendant > r.utterances_per_pendant {
+            bail!(
+                "[corpus] real_speech_per_pendant and long_utterances_per_pendant together cannot exceed [run] \
+                 utterances_per_pendant"
+            );
+        }
+        let [lo, hi] = c.long_secs;
+        if lo == 0 || lo > hi || hi > MAX_LONG_SECS {
+            bail!(
+                "[corpus] long_secs is [min, max] in seconds with 1 <= min <= max <= {MAX_LONG_SECS} (the server's \
+                 limit of one utterance), not [{lo}, {hi}]"
+            );
         }
         let f = &self.faults;
         for (name, p) in [
@@ -279,14 +308,33 @@ impl Scenario {
 mod tests {
     use super::*;
 
+    /// The most speech one pendant of `s` can say, in seconds, if each of
+    /// its short utterances lasts `short_secs`.
+    fn longest_speech_secs(s: &Scenario, short_secs: u64) -> u64 {
+        let (r, c) = (&s.run, &s.corpus);
+        let long = c.long_utterances_per_pendant as u64;
+        let short = r.utterances_per_pendant as u64 - long;
+        let gaps = r.utterances_per_pendant as u64 * r.gap_ms / 1000;
+        long * c.long_secs[1] + short * short_secs + gaps
+    }
+
     #[test]
     fn committed_scenarios_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
         for name in ["ci-short", "clean", "long-1000", "smoke"] {
             let s = Scenario::load(&dir.join(format!("{name}.toml"))).unwrap();
             assert!(
-                s.corpus.real_speech_per_pendant <= s.run.utterances_per_pendant,
+                s.corpus.real_speech_per_pendant + s.corpus.long_utterances_per_pendant
+                    <= s.run.utterances_per_pendant,
                 "{name}"
+            );
+            // Every pendant says all it has to say (short utterances of up
+            // to 8 s) with a third of the campaign's time left to deliver.
+            assert!(
+                longest_speech_secs(&s, 8) * 3 <= s.run.timeout_secs * 2,
+                "{name}: timeout_secs {} leaves too little room after {} s of speech",
+                s.run.timeout_secs,
+                longest_speech_secs(&s, 8)
             );
         }
     }
@@ -303,5 +351,31 @@ mod tests {
                 .to_string()
                 .contains("real_speech_per_pendant")
         );
+    }
+
+    #[test]
+    fn long_utterances_fit_beside_real_speech_and_under_the_server_limit() {
+        let s: Scenario = toml::from_str(
+            "[run]\nutterances_per_pendant = 3\n[corpus]\nreal_speech_per_pendant = 2\nlong_utterances_per_pendant = 2\n",
+        )
+        .unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("long_utterances_per_pendant")
+        );
+        for secs in ["[0, 40]", "[50, 40]", "[30, 601]"] {
+            let s: Scenario = toml::from_str(&format!(
+                "[corpus]\nlong_utterances_per_pendant = 1\nlong_secs = {secs}\n"
+            ))
+            .unwrap();
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("long_secs"), "{secs}: {err}");
+        }
+        let s: Scenario =
+            toml::from_str("[corpus]\nlong_utterances_per_pendant = 1\nlong_secs = [300, 600]\n")
+                .unwrap();
+        s.validate().unwrap();
     }
 }
