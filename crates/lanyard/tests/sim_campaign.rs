@@ -5,7 +5,9 @@
 //! delays, black holes and switches through the fault proxies; server and
 //! relay SIGKILLs; BLE loss and reordering; slow disks; a failing APNs).
 //! Nothing may be lost or answered twice, no audio frame may reach the
-//! server twice, and the campaign must finish within 10 minutes.
+//! server twice, and the campaign must finish within 10 minutes. At least
+//! five of the utterances are long (over 30 s), and every one of them must
+//! reach the server and be replied.
 //!
 //! The report and JSON are kept in the target directory
 //! (`tmp/sim-ci-short.html`, `.json`) for a look after a failure.
@@ -16,6 +18,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// Utterances over 30 s the campaign must speak (one per pendant).
+const LONG_UTTERANCES: usize = 5;
 
 /// Every fault kind the campaign must have applied at least once.
 const FAULT_KINDS: &[&str] = &[
@@ -96,6 +101,7 @@ async fn short_campaign_with_every_fault_loses_nothing_and_answers_once() {
         totals["timed_out"], false,
         "every utterance resolved in time"
     );
+    long_utterances_are_replied(&results, &report);
     let counts: Vec<(String, u64)> =
         serde_json::from_value(results["fault_counts"].clone()).unwrap();
     for kind in FAULT_KINDS {
@@ -113,4 +119,54 @@ async fn short_campaign_with_every_fault_loses_nothing_and_answers_once() {
         wall < Duration::from_secs(600),
         "the short campaign took {wall:?}"
     );
+}
+
+/// At least [`LONG_UTTERANCES`] spoken utterances over 30 s, each heard by a
+/// relay and every relay utterance it became replied; and the report's
+/// by-length table counts them alike.
+fn long_utterances_are_replied(results: &Value, report: &std::path::Path) {
+    let accounting = &results["accounting"];
+    let outcome = |id: &Value| {
+        accounting["utterances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == *id)
+            .map_or("missing", |u| u["outcome"].as_str().unwrap())
+    };
+    let long: Vec<&Value> = accounting["spoken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["length_ms"].as_u64().unwrap() > 30_000)
+        .collect();
+    assert!(
+        long.len() >= LONG_UTTERANCES,
+        "at least {LONG_UTTERANCES} utterances over 30 s, not {}",
+        long.len()
+    );
+    for s in &long {
+        let ids = s["relay_utterances"].as_array().unwrap();
+        assert!(
+            !ids.is_empty() && ids.iter().all(|id| outcome(id) == "replied"),
+            "the {} ms utterance {}#{} was not replied in full: relay utterances {ids:?} ended {:?}; see {}",
+            s["length_ms"],
+            s["pendant"],
+            s["index"],
+            ids.iter().map(outcome).collect::<Vec<_>>(),
+            report.display()
+        );
+    }
+    let bucket = accounting["by_length"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["key"] == "over_30s")
+        .expect("the by-length table has an over-30 s row");
+    assert_eq!(
+        bucket["spoken"],
+        long.len(),
+        "the by-length table counts the long utterances"
+    );
+    assert_eq!(bucket["replied"], long.len(), "and finds every one replied");
 }
