@@ -50,6 +50,15 @@ pub const AUDIO_HEADER_LEN: usize = 9;
 /// Length of an ACK message.
 pub const ACK_LEN: usize = 9;
 
+/// Whether `id` may name an utterance: a UUID of version 4 (random) or 7
+/// (time-ordered, with 74 random bits), of the RFC 9562 variant. The nil
+/// UUID, the max UUID and every other version are refused, on every route
+/// and on `open`: an id someone else can predict is an id they can take
+/// first. The relay mints version 7.
+pub fn is_random_id(id: &Uuid) -> bool {
+    id.get_variant() == uuid::Variant::RFC4122 && matches!(id.get_version_num(), 4 | 7)
+}
+
 /// Limits the server enforces, with the close code it uses for each.
 pub mod limits {
     /// Largest codec frame in one AUDIO message. Matches the pendant framing's
@@ -538,4 +547,21 @@ pub struct ErrorBody {
     pub code: String,
     /// For people: what went wrong and what to do.
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_random_ids_name_utterances() {
+        assert!(is_random_id(&Uuid::now_v7()));
+        assert!(is_random_id(&uuid::Builder::from_random_bytes([0x5a; 16]).into_uuid()));
+        assert!(!is_random_id(&Uuid::nil()));
+        assert!(!is_random_id(&Uuid::max()));
+        // Version 1 (time and MAC address) and a v7 layout of the wrong variant.
+        assert!(!is_random_id(&Uuid::parse_str("c232ab00-9414-11ec-b3c8-9f6bdeced846").unwrap()));
+        assert!(!is_random_id(&Uuid::parse_str("0190d3a4-5b6c-7d8e-cf00-112233445566").unwrap()));
+        assert!(is_random_id(&Uuid::parse_str("0190d3a4-5b6c-7d8e-9f00-112233445566").unwrap()));
+    }
 }

@@ -284,8 +284,21 @@ pub fn router(state: AppState) -> Router {
     routes().into_iter().fold(Router::new(), |r, route| r.route(route.path, route.handler)).with_state(state)
 }
 
+/// An utterance id from a path or query: a UUID of version 4 or 7
+/// (`wire::is_random_id`), or 400.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID; utterance ids are UUIDv7 minted by the relay")))
+    let parsed = Uuid::parse_str(id)
+        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID; utterance ids are UUIDv7 minted by the relay")))?;
+    if !lanyard_proto::wire::is_random_id(&parsed) {
+        return Err(ApiError::BadRequest(invalid_id_message(parsed)));
+    }
+    Ok(parsed)
+}
+
+/// Why a well-formed UUID is refused as an utterance id; shared with the
+/// stream's `open`.
+pub(crate) fn invalid_id_message(id: Uuid) -> String {
+    format!("{id} is not a random id (UUID version 4 or 7); mint utterance ids with a UUIDv7 generator")
 }
 
 /// Where an utterance's audio stands, beside its view in every answer.

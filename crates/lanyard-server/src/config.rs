@@ -49,7 +49,16 @@
 //! requests_per_sec = 10            # uploads and text posts (HTTP 429)
 //! request_burst = 60
 //! streams_per_device = 4           # simultaneous WebSocket connections (HTTP 429)
+//!
+//! [connections]                    # the whole server; see docs/protocol.md
+//! max_connections = 10000          # TCP connections at once; one more gets 503 and a close
+//! header_timeout_secs = 10         # a request's headers must arrive within this, or the connection closes
+//! body_timeout_secs = 120          # a request's body must arrive within this, or the request fails
+//! send_timeout_secs = 30           # a stream whose peer reads nothing for this long is closed
 //! ```
+//!
+//! docs/protocol.md lists every `[limits]` and `[connections]` key with its
+//! default; a test reads that table and compares it with the defaults here.
 //!
 //! Every section is checked at start-up, and a mistake fails the start with a
 //! message that names the setting and what to do.
@@ -98,7 +107,7 @@ use std::time::Duration;
 
 pub use lanyard_respond::Secret;
 use lanyard_respond::ResponderConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The TOML file, as written. Every field is optional: missing ones take
@@ -119,6 +128,8 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub audio: AudioSection,
+    #[serde(default)]
+    pub connections: ConnectionsSection,
 }
 
 /// `[audio]`: how long utterance audio is kept. See the module doc.
@@ -163,17 +174,20 @@ impl AudioSection {
 
 /// `[limits]`: what one device may use. Each limit has its own answer (a
 /// close code or an HTTP status), listed in docs/protocol.md.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// A stream with no message for this long is closed with 4005.
     pub idle_timeout_secs: u64,
     /// Audio frames per second a device may send, over all its streams,
     /// sustained. Real time is 50 (20 ms frames); the default, 1500, lets a
-    /// relay catch up a backlog at 30x real time (it paces itself at 1000).
-    /// Past the burst, 4004.
+    /// relay catch up a backlog after a network cut at 30x real time (it
+    /// paces itself at 1000 a second, so it never meets the limit). Past the
+    /// burst, 4004.
     pub frames_per_sec: f64,
-    /// Frames a device may send above the rate before it is limited.
+    /// Frames a device may send above the rate before it is limited: the
+    /// default, 6000, is two minutes of audio, so a relay's first seconds
+    /// of catching up (and its in-flight window of 250 frames) never wait.
     pub frame_burst: f64,
     /// Uploads and text posts per second per device, sustained; past the
     /// burst, HTTP 429.
@@ -190,7 +204,6 @@ impl Default for LimitsSection {
         Self {
             idle_timeout_secs: lanyard_proto::wire::limits::IDLE_TIMEOUT_SECS,
             frames_per_sec: 1500.0,
-            // 10 s of audio: a relay's in-flight window (250 frames) twice.
             frame_burst: 6000.0,
             // A relay uploads one file per utterance; ten a second is a
             // backlog draining, not speech.
@@ -218,6 +231,64 @@ impl LimitsSection {
             return bad("streams_per_device must be at least 1");
         }
         Ok(())
+    }
+}
+
+/// `[connections]`: what any client, authenticated or not, may hold of the
+/// server. These guard the sockets themselves, before a token is read, so
+/// they are global rather than per device. Their answers are listed in
+/// docs/protocol.md ("Connection limits").
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// TCP connections open at once, WebSockets included. One more is
+    /// answered 503 and closed, and counted. Keep it below the process's
+    /// open-file limit (`ulimit -n`) less a few hundred for audio files and
+    /// the database.
+    pub max_connections: usize,
+    /// A connection must deliver a request's complete headers within this
+    /// many seconds of opening (or of its previous response), or it is
+    /// closed: a client that trickles headers holds nothing for long.
+    pub header_timeout_secs: u64,
+    /// A request's body must arrive in full within this many seconds of its
+    /// headers, or the request fails (400) and the connection closes. The
+    /// default lets a 4 MiB upload through at 35 KB/s.
+    pub body_timeout_secs: u64,
+    /// A message to a stream that is not written within this many seconds
+    /// (the peer reads nothing, so its TCP window stays shut) closes the
+    /// stream: a client that never reads cannot pin the server's buffers.
+    pub send_timeout_secs: u64,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        Self { max_connections: 10_000, header_timeout_secs: 10, body_timeout_secs: 120, send_timeout_secs: 30 }
+    }
+}
+
+impl ConnectionsSection {
+    /// Checks that every limit lets some traffic through.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Connections(m.to_string()));
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1");
+        }
+        if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 || self.send_timeout_secs == 0 {
+            return bad("header_timeout_secs, body_timeout_secs and send_timeout_secs must each be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_secs)
     }
 }
 
@@ -468,6 +539,8 @@ pub enum ConfigError {
     Push(String),
     #[error("[limits] {0}")]
     Limits(String),
+    #[error("[connections] {0}")]
+    Connections(String),
     #[error("admin token: {0}")]
     Admin(String),
     #[error("[stt] {0}")]
@@ -550,6 +623,39 @@ mod tests {
         let bad: LimitsSection = toml::from_str("idle_timeout_secs = 0").unwrap();
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<FileConfig>("[limits]\nidle_timeout = 1").is_err(), "typos are errors");
+    }
+
+    /// docs/protocol.md 2.5 lists every `[limits]` and `[connections]` key
+    /// with its default. Reads that table as TOML and compares it with the
+    /// defaults, both ways: a value that differs, a key the docs name that
+    /// the code lacks, and a key the docs leave out all fail.
+    #[test]
+    fn docs_agree_with_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let mut sections: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for line in doc.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // "| `[section] key` | value | ... |" splits into "", key, value, ...
+            let Some(setting) = cells.get(1).and_then(|c| c.strip_prefix("`[")).and_then(|c| c.strip_suffix('`')) else {
+                continue;
+            };
+            let (section, key) = setting.split_once("] ").expect("a setting reads `[section] key`");
+            let value = cells[2];
+            sections.entry(section.to_string()).or_default().push(format!("{key} = {value}"));
+        }
+        let text: String = sections.iter().map(|(s, keys)| format!("[{s}]\n{}\n", keys.join("\n"))).collect();
+        let file: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("docs/protocol.md 2.5 is not valid config: {e}\n{text}"));
+        assert_eq!(file.limits, LimitsSection::default(), "docs/protocol.md 2.5 and [limits]'s defaults differ");
+        assert_eq!(file.connections, ConnectionsSection::default(), "docs/protocol.md 2.5 and [connections]'s defaults differ");
+        let documented = |section: &str, value: serde_json::Value| {
+            for key in value.as_object().unwrap().keys() {
+                let listed = sections.get(section).is_some_and(|keys| keys.iter().any(|k| k.starts_with(&format!("{key} ="))));
+                assert!(listed, "[{section}] {key} is not in docs/protocol.md 2.5; add its row");
+            }
+        };
+        documented("limits", serde_json::to_value(LimitsSection::default()).unwrap());
+        documented("connections", serde_json::to_value(ConnectionsSection::default()).unwrap());
     }
 
     fn env(var: &str) -> Result<String, std::env::VarError> {

@@ -65,11 +65,20 @@
 //! streams is refused before the upgrade, with HTTP 429 (see `crate::limits`).
 //! A resent frame the server already holds is dropped before the rate is
 //! counted, so a resume costs only the frames it adds.
+//!
+//! The WebSocket layer refuses a frame or message larger than the
+//! protocol's largest ([`MAX_WS_MESSAGE`]) as soon as its header says so,
+//! before buffering it, and the stream is closed with 4001. Every message
+//! the server sends must be written within `[connections] send_timeout_secs`:
+//! a peer that reads nothing is closed (1001) rather than left holding the
+//! connection and its buffers. The connection's share of
+//! `[connections] max_connections` is held until the stream ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -84,6 +93,7 @@ use crate::audio::{Append, Then, UtteranceAudio};
 use crate::auth::AuthDevice;
 use crate::error::ApiError;
 use crate::limits::TokenBucket;
+use crate::listen::ConnPermit;
 use crate::metrics::{self, AckWritten, FrameDuplicate, FramesDurable, FramesReceived, Limit, Limited, StreamClosed, StreamOpened};
 use crate::{AppState, now_ms};
 
@@ -95,9 +105,19 @@ type Batch = HashMap<u32, (u32, Vec<Vec<u8>>)>;
 /// delay of the first ack in it.
 const BATCH: usize = 256;
 
+/// The largest WebSocket message (and frame) the protocol has: an AUDIO
+/// message with the largest codec frame, or the largest JSON text. Anything
+/// larger is refused from its header, with close 4001, so a client cannot
+/// make the server buffer more than this per connection.
+pub const MAX_WS_MESSAGE: usize = {
+    let audio = limits::MAX_FRAME_BYTES + wire::AUDIO_HEADER_LEN;
+    if audio > limits::MAX_TEXT_BYTES { audio } else { limits::MAX_TEXT_BYTES }
+};
+
 pub async fn stream(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
+    permit: Option<Extension<ConnPermit>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     // The slot is taken before the upgrade, so a device over its limit gets
@@ -116,9 +136,10 @@ pub async fn stream(
     let frames = state.limiter.frame_bucket(device.id);
     let idle = Duration::from_secs(state.limiter.cfg.idle_timeout_secs);
     Ok(ws
-        .max_message_size(limits::MAX_FRAME_BYTES + wire::AUDIO_HEADER_LEN.max(limits::MAX_TEXT_BYTES))
+        .max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
-            let _slot = slot;
+            let (_slot, _permit) = (slot, permit);
             metrics::emit(StreamOpened);
             let (tx, rx) = mpsc::unbounded_channel();
             let conn = state.hub.join(device.id, tx);
@@ -137,7 +158,8 @@ pub async fn stream(
             state.hub.leave(device.id, conn);
             if let Err((code, reason)) = end {
                 tracing::info!(device = %device.id, code, %reason, "closing stream");
-                let _ = c.socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+                let _ = tokio::time::timeout(state.send_timeout, c.socket.send(close)).await;
             }
             metrics::emit(StreamClosed);
         }))
@@ -198,6 +220,10 @@ impl Conn {
             let mut taken = 0;
             loop {
                 match next {
+                    Some(Err(e)) if too_large(&e) => {
+                        metrics::emit(Limited { limit: Limit::TooLarge });
+                        return Err((close::FRAME_TOO_LARGE, format!("a message over {MAX_WS_MESSAGE} bytes; drop the utterance that made it")));
+                    }
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                         self.commit(&mut batch).await?;
                         return Ok(());
@@ -302,7 +328,7 @@ impl Conn {
                 metrics::emit(FramesDurable { received });
             }
             let ack = wire::encode_ack(Ack { handle, next: durable });
-            self.socket.send(Message::Binary(ack.to_vec().into())).await.map_err(|_| (close::GOING_AWAY, String::new()))?;
+            self.send(Message::Binary(ack.to_vec().into())).await?;
             if let Some(received) = received.filter(|_| count > 0) {
                 metrics::emit(AckWritten { received });
             }
@@ -328,10 +354,16 @@ impl Conn {
                 format!("at most {} utterances may be open on one connection", limits::MAX_OPEN_UTTERANCES),
             ));
         }
+        if !wire::is_random_id(&utterance) {
+            return self.error(Some(utterance), "invalid_id", crate::api::invalid_id_message(utterance)).await;
+        }
         let row = match self.state.store.open_utterance(utterance, self.device, codec, now_ms()).await {
             Ok(row) => row,
+            // Word for word what an id unknown to every route gets (`ApiError`
+            // from `StoreError::NoUtterance`): another device's id tells
+            // nothing of its owner.
             Err(StoreError::WrongDevice(_)) => {
-                return self.error(Some(utterance), "not_found", format!("utterance {utterance} is not yours; mint a new id")).await;
+                return self.error(Some(utterance), "not_found", format!("no utterance {utterance}")).await;
             }
             Err(e) => return self.error(Some(utterance), "internal", e.to_string()).await,
         };
@@ -384,11 +416,28 @@ impl Conn {
     }
 
     async fn send_text(&mut self, msg: &ServerMsg) -> Result<(), Close> {
-        self.socket
-            .send(Message::Text(msg.to_json().into()))
-            .await
-            .map_err(|_| (close::GOING_AWAY, String::new()))
+        self.send(Message::Text(msg.to_json().into())).await
     }
+
+    /// Sends one message, or gives up on the peer after the send timeout.
+    async fn send(&mut self, msg: Message) -> Result<(), Close> {
+        match tokio::time::timeout(self.state.send_timeout, self.socket.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err((close::GOING_AWAY, String::new())),
+            Err(_) => {
+                metrics::emit(Limited { limit: Limit::SendTimeout });
+                Err((close::GOING_AWAY, format!("nothing read for {:?}; read what the server sends", self.state.send_timeout)))
+            }
+        }
+    }
+}
+
+/// Whether a read failed because a frame or message was over
+/// [`MAX_WS_MESSAGE`]. The WebSocket library reports it only as its own
+/// error type, which axum wraps; its text ("Space limit exceeded: ...") is
+/// the one stable mark, and `hostile.rs` fails if it changes.
+fn too_large(e: &axum::Error) -> bool {
+    e.to_string().contains("Space limit exceeded")
 }
 
 /// Marks an utterance complete and, for the one caller that wins, queues it.

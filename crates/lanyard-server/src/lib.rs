@@ -21,10 +21,11 @@
 //! Only this crate knows axum. Its state is [`AppState`]; [`start`] binds,
 //! recovers unfinished work and serves until the returned handle is stopped.
 //! The routes are listed in `api` and described, for clients, by
-//! `GET /openapi.json` (`openapi`); per-device limits are in `limits` and
-//! every metric in `metrics`. `transcribe` serves the node's speech-to-text
-//! to others (OpenAI's `POST /v1/audio/transcriptions`), and `retention`
-//! deletes old audio. [`build_stt`] makes the engine `[stt]` asks for: the
+//! `GET /openapi.json` (`openapi`); per-device limits are in `limits`, the
+//! connection limit and timeouts in `listen`, and every metric in
+//! `metrics`. `transcribe` serves the node's speech-to-text to others
+//! (OpenAI's `POST /v1/audio/transcriptions`), and `retention` deletes old
+//! audio. [`build_stt`] makes the engine `[stt]` asks for: the
 //! local Whisper model, or a remote endpoint with no model here; `stt_pool`
 //! runs it for everyone, finals first, and `live` turns streamed audio into
 //! partials and speculative finals.
@@ -38,6 +39,7 @@ mod error;
 mod hub;
 mod ingest;
 pub mod limits;
+mod listen;
 pub mod metrics;
 mod live;
 mod openapi;
@@ -60,7 +62,7 @@ use tokio::sync::Notify;
 
 pub use crate::audio::{Append, AudioStore};
 pub use crate::hub::Hub;
-use crate::config::{AudioSection, ConfigError, LimitsSection, PushSection, SttBackend};
+use crate::config::{AudioSection, ConfigError, ConnectionsSection, LimitsSection, PushSection, SttBackend};
 use crate::limits::Limiter;
 use crate::live::Live;
 use crate::pipeline::Pipeline;
@@ -80,6 +82,8 @@ pub struct ServerConfig {
     pub limits: LimitsSection,
     /// How long audio is kept.
     pub audio: AudioSection,
+    /// What any connection may hold: the connection limit and timeouts.
+    pub connections: ConnectionsSection,
     /// SHA-256 of the admin token; `None` turns the admin API off. See
     /// [`config::admin_token_hash`].
     pub admin_token_hash: Option<[u8; 32]>,
@@ -96,6 +100,7 @@ impl ServerConfig {
             push: PushSection::default(),
             limits: LimitsSection::default(),
             audio: AudioSection::default(),
+            connections: ConnectionsSection::default(),
             admin_token_hash: None,
         }
     }
@@ -213,6 +218,9 @@ pub struct AppState {
     stt: SttPool,
     /// Partials and speculative finals of the utterances being streamed.
     live: Arc<Live>,
+    /// `[connections] send_timeout_secs`: a stream message not written by
+    /// then closes the stream.
+    send_timeout: std::time::Duration,
 }
 
 /// A running server.
@@ -248,6 +256,7 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), ServerError> {
     cfg.push.retry_policy()?;
     cfg.limits.validate()?;
     cfg.audio.validate()?;
+    cfg.connections.validate()?;
     build_push_provider(cfg)?;
     lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     Ok(())
@@ -265,6 +274,7 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     let policy = cfg.push.retry_policy()?;
     cfg.limits.validate()?;
     cfg.audio.validate()?;
+    cfg.connections.validate()?;
     let provider = build_push_provider(&cfg)?;
     let responder = lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     let push_wake = Arc::new(Notify::new());
@@ -299,26 +309,26 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         cfg.audio.retention(),
         std::time::Duration::from_secs(cfg.audio.sweep_interval_secs),
     );
-    let state =
-        AppState { store, audio, hub, pipeline, limiter, admin_token_hash: cfg.admin_token_hash, stt, live };
+    let send_timeout = cfg.connections.send_timeout();
+    let state = AppState {
+        store,
+        audio,
+        hub,
+        pipeline,
+        limiter,
+        admin_token_hash: cfg.admin_token_hash,
+        stt,
+        live,
+        send_timeout,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
-    // Acks and replies are small writes that must leave at once; with Nagle's
-    // algorithm each would wait for the peer's delayed ACK (about 40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let shutdown = Arc::new(Notify::new());
     let app = api::router(state);
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.notified().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server stopped with an error");
-        }
-    });
+    // The accept loop applies `[connections]` (see `listen`).
+    let task = tokio::spawn(listen::serve(listener, app, cfg.connections.clone(), shutdown.clone()));
     tracing::info!(%addr, "lanyard server listening");
     Ok(ServerHandle { addr, shutdown, task })
 }

@@ -16,7 +16,9 @@
 //! | `lanyard_ack_latency_seconds`    | histogram | the same frame read -> its ACK written to the socket        |
 //! | `lanyard_stt_queue_depth`        | gauge     | complete utterances waiting for speech-to-text              |
 //! | `lanyard_ttfs_seconds`           | histogram | time to final transcript: `received_end` -> `stt_done`      |
-//! | `lanyard_limited_total{limit}`   | counter   | requests and streams refused by a limit (see `limits`)      |
+//! | `lanyard_limited_total{limit}`   | counter   | requests and streams refused by a limit (see `limits`), and |
+//! |                                  |           | connections by `[connections]` (see `listen`): `connections`,|
+//! |                                  |           | `header_timeout`, `body_timeout`, `send_timeout`, `too_large`|
 //! | `lanyard_transcriptions_total{status}` | counter | `POST /v1/audio/transcriptions` answered, by HTTP status  |
 //! |                                  |           | (requests refused before the handler, e.g. 401, excluded)   |
 //! | `lanyard_audio_purged_total`     | counter   | audio files deleted by the retention sweeper                |
@@ -220,9 +222,19 @@ pub enum Limit {
     Requests,
     Streams,
     Idle,
+    /// `[connections] max_connections`: a connection answered 503.
+    Connections,
+    /// `[connections] header_timeout_secs`: headers too slow, closed.
+    HeaderTimeout,
+    /// `[connections] body_timeout_secs`: a body too slow, refused.
+    BodyTimeout,
+    /// `[connections] send_timeout_secs`: a stream that read nothing, closed.
+    SendTimeout,
+    /// A WebSocket frame or message over the protocol's size, closed 4001.
+    TooLarge,
 }
 
-/// A per-device limit refused a request, a frame or a stream.
+/// A limit refused a request, a frame, a stream or a connection.
 pub struct Limited {
     pub limit: Limit,
 }
@@ -234,6 +246,11 @@ impl InternalEvent for Limited {
             Limit::Requests => "requests",
             Limit::Streams => "streams",
             Limit::Idle => "idle",
+            Limit::Connections => "connections",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::SendTimeout => "send_timeout",
+            Limit::TooLarge => "too_large",
         };
         counter!(LIMITED, "limit" => limit).increment(1);
     }

@@ -135,7 +135,9 @@ impl Worker {
                 metrics::emit(Transcribed { ttfs });
             }
             self.audio.close(id);
-            tracing::info!(%transcript, "transcribed");
+            // Never the words: logs are kept and shipped where speech must
+            // not go. Its length and id say enough to follow it.
+            tracing::info!(utterance = %id, chars = transcript.chars().count(), "transcribed");
             let segments_sent = segments.clone();
             self.hub.send(utt.device_id, &ServerMsg::Final { utterance: id, text: transcript.clone(), segments: segments_sent });
             utt.transcript = Some(transcript);
@@ -164,7 +166,7 @@ impl Worker {
             if target.is_some() {
                 self.push_wake.notify_one();
             } else {
-                tracing::info!("device has no push target; the reply goes down the socket only");
+                tracing::info!(utterance = %id, "device has no push target; the reply goes down the socket only");
             }
             // An open stream gets the reply at once; the push still goes, with
             // the same collapse id, so a suspended app shows it once.

@@ -319,6 +319,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.push = file.push;
     cfg.limits = file.limits;
     cfg.audio = file.audio;
+    cfg.connections = file.connections;
     cfg.admin_token_hash = lanyard_server::config::admin_token_hash(
         file.admin_token_hash.as_deref(),
         std::env::var("LANYARD_ADMIN_TOKEN").ok().as_deref(),
