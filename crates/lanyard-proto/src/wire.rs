@@ -59,6 +59,11 @@ pub fn is_random_id(id: &Uuid) -> bool {
     id.get_variant() == uuid::Variant::RFC4122 && matches!(id.get_version_num(), 4 | 7)
 }
 
+/// The `error` code for an `open` of an utterance that was deleted on the
+/// server (HTTP says the same with 410 `gone`): deletion is final, and the
+/// relay drops its copy.
+pub const ERROR_GONE: &str = "gone";
+
 /// Limits the server enforces, with the close code it uses for each.
 pub mod limits {
     /// Largest codec frame in one AUDIO message. Matches the pendant framing's

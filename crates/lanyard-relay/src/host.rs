@@ -1059,6 +1059,10 @@ impl Socket {
                     }
                 }
                 Action::Done(id) => spool.mark_done(id)?,
+                Action::Drop { id, reason } => {
+                    spool.mark_dropped(id, &reason)?;
+                    emit(RelayEvent::Discarded { id, reason });
+                }
                 Action::Emit(event) => {
                     replies += usize::from(matches!(event, RelayEvent::Reply { .. }));
                     emit(event);

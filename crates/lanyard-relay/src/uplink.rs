@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lanyard_proto::ble::Codec;
-use lanyard_proto::wire::{Ack, ClientMsg, ServerMsg, limits};
+use lanyard_proto::wire::{self, Ack, ClientMsg, ServerMsg, limits};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -32,6 +32,10 @@ use uuid::Uuid;
 /// at the default 1000 frames/s, so catching up costs 50 wake-ups a second,
 /// not one per frame.
 const PACING_REFILL_MS: u64 = 20;
+
+/// The `Discarded` reason of an utterance the server answered `gone` for:
+/// its user deleted it there.
+pub const DELETED_ON_SERVER: &str = "deleted";
 
 /// The code of the error event for a server that resumed an utterance below
 /// what it had acknowledged (see [`Uplink`]'s resume rule).
@@ -105,6 +109,9 @@ pub enum Action {
     SendAudio { id: Uuid, handle: u32, seq: u32 },
     /// The server holds all of `id`: the spool may delete it.
     Done(Uuid),
+    /// The server will never take `id` (it was deleted there): the spool
+    /// drops it, and the app hears `Discarded` with `reason`.
+    Drop { id: Uuid, reason: String },
     /// Tell the app.
     Emit(RelayEvent),
     /// The server heard speech stop in `id` when it held `frames` of its
@@ -419,6 +426,14 @@ impl Uplink {
             }
             ServerMsg::Reply { utterance, title, body } => {
                 out.push(Action::Emit(RelayEvent::Reply { id: utterance, title, body }));
+            }
+            // Deleted on the server, and deletion is final: sending it again
+            // can only be refused, so the copy goes.
+            ServerMsg::Error { utterance: Some(id), code, .. } if code == wire::ERROR_GONE && self.utts.contains_key(&id) => {
+                if let Some(u) = self.utts.remove(&id) {
+                    self.handles.remove(&u.handle);
+                }
+                out.push(Action::Drop { id, reason: DELETED_ON_SERVER.into() });
             }
             ServerMsg::Error { utterance, code, message } => {
                 out.push(Action::Emit(RelayEvent::Error { id: utterance, code, message }));

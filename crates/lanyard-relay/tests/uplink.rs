@@ -322,3 +322,31 @@ fn an_endpoint_goes_to_the_shell_with_the_servers_frame_count() {
     up.handle(0, Input::Server(ServerMsg::Endpoint { utterance: id, frames: 88 }), &mut out);
     assert_eq!(out, vec![Action::Endpoint { id, frames: 88 }]);
 }
+
+#[test]
+fn an_utterance_deleted_on_the_server_is_dropped_not_resent() {
+    // The server answers `open` with `gone`: the user deleted it there, and
+    // deletion is final (docs/protocol.md, DELETE /v1/utterances/{id}).
+    let mut up = Uplink::new(UplinkConfig::default(), 1);
+    let (gone, kept) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut out = Vec::new();
+    for id in [gone, kept] {
+        up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 3 }, &mut out);
+    }
+    up.handle(0, Input::Connected, &mut out);
+    out.clear();
+    let error = ServerMsg::Error { utterance: Some(gone), code: "gone".into(), message: "deleted".into() };
+    up.handle(0, Input::Server(error), &mut out);
+    assert_eq!(out, vec![Action::Drop { id: gone, reason: lanyard_relay::uplink::DELETED_ON_SERVER.into() }]);
+    // A reconnect opens only the other one again.
+    up.handle(1, Input::Disconnected { reason: "cut".into() }, &mut out);
+    out.clear();
+    let t = up.next_deadline().unwrap();
+    up.handle(t, Input::Tick, &mut out);
+    up.handle(t, Input::Connected, &mut out);
+    let opened: Vec<Uuid> = out
+        .iter()
+        .filter_map(|a| if let Action::SendText(ClientMsg::Open { utterance, .. }) = a { Some(*utterance) } else { None })
+        .collect();
+    assert_eq!(opened, vec![kept]);
+}

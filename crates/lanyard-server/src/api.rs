@@ -62,6 +62,8 @@ const E400: (u16, &str, Option<&str>) = (400, "The request is malformed; the mes
 const E401: (u16, &str, Option<&str>) = (401, "No token, or not a device's token.", Some("ErrorBody"));
 const E404: (u16, &str, Option<&str>) =
     (404, "No such utterance for this device (another device's looks the same).", Some("ErrorBody"));
+const E410: (u16, &str, Option<&str>) =
+    (410, "`gone`: the utterance was deleted, and its id is not accepted again; drop the copy.", Some("ErrorBody"));
 const E429: (u16, &str, Option<&str>) =
     (429, "Over the device's request rate; `Retry-After` says when to try again.", Some("ErrorBody"));
 const ADMIN_401: (u16, &str, Option<&str>) = (401, "No token.", Some("ErrorBody"));
@@ -195,6 +197,7 @@ pub fn routes() -> Vec<Route> {
                     E401,
                     E404,
                     (409, "The utterance has another codec.", Some("ErrorBody")),
+                    E410,
                     (413, "Over 4 MiB.", Some("ErrorBody")),
                     (415, "Neither Ogg Opus nor WAV.", Some("ErrorBody")),
                     E429,
@@ -217,6 +220,7 @@ pub fn routes() -> Vec<Route> {
                     E401,
                     E404,
                     (409, "The id is an audio utterance.", Some("ErrorBody")),
+                    E410,
                     (413, "Over 16 KiB of text.", Some("ErrorBody")),
                     E429,
                 ],

@@ -22,6 +22,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The utterance was deleted; its id is not accepted again.
+    #[error("{0}")]
+    Gone(String),
     /// The admin API is off: no admin token is configured.
     #[error("the admin API is off; set `admin_token_hash` (the SHA-256 of a token, hex) in the config file or LANYARD_ADMIN_TOKEN in the environment, and restart")]
     AdminDisabled,
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::AdminDisabled => (StatusCode::NOT_FOUND, "admin_disabled"),
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -59,9 +63,19 @@ impl From<StoreError> for ApiError {
         match e {
             // Another device's id looks exactly like a missing one.
             StoreError::WrongDevice(id) | StoreError::NoUtterance(id) => ApiError::NotFound(format!("no utterance {id}")),
+            StoreError::Deleted(id) => {
+                crate::metrics::emit(crate::metrics::DeletedRefused);
+                ApiError::Gone(gone_message(id))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
+}
+
+/// What a client is told when it sends a deleted utterance again, over
+/// HTTP (410 `gone`) or the stream (`error` `gone`).
+pub(crate) fn gone_message(id: uuid::Uuid) -> String {
+    format!("utterance {id} was deleted and is not accepted again; drop your copy of it")
 }
 
 impl IntoResponse for ApiError {

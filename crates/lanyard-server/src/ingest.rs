@@ -365,6 +365,10 @@ impl Conn {
             Err(StoreError::WrongDevice(_)) => {
                 return self.error(Some(utterance), "not_found", format!("no utterance {utterance}")).await;
             }
+            Err(StoreError::Deleted(_)) => {
+                metrics::emit(metrics::DeletedRefused);
+                return self.error(Some(utterance), wire::ERROR_GONE, crate::error::gone_message(utterance)).await;
+            }
             Err(e) => return self.error(Some(utterance), "internal", e.to_string()).await,
         };
         if row.codec != Some(codec) {

@@ -22,6 +22,8 @@
 //! | `lanyard_transcriptions_total{status}` | counter | `POST /v1/audio/transcriptions` answered, by HTTP status  |
 //! |                                  |           | (requests refused before the handler, e.g. 401, excluded)   |
 //! | `lanyard_audio_purged_total`     | counter   | audio files deleted by the retention sweeper                |
+//! | `lanyard_deleted_refused_total`  | counter   | opens, uploads and text posts of a deleted utterance,       |
+//! |                                  |           | refused (HTTP 410 or `error` `gone`): deletion is final     |
 //! | `lanyard_stt_drafts_total{kind,outcome}` | counter | speculative and partial decodes: `run`, or dropped as   |
 //! |                                  |           | `superseded`, `stale` or `ended` (see `stt_pool`)           |
 //! | `lanyard_partials_sent_total`    | counter   | partial transcripts sent down a stream                      |
@@ -55,6 +57,7 @@ const TTFS: &str = "lanyard_ttfs_seconds";
 const LIMITED: &str = "lanyard_limited_total";
 const TRANSCRIPTIONS: &str = "lanyard_transcriptions_total";
 const AUDIO_PURGED: &str = "lanyard_audio_purged_total";
+const DELETED_REFUSED: &str = "lanyard_deleted_refused_total";
 const STT_DRAFTS: &str = "lanyard_stt_drafts_total";
 const PARTIALS_SENT: &str = "lanyard_partials_sent_total";
 const ENDPOINTS_SENT: &str = "lanyard_endpoints_sent_total";
@@ -105,6 +108,7 @@ fn describe() {
     describe_counter!(LIMITED, "Requests and streams refused by a per-device limit, by limit.");
     describe_counter!(TRANSCRIPTIONS, "Requests to /v1/audio/transcriptions answered, by HTTP status.");
     describe_counter!(AUDIO_PURGED, "Audio files deleted by the retention sweeper.");
+    describe_counter!(DELETED_REFUSED, "Opens, uploads and text posts of a deleted utterance, refused (410 gone).");
     describe_counter!(STT_DRAFTS, "Speculative and partial decodes, run or dropped, by kind and outcome.");
     describe_counter!(PARTIALS_SENT, "Partial transcripts sent down a stream.");
     describe_counter!(ENDPOINTS_SENT, "Endpoint messages sent: the server's VAD heard speech stop.");
@@ -253,6 +257,15 @@ impl InternalEvent for Limited {
             Limit::TooLarge => "too_large",
         };
         counter!(LIMITED, "limit" => limit).increment(1);
+    }
+}
+
+/// An open, upload or text post named a deleted utterance and was refused.
+pub struct DeletedRefused;
+
+impl InternalEvent for DeletedRefused {
+    fn emit(self) {
+        counter!(DELETED_REFUSED).increment(1);
     }
 }
 

@@ -174,7 +174,7 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": { "type": "string", "description": "Stable and machine-readable: bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large, unsupported_media_type, rate_limited, too_many_streams, admin_disabled, internal." },
+                "code": { "type": "string", "description": "Stable and machine-readable: bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large, unsupported_media_type, rate_limited, too_many_streams, gone, admin_disabled, internal, too_many_connections." },
                 "message": { "type": "string", "description": "For people: what went wrong and what to do." }
             }
         },

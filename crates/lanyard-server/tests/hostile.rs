@@ -10,6 +10,8 @@
 //!   INFO.
 //! - Utterance ids: only UUIDs of version 4 or 7, on every route and on
 //!   `open`; another device's id answers as an unknown one does.
+//! - Deletion is final: a deleted utterance's id gets 410 `gone` on upload
+//!   and text, and `error` `gone` on `open`.
 
 mod common;
 
@@ -360,3 +362,48 @@ async fn only_random_utterance_ids_are_accepted_on_every_route_and_on_open() {
     h.server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_utterance_never_comes_back() {
+    use reqwest::Method;
+    let h = harness().await;
+    let before = counter(&h.url, "lanyard_deleted_refused_total").await;
+    let id = Uuid::now_v7();
+    let text = Some(serde_json::json!({"text": "forget I said this"}));
+    assert_eq!(call(&h, Method::POST, &format!("/v1/utterances/{id}/text"), text.clone()).await.0, 202);
+    h.wait_state(id, UtteranceState::Replied).await;
+    assert_eq!(call(&h, Method::DELETE, &format!("/v1/utterances/{id}"), None).await.0, 204);
+
+    // A retried text post: 410, and nothing is created.
+    let (status, err) = call(&h, Method::POST, &format!("/v1/utterances/{id}/text"), text).await;
+    assert_eq!((status, err["code"].as_str()), (410, Some("gone")), "{err}");
+    // A background upload delayed past the delete.
+    let ogg = lanyard_proto::oggopus::write(7, speech_frames("Hello.").iter().map(Vec::as_slice));
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/utterances/{id}/audio", h.url))
+        .bearer_auth(&h.token_a)
+        .header("content-type", "audio/ogg")
+        .body(ogg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    // A relay resuming the stream.
+    let mut ws = h.ws(&h.token_a).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    match recv(&mut ws).await {
+        In::Text(ServerMsg::Error { code, utterance, message }) => {
+            assert_eq!((code.as_str(), utterance), ("gone", Some(id)));
+            assert!(message.contains("drop your copy"), "{message}");
+        }
+        _ => panic!("open of a deleted utterance must answer gone"),
+    }
+    assert!(h.store.utterance(id).await.unwrap().is_none(), "nothing came back");
+    assert_eq!(call(&h, Method::GET, &format!("/v1/utterances/{id}"), None).await.0, 404);
+    // Another device learns nothing: its answer is an unknown id's.
+    let mut wb = h.ws(&h.token_b).await;
+    send_text(&mut wb, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    let In::Text(ServerMsg::Error { code, .. }) = recv(&mut wb).await else { panic!("expected an error") };
+    assert_eq!(code, "not_found");
+    assert!(counter(&h.url, "lanyard_deleted_refused_total").await - before >= 3.0);
+    h.server.stop().await;
+}

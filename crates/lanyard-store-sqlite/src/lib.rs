@@ -187,6 +187,26 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
+    /// The utterance `id`, just inserted-if-absent. If there is none, its
+    /// tombstone says why: [`StoreError::Deleted`] for `device_id`'s own,
+    /// [`StoreError::WrongDevice`] for another device's (as a live id of
+    /// theirs answers).
+    async fn utterance_or_tombstone(&self, id: Uuid, device_id: Uuid) -> Result<Utterance> {
+        if let Some(utterance) = self.utterance(id).await? {
+            return Ok(utterance);
+        }
+        let owner: Option<String> = sqlx::query_scalar("SELECT device_id FROM tombstones WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Err(match owner {
+            Some(owner) if owner == device_id.to_string() => StoreError::Deleted(id),
+            Some(_) => StoreError::WrongDevice(id),
+            None => StoreError::NoUtterance(id),
+        })
+    }
+
     /// [`StoreError::NoUtterance`] unless `id` exists. Called after a
     /// conditional update changed nothing, to tell "wrong state" (a no-op)
     /// from "no such utterance" (an error). A row deleted between the two
@@ -306,9 +326,11 @@ impl Store for SqliteStore {
     async fn open_utterance(&self, id: Uuid, device_id: Uuid, codec: Codec, now_ms: i64) -> Result<Utterance> {
         // Insert-if-absent, then read whatever is there: a retried open, or a
         // stream and an upload racing, all get the one row. An existing row
-        // keeps its codec and creation time.
+        // keeps its codec and creation time. A deleted id is not inserted
+        // again (the tombstone is checked in the same statement).
         sqlx::query(
-            "INSERT INTO utterances (id, device_id, codec, state, created_ms) VALUES (?, ?, ?, 'receiving', ?)
+            "INSERT INTO utterances (id, device_id, codec, state, created_ms)
+             SELECT ?1, ?2, ?3, 'receiving', ?4 WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(id.to_string())
@@ -318,7 +340,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
-        let utterance = self.utterance(id).await?.ok_or(StoreError::NoUtterance(id))?;
+        let utterance = self.utterance_or_tombstone(id, device_id).await?;
         if utterance.device_id != device_id {
             return Err(StoreError::WrongDevice(id));
         }
@@ -411,7 +433,7 @@ impl Store for SqliteStore {
         let done = sqlx::query(
             "INSERT INTO utterances (id, device_id, codec, state, transcript, transcript_writes,
                                      created_ms, received_end_ms)
-             VALUES (?1, ?2, ?3, 'transcribed', ?4, 1, ?5, ?5)
+             SELECT ?1, ?2, ?3, 'transcribed', ?4, 1, ?5, ?5 WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(id.to_string())
@@ -422,7 +444,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
-        let utterance = self.utterance(id).await?.ok_or(StoreError::NoUtterance(id))?;
+        let utterance = self.utterance_or_tombstone(id, device_id).await?;
         if utterance.device_id != device_id {
             return Err(StoreError::WrongDevice(id));
         }
@@ -636,6 +658,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        bury(&mut tx, "id = ?1 AND device_id = ?2", &[id.to_string(), device_id.to_string()]).await?;
         let done = sqlx::query("DELETE FROM utterances WHERE id = ? AND device_id = ?")
             .bind(id.to_string())
             .bind(device_id.to_string())
@@ -737,12 +760,30 @@ async fn delete_utterances_of(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, devi
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
+    bury(tx, "device_id = ?1", &[device_id.to_string()]).await?;
     let done = sqlx::query("DELETE FROM utterances WHERE device_id = ?")
         .bind(device_id.to_string())
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
     Ok(done.rows_affected())
+}
+
+/// Writes a tombstone for every utterance `filter` (a WHERE clause on
+/// `utterances`, with `binds` as ?1, ?2, ...) selects, in the deleting
+/// transaction, before the rows go. The time is the database's clock: the
+/// deletions take none, and it is only for people reading the table.
+async fn bury(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, filter: &str, binds: &[String]) -> Result<()> {
+    let sql = format!(
+        "INSERT OR IGNORE INTO tombstones (id, device_id, deleted_ms)
+         SELECT id, device_id, CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM utterances WHERE {filter}"
+    );
+    let mut query = sqlx::query(&sql);
+    for b in binds {
+        query = query.bind(b.as_str());
+    }
+    query.execute(&mut **tx).await.map_err(backend)?;
+    Ok(())
 }
 
 /// Everything sqlx reports that has no meaning of its own to callers.

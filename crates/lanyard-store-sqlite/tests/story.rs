@@ -381,6 +381,16 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert_eq!(store.push_request(a1).await.unwrap(), None);
     assert!(!store.delete_utterance(attic.id, a1).await.unwrap(), "deleted twice");
     assert!(!store.delete_utterance(attic.id, Uuid::now_v7()).await.unwrap());
+    // Deletion is final: the id cannot come back by open or by text, and
+    // another device sees it as it sees any id of someone else's.
+    let opened = store.open_utterance(a1, attic.id, Codec::Opus16k20ms, 22_050).await.map(|_| ());
+    let typed = store.create_text_utterance(a1, attic.id, "again", 22_050).await.map(|_| ());
+    for again in [opened, typed] {
+        assert!(matches!(again, Err(StoreError::Deleted(id)) if id == a1), "{again:?}");
+    }
+    let theirs = store.open_utterance(a1, kitchen.id, Codec::Opus16k20ms, 22_050).await;
+    assert!(matches!(theirs, Err(StoreError::WrongDevice(id)) if id == a1), "{theirs:?}");
+    assert_eq!(store.utterance(a1).await.unwrap(), None, "nothing came back");
     // A late outcome for the deleted request finds nothing and changes nothing.
     assert!(matches!(store.record_push(a1, &PushOutcome::Sent, 22_100).await, Err(StoreError::NoUtterance(_))));
     // All of a device's data, with its push requests; the device stays.
@@ -391,6 +401,8 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let attic_now = store.device_by_token_hash(&attic_hash).await.unwrap().unwrap();
     assert_eq!((attic_now.id, attic_now.push.as_ref()), (attic.id, Some(&fcm)));
     assert_eq!(store.delete_device_data(attic.id).await.unwrap(), 0);
+    let again = store.open_utterance(a3, attic.id, Codec::Pcm16k, 22_900).await;
+    assert!(matches!(again, Err(StoreError::Deleted(id)) if id == a3), "deleted with the device's data: {again:?}");
     // The device itself, with whatever it made since; its token stops working.
     let a4 = Uuid::now_v7();
     store.create_text_utterance(a4, attic.id, "hello again", 23_000).await.unwrap();

@@ -157,6 +157,12 @@ pub enum StoreError {
     WrongDevice(Uuid),
     #[error("no utterance {0}")]
     NoUtterance(Uuid),
+    /// The utterance was deleted (by its device or the admin), and its id is
+    /// remembered so that nothing can bring it back: a late upload, text
+    /// post or `open` of it fails with this. Another device's deleted id is
+    /// [`StoreError::WrongDevice`], as its live ids are.
+    #[error("utterance {0} was deleted; it is not accepted again, so drop any copy of it")]
+    Deleted(Uuid),
     #[error("a device named {0:?} already exists; pick another name")]
     DuplicateDeviceName(String),
     #[error("the store holds a value this version cannot read ({0}); was the database written by a newer Lanyard?")]
@@ -190,7 +196,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates the utterance in state `receiving` if it does not exist, and
     /// returns it. Fails with [`StoreError::WrongDevice`] if the id is taken
-    /// by another device.
+    /// by another device, and with [`StoreError::Deleted`] if this device's
+    /// utterance of that id was deleted: deletion is final.
     async fn open_utterance(&self, id: Uuid, device_id: Uuid, codec: Codec, now_ms: i64) -> Result<Utterance>;
 
     async fn utterance(&self, id: Uuid) -> Result<Option<Utterance>>;
@@ -212,8 +219,9 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a text-only utterance (transcribed on the phone) directly in
     /// state `transcribed`, with `transcript_writes` = 1. Idempotent: if the
     /// id exists for this device the row is returned unchanged with `false`;
-    /// for another device it fails with [`StoreError::WrongDevice`]. `true`
-    /// tells the one caller that must queue it for a reply.
+    /// for another device it fails with [`StoreError::WrongDevice`], and for
+    /// a deleted one with [`StoreError::Deleted`]. `true` tells the one
+    /// caller that must queue it for a reply.
     async fn create_text_utterance(&self, id: Uuid, device_id: Uuid, text: &str, now_ms: i64) -> Result<(Utterance, bool)>;
 
     /// Stores the reply and, in the same transaction, its push request (when
@@ -251,19 +259,22 @@ pub trait Store: Send + Sync + 'static {
     async fn list_utterances(&self, device_id: Uuid, before: Option<Uuid>, limit: u32) -> Result<Vec<Utterance>>;
 
     /// Deletes one utterance of the device, with its push request, in one
-    /// transaction. Returns `false` if there is no such utterance; fails with
+    /// transaction, and remembers its id (a tombstone: see
+    /// [`StoreError::Deleted`]). Returns `false` if there is no such utterance; fails with
     /// [`StoreError::WrongDevice`] if it belongs to another device. A push
     /// request claimed by a sender at that moment may still go out once; its
     /// outcome then finds no row ([`StoreError::NoUtterance`]) and changes nothing.
     async fn delete_utterance(&self, device_id: Uuid, id: Uuid) -> Result<bool>;
 
     /// Deletes every utterance of the device and their push requests, in one
-    /// transaction, and keeps the device (its name, token and push target).
+    /// transaction, remembering their ids as [`Store::delete_utterance`]
+    /// does, and keeps the device (its name, token and push target).
     /// Returns the number of utterances deleted.
     async fn delete_device_data(&self, device_id: Uuid) -> Result<u64>;
 
     /// Deletes the device with all its utterances and push requests, in one
-    /// transaction: its token stops working at once. Returns the number of
+    /// transaction, remembering the utterances' ids: its token stops working
+    /// at once. Returns the number of
     /// utterances deleted, or `None` if there is no such device.
     async fn delete_device(&self, device_id: Uuid) -> Result<Option<u64>>;
 
