@@ -43,16 +43,25 @@ async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
     let n = frames.len() as u32;
     expect_ack(&mut ws, n).await;
     send_text(&mut ws, &ClientMsg::End { utterance: id, frames: n }).await;
-    let mut got_final = false;
+    let mut got_final = None;
     loop {
         match recv(&mut ws).await {
             In::Text(ServerMsg::Complete { frames, .. }) => assert_eq!(frames, n),
-            In::Text(ServerMsg::Final { text, .. }) => {
+            In::Text(ServerMsg::Final { text, segments, .. }) => {
                 assert!(text.to_lowercase().contains("kitchen"), "{text}");
-                got_final = true;
+                // The final carries its timed segments: they make the text,
+                // in order, within the utterance's audio.
+                let joined: Vec<&str> = segments.iter().map(|s| s.text.as_str()).collect();
+                assert_eq!(joined.join(" "), text, "{segments:?}");
+                let mut last = 0.0;
+                for s in &segments {
+                    assert!(last <= s.start && s.start <= s.end && s.end <= n as f32 * 0.02 + 0.01, "{segments:?}");
+                    last = s.start;
+                }
+                got_final = Some(segments);
             }
             In::Text(ServerMsg::Reply { body, .. }) => {
-                assert!(got_final, "the final transcript precedes the reply");
+                assert!(got_final.is_some(), "the final transcript precedes the reply");
                 assert!(body.to_lowercase().contains("kitchen"), "the reply quotes the transcript: {body}");
                 break;
             }
@@ -63,6 +72,7 @@ async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
     let u = h.wait_state(id, UtteranceState::Replied).await;
     assert_eq!(u.frames, n);
     assert_eq!(h.store.transcript_writes(id).await.unwrap(), 1);
+    assert_eq!(Some(u.segments), got_final, "the store holds the segments the relay was sent");
     // The file holds each frame once, in order.
     let device = h.store.device_by_token_hash(&auth::hash_token(&h.token_a)).await.unwrap().unwrap();
     let stored = h.server_audio(device.id, id, n);
