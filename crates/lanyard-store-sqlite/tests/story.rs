@@ -706,7 +706,7 @@ async fn a_database_at_0001_is_migrated() {
     let mut conn = raw(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     // Rows from before 0004 keep their audio; rows from before 0005 keep
     // their transcript and have no segments.
     let u = store.utterance(unsent).await.unwrap().unwrap();
