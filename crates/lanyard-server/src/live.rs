@@ -16,6 +16,14 @@
 //!   nothing but silence follows before the utterance ends, the pipeline
 //!   takes it as the final transcript ([`Live::take_final`]) instead of
 //!   decoding again after the end marker.
+//! - **settling** (long utterances, by `lanyard_stt::SettlePolicy`): while the user
+//!   speaks, the audio not settled yet is decoded with timestamps, and the
+//!   segments that are closed and end well before the audio received so far
+//!   are committed for good (`SpeechToText::transcribe_settled`), with the
+//!   text before them as the prompt. Their audio is freed. The speculative
+//!   final, and partial drafts, then decode only what follows the last
+//!   committed segment, so a 3-minute monologue gets its final about as
+//!   fast as a 5-second command.
 //! - **an endpoint**: when the silence after speech reaches the
 //!   endpointer's `end_ms` (800 ms), an `endpoint` message goes to the
 //!   device's streams. A relay whose pendant marks no utterance boundaries
@@ -32,15 +40,15 @@
 //! At most [`MAX_LIVE`] utterances are followed at once; more get no
 //! partials, no speculation and no endpoint, only their final (the engine
 //! could not keep up with more talkers anyway, and decoding every stream
-//! would cost the ingest path its CPU). An utterance is followed in full
-//! for its first [`LIVE_MAX_AUDIO`] only (then partials stop, its samples
-//! are freed, its final is decoded in full, and only the endpointer goes
-//! on): 30 s of samples is 1.9 MB, so the whole live state stays under
-//! about 125 MB. State not fed for [`LIVE_IDLE`] is
+//! would cost the ingest path its CPU). An utterance keeps at most
+//! [`LIVE_MAX_AUDIO`] of audio that is not settled (if settling falls that
+//! far behind, partials stop, its samples are freed, its final is decoded
+//! in full, and only the endpointer goes on): 30 s of samples is 1.9 MB, so
+//! the whole live state stays under about 125 MB. State not fed for [`LIVE_IDLE`] is
 //! forgotten, so a stream that never comes back does not hold memory.
 //!
 //! The words the partials agreed on are not forced on the final decode
-//! (`SpeechToText::transcribe_with_prefix`): they come from greedy drafts of
+//! (given as the previous text, `SpeechToText::transcribe_after`): they come from greedy drafts of
 //! the first seconds, which often mishear the first word, and forcing them
 //! cost 2.2 points of WER on the `ttfs` bench's reference set.
 
@@ -51,7 +59,7 @@ use std::time::{Duration, Instant};
 use lanyard_audio::{FRAME_SAMPLES, FrameDecoder};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::ServerMsg;
-use lanyard_stt::{EndpointConfig, Endpointer, LocalAgreement, VadEvent};
+use lanyard_stt::{EndpointConfig, Endpointer, LocalAgreement, Segment, SettlePolicy, Transcript, VadEvent};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -64,7 +72,7 @@ const RATE: usize = 16_000;
 /// New audio between two partial drafts.
 pub const PARTIAL_EVERY: Duration = Duration::from_secs(1);
 
-/// Utterances are followed for this much audio at most.
+/// Audio not settled yet kept per utterance, at most.
 pub const LIVE_MAX_AUDIO: Duration = Duration::from_secs(30);
 
 /// Utterances followed at once.
@@ -79,6 +87,39 @@ pub const LIVE_IDLE: Duration = Duration::from_secs(300);
 /// audio would only queue behind it. So this is a last resort.
 const SPECULATIVE_WAIT: Duration = Duration::from_secs(120);
 
+/// Samples in `d` of audio.
+fn secs(d: Duration) -> usize {
+    (d.as_secs_f64() * RATE as f64) as usize
+}
+
+/// The transcript of a whole utterance from its settled segments and the
+/// transcript of the audio after them, which starts at sample `base`.
+fn joined(mut settled: Vec<Segment>, tail: Transcript, base: usize) -> Transcript {
+    let offset = base as f32 / RATE as f32;
+    let audio_secs = offset + tail.audio_secs;
+    settled.extend(tail.shifted(offset).segments);
+    let compute = 0.0;
+    Transcript::from_segments(settled, audio_secs, compute)
+}
+
+/// What the live state holds of an utterance's final (see [`Live::take_final`]).
+#[derive(Debug)]
+pub enum LiveFinal {
+    /// The whole final transcript.
+    Done(Transcript),
+    /// The segments settled while the user spoke, timed from the
+    /// utterance's start, and the sample (at 16 kHz) where the audio they do
+    /// not cover begins.
+    Rest { settled: Vec<Segment>, from: usize },
+}
+
+impl LiveFinal {
+    /// The final from the transcript of the rest of the audio (from `from`).
+    pub fn joined(settled: Vec<Segment>, from: usize, rest: Transcript) -> Transcript {
+        joined(settled, rest, from)
+    }
+}
+
 /// Where an utterance's speculative decode stands.
 #[derive(Clone, Debug, PartialEq)]
 enum Spec {
@@ -86,13 +127,23 @@ enum Spec {
     /// Queued or running, over the first `len` samples.
     Pending { len: usize },
     /// Done: the transcript of the first `len` samples.
-    Done { len: usize, text: String },
+    Done { len: usize, transcript: Transcript },
 }
 
 struct Utterance {
     device: Uuid,
     decoder: FrameDecoder,
+    /// The samples from `base` on (absolute sample `base` is `pcm[0]`):
+    /// the audio not settled yet.
     pcm: Vec<f32>,
+    /// Samples settled, and freed, before `pcm`.
+    base: usize,
+    /// The settled segments, timed from the utterance's start.
+    settled: Vec<Segment>,
+    /// A settling decode is queued or running.
+    settle_pending: bool,
+    /// Absolute length when the last settling decode was queued.
+    settle_tried: usize,
     /// Frames decoded so far; a batch that does not start here breaks the
     /// chain (see `broken`).
     frames: u32,
@@ -104,7 +155,7 @@ struct Utterance {
     overlong: bool,
     endpointer: Endpointer,
     agreement: LocalAgreement,
-    /// `pcm.len()` when the last partial draft was queued.
+    /// Absolute length when the last partial draft was queued.
     drafted: usize,
     draft_pending: bool,
     spec: watch::Sender<Spec>,
@@ -193,7 +244,7 @@ impl Live {
             }
             u.frames += 1;
         }
-        let pcm_len = u.pcm.len();
+        let total = u.base + u.pcm.len();
         let events = {
             let Utterance { endpointer, pcm, .. } = &mut *u;
             endpointer.push(&pcm[start..])
@@ -201,28 +252,10 @@ impl Live {
         for ev in events {
             match ev {
                 VadEvent::SilenceOnset { .. } => {
-                    // Decode what is here now, at final quality.
-                    let len = u.endpointer.position().min(pcm_len);
-                    u.spec.send_replace(Spec::Pending { len });
-                    let spec = u.spec.clone();
-                    self.pool.draft(
-                        utterance,
-                        DraftKind::Speculative,
-                        u.pcm[..len].to_vec(),
-                        Box::new(move |result| {
-                            spec.send_if_modified(|s| {
-                                // Only the decode this Pending stands for may settle it.
-                                if *s != (Spec::Pending { len }) {
-                                    return false;
-                                }
-                                *s = match result {
-                                    Some(Ok(t)) => Spec::Done { len, text: t.text },
-                                    _ => Spec::None,
-                                };
-                                true
-                            });
-                        }),
-                    );
+                    // Decode what is here now, at final quality: the
+                    // settled segments and the audio after them.
+                    let len = u.endpointer.position().min(total);
+                    self.speculate(&mut u, utterance, len);
                 }
                 VadEvent::Speech { .. } => {
                     // Speech again: a speculative decode (if any) stays, and
@@ -237,12 +270,81 @@ impl Live {
                 }
             }
         }
+        self.maybe_settle(&entry, &mut u, utterance);
         self.maybe_partial(&entry, &mut u, utterance);
     }
 
+    /// Queues the speculative final over the first `len` samples: the
+    /// settled segments as they are now, and a decode of the rest with
+    /// their text as the prompt.
+    fn speculate(&self, u: &mut Utterance, utterance: Uuid, len: usize) {
+        u.spec.send_replace(Spec::Pending { len });
+        let spec = u.spec.clone();
+        let (base, settled) = (u.base, u.settled.clone());
+        let previous = lanyard_stt::join_segment_texts(&settled);
+        let tail = u.pcm[..len.saturating_sub(base).min(u.pcm.len())].to_vec();
+        self.pool.draft_after(
+            utterance,
+            DraftKind::Speculative,
+            tail,
+            previous,
+            Box::new(move |result| {
+                spec.send_if_modified(|s| {
+                    // Only the decode this Pending stands for may settle it.
+                    if *s != (Spec::Pending { len }) {
+                        return false;
+                    }
+                    *s = match result {
+                        Some(Ok(t)) => Spec::Done { len, transcript: joined(settled, t, base) },
+                        _ => Spec::None,
+                    };
+                    true
+                });
+            }),
+        );
+    }
+
+    /// Settles a long utterance's audio while the user speaks (see the
+    /// module doc): one decode at a time, when `SettlePolicy` says so.
+    fn maybe_settle(&self, entry: &Arc<Mutex<Utterance>>, u: &mut Utterance, utterance: Uuid) {
+        let total = u.base + u.pcm.len();
+        let due = SettlePolicy::default().due(u.pcm.len(), total, u.settle_tried, RATE as u32);
+        if !due || u.settle_pending {
+            return;
+        }
+        u.settle_tried = total;
+        u.settle_pending = true;
+        let entry = Arc::downgrade(entry);
+        let base = u.base;
+        self.pool.draft_after(
+            utterance,
+            DraftKind::Settle,
+            u.pcm.clone(),
+            lanyard_stt::join_segment_texts(&u.settled),
+            Box::new(move |result| {
+                let Some(entry) = entry.upgrade() else { return };
+                let mut u = entry.lock().expect("live utterance poisoned");
+                u.settle_pending = false;
+                let Some(Ok(t)) = result else { return };
+                if u.closed || u.broken || u.overlong || u.base != base {
+                    return;
+                }
+                let done = ((t.audio_secs * RATE as f32).round() as usize).min(u.pcm.len());
+                let offset = base as f32 / RATE as f32;
+                u.settled.extend(t.segments.into_iter().map(|mut s| {
+                    s.shift(offset);
+                    s
+                }));
+                u.pcm.drain(..done);
+                u.base += done;
+                metrics::emit(metrics::Settled { secs: done as f64 / RATE as f64 });
+            }),
+        );
+    }
+
     fn maybe_partial(&self, entry: &Arc<Mutex<Utterance>>, u: &mut Utterance, utterance: Uuid) {
-        let len = u.pcm.len();
-        let due = len >= u.drafted + PARTIAL_EVERY.as_secs() as usize * RATE;
+        let len = u.base + u.pcm.len();
+        let due = len >= u.drafted + secs(PARTIAL_EVERY);
         // While the voice is on: in a pause the draft would only repeat
         // itself, and if the pause is the end it would hold the engine just
         // when the final needs it (on the ttfs bench, drafts started in
@@ -266,7 +368,11 @@ impl Live {
                 if u.closed {
                     return;
                 }
-                if let Some(text) = u.agreement.push(&t.text) {
+                // The draft is of the unsettled audio; the words settled
+                // since it was queued come first either way.
+                let settled = lanyard_stt::join_segment_texts(&u.settled);
+                let draft = format!("{settled} {}", t.text);
+                if let Some(text) = u.agreement.push(draft.trim()) {
                     hub.send(device, &ServerMsg::Partial { utterance, text });
                     metrics::emit(PartialSent);
                 }
@@ -295,6 +401,10 @@ impl Live {
             device,
             decoder,
             pcm: Vec::new(),
+            base: 0,
+            settled: Vec::new(),
+            settle_pending: false,
+            settle_tried: 0,
             frames: 0,
             broken: false,
             overlong: false,
@@ -310,43 +420,48 @@ impl Live {
         Some(e)
     }
 
-    /// The final transcript of `utterance`, complete at `frames` frames, if a
-    /// speculative decode already holds it: every frame was seen here, and no
-    /// speech came after the audio that was decoded. Waits for a speculative
-    /// decode still running. Forgets the utterance either way.
-    pub async fn take_final(&self, utterance: Uuid, frames: u32) -> Option<String> {
+    /// The final transcript of `utterance`, complete at `frames` frames, as
+    /// far as the live state holds it: the speculative decode, if every
+    /// frame was seen here and no speech came after the audio it decoded
+    /// (waiting for one still running); else, if every frame was seen here
+    /// and some of the audio was settled, the settled segments and where the
+    /// rest begins, for the pipeline to decode only that; else `None`, and
+    /// the pipeline decodes in full. Forgets the utterance either way.
+    pub async fn take_final(&self, utterance: Uuid, frames: u32) -> Option<LiveFinal> {
         let entry = self.utterances.lock().expect("live map poisoned").remove(&utterance)?;
         // Whether the speculative decode (over its first `len` samples) can
         // be the final: every frame came through here, and no speech after
         // its cut.
-        let (device, mut spec, pending_useful) = {
+        let (device, mut spec, pending_useful, rest) = {
             let mut u = entry.lock().expect("live utterance poisoned");
             u.closed = true;
             let complete = !u.broken && !u.overlong && u.frames == frames;
             let speech_end = u.endpointer.speech_end();
             let covers = |len: usize| complete && speech_end.is_some_and(|end| end <= len);
             let pending_useful = match &*u.spec.borrow() {
-                Spec::Done { len, text } if covers(*len) => return Some(text.clone()),
+                Spec::Done { len, transcript } if covers(*len) => return Some(LiveFinal::Done(transcript.clone())),
                 Spec::Pending { len } => covers(*len),
                 _ => false,
             };
-            (u.device, u.spec.subscribe(), pending_useful)
+            let rest = (complete && u.base > 0)
+                .then(|| LiveFinal::Rest { settled: std::mem::take(&mut u.settled), from: u.base });
+            (u.device, u.spec.subscribe(), pending_useful, rest)
         };
         if !pending_useful {
             // Partials and a useless speculative decode not started yet go;
-            // the pipeline decodes in full (after one already running).
+            // the pipeline decodes the rest or all (after one already running).
             self.pool.cancel(utterance);
-            return None;
+            return rest;
         }
         // Partials not started yet go; the speculative decode, if still
         // queued, becomes this utterance's final request in its device's
         // turn, and is waited for like one already running.
         self.pool.promote(utterance, device);
         let settled = tokio::time::timeout(SPECULATIVE_WAIT, spec.wait_for(|s| !matches!(s, Spec::Pending { .. }))).await;
-        let Ok(Ok(state)) = settled else { return None };
-        let Spec::Done { text, .. } = (*state).clone() else { return None };
+        let Ok(Ok(state)) = settled else { return rest };
+        let Spec::Done { transcript, .. } = (*state).clone() else { return rest };
         // A newer onset cannot come any more (the utterance is closed), and
         // this decode's cut was checked above.
-        Some(text)
+        Some(LiveFinal::Done(transcript))
     }
 }

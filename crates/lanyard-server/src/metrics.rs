@@ -60,6 +60,7 @@ const AUDIO_PURGED: &str = "lanyard_audio_purged_total";
 const DELETED_REFUSED: &str = "lanyard_deleted_refused_total";
 const STT_DRAFTS: &str = "lanyard_stt_drafts_total";
 const PARTIALS_SENT: &str = "lanyard_partials_sent_total";
+const SETTLED_MS: &str = "lanyard_stt_settled_audio_ms_total";
 const ENDPOINTS_SENT: &str = "lanyard_endpoints_sent_total";
 const FINALS: &str = "lanyard_finals_total";
 
@@ -111,6 +112,10 @@ fn describe() {
     describe_counter!(DELETED_REFUSED, "Opens, uploads and text posts of a deleted utterance, refused (410 gone).");
     describe_counter!(STT_DRAFTS, "Speculative and partial decodes, run or dropped, by kind and outcome.");
     describe_counter!(PARTIALS_SENT, "Partial transcripts sent down a stream.");
+    describe_counter!(
+        SETTLED_MS,
+        "Milliseconds of audio of long utterances settled while being spoken, so the final decodes only the rest."
+    );
     describe_counter!(ENDPOINTS_SENT, "Endpoint messages sent: the server's VAD heard speech stop.");
     describe_counter!(FINALS, "Final transcripts, by source: speculative (decoded at silence onset) or full.");
 }
@@ -315,6 +320,17 @@ impl InternalEvent for DraftSettled {
             DraftOutcome::Ended => "ended",
         };
         counter!(STT_DRAFTS, "kind" => self.kind.label(), "outcome" => outcome).increment(1);
+    }
+}
+
+/// Audio of an utterance being spoken was settled (`crate::live`).
+pub struct Settled {
+    pub secs: f64,
+}
+
+impl InternalEvent for Settled {
+    fn emit(self) {
+        counter!(SETTLED_MS).increment((self.secs * 1000.0).round() as u64);
     }
 }
 

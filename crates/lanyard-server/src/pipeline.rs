@@ -11,14 +11,16 @@
 
 use std::sync::Arc;
 
+use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{ServerMsg, UtteranceState};
+use lanyard_stt::Transcript;
 use lanyard_store::Store;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::audio::AudioStore;
 use crate::hub::Hub;
-use crate::live::Live;
+use crate::live::{Live, LiveFinal};
 use crate::metrics::{self, FinalTranscript, SttDequeued, SttQueued, Transcribed};
 use crate::stt_pool::SttPool;
 use crate::{now_ms, transcribe};
@@ -94,6 +96,34 @@ impl Pipeline {
 }
 
 impl Worker {
+    /// The final transcript of a complete utterance: from the live state
+    /// (the speculative decode, or the settled start and a decode of only
+    /// the rest), or else decoded in full from the stored audio.
+    async fn final_transcript(&self, id: Uuid, codec: Codec, device: Uuid, frames: u32) -> Result<Transcript, String> {
+        let (settled, from) = match self.live.take_final(id, frames).await {
+            Some(LiveFinal::Done(transcript)) => {
+                metrics::emit(FinalTranscript { speculative: true });
+                tracing::debug!("final from the speculative decode at silence onset");
+                return Ok(transcript);
+            }
+            Some(LiveFinal::Rest { settled, from }) => (settled, from),
+            None => (Vec::new(), 0),
+        };
+        let audio = self.audio.clone();
+        let pcm = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
+            let data = audio.read(device, id, frames).map_err(|e| format!("reading audio: {e}"))?;
+            lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice)).map_err(|e| format!("decoding audio: {e}"))
+        })
+        .await
+        .map_err(|e| format!("decoding task: {e}"))??;
+        let rest = pcm.get(from..).unwrap_or_default().to_vec();
+        let previous = lanyard_stt::join_segment_texts(&settled);
+        let transcript =
+            self.stt.transcribe_after(device, rest, previous).await.map_err(|e| format!("transcribing: {e}"))?;
+        metrics::emit(FinalTranscript { speculative: false });
+        Ok(LiveFinal::joined(settled, from, transcript))
+    }
+
     #[tracing::instrument(skip(self), fields(utterance = %id))]
     async fn process(&self, id: Uuid) -> Result<(), String> {
         let store_err = |e: lanyard_store::StoreError| e.to_string();
@@ -105,29 +135,9 @@ impl Worker {
                 return Err("a text-only utterance cannot be in state complete".into());
             };
             self.store.mark_stt_started(id, now_ms()).await.map_err(store_err)?;
-            let (audio, device, frames) = (self.audio.clone(), utt.device_id, utt.frames);
-            let transcript = match self.live.take_final(id, frames).await {
-                Some(text) => {
-                    metrics::emit(FinalTranscript { speculative: true });
-                    tracing::debug!("final from the speculative decode at silence onset");
-                    // `live` keeps only the text: one segment over the utterance.
-                    lanyard_stt::Transcript::untimed(text, frames as f32 * 0.02, 0.0)
-                }
-                None => {
-                    let pcm = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
-                        let data = audio.read(device, id, frames).map_err(|e| format!("reading audio: {e}"))?;
-                        lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice))
-                            .map_err(|e| format!("decoding audio: {e}"))
-                    })
-                    .await
-                    .map_err(|e| format!("decoding task: {e}"))??;
-                    let transcript =
-                        self.stt.transcribe(device, pcm).await.map_err(|e| format!("transcribing: {e}"))?;
-                    metrics::emit(FinalTranscript { speculative: false });
-                    transcript
-                }
-            };
-            let (transcript, segments) = (transcript.text.clone(), transcribe::wire_segments(&transcript.segments));
+            let final_transcript = self.final_transcript(id, codec, utt.device_id, utt.frames).await?;
+            let (transcript, segments) =
+                (final_transcript.text.clone(), transcribe::wire_segments(&final_transcript.segments));
             let done_ms = now_ms();
             self.store.set_transcript(id, &transcript, &segments, done_ms).await.map_err(store_err)?;
             if let Some(end_ms) = utt.timings.received_end_ms {

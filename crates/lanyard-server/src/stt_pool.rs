@@ -30,7 +30,9 @@
 //!
 //! - a newer request of the same kind for the same utterance replaces it
 //!   (`superseded`): a partial of 3 s of audio is worthless once 4 s are in;
-//! - it waited longer than [`DRAFT_MAX_WAIT`] (`stale`), because finals kept
+//! - it waited longer than [`DRAFT_MAX_WAIT`] (`stale`; not a settling
+//!   decode, which stays worth running however late, and of which an
+//!   utterance has one at a time), because finals kept
 //!   the engine busy: the server is past its capacity for partials;
 //! - its utterance ended first (`ended`).
 //!
@@ -69,6 +71,12 @@ pub enum DraftKind {
     Speculative,
     /// A quick decode for a partial transcript.
     Partial,
+    /// A decode of a long utterance still being spoken, of the audio not
+    /// settled yet: what comes back is settled for good
+    /// (`SpeechToText::transcribe_settled`). The transcript's `segments` are
+    /// the settled ones, timed from the start of the audio sent, and its
+    /// `audio_secs` is how much of that audio they account for.
+    Settle,
 }
 
 impl DraftKind {
@@ -76,6 +84,7 @@ impl DraftKind {
         match self {
             DraftKind::Speculative => "speculative",
             DraftKind::Partial => "partial",
+            DraftKind::Settle => "settle",
         }
     }
 }
@@ -85,6 +94,8 @@ pub type DraftDone = Box<dyn FnOnce(Option<Result<Transcript, SttError>>) + Send
 
 struct FinalJob {
     pcm: Vec<f32>,
+    /// Text settled before `pcm`; empty for a whole utterance.
+    previous: String,
     /// Word times wanted (`SpeechToText::transcribe_with_words`): such a
     /// final goes to the engine alone, since a batch cannot ask for them.
     words: bool,
@@ -104,6 +115,8 @@ struct DraftJob {
     utterance: Uuid,
     kind: DraftKind,
     pcm: Vec<f32>,
+    /// Text settled before `pcm` (its prompt), for speculative and settle decodes.
+    previous: String,
     queued: Instant,
     done: DraftDone,
 }
@@ -177,16 +190,22 @@ impl SttPool {
 
     /// Transcribes `pcm` as a final, in `device`'s turn.
     pub async fn transcribe(&self, device: Uuid, pcm: Vec<f32>) -> Result<Transcript, SttError> {
-        self.final_job(device, pcm, false).await
+        self.transcribe_after(device, pcm, String::new()).await
+    }
+
+    /// Transcribes `pcm`, the rest of an utterance whose start was settled
+    /// as `previous`, as a final in `device`'s turn.
+    pub async fn transcribe_after(&self, device: Uuid, pcm: Vec<f32>, previous: String) -> Result<Transcript, SttError> {
+        self.final_job(device, pcm, previous, false).await
     }
 
     /// Like [`SttPool::transcribe`], with word times where the engine can
     /// give them (`SpeechToText::transcribe_with_words`).
     pub async fn transcribe_with_words(&self, device: Uuid, pcm: Vec<f32>) -> Result<Transcript, SttError> {
-        self.final_job(device, pcm, true).await
+        self.final_job(device, pcm, String::new(), true).await
     }
 
-    async fn final_job(&self, device: Uuid, pcm: Vec<f32>, words: bool) -> Result<Transcript, SttError> {
+    async fn final_job(&self, device: Uuid, pcm: Vec<f32>, previous: String, words: bool) -> Result<Transcript, SttError> {
         let (done, rx) = oneshot::channel();
         {
             let mut q = self.shared.queues.lock().expect("stt pool poisoned");
@@ -194,7 +213,7 @@ impl SttPool {
                 return Err(stopped());
             }
             let queue = q.finals.entry(device).or_default();
-            queue.push_back(FinalJob { pcm, words, done: FinalDone::Caller(done) });
+            queue.push_back(FinalJob { pcm, previous, words, done: FinalDone::Caller(done) });
             if queue.len() == 1 {
                 q.turns.push_back(device);
             }
@@ -207,7 +226,13 @@ impl SttPool {
     /// is dropped (see the module doc). Replaces a waiting draft of the same
     /// kind for the same utterance.
     pub fn draft(&self, utterance: Uuid, kind: DraftKind, pcm: Vec<f32>, done: DraftDone) {
-        let job = DraftJob { utterance, kind, pcm, queued: Instant::now(), done };
+        self.draft_after(utterance, kind, pcm, String::new(), done);
+    }
+
+    /// [`SttPool::draft`] of audio that follows `previous`, the text settled
+    /// before it (see `SpeechToText::transcribe_after`).
+    pub fn draft_after(&self, utterance: Uuid, kind: DraftKind, pcm: Vec<f32>, previous: String, done: DraftDone) {
+        let job = DraftJob { utterance, kind, pcm, previous, queued: Instant::now(), done };
         let replaced = {
             let mut q = self.shared.queues.lock().expect("stt pool poisoned");
             if q.closed {
@@ -240,7 +265,7 @@ impl SttPool {
             let promoted = !spec.is_empty();
             for d in spec {
                 let queue = q.finals.entry(device).or_default();
-                queue.push_back(FinalJob { pcm: d.pcm, words: false, done: FinalDone::Promoted(d.done) });
+                queue.push_back(FinalJob { pcm: d.pcm, previous: d.previous, words: false, done: FinalDone::Promoted(d.done) });
                 if queue.len() == 1 {
                     q.turns.push_back(device);
                 }
@@ -307,14 +332,14 @@ fn work(shared: &Shared) {
                 }
                 let now = Instant::now();
                 let (fresh, old) =
-                    std::mem::take(&mut q.drafts).into_iter().partition(|d| now.duration_since(d.queued) <= DRAFT_MAX_WAIT);
+                    std::mem::take(&mut q.drafts).into_iter().partition(|d| d.kind == DraftKind::Settle || now.duration_since(d.queued) <= DRAFT_MAX_WAIT);
                 q.drafts = fresh;
                 stale.extend(old);
                 let pick = q
                     .drafts
                     .iter()
                     .enumerate()
-                    .min_by_key(|(_, d)| (d.kind != DraftKind::Speculative, d.queued))
+                    .min_by_key(|(_, d)| (draft_rank(d.kind), d.queued))
                     .map(|(i, _)| i);
                 if let Some(i) = pick {
                     break Job::Draft(q.drafts.remove(i));
@@ -340,6 +365,11 @@ fn work(shared: &Shared) {
                 let results = match jobs.as_slice() {
                     // Asked for words: alone (see `FinalJob::words`).
                     [job] if job.words => vec![guarded(|| shared.stt.transcribe_with_words(&job.pcm)).and_then(|r| r)],
+                    // A promoted tail of a long utterance: its prompt matters.
+                    _ if jobs.iter().any(|j| !j.previous.is_empty()) => jobs
+                        .iter()
+                        .map(|j| guarded(|| shared.stt.transcribe_after(&j.pcm, &j.previous)).and_then(|r| r))
+                        .collect(),
                     _ => guarded(|| shared.stt.transcribe_batch(&pcms))
                         .unwrap_or_else(|e| pcms.iter().map(|_| Err(e.clone_message())).collect()),
                 };
@@ -357,8 +387,11 @@ fn work(shared: &Shared) {
             }
             Job::Draft(job) => {
                 let result = guarded(|| match job.kind {
-                    DraftKind::Speculative => shared.stt.transcribe(&job.pcm),
+                    DraftKind::Speculative => shared.stt.transcribe_after(&job.pcm, &job.previous),
                     DraftKind::Partial => shared.stt.transcribe_draft(&job.pcm),
+                    DraftKind::Settle => shared.stt.transcribe_settled(&job.pcm, &job.previous).map(|(segments, settled)| {
+                        Transcript::from_segments(segments, settled as f32 / 16_000.0, 0.0)
+                    }),
                 })
                 .and_then(|r| r);
                 metrics::emit(DraftSettled { kind: job.kind, outcome: DraftOutcome::Run });
@@ -366,6 +399,17 @@ fn work(shared: &Shared) {
                 let _ = guarded(move || done(Some(result)));
             }
         }
+    }
+}
+
+/// Which waiting draft runs first: speculative decodes (one may be the
+/// final), then settling (it keeps a long utterance's final short), then
+/// partials.
+fn draft_rank(kind: DraftKind) -> u8 {
+    match kind {
+        DraftKind::Speculative => 0,
+        DraftKind::Settle => 1,
+        DraftKind::Partial => 2,
     }
 }
 
