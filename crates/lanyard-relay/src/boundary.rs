@@ -14,15 +14,16 @@
 //! The endpoint names the frame count the server had when it heard speech
 //! stop (`k`), and it arrives later than that: by then the relay may have
 //! spooled more frames of the utterance (`k..N`), often the onset of the
-//! next sentence. The server transcribes an utterance that got an endpoint
-//! only up to `k`, so those frames would be heard by no one, and the next
-//! utterance would start mid-word. Instead the tracker carries them: it
+//! next sentence. Left there, the next utterance would start mid-word and
+//! lose its first syllable. Instead the tracker carries them: it
 //! begins the next utterance at once and tells the shell to copy frames
 //! `k..N` of the ended one into it ([`Step::Carry`]), before anything the
 //! pendant sends next. The ended utterance still holds (and the uplink
-//! still sends) all `N` frames: what the server holds is never rewritten,
-//! and the server alone decides to stop transcribing at `k`. So each frame
-//! is transcribed once: the ended utterance's `0..k`, all of the next.
+//! still sends) all `N` frames: what the server holds is never rewritten
+//! (the server transcribes both whole for now, so a carried fragment may be
+//! heard twice, never lost). A server that transcribes the ended utterance
+//! only up to `k` would hear each frame once: the proptest below checks
+//! that against such a model server.
 //!
 //! The server takes at most [`MAX_UTTERANCE_FRAMES`] frames (10 minutes) in
 //! one utterance, and closes a stream that sends more (4002). An Omi pendant

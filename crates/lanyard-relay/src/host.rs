@@ -33,11 +33,11 @@
 //! utterance begins at once and starts with copies of those frames, read
 //! back from the spool and appended with one `write()` each, in order,
 //! before any frame the pendant sends next. The ended utterance keeps its
-//! copies too and is sent whole; the server transcribes it only up to the
-//! split, so every frame is transcribed once.
+//! copies too and is sent whole (the server transcribes it whole, so a
+//! carried fragment may be heard twice, but never lost).
 //!
-//! A kill between those writes would lose the frames not yet copied: the
-//! ended utterance is transcribed only up to the split. So the carry is
+//! A kill between those writes would leave the next utterance without the
+//! frames not yet copied, its first syllable cut again. So the carry is
 //! written down first, in the spool directory's `carry` file, and removed
 //! once the copies are in the spool; [`open`] finishes a carry it finds
 //! there (ending the old utterance, beginning the new one, copying what is
