@@ -412,7 +412,9 @@ impl WhisperCt2 {
             if best.temperature > self.config.prompt_reset_on_temperature {
                 prompt_tokens.clear();
             } else {
-                prompt_tokens.extend(split.segments.iter().flat_map(|s| s.tokens.iter().copied()));
+                let (eot, ts) = (self.specials.eot, self.specials.timestamp_begin);
+                let raw = split.segments.iter().flat_map(|s| s.raw.iter().copied());
+                prompt_tokens.extend(raw.filter(|&id| id < eot || id >= ts));
             }
             out.segments.extend(found.into_iter().filter(|s| !s.text.is_empty()));
             seek += split.advance;
@@ -448,13 +450,23 @@ impl WhisperCt2 {
         if self.config.condition_on_previous_text && !previous.is_empty() {
             prompt.push("<|startofprev|>".to_owned());
             let from = previous.len().saturating_sub(MAX_PROMPT_TOKENS);
-            prompt.extend(previous[from..].iter().filter_map(|&id| self.tokenizer.id_to_token(id)));
+            prompt.extend(previous[from..].iter().filter_map(|&id| self.token_string(id)));
         }
         prompt.extend(self.prompt.iter().map(|t| (*t).to_owned()));
         if draft {
             prompt.push("<|notimestamps|>".to_owned());
         }
         prompt
+    }
+
+    /// The vocabulary entry of `id`: timestamps are written `<|1.50|>`
+    /// (tokenizer.json may not list them; CTranslate2's vocabulary does).
+    fn token_string(&self, id: u32) -> Option<String> {
+        if id >= self.specials.timestamp_begin {
+            let secs = (id - self.specials.timestamp_begin) as f32 * TIME_PRECISION;
+            return Some(format!("<|{secs:.2}|>"));
+        }
+        self.tokenizer.id_to_token(id)
     }
 
     /// The text tokens of `text` as Whisper writes them (with their leading

@@ -28,6 +28,11 @@ pub struct TokenSegment {
     pub end: u32,
     /// Text tokens only (no timestamps, no special tokens).
     pub tokens: Vec<u32>,
+    /// The segment's tokens as generated, timestamps included: what the
+    /// next window's prompt is made of, as in OpenAI's and faster-whisper's
+    /// loops (a prompt without timestamps makes the decoder drop them, and
+    /// then stop early).
+    pub raw: Vec<u32>,
     /// A timestamp ends this segment.
     pub closed: bool,
 }
@@ -67,7 +72,7 @@ pub fn split(tokens: &[u32], timestamp_begin: u32, eot: u32, content_frames: usi
         let segments = if text.is_empty() {
             Vec::new()
         } else {
-            vec![TokenSegment { start: first_ts.min(end), end, tokens: text, closed: single_ending }]
+            vec![TokenSegment { start: first_ts.min(end), end, tokens: text, raw: tokens.to_vec(), closed: single_ending }]
         };
         return Split { segments, advance: content_frames.max(1) };
     }
@@ -90,7 +95,7 @@ pub fn split(tokens: &[u32], timestamp_begin: u32, eot: u32, content_frames: usi
         // A timestamp past the audio is the decoder running on into the
         // padding: clamp it to the audio.
         let end = end.min(max_step).max(start.min(max_step));
-        segments.push(TokenSegment { start: start.min(end), end, tokens: text, closed: true });
+        segments.push(TokenSegment { start: start.min(end), end, tokens: text, raw: slice.to_vec(), closed: true });
     }
     let advance = if single_ending {
         content_frames
@@ -167,7 +172,10 @@ mod tests {
     #[test]
     fn no_pair_is_one_segment_to_the_last_timestamp() {
         let s = split(&[ts(10), 1, 2, ts(80)], TS, EOT, 1000);
-        assert_eq!(s.segments, vec![TokenSegment { start: 10, end: 80, tokens: vec![1, 2], closed: true }]);
+        assert_eq!(
+            s.segments,
+            vec![TokenSegment { start: 10, end: 80, tokens: vec![1, 2], raw: vec![ts(10), 1, 2, ts(80)], closed: true }]
+        );
         assert_eq!(s.advance, 1000);
         let s = split(&[ts(10), 1, 2], TS, EOT, 1000);
         assert_eq!(s.segments[0].end, 500);
