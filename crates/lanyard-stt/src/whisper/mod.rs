@@ -684,7 +684,12 @@ impl WhisperCt2 {
         let hop = self.front_end.hop_length();
         let margin = (SETTLE_MARGIN_SECS * self.preprocessor.sampling_rate as f32) as usize;
         let cap = (pcm16k.len().saturating_sub(margin) / hop) * hop;
-        let settled = if decoded.segments.is_empty() { decoded.settled_samples.min(cap) } else { decoded.settled_samples };
+        // Never past the last settled segment's end, never into the margin
+        // beyond it (silence there may be a word's start the VAD has not
+        // confirmed yet).
+        let rate = self.preprocessor.sampling_rate as f32;
+        let last_end = decoded.segments.last().map_or(0, |s| ((s.end * rate) as usize / hop) * hop);
+        let settled = decoded.settled_samples.min(cap.max(last_end));
         Ok((decoded.segments, settled))
     }
 
@@ -769,7 +774,7 @@ impl WhisperCt2 {
         let windows: Vec<usize> = content.iter().map(|&c| self.window_frames(c)).collect();
         let batchable = content.iter().all(|&c| c > 0 && c <= self.preprocessor.nb_max_frames)
             && windows.iter().all(|&w| w == windows[0])
-            && batch.iter().all(|pcm| check_finite(pcm).is_ok() && voiced_frames(pcm).first() == Some(&true));
+            && batch.iter().all(|pcm| check_finite(pcm).is_ok() && self.decodes_from_the_start(pcm));
         if !batchable {
             return one_by_one();
         }
@@ -792,6 +797,17 @@ impl WhisperCt2 {
                 one_by_one()
             }
         }
+    }
+
+    /// Whether the long-form loop would start `pcm`'s first window at its
+    /// start: it holds voice, and no second of silence comes first. Only
+    /// such utterances batch, so a batch decodes what `transcribe` would.
+    fn decodes_from_the_start(&self, pcm: &[f32]) -> bool {
+        let hop = self.front_end.hop_length();
+        let fps = self.preprocessor.sampling_rate as f32 / hop as f32;
+        Voice::of(pcm, hop)
+            .first_from(0, pcm.len() / hop)
+            .is_some_and(|first| first < (VAD_MIN_SKIP_SECS * fps) as usize)
     }
 
     /// The batch's segments; `None` for an item to decode on its own.
