@@ -23,8 +23,10 @@
 //!   rest of the audio decoded), settling decodes when
 //!   `SettlePolicy::default()` says so, and greedy partial drafts of the
 //!   unsettled audio each second while the voice is on, in that priority
-//!   order (as `stt_pool` orders them). A settling decode's segments count
-//!   from the moment it finishes. At the end of the audio the final is the
+//!   order (as `live` and `stt_pool` do; a partial or speculative decode
+//!   that waited over 2 s is dropped, as there). A settling decode's
+//!   segments count from the moment it finishes. At the end of the audio
+//!   the final is the
 //!   newest speculative decode if it covers all the speech, else a decode of
 //!   the unsettled rest once the engine is free. TTFS runs from the end of
 //!   the audio to the end of that decode.
@@ -39,10 +41,15 @@
 //!
 //! ```text
 //! pip install faster-whisper          # once; brings ctranslate2, no model
-//! cargo bench -p lanyard-stt --bench longform
+//! cargo test -p lanyard-stt --bench longform   # the dev profile: one CTranslate2 build
 //! ```
 //!
-//! `LANYARD_BENCH_LIMIT=N` runs the first N passages only (a quick look).
+//! (`cargo bench` works too, but builds CTranslate2 a second time, in the
+//! release profile: about 16 minutes on 2 cores.)
+//!
+//! `LANYARD_BENCH_LIMIT=N` runs the first N passages only, and
+//! `LANYARD_BENCH_ONLY=name,name` the named ones (a quick look; the
+//! figures to report come from the whole set).
 
 #[path = "long_set/mod.rs"]
 mod long_set;
@@ -64,6 +71,8 @@ const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/faster_whispe
 /// Samples in one relay send round: 200 ms of audio.
 const BATCH_SAMPLES: usize = 3_200;
 const RATE: f64 = 16_000.0;
+/// `lanyard-server`'s `stt_pool::DRAFT_MAX_WAIT`.
+const DRAFT_MAX_WAIT_SECS: f64 = 2.0;
 
 struct Result_ {
     secs: f64,
@@ -75,6 +84,11 @@ fn main() {
     let mut passages = long_set::passages();
     if let Some(limit) = std::env::var("LANYARD_BENCH_LIMIT").ok().and_then(|v| v.parse::<usize>().ok()) {
         passages.truncate(limit.max(1));
+    }
+    if let Ok(only) = std::env::var("LANYARD_BENCH_ONLY") {
+        let names: Vec<&str> = only.split(',').map(str::trim).collect();
+        passages.retain(|p| names.contains(&p.name.as_str()));
+        assert!(!passages.is_empty(), "LANYARD_BENCH_ONLY={only} names no passage of the set");
     }
     let config = WhisperConfig::default();
     let engine = WhisperCt2::load(&model_dir, config.clone()).expect("load the model");
@@ -278,6 +292,11 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                 return;
             }
             let job = queue.remove(i);
+            // As `stt_pool` does: a partial or speculative decode that waited
+            // longer than DRAFT_MAX_WAIT (2 s) is dropped; settling never is.
+            if job.kind != Kind::Settle && start - job.queued > DRAFT_MAX_WAIT_SECS {
+                continue;
+            }
             let audio = &samples[job.base..job.len.max(job.base)];
             let previous = join_segment_texts(&job.settled);
             let t = Instant::now();
