@@ -44,13 +44,15 @@
 //! [`LIVE_MAX_AUDIO`] of audio that is not settled (if settling falls that
 //! far behind, partials stop, its samples are freed, its final is decoded
 //! in full, and only the endpointer goes on): 30 s of samples is 1.9 MB, so
-//! the whole live state stays under about 125 MB. State not fed for [`LIVE_IDLE`] is
-//! forgotten, so a stream that never comes back does not hold memory.
+//! the whole live state stays under about 125 MB. State not fed for
+//! [`LIVE_IDLE`] is forgotten, so a stream that never comes back does not
+//! hold memory.
 //!
-//! The words the partials agreed on are not forced on the final decode
-//! (given as the previous text, `SpeechToText::transcribe_after`): they come from greedy drafts of
-//! the first seconds, which often mishear the first word, and forcing them
-//! cost 2.2 points of WER on the `ttfs` bench's reference set.
+//! The words the partials agreed on are not given to the final decode:
+//! they come from greedy drafts of the first seconds, which often mishear
+//! the first word, and forcing them as its start cost 2.2 points of WER on
+//! the `ttfs` bench's reference set. Only settled segments (decoded at final
+//! quality) are given, as the previous text (`SpeechToText::transcribe_after`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
