@@ -364,12 +364,15 @@ impl WhisperCt2 {
         let max_frames = self.preprocessor.nb_max_frames;
         let content = pcm.len() / hop;
         let voice = Voice::of(pcm, hop);
-        // One spectrogram over the whole input and a window of silence
-        // after it, as faster-whisper computes it: the loudness
-        // normalisation is global and every window is a slice.
-        let mut padded = Vec::with_capacity(pcm.len() + max_frames * hop);
+        // One spectrogram over the whole input and the silence the last
+        // window may need after it (the floor, at most), as faster-whisper
+        // computes it: the loudness normalisation is global and every window
+        // is a slice. More padding would change nothing but the cost: the
+        // loudest bin is in the audio, and no window reaches further.
+        let pad = (self.window_frames(0) + 2) * hop;
+        let mut padded = Vec::with_capacity(pcm.len() + pad);
         padded.extend_from_slice(pcm);
-        padded.resize(pcm.len() + max_frames * hop, 0.0);
+        padded.resize(pcm.len() + pad, 0.0);
         let features = self.front_end.log_mel(&padded);
 
         let mut prompt_tokens = self.text_tokens(pass.previous_text)?;
@@ -817,7 +820,7 @@ impl WhisperCt2 {
         let mut n_mels = 0;
         for pcm in batch {
             let mut padded = pcm.to_vec();
-            padded.resize((window + self.preprocessor.nb_max_frames) * hop, 0.0);
+            padded.resize((window + 2) * hop, 0.0);
             let features = self.front_end.log_mel(&padded).frames(0, window);
             n_mels = features.n_mels;
             data.extend_from_slice(&features.data);
