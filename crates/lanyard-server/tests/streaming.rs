@@ -60,6 +60,12 @@ struct Heard {
 /// Streams `frames` 20 ms apart (as a relay does, in 200 ms batches), ends
 /// the utterance, and reads everything until the reply.
 async fn stream(h: &Harness, frames: &[Vec<u8>]) -> Heard {
+    stream_at(h, frames, 1).await
+}
+
+/// [`stream`], `speed` times faster than real time (a relay catching up
+/// after a network cut sends that way).
+async fn stream_at(h: &Harness, frames: &[Vec<u8>], speed: u64) -> Heard {
     let ws = h.ws(&h.token_a).await;
     let (mut tx, mut rx) = ws.split();
     let id = Uuid::now_v7();
@@ -89,7 +95,7 @@ async fn stream(h: &Harness, frames: &[Vec<u8>]) -> Heard {
         }
     });
     for (batch_no, batch) in frames.chunks(10).enumerate() {
-        tokio::time::sleep_until((start + Duration::from_millis(200 * (batch_no as u64 + 1))).into()).await;
+        tokio::time::sleep_until((start + Duration::from_millis(200 * (batch_no as u64 + 1) / speed)).into()).await;
         for (i, f) in batch.iter().enumerate() {
             let seq = (batch_no * 10 + i) as u32;
             tx.send(Message::binary(wire::encode_audio(&Audio { handle: 1, seq, frame: f }))).await.unwrap();
@@ -164,35 +170,6 @@ async fn speech_after_the_pause_makes_the_final_decode_everything() {
     h.server.stop().await;
 }
 
-/// Streams `frames` `speed` times faster than real time (a relay catching
-/// up after a network cut sends that way), ends the utterance, and returns
-/// the final text.
-async fn stream_fast(h: &Harness, frames: &[Vec<u8>], speed: u64) -> Heard {
-    let ws = h.ws(&h.token_a).await;
-    let (mut tx, mut rx) = ws.split();
-    let id = Uuid::now_v7();
-    tx.send(Message::text(ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }.to_json())).await.unwrap();
-    let start = Instant::now();
-    for (batch_no, batch) in frames.chunks(10).enumerate() {
-        tokio::time::sleep_until((start + Duration::from_millis(200 * (batch_no as u64 + 1) / speed)).into()).await;
-        for (i, f) in batch.iter().enumerate() {
-            let seq = (batch_no * 10 + i) as u32;
-            tx.send(Message::binary(wire::encode_audio(&Audio { handle: 1, seq, frame: f }))).await.unwrap();
-        }
-    }
-    let audio_done = start.elapsed();
-    tx.send(Message::text(ClientMsg::End { utterance: id, frames: frames.len() as u32 }.to_json())).await.unwrap();
-    let sent = Instant::now();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(120), rx.next()).await.expect("server answers").unwrap().unwrap();
-        if let Message::Text(t) = m
-            && let ServerMsg::Final { text, .. } = wire::parse_server_text(&t).unwrap()
-        {
-            return Heard { partials: vec![], endpoints: vec![], final_text: text, end_to_final: sent.elapsed(), audio_done };
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_monologue_is_settled_while_spoken_and_keeps_every_sentence() {
     let _turn = SERIAL.lock().await;
@@ -221,7 +198,7 @@ async fn a_long_monologue_is_settled_while_spoken_and_keeps_every_sentence() {
     let audio = frames(&parts);
     let settled_before = counter(&h.url, "lanyard_stt_settled_audio_ms_total").await;
 
-    let heard = stream_fast(&h, &audio, 2).await;
+    let heard = stream_at(&h, &audio, 2).await;
     eprintln!("{} s of audio; final after end {:?}: {:?}", audio.len() as f32 * 0.02, heard.end_to_final, heard.final_text);
     assert!(audio.len() as f32 * 0.02 > 30.0, "the monologue is over 30 s");
     let spoken: Vec<String> = sentences.iter().map(|s| s.to_string()).collect();
