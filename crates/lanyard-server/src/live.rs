@@ -52,7 +52,7 @@
 //! they come from greedy drafts of the first seconds, which often mishear
 //! the first word, and forcing them as its start cost 2.2 points of WER on
 //! the `ttfs` bench's reference set. Only settled segments (decoded at final
-//! quality) are given, as the previous text (`SpeechToText::transcribe_after`).
+//! quality) are given, with their times, as the prompt (`SpeechToText::transcribe_after`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -278,18 +278,17 @@ impl Live {
 
     /// Queues the speculative final over the first `len` samples: the
     /// settled segments as they are now, and a decode of the rest with
-    /// their text as the prompt.
+    /// them as the prompt.
     fn speculate(&self, u: &mut Utterance, utterance: Uuid, len: usize) {
         u.spec.send_replace(Spec::Pending { len });
         let spec = u.spec.clone();
         let (base, settled) = (u.base, u.settled.clone());
-        let previous = lanyard_stt::join_segment_texts(&settled);
         let tail = u.pcm[..len.saturating_sub(base).min(u.pcm.len())].to_vec();
         self.pool.draft_after(
             utterance,
             DraftKind::Speculative,
             tail,
-            previous,
+            settled.clone(),
             Box::new(move |result| {
                 spec.send_if_modified(|s| {
                     // Only the decode this Pending stands for may settle it.
@@ -322,7 +321,7 @@ impl Live {
             utterance,
             DraftKind::Settle,
             u.pcm.clone(),
-            lanyard_stt::join_segment_texts(&u.settled),
+            u.settled.clone(),
             Box::new(move |result| {
                 let Some(entry) = entry.upgrade() else { return };
                 let mut u = entry.lock().expect("live utterance poisoned");

@@ -117,9 +117,8 @@ impl Worker {
         .await
         .map_err(|e| format!("decoding task: {e}"))??;
         let rest = pcm.get(from..).unwrap_or_default().to_vec();
-        let previous = lanyard_stt::join_segment_texts(&settled);
         let transcript =
-            self.stt.transcribe_after(device, rest, previous).await.map_err(|e| format!("transcribing: {e}"))?;
+            self.stt.transcribe_after(device, rest, settled.clone()).await.map_err(|e| format!("transcribing: {e}"))?;
         metrics::emit(FinalTranscript { speculative: false });
         Ok(LiveFinal::joined(settled, from, transcript))
     }

@@ -52,7 +52,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use lanyard_stt::{MAX_BATCH, SpeechToText, SttError, Transcript};
+use lanyard_stt::{MAX_BATCH, Segment, SpeechToText, SttError, Transcript};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -94,8 +94,8 @@ pub type DraftDone = Box<dyn FnOnce(Option<Result<Transcript, SttError>>) + Send
 
 struct FinalJob {
     pcm: Vec<f32>,
-    /// Text settled before `pcm`; empty for a whole utterance.
-    previous: String,
+    /// Segments settled before `pcm` (its prompt); empty for a whole utterance.
+    previous: Vec<Segment>,
     /// Word times wanted (`SpeechToText::transcribe_with_words`): such a
     /// final goes to the engine alone, since a batch cannot ask for them.
     words: bool,
@@ -115,8 +115,8 @@ struct DraftJob {
     utterance: Uuid,
     kind: DraftKind,
     pcm: Vec<f32>,
-    /// Text settled before `pcm` (its prompt), for speculative and settle decodes.
-    previous: String,
+    /// Segments settled before `pcm` (its prompt), for speculative and settle decodes.
+    previous: Vec<Segment>,
     queued: Instant,
     done: DraftDone,
 }
@@ -190,22 +190,22 @@ impl SttPool {
 
     /// Transcribes `pcm` as a final, in `device`'s turn.
     pub async fn transcribe(&self, device: Uuid, pcm: Vec<f32>) -> Result<Transcript, SttError> {
-        self.transcribe_after(device, pcm, String::new()).await
+        self.transcribe_after(device, pcm, Vec::new()).await
     }
 
     /// Transcribes `pcm`, the rest of an utterance whose start was settled
     /// as `previous`, as a final in `device`'s turn.
-    pub async fn transcribe_after(&self, device: Uuid, pcm: Vec<f32>, previous: String) -> Result<Transcript, SttError> {
+    pub async fn transcribe_after(&self, device: Uuid, pcm: Vec<f32>, previous: Vec<Segment>) -> Result<Transcript, SttError> {
         self.final_job(device, pcm, previous, false).await
     }
 
     /// Like [`SttPool::transcribe`], with word times where the engine can
     /// give them (`SpeechToText::transcribe_with_words`).
     pub async fn transcribe_with_words(&self, device: Uuid, pcm: Vec<f32>) -> Result<Transcript, SttError> {
-        self.final_job(device, pcm, String::new(), true).await
+        self.final_job(device, pcm, Vec::new(), true).await
     }
 
-    async fn final_job(&self, device: Uuid, pcm: Vec<f32>, previous: String, words: bool) -> Result<Transcript, SttError> {
+    async fn final_job(&self, device: Uuid, pcm: Vec<f32>, previous: Vec<Segment>, words: bool) -> Result<Transcript, SttError> {
         let (done, rx) = oneshot::channel();
         {
             let mut q = self.shared.queues.lock().expect("stt pool poisoned");
@@ -226,12 +226,12 @@ impl SttPool {
     /// is dropped (see the module doc). Replaces a waiting draft of the same
     /// kind for the same utterance.
     pub fn draft(&self, utterance: Uuid, kind: DraftKind, pcm: Vec<f32>, done: DraftDone) {
-        self.draft_after(utterance, kind, pcm, String::new(), done);
+        self.draft_after(utterance, kind, pcm, Vec::new(), done);
     }
 
-    /// [`SttPool::draft`] of audio that follows `previous`, the text settled
-    /// before it (see `SpeechToText::transcribe_after`).
-    pub fn draft_after(&self, utterance: Uuid, kind: DraftKind, pcm: Vec<f32>, previous: String, done: DraftDone) {
+    /// [`SttPool::draft`] of audio that follows `previous`, the segments
+    /// settled before it (see `SpeechToText::transcribe_after`).
+    pub fn draft_after(&self, utterance: Uuid, kind: DraftKind, pcm: Vec<f32>, previous: Vec<Segment>, done: DraftDone) {
         let job = DraftJob { utterance, kind, pcm, previous, queued: Instant::now(), done };
         let replaced = {
             let mut q = self.shared.queues.lock().expect("stt pool poisoned");

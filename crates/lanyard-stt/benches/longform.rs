@@ -49,7 +49,10 @@
 //!
 //! `LANYARD_BENCH_LIMIT=N` runs the first N passages only, and
 //! `LANYARD_BENCH_ONLY=name,name` the named ones (a quick look; the
-//! figures to report come from the whole set).
+//! figures to report come from the whole set). `LANYARD_BENCH_TRACE=1`
+//! prints every job of the streamed replay (when it was queued, started,
+//! how long it took, what a settling decode settled) and both transcripts
+//! of each passage: how to see why a passage streams slowly.
 
 #[path = "long_set/mod.rs"]
 mod long_set;
@@ -62,7 +65,7 @@ use std::time::Instant;
 
 use lanyard_stt::{
     EndpointConfig, Endpointer, Segment, SettlePolicy, SpeechToText, Transcript, VadEvent, WhisperConfig, WhisperCt2,
-    join_segment_texts, sentences::sentence_coverage, word_error_rate,
+    sentences::sentence_coverage, word_error_rate,
 };
 use reference_set::{cpu_model, load_average, model_dir, percentile};
 
@@ -122,6 +125,9 @@ fn main() {
         let text = engine.transcribe(&p.pcm16k).expect("transcribe (a)").text;
         whole.push(Result_ { secs: t.elapsed().as_secs_f64(), text });
         let (ttfs, transcript, settled) = replay(&engine, &p.pcm16k);
+        if std::env::var_os("LANYARD_BENCH_TRACE").is_some() {
+            eprintln!("  (a) {}\n  (c) {}", whole[i].text, transcript.text);
+        }
         streamed.push((Result_ { secs: ttfs, text: transcript.text }, settled));
         eprintln!(
             "  {}/{} {} ({:.0} s): whole {:.1} s, fw {:.1} s, streamed TTFS {:.2} s ({:.0} s settled before the end)",
@@ -277,6 +283,7 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
     let mut settle_busy = false;
     let mut spec_done: Option<(f64, usize, Transcript)> = None;
     let (mut received, mut drafted, mut tried) = (0usize, 0usize, 0usize);
+    let trace = std::env::var_os("LANYARD_BENCH_TRACE").is_some();
 
     let run_until = |now: f64,
                          queue: &mut Vec<Job>,
@@ -298,20 +305,33 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                 continue;
             }
             let audio = &samples[job.base..job.len.max(job.base)];
-            let previous = join_segment_texts(&job.settled);
+            let previous = job.settled.as_slice();
             let t = Instant::now();
             match job.kind {
                 Kind::Speculative => {
-                    let tail = engine.transcribe_after(audio, &previous).expect("speculative");
+                    let tail = engine.transcribe_after(audio, previous).expect("speculative");
                     *free_at = start + t.elapsed().as_secs_f64();
                     let mut segs = job.settled.clone();
                     segs.extend(tail.shifted(job.base as f32 / RATE as f32).segments);
+                    if trace {
+                        eprintln!(
+                            "  spec   queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}..{:5.2}",
+                            job.queued, start, t.elapsed().as_secs_f64(), job.base as f64 / RATE, job.len as f64 / RATE
+                        );
+                    }
                     *spec_done = Some((*free_at, job.len, Transcript::from_segments(segs, 0.0, 0.0)));
                 }
                 Kind::Settle => {
-                    let (segs, done) = engine.transcribe_settled(audio, &previous).expect("settle");
+                    let (segs, done) = engine.transcribe_settled(audio, previous).expect("settle");
                     *free_at = start + t.elapsed().as_secs_f64();
                     let offset = job.base as f32 / RATE as f32;
+                    if trace {
+                        eprintln!(
+                            "  settle queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}..{:5.2} settles {:5.2} s in {} segs {:?}",
+                            job.queued, start, t.elapsed().as_secs_f64(), job.base as f64 / RATE, job.len as f64 / RATE,
+                            done as f64 / RATE, segs.len(), segs.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>()
+                        );
+                    }
                     let segs = segs
                         .into_iter()
                         .map(|mut s| {
@@ -324,6 +344,12 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                 Kind::Partial => {
                     engine.transcribe_draft(audio).expect("draft");
                     *free_at = start + t.elapsed().as_secs_f64();
+                    if trace {
+                        eprintln!(
+                            "  draft  queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}",
+                            job.queued, start, t.elapsed().as_secs_f64(), audio.len() as f64 / RATE
+                        );
+                    }
                 }
             }
         }
@@ -380,7 +406,7 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
         _ => {
             let start = free_at.max(end);
             let t = Instant::now();
-            let rest = engine.transcribe_after(&samples[base..], &join_segment_texts(&settled)).expect("final");
+            let rest = engine.transcribe_after(&samples[base..], &settled).expect("final");
             let ttfs = start + t.elapsed().as_secs_f64() - end;
             let mut segs = settled;
             segs.extend(rest.shifted(base as f32 / RATE as f32).segments);

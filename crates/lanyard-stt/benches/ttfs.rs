@@ -102,7 +102,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lanyard_stt::{
-    EndpointConfig, Endpointer, LocalAgreement, MAX_BATCH, SpeechToText, VadEvent, WhisperConfig,
+    EndpointConfig, Endpointer, LocalAgreement, MAX_BATCH, SpeechToText, Transcript, VadEvent, WhisperConfig,
     WhisperCt2, word_error_rate,
 };
 use reference_set::{
@@ -502,9 +502,14 @@ fn replay(engine: &WhisperCt2, samples: &[f32], cfg: &EndpointConfig) -> Stream 
 /// the same, forcing the agreed prefix.
 fn streamed(engine: &WhisperCt2, u: &Utterance, stream: &Stream, prefix: bool) -> (f64, String) {
     let audio = stream.cut.map_or(&u.samples[..], |c| &u.samples[..c.len]);
-    let prefix = if prefix { stream.prefix.as_str() } else { "" };
+    // The agreed words as one segment over the audio they were heard in.
+    let previous = if prefix {
+        Transcript::untimed(stream.prefix.clone(), audio.len() as f32 / 16_000.0, 0.0).segments
+    } else {
+        Vec::new()
+    };
     let t = Instant::now();
-    let text = engine.transcribe_after(audio, prefix).expect("transcribe (e)").text;
+    let text = engine.transcribe_after(audio, &previous).expect("transcribe (e)").text;
     let decode = t.elapsed().as_secs_f64();
     ((decode - stream.cut.map_or(0.0, |c| c.lead)).max(0.0), text)
 }

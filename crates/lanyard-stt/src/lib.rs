@@ -82,22 +82,23 @@ pub trait SpeechToText: Send + Sync {
     }
 
     /// Transcribes the audio received so far of an utterance that is still
-    /// being spoken, after `previous_text` (what was settled before this
-    /// audio). Returns the segments that will not change whatever follows,
+    /// being spoken, after `previous` (the segments settled before this
+    /// audio, timed from the utterance's start; the engine gives them to
+    /// the decoder as context). Returns the segments that will not change whatever follows,
     /// timed from the start of `pcm16k`, and how many samples of `pcm16k`
     /// they account for: the caller keeps them and calls again later with
     /// the audio from there on. An engine that cannot tell settles nothing
     /// (the default), and the final decode then covers the whole utterance.
-    fn transcribe_settled(&self, pcm16k: &[f32], previous_text: &str) -> Result<(Vec<Segment>, usize), SttError> {
-        let _ = (pcm16k, previous_text);
+    fn transcribe_settled(&self, pcm16k: &[f32], previous: &[Segment]) -> Result<(Vec<Segment>, usize), SttError> {
+        let _ = (pcm16k, previous);
         Ok((Vec::new(), 0))
     }
 
     /// Transcribes the rest of an utterance whose start was settled as
-    /// `previous_text` (see [`SpeechToText::transcribe_settled`]). The
-    /// default ignores the previous text.
-    fn transcribe_after(&self, pcm16k: &[f32], previous_text: &str) -> Result<Transcript, SttError> {
-        let _ = previous_text;
+    /// `previous` (see [`SpeechToText::transcribe_settled`]). The default
+    /// ignores them.
+    fn transcribe_after(&self, pcm16k: &[f32], previous: &[Segment]) -> Result<Transcript, SttError> {
+        let _ = previous;
         self.transcribe(pcm16k)
     }
 

@@ -54,10 +54,18 @@
 //!
 //! [`WhisperCt2::transcribe_settled`] decodes the audio received so far of an
 //! utterance that goes on, and keeps only the segments that are settled:
-//! closed by a timestamp and ending at least [`SETTLE_MARGIN_SECS`] before
-//! the audio does. The server commits those while the user speaks and, after
-//! the last word, decodes only the rest ([`WhisperCt2::transcribe_after`],
-//! with the committed text as the prompt).
+//! closed by a timestamp, ending at least [`SETTLE_MARGIN_SECS`] before
+//! the audio does, and ending at a pause the VAD heard (the cut is made in
+//! the pause, so no word is split between a settled segment and the next
+//! decode; Whisper also closes segments mid-clause, and tiny.en's
+//! timestamps are whole seconds as often as not). The server commits those
+//! while the user speaks and, after the last word, decodes only the rest
+//! ([`WhisperCt2::transcribe_after`]). Each of these decodes gets the
+//! committed segments as its prompt *with their times*, written as the
+//! loop writes its own: given bare text, the decoder stops writing
+//! timestamps, runs one segment to the end of the window, and nothing can
+//! settle (measured: a 117 s monologue settled 8 s before its end, and its
+//! final took 15 s; with times, 111 s and under a second).
 //!
 //! # The prompt
 //!
@@ -111,6 +119,15 @@ pub const SETTLE_MARGIN_SECS: f32 = 1.0;
 /// Audio kept before the first voiced frame when a window skips silence, so
 /// that a soft first syllable is not cut (VAD onsets lag the voice).
 const VAD_PRE_ROLL_SECS: f32 = 0.4;
+
+/// A stream still being spoken is cut after a settled segment only in an
+/// unvoiced stretch at least this long (longer than a stop consonant's
+/// closure), so that no word is split across the cut.
+const PAUSE_MIN_SECS: f32 = 0.2;
+
+/// How far from such a pause a segment's end timestamp may be and still
+/// count as ending there (tiny.en's timestamps are coarse).
+const PAUSE_TOLERANCE_SECS: f32 = 0.4;
 
 /// Silence at a window's start shorter than this is decoded, not skipped.
 const VAD_MIN_SKIP_SECS: f32 = 1.0;
@@ -310,8 +327,8 @@ impl WhisperCt2 {
 /// What one long-form pass is asked for.
 #[derive(Clone, Copy, Debug, Default)]
 struct Pass<'a> {
-    /// Text said just before this audio, given as the prompt.
-    previous_text: &'a str,
+    /// Segments said just before this audio, given as the prompt.
+    previous: &'a [Segment],
     /// The audio goes on after this: keep only the settled segments.
     settle: bool,
     /// Time each word.
@@ -375,7 +392,7 @@ impl WhisperCt2 {
         padded.resize(pcm.len() + pad, 0.0);
         let features = self.front_end.log_mel(&padded);
 
-        let mut prompt_tokens = self.text_tokens(pass.previous_text)?;
+        let mut prompt_tokens = self.previous_tokens(pass.previous)?;
         let mut out = Decoded::default();
         let mut seek = 0;
         while seek < content {
@@ -406,10 +423,20 @@ impl WhisperCt2 {
             if pass.settle && at_end {
                 let ends: Vec<(f32, bool)> = split.segments.iter().zip(&found).map(|(t, s)| (s.end, t.closed)).collect();
                 let keep = timeline::settled(&ends, content as f32 / fps, SETTLE_MARGIN_SECS);
-                found.truncate(keep);
-                let settled_frames = found.last().map_or(seek, |s| (s.end * fps).round() as usize);
+                let ends: Vec<f32> = found.iter().map(|s| s.end).collect();
+                let pauses = voice.pauses(PAUSE_MIN_SECS, fps);
+                let settled_frames = match timeline::cut_at_pause(&ends, keep, &pauses, PAUSE_TOLERANCE_SECS) {
+                    Some((k, cut)) => {
+                        found.truncate(k);
+                        (cut * fps).round() as usize
+                    }
+                    None => {
+                        found.clear();
+                        seek
+                    }
+                };
                 out.segments.extend(found.into_iter().filter(|s| !s.text.is_empty()));
-                out.settled_samples = settled_frames.min(content) * hop;
+                out.settled_samples = settled_frames.clamp(seek, content) * hop;
                 return Ok(out);
             }
             if best.temperature > self.config.prompt_reset_on_temperature {
@@ -470,6 +497,45 @@ impl WhisperCt2 {
             return Some(format!("<|{secs:.2}|>"));
         }
         self.tokenizer.id_to_token(id)
+    }
+
+    /// The prompt tokens for `previous` segments, written as the long-form
+    /// loop writes its own: `<|start|> text <|end|>` per segment, times
+    /// counted from the start of the 30 s window the segment would have
+    /// been decoded in. A prompt of bare text makes the decoder drop the
+    /// timestamps (one segment over the whole window, never closed), so
+    /// nothing could settle.
+    fn previous_tokens(&self, previous: &[Segment]) -> Result<Vec<u32>, SttError> {
+        // Only the last MAX_PROMPT_TOKENS are used: tokenize from the end.
+        let mut texts = Vec::new();
+        let mut count = 0;
+        for segment in previous.iter().rev() {
+            let tokens = self.text_tokens(&segment.text)?;
+            if tokens.is_empty() {
+                continue;
+            }
+            count += tokens.len() + 2;
+            texts.push((segment, tokens));
+            if count >= MAX_PROMPT_TOKENS {
+                break;
+            }
+        }
+        let max_step = (self.preprocessor.nb_max_frames / timeline::FRAMES_PER_STEP) as u32;
+        let ts = |secs: f32| self.specials.timestamp_begin + ((secs.max(0.0) / TIME_PRECISION).round() as u32).min(max_step);
+        let window = self.preprocessor.nb_max_frames as f32 / (self.preprocessor.sampling_rate as f32 / self.front_end.hop_length() as f32);
+        let mut out = Vec::with_capacity(count);
+        let mut origin: Option<f32> = None;
+        for (segment, tokens) in texts.into_iter().rev() {
+            let o = match origin {
+                Some(o) if segment.end - o <= window => o,
+                _ => segment.start,
+            };
+            origin = Some(o);
+            out.push(ts(segment.start - o));
+            out.extend(tokens);
+            out.push(ts(segment.end - o));
+        }
+        Ok(out)
     }
 
     /// The text tokens of `text` as Whisper writes them (with their leading
@@ -655,6 +721,23 @@ impl Voice {
         Self { voiced }
     }
 
+    /// The unvoiced stretches of at least `min_secs`, in seconds, in order
+    /// (`fps` mel frames a second). The stretch after the last voiced frame
+    /// is not one: the speaker may be drawing breath for the next word.
+    fn pauses(&self, min_secs: f32, fps: f32) -> Vec<(f32, f32)> {
+        let min = (min_secs * fps).ceil() as usize;
+        let mut out = Vec::new();
+        let mut previous_end = 0;
+        for &start in &self.voiced {
+            if start >= previous_end + min && previous_end > 0 {
+                out.push((previous_end as f32 / fps, start as f32 / fps));
+            }
+            // A VAD frame (16 ms) spans the mel frame it starts in and the next.
+            previous_end = previous_end.max(start + 2);
+        }
+        out
+    }
+
     /// The first voiced mel frame in `from..to`, if any.
     fn first_from(&self, from: usize, to: usize) -> Option<usize> {
         // A VAD frame spans a little more than one mel frame; one that began
@@ -677,11 +760,11 @@ const MAX_TARGET_POSITIONS: usize = 448;
 
 impl WhisperCt2 {
     /// Transcribes the audio received so far of an utterance that goes on,
-    /// after `previous_text` (what was settled before it). Returns the
+    /// after `previous` (the segments settled before it). Returns the
     /// settled segments, timed from the start of `pcm16k`, and how many
     /// samples of `pcm16k` they account for: the next call starts there.
-    pub fn transcribe_settled(&self, pcm16k: &[f32], previous_text: &str) -> Result<(Vec<Segment>, usize), SttError> {
-        let pass = Pass { previous_text, settle: true, ..Pass::default() };
+    pub fn transcribe_settled(&self, pcm16k: &[f32], previous: &[Segment]) -> Result<(Vec<Segment>, usize), SttError> {
+        let pass = Pass { previous, settle: true, ..Pass::default() };
         let decoded = self.long_form(pcm16k, pass)?;
         // Audio in the margin before the end may hold a word just begun.
         let hop = self.front_end.hop_length();
@@ -697,9 +780,9 @@ impl WhisperCt2 {
     }
 
     /// Transcribes the rest of an utterance whose start was settled as
-    /// `previous_text`: the final decode of a stream, over its tail only.
-    pub fn transcribe_after(&self, pcm16k: &[f32], previous_text: &str) -> Result<Transcript, SttError> {
-        self.transcript(pcm16k, Pass { previous_text, ..Pass::default() })
+    /// `previous`: the final decode of a stream, over its tail only.
+    pub fn transcribe_after(&self, pcm16k: &[f32], previous: &[Segment]) -> Result<Transcript, SttError> {
+        self.transcript(pcm16k, Pass { previous, ..Pass::default() })
     }
 
     fn transcript(&self, pcm16k: &[f32], pass: Pass<'_>) -> Result<Transcript, SttError> {
@@ -737,12 +820,12 @@ impl SpeechToText for WhisperCt2 {
         Ok(t)
     }
 
-    fn transcribe_settled(&self, pcm16k: &[f32], previous_text: &str) -> Result<(Vec<Segment>, usize), SttError> {
-        WhisperCt2::transcribe_settled(self, pcm16k, previous_text)
+    fn transcribe_settled(&self, pcm16k: &[f32], previous: &[Segment]) -> Result<(Vec<Segment>, usize), SttError> {
+        WhisperCt2::transcribe_settled(self, pcm16k, previous)
     }
 
-    fn transcribe_after(&self, pcm16k: &[f32], previous_text: &str) -> Result<Transcript, SttError> {
-        WhisperCt2::transcribe_after(self, pcm16k, previous_text)
+    fn transcribe_after(&self, pcm16k: &[f32], previous: &[Segment]) -> Result<Transcript, SttError> {
+        WhisperCt2::transcribe_after(self, pcm16k, previous)
     }
 
     fn is_local(&self) -> bool {

@@ -113,6 +113,27 @@ pub fn settled(segments: &[(f32, bool)], available: f32, margin: f32) -> usize {
     segments.iter().take_while(|(end, closed)| *closed && *end <= available - margin).count()
 }
 
+/// Where a stream still being spoken may be cut after its settled
+/// segments: the most of the first `candidates` segments (ends in seconds,
+/// in order) such that the last of them ends at a pause, and the cut: the
+/// middle of that pause. `pauses` are the unvoiced stretches of the audio
+/// (start, end in seconds, in order). A segment end counts as at a pause
+/// when it lies within `tolerance` seconds of one: Whisper's timestamps are
+/// coarse (tiny.en likes whole seconds).
+///
+/// Cutting only at pauses keeps a word from being split between a settled
+/// segment and the next decode, where it would be lost or heard twice;
+/// Whisper also ends segments mid-clause, and those ends are not trusted.
+pub fn cut_at_pause(ends: &[f32], candidates: usize, pauses: &[(f32, f32)], tolerance: f32) -> Option<(usize, f32)> {
+    (1..=candidates.min(ends.len())).rev().find_map(|k| {
+        let end = ends[k - 1];
+        pauses
+            .iter()
+            .find(|(start, stop)| end >= start - tolerance && end <= stop + tolerance)
+            .map(|(start, stop)| (k, (start + stop) / 2.0))
+    })
+}
+
 /// If `tokens` end in a loop (the same block of `min_block` or more tokens
 /// three or more times back to back), their length up to the end of the
 /// first copy. For a hypothesis that ran out of tokens: Whisper stuck in a
@@ -205,6 +226,17 @@ mod tests {
         let mut twice = vec![7, 8];
         twice.extend([1, 2, 3, 4].repeat(2));
         assert_eq!(runaway_end(&twice, 2), None);
+    }
+
+    #[test]
+    fn a_stream_is_cut_only_where_a_settled_segment_ends_at_a_pause() {
+        let pauses = [(3.1, 3.5), (8.0, 8.6)];
+        // The second segment ends mid-speech (5.0): cut after the first.
+        assert_eq!(cut_at_pause(&[3.0, 5.0, 9.0], 2, &pauses, 0.3), Some((1, 3.3)));
+        // The third ends in the second pause, but is not a candidate.
+        assert_eq!(cut_at_pause(&[3.0, 5.0, 8.4], 3, &pauses, 0.3), Some((3, 8.3)));
+        assert_eq!(cut_at_pause(&[5.0], 1, &pauses, 0.3), None);
+        assert_eq!(cut_at_pause(&[3.0], 0, &pauses, 0.3), None);
     }
 
     proptest! {
