@@ -177,10 +177,13 @@ async fn a_long_monologue_is_settled_while_spoken_and_keeps_every_sentence() {
     // About 45 s, with a question and its answer said twice on purpose and
     // pauses shorter than an endpoint, as a person dictating a note does.
     let sentences = [
-        "Where were you last night?",
-        "I was at the station, waiting for the train.",
-        "Where were you last night?",
-        "I was at the station, waiting for the train.",
+        // Not "Where were you last night? I was at...": tiny.en hears this
+        // espeak voice say "last, I'd, I went at", even whole and in a 30 s
+        // window, which tests the model, not the settling.
+        "Where did you go yesterday?",
+        "I went to the station to wait for the train.",
+        "Where did you go yesterday?",
+        "I went to the station to wait for the train.",
         "The lamps were out along the whole platform.",
         "Nobody came for a long time, and the wind was cold.",
         "Then a man in a grey coat sat down beside me.",
