@@ -147,6 +147,20 @@ pub fn oggopus_read(data: &[u8]) {
     }
 }
 
+/// Opus packets' durations from their TOC byte: at most 120 ms, and the
+/// total of a list is the sum of what each packet claims.
+pub fn opus_toc(data: &[u8]) {
+    use lanyard_proto::opus_toc;
+    if let Ok(samples) = opus_toc::packet_samples(data) {
+        assert!(samples > 0 && samples <= opus_toc::MAX_PACKET_SAMPLES);
+    }
+    let packets: Vec<&[u8]> = data.split(|&b| b == 0xFF).collect();
+    if let Ok(secs) = opus_toc::duration_secs(packets.iter().copied()) {
+        let sum: u32 = packets.iter().map(|p| opus_toc::packet_samples(p).expect("each packet read")).sum();
+        assert!((secs - f64::from(sum) / 48_000.0).abs() < 1e-9);
+    }
+}
+
 /// Uploaded WAV: accepted frames are whole 20 ms frames but the last, and
 /// writing them again gives a file that reads back to the same frames.
 pub fn wav_read(data: &[u8]) {

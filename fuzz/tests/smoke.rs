@@ -217,6 +217,12 @@ fn oggopus_read() {
 }
 
 #[test]
+fn opus_toc() {
+    let seeds = vec![vec![0x48, 0xAA], vec![0x1B, 0x02], vec![0xFB, 0xC6, 0xFF, 0x48], vec![0x03, 0x00]];
+    run("opus_toc", lanyard_fuzz::opus_toc, &seeds);
+}
+
+#[test]
 fn wav_read() {
     let seeds = vec![
         lanyard_proto::wav::write([&[1u8; 640][..], &[2u8; 10]]),

@@ -18,6 +18,7 @@ pub mod ble;
 pub mod link;
 pub mod oggopus;
 pub mod omi;
+pub mod opus_toc;
 pub mod reassembly;
 pub mod wav;
 pub mod wire;

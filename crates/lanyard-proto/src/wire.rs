@@ -107,6 +107,10 @@ pub mod close {
     /// The device was removed while streaming: its token no longer works.
     /// Do not reconnect with it.
     pub const REVOKED: u16 = 4006;
+    /// An AUDIO frame is not 20 ms of its codec (an Opus packet's TOC byte
+    /// says another duration, or a PCM frame is longer than 640 bytes).
+    /// Judged before decoding: limits on audio are limits in seconds.
+    pub const BAD_FRAME: u16 = 4007;
     /// The server is shutting down; reconnect later and resume.
     pub const GOING_AWAY: u16 = 1001;
 }
