@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use lanyard_proto::ble::Codec;
-use lanyard_proto::{oggopus, wav};
+use lanyard_proto::{oggopus, opus_toc, wav};
 use lanyard_proto::wire::{
     DeletedData, PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceState, UtteranceView, limits,
 };
@@ -139,7 +139,7 @@ pub fn routes() -> Vec<Route> {
                     E401,
                     (413, "Over 25 MiB.", Some("ErrorBody")),
                     (415, "Not multipart, or a file that is neither WAV (PCM or float) nor Ogg Opus.", Some("ErrorBody")),
-                    E429,
+                    (429, "`rate_limited`: over the device's request rate; or `too_many_requests`: the device has its maximum of transcriptions in progress. `Retry-After` says when to try again.", Some("ErrorBody")),
                 ],
             },
         },
@@ -498,7 +498,7 @@ async fn post_text(
         return Err(ApiError::Conflict(format!("utterance {id} carries audio; mint a new id for text")));
     }
     if created {
-        state.pipeline.enqueue(id).await;
+        state.pipeline.enqueue(device.id, id).await;
         return Ok((StatusCode::ACCEPTED, Json(UtteranceBody::of(&row))));
     }
     Ok((StatusCode::OK, Json(UtteranceBody::of(&row))))
@@ -540,6 +540,13 @@ async fn upload(
             "Content-Type is {ctype:?}; upload Opus utterances as `audio/ogg` (Ogg Opus) and PCM16 ones as `audio/wav`"
         )));
     };
+    // Judged by duration before anything decodes it (see `opus_toc`).
+    if let Some((index, e)) =
+        packets.iter().enumerate().find_map(|(i, p)| opus_toc::check_frame(codec, p).err().map(|e| (i, e)))
+    {
+        metrics::emit(Limited { limit: Limit::FrameDuration });
+        return Err(ApiError::BadRequest(format!("packet {index} of the upload: {e}")));
+    }
     let frames = packets.len() as u32;
     if frames > limits::MAX_UTTERANCE_FRAMES {
         return Err(ApiError::BadRequest(format!("{frames} frames exceed the limit of {}", limits::MAX_UTTERANCE_FRAMES)));
@@ -575,7 +582,7 @@ async fn upload(
     if held > frames {
         tracing::warn!(%id, held, uploaded = frames, "upload shorter than the audio held; completing with the held frames");
     }
-    ingest::complete(&state, id, held).await.map_err(ApiError::Internal)?;
+    ingest::complete(&state, device.id, id, held).await.map_err(ApiError::Internal)?;
     let state_now = state.store.utterance(id).await?.map_or(UtteranceState::Complete, |u| u.state);
     let resp = UploadResponse { utterance: id, state: state_now, frames: held, added: held - held_before.min(held) };
     Ok((StatusCode::OK, Json(resp)))

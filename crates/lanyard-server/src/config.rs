@@ -42,12 +42,26 @@
 //! # itself, which wins over this key. Either way only the hash is kept.
 //! admin_token_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //!
+//! # Terminate TLS here (PEM files; see the server's `tls` module). Without
+//! # it, listen on loopback behind a TLS proxy: tokens and audio must not
+//! # cross a network in clear text.
+//! # [tls]
+//! # cert_path = "/etc/lanyard/fullchain.pem"
+//! # key_path = "/etc/lanyard/privkey.pem"
+//!
 //! [limits]                         # per device; see docs/protocol.md
 //! idle_timeout_secs = 60           # a silent stream is closed (4005)
 //! frames_per_sec = 1500            # sustained audio frames, 30x real time (4004)
 //! frame_burst = 6000               # frames above the rate before 4004: 2 min of audio
 //! requests_per_sec = 10            # uploads and text posts (HTTP 429)
 //! request_burst = 60
+//! replies_per_sec = 1               # responder calls; past the burst, replies wait
+//! reply_burst = 20
+//! opens_per_sec = 2                # utterance opens on streams (4004)
+//! open_burst = 60
+//! unfinished_per_device = 32       # utterances opened, not ended (4004)
+//! transcriptions_per_device = 2    # /v1/audio/transcriptions at once (HTTP 429)
+//! abandoned_after_hours = 168      # unfinished and silent this long: given up, counted
 //! streams_per_device = 4           # simultaneous WebSocket connections (HTTP 429)
 //!
 //! [connections]                    # the whole server; see docs/protocol.md
@@ -130,6 +144,8 @@ pub struct FileConfig {
     pub audio: AudioSection,
     #[serde(default)]
     pub connections: ConnectionsSection,
+    /// `[tls]`: terminate TLS here (see `crate::tls`).
+    pub tls: Option<crate::tls::TlsSection>,
 }
 
 /// `[audio]`: how long utterance audio is kept. See the module doc.
@@ -197,6 +213,30 @@ pub struct LimitsSection {
     /// with HTTP 429 before the upgrade. A relay needs one; a few allow for a
     /// reconnect that overlaps a connection the server has not seen die yet.
     pub streams_per_device: usize,
+    /// Responder calls (a webhook, an LLM: the operator pays for each) per
+    /// second per device, sustained. Past the burst, a device's next reply
+    /// waits its turn; nothing is dropped, and other devices do not wait.
+    pub replies_per_sec: f64,
+    pub reply_burst: f64,
+    /// Utterances a device may open on its streams per second, sustained;
+    /// past the burst the stream is closed with 4004 and the relay comes
+    /// back after its backoff. A person starts an utterance every few
+    /// seconds; a relay reconnecting re-opens its unfinished ones at once.
+    pub opens_per_sec: f64,
+    pub open_burst: f64,
+    /// Utterances of one device left `receiving` (opened, not ended) at
+    /// once. Opening one more new id closes the stream with 4004; resuming
+    /// one of them is always allowed. A relay leaves one or two.
+    pub unfinished_per_device: u32,
+    /// Simultaneous `/v1/audio/transcriptions` requests of one device; one
+    /// more is answered 429.
+    pub transcriptions_per_device: usize,
+    /// An utterance still `receiving` this many hours after it was opened,
+    /// whose audio has not grown for as long, is given up: marked failed
+    /// ("abandoned"), its audio deleted, counted in
+    /// `lanyard_abandoned_total`. A relay offline for longer loses what it
+    /// had not sent of it, and says so when it resumes. 0 keeps them forever.
+    pub abandoned_after_hours: u64,
 }
 
 impl Default for LimitsSection {
@@ -210,11 +250,27 @@ impl Default for LimitsSection {
             requests_per_sec: 10.0,
             request_burst: 60.0,
             streams_per_device: 4,
+            // A person says a few things a minute; a phone back online
+            // after a day sends its backlog in a burst of 20, then one a
+            // second.
+            replies_per_sec: 1.0,
+            reply_burst: 20.0,
+            opens_per_sec: 2.0,
+            open_burst: 60.0,
+            unfinished_per_device: 32,
+            transcriptions_per_device: 2,
+            // A week: longer than a phone is usually off the network.
+            abandoned_after_hours: 168,
         }
     }
 }
 
 impl LimitsSection {
+    /// `abandoned_after_hours` as a duration; `None` for 0 (never).
+    pub fn abandoned_after(&self) -> Option<std::time::Duration> {
+        (self.abandoned_after_hours > 0).then(|| std::time::Duration::from_secs(self.abandoned_after_hours * 3600))
+    }
+
     /// Checks that every limit lets some traffic through.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Limits(m.to_string()));
@@ -229,6 +285,15 @@ impl LimitsSection {
         }
         if self.streams_per_device == 0 {
             return bad("streams_per_device must be at least 1");
+        }
+        if !(self.replies_per_sec > 0.0 && self.reply_burst >= 1.0) {
+            return bad("replies_per_sec must be > 0 and reply_burst at least 1");
+        }
+        if !(self.opens_per_sec > 0.0 && self.open_burst >= 1.0) {
+            return bad("opens_per_sec must be > 0 and open_burst at least 1");
+        }
+        if self.unfinished_per_device == 0 || self.transcriptions_per_device == 0 {
+            return bad("unfinished_per_device and transcriptions_per_device must be at least 1");
         }
         Ok(())
     }

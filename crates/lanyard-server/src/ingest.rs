@@ -84,6 +84,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures::FutureExt;
 use lanyard_proto::ble::Codec;
+use lanyard_proto::opus_toc;
 use lanyard_proto::wire::{self, Ack, Binary, ClientMsg, ServerMsg, UtteranceState, close, limits};
 use lanyard_store::StoreError;
 use tokio::sync::mpsc;
@@ -158,7 +159,7 @@ pub async fn stream(
             state.hub.leave(device.id, conn);
             if let Err((code, reason)) = end {
                 tracing::info!(device = %device.id, code, %reason, "closing stream");
-                let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+                let close = Message::Close(Some(CloseFrame { code, reason: close_reason(&reason).into() }));
                 let _ = tokio::time::timeout(state.send_timeout, c.socket.send(close)).await;
             }
             metrics::emit(StreamClosed);
@@ -190,6 +191,21 @@ struct Conn {
     /// (each answers when done, or is dropped if the feed was dropped).
     /// `end` waits for them, so the pipeline's `take_final` sees every frame.
     feeding: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// A close frame's reason: at most 123 bytes of UTF-8 (RFC 6455 5.5: a
+/// control frame's payload is at most 125 bytes, two of them the code).
+/// Longer reasons are cut at a character boundary; the log has them whole.
+fn close_reason(reason: &str) -> &str {
+    const MAX: usize = 123;
+    if reason.len() <= MAX {
+        return reason;
+    }
+    let mut end = MAX;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// Why a connection ends: a close code and a reason for the peer.
@@ -275,6 +291,13 @@ impl Conn {
                 format!("utterance {} passed {} frames; end it and start another", open.utterance, limits::MAX_UTTERANCE_FRAMES),
             ));
         }
+        // Seconds, not packets: a frame claiming 120 ms would make the
+        // frame limit six times longer in audio, so each is judged by its
+        // TOC before anything decodes it.
+        if let Err(e) = opus_toc::check_frame(open.codec, audio.frame) {
+            metrics::emit(Limited { limit: Limit::FrameDuration });
+            return Err((close::BAD_FRAME, format!("frame {}: {e}", audio.seq)));
+        }
         if !self.frames.lock().expect("bucket poisoned").take(Instant::now()) {
             metrics::emit(Limited { limit: Limit::Frames });
             let cfg = &self.state.limiter.cfg;
@@ -357,6 +380,18 @@ impl Conn {
         if !wire::is_random_id(&utterance) {
             return self.error(Some(utterance), "invalid_id", crate::api::invalid_id_message(utterance)).await;
         }
+        if let Err(wait) = self.state.limiter.open(self.device) {
+            metrics::emit(Limited { limit: Limit::Opens });
+            return Err((
+                close::RATE_LIMITED,
+                format!(
+                    "over {} utterance opens a second; reconnect in {:.1} s",
+                    self.state.limiter.cfg.opens_per_sec,
+                    wait.as_secs_f64()
+                ),
+            ));
+        }
+        check_unfinished(&self.state, self.device, utterance).await?;
         let row = match self.state.store.open_utterance(utterance, self.device, codec, now_ms()).await {
             Ok(row) => row,
             // Word for word what an id unknown to every route gets (`ApiError`
@@ -411,7 +446,7 @@ impl Conn {
                 .await;
         }
         self.streams.remove(&handle);
-        complete(&self.state, utterance, frames).await.map_err(|e| (close::GOING_AWAY, e))?;
+        complete(&self.state, self.device, utterance, frames).await.map_err(|e| (close::GOING_AWAY, e))?;
         self.send_text(&ServerMsg::Complete { utterance, frames }).await
     }
 
@@ -436,6 +471,25 @@ impl Conn {
     }
 }
 
+/// Refuses the `open` of a new id while the device has its maximum of
+/// utterances unfinished; an id that exists (a resume, or one the
+/// store answers for otherwise) passes.
+async fn check_unfinished(state: &AppState, device: Uuid, utterance: Uuid) -> Result<(), Close> {
+    let internal = |e: StoreError| (close::GOING_AWAY, format!("the server cannot read its store ({e}); retry later"));
+    let cap = state.limiter.cfg.unfinished_per_device;
+    if state.store.receiving_count(device).await.map_err(internal)? < cap {
+        return Ok(());
+    }
+    if state.store.utterance(utterance).await.map_err(internal)?.is_some() {
+        return Ok(());
+    }
+    metrics::emit(Limited { limit: Limit::Unfinished });
+    Err((
+        close::RATE_LIMITED,
+        format!("{cap} utterances of this device are open and not ended; end or resume them before opening new ones"),
+    ))
+}
+
 /// Whether a read failed because a frame or message was over
 /// [`MAX_WS_MESSAGE`]. The WebSocket library reports it only as its own
 /// error type, which axum wraps; its text ("Space limit exceeded: ...") is
@@ -447,11 +501,25 @@ fn too_large(e: &axum::Error) -> bool {
 /// Marks an utterance complete and, for the one caller that wins, queues it.
 /// Shared by the stream and the upload, which is how an utterance that
 /// arrives by both is processed once.
-pub(crate) async fn complete(state: &AppState, utterance: Uuid, frames: u32) -> Result<(), String> {
+pub(crate) async fn complete(state: &AppState, device: Uuid, utterance: Uuid, frames: u32) -> Result<(), String> {
     let won = state.store.mark_complete(utterance, frames, now_ms()).await.map_err(|e| e.to_string())?;
     if won {
         tracing::info!(%utterance, frames, "utterance complete");
-        state.pipeline.enqueue(utterance).await;
+        state.pipeline.enqueue(device, utterance).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_reason;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame_and_stay_utf8() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123 && cut.len() >= 121, "{}", cut.len());
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
 }

@@ -36,6 +36,7 @@ pub mod audio;
 pub mod auth;
 pub mod config;
 mod error;
+mod fair;
 mod hub;
 mod ingest;
 pub mod limits;
@@ -47,6 +48,7 @@ mod pipeline;
 mod push;
 pub mod retention;
 pub mod stt_pool;
+pub mod tls;
 pub mod transcribe;
 
 use std::net::SocketAddr;
@@ -87,6 +89,9 @@ pub struct ServerConfig {
     /// SHA-256 of the admin token; `None` turns the admin API off. See
     /// [`config::admin_token_hash`].
     pub admin_token_hash: Option<[u8; 32]>,
+    /// The certificate and key to terminate TLS with; `None` serves plain
+    /// HTTP, for loopback or behind a TLS proxy (see [`tls`]).
+    pub tls: Option<tls::TlsSection>,
 }
 
 impl ServerConfig {
@@ -102,6 +107,7 @@ impl ServerConfig {
             audio: AudioSection::default(),
             connections: ConnectionsSection::default(),
             admin_token_hash: None,
+            tls: None,
         }
     }
 }
@@ -138,6 +144,8 @@ pub enum ServerError {
     Responder(String),
     #[error(transparent)]
     Stt(#[from] SttError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Builds the speech-to-text engine `[stt]` resolved to. Local loads the
@@ -226,11 +234,18 @@ pub struct AppState {
 /// A running server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS (and `wss://`).
+    pub tls: bool,
     shutdown: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ServerHandle {
+    /// The base URL clients use: `http://` or `https://`, and the address.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
     /// Stops accepting, closes streams, and waits for the server to end.
     pub async fn stop(self) {
         self.shutdown.notify_waiters();
@@ -257,6 +272,7 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), ServerError> {
     cfg.limits.validate()?;
     cfg.audio.validate()?;
     cfg.connections.validate()?;
+    cfg.tls.as_ref().map(tls::acceptor).transpose()?;
     build_push_provider(cfg)?;
     lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     Ok(())
@@ -275,6 +291,7 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     cfg.limits.validate()?;
     cfg.audio.validate()?;
     cfg.connections.validate()?;
+    let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
     let provider = build_push_provider(&cfg)?;
     let responder = lanyard_respond::build(&cfg.responder).map_err(|e| ServerError::Responder(e.to_string()))?;
     let push_wake = Arc::new(Notify::new());
@@ -288,13 +305,17 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         live.clone(),
         responder,
         push_wake.clone(),
+        cfg.limits.clone(),
     );
     tokio::spawn(push::Sender { store: store.clone(), provider, wake: push_wake, policy }.run());
 
     // Work a previous run accepted but did not finish.
     for id in store.unfinished().await? {
         tracing::info!(utterance = %id, "resuming unfinished utterance");
-        pipeline.enqueue(id).await;
+        match store.utterance(id).await? {
+            Some(u) => pipeline.enqueue(u.device_id, id).await,
+            None => tracing::warn!(utterance = %id, "an unfinished utterance vanished before it was resumed"),
+        }
     }
 
     if cfg.admin_token_hash.is_none() {
@@ -307,6 +328,7 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         store.clone(),
         audio.clone(),
         cfg.audio.retention(),
+        cfg.limits.abandoned_after(),
         std::time::Duration::from_secs(cfg.audio.sweep_interval_secs),
     );
     let send_timeout = cfg.connections.send_timeout();
@@ -328,9 +350,13 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
     let shutdown = Arc::new(Notify::new());
     let app = api::router(state);
     // The accept loop applies `[connections]` (see `listen`).
-    let task = tokio::spawn(listen::serve(listener, app, cfg.connections.clone(), shutdown.clone()));
-    tracing::info!(%addr, "lanyard server listening");
-    Ok(ServerHandle { addr, shutdown, task })
+    let secure = tls.is_some();
+    if !secure && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: device tokens and audio cross the network in clear text; give [tls] (--tls-cert, --tls-key) or put a TLS proxy in front");
+    }
+    let task = tokio::spawn(listen::serve(listener, app, cfg.connections.clone(), shutdown.clone(), tls));
+    tracing::info!(%addr, tls = secure, "lanyard server listening");
+    Ok(ServerHandle { addr, tls: secure, shutdown, task })
 }
 
 /// Every route the server answers, as (method, path template), in the

@@ -10,7 +10,12 @@
 //! | audio frames, all streams      | 1500/s, burst 6000 | close 4004 `RATE_LIMITED`     |
 //! | uploads and text posts         | 10/s, burst 60     | HTTP 429 `rate_limited`       |
 //! | simultaneous streams           | 4                  | HTTP 429 `too_many_streams`   |
+//! | utterance opens on streams     | 2/s, burst 60      | close 4004 `RATE_LIMITED`     |
+//! | utterances left unfinished     | 32                 | close 4004 `RATE_LIMITED`     |
+//! | simultaneous transcriptions    | 2                  | HTTP 429 `too_many_requests`  |
+//! | live transcription slots       | 2 (of 64)          | the final only, no partials   |
 //! | silence on a stream            | 60 s               | close 4005 `IDLE_TIMEOUT`     |
+//! | responder calls                | 1/s, burst 20      | the reply waits its turn      |
 //!
 //! [`TokenBucket`] decides with the time passed in, so it is tested with a
 //! simulated clock; [`Limiter`] holds the buckets and stream counts of every
@@ -65,14 +70,18 @@ pub struct Limiter {
     pub cfg: LimitsSection,
     frames: Mutex<HashMap<Uuid, Arc<Mutex<TokenBucket>>>>,
     requests: Mutex<HashMap<Uuid, TokenBucket>>,
+    opens: Mutex<HashMap<Uuid, TokenBucket>>,
     /// Open streams per device, counted from before the upgrade to the end
-    /// of the connection by [`StreamSlot`].
+    /// of the connection by [`Slot`].
     streams: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// `/v1/audio/transcriptions` requests in progress per device, counted
+    /// from before the body is read to the answer.
+    transcriptions: Arc<Mutex<HashMap<Uuid, usize>>>,
 }
 
 /// Buckets idle this long are full again, so dropping them changes nothing.
 /// Pruning keeps the maps from growing with every device ever seen.
-fn prune(buckets: &mut HashMap<Uuid, TokenBucket>, now: Instant, cfg_burst: f64, rate: f64) {
+pub(crate) fn prune(buckets: &mut HashMap<Uuid, TokenBucket>, now: Instant, cfg_burst: f64, rate: f64) {
     if buckets.len() > 1024 {
         let full_after = Duration::from_secs_f64(cfg_burst / rate);
         buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
@@ -85,7 +94,9 @@ impl Limiter {
             cfg,
             frames: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
+            opens: Mutex::new(HashMap::new()),
             streams: Arc::new(Mutex::new(HashMap::new())),
+            transcriptions: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -106,37 +117,60 @@ impl Limiter {
 
     /// Takes one request token of the device; `Err` says how long to wait.
     pub fn request(&self, device: Uuid) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut map = self.requests.lock().expect("limiter poisoned");
-        prune(&mut map, now, self.cfg.request_burst, self.cfg.requests_per_sec);
-        let bucket = map
-            .entry(device)
-            .or_insert_with(|| TokenBucket::new(self.cfg.requests_per_sec, self.cfg.request_burst, now));
-        if bucket.take(now) { Ok(()) } else { Err(bucket.wait()) }
+        take(&self.requests, device, self.cfg.requests_per_sec, self.cfg.request_burst)
+    }
+
+    /// Takes one of the device's utterance-open tokens (`open` on a stream);
+    /// `Err` says how long to wait.
+    pub fn open(&self, device: Uuid) -> Result<(), Duration> {
+        take(&self.opens, device, self.cfg.opens_per_sec, self.cfg.open_burst)
     }
 
     /// Reserves one of the device's stream slots, or `None` if all are taken.
-    pub fn stream_slot(&self, device: Uuid) -> Option<StreamSlot> {
-        let mut map = self.streams.lock().expect("limiter poisoned");
-        let n = map.entry(device).or_insert(0);
-        if *n >= self.cfg.streams_per_device {
-            return None;
-        }
-        *n += 1;
-        Some(StreamSlot { device, streams: self.streams.clone() })
+    pub fn stream_slot(&self, device: Uuid) -> Option<Slot> {
+        Slot::take(&self.streams, device, self.cfg.streams_per_device)
+    }
+
+    /// Reserves one of the device's `/v1/audio/transcriptions` slots, or
+    /// `None` if all are taken: a request holds up to 25 MiB of body and
+    /// its decoded audio until it is answered, so a device may not hold
+    /// more than a few at once, whatever its request rate allows.
+    pub fn transcription_slot(&self, device: Uuid) -> Option<Slot> {
+        Slot::take(&self.transcriptions, device, self.cfg.transcriptions_per_device)
     }
 }
 
-/// One of a device's stream slots; dropping it frees the slot, however the
-/// connection ended (or if the upgrade never completed).
-pub struct StreamSlot {
-    device: Uuid,
-    streams: Arc<Mutex<HashMap<Uuid, usize>>>,
+/// Takes one token of the device's bucket in `map`.
+fn take(map: &Mutex<HashMap<Uuid, TokenBucket>>, device: Uuid, rate: f64, burst: f64) -> Result<(), Duration> {
+    let now = Instant::now();
+    let mut map = map.lock().expect("limiter poisoned");
+    prune(&mut map, now, burst, rate);
+    let bucket = map.entry(device).or_insert_with(|| TokenBucket::new(rate, burst, now));
+    if bucket.take(now) { Ok(()) } else { Err(bucket.wait()) }
 }
 
-impl Drop for StreamSlot {
+/// One of a device's slots of some kind (a stream, a transcription);
+/// dropping it frees the slot, however the work ended.
+pub struct Slot {
+    device: Uuid,
+    held: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl Slot {
+    fn take(held: &Arc<Mutex<HashMap<Uuid, usize>>>, device: Uuid, cap: usize) -> Option<Slot> {
+        let mut map = held.lock().expect("limiter poisoned");
+        let n = map.entry(device).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { device, held: held.clone() })
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.streams.lock().expect("limiter poisoned");
+        let mut map = self.held.lock().expect("limiter poisoned");
         if let Some(n) = map.get_mut(&self.device) {
             *n -= 1;
             if *n == 0 {
@@ -185,5 +219,24 @@ mod tests {
         assert!(limiter.stream_slot(b).is_some(), "another device has its own slots");
         drop(s1);
         assert!(limiter.stream_slot(a).is_some());
+        // Transcription slots are counted apart from streams.
+        let limiter = Limiter::new(LimitsSection { transcriptions_per_device: 1, ..Default::default() });
+        let _stream = limiter.stream_slot(a).unwrap();
+        let t = limiter.transcription_slot(a).unwrap();
+        assert!(limiter.transcription_slot(a).is_none());
+        assert!(limiter.transcription_slot(b).is_some());
+        drop(t);
+        assert!(limiter.transcription_slot(a).is_some());
+    }
+
+    #[test]
+    fn opens_have_their_own_bucket() {
+        let limiter = Limiter::new(LimitsSection { opens_per_sec: 1.0, open_burst: 3.0, ..Default::default() });
+        let a = Uuid::now_v7();
+        assert!((0..3).all(|_| limiter.open(a).is_ok()));
+        let wait = limiter.open(a).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(limiter.request(a).is_ok(), "requests are another budget");
+        assert!(limiter.open(Uuid::now_v7()).is_ok(), "another device has its own");
     }
 }

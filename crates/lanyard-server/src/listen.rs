@@ -22,6 +22,11 @@
 //!   because the body was not read to its end. Counted as
 //!   `limit="body_timeout"`.
 //!
+//! - **TLS** (when `[tls]` is set, see `crate::tls`): the handshake must
+//!   end within the header timeout too, or the connection is closed and
+//!   counted as `header_timeout`; a connection over the limit gets its
+//!   handshake (a second at most) and then the same 503.
+//!
 //! Shutdown: on the signal the loop stops accepting, tells every connection
 //! to finish its request in flight and close, and waits for them. Upgraded
 //! WebSockets are not waited for (they were never part of hyper's
@@ -36,9 +41,10 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::ConnectionsSection;
@@ -60,9 +66,15 @@ content-length: 109\r\n\
 \r\n\
 {\"code\":\"too_many_connections\",\"message\":\"the server has its maximum of connections open; retry in a second\"}";
 
-/// Serves `app` on `listener` until `stop` is notified, then waits for the
-/// connections being served to finish.
-pub(crate) async fn serve(listener: TcpListener, app: Router, cfg: ConnectionsSection, stop: Arc<Notify>) {
+/// Serves `app` on `listener`, over TLS when `tls` is given, until `stop`
+/// is notified, then waits for the connections being served to finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    cfg: ConnectionsSection,
+    stop: Arc<Notify>,
+    tls: Option<TlsAcceptor>,
+) {
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
     // Each connection holds a receiver: the sender's `closed()` is "all done".
     let (stop_tx, stop_rx) = watch::channel(());
@@ -84,12 +96,38 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, cfg: ConnectionsSe
         let _ = tcp.set_nodelay(true);
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let conn = connection(tcp, app.clone(), ConnPermit(Arc::new(permit)), cfg.clone(), stop_rx.clone());
-                tokio::spawn(conn);
+                let (app, permit, cfg, stop_rx) = (app.clone(), ConnPermit(Arc::new(permit)), cfg.clone(), stop_rx.clone());
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(connection(tcp, app, permit, cfg, stop_rx));
+                    }
+                    Some(tls) => {
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(cfg.header_timeout(), tls.accept(tcp)).await {
+                                Ok(Ok(stream)) => connection(stream, app, permit, cfg, stop_rx).await,
+                                // A failed handshake (a plain-HTTP client, a
+                                // port scan) has no one to answer.
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => metrics::emit(Limited { limit: Limit::HeaderTimeout }),
+                            }
+                        });
+                    }
+                }
             }
             Err(_) => {
                 metrics::emit(Limited { limit: Limit::Connections });
-                tokio::spawn(refuse(tcp));
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(refuse(tcp));
+                    }
+                    Some(tls) => {
+                        tokio::spawn(async move {
+                            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(1), tls.accept(tcp)).await {
+                                refuse(stream).await;
+                            }
+                        });
+                    }
+                }
             }
         }
     }
@@ -111,8 +149,8 @@ async fn accept_error(e: std::io::Error) {
 }
 
 /// Serves one connection with hyper's HTTP/1 server, upgrades allowed.
-async fn connection(
-    tcp: TcpStream,
+async fn connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    tcp: I,
     app: Router,
     permit: ConnPermit,
     cfg: ConnectionsSection,
@@ -145,7 +183,7 @@ async fn connection(
 /// Answers a connection over the limit and closes it. The request is
 /// drained briefly after the answer, so the close is a FIN the client reads
 /// the answer before, not a reset that may discard it.
-async fn refuse(mut tcp: TcpStream) {
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(mut tcp: I) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         tcp.write_all(REFUSAL).await?;
         tcp.shutdown().await?;

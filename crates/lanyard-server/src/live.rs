@@ -37,10 +37,13 @@
 //!
 //! # Bounds
 //!
-//! At most [`MAX_LIVE`] utterances are followed at once; more get no
-//! partials, no speculation and no endpoint, only their final (the engine
-//! could not keep up with more talkers anyway, and decoding every stream
-//! would cost the ingest path its CPU). An utterance keeps at most
+//! At most [`MAX_LIVE`] utterances are followed at once, and at most
+//! [`MAX_LIVE_PER_DEVICE`] of one device, so that a device opening
+//! utterances by the dozen cannot take every slot; more get no partials, no
+//! speculation and no endpoint, only their final (the engine could not keep
+//! up with more talkers anyway, and decoding every stream would cost the
+//! ingest path its CPU). Each refusal is counted
+//! (`lanyard_limited_total{limit="live"}`). An utterance keeps at most
 //! [`LIVE_MAX_AUDIO`] of audio that is not settled (if settling falls that
 //! far behind, partials stop, its samples are freed, its final is decoded
 //! in full, and only the endpointer goes on): 30 s of samples is 1.9 MB, so
@@ -79,6 +82,11 @@ pub const LIVE_MAX_AUDIO: Duration = Duration::from_secs(30);
 
 /// Utterances followed at once.
 pub const MAX_LIVE: usize = 64;
+
+/// Utterances of one device followed at once. A wearer speaks one at a
+/// time; the second covers an utterance whose end is still in flight when
+/// the next one starts.
+pub const MAX_LIVE_PER_DEVICE: usize = 2;
 
 /// State not fed for this long is dropped.
 pub const LIVE_IDLE: Duration = Duration::from_secs(300);
@@ -394,7 +402,12 @@ impl Live {
         }
         let now = Instant::now();
         map.retain(|_, e| e.lock().map(|u| now.duration_since(u.fed) < LIVE_IDLE).unwrap_or(false));
-        if map.len() >= MAX_LIVE {
+        let device_live = map
+            .values()
+            .filter(|e| e.lock().map(|u| u.device == device && !u.closed).unwrap_or(false))
+            .count();
+        if map.len() >= MAX_LIVE || device_live >= MAX_LIVE_PER_DEVICE {
+            metrics::emit(metrics::Limited { limit: metrics::Limit::Live });
             return None;
         }
         let decoder = FrameDecoder::new(codec).ok()?;

@@ -22,6 +22,8 @@
 //! | `lanyard_transcriptions_total{status}` | counter | `POST /v1/audio/transcriptions` answered, by HTTP status  |
 //! |                                  |           | (requests refused before the handler, e.g. 401, excluded)   |
 //! | `lanyard_audio_purged_total`     | counter   | audio files deleted by the retention sweeper                |
+//! | `lanyard_abandoned_total`        | counter   | utterances left `receiving` past `abandoned_after_hours`,   |
+//! |                                  |           | given up: failed, audio deleted                             |
 //! | `lanyard_deleted_refused_total`  | counter   | opens, uploads and text posts of a deleted utterance,       |
 //! |                                  |           | refused (HTTP 410 or `error` `gone`): deletion is final     |
 //! | `lanyard_stt_drafts_total{kind,outcome}` | counter | speculative and partial decodes: `run`, or dropped as   |
@@ -57,6 +59,7 @@ const TTFS: &str = "lanyard_ttfs_seconds";
 const LIMITED: &str = "lanyard_limited_total";
 const TRANSCRIPTIONS: &str = "lanyard_transcriptions_total";
 const AUDIO_PURGED: &str = "lanyard_audio_purged_total";
+const ABANDONED: &str = "lanyard_abandoned_total";
 const DELETED_REFUSED: &str = "lanyard_deleted_refused_total";
 const STT_DRAFTS: &str = "lanyard_stt_drafts_total";
 const PARTIALS_SENT: &str = "lanyard_partials_sent_total";
@@ -109,6 +112,7 @@ fn describe() {
     describe_counter!(LIMITED, "Requests and streams refused by a per-device limit, by limit.");
     describe_counter!(TRANSCRIPTIONS, "Requests to /v1/audio/transcriptions answered, by HTTP status.");
     describe_counter!(AUDIO_PURGED, "Audio files deleted by the retention sweeper.");
+    describe_counter!(ABANDONED, "Utterances left receiving past [limits] abandoned_after_hours, given up and their audio deleted.");
     describe_counter!(DELETED_REFUSED, "Opens, uploads and text posts of a deleted utterance, refused (410 gone).");
     describe_counter!(STT_DRAFTS, "Speculative and partial decodes, run or dropped, by kind and outcome.");
     describe_counter!(PARTIALS_SENT, "Partial transcripts sent down a stream.");
@@ -241,6 +245,24 @@ pub enum Limit {
     SendTimeout,
     /// A WebSocket frame or message over the protocol's size, closed 4001.
     TooLarge,
+    /// Audio refused by its duration before decoding: a stored frame that
+    /// is not 20 ms (close 4007, upload 400), or a transcription file over
+    /// its length (400).
+    FrameDuration,
+    /// `[limits] replies_per_sec`: a reply waited for its device's turn
+    /// at the responder (counted once per reply that waited).
+    Replies,
+    /// `[limits] opens_per_sec`: an `open` past the device's burst, closed 4004.
+    Opens,
+    /// `[limits] unfinished_per_device`: an `open` of a new id while the
+    /// device has its maximum of utterances unfinished, closed 4004.
+    Unfinished,
+    /// `[limits] transcriptions_per_device`: a transcription request while
+    /// the device has its maximum in progress, 429.
+    Transcriptions,
+    /// An utterance got no live transcription slot: its device already has
+    /// its share (`live::MAX_LIVE_PER_DEVICE`), or the server is full.
+    Live,
 }
 
 /// A limit refused a request, a frame, a stream or a connection.
@@ -260,6 +282,12 @@ impl InternalEvent for Limited {
             Limit::BodyTimeout => "body_timeout",
             Limit::SendTimeout => "send_timeout",
             Limit::TooLarge => "too_large",
+            Limit::FrameDuration => "audio_duration",
+            Limit::Replies => "replies",
+            Limit::Opens => "opens",
+            Limit::Unfinished => "unfinished",
+            Limit::Transcriptions => "transcriptions",
+            Limit::Live => "live",
         };
         counter!(LIMITED, "limit" => limit).increment(1);
     }
@@ -282,6 +310,17 @@ pub struct TranscriptionServed {
 impl InternalEvent for TranscriptionServed {
     fn emit(self) {
         counter!(TRANSCRIPTIONS, "status" => self.status.to_string()).increment(1);
+    }
+}
+
+/// The sweep of abandoned utterances gave up on `count`.
+pub struct Abandoned {
+    pub count: u64,
+}
+
+impl InternalEvent for Abandoned {
+    fn emit(self) {
+        counter!(ABANDONED).increment(self.count);
     }
 }
 

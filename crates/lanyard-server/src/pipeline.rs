@@ -5,20 +5,31 @@
 //! result before the next starts, so a crash resumes at the step it stopped:
 //! `complete` -> transcribe -> `transcribed` -> reply + outbox -> `replied`.
 //!
+//! Devices take turns ([`FairQueue`]): one device's flood of utterances
+//! waits behind its own, takes at most [`DEVICE_IN_FLIGHT`] of the
+//! [`IN_FLIGHT`] slots, and calls the responder at most `[limits]
+//! replies_per_sec` (the operator pays for each call). Another device's
+//! utterance is served at its next turn.
+//!
 //! The transcript is the speculative decode `crate::live` made at silence
 //! onset when that one covers all the speech; otherwise the audio is read
 //! back, decoded and transcribed as a final on the worker pool.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{ServerMsg, UtteranceState};
 use lanyard_stt::Transcript;
 use lanyard_store::Store;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use crate::audio::AudioStore;
+use crate::config::LimitsSection;
+use crate::fair::FairQueue;
+use crate::limits::TokenBucket;
 use crate::hub::Hub;
 use crate::live::{Live, LiveFinal};
 use crate::metrics::{self, FinalTranscript, SttDequeued, SttQueued, Transcribed};
@@ -27,9 +38,11 @@ use crate::{now_ms, transcribe};
 use lanyard_respond::{ReplyRequest, Responder};
 use lanyard_store::ReplyRecord;
 
-/// Utterances waiting for processing. When full, whoever completes an
-/// utterance waits: backpressure reaches the relay, which keeps its spool.
-const QUEUE_DEPTH: usize = 1024;
+/// Utterances of one device waiting for processing, at most. When its lane
+/// is full, whoever completes one more of that device's utterances waits:
+/// backpressure reaches that device's relay, which keeps its spool, and no
+/// other device's.
+const DEVICE_DEPTH: usize = 256;
 
 /// Utterances processed at once. They share the engine through the worker
 /// pool, which serves devices in turns, and one utterance's reply or push
@@ -38,9 +51,23 @@ const QUEUE_DEPTH: usize = 1024;
 /// (at most `MAX_UTTERANCE_FRAMES` of 20 ms, 19 MB of samples).
 const IN_FLIGHT: usize = 8;
 
+/// Utterances of one device processed at once: a device that completes a
+/// thousand utterances takes two of the [`IN_FLIGHT`] slots, and the rest
+/// stay free for the others (see [`FairQueue`]).
+const DEVICE_IN_FLIGHT: usize = 2;
+
 #[derive(Clone)]
 pub struct Pipeline {
-    tx: mpsc::Sender<Uuid>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Utterance ids by device, served in turns.
+    queue: Mutex<FairQueue<Uuid, Uuid>>,
+    /// Something was queued, or a device's in-flight work finished.
+    ready: Notify,
+    /// A device's lane has room again.
+    room: Notify,
 }
 
 struct Worker {
@@ -51,9 +78,13 @@ struct Worker {
     live: Arc<Live>,
     responder: Arc<dyn Responder>,
     push_wake: Arc<Notify>,
+    /// Responder calls per device: the operator pays for each.
+    replies: Mutex<HashMap<Uuid, TokenBucket>>,
+    limits: LimitsSection,
 }
 
 impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         store: Arc<dyn Store>,
         audio: Arc<AudioStore>,
@@ -62,36 +93,76 @@ impl Pipeline {
         live: Arc<Live>,
         responder: Arc<dyn Responder>,
         push_wake: Arc<Notify>,
+        limits: LimitsSection,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
-        let worker = Worker { store, audio, hub, stt, live, responder, push_wake };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(FairQueue::new(DEVICE_IN_FLIGHT)),
+            ready: Notify::new(),
+            room: Notify::new(),
+        });
+        let worker = Worker {
+            store,
+            audio,
+            hub,
+            stt,
+            live,
+            responder,
+            push_wake,
+            replies: Mutex::new(HashMap::new()),
+            limits,
+        };
         let worker = Arc::new(worker);
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let dispatch = shared.clone();
         tokio::spawn(async move {
-            while let Some(id) = rx.recv().await {
+            loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                let (device, id) = loop {
+                    // `ready` keeps a permit when no one waits, so a push
+                    // between this pop and the wait is not missed.
+                    if let Some(next) = dispatch.queue.lock().expect("pipeline queue poisoned").pop() {
+                        break next;
+                    }
+                    dispatch.ready.notified().await;
+                };
+                dispatch.room.notify_waiters();
                 metrics::emit(SttDequeued);
-                let worker = worker.clone();
+                let (worker, shared) = (worker.clone(), dispatch.clone());
                 tokio::spawn(async move {
                     if let Err(e) = worker.process(id).await {
                         tracing::error!(utterance = %id, error = %e, "processing failed");
                         let _ = worker.store.set_failed(id, &e).await;
                     }
+                    shared.queue.lock().expect("pipeline queue poisoned").done(device);
+                    shared.ready.notify_one();
                     drop(slot);
                 });
             }
         });
-        Self { tx }
+        Self { shared }
     }
 
-    pub async fn enqueue(&self, id: Uuid) {
-        // Counted before the send, which waits while the queue is full: a
-        // full queue shows as a depth above QUEUE_DEPTH.
+    /// Queues `device`'s utterance `id` for processing, behind that
+    /// device's other utterances only. Waits while the device has
+    /// [`DEVICE_DEPTH`] waiting already.
+    pub async fn enqueue(&self, device: Uuid, id: Uuid) {
+        // Counted before any wait: a full lane shows as a depth above its
+        // share.
         metrics::emit(SttQueued);
-        if self.tx.send(id).await.is_err() {
-            metrics::emit(SttDequeued);
-            tracing::error!(utterance = %id, "pipeline is gone; the utterance will be resumed at restart");
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut queue = self.shared.queue.lock().expect("pipeline queue poisoned");
+                if queue.waiting(device) < DEVICE_DEPTH {
+                    queue.push(device, id);
+                    break;
+                }
+            }
+            room.await;
         }
+        self.shared.ready.notify_one();
     }
 }
 
@@ -121,6 +192,34 @@ impl Worker {
             self.stt.transcribe_after(device, rest, settled.clone()).await.map_err(|e| format!("transcribing: {e}"))?;
         metrics::emit(FinalTranscript { speculative: false });
         Ok(LiveFinal::joined(settled, from, transcript))
+    }
+
+    /// Waits until `device` may call the responder again: at most
+    /// `[limits] replies_per_sec`, after a burst of `reply_burst`. The
+    /// utterance is only delayed, never dropped; and since a device has at
+    /// most [`DEVICE_IN_FLIGHT`] utterances in flight, its wait holds up
+    /// no other device.
+    async fn reply_turn(&self, device: Uuid) {
+        let mut limited = false;
+        loop {
+            let wait = {
+                let mut map = self.replies.lock().expect("reply budget poisoned");
+                let now = Instant::now();
+                crate::limits::prune(&mut map, now, self.limits.reply_burst, self.limits.replies_per_sec);
+                let bucket = map
+                    .entry(device)
+                    .or_insert_with(|| TokenBucket::new(self.limits.replies_per_sec, self.limits.reply_burst, now));
+                if bucket.take(now) {
+                    return;
+                }
+                bucket.wait()
+            };
+            if !limited {
+                limited = true;
+                metrics::emit(metrics::Limited { limit: metrics::Limit::Replies });
+            }
+            tokio::time::sleep(wait).await;
+        }
     }
 
     #[tracing::instrument(skip(self), fields(utterance = %id))]
@@ -164,6 +263,7 @@ impl Worker {
                 received_end_ms: utt.timings.received_end_ms.unwrap_or(utt.created_ms),
                 audio_secs: utt.frames as f32 * 0.02,
             };
+            self.reply_turn(device.id).await;
             let reply = self.responder.respond(&request).await.map_err(|e| format!("responder {}: {e}", self.responder.name()))?;
             let record = ReplyRecord {
                 title: reply.title.clone(),

@@ -1,5 +1,6 @@
 //! Audio retention: a background sweeper deletes the audio files of finished
-//! utterances once they are older than `[audio] retention_days`.
+//! utterances once they are older than `[audio] retention_days`, and gives
+//! up on utterances abandoned mid-stream ([`sweep_abandoned`]).
 //!
 //! # What is deleted, and when
 //!
@@ -37,7 +38,7 @@ use std::time::Duration;
 use lanyard_store::{Store, StoreError};
 
 use crate::audio::AudioStore;
-use crate::metrics::{self, AudioPurged};
+use crate::metrics::{self, Abandoned, AudioPurged};
 
 /// Utterances handled per store query.
 pub const BATCH: u32 = 256;
@@ -97,19 +98,97 @@ pub async fn sweep(
     Ok(report)
 }
 
-/// Runs [`sweep`] at once and then every `interval`, for as long as the
-/// runtime does. `None` retention (keep forever) starts nothing.
-pub(crate) fn spawn(store: Arc<dyn Store>, audio: Arc<AudioStore>, retention: Option<Duration>, interval: Duration) {
-    let Some(retention) = retention else {
+/// The error an abandoned utterance is marked failed with.
+pub const ABANDONED: &str = "abandoned: the utterance was opened and never ended, and no audio came for [limits] abandoned_after_hours; its audio was deleted";
+
+/// Gives up on utterances left `receiving` (opened and never ended) whose
+/// row is older than `after` and whose audio file has not been written for
+/// as long: each is marked failed with [`ABANDONED`] and its audio deleted,
+/// so opens that are never ended cannot grow rows and files for ever.
+/// Returns how many were given up, counted in `lanyard_abandoned_total`.
+///
+/// The row is marked first: a stream that comes back for it then finds it
+/// finished (`opened` with `complete`), instead of appending to a file
+/// being deleted. A crash between the two leaves a failed row whose audio
+/// the retention sweep deletes in its time.
+pub async fn sweep_abandoned(
+    store: &dyn Store,
+    audio: &Arc<AudioStore>,
+    now_ms: i64,
+    after: Duration,
+) -> Result<u64, StoreError> {
+    let cutoff = now_ms.saturating_sub(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
+    let written_before = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(cutoff).unwrap_or(0));
+    let mut given_up = 0;
+    let mut seen = 0;
+    // Rows still being written to are skipped, not changed, so a batch may
+    // come back the same: page by how many were seen.
+    loop {
+        let batch = store.receiving_before(cutoff, BATCH.saturating_add(seen)).await?;
+        let full = batch.len() as u32 == BATCH.saturating_add(seen);
+        for c in batch.into_iter().skip(seen as usize) {
+            let path = audio.path(c.device_id, c.id);
+            let written = tokio::task::spawn_blocking(move || std::fs::metadata(path).and_then(|m| m.modified()).ok())
+                .await
+                .map_err(|e| StoreError::Backend(format!("audio metadata task: {e}")))?;
+            if written.is_some_and(|t| t >= written_before) {
+                // Audio came lately: a relay is still at it.
+                seen += 1;
+                continue;
+            }
+            store.set_failed(c.id, ABANDONED).await?;
+            let files = audio.clone();
+            let removed = tokio::task::spawn_blocking(move || files.remove(c.device_id, c.id))
+                .await
+                .map_err(|e| StoreError::Backend(format!("audio removal task: {e}")))?;
+            match removed {
+                Ok(_) => {
+                    store.mark_audio_purged(c.id, now_ms).await?;
+                }
+                Err(e) => tracing::warn!(utterance = %c.id, error = %e, "cannot delete an abandoned utterance's audio; the retention sweep will"),
+            }
+            given_up += 1;
+        }
+        if !full {
+            break;
+        }
+    }
+    if given_up > 0 {
+        metrics::emit(Abandoned { count: given_up });
+        tracing::info!(given_up, "abandoned utterances given up");
+    }
+    Ok(given_up)
+}
+
+/// Runs [`sweep`] and [`sweep_abandoned`] at once and then every
+/// `interval`, for as long as the runtime does. `None` for either (keep
+/// forever) skips that sweep.
+pub(crate) fn spawn(
+    store: Arc<dyn Store>,
+    audio: Arc<AudioStore>,
+    retention: Option<Duration>,
+    abandoned_after: Option<Duration>,
+    interval: Duration,
+) {
+    if retention.is_none() {
         tracing::info!("[audio] retention_days = 0: audio is kept forever");
+    }
+    if retention.is_none() && abandoned_after.is_none() {
         return;
-    };
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = sweep(&*store, &audio, crate::now_ms(), retention).await {
+            if let Some(after) = abandoned_after
+                && let Err(e) = sweep_abandoned(&*store, &audio, crate::now_ms(), after).await
+            {
+                tracing::error!(error = %e, "the sweep of abandoned utterances failed; trying again next interval");
+            }
+            if let Some(retention) = retention
+                && let Err(e) = sweep(&*store, &audio, crate::now_ms(), retention).await
+            {
                 tracing::error!(error = %e, "audio retention sweep failed; trying again next interval");
             }
         }

@@ -37,7 +37,11 @@
 //!   413. Ten minutes of 16 kHz PCM16 WAV (19.2 MB) fit.
 //! - the audio: at most [`MAX_AUDIO_SECS`] (600 s), the longest utterance a
 //!   relay may stream (`limits::MAX_UTTERANCE_FRAMES` of 20 ms), else 400.
-//! - the device's request rate, shared with uploads and text posts: 429.
+//! - the device's request rate, shared with uploads and text posts: 429
+//!   `rate_limited`.
+//! - requests of one device in progress at once: `[limits]
+//!   transcriptions_per_device` (2), checked before the body is read, else
+//!   429 `too_many_requests`.
 //!
 //! # Where the work runs
 //!
@@ -53,6 +57,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::oggopus::{self, OggOpusError};
+use lanyard_proto::opus_toc;
 use lanyard_proto::wire::limits;
 use lanyard_stt::{SttError, Transcript};
 
@@ -60,7 +65,7 @@ use crate::AppState;
 use crate::api::request_limit;
 use crate::auth::AuthDevice;
 use crate::error::ApiError;
-use crate::metrics::{self, TranscriptionServed};
+use crate::metrics::{self, Limit, Limited, TranscriptionServed};
 
 mod formats;
 
@@ -103,6 +108,19 @@ async fn serve(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     request_limit(state, device)?;
+    // Held to the answer: the body (up to 25 MiB) and the decoded audio
+    // live that long.
+    let _slot = state.limiter.transcription_slot(device).ok_or_else(|| {
+        metrics::emit(Limited { limit: Limit::Transcriptions });
+        ApiError::TooManyRequests {
+            code: "too_many_requests",
+            message: format!(
+                "this device has {} transcriptions in progress, its maximum; wait for one to be answered",
+                state.limiter.cfg.transcriptions_per_device
+            ),
+            retry_after_secs: 1,
+        }
+    })?;
     let multipart = multipart.map_err(|_| {
         ApiError::UnsupportedMediaType(
             "send multipart/form-data with the audio in a `file` field, as OpenAI's /v1/audio/transcriptions takes it"
@@ -228,6 +246,14 @@ impl From<MediaError> for ApiError {
 /// The file as 16 kHz mono samples in [-1, 1]. Blocking (decoding and
 /// resampling minutes of audio takes a while).
 pub fn decode(file: &[u8]) -> Result<Vec<f32>, MediaError> {
+    let decoded = decode_any(file);
+    if let Err(MediaError::TooLong { .. }) = decoded {
+        crate::metrics::emit(crate::metrics::Limited { limit: crate::metrics::Limit::FrameDuration });
+    }
+    decoded
+}
+
+fn decode_any(file: &[u8]) -> Result<Vec<f32>, MediaError> {
     let pcm = if file.len() >= 12 && &file[..4] == b"RIFF" && &file[8..12] == b"WAVE" {
         decode_wav(file)?
     } else if file.starts_with(b"OggS") {
@@ -255,6 +281,13 @@ fn decode_ogg_opus(file: &[u8]) -> Result<Vec<f32>, MediaError> {
         }
         e => MediaError::Malformed(format!("the file is not usable Ogg Opus: {e}")),
     })?;
+    // What the packets claim, before decoding any: a small file of packets
+    // that each say 120 ms is an hour of audio and hundreds of MB decoded.
+    let secs = opus_toc::duration_secs(packets.iter().map(Vec::as_slice))
+        .map_err(|(index, e)| MediaError::Malformed(format!("Opus packet {index} of the file: {e}")))?;
+    if secs > f64::from(MAX_AUDIO_SECS) {
+        return Err(MediaError::TooLong { secs });
+    }
     lanyard_audio::decode_frames(Codec::Opus16k20ms, packets.iter().map(Vec::as_slice))
         .map_err(|e| MediaError::Malformed(format!("cannot decode the Opus audio: {e}")))
 }
@@ -443,6 +476,19 @@ mod tests {
         let e = decode(&long).unwrap_err();
         assert!(matches!(e, MediaError::TooLong { secs } if (secs - 601.0).abs() < 1e-9), "{e:?}");
         assert!(e.to_string().contains("600 s"), "{e}");
+    }
+
+    #[test]
+    fn an_ogg_file_claiming_an_hour_is_refused_before_decoding() {
+        // 30,000 one-byte packets, each a TOC saying 2 x 60 ms: 3,600 s in under 100 KB.
+        let bomb = vec![vec![(3u8 << 3) | 1]; 30_000];
+        let ogg = oggopus::write(7, bomb.iter().map(Vec::as_slice));
+        assert!(ogg.len() < 100_000, "{} bytes", ogg.len());
+        let e = decode(&ogg).unwrap_err();
+        assert!(matches!(e, MediaError::TooLong { secs } if (secs - 3_600.0).abs() < 1e-6), "{e:?}");
+        // A packet with no duration at all is refused too, by its index.
+        let broken = oggopus::write(7, [&[(9u8 << 3) | 3][..]]);
+        assert!(decode(&broken).unwrap_err().to_string().contains("packet 0"));
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //!   `open`; another device's id answers as an unknown one does.
 //! - Deletion is final: a deleted utterance's id gets 410 `gone` on upload
 //!   and text, and `error` `gone` on `open`.
+//! - Audio is limited by its duration before decoding: a small file of
+//!   Opus packets that claim an hour is refused on every entry point, with
+//!   bounded memory.
+//! - Fairness across devices: a flood of utterances from one device does
+//!   not hold up another's reply; opens, unfinished utterances, live
+//!   transcription slots and transcription requests are budgeted per device.
 
 mod common;
 
@@ -405,5 +411,269 @@ async fn a_deleted_utterance_never_comes_back() {
     let In::Text(ServerMsg::Error { code, .. }) = recv(&mut wb).await else { panic!("expected an error") };
     assert_eq!(code, "not_found");
     assert!(counter(&h.url, "lanyard_deleted_refused_total").await - before >= 3.0);
+    h.server.stop().await;
+}
+
+/// This process's resident memory and its peak since the last reset, in
+/// bytes (`/proc/self/status`). Writing 5 to `clear_refs` resets the peak.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb = |key: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in /proc/self/status"));
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_claiming_an_hour_is_refused_before_decoding_on_every_entry_point() {
+    // Six at once from one device, as the review sent them: past the
+    // per-device cap of simultaneous transcriptions (2), raised here so
+    // that every one reaches the duration check.
+    let h = harness_with(|cfg| cfg.limits.transcriptions_per_device = 6).await;
+    let before = limited(&h, "audio_duration").await;
+    // 30,000 one-byte Opus packets whose TOC says 2 x 60 ms: 3,600 s of
+    // audio in under 100 KB of Ogg.
+    let bomb: Vec<Vec<u8>> = vec![vec![(3u8 << 3) | 1]; 30_000];
+    let ogg = lanyard_proto::oggopus::write(7, bomb.iter().map(Vec::as_slice));
+    assert!(ogg.len() < 100 * 1024, "{} bytes", ogg.len());
+
+    // Six transcription requests at once, as the review sent them; the peak
+    // memory of this process (server included) must grow by < 20 MB.
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
+    let (rss_before, _) = rss();
+    let (ct, body) = multipart(Some(&ogg), &[("model", "whisper-1")]);
+    let answers = futures::future::join_all((0..6).map(|_| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/audio/transcriptions", h.url))
+            .bearer_auth(&h.token_a)
+            .header("content-type", ct.clone())
+            .body(body.clone())
+            .send()
+    }))
+    .await;
+    let (_, peak) = rss();
+    for r in answers {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 400);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("3600.0 s") && text.contains("600 s"), "{text}");
+    }
+    let growth = peak.saturating_sub(rss_before);
+    assert!(growth < 20 * 1024 * 1024, "peak RSS grew by {} MB", growth / (1024 * 1024));
+
+    // An upload of the same file: every stored frame must be 20 ms.
+    let id = Uuid::now_v7();
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/utterances/{id}/audio", h.url))
+        .bearer_auth(&h.token_a)
+        .header("content-type", "audio/ogg")
+        .body(ogg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("packet 0") && text.contains("20 ms"), "{text}");
+    assert!(h.store.utterance(id).await.unwrap().is_none(), "nothing opened for a refused upload");
+
+    // Over the WebSocket: a 120 ms frame closes the stream with 4007,
+    // before it is stored, acked or decoded.
+    let mut ws = h.ws(&h.token_a).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    expect_opened(&mut ws).await;
+    send_audio(&mut ws, 1, 0, &bomb[0]).await;
+    assert_eq!(expect_close(&mut ws).await, close::BAD_FRAME);
+    assert_eq!(h.store.utterance(id).await.unwrap().map(|u| u.frames), Some(0));
+
+    assert!(limited(&h, "audio_duration").await - before >= 8.0, "each refusal is counted");
+    h.server.stop().await;
+}
+
+/// Seconds from posting a text utterance as device B to its reply.
+async fn text_reply_secs(h: &Harness) -> f64 {
+    let id = Uuid::now_v7();
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/utterances/{id}/text", h.url))
+        .bearer_auth(&h.token_b)
+        .json(&serde_json::json!({"text": "what time is it"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    h.wait_state(id, UtteranceState::Replied).await;
+    started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_device_flooding_utterances_does_not_hold_up_another() {
+    // The opens budget would close A's stream after its burst (see
+    // `opens_past_the_budget_close_the_stream`); raised here so that all
+    // 150 reach the pipeline, whose fairness is what this test is about.
+    let h = harness_with(|cfg| {
+        cfg.limits.opens_per_sec = 10_000.0;
+        cfg.limits.open_burst = 10_000.0;
+    })
+    .await;
+    let quiet = text_reply_secs(&h).await;
+    let limited_before = limited(&h, "replies").await;
+
+    // Device A opens, sends one frame and ends 150 utterances, as fast as it can.
+    let mut ws = h.ws(&h.token_a).await;
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        let id = Uuid::now_v7();
+        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
+        send_audio(&mut ws, 1, 0, &[0u8; 640]).await;
+        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1 }).await;
+        ids.push(id);
+    }
+    // Wait until the last one is complete (queued), then measure B.
+    let last = *ids.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.store.utterance(last).await.unwrap().map(|u| u.state) == Some(UtteranceState::Receiving) {
+        assert!(Instant::now() < deadline, "A's utterances were never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flooded = text_reply_secs(&h).await;
+    assert!(
+        flooded <= (quiet * 2.0).max(quiet + 1.0),
+        "B's reply took {flooded:.2} s under A's flood, {quiet:.2} s without"
+    );
+    // A's replies past its burst wait for their turn at the responder.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while limited(&h, "replies").await <= limited_before {
+        assert!(Instant::now() < deadline, "A's responder calls were never limited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.server.stop().await;
+}
+
+/// Opens `id` on `handle` and reads the answer: `Ok` when opened, the close
+/// code otherwise.
+async fn try_open(ws: &mut Ws, id: Uuid, handle: u32) -> Result<(), (u16, String)> {
+    send_text(ws, &ClientMsg::Open { utterance: id, handle, codec: Codec::Pcm16k }).await;
+    loop {
+        match recv(ws).await {
+            In::Text(ServerMsg::Opened { .. }) => return Ok(()),
+            In::Close(c, r) => return Err((c, r)),
+            In::Text(ServerMsg::Error { code, message, .. }) => panic!("open answered error {code}: {message}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_utterances_past_the_cap_close_the_stream_and_live_slots_are_per_device() {
+    let h = harness_with(|cfg| cfg.limits.unfinished_per_device = 3).await;
+    let (unfinished_before, live_before) = (limited(&h, "unfinished").await, limited(&h, "live").await);
+    let mut ws = h.ws(&h.token_a).await;
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let handle = i as u32 + 1;
+        try_open(&mut ws, *id, handle).await.unwrap();
+        // A frame each: the third finds its device's live slots taken.
+        send_audio(&mut ws, handle, 0, &[0u8; 640]).await;
+        expect_ack(&mut ws, 1).await;
+    }
+    assert!(limited(&h, "live").await > live_before, "a third live utterance of one device is refused a slot");
+    // A fourth new id, with three left unfinished: closed 4004, counted.
+    let (code, reason) = try_open(&mut ws, Uuid::now_v7(), 4).await.unwrap_err();
+    assert_eq!(code, close::RATE_LIMITED, "{reason}");
+    assert!(reason.contains("not ended"), "the reason says what to do: {reason}");
+    assert!(limited(&h, "unfinished").await > unfinished_before);
+    // Resuming one of them is always allowed, and ending it frees a place.
+    let mut ws = h.ws(&h.token_a).await;
+    try_open(&mut ws, ids[0], 1).await.unwrap();
+    send_text(&mut ws, &ClientMsg::End { utterance: ids[0], frames: 1 }).await;
+    loop {
+        if let In::Text(ServerMsg::Complete { .. }) = recv(&mut ws).await {
+            break;
+        }
+    }
+    try_open(&mut ws, Uuid::now_v7(), 2).await.unwrap();
+    // Another device has its own count.
+    let mut b = h.ws(&h.token_b).await;
+    for handle in 1..=3 {
+        try_open(&mut b, Uuid::now_v7(), handle).await.unwrap();
+    }
+    h.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_past_the_budget_close_the_stream() {
+    let h = harness_with(|cfg| {
+        cfg.limits.opens_per_sec = 0.1;
+        cfg.limits.open_burst = 5.0;
+    })
+    .await;
+    let before = limited(&h, "opens").await;
+    let mut ws = h.ws(&h.token_a).await;
+    for _ in 0..5 {
+        let id = Uuid::now_v7();
+        try_open(&mut ws, id, 1).await.unwrap();
+        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 0 }).await;
+    }
+    let (code, reason) = try_open(&mut ws, Uuid::now_v7(), 2).await.unwrap_err();
+    assert_eq!(code, close::RATE_LIMITED, "{reason}");
+    assert!(reason.contains("opens a second") && reason.contains("reconnect in"), "{reason}");
+    assert_eq!(limited(&h, "opens").await, before + 1.0);
+    // Device B's budget is its own.
+    let mut b = h.ws(&h.token_b).await;
+    try_open(&mut b, Uuid::now_v7(), 1).await.unwrap();
+    h.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_holds_at_most_its_share_of_transcription_requests() {
+    let h = harness_with(|cfg| cfg.limits.transcriptions_per_device = 1).await;
+    let before = limited(&h, "transcriptions").await;
+    // A request whose body never finishes holds A's one slot.
+    let mut slow = TcpStream::connect(h.server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-type: multipart/form-data; boundary=b\r\ncontent-length: 1000000\r\n\r\n--b\r\n",
+        h.token_a
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let post = |token: String| {
+        let url = format!("{}/v1/audio/transcriptions", h.url);
+        async move {
+            let (ctype, body) = multipart(None, &[("model", "whisper-1")]);
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", ctype)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // The slow request reaches its handler first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let (status, body) = post(h.token_a.clone()).await;
+        if status == 429 {
+            break body;
+        }
+        assert_eq!(status, 400, "no file: {body}");
+        assert!(Instant::now() < deadline, "the second request was never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused["code"], "too_many_requests", "{refused}");
+    assert!(limited(&h, "transcriptions").await > before);
+    // B is not held up by A's slots.
+    assert_eq!(post(h.token_b.clone()).await.0, 400);
+    // The slot is A's again once its request ends, however it ended.
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post(h.token_a.clone()).await.0 == 429 {
+        assert!(Instant::now() < deadline, "the slot of a dropped request was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     h.server.stop().await;
 }

@@ -173,3 +173,53 @@ async fn the_server_sweeps_in_the_background_and_the_api_reports_purged_audio() 
     assert!(scrape.lines().any(|l| l.starts_with("lanyard_audio_purged_total ")), "{scrape}");
     server.stop().await;
 }
+
+/// Sets the file's last write back `age` from now.
+fn written_ago(path: &std::path::Path, age: Duration) {
+    let f = std::fs::File::options().append(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - age).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utterances_abandoned_mid_stream_are_given_up_once_their_audio_is_old_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig::new(([127, 0, 0, 1], 0).into(), dir.path().to_owned());
+    let store = lanyard_server::open_store(&cfg).await.unwrap();
+    let audio = Arc::new(AudioStore::new(cfg.audio_dir()).unwrap());
+    let device = Uuid::now_v7();
+    store.add_device(device, "d", &[1; 32], 0).await.unwrap();
+    let week = Duration::from_secs(7 * 86_400);
+    let now = now_ms();
+    let ten_days = Duration::from_secs(10 * 86_400);
+
+    // Opened ten days ago, and a relay still appends to some of them (their
+    // files were written just now): more than a batch of those, so the sweep
+    // must page past rows it leaves alone.
+    let mut busy = Vec::new();
+    for i in 0..i64::from(BATCH) + 5 {
+        busy.push(recorded(&*store, &audio, device, now - 10 * DAY_MS + i, false).await);
+    }
+    // Opened after them, silent for ten days: abandoned.
+    let abandoned = recorded(&*store, &audio, device, now - 10 * DAY_MS + 1_000, false).await;
+    written_ago(&audio.path(device, abandoned), ten_days);
+    // Silent for ten days but opened yesterday (a clock set back): kept.
+    let young = recorded(&*store, &audio, device, now - DAY_MS, false).await;
+    written_ago(&audio.path(device, young), ten_days);
+    // Finished long ago: retention's business, not this sweep's.
+    let finished = recorded(&*store, &audio, device, now - 10 * DAY_MS, true).await;
+    written_ago(&audio.path(device, finished), ten_days);
+
+    assert_eq!(retention::sweep_abandoned(&*store, &audio, now, week).await.unwrap(), 1);
+    let u = store.utterance(abandoned).await.unwrap().unwrap();
+    assert_eq!((u.state, u.error.as_deref()), (UtteranceState::Failed, Some(retention::ABANDONED)));
+    assert!(u.audio_purged_ms.is_some(), "its audio is marked deleted");
+    assert!(!audio.path(device, abandoned).exists());
+    for id in busy.iter().chain([&young]) {
+        assert_eq!(store.utterance(*id).await.unwrap().unwrap().state, UtteranceState::Receiving);
+        assert!(audio.path(device, *id).exists());
+    }
+    assert_eq!(store.utterance(finished).await.unwrap().unwrap().state, UtteranceState::Replied);
+    assert_eq!(store.receiving_count(device).await.unwrap(), BATCH + 6);
+    // Nothing twice.
+    assert_eq!(retention::sweep_abandoned(&*store, &audio, now, week).await.unwrap(), 0);
+}

@@ -29,27 +29,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// kitchen" as "my life Simba Kitchen".
 const SENTENCE: &str = "What is on my calendar this afternoon?";
 
-/// A `multipart/form-data` body: the file part (if any), then text fields.
-fn multipart(file: Option<&[u8]>, fields: &[(&str, &str)]) -> (String, Vec<u8>) {
-    let boundary = "lanyard-test-boundary-7f3a9c";
-    let mut body = Vec::new();
-    if let Some(file) = file {
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(file);
-        body.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
 async fn post(url: &str, token: Option<&str>, content_type: &str, body: Vec<u8>) -> reqwest::Response {
     let mut req = reqwest::Client::new()
         .post(format!("{url}/v1/audio/transcriptions"))

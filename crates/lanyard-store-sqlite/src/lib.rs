@@ -749,6 +749,38 @@ impl Store for SqliteStore {
         .map_err(backend)?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn receiving_count(&self, device_id: Uuid) -> Result<u32> {
+        // The partial index of migration 0007, named for the reason
+        // `audio_to_purge` names its own.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM utterances INDEXED BY utterances_receiving
+             WHERE device_id = ? AND state = 'receiving'",
+        )
+        .bind(device_id.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn receiving_before(&self, created_before_ms: i64, limit: u32) -> Result<Vec<PurgeCandidate>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, device_id, created_ms FROM utterances
+             WHERE state = 'receiving' AND created_ms < ?1
+             ORDER BY created_ms, id LIMIT ?2",
+        )
+        .bind(created_before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(id, device_id, created_ms)| {
+                Ok(PurgeCandidate { id: parse_uuid(&id)?, device_id: parse_uuid(&device_id)?, created_ms })
+            })
+            .collect()
+    }
 }
 
 /// Deletes a device's push requests and then its utterances (the outbox

@@ -463,6 +463,24 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     store.set_reply(done, &reply("T", "B", "{}"), None, 60_100).await.unwrap();
     assert_eq!(store.utterance(done).await.unwrap().unwrap().audio_purged_ms, Some(60_000));
 
+    // --- Unfinished utterances: the per-device cap and the abandoned sweep ---
+    assert_eq!(store.receiving_count(cellar.id).await.unwrap(), 1, "only `receiving` counts");
+    assert_eq!(store.receiving_count(kitchen.id).await.unwrap(), 0);
+    let cellar_only = |cs: Vec<lanyard_store::PurgeCandidate>| {
+        cs.iter().filter(|c| c.device_id == cellar.id).map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(cellar_only(store.receiving_before(40_001, 1_000).await.unwrap()), vec![receiving]);
+    assert!(cellar_only(store.receiving_before(40_000, 1_000).await.unwrap()).is_empty(), "strictly before");
+    let late = Uuid::now_v7();
+    store.open_utterance(late, cellar.id, Codec::Pcm16k, 70_000).await.unwrap();
+    assert_eq!(store.receiving_count(cellar.id).await.unwrap(), 2);
+    assert_eq!(cellar_only(store.receiving_before(80_000, 1_000).await.unwrap()), vec![receiving, late], "oldest first");
+    // The sweep gives up on one: failed, and then its audio may go.
+    store.set_failed(receiving, "abandoned").await.unwrap();
+    assert_eq!(store.receiving_count(cellar.id).await.unwrap(), 1);
+    assert!(store.mark_audio_purged(receiving, 80_000).await.unwrap());
+    assert_eq!(cellar_only(store.receiving_before(80_000, 1_000).await.unwrap()), vec![late]);
+
     Written {
         devices: vec![(kitchen_hash, kitchen), (hall_hash, hall)],
         utterances: vec![u1, u2, u3, u4, u5, t1],
@@ -706,7 +724,7 @@ async fn a_database_at_0001_is_migrated() {
     let mut conn = raw(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     // Rows from before 0004 keep their audio; rows from before 0005 keep
     // their transcript and have no segments.
     let u = store.utterance(unsent).await.unwrap().unwrap();
@@ -730,6 +748,17 @@ async fn a_database_at_0001_is_migrated() {
     .await
     .unwrap();
     assert!(plan.iter().any(|(.., detail)| detail.contains("push_outbox_due")), "{plan:?}");
+    // The per-device count of unfinished utterances reads only those
+    // (migration 0007), not the device's whole history.
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM utterances INDEXED BY utterances_receiving
+         WHERE device_id = 'd' AND state = 'receiving'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(plan.iter().any(|(.., detail)| detail.contains("utterances_receiving")), "{plan:?}");
+    assert_eq!(store.receiving_count(Uuid::now_v7()).await.unwrap(), 0);
 }
 
 /// A separate raw connection, to look under the store and to write what a

@@ -294,4 +294,16 @@ pub trait Store: Send + Sync + 'static {
     /// call wins and returns `true`; a repeated call, an unfinished
     /// utterance, or one deleted meanwhile give `false` and change nothing.
     async fn mark_audio_purged(&self, id: Uuid, now_ms: i64) -> Result<bool>;
+
+    /// How many of the device's utterances are `receiving`: opened and not
+    /// ended. The server caps it per device, so that opens never ended
+    /// cannot grow rows and files without limit. One index range of that
+    /// device's unfinished rows, however long its history.
+    async fn receiving_count(&self, device_id: Uuid) -> Result<u32>;
+
+    /// Up to `limit` utterances still `receiving` that were created before
+    /// `created_before_ms`, oldest first: candidates for the sweep of
+    /// abandoned utterances, which also checks when their audio was last
+    /// written before it gives up on one.
+    async fn receiving_before(&self, created_before_ms: i64, limit: u32) -> Result<Vec<PurgeCandidate>>;
 }
