@@ -49,6 +49,11 @@ pub struct RelayConfig {
     /// end; 0 means "use the default" (1500 ms).
     #[uniffi(default = 1500)]
     pub silence_timeout_ms: u64,
+    /// Allow `http://` to a server that is not on this device (a laptop on
+    /// the LAN, in development): the token and audio then cross the network
+    /// in clear text. Off by default; never in a release build.
+    #[uniffi(default = false)]
+    pub insecure: bool,
 }
 
 impl RelayConfig {
@@ -67,6 +72,8 @@ impl RelayConfig {
                 self.server_url
             ),
         })?;
+        lanyard_relay::transport::check_server(&self.server_url, self.insecure)
+            .map_err(|e| RelayError::InvalidConfig { message: e.to_string() })?;
         if self.token.trim().is_empty() {
             return Err(RelayError::InvalidConfig {
                 message: "token is empty: register the device with `lanyard device add NAME` and pass the \
@@ -94,6 +101,8 @@ impl RelayConfig {
             exit_after: None,
             send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
             fsync_delay: Duration::ZERO,
+            insecure: self.insecure,
+            extra_root_certs: Vec::new(),
         })
     }
 

@@ -67,6 +67,7 @@ use crate::planner::{Decision, PlanInput, PlannerConfig, UttView, plan};
 use crate::seal::{seal, sealed_ids};
 use crate::link::LinkEvent;
 use crate::spool::{Spool, SpoolError};
+use crate::transport::Transport;
 use crate::uplink::{Action, Input, RelayEvent, RelayStats, Uplink, UplinkConfig};
 
 /// Everything the host needs.
@@ -99,6 +100,13 @@ pub struct HostConfig {
     /// sim`'s slow-disk fault, `lanyard relay --fsync-delay-ms`). Zero in
     /// production. The delay blocks the relay's loop, as a slow `fsync()` does.
     pub fsync_delay: Duration,
+    /// Allow `http://` to a server that is not on this machine: the token
+    /// and audio then cross the network in clear text (see
+    /// [`crate::transport`]). Off by default, and never for production.
+    pub insecure: bool,
+    /// PEM files of CAs to trust besides the Mozilla roots: a private CA,
+    /// or a self-signed server's.
+    pub extra_root_certs: Vec<PathBuf>,
 }
 
 /// The default [`HostConfig::send_interval`].
@@ -110,6 +118,10 @@ pub enum HostError {
     Spool(#[from] SpoolError),
     #[error("server URL {0:?} is not http(s)://host[:port]")]
     BadServerUrl(String),
+    #[error("refusing to send the device token and audio in clear text to {0}: use https:// (a server with [tls], or behind a TLS proxy), or pass --insecure (`insecure` in the config) on a network you trust")]
+    Insecure(String),
+    #[error("cannot trust the certificates in {path}: {reason}; give a PEM file with the CA's certificate")]
+    RootCert { path: PathBuf, reason: String },
     #[error("registering the push token failed: {0}")]
     PushRegistration(String),
 }
@@ -437,6 +449,7 @@ impl Link {
 pub struct Relay {
     cfg: HostConfig,
     ws_url: String,
+    transport: Transport,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Stamped>,
 }
@@ -444,7 +457,9 @@ pub struct Relay {
 /// Opens (and recovers) the spool. Returns the relay, to be run on a tokio
 /// runtime, and the [`Link`] its pendant transport feeds.
 pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(Relay, Link), HostError> {
+    crate::transport::check_server(&cfg.server, cfg.insecure)?;
     let ws_url = stream_url(&cfg.server)?;
+    let transport = Transport::new(&cfg.extra_root_certs)?;
     let (mut spool, recovery) = Spool::open(&cfg.spool_dir)?;
     tracing::info!(?recovery, "spool recovered");
     let boot = boot_id();
@@ -491,7 +506,7 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
         events: Some(events.clone()),
     };
     let shared = Arc::new(Shared { core: Mutex::new(core), wake: Notify::new(), stopped: AtomicBool::new(false) });
-    Ok((Relay { cfg, ws_url, shared: shared.clone(), events }, Link { shared }))
+    Ok((Relay { cfg, ws_url, transport, shared: shared.clone(), events }, Link { shared }))
 }
 
 /// The file in the spool directory that names the OS boot the relay last
@@ -662,7 +677,7 @@ impl Relay {
         mut link_rx: Option<mpsc::Receiver<LinkEvent>>,
         mut control_rx: mpsc::UnboundedReceiver<Control>,
     ) -> Result<(), HostError> {
-        let Relay { cfg, ws_url, shared, events } = self;
+        let Relay { cfg, ws_url, transport, shared, events } = self;
         let link = Link { shared: shared.clone() };
         /// Marks the relay stopped however `run` returns, and ends the
         /// event stream.
@@ -693,10 +708,11 @@ impl Relay {
             // An app that starts offline must still spool: registration retries
             // in the background until it succeeds (or the relay stops).
             let (server, token, events) = (cfg.server.clone(), cfg.token.clone(), events.clone());
+            let http = transport.http.clone();
             _registration = Some(AbortOnDrop(tokio::spawn(async move {
                 let mut delay = Duration::from_millis(500);
                 loop {
-                    match register_push(&server, &token, &push).await {
+                    match register_push(&http, &server, &token, &push).await {
                         Ok(()) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "push registration failed; retrying");
@@ -753,7 +769,8 @@ impl Relay {
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut shutdown = false;
         let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
-        let mut socket = Socket { url: ws_url, token: cfg.token.clone(), generation: 0, out: None, events: ws_tx };
+        let mut socket =
+            Socket { url: ws_url, token: cfg.token.clone(), tls: transport.ws.clone(), generation: 0, out: None, events: ws_tx };
         let mut replies = 0usize;
         // While frames arrive the loop looks at least this often: to hand them
         // to the uplink, and to fsync them within the sync interval.
@@ -1020,6 +1037,7 @@ impl Relay {
 struct Socket {
     url: String,
     token: String,
+    tls: Option<tokio_tungstenite::Connector>,
     generation: u64,
     out: Option<mpsc::UnboundedSender<Message>>,
     events: mpsc::UnboundedSender<WsEvent>,
@@ -1039,7 +1057,13 @@ impl Socket {
             match action {
                 Action::Connect => {
                     self.generation += 1;
-                    tokio::spawn(connect(self.url.clone(), self.token.clone(), self.generation, self.events.clone()));
+                    tokio::spawn(connect(
+                        self.url.clone(),
+                        self.token.clone(),
+                        self.tls.clone(),
+                        self.generation,
+                        self.events.clone(),
+                    ));
                 }
                 Action::Disconnect => {
                     self.generation += 1;
@@ -1125,8 +1149,14 @@ fn ws_input(msg: Message) -> Option<Input> {
 }
 
 /// Opens the WebSocket and runs its reader and writer until it closes.
-async fn connect(url: String, token: String, generation: u64, events: mpsc::UnboundedSender<WsEvent>) {
-    let reason = match open_ws(&url, &token).await {
+async fn connect(
+    url: String,
+    token: String,
+    tls: Option<tokio_tungstenite::Connector>,
+    generation: u64,
+    events: mpsc::UnboundedSender<WsEvent>,
+) {
+    let reason = match open_ws(&url, &token, tls).await {
         Ok(ws) => {
             let (mut sink, mut stream) = ws.split();
             let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
@@ -1181,6 +1211,7 @@ async fn connect(url: String, token: String, generation: u64, events: mpsc::Unbo
 async fn open_ws(
     url: &str,
     token: &str,
+    tls: Option<tokio_tungstenite::Connector>,
 ) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
     let mut req = url.into_client_request().map_err(|e| format!("bad stream URL {url}: {e}"))?;
     let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "token has invalid characters")?;
@@ -1191,7 +1222,7 @@ async fn open_ws(
     // and tungstenite zero-fills all of it before every read (the 128 KiB
     // default was the largest user-space cost of the relay's loop).
     let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let connect = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, tls);
     match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(resp))) => {
@@ -1219,9 +1250,9 @@ pub fn stream_url(server: &str) -> Result<String, HostError> {
     Ok(format!("{ws}{STREAM_PATH}"))
 }
 
-async fn register_push(server: &str, token: &str, push: &PushRegistration) -> Result<(), HostError> {
+async fn register_push(http: &reqwest::Client, server: &str, token: &str, push: &PushRegistration) -> Result<(), HostError> {
     let url = format!("{}/v1/device/push", server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
+    let resp = http
         .put(&url)
         .bearer_auth(token)
         .json(push)
@@ -1257,6 +1288,8 @@ mod tests {
             push: None,
             exit_after: None,
             fsync_delay: Duration::ZERO,
+            insecure: false,
+            extra_root_certs: Vec::new(),
         };
         open(cfg, mpsc::unbounded_channel().0).unwrap()
     }

@@ -22,6 +22,7 @@ pub mod seal;
 pub mod host;
 pub mod link;
 pub mod spool;
+pub mod transport;
 pub mod uplink;
 
 pub use host::{Control, DEFAULT_SEND_INTERVAL, HostConfig, Lifecycle, Link, Relay, open, run};

@@ -24,6 +24,8 @@ fn config(dir: &std::path::Path) -> HostConfig {
         push: None,
         exit_after: None,
         fsync_delay: Duration::ZERO,
+        insecure: false,
+        extra_root_certs: Vec::new(),
     }
 }
 

@@ -359,6 +359,8 @@ fn relay_child() {
         push: None,
         exit_after: Some(var("BENCH_UTTERANCES").parse().unwrap()),
         fsync_delay: Duration::ZERO,
+        insecure: false,
+        extra_root_certs: Vec::new(),
     };
     let sim: std::net::SocketAddr = var("BENCH_SIM").parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

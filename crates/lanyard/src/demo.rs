@@ -1,10 +1,12 @@
 //! `lanyard demo`: the whole path, end to end, as separate processes.
 //!
 //! 1. registers a device in a fresh data directory;
-//! 2. starts `lanyard serve` on a loopback port;
+//! 2. starts `lanyard serve` on a loopback port, over TLS with a throwaway
+//!    CA's certificate (`dev_tls`) unless `--plain`;
 //! 3. starts `lanyard pendant-sim`, which speaks known sentences (espeak-ng)
 //!    through the BLE framing at real-time pace;
-//! 4. starts `lanyard relay`, which spools and streams them;
+//! 4. starts `lanyard relay`, which trusts that CA (`--ca-cert`), spools and
+//!    streams them;
 //! 5. reads what each process reports and the server's stored timings, and
 //!    prints, per utterance: reference, transcript, reply, and latency from
 //!    end of speech to final transcript and to the push request; then the
@@ -44,6 +46,11 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Serve plain HTTP instead of TLS. By default the demo makes a
+    /// throwaway CA and certificate, serves HTTPS with them, and has the
+    /// relay trust that CA (`--ca-cert`), as a deployment runs.
+    #[arg(long)]
+    plain: bool,
 }
 
 /// A child process whose stdout JSON lines are forwarded, tagged.
@@ -106,14 +113,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let s = |x: &str| x.to_string();
-    let mut procs = vec![spawn(
-        "server",
-        &[s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), path(&server_dir), s("--model-dir"), path(&args.model_dir)],
-        tx.clone(),
-    )?];
-    let server_addr = wait_for(&mut rx, &mut procs, "server", "listening", deadline - started.elapsed()).await?;
-    let server_url = format!("http://{}", server_addr["addr"].as_str().context("server printed no address")?);
-    eprintln!("lanyard demo: server up at {server_url} (model loaded)");
+    let mut server_args =
+        vec![s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), path(&server_dir), s("--model-dir"), path(&args.model_dir)];
+    let mut trust = Vec::new();
+    let mut ca = None;
+    if !args.plain {
+        let tls = crate::dev_tls::make(&work.join("tls"))?;
+        ca = Some(tls.ca.clone());
+        server_args.extend([s("--tls-cert"), path(&tls.cert), s("--tls-key"), path(&tls.key)]);
+        trust.extend([s("--ca-cert"), path(&tls.ca)]);
+    }
+    let mut procs = vec![spawn("server", &server_args, tx.clone())?];
+    let listening = wait_for(&mut rx, &mut procs, "server", "listening", deadline - started.elapsed()).await?;
+    let server_url = listening["url"].as_str().context("server printed no URL")?.to_string();
+    let tls_note = if args.plain { "plain HTTP" } else { "TLS, a throwaway CA's certificate" };
+    eprintln!("lanyard demo: server up at {server_url} ({tls_note}; model loaded)");
 
     let mut sim_args = vec![s("pendant-sim"), s("--listen"), s("127.0.0.1:0"), s("--wait-for-central"), s("--linger-secs"), s("600")];
     for sentence in &lanyard_pendant::speech::DEMO_SENTENCES[..n] {
@@ -140,7 +154,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             s("apns:demo-device-token"),
             s("--exit-after"),
             n.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(trust)
+        .collect::<Vec<_>>(),
         tx.clone(),
     )?);
     drop(tx);
@@ -196,7 +213,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     // The push request is made after the reply is stored; wait for it.
-    let client = reqwest::Client::new();
+    let client = lanyard_relay::transport::Transport::new(&ca.into_iter().collect::<Vec<_>>())?.http().clone();
     let mut views = Vec::new();
     for u in &utts {
         let id = u.id.context("an utterance never started at the relay")?;
@@ -220,6 +237,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     println!();
     println!("Lanyard demo: {n} utterances, pendant -> BLE framing -> relay spool -> WebSocket -> server -> Whisper -> reply -> push");
+    println!("transport: {server_url} ({tls_note})");
     println!();
     let (mut errors, mut words) = (0.0f32, 0usize);
     let mut ttfs = Vec::new();

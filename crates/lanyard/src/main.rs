@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod dev_tls;
 mod paths;
 #[cfg(feature = "sim")]
 mod sim;
@@ -80,9 +81,20 @@ pub struct ServeArgs {
     /// A TOML config file (see `lanyard-server`'s config module doc for every key).
     #[arg(long, env = "LANYARD_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080]. Use 0.0.0.0:PORT to accept phones on the network.
+    /// Address to listen on [default: 127.0.0.1:8080]. To accept phones on the
+    /// network (0.0.0.0:PORT), serve TLS: --tls-cert and --tls-key, or a TLS
+    /// proxy in front of a loopback address. Device tokens and audio must not
+    /// cross a network in clear text, and relays refuse plain http:// to
+    /// another machine.
     #[arg(long, env = "LANYARD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Terminate TLS with this certificate chain (PEM, the server's first);
+    /// with --tls-key. Overrides the config file's [tls].
+    #[arg(long, env = "LANYARD_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "LANYARD_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Directory for the SQLite store, audio files and the push sink
     /// [default: ~/.local/share/lanyard/server].
     #[arg(long, env = "LANYARD_DATA_DIR")]
@@ -142,9 +154,19 @@ lanyard pendant-sim --wait-for-central &\n  \
 lanyard relay --token TOKEN --sim 127.0.0.1:7010\n  \
 lanyard relay --server https://lanyard.example.com --token TOKEN --ble --ble-name omi")]
 struct RelayArgs {
-    /// The server's base URL.
+    /// The server's base URL: https:// (plain http:// only to this machine,
+    /// unless --insecure).
     #[arg(long, env = "LANYARD_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// Allow http:// to a server that is not on this machine. The device
+    /// token and the audio then cross the network in clear text: only on a
+    /// network you trust, never in production.
+    #[arg(long)]
+    insecure: bool,
+    /// Trust this CA certificate (PEM) besides the built-in roots: a private
+    /// CA, or a self-signed server's. May be given more than once.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Vec<PathBuf>,
     /// The device token from `lanyard device add`.
     #[arg(long, env = "LANYARD_TOKEN", hide_env_values = true)]
     token: String,
@@ -320,6 +342,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.limits = file.limits;
     cfg.audio = file.audio;
     cfg.connections = file.connections;
+    cfg.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert_path), Some(key_path)) => Some(lanyard_server::tls::TlsSection { cert_path, key_path }),
+        _ => file.tls,
+    };
     cfg.admin_token_hash = lanyard_server::config::admin_token_hash(
         file.admin_token_hash.as_deref(),
         std::env::var("LANYARD_ADMIN_TOKEN").ok().as_deref(),
@@ -331,7 +357,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     lanyard_server::validate(&cfg)?;
     let stt = lanyard_server::build_stt(&stt_backend).context("cannot start speech-to-text")?;
     let server = lanyard_server::start(cfg.clone(), stt).await?;
-    print_json(&serde_json::json!({ "event": "listening", "addr": server.addr, "data_dir": cfg.data_dir }));
+    print_json(&serde_json::json!({ "event": "listening", "addr": server.addr, "url": server.url(), "data_dir": cfg.data_dir }));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("stopping");
@@ -382,7 +408,14 @@ async fn relay(args: RelayArgs) -> Result<()> {
         exit_after: args.exit_after,
         fsync_delay: Duration::from_millis(args.fsync_delay_ms),
         send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
+        insecure: args.insecure,
+        extra_root_certs: args.ca_cert.clone(),
     };
+    // The uploads this host carries out trust what the stream trusts.
+    let http = lanyard_relay::transport::Transport::new(&cfg.extra_root_certs)
+        .context("cannot load --ca-cert")?
+        .http()
+        .clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::host::Stamped>();
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::Control>();
     let self_upload = args.self_upload;
@@ -391,7 +424,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
         while let Some(ev) = rx.recv().await {
             print_json(&ev);
             if let (true, lanyard_relay::RelayEvent::UploadTask { id, path, url, method, headers }) = (self_upload, &ev.event) {
-                tokio::spawn(upload(*id, path.clone(), url.clone(), method.clone(), headers.clone(), uploads.clone()));
+                tokio::spawn(upload(http.clone(), *id, path.clone(), url.clone(), method.clone(), headers.clone(), uploads.clone()));
             }
         }
     });
@@ -447,6 +480,7 @@ fn spawn_ble_link(_: Option<String>, _: tokio::sync::mpsc::Sender<lanyard_relay:
 
 /// Performs one upload task, as a background URLSession would.
 async fn upload(
+    http: reqwest::Client,
     id: uuid::Uuid,
     path: String,
     url: String,
@@ -457,7 +491,7 @@ async fn upload(
     let ok = async {
         let body = tokio::fs::read(&path).await.ok()?;
         let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
-        let mut req = reqwest::Client::new().request(method, &url).body(body);
+        let mut req = http.request(method, &url).body(body);
         for (k, v) in &headers {
             req = req.header(k, v);
         }

@@ -122,6 +122,11 @@ pub struct Shared {
     pub faults: Arc<Mutex<Vec<FaultEvent>>>,
     /// Every stdout event of every child, with its source.
     pub events: mpsc::UnboundedSender<(Source, Value)>,
+    /// `https` with `[run] tls` (the default), else `http`.
+    pub scheme: &'static str,
+    /// The campaign's own HTTP client (uploads, metrics), trusting the
+    /// campaign's CA.
+    pub http: reqwest::Client,
 }
 
 impl Shared {
@@ -210,14 +215,14 @@ impl Server {
         })
     }
 
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    fn url(&self, shared: &Shared) -> String {
+        format!("{}://{}", shared.scheme, self.addr)
     }
 
     /// SIGKILLs the server and starts it again on the same port and data.
     async fn kill_and_restart(&mut self, shared: &Shared) -> Result<()> {
         // The counters die with the process: read them first.
-        let (dup, recv) = scrape(&self.url()).await.unwrap_or((0, 0));
+        let (dup, recv) = scrape(shared, &self.url(shared)).await.unwrap_or((0, 0));
         self.child
             .kill()
             .await
@@ -254,8 +259,8 @@ impl Server {
         }
     }
 
-    async fn counters(&self) -> (u64, u64) {
-        let (dup, recv) = scrape(&self.url()).await.unwrap_or((0, 0));
+    async fn counters(&self, shared: &Shared) -> (u64, u64) {
+        let (dup, recv) = scrape(shared, &self.url(shared)).await.unwrap_or((0, 0));
         (self.dead_duplicates + dup, self.dead_received + recv)
     }
 }
@@ -298,8 +303,9 @@ async fn start_server(shared: &Shared, args: &[String]) -> Result<(Child, Socket
 }
 
 /// Reads `lanyard_frames_duplicate_total` and `lanyard_frames_received_total`.
-async fn scrape(url: &str) -> Option<(u64, u64)> {
-    let text = reqwest::Client::new()
+async fn scrape(shared: &Shared, url: &str) -> Option<(u64, u64)> {
+    let text = shared
+        .http
         .get(format!("{url}/metrics"))
         .timeout(Duration::from_secs(2))
         .send()
@@ -463,11 +469,17 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(scenario.run.seed);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // Over TLS by default, as a deployment runs: a throwaway CA that the
+    // relays (and this runner's own client) trust.
+    let tls = scenario.run.tls.then(|| crate::dev_tls::make(&work.join("tls"))).transpose()?;
+    let ca: Vec<PathBuf> = tls.iter().map(|t| t.ca.clone()).collect();
     let shared = Shared {
         exe: std::env::current_exe().context("cannot find the lanyard executable")?,
         logs: logs.clone(),
         faults: Arc::default(),
         events: tx,
+        scheme: if tls.is_some() { "https" } else { "http" },
+        http: lanyard_relay::transport::Transport::new(&ca)?.http().clone(),
     };
 
     // The APNs peer fails a fraction of requests, for real: the server sees
@@ -517,9 +529,12 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     if scenario.run.stt_threads > 0 {
         server_args.extend([s("--stt-threads"), scenario.run.stt_threads.to_string()]);
     }
+    if let Some(tls) = &tls {
+        server_args.extend([s("--tls-cert"), p(&tls.cert), s("--tls-key"), p(&tls.key)]);
+    }
     let server = Server::start(&shared, server_args).await?;
     let server_addr = server.addr;
-    let server_url = server.url();
+    let server_url = server.url(&shared);
     eprintln!(
         "lanyard sim: server up at {server_url}, APNs peer at {}",
         peer.url()
@@ -634,7 +649,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         let base = vec![
             s("relay"),
             s("--server"),
-            proxy.url(),
+            format!("{}://{}", shared.scheme, proxy.addr),
             s("--token"),
             devices[i].1.clone(),
             s("--sim"),
@@ -645,6 +660,10 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
             format!("apns:{}", push_token(i)),
             s("--control-stdin"),
         ];
+        let base: Vec<String> = base
+            .into_iter()
+            .chain(tls.iter().flat_map(|t| [s("--ca-cert"), p(&t.ca)]))
+            .collect();
         let phone = phone::Phone::start(
             i,
             shared.clone(),
@@ -796,7 +815,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
 
     // What the server holds, from its store and audio files.
     let mut server = server.lock().await;
-    let (frames_duplicate, frames_received) = server.counters().await;
+    let (frames_duplicate, frames_received) = server.counters(&shared).await;
     let mut facts: HashMap<Uuid, ServerFacts> = HashMap::new();
     let owner = ledger::relay_owner(&log);
     for id in ledger::relay_ids(&log) {

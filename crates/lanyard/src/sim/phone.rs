@@ -313,8 +313,8 @@ impl Ctl {
             Source::Sim(self.i),
         );
         let _ = &self.proxy;
+        let client = self.shared.http.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             let mut delay = Duration::from_millis(500);
             let ok = loop {
                 let attempt = async {

@@ -100,11 +100,6 @@ impl FaultProxy {
         })
     }
 
-    /// The base URL a relay uses to reach the server through this proxy.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     /// Resets one live connection, picked by `pick` (an index into the live
     /// ones); returns whether there was one to reset.
     pub fn cut_one(&self, pick: usize) -> bool {

@@ -69,6 +69,9 @@ pub struct RunSection {
     pub timeout_secs: u64,
     /// CPU threads the server gives Whisper (0: all cores).
     pub stt_threads: usize,
+    /// Serve over TLS, with a throwaway CA the relays trust (`--ca-cert`),
+    /// as a deployment runs. `false` serves plain HTTP on loopback.
+    pub tls: bool,
 }
 
 impl Default for RunSection {
@@ -83,6 +86,7 @@ impl Default for RunSection {
             settle_secs: 180,
             timeout_secs: 1800,
             stt_threads: 0,
+            tls: true,
         }
     }
 }
