@@ -1250,6 +1250,20 @@ pub fn stream_url(server: &str) -> Result<String, HostError> {
     Ok(format!("{ws}{STREAM_PATH}"))
 }
 
+/// An error with its causes, `: `-separated: reqwest's own message
+/// ("error sending request") leaves out why (a certificate not trusted, a
+/// refused connection), which is what the user must fix.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 async fn register_push(http: &reqwest::Client, server: &str, token: &str, push: &PushRegistration) -> Result<(), HostError> {
     let url = format!("{}/v1/device/push", server.trim_end_matches('/'));
     let resp = http
@@ -1258,7 +1272,7 @@ async fn register_push(http: &reqwest::Client, server: &str, token: &str, push: 
         .json(push)
         .send()
         .await
-        .map_err(|e| HostError::PushRegistration(format!("{url}: {e}")))?;
+        .map_err(|e| HostError::PushRegistration(format!("{url}: {}", error_chain(&e))))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();

@@ -63,25 +63,39 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     assert_eq!(me.status(), 200, "the token works over TLS");
 
     // A relay that does not trust the CA never gets through, and says why.
-    // (No pendant: nothing listens at port 1, and the relay streams anyway.)
+    // Its first request is the push registration, at start; the stream and
+    // uploads use the same trust (the demo streams over TLS with --ca-cert).
+    // (No pendant: nothing listens at port 1, and the relay runs anyway.)
     let relay_args = |spool: &str| {
-        ["relay", "--server", &url, "--token", &token, "--sim", "127.0.0.1:1", "--spool-dir", spool]
+        ["relay", "--server", &url, "--token", &token, "--sim", "127.0.0.1:1", "--spool-dir", spool, "--push-token", "apns:0a0b"]
             .map(str::to_string)
             .to_vec()
     };
     let spool = path(&dir.path().join("spool-a"));
     let args = relay_args(&spool);
     let mut untrusting = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let down = untrusting.expect("disconnected", Duration::from_secs(30)).await;
-    let reason = down["reason"].as_str().unwrap().to_lowercase();
-    assert!(reason.contains("certificate") || reason.contains("issuer"), "{down}");
+    let refused = untrusting.expect("error", Duration::from_secs(30)).await;
+    let message = refused["message"].as_str().unwrap().to_lowercase();
+    assert_eq!(refused["code"], "push_registration", "{refused}");
+    assert!(message.contains("certificate") || message.contains("issuer"), "the error says why: {refused}");
     untrusting.kill().await;
-    // With --ca-cert it connects.
+    let store = lanyard_store_sqlite::SqliteStore::open(&server_dir.join("lanyard.db")).await.unwrap();
+    let pushed = || async {
+        use lanyard_store::Store;
+        let hash = lanyard_server::auth::hash_token(&token);
+        store.device_by_token_hash(&hash).await.unwrap().unwrap().push.is_some()
+    };
+    assert!(!pushed().await, "nothing got through without the CA");
+    // With --ca-cert it does.
     let spool = path(&dir.path().join("spool-b"));
     let mut args = relay_args(&spool);
     args.extend(["--ca-cert".to_string(), path(&ca_pem)]);
-    let mut trusting = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    trusting.expect("connected", Duration::from_secs(30)).await;
+    let trusting = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pushed().await {
+        assert!(std::time::Instant::now() < deadline, "the relay with --ca-cert never registered its push token");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     trusting.kill().await;
 
     // Plain http:// to another machine is refused before any connection
