@@ -116,6 +116,7 @@ pub fn routes() -> Vec<Route> {
                 body: None,
                 responses: &[
                     (101, "Switching to the WebSocket protocol.", None),
+                    (400, "Not a WebSocket upgrade: the `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version: 13` header is missing or wrong.", Some("ErrorBody")),
                     E401,
                     (429, "`too_many_streams`: the device has its maximum of streams open.", Some("ErrorBody")),
                 ],
@@ -221,7 +222,7 @@ pub fn routes() -> Vec<Route> {
                     E404,
                     (409, "The id is an audio utterance.", Some("ErrorBody")),
                     E410,
-                    (413, "Over 16 KiB of text.", Some("ErrorBody")),
+                    (413, "A body over 2 MiB.", Some("ErrorBody")),
                     E429,
                 ],
             },
@@ -470,7 +471,9 @@ async fn register_push(
 }
 
 /// Longest text-only utterance, in bytes: ten minutes of fast speech.
-const MAX_TEXT_UTTERANCE_BYTES: usize = 16 * 1024;
+/// The longest text utterance, in characters (as the OpenAPI document's
+/// `maxLength` counts): ten minutes of fast speech is about 9,000.
+const MAX_TEXT_UTTERANCE_CHARS: usize = 16 * 1024;
 
 /// `POST /v1/utterances/{id}/text`: an utterance the phone transcribed
 /// itself. It takes the same reply path as audio. Idempotent per id.
@@ -483,12 +486,16 @@ async fn post_text(
     request_limit(&state, device.id)?;
     let id = parse_id(&id)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"text\": \"...\"}}")))?;
+    // Counted as sent, before trimming, as the document's maxLength is.
+    let chars = body.text.chars().count();
+    if chars > MAX_TEXT_UTTERANCE_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "the text is {chars} characters; an utterance is at most {MAX_TEXT_UTTERANCE_CHARS}: split it"
+        )));
+    }
     let text = body.text.trim();
     if text.is_empty() {
         return Err(ApiError::BadRequest("the text is empty; send what the user said".into()));
-    }
-    if text.len() > MAX_TEXT_UTTERANCE_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!("the text exceeds {MAX_TEXT_UTTERANCE_BYTES} bytes")));
     }
     let (row, created) = state.store.create_text_utterance(id, device.id, text, now_ms()).await.map_err(|e| match e {
         StoreError::WrongDevice(_) => ApiError::NotFound(format!("no utterance {id}")),
@@ -562,6 +569,20 @@ async fn upload(
         let resp = UploadResponse { utterance: id, state: row.state, frames: row.frames, added: 0 };
         return Ok((StatusCode::OK, Json(resp)));
     }
+    // Uploaded audio spends a frame budget too, as streamed audio does
+    // (see `limits`): a request rate alone would let 30,000 frames through
+    // ten times a second.
+    state.limiter.upload_frames(device.id, frames).map_err(|wait| {
+        metrics::emit(Limited { limit: Limit::Frames });
+        ApiError::TooManyRequests {
+            code: "rate_limited",
+            message: format!(
+                "uploads carry at most {} frames a second (one whole utterance at once); retry after the Retry-After header's seconds",
+                state.limiter.cfg.frames_per_sec
+            ),
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    })?;
     let audio = state.audio.clone();
     let (device_id, new) = (device.id, packets);
     let (held_before, held) = tokio::task::spawn_blocking(move || -> std::io::Result<(u32, u32)> {

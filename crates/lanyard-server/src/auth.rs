@@ -66,17 +66,19 @@ impl FromRequestParts<AppState> for AuthDevice {
 }
 
 /// A request made with the admin token. Without an admin token configured,
-/// every admin route answers 404 `admin_disabled`, saying how to enable it.
+/// every admin route answers 404 `admin_disabled`, saying how to enable it,
+/// to a request that carries a token; one without any is 401 first, as on
+/// every route that needs one.
 pub struct AuthAdmin;
 
 impl FromRequestParts<AppState> for AuthAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts, "send the admin token as `Authorization: Bearer <token>`")?;
         let Some(want) = state.admin_token_hash else {
             return Err(ApiError::AdminDisabled);
         };
-        let token = bearer(parts, "send the admin token as `Authorization: Bearer <token>`")?;
         if bool::from(hash_token(token).ct_eq(&want)) {
             Ok(AuthAdmin)
         } else {

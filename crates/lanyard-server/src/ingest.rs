@@ -119,8 +119,12 @@ pub async fn stream(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
     permit: Option<Extension<ConnPermit>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // In the API's error shape, like every other refusal.
+    let ws = ws.map_err(|e| {
+        ApiError::BadRequest(format!("{e}: open {} as a WebSocket (wss://), with a device token", wire::STREAM_PATH))
+    })?;
     // The slot is taken before the upgrade, so a device over its limit gets
     // an HTTP answer it can read, and held until the connection ends.
     let Some(slot) = state.limiter.stream_slot(device.id) else {

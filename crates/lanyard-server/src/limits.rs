@@ -9,6 +9,7 @@
 //! |--------------------------------|--------------------|-------------------------------|
 //! | audio frames, all streams      | 1500/s, burst 6000 | close 4004 `RATE_LIMITED`     |
 //! | uploads and text posts         | 10/s, burst 60     | HTTP 429 `rate_limited`       |
+//! | frames in uploads              | 1500/s, burst 30000| HTTP 429 `rate_limited`       |
 //! | simultaneous streams           | 4                  | HTTP 429 `too_many_streams`   |
 //! | utterance opens on streams     | 2/s, burst 60      | close 4004 `RATE_LIMITED`     |
 //! | utterances left unfinished     | 32                 | close 4004 `RATE_LIMITED`     |
@@ -48,11 +49,16 @@ impl TokenBucket {
     /// Takes one token if there is one. A clock that goes backwards (it
     /// cannot with `Instant`, but callers may pass any) refills nothing.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_n(1.0, now)
+    }
+
+    /// Takes `n` tokens at once if there are that many, else none.
+    pub fn take_n(&mut self, n: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = self.last.max(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -61,7 +67,13 @@ impl TokenBucket {
 
     /// How long until the next token: the `Retry-After` of a refusal.
     pub fn wait(&self) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+        self.wait_for(1.0)
+    }
+
+    /// How long until there are `n` tokens (never, past the burst: the
+    /// caller keeps `n` within it).
+    pub fn wait_for(&self, n: f64) -> Duration {
+        Duration::from_secs_f64(((n.min(self.burst) - self.tokens) / self.rate).max(0.0))
     }
 }
 
@@ -71,6 +83,7 @@ pub struct Limiter {
     frames: Mutex<HashMap<Uuid, Arc<Mutex<TokenBucket>>>>,
     requests: Mutex<HashMap<Uuid, TokenBucket>>,
     opens: Mutex<HashMap<Uuid, TokenBucket>>,
+    uploaded: Mutex<HashMap<Uuid, TokenBucket>>,
     /// Open streams per device, counted from before the upgrade to the end
     /// of the connection by [`Slot`].
     streams: Arc<Mutex<HashMap<Uuid, usize>>>,
@@ -95,6 +108,7 @@ impl Limiter {
             frames: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
+            uploaded: Mutex::new(HashMap::new()),
             streams: Arc::new(Mutex::new(HashMap::new())),
             transcriptions: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -124,6 +138,21 @@ impl Limiter {
     /// `Err` says how long to wait.
     pub fn open(&self, device: Uuid) -> Result<(), Duration> {
         take(&self.opens, device, self.cfg.opens_per_sec, self.cfg.open_burst)
+    }
+
+    /// Spends `frames` of the device's upload frame budget, or says how
+    /// long to wait. Uploaded audio is paced like streamed audio
+    /// (`frames_per_sec`), in a bucket of its own so that a background
+    /// upload never closes the stream, and deep enough for one whole
+    /// utterance (`MAX_UTTERANCE_FRAMES`) at once.
+    pub fn upload_frames(&self, device: Uuid, frames: u32) -> Result<(), Duration> {
+        let burst = self.cfg.frame_burst.max(f64::from(lanyard_proto::wire::limits::MAX_UTTERANCE_FRAMES));
+        let now = Instant::now();
+        let mut map = self.uploaded.lock().expect("limiter poisoned");
+        prune(&mut map, now, burst, self.cfg.frames_per_sec);
+        let bucket = map.entry(device).or_insert_with(|| TokenBucket::new(self.cfg.frames_per_sec, burst, now));
+        let n = f64::from(frames);
+        if bucket.take_n(n, now) { Ok(()) } else { Err(bucket.wait_for(n)) }
     }
 
     /// Reserves one of the device's stream slots, or `None` if all are taken.
@@ -227,6 +256,19 @@ mod tests {
         assert!(limiter.transcription_slot(b).is_some());
         drop(t);
         assert!(limiter.transcription_slot(a).is_some());
+    }
+
+    #[test]
+    fn uploads_spend_frames_at_the_stream_rate_a_whole_utterance_at_a_time() {
+        let limiter = Limiter::new(LimitsSection { frames_per_sec: 1000.0, frame_burst: 10.0, ..Default::default() });
+        let a = Uuid::now_v7();
+        // A whole 10-minute utterance fits the bucket, whatever the stream's burst.
+        assert!(limiter.upload_frames(a, 30_000).is_ok());
+        let wait = limiter.upload_frames(a, 3_000).unwrap_err();
+        assert!(wait > Duration::from_millis(2_900) && wait <= Duration::from_secs(3), "{wait:?}");
+        assert!(limiter.upload_frames(Uuid::now_v7(), 30_000).is_ok(), "another device has its own");
+        // The stream's bucket is another one.
+        assert!(limiter.frame_bucket(a).lock().unwrap().take(Instant::now()));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub fn document() -> Value {
         );
         let mut params: Vec<Value> = path_params(route.path)
             .map(|name| {
-                json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
+                json!({ "name": name, "in": "path", "required": true, "schema": random_id() })
             })
             .collect();
         params.extend(doc.query.iter().map(|(name, schema, description)| {
@@ -125,7 +125,7 @@ fn schema_ref(name: &str) -> Value {
         "text" => json!({ "type": "string" }),
         "object" => json!({ "type": "object" }),
         "binary" => json!({ "type": "string", "contentMediaType": "application/octet-stream" }),
-        "Uuid" => json!({ "type": "string", "format": "uuid" }),
+        "Uuid" => random_id(),
         "Limit" => json!({ "type": "integer", "minimum": 1, "maximum": lanyard_proto::wire::limits::LIST_MAX }),
         component => json!({ "$ref": format!("#/components/schemas/{component}") }),
     }
@@ -137,6 +137,18 @@ fn nullable(kind: &str) -> Value {
 
 fn millis() -> Value {
     json!({ "type": ["integer", "null"], "description": "Unix milliseconds, once reached." })
+}
+
+/// An id a client sends: a UUID of version 4 or 7 (RFC 9562), which is all
+/// the server accepts (`wire::is_random_id`); the nil UUID and other
+/// guessable ids are 400.
+fn random_id() -> Value {
+    json!({
+        "type": "string",
+        "format": "uuid",
+        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[47][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$",
+        "description": "A UUID of version 4 or 7."
+    })
 }
 
 fn uuid() -> Value {
@@ -280,7 +292,12 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["text"],
             "additionalProperties": false,
-            "properties": { "text": { "type": "string", "maxLength": 16384 } }
+            "properties": { "text": {
+                "type": "string",
+                "maxLength": 16384,
+                "pattern": "\\S",
+                "description": "What the user said: at most 16384 characters, not all white space."
+            } }
         },
         "PushRegistration": {
             "type": "object",

@@ -235,6 +235,9 @@ async fn admin_api_is_off_without_a_token_and_takes_only_the_admin_token() {
     assert!(message.contains("admin_token_hash") && message.contains("LANYARD_ADMIN_TOKEN"), "{message}");
     let resp = h.http(Method::DELETE, &format!("/v1/admin/devices/{}", Uuid::now_v7()), Some(&h.token_a));
     assert_eq!(error_code(resp.send().await.unwrap()).await.1, "admin_disabled");
+    // With no token at all, 401 first, as on every route that needs one.
+    let resp = h.http(Method::POST, "/v1/admin/devices", None).json(&json!({ "name": "x" })).send().await.unwrap();
+    assert_eq!(error_code(resp).await.0.as_u16(), 401);
     h.server.stop().await;
 
     let h = harness_with(|cfg| cfg.admin_token_hash = Some(auth::hash_token(ADMIN))).await;

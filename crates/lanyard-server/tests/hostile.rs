@@ -677,3 +677,33 @@ async fn a_device_holds_at_most_its_share_of_transcription_requests() {
     }
     h.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_spend_a_frame_budget_of_their_own() {
+    let h = harness().await;
+    let before = limited(&h, "frames").await;
+    // 400 s of silence each (one silent Opus frame, repeated): the bucket
+    // holds one whole utterance (30,000 frames), so the first fits, and the
+    // second, at once, lacks 10,000 frames: 6.7 s at 1,500 a second.
+    let silent = opus_frames(&[0i16; 320]).remove(0);
+    let ogg = lanyard_proto::oggopus::write(7, std::iter::repeat_n(silent.as_slice(), 20_000));
+    let put = |token: &str| {
+        reqwest::Client::new()
+            .put(format!("{}/v1/utterances/{}/audio", h.url, Uuid::now_v7()))
+            .bearer_auth(token)
+            .header("content-type", "audio/ogg")
+            .body(ogg.clone())
+            .send()
+    };
+    assert_eq!(put(&h.token_a).await.unwrap().status(), 200);
+    let refused = put(&h.token_a).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((5..=7).contains(&retry), "Retry-After {retry}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    assert!(limited(&h, "frames").await > before);
+    // Another device's budget is its own.
+    assert_eq!(put(&h.token_b).await.unwrap().status(), 200);
+    h.server.stop().await;
+}
