@@ -118,7 +118,7 @@ pub fn routes() -> Vec<Route> {
                     (101, "Switching to the WebSocket protocol.", None),
                     (400, "Not a WebSocket upgrade: the `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version: 13` header is missing or wrong.", Some("ErrorBody")),
                     E401,
-                    (429, "`too_many_streams`: the device has its maximum of streams open.", Some("ErrorBody")),
+                    (429, "`too_many_streams`: the device has its maximum of streams open; or `rate_limited`: it spent its utterance opens, and `Retry-After` says when to come back.", Some("ErrorBody")),
                 ],
             },
         },

@@ -86,3 +86,24 @@ impl FromRequestParts<AppState> for AuthAdmin {
         }
     }
 }
+
+/// The device of a stream request, with its token's hash. As
+/// [`AuthDevice`], except that a token whose device was just refused a
+/// stream for its opens (`Limiter::refuse_token`) is refused again from
+/// memory, before the store is asked: a client reconnecting in a loop costs
+/// the server a header parse, not a query.
+pub struct StreamDevice(pub Device, pub [u8; 32]);
+
+impl FromRequestParts<AppState> for StreamDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts, "send the device token as `Authorization: Bearer <token>`")?;
+        let hash = hash_token(token);
+        if let Some(wait) = state.limiter.token_refused(&hash) {
+            return Err(crate::ingest::opens_refusal(state, wait));
+        }
+        let AuthDevice(device) = AuthDevice::from_request_parts(parts, state).await?;
+        Ok(StreamDevice(device, hash))
+    }
+}

@@ -91,7 +91,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::audio::{Append, Then, UtteranceAudio};
-use crate::auth::AuthDevice;
+use crate::auth::StreamDevice;
 use crate::error::ApiError;
 use crate::limits::TokenBucket;
 use crate::listen::ConnPermit;
@@ -117,7 +117,7 @@ pub const MAX_WS_MESSAGE: usize = {
 
 pub async fn stream(
     State(state): State<AppState>,
-    AuthDevice(device): AuthDevice,
+    StreamDevice(device, token_hash): StreamDevice,
     permit: Option<Extension<ConnPermit>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -125,6 +125,15 @@ pub async fn stream(
     let ws = ws.map_err(|e| {
         ApiError::BadRequest(format!("{e}: open {} as a WebSocket (wss://), with a device token", wire::STREAM_PATH))
     })?;
+    // A device that spent its opens (its last stream was closed 4004 for
+    // them) is refused before the upgrade until it may open again: a client
+    // that reconnects in a loop gets a cheap 429, not a WebSocket each time
+    // (and, by its token, no store lookup either: `StreamDevice`).
+    let wait = state.limiter.open_wait(device.id);
+    if !wait.is_zero() {
+        state.limiter.refuse_token(token_hash, wait);
+        return Err(opens_refusal(&state, wait));
+    }
     // The slot is taken before the upgrade, so a device over its limit gets
     // an HTTP answer it can read, and held until the connection ends.
     let Some(slot) = state.limiter.stream_slot(device.id) else {
@@ -492,6 +501,19 @@ async fn check_unfinished(state: &AppState, device: Uuid, utterance: Uuid) -> Re
         close::RATE_LIMITED,
         format!("{cap} utterances of this device are open and not ended; end or resume them before opening new ones"),
     ))
+}
+
+/// The 429 of a stream refused because its device has no opens left.
+pub(crate) fn opens_refusal(state: &AppState, wait: Duration) -> ApiError {
+    metrics::emit(Limited { limit: Limit::Opens });
+    ApiError::TooManyRequests {
+        code: "rate_limited",
+        message: format!(
+            "this device opened more than {} utterances a second; reconnect after the Retry-After header's seconds",
+            state.limiter.cfg.opens_per_sec
+        ),
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+    }
 }
 
 /// Whether a read failed because a frame or message was over

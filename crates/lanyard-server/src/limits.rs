@@ -65,6 +65,14 @@ impl TokenBucket {
         }
     }
 
+    /// How long from `now` until a token is there, without taking one:
+    /// zero if one is there now.
+    pub fn until_one(&self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        Duration::from_secs_f64(((1.0 - tokens) / self.rate).max(0.0))
+    }
+
     /// How long until the next token: the `Retry-After` of a refusal.
     pub fn wait(&self) -> Duration {
         self.wait_for(1.0)
@@ -84,6 +92,9 @@ pub struct Limiter {
     requests: Mutex<HashMap<Uuid, TokenBucket>>,
     opens: Mutex<HashMap<Uuid, TokenBucket>>,
     uploaded: Mutex<HashMap<Uuid, TokenBucket>>,
+    /// Tokens (by hash) of devices refused a stream for their opens, until
+    /// when: a reconnect loop is answered from here, with no store lookup.
+    refused: Mutex<HashMap<[u8; 32], Instant>>,
     /// Open streams per device, counted from before the upgrade to the end
     /// of the connection by [`Slot`].
     streams: Arc<Mutex<HashMap<Uuid, usize>>>,
@@ -109,6 +120,7 @@ impl Limiter {
             requests: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
             uploaded: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             streams: Arc::new(Mutex::new(HashMap::new())),
             transcriptions: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -153,6 +165,30 @@ impl Limiter {
         let bucket = map.entry(device).or_insert_with(|| TokenBucket::new(self.cfg.frames_per_sec, burst, now));
         let n = f64::from(frames);
         if bucket.take_n(n, now) { Ok(()) } else { Err(bucket.wait_for(n)) }
+    }
+
+    /// How long until the device may open an utterance again; zero when it
+    /// may now. Takes nothing: a stream asks before its upgrade, so that a
+    /// device that spent its opens cannot reconnect in a loop for free.
+    pub fn open_wait(&self, device: Uuid) -> Duration {
+        let map = self.opens.lock().expect("limiter poisoned");
+        map.get(&device).map_or(Duration::ZERO, |b| b.until_one(Instant::now()))
+    }
+
+    /// Remembers that the token's device may not open a stream for `wait`.
+    pub fn refuse_token(&self, token_hash: [u8; 32], wait: Duration) {
+        let now = Instant::now();
+        let mut map = self.refused.lock().expect("limiter poisoned");
+        if map.len() > 1024 {
+            map.retain(|_, until| *until > now);
+        }
+        map.insert(token_hash, now + wait);
+    }
+
+    /// How long the token is still refused a stream, if it is.
+    pub fn token_refused(&self, token_hash: &[u8; 32]) -> Option<Duration> {
+        let until = *self.refused.lock().expect("limiter poisoned").get(token_hash)?;
+        until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
     }
 
     /// Reserves one of the device's stream slots, or `None` if all are taken.
@@ -280,5 +316,12 @@ mod tests {
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(limiter.request(a).is_ok(), "requests are another budget");
         assert!(limiter.open(Uuid::now_v7()).is_ok(), "another device has its own");
+        // Asking takes nothing.
+        let wait = limiter.open_wait(a);
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(limiter.open_wait(Uuid::now_v7()), Duration::ZERO);
+        let b = Uuid::now_v7();
+        assert!(limiter.open(b).is_ok());
+        assert_eq!(limiter.open_wait(b), Duration::ZERO, "two tokens left");
     }
 }

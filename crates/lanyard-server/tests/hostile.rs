@@ -619,6 +619,19 @@ async fn opens_past_the_budget_close_the_stream() {
     assert_eq!(code, close::RATE_LIMITED, "{reason}");
     assert!(reason.contains("opens a second") && reason.contains("reconnect in"), "{reason}");
     assert_eq!(limited(&h, "opens").await, before + 1.0);
+    // Reconnecting at once gets a plain 429 before any upgrade, with when
+    // to come back (0.1 opens a second: about 10 s).
+    let mut req = format!("ws://{}{}", h.server.addr, lanyard_proto::wire::STREAM_PATH).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", h.token_a).parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((5..=10).contains(&retry), "Retry-After {retry}");
+        }
+        other => panic!("a device with no opens left was let in: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(limited(&h, "opens").await, before + 2.0);
     // Device B's budget is its own.
     let mut b = h.ws(&h.token_b).await;
     try_open(&mut b, Uuid::now_v7(), 1).await.unwrap();
