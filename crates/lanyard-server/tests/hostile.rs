@@ -17,7 +17,14 @@
 //!   bounded memory.
 //! - Fairness across devices: a flood of utterances from one device does
 //!   not hold up another's reply; opens, unfinished utterances, live
-//!   transcription slots and transcription requests are budgeted per device.
+//!   transcription slots, transcription requests and uploaded frames are
+//!   budgeted per device, and a device out of opens is refused before the
+//!   upgrade (`benches/flood.rs` measures the latency bar).
+//! - What already held, kept as regressions: path traversal in ids, deep
+//!   and broken JSON, missing, wrong and swapped tokens, WebSocket protocol
+//!   violations. Cross-device access on every route is `api.rs`'s
+//!   `every_device_route_keeps_devices_apart` and `stream.rs`'s
+//!   `devices_cannot_see_each_other`; the API contract, `schemathesis.rs`.
 
 mod common;
 
@@ -718,5 +725,111 @@ async fn uploads_spend_a_frame_budget_of_their_own() {
     assert!(limited(&h, "frames").await > before);
     // Another device's budget is its own.
     assert_eq!(put(&h.token_b).await.unwrap().status(), 200);
+    h.server.stop().await;
+}
+
+/// Path traversal in ids, deep and broken JSON, and missing, wrong and
+/// swapped tokens: each refused with its status, and nothing outside the
+/// data directory touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_deep_json_and_bad_tokens_are_refused() {
+    use reqwest::Method;
+    let h = harness().await;
+    // Ids that climb out of the audio directory, raw and encoded.
+    for id in ["..", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "..%5C..%5Cwindows", "a/../../b", "%00"] {
+        for (method, path) in [
+            (Method::GET, format!("/v1/utterances/{id}")),
+            (Method::DELETE, format!("/v1/utterances/{id}")),
+            (Method::PUT, format!("/v1/utterances/{id}/audio")),
+            (Method::POST, format!("/v1/utterances/{id}/text")),
+        ] {
+            let (status, _) = call(&h, method.clone(), &path, Some(serde_json::json!({"text": "x"}))).await;
+            assert!(status == 400 || status == 404 || status == 405, "{method} {path}: {status}");
+        }
+    }
+    let escaped: Vec<_> = std::fs::read_dir(h._dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(escaped.iter().all(|n| ["audio", "lanyard.db", "lanyard.db-wal", "lanyard.db-shm", "push-sink.jsonl"]
+        .contains(&n.to_str().unwrap())), "{escaped:?}");
+
+    // JSON nested 100,000 deep, and JSON that is not JSON: 400, no crash.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    for body in [deep.clone(), format!("{{\"text\": {deep}}}"), "{\"text\": \"unterminated".into(), "\u{0}".into()] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/utterances/{}/text", h.url, Uuid::now_v7()))
+            .bearer_auth(&h.token_a)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/device/push", h.url))
+        .bearer_auth(&h.token_a)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(healthz(&h).await < Duration::from_secs(5), "the server still answers");
+
+    // Tokens: none, malformed, unknown, another scheme, the admin route's.
+    let a_id = {
+        let id = Uuid::now_v7();
+        let (status, _) = call(&h, Method::POST, &format!("/v1/utterances/{id}/text"), Some(serde_json::json!({"text": "mine"}))).await;
+        assert_eq!(status, 202);
+        id
+    };
+    for auth in [None, Some("Bearer"), Some("Bearer lyd_not-a-token"), Some("Basic YTpi"), Some(&*format!("bearer {}", h.token_a))] {
+        let mut req = reqwest::Client::new().get(format!("{}/v1/utterances/{a_id}", h.url));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        let mut ws_req = format!("ws://{}{}", h.server.addr, lanyard_proto::wire::STREAM_PATH).into_client_request().unwrap();
+        if let Some(a) = auth {
+            ws_req.headers_mut().insert("authorization", a.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(ws_req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401, "{auth:?}"),
+            other => panic!("stream with {auth:?}: {:?}", other.map(|_| ())),
+        }
+    }
+    // Swapped: B's token on A's utterance answers as an unknown id does.
+    let r = reqwest::Client::new().get(format!("{}/v1/utterances/{a_id}", h.url)).bearer_auth(&h.token_b).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // A device token on an admin route: 401 or 404 (admin off), never 2xx.
+    let r = reqwest::Client::new().post(format!("{}/v1/admin/devices", h.url)).bearer_auth(&h.token_a)
+        .json(&serde_json::json!({"name": "x"})).send().await.unwrap();
+    assert!(!r.status().is_success(), "{}", r.status());
+    h.server.stop().await;
+}
+
+/// WebSocket protocol violations close the stream with their code and hold
+/// nothing: binary garbage, audio for a handle never opened, text where
+/// audio goes, a control message that is not JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_protocol_violations_close_the_stream() {
+    let h = harness().await;
+    let cases: Vec<Message> = vec![
+        Message::binary(vec![0xFFu8; 12]),
+        Message::binary(lanyard_proto::wire::encode_audio(&lanyard_proto::wire::Audio { handle: 9, seq: 0, frame: &[0; 640] })),
+        Message::binary(Vec::<u8>::new()),
+        Message::text("not json"),
+        Message::text("{\"type\":\"open\",\"utterance\":\"x\",\"handle\":1,\"codec\":\"pcm16k\"}"),
+        Message::text(serde_json::to_string(&ClientMsg::End { utterance: Uuid::now_v7(), frames: 0 }).unwrap()),
+    ];
+    for (i, m) in cases.into_iter().enumerate() {
+        let mut ws = h.ws(&h.token_a).await;
+        ws.send(m).await.unwrap();
+        assert_eq!(expect_close(&mut ws).await, close::PROTOCOL, "case {i}");
+    }
+    // The device's stream slots were all given back.
+    let mut ws = h.ws(&h.token_a).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k }).await;
+    expect_opened(&mut ws).await;
     h.server.stop().await;
 }
