@@ -107,10 +107,11 @@ pub const ABANDONED: &str = "abandoned: the utterance was opened and never ended
 /// so opens that are never ended cannot grow rows and files for ever.
 /// Returns how many were given up, counted in `lanyard_abandoned_total`.
 ///
-/// The row is marked first: a stream that comes back for it then finds it
-/// finished (`opened` with `complete`), instead of appending to a file
-/// being deleted. A crash between the two leaves a failed row whose audio
-/// the retention sweep deletes in its time.
+/// The row is marked first, and only if it is still `receiving`
+/// (`Store::abandon`): an `end` that races the sweep wins, and a stream
+/// that comes back later finds the row finished (`opened` with `complete`)
+/// instead of appending to a file being deleted. A crash between the two
+/// leaves a failed row whose audio the retention sweep deletes in its time.
 pub async fn sweep_abandoned(
     store: &dyn Store,
     audio: &Arc<AudioStore>,
@@ -136,7 +137,11 @@ pub async fn sweep_abandoned(
                 seen += 1;
                 continue;
             }
-            store.set_failed(c.id, ABANDONED).await?;
+            if !store.abandon(c.id, ABANDONED).await? {
+                // Ended (or deleted) since it was listed: not abandoned,
+                // and no longer in the list.
+                continue;
+            }
             let files = audio.clone();
             let removed = tokio::task::spawn_blocking(move || files.remove(c.device_id, c.id))
                 .await

@@ -764,6 +764,16 @@ impl Store for SqliteStore {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
+    async fn abandon(&self, id: Uuid, error: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE utterances SET state = 'failed', error = ? WHERE id = ? AND state = 'receiving'")
+            .bind(error)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn receiving_before(&self, created_before_ms: i64, limit: u32) -> Result<Vec<PurgeCandidate>> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT id, device_id, created_ms FROM utterances

@@ -475,8 +475,13 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     store.open_utterance(late, cellar.id, Codec::Pcm16k, 70_000).await.unwrap();
     assert_eq!(store.receiving_count(cellar.id).await.unwrap(), 2);
     assert_eq!(cellar_only(store.receiving_before(80_000, 1_000).await.unwrap()), vec![receiving, late], "oldest first");
-    // The sweep gives up on one: failed, and then its audio may go.
-    store.set_failed(receiving, "abandoned").await.unwrap();
+    // The sweep gives up on one: failed, and then its audio may go; only
+    // once, and never on one that is no longer receiving.
+    assert!(store.abandon(receiving, "abandoned").await.unwrap());
+    assert!(!store.abandon(receiving, "again").await.unwrap());
+    assert!(!store.abandon(waiting, "abandoned").await.unwrap(), "a complete utterance is not abandoned");
+    assert_eq!(store.utterance(waiting).await.unwrap().unwrap().state, UtteranceState::Complete);
+    assert_eq!(store.utterance(receiving).await.unwrap().unwrap().error.as_deref(), Some("abandoned"));
     assert_eq!(store.receiving_count(cellar.id).await.unwrap(), 1);
     assert!(store.mark_audio_purged(receiving, 80_000).await.unwrap());
     assert_eq!(cellar_only(store.receiving_before(80_000, 1_000).await.unwrap()), vec![late]);

@@ -306,4 +306,10 @@ pub trait Store: Send + Sync + 'static {
     /// abandoned utterances, which also checks when their audio was last
     /// written before it gives up on one.
     async fn receiving_before(&self, created_before_ms: i64, limit: u32) -> Result<Vec<PurgeCandidate>>;
+
+    /// Marks the utterance failed with `error` if it is still `receiving`,
+    /// in one conditional write; `false` if it is not (it was ended, or
+    /// deleted, meanwhile), and then nothing changes. The abandoned sweep's
+    /// door: an `end` racing it is never turned into a failure.
+    async fn abandon(&self, id: Uuid, error: &str) -> Result<bool>;
 }
