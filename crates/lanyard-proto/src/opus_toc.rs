@@ -110,7 +110,7 @@ pub fn check_frame(codec: Codec, frame: &[u8]) -> Result<(), FrameError> {
             SAMPLES_20MS => Ok(()),
             samples => Err(FrameError::NotTwentyMs { ms: samples as f32 / 48.0 }),
         },
-        Codec::Pcm16k if frame.len() <= Codec::FRAME_SAMPLES * 2 && frame.len() % 2 == 0 => Ok(()),
+        Codec::Pcm16k if frame.len() <= Codec::FRAME_SAMPLES * 2 && frame.len().is_multiple_of(2) => Ok(()),
         Codec::Pcm16k => Err(FrameError::Pcm { len: frame.len() }),
     }
 }

@@ -18,7 +18,6 @@
 //! bench profile would build CTranslate2 a second time, in release).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
