@@ -35,7 +35,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_store::{Store, StoreError};
+use lanyard_store::{PurgeCandidate, Store, StoreError};
 
 use crate::audio::AudioStore;
 use crate::metrics::{self, Abandoned, AudioPurged};
@@ -68,11 +68,7 @@ pub async fn sweep(
         let full = batch.len() == BATCH as usize;
         let mut failed_here = 0;
         for c in batch {
-            let files = audio.clone();
-            let removed = tokio::task::spawn_blocking(move || files.remove(c.device_id, c.id))
-                .await
-                .map_err(|e| StoreError::Backend(format!("audio removal task: {e}")))?;
-            match removed {
+            match remove_audio(audio, c).await? {
                 // Already gone (a crash after the delete, or removed by hand) counts as deleted.
                 Ok(_) => {
                     if store.mark_audio_purged(c.id, now_ms).await? {
@@ -96,6 +92,15 @@ pub async fn sweep(
         tracing::info!(purged = report.purged, failed = report.failed, "expired audio deleted");
     }
     Ok(report)
+}
+
+/// Deletes a candidate's audio file off the runtime. The outer error is the
+/// task's; the inner one, the filesystem's (a missing file is `Ok(false)`).
+async fn remove_audio(audio: &Arc<AudioStore>, c: PurgeCandidate) -> Result<std::io::Result<bool>, StoreError> {
+    let files = audio.clone();
+    tokio::task::spawn_blocking(move || files.remove(c.device_id, c.id))
+        .await
+        .map_err(|e| StoreError::Backend(format!("audio removal task: {e}")))
 }
 
 /// The error an abandoned utterance is marked failed with.
@@ -142,11 +147,7 @@ pub async fn sweep_abandoned(
                 // and no longer in the list.
                 continue;
             }
-            let files = audio.clone();
-            let removed = tokio::task::spawn_blocking(move || files.remove(c.device_id, c.id))
-                .await
-                .map_err(|e| StoreError::Backend(format!("audio removal task: {e}")))?;
-            match removed {
+            match remove_audio(audio, c).await? {
                 Ok(_) => {
                     store.mark_audio_purged(c.id, now_ms).await?;
                 }

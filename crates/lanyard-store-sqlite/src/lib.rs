@@ -729,11 +729,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.into_iter()
-            .map(|(id, device_id, created_ms)| {
-                Ok(PurgeCandidate { id: parse_uuid(&id)?, device_id: parse_uuid(&device_id)?, created_ms })
-            })
-            .collect()
+        candidates(rows)
     }
 
     async fn mark_audio_purged(&self, id: Uuid, now_ms: i64) -> Result<bool> {
@@ -785,12 +781,17 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.into_iter()
-            .map(|(id, device_id, created_ms)| {
-                Ok(PurgeCandidate { id: parse_uuid(&id)?, device_id: parse_uuid(&device_id)?, created_ms })
-            })
-            .collect()
+        candidates(rows)
     }
+}
+
+/// `(id, device_id, created_ms)` rows as purge candidates.
+fn candidates(rows: Vec<(String, String, i64)>) -> Result<Vec<PurgeCandidate>> {
+    rows.into_iter()
+        .map(|(id, device_id, created_ms)| {
+            Ok(PurgeCandidate { id: parse_uuid(&id)?, device_id: parse_uuid(&device_id)?, created_ms })
+        })
+        .collect()
 }
 
 /// Deletes a device's push requests and then its utterances (the outbox
