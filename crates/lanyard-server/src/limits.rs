@@ -143,13 +143,13 @@ impl Limiter {
 
     /// Takes one request token of the device; `Err` says how long to wait.
     pub fn request(&self, device: Uuid) -> Result<(), Duration> {
-        take(&self.requests, device, self.cfg.requests_per_sec, self.cfg.request_burst)
+        take(&self.requests, device, self.cfg.requests_per_sec, self.cfg.request_burst, 1.0)
     }
 
     /// Takes one of the device's utterance-open tokens (`open` on a stream);
     /// `Err` says how long to wait.
     pub fn open(&self, device: Uuid) -> Result<(), Duration> {
-        take(&self.opens, device, self.cfg.opens_per_sec, self.cfg.open_burst)
+        take(&self.opens, device, self.cfg.opens_per_sec, self.cfg.open_burst, 1.0)
     }
 
     /// Spends `frames` of the device's upload frame budget, or says how
@@ -159,12 +159,7 @@ impl Limiter {
     /// utterance (`MAX_UTTERANCE_FRAMES`) at once.
     pub fn upload_frames(&self, device: Uuid, frames: u32) -> Result<(), Duration> {
         let burst = self.cfg.frame_burst.max(f64::from(lanyard_proto::wire::limits::MAX_UTTERANCE_FRAMES));
-        let now = Instant::now();
-        let mut map = self.uploaded.lock().expect("limiter poisoned");
-        prune(&mut map, now, burst, self.cfg.frames_per_sec);
-        let bucket = map.entry(device).or_insert_with(|| TokenBucket::new(self.cfg.frames_per_sec, burst, now));
-        let n = f64::from(frames);
-        if bucket.take_n(n, now) { Ok(()) } else { Err(bucket.wait_for(n)) }
+        take(&self.uploaded, device, self.cfg.frames_per_sec, burst, f64::from(frames))
     }
 
     /// How long until the device may open an utterance again; zero when it
@@ -205,13 +200,14 @@ impl Limiter {
     }
 }
 
-/// Takes one token of the device's bucket in `map`.
-fn take(map: &Mutex<HashMap<Uuid, TokenBucket>>, device: Uuid, rate: f64, burst: f64) -> Result<(), Duration> {
+/// Takes `n` tokens of the device's bucket in `map`, or says how long
+/// until there are that many.
+fn take(map: &Mutex<HashMap<Uuid, TokenBucket>>, device: Uuid, rate: f64, burst: f64, n: f64) -> Result<(), Duration> {
     let now = Instant::now();
     let mut map = map.lock().expect("limiter poisoned");
     prune(&mut map, now, burst, rate);
     let bucket = map.entry(device).or_insert_with(|| TokenBucket::new(rate, burst, now));
-    if bucket.take(now) { Ok(()) } else { Err(bucket.wait()) }
+    if bucket.take_n(n, now) { Ok(()) } else { Err(bucket.wait_for(n)) }
 }
 
 /// One of a device's slots of some kind (a stream, a transcription);
