@@ -68,10 +68,19 @@ async fn questions(h: &Harness, frames: &[Vec<u8>], n: usize) -> Vec<f64> {
 
 /// A stream of `token`'s device, or `None` if the server refused it.
 async fn try_ws(h: &Harness, token: &str) -> Option<Ws> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{}{}", h.server.addr, lanyard_proto::wire::STREAM_PATH).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(req).await.ok().map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(h.ws_request(Some(&format!("Bearer {token}")))).await.ok().map(|(ws, _)| ws)
+}
+
+/// Reads until `done` matches a message; `false` if the server closed the
+/// stream first.
+async fn until(ws: &mut Ws, done: impl Fn(&ServerMsg) -> bool) -> bool {
+    loop {
+        match recv(ws).await {
+            In::Text(m) if done(&m) => return true,
+            In::Close(..) => return false,
+            _ => {}
+        }
+    }
 }
 
 /// A's flood: open, one frame, end, as fast as the server lets it, until
@@ -89,29 +98,16 @@ async fn flood(h: &Harness, n: u32, retry: Duration, stop: &AtomicBool, ended: &
         while ended.load(Ordering::Relaxed) < n && !stop.load(Ordering::Relaxed) {
             let id = Uuid::now_v7();
             send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
-            loop {
-                match recv(&mut ws).await {
-                    In::Text(ServerMsg::Opened { .. }) => break,
-                    In::Close(..) => {
-                        reconnects += 1;
-                        tokio::time::sleep(retry).await;
-                        continue 'connect;
-                    }
-                    _ => {}
-                }
+            let mut done = until(&mut ws, |m| matches!(m, ServerMsg::Opened { .. })).await;
+            if done {
+                send_audio(&mut ws, 1, 0, &silence).await;
+                send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1 }).await;
+                done = until(&mut ws, |m| matches!(m, ServerMsg::Complete { .. })).await;
             }
-            send_audio(&mut ws, 1, 0, &silence).await;
-            send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1 }).await;
-            loop {
-                match recv(&mut ws).await {
-                    In::Text(ServerMsg::Complete { .. }) => break,
-                    In::Close(..) => {
-                        reconnects += 1;
-                        tokio::time::sleep(retry).await;
-                        continue 'connect;
-                    }
-                    _ => {}
-                }
+            if !done {
+                reconnects += 1;
+                tokio::time::sleep(retry).await;
+                continue 'connect;
             }
             ended.fetch_add(1, Ordering::Relaxed);
         }

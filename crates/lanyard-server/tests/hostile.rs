@@ -39,7 +39,6 @@ use lanyard_proto::wire::{ClientMsg, ServerMsg, UtteranceState, close};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Reads until the peer closes; `Err` if it has not within `limit`. A reset
 /// counts as closed.
@@ -211,8 +210,7 @@ async fn a_stream_that_never_reads_is_closed_after_the_send_timeout() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(h.server.addr).await.unwrap();
-    let mut req = format!("ws://{}/v1/stream", h.server.addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", h.token_a).parse().unwrap());
+    let req = h.ws_request(Some(&format!("Bearer {}", h.token_a)));
     let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     // Each `open` of the nil id is answered with an error, and never read.
     let open = ClientMsg::Open { utterance: Uuid::nil(), handle: 1, codec: Codec::Opus16k20ms }.to_json();
@@ -628,9 +626,7 @@ async fn opens_past_the_budget_close_the_stream() {
     assert_eq!(limited(&h, "opens").await, before + 1.0);
     // Reconnecting at once gets a plain 429 before any upgrade, with when
     // to come back (0.1 opens a second: about 10 s).
-    let mut req = format!("ws://{}{}", h.server.addr, lanyard_proto::wire::STREAM_PATH).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", h.token_a).parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
+    match tokio_tungstenite::connect_async(h.ws_request(Some(&format!("Bearer {}", h.token_a)))).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 429);
             let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
@@ -789,11 +785,7 @@ async fn traversal_deep_json_and_bad_tokens_are_refused() {
         }
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 401, "{auth:?}");
-        let mut ws_req = format!("ws://{}{}", h.server.addr, lanyard_proto::wire::STREAM_PATH).into_client_request().unwrap();
-        if let Some(a) = auth {
-            ws_req.headers_mut().insert("authorization", a.parse().unwrap());
-        }
-        match tokio_tungstenite::connect_async(ws_req).await {
+        match tokio_tungstenite::connect_async(h.ws_request(auth)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401, "{auth:?}"),
             other => panic!("stream with {auth:?}: {:?}", other.map(|_| ())),
         }

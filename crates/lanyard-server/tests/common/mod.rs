@@ -62,9 +62,17 @@ pub async fn harness_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
 
 impl Harness {
     pub async fn ws(&self, token: &str) -> Ws {
+        tokio_tungstenite::connect_async(self.ws_request(Some(&format!("Bearer {token}")))).await.unwrap().0
+    }
+
+    /// The stream's upgrade request, with `authorization` as given (none,
+    /// or any value, for the tests that send bad ones).
+    pub fn ws_request(&self, authorization: Option<&str>) -> tokio_tungstenite::tungstenite::handshake::client::Request {
         let mut req = format!("ws://{}{}", self.server.addr, wire::STREAM_PATH).into_client_request().unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        tokio_tungstenite::connect_async(req).await.unwrap().0
+        if let Some(a) = authorization {
+            req.headers_mut().insert("authorization", a.parse().unwrap());
+        }
+        req
     }
 
     pub async fn wait_state(&self, id: Uuid, want: UtteranceState) -> lanyard_store::Utterance {
