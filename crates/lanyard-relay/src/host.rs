@@ -454,6 +454,15 @@ pub struct Relay {
     events: mpsc::UnboundedSender<Stamped>,
 }
 
+impl Relay {
+    /// The HTTP client the relay uses, trusting what its stream trusts
+    /// ([`HostConfig::extra_root_certs`]): for a shell that carries out the
+    /// upload tasks itself.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.transport.http.clone()
+    }
+}
+
 /// Opens (and recovers) the spool. Returns the relay, to be run on a tokio
 /// runtime, and the [`Link`] its pendant transport feeds.
 pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(Relay, Link), HostError> {

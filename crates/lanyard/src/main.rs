@@ -411,13 +411,11 @@ async fn relay(args: RelayArgs) -> Result<()> {
         insecure: args.insecure,
         extra_root_certs: args.ca_cert.clone(),
     };
-    // The uploads this host carries out trust what the stream trusts.
-    let http = lanyard_relay::transport::Transport::new(&cfg.extra_root_certs)
-        .context("cannot load --ca-cert")?
-        .http()
-        .clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::host::Stamped>();
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::Control>();
+    let (relay, link) = lanyard_relay::open(cfg, tx).context("cannot start the relay")?;
+    // The uploads this host carries out trust what the stream trusts.
+    let http = relay.http_client();
     let self_upload = args.self_upload;
     let uploads = control_tx.clone();
     let printer = tokio::spawn(async move {
@@ -431,7 +429,6 @@ async fn relay(args: RelayArgs) -> Result<()> {
     if args.control_stdin {
         tokio::spawn(read_control(control_tx.clone()));
     }
-    let (relay, link) = lanyard_relay::open(cfg, tx).context("cannot start the relay")?;
     let link_rx = spawn_link(args.sim, args.ble, args.ble_name, link)?;
     let result = tokio::select! {
         r = relay.run(link_rx, control_rx) => r.context("relay failed"),
