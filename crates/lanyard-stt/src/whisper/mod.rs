@@ -386,11 +386,8 @@ impl WhisperCt2 {
         // computes it: the loudness normalisation is global and every window
         // is a slice. More padding would change nothing but the cost: the
         // loudest bin is in the audio, and no window reaches further.
-        let pad = (self.window_frames(0) + 2) * hop;
-        let mut padded = Vec::with_capacity(pcm.len() + pad);
-        padded.extend_from_slice(pcm);
-        padded.resize(pcm.len() + pad, 0.0);
-        let features = self.front_end.log_mel(&padded);
+        // (A window widened to 30 s, below, computes it again with 30 s.)
+        let mut features = self.features(pcm, self.window_frames(0));
 
         let mut prompt_tokens = self.previous_tokens(pass.previous)?;
         let mut out = Decoded::default();
@@ -406,10 +403,26 @@ impl WhisperCt2 {
             let seg_frames = (content - seek).min(max_frames);
             let at_end = seek + seg_frames >= content;
             let window = self.window_frames(seg_frames);
-            let encoded = self.encode(features.frames(seek, seek + window))?;
             let prompt = self.prompt_tokens(&prompt_tokens, pass.draft);
             let budget = max_length_for(seg_frames as f32 / fps, self.config.max_tokens_per_sec);
-            let best = self.decode_with_fallback(&encoded, &prompt, budget, pass.draft)?;
+            let mut encoded = self.encode(features.frames(seek, seek + window))?;
+            let mut first = self.decode(&encoded, &prompt, budget, 0.0, pass.draft)?;
+            if window < max_frames && !pass.draft && self.needs_fallback(&first) {
+                // The short window is this loop's own departure from the
+                // reference (see "Why a window shorter than 30 s"): before
+                // any sampling, decode as the reference does, a 30 s window.
+                tracing::debug!(
+                    compression_ratio = first.compression_ratio,
+                    avg_logprob = first.avg_logprob,
+                    "Whisper hypothesis of a short window failed a quality check; widening it to 30 s"
+                );
+                if features.n_frames < seek + max_frames {
+                    features = self.features(pcm, max_frames);
+                }
+                encoded = self.encode(features.frames(seek, seek + max_frames))?;
+                first = self.decode(&encoded, &prompt, budget, 0.0, pass.draft)?;
+            }
+            let best = self.decode_with_fallback(&encoded, &prompt, budget, pass.draft, first)?;
             if self.is_silence(&best) {
                 seek += seg_frames;
                 continue;
@@ -453,6 +466,19 @@ impl WhisperCt2 {
         // after the last whole mel frame, which no window can hold.
         out.settled_samples = if pass.settle { seek.min(content) * hop } else { pcm.len() };
         Ok(out)
+    }
+
+    /// The log-mel spectrogram of `pcm` followed by `window` frames of
+    /// silence, as faster-whisper computes it: one spectrogram whose
+    /// loudness normalisation is global, of which every window is a slice.
+    /// More padding than the last window reads would change nothing but
+    /// the cost: the loudest bin is in the audio.
+    fn features(&self, pcm: &[f32], window: usize) -> LogMel {
+        let pad = (window + 2) * self.front_end.hop_length();
+        let mut padded = Vec::with_capacity(pcm.len() + pad);
+        padded.extend_from_slice(pcm);
+        padded.resize(pcm.len() + pad, 0.0);
+        self.front_end.log_mel(&padded)
     }
 
     /// Encoder frames for a window holding `seg_frames` frames of audio:
@@ -552,22 +578,27 @@ impl WhisperCt2 {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Decodes at temperature 0, then at each fallback temperature while
-    /// the hypothesis loops (compression ratio) or is improbable (average
-    /// log-probability), unless it is silence. If every attempt fails, the
-    /// most probable attempt that does not loop is kept (or the most
-    /// probable of all). A draft is one greedy attempt.
+    /// Given `first`, the decode at temperature 0, decodes again at each
+    /// fallback temperature while the hypothesis loops (compression ratio)
+    /// or is improbable (average log-probability), unless it is silence. If
+    /// every attempt fails, the most probable attempt that does not loop is
+    /// kept (or the most probable of all). A draft is one greedy attempt.
     fn decode_with_fallback(
         &self,
         encoded: &StorageView,
         prompt: &[String],
         budget: usize,
         draft: bool,
+        first: Hypothesis,
     ) -> Result<Hypothesis, SttError> {
         let fallbacks = if draft { &[][..] } else { &self.config.fallback_temperatures[..] };
         let mut failed: Vec<Hypothesis> = Vec::new();
+        let mut first = Some(first);
         for temperature in std::iter::once(0.0).chain(fallbacks.iter().copied()) {
-            let hypothesis = self.decode(encoded, prompt, budget, temperature, draft)?;
+            let hypothesis = match first.take() {
+                Some(h) => h,
+                None => self.decode(encoded, prompt, budget, temperature, draft)?,
+            };
             if !self.needs_fallback(&hypothesis) {
                 return Ok(self.stop_runaway(hypothesis));
             }
