@@ -54,7 +54,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use lanyard_proto::ble::Framing;
-use lanyard_proto::reassembly::Reassembler;
+use lanyard_proto::opus_toc::check_frame;
+use lanyard_proto::reassembly::{Frame, Reassembler};
 use lanyard_proto::wire::{self, Audio, Binary, PushRegistration, STREAM_PATH};
 use serde::Serialize;
 use thiserror::Error;
@@ -68,7 +69,7 @@ use crate::seal::{seal, sealed_ids};
 use crate::link::LinkEvent;
 use crate::spool::{Spool, SpoolError};
 use crate::transport::Transport;
-use crate::uplink::{Action, Input, RelayEvent, RelayStats, Uplink, UplinkConfig};
+use crate::uplink::{Action, Input, MALFORMED_FRAMES, RelayEvent, RelayStats, Uplink, UplinkConfig};
 
 /// Everything the host needs.
 #[derive(Debug, Clone)]
@@ -211,6 +212,11 @@ struct Core {
     tracker: Tracker,
     /// The reassembler's loss count when the current utterance began.
     lost_at_begin: u64,
+    /// Frames refused since the relay started: not 20 ms of their codec
+    /// (see [`Core::route`]). They count as lost.
+    malformed: u64,
+    /// `malformed` when the current utterance began.
+    malformed_at_begin: u64,
     last_notify_ms: u64,
     /// When the spool last went from synced to holding unsynced writes.
     dirty_since_ms: Option<u64>,
@@ -242,11 +248,11 @@ impl Core {
                 tracing::info!(?framing, att_mtu, "pendant connected");
                 // Whole frames of the previous connection still count.
                 if let Some(frame) = self.reassembler.flush() {
-                    self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                    self.route(frame, now, &mut steps);
                 }
                 self.reassembler.reset_link();
                 while let Some(frame) = self.reassembler.pop_ready() {
-                    self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                    self.route(frame, now, &mut steps);
                 }
                 self.reassembler = match (framing, omi_codec) {
                     (Framing::Omi, Some(c)) => match Reassembler::omi(c) {
@@ -264,7 +270,7 @@ impl Core {
             LinkEvent::Notification(bytes) => {
                 self.last_notify_ms = now;
                 match self.reassembler.push(&bytes) {
-                    Ok(Some(frame)) => self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps),
+                    Ok(Some(frame)) => self.route(frame, now, &mut steps),
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "notification dropped"),
                 }
@@ -273,7 +279,7 @@ impl Core {
             LinkEvent::Disconnected { reason } => {
                 tracing::debug!(%reason, "pendant link down");
                 if let Some(frame) = self.reassembler.flush() {
-                    self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+                    self.route(frame, now, &mut steps);
                 }
             }
         }
@@ -285,7 +291,7 @@ impl Core {
     fn end_now(&mut self, now: u64) -> Result<bool, SpoolError> {
         let mut steps = Vec::new();
         if let Some(frame) = self.reassembler.flush() {
-            self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+            self.route(frame, now, &mut steps);
         }
         self.tracker.end_now(&mut steps);
         self.apply(steps, now)
@@ -307,10 +313,29 @@ impl Core {
         if now.saturating_sub(self.last_notify_ms) >= OMI_FLUSH_MS
             && let Some(frame) = self.reassembler.flush()
         {
-            self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+            self.route(frame, now, &mut steps);
         }
         self.tracker.on_tick(now, &mut steps);
         self.apply(steps, now)
+    }
+
+    /// Hands one reassembled frame to the tracker, as long as the server
+    /// would store it: 20 ms of its codec (`opus_toc::check_frame`, the
+    /// server's own rule, read from the Opus TOC byte). A frame that is not
+    /// would have the stream closed with 4007 each time the relay sent it,
+    /// so it is never spooled: it counts as lost (and its markers still
+    /// count), and the utterance's end says how many went.
+    fn route(&mut self, mut frame: Frame, now: u64, steps: &mut Vec<Step>) {
+        if !frame.data.is_empty()
+            && let Err(e) = check_frame(frame.codec, &frame.data)
+        {
+            if self.malformed == self.malformed_at_begin {
+                tracing::warn!(error = %e, "pendant frame refused: not 20 ms of its codec");
+            }
+            self.malformed += 1;
+            frame.data.clear();
+        }
+        self.tracker.on_frame(frame, now, Uuid::now_v7, steps);
     }
 
     /// Writes the tracker's steps to the spool, each frame with one `write()`
@@ -318,7 +343,7 @@ impl Core {
     fn apply(&mut self, mut steps: Vec<Step>, now: u64) -> Result<bool, SpoolError> {
         // Frames released together (a reorder gap filled or given up on).
         while let Some(frame) = self.reassembler.pop_ready() {
-            self.tracker.on_frame(frame, now, Uuid::now_v7, &mut steps);
+            self.route(frame, now, &mut steps);
         }
         // A carry is written down before anything it does (see "Endpoints").
         let carry = steps.iter().find_map(|s| match s {
@@ -334,6 +359,7 @@ impl Core {
                 Step::Begin { id, codec } => {
                     self.spool.begin(id, codec, now)?;
                     self.lost_at_begin = self.reassembler.stats().lost;
+                    self.malformed_at_begin = self.malformed;
                     self.emit(RelayEvent::UtteranceStarted { id });
                     self.news.push(Input::Spooled { id, codec, frames: 0 });
                     urgent = true;
@@ -349,7 +375,18 @@ impl Core {
                     CarryIntent::done(self.spool.dir());
                 }
                 Step::End { id } => {
-                    let lost = (self.reassembler.stats().lost - self.lost_at_begin) as u32;
+                    let malformed = (self.malformed - self.malformed_at_begin) as u32;
+                    let lost = (self.reassembler.stats().lost - self.lost_at_begin) as u32 + malformed;
+                    if malformed > 0 {
+                        self.emit(RelayEvent::Error {
+                            id: Some(id),
+                            code: MALFORMED_FRAMES.into(),
+                            message: format!(
+                                "{malformed} frames were not 20 ms of their codec and were not spooled (the server refuses them \
+                                 with close 4007); they count as lost. Check the pendant's codec settings: Opus at 16 kHz, 20 ms frames"
+                            ),
+                        });
+                    }
                     let frames = self.spool.end(id, lost)?;
                     let codec = self.spool.utterance(id).map(|u| u.codec).expect("just ended");
                     self.emit(RelayEvent::UtteranceEnded { id, frames, lost });
@@ -507,6 +544,8 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
         reassembler: Reassembler::lanyard(),
         tracker,
         lost_at_begin: 0,
+        malformed: 0,
+        malformed_at_begin: 0,
         last_notify_ms: now,
         dirty_since_ms: None,
         link_open: true,
@@ -873,7 +912,7 @@ impl Relay {
                         spool_bytes: core.spool.disk_bytes(),
                         pending_utterances: core.spool.pending().count() as u32,
                         handed_off: handed_off.len() as u32,
-                        lost_frames: ble.lost,
+                        lost_frames: ble.lost + core.malformed,
                         duplicate_notifications: ble.duplicates,
                         discarded,
                     };
@@ -1299,8 +1338,13 @@ mod tests {
     /// A relay on the spool in `dir`, its loop never run: the test plays
     /// the loop's part by calling the core.
     fn relay(dir: &std::path::Path) -> (Relay, Link) {
-        let cfg = HostConfig {
-            spool_dir: dir.to_path_buf(),
+        let cfg = HostConfig { spool_dir: dir.to_path_buf(), ..relay_config() };
+        open(cfg, mpsc::unbounded_channel().0).unwrap()
+    }
+
+    fn relay_config() -> HostConfig {
+        HostConfig {
+            spool_dir: PathBuf::new(),
             server: "http://127.0.0.1:1".into(),
             token: "t".into(),
             sync_interval: Duration::from_millis(200),
@@ -1313,14 +1357,23 @@ mod tests {
             fsync_delay: Duration::ZERO,
             insecure: false,
             extra_root_certs: Vec::new(),
-        };
-        open(cfg, mpsc::unbounded_channel().0).unwrap()
+        }
     }
 
-    /// Frame `seq` as a pendant sends it: its bytes say which frame it is.
+    /// An Opus TOC byte (RFC 6716 3.1) for one 20 ms frame: configuration 1
+    /// (SILK narrowband, 20 ms), mono, code 0.
+    const TOC_20MS: u8 = 1 << 3;
+
+    /// Frame `seq` as a pendant sends it: an Opus packet of 20 ms whose
+    /// other bytes say which frame it is.
     fn frame(seq: u16, start: bool) -> LinkEvent {
-        let data = [seq as u8; 80];
-        let spec = FrameSpec { seq, codec: Codec::Opus16k20ms, start, end: false, data: &data };
+        let mut data = [seq as u8; 80];
+        data[0] = TOC_20MS;
+        notification(seq, start, false, &data)
+    }
+
+    fn notification(seq: u16, start: bool, end: bool, data: &[u8]) -> LinkEvent {
+        let spec = FrameSpec { seq, codec: Codec::Opus16k20ms, start, end, data };
         LinkEvent::Notification(packetize(&spec, 185).unwrap().remove(0))
     }
 
@@ -1329,13 +1382,45 @@ mod tests {
     }
 
     /// Each utterance in the spool, oldest first: whether it ended, and its
-    /// frames, each as the first byte the pendant gave it.
+    /// frames, each as the byte after the TOC the pendant gave it.
     fn spooled(dir: &std::path::Path) -> Vec<(Uuid, bool, Vec<u8>)> {
         let (spool, _) = Spool::open(dir).unwrap();
         spool
             .pending()
-            .map(|u| (u.id, u.ended, (0..u.frame_count()).map(|s| spool.read_frame(u.id, s).unwrap()[0]).collect()))
+            .map(|u| (u.id, u.ended, (0..u.frame_count()).map(|s| spool.read_frame(u.id, s).unwrap()[1]).collect()))
             .collect()
+    }
+
+    #[test]
+    fn a_frame_the_server_would_refuse_is_never_spooled_and_counts_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cfg = HostConfig { spool_dir: dir.path().to_path_buf(), ..relay_config() };
+        let (relay, link) = open(cfg, tx).unwrap();
+        link.event(connected());
+        link.event(frame(0, true));
+        // 60 ms in one packet (configuration 3), then a code-3 packet that
+        // lacks its frame count: the server would close the stream with
+        // 4007 each time it got them.
+        link.event(notification(1, false, false, &[3 << 3, 1, 1, 1]));
+        link.event(notification(2, false, false, &[1 << 3 | 3]));
+        link.event(frame(3, false));
+        // A bad frame that ends the utterance still ends it.
+        link.event(notification(4, false, true, &[3 << 3, 4]));
+        drop((relay, link));
+        let all = spooled(dir.path());
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].1, &all[0].2), (true, &vec![0, 3]), "only the 20 ms frames are spooled");
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e.event);
+        }
+        let id = all[0].0;
+        assert!(events.contains(&RelayEvent::UtteranceEnded { id, frames: 2, lost: 3 }), "{events:?}");
+        assert!(
+            events.iter().any(|e| matches!(e, RelayEvent::Error { id: Some(i), code, .. } if *i == id && code == MALFORMED_FRAMES)),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub const SPOOL_LOST_ACKED_AUDIO: &str = "spool_lost_acked_audio";
 /// at the limit, so only a spool written before it did can hold one.
 pub const UTTERANCE_TOO_LONG: &str = "utterance_too_long";
 
+/// The [`RelayEvent::Error`] code for frames from the pendant that were not
+/// 20 ms of their codec: the server refuses such a frame (close 4007), so
+/// the host never spools one, and counts it as lost (see `host`).
+pub const MALFORMED_FRAMES: &str = "malformed_frames";
+
 /// Tunables of the uplink.
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {

@@ -29,8 +29,16 @@ fn config(dir: &std::path::Path) -> HostConfig {
     }
 }
 
+/// Frame `seq`: one 20 ms Opus packet (TOC byte: configuration 1, mono,
+/// code 0) whose other bytes say which frame it is.
+fn opus_frame(seq: u16) -> [u8; 80] {
+    let mut data = [seq as u8; 80];
+    data[0] = 1 << 3;
+    data
+}
+
 fn notification(seq: u16, start: bool, end: bool) -> LinkEvent {
-    let data = [seq as u8; 80];
+    let data = opus_frame(seq);
     let spec = FrameSpec { seq, codec: Codec::Opus16k20ms, start, end, data: &data };
     let mut n = packetize(&spec, 185).unwrap();
     assert_eq!(n.len(), 1);
@@ -62,7 +70,7 @@ fn link_event_spools_the_frame_before_it_returns() {
     let id = spool.open_utterance().expect("the utterance in progress is in the spool");
     let u = spool.utterance(id).unwrap();
     assert_eq!(u.frame_count(), 5);
-    assert_eq!(spool.read_frame(id, 4).unwrap(), vec![4u8; 80]);
+    assert_eq!(spool.read_frame(id, 4).unwrap(), opus_frame(4).to_vec());
 }
 
 #[test]
