@@ -125,6 +125,7 @@ pub async fn send_audio(ws: &mut Ws, handle: u32, seq: u32, frame: &[u8]) {
     ws.send(Message::binary(wire::encode_audio(&Audio { handle, seq, frame }))).await.unwrap();
 }
 
+#[derive(Debug)]
 pub enum In {
     Text(ServerMsg),
     Ack(Ack),
