@@ -290,11 +290,13 @@ impl Live {
     ///
     /// The decode also settles: `len` is [`EndpointConfig::onset_ms`] into
     /// a pause, so no word crosses it, and every segment of audio that ends
-    /// there is as final as a settling decode's. If nothing else settled in
-    /// the meantime, its segments are committed and its audio freed. An
-    /// utterance spoken with pauses (most speech) is thus settled at each
-    /// pause for free, and `SettlePolicy`'s own decodes are left for long
-    /// stretches without one.
+    /// there is as final as a settling decode's. If the utterance is long
+    /// enough (`SettlePolicy::settles_speculative`: a short command is
+    /// decoded whole) and nothing else settled in the meantime, its
+    /// segments are committed and its audio freed. A long utterance spoken
+    /// with pauses (most speech) is thus settled at each pause for free,
+    /// and `SettlePolicy`'s own decodes are left for long stretches without
+    /// one.
     fn speculate(&self, entry: &Arc<Mutex<Utterance>>, u: &mut Utterance, utterance: Uuid, len: usize) {
         u.spec.send_replace(Spec::Pending { len });
         let spec = u.spec.clone();
@@ -321,7 +323,8 @@ impl Live {
                 if let Some(entry) = entry.upgrade() {
                     let mut u = entry.lock().expect("live utterance poisoned");
                     let done = len.saturating_sub(base).min(u.pcm.len());
-                    if !(u.closed || u.broken || u.overlong) && u.base == base && done > 0 {
+                    let long = SettlePolicy::default().settles_speculative(len, RATE as u32);
+                    if !(u.closed || u.broken || u.overlong) && u.base == base && done > 0 && long {
                         let offset = base as f32 / RATE as f32;
                         u.settled.extend(t.segments.iter().cloned().map(|mut s| {
                             s.shift(offset);

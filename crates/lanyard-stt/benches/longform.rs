@@ -20,8 +20,9 @@
 //!   audio's own clock. The audio arrives in 200 ms batches. The engine runs
 //!   one job at a time, each for as long as it really takes here:
 //!   speculative decodes at silence onsets (the settled text as prompt, the
-//!   rest of the audio decoded; each also settles what it decoded, since
-//!   its cut is in a pause, unless something settled meanwhile), settling
+//!   rest of the audio decoded; from 10 s into the passage each also
+//!   settles what it decoded, since its cut is in a pause, unless something
+//!   settled meanwhile: `SettlePolicy::settles_speculative`), settling
 //!   decodes when
 //!   `SettlePolicy::default()` says so, and greedy partial drafts of the
 //!   unsettled audio each second while the voice is on, in that priority
@@ -48,6 +49,10 @@
 //!
 //! (`cargo bench` works too, but builds CTranslate2 a second time, in the
 //! release profile: about 16 minutes on 2 cores.)
+//!
+//! Both engines' temperature fallback samples at random; the bench seeds
+//! both with `LANYARD_BENCH_SEED` (default 1), so a run can be repeated
+//! exactly, and other seeds show how much the figures move by chance.
 //!
 //! `LANYARD_BENCH_LIMIT=N` runs the first N passages only, and
 //! `LANYARD_BENCH_ONLY=name,name` the named ones (a quick look; the
@@ -95,6 +100,10 @@ fn main() {
         passages.retain(|p| names.contains(&p.name.as_str()));
         assert!(!passages.is_empty(), "LANYARD_BENCH_ONLY={only} names no passage of the set");
     }
+    // Both engines sample with the same seed (see `seed_sampling`): one
+    // run's figures can be had again, and `LANYARD_BENCH_SEED` draws others.
+    let seed: u32 = std::env::var("LANYARD_BENCH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    lanyard_stt::seed_sampling(seed);
     let config = WhisperConfig::default();
     let engine = WhisperCt2::load(&model_dir, config.clone()).expect("load the model");
     let total: f64 = passages.iter().map(|p| p.pcm16k.len() as f64 / RATE).sum();
@@ -103,6 +112,7 @@ fn main() {
     println!("  machine     {} ({} threads for both engines)", cpu_model(), config.threads);
     println!("  set         {} passages, {:.1} min of audio", passages.len(), total / 60.0);
     println!("  load avg    {} at start", load_average());
+    println!("  seed        {seed} for both engines' sampling (LANYARD_BENCH_SEED)");
     engine.transcribe(&passages[0].pcm16k[..16_000 * 5]).expect("warm-up");
 
     // (b) first, in one child process (its model load is not timed).
@@ -119,7 +129,7 @@ fn main() {
         })
         .collect();
     let started = Instant::now();
-    let (versions, fw) = faster_whisper(&model_dir, config.threads, &files);
+    let (versions, fw) = faster_whisper(&model_dir, config.threads, seed, &files);
     let mut whole = Vec::new();
     let mut streamed = Vec::new();
     for (i, p) in passages.iter().enumerate() {
@@ -224,11 +234,12 @@ fn bar(name: &str, value: f64, limit: f64, unit: &str) {
 }
 
 /// The faster-whisper helper over `files`: its versions line and one result per file.
-fn faster_whisper(model_dir: &Path, threads: usize, files: &[PathBuf]) -> (String, Vec<Result_>) {
+fn faster_whisper(model_dir: &Path, threads: usize, seed: u32, files: &[PathBuf]) -> (String, Vec<Result_>) {
     let python = std::env::var("LANYARD_PYTHON").unwrap_or_else(|_| "python3".into());
     let output = Command::new(python)
         .arg(HELPER)
         .args(["--cpu-threads", &threads.to_string()])
+        .args(["--seed", &seed.to_string()])
         .arg(model_dir)
         .args(files)
         .output()
@@ -297,7 +308,8 @@ fn commit(
         if c.settle_job {
             *settle_busy = false;
         }
-        if c.from == *base && c.to > c.from {
+        let settles = c.settle_job || SettlePolicy::default().settles_speculative(c.to, RATE as u32);
+        if c.from == *base && c.to > c.from && settles {
             if trace && !c.settle_job {
                 eprintln!("  spec settles {:.2}..{:.2}", c.from as f64 / RATE, c.to as f64 / RATE);
             }
