@@ -28,7 +28,7 @@ CPUs (``CT2_USE_MKL`` overrides it; ``CT2_VERBOSE=1`` logs the choice).
 Usage (ttfs.rs runs it; by hand it is)::
 
     pip install faster-whisper
-    python3 faster_whisper_ttfs.py [--cpu-threads N] [--same-decode FLOOR BEAM] MODEL_DIR FILE.pcm...
+    python3 faster_whisper_ttfs.py [--cpu-threads N] [--same-decode FLOOR BEAM] [--seed N] MODEL_DIR FILE.pcm...
 
 Each FILE is raw 16 kHz mono signed 16-bit little-endian PCM. Prints one JSON
 object on stdout::
@@ -109,10 +109,14 @@ def main():
                         help="CTranslate2 intra-op threads (0: its default)")
     parser.add_argument("--same-decode", nargs=2, metavar=("FLOOR_SECS", "BEAM"),
                         help="also time lanyard's row (a) decode on this CTranslate2 build")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed CTranslate2's sampling (the temperature fallback), for a reproducible run")
     parser.add_argument("model_dir")
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
 
+    if args.seed is not None:
+        ctranslate2.set_random_seed(args.seed)
     model = WhisperModel(args.model_dir, device="cpu", compute_type="float32",
                          cpu_threads=args.cpu_threads)
     audios = [read_pcm(path) for path in args.files]

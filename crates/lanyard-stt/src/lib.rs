@@ -173,6 +173,16 @@ impl Transcript {
     }
 }
 
+/// Seeds the sampling of every Whisper decode in this process: the
+/// temperature fallback draws its hypotheses at random, so without a seed
+/// the same audio may come back with different words from one run to the
+/// next. CTranslate2 reads the seed once per thread, when that thread
+/// first samples, so call this before the first decode (the benchmarks do,
+/// to be reproducible; the server leaves sampling random).
+pub fn seed_sampling(seed: u32) {
+    ct2rs::sys::set_random_seed(seed);
+}
+
 /// Joins segment texts with one space, skipping empty ones.
 pub fn join_segment_texts(segments: &[Segment]) -> String {
     segments
