@@ -33,10 +33,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Deserialize;
 
-/// The manifest.
+/// The manifest. Through `crates/`, so that a sibling crate including this
+/// module (the `lanyard` crate's `omi_wer` bench) finds it too.
 pub const MANIFEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/benches/long_set/passages.toml"
+    "/../lanyard-stt/benches/long_set/passages.toml"
 );
 
 /// Samples per second of every built passage.
