@@ -101,6 +101,12 @@ impl FromRequestParts<AppState> for StreamDevice {
         let token = bearer(parts, "send the device token as `Authorization: Bearer <token>`")?;
         let hash = hash_token(token);
         if let Some(wait) = state.limiter.token_refused(&hash) {
+            // Answered when the device may open again (a tarpit, at most
+            // `MAX_REFUSAL_HOLD`): a client that reconnects as soon as it
+            // reads the 429 loops at the opens rate.
+            if let Some(_held) = state.limiter.hold_refusal(hash) {
+                tokio::time::sleep(wait.min(crate::limits::MAX_REFUSAL_HOLD)).await;
+            }
             return Err(crate::ingest::opens_refusal(state, wait));
         }
         let AuthDevice(device) = AuthDevice::from_request_parts(parts, state).await?;
