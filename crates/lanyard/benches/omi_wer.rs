@@ -34,7 +34,8 @@
 //!
 //! It streams at real time, so it takes twice the audio's length and a
 //! minute more. `LANYARD_BENCH_ONLY=name,name` picks passages of the long
-//! set (default: three real ones, about five minutes of audio).
+//! set (default: three real ones, about four minutes of audio), and
+//! `LANYARD_BENCH_TRACE=1` prints every final of both runs.
 
 #[path = "../../lanyard-stt/benches/long_set/mod.rs"]
 mod long_set;
@@ -101,6 +102,12 @@ async fn main() {
             c.dropped.len(),
             c.doubled.len()
         );
+        if std::env::var_os("LANYARD_BENCH_TRACE").is_some() {
+            eprintln!("  {name} finals:");
+            for f in &r.finals {
+                eprintln!("    {f}");
+            }
+        }
         for d in &c.dropped {
             println!("    {name}: dropped {d:?}");
         }
