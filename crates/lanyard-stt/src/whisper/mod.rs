@@ -49,6 +49,11 @@
 //! log-mel, exactly what Whisper's own pad is) up to a floor,
 //! [`WhisperConfig::min_window_secs`] (10 s by default). Trimming to exactly
 //! the speech would make the decoder loop; the floor's silence lets it end.
+//! Not always, with a long prompt: a short window whose decode at
+//! temperature 0 fails a quality check is encoded again 30 s wide, as the
+//! reference does, and decoded there before any temperature fallback
+//! (prompts-01's last 3.9 s looped six times at 10 s, four temperatures
+//! deep; at 30 s it decodes right at once).
 //!
 //! # Streams still being spoken
 //!
