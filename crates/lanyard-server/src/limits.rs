@@ -113,24 +113,6 @@ pub const HELD_REFUSALS_PER_TOKEN: usize = 2;
 /// The longest a refused stream request is held before its 429.
 pub const MAX_REFUSAL_HOLD: Duration = Duration::from_secs(1);
 
-/// One held refusal; gives its turn back when dropped.
-pub struct HeldRefusal {
-    held: Arc<Mutex<HashMap<[u8; 32], usize>>>,
-    token_hash: [u8; 32],
-}
-
-impl Drop for HeldRefusal {
-    fn drop(&mut self) {
-        let mut held = self.held.lock().expect("limiter poisoned");
-        if let Some(n) = held.get_mut(&self.token_hash) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.token_hash);
-            }
-        }
-    }
-}
-
 /// Buckets idle this long are full again, so dropping them changes nothing.
 /// Pruning keeps the maps from growing with every device ever seen.
 pub(crate) fn prune(buckets: &mut HashMap<Uuid, TokenBucket>, now: Instant, cfg_burst: f64, rate: f64) {
@@ -222,14 +204,8 @@ impl Limiter {
     /// the opens rate, not as fast as the machine allows: on the `flood`
     /// bench, 38,660 refused reconnects in 62 s moved another device's
     /// reply p95 by 1.32x.
-    pub fn hold_refusal(&self, token_hash: [u8; 32]) -> Option<HeldRefusal> {
-        let mut held = self.held.lock().expect("limiter poisoned");
-        let n = held.entry(token_hash).or_insert(0);
-        if *n >= HELD_REFUSALS_PER_TOKEN {
-            return None;
-        }
-        *n += 1;
-        Some(HeldRefusal { held: self.held.clone(), token_hash })
+    pub fn hold_refusal(&self, token_hash: [u8; 32]) -> Option<Slot<[u8; 32]>> {
+        Slot::take(&self.held, token_hash, HELD_REFUSALS_PER_TOKEN)
     }
 
     /// Reserves one of the device's stream slots, or `None` if all are taken.
@@ -256,32 +232,33 @@ fn take(map: &Mutex<HashMap<Uuid, TokenBucket>>, device: Uuid, rate: f64, burst:
     if bucket.take_n(n, now) { Ok(()) } else { Err(bucket.wait_for(n)) }
 }
 
-/// One of a device's slots of some kind (a stream, a transcription);
-/// dropping it frees the slot, however the work ended.
-pub struct Slot {
-    device: Uuid,
-    held: Arc<Mutex<HashMap<Uuid, usize>>>,
+/// One of a device's slots of some kind (a stream, a transcription), or of
+/// a token's (a held refusal); dropping it frees the slot, however the work
+/// ended.
+pub struct Slot<K: Eq + std::hash::Hash + Copy = Uuid> {
+    key: K,
+    held: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-impl Slot {
-    fn take(held: &Arc<Mutex<HashMap<Uuid, usize>>>, device: Uuid, cap: usize) -> Option<Slot> {
+impl<K: Eq + std::hash::Hash + Copy> Slot<K> {
+    fn take(held: &Arc<Mutex<HashMap<K, usize>>>, key: K, cap: usize) -> Option<Self> {
         let mut map = held.lock().expect("limiter poisoned");
-        let n = map.entry(device).or_insert(0);
+        let n = map.entry(key).or_insert(0);
         if *n >= cap {
             return None;
         }
         *n += 1;
-        Some(Slot { device, held: held.clone() })
+        Some(Slot { key, held: held.clone() })
     }
 }
 
-impl Drop for Slot {
+impl<K: Eq + std::hash::Hash + Copy> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut map = self.held.lock().expect("limiter poisoned");
-        if let Some(n) = map.get_mut(&self.device) {
+        if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.device);
+                map.remove(&self.key);
             }
         }
     }
