@@ -128,7 +128,20 @@ pub enum ClientMsg {
     },
     /// The utterance has exactly `frames` frames; the server may process it
     /// once it holds them all.
-    End { utterance: Uuid, frames: u32 },
+    ///
+    /// `speech_frames`: the relay ended the utterance at the server's
+    /// `endpoint`, which named this frame count, and carried the frames
+    /// from there on (the onset of the next sentence) into its next
+    /// utterance. The server transcribes only the first `speech_frames`
+    /// frames, so that no word is heard twice; it still holds all `frames`.
+    /// At most `frames`. Absent (the usual case, and what relays before it
+    /// send) means all of them.
+    End {
+        utterance: Uuid,
+        frames: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        speech_frames: Option<u32>,
+    },
 }
 
 /// JSON control messages from the server. `PartialEq` only: a `final`

@@ -316,6 +316,15 @@ fn wire_client_json() {
             ClientMsg::End {
                 utterance: utterance(),
                 frames: 150,
+                speech_frames: None,
+            },
+        ),
+        (
+            "end_cut",
+            ClientMsg::End {
+                utterance: utterance(),
+                frames: 150,
+                speech_frames: Some(120),
             },
         ),
     ];

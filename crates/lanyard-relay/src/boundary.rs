@@ -19,11 +19,11 @@
 //! begins the next utterance at once and tells the shell to copy frames
 //! `k..N` of the ended one into it ([`Step::Carry`]), before anything the
 //! pendant sends next. The ended utterance still holds (and the uplink
-//! still sends) all `N` frames: what the server holds is never rewritten
-//! (the server transcribes both whole for now, so a carried fragment may be
-//! heard twice, never lost). A server that transcribes the ended utterance
-//! only up to `k` would hear each frame once: the proptest below checks
-//! that against such a model server.
+//! still sends) all `N` frames: what the server holds is never rewritten.
+//! Its `end` (and its upload, if it is handed off) says `speech_frames: k`,
+//! written down in the spool's END record so that it survives a kill, and
+//! the server transcribes it only up to `k`: each frame is heard once. The
+//! proptest below checks that against a model server.
 //!
 //! The server takes at most [`MAX_UTTERANCE_FRAMES`] frames (10 minutes) in
 //! one utterance, and closes a stream that sends more (4002). An Omi pendant
@@ -414,8 +414,9 @@ mod tests {
 
     proptest::proptest! {
         /// Run against a model spool and a model server that transcribes an
-        /// utterance ended by an endpoint at `k` only up to `k` (and any
-        /// other in full): every frame the pendant sent is transcribed once,
+        /// utterance whose `end` names `speech_frames` only up to there (and
+        /// any other in full), the relay naming where each carry starts, as
+        /// the host does: every frame the pendant sent is transcribed once,
         /// in order, and no utterance outgrows the limit.
         #[test]
         fn every_frame_is_transcribed_once_in_order(
@@ -448,9 +449,6 @@ mod tests {
                         let held = spool[&id].len() as i64;
                         let k = (held - back).max(0) as u32;
                         t.on_endpoint(id, k, &mut mint, &mut out);
-                        if out.first() == Some(&Step::End { id }) {
-                            cut.insert(id, k);
-                        }
                     }
                 }
                 for step in out {
@@ -464,6 +462,9 @@ mod tests {
                             proptest::prop_assert!(spool[&id].is_empty(), "a carry comes first");
                             let copies = spool[&from][frames.start as usize..frames.end as usize].to_vec();
                             spool.get_mut(&id).unwrap().extend(copies);
+                            // As the host does: `from`'s `end` says its
+                            // speech stops where the carry starts.
+                            cut.insert(from, frames.start);
                         }
                         Step::End { .. } => {}
                     }

@@ -387,10 +387,13 @@ impl Core {
                             ),
                         });
                     }
-                    let frames = self.spool.end(id, lost)?;
+                    // Cut at the server's endpoint: its speech is what
+                    // comes before the carried frames (see `boundary`).
+                    let speech = carry.as_ref().filter(|c| c.from == id).map(|c| c.frames.start);
+                    let frames = self.spool.end_cut(id, lost, speech)?;
                     let codec = self.spool.utterance(id).map(|u| u.codec).expect("just ended");
                     self.emit(RelayEvent::UtteranceEnded { id, frames, lost });
-                    self.news.push(Input::Ended { id, codec, frames });
+                    self.news.push(Input::Ended { id, codec, frames, speech_frames: speech });
                     urgent = true;
                 }
             }
@@ -628,7 +631,7 @@ impl CarryIntent {
         };
         let (codec, ended) = (from.codec, from.ended);
         if !ended {
-            spool.end(self.from, 0)?;
+            spool.end_cut(self.from, 0, Some(self.frames.start))?;
         }
         let copied = match spool.utterance(self.to) {
             None => {
@@ -792,12 +795,13 @@ impl Relay {
             // and an app that still runs one ignores a task id it already has.
             for (&id, path) in &handed_off {
                 let content_type = if path.extension().is_some_and(|e| e == "wav") { "audio/wav" } else { "audio/ogg" };
-                emit(upload_task(&cfg, id, path, content_type));
+                let speech = core.spool.utterance(id).and_then(|u| u.speech_frames);
+                emit(upload_task(&cfg, id, path, content_type, speech));
             }
             // Everything else the spool holds from before a restart goes to the uplink.
             for u in core.spool.pending().filter(|u| !handed_off.contains_key(&u.id)) {
                 let input = if u.ended {
-                    Input::Ended { id: u.id, codec: u.codec, frames: u.frame_count() }
+                    Input::Ended { id: u.id, codec: u.codec, frames: u.frame_count(), speech_frames: u.speech_frames }
                 } else {
                     Input::Spooled { id: u.id, codec: u.codec, frames: u.frame_count() }
                 };
@@ -875,17 +879,17 @@ impl Relay {
                             Some(path) => {
                                 let _ = std::fs::remove_file(path);
                                 let mut core = shared.lock();
-                                let u = core.spool.utterance(id).map(|u| (u.codec, u.frame_count()));
+                                let u = core.spool.utterance(id).map(|u| (u.codec, u.frame_count(), u.speech_frames));
                                 match (ok, u) {
-                                    (true, Some((_, frames))) => {
+                                    (true, Some((_, frames, _))) => {
                                         core.spool.mark_done(id)?;
                                         // The sealed file stopped at the server's limit.
                                         emit(RelayEvent::Complete { id, frames: frames.min(MAX_UTTERANCE_FRAMES) });
                                     }
-                                    (false, Some((codec, frames))) => {
+                                    (false, Some((codec, frames, speech_frames))) => {
                                         // Back to the planner: stream it, or hand it off again.
                                         tracing::warn!(%id, "background upload failed");
-                                        uplink.handle(now, Input::Ended { id, codec, frames }, &mut actions);
+                                        uplink.handle(now, Input::Ended { id, codec, frames, speech_frames }, &mut actions);
                                     }
                                     (_, None) => {}
                                 }
@@ -1005,7 +1009,8 @@ impl Relay {
                         Decision::HandOff => {
                             let sealed = seal(&core.spool, id)?;
                             uplink.handle(now, Input::Forget { id }, &mut actions);
-                            emit(upload_task(&cfg, id, &sealed.path, sealed.content_type));
+                            let speech = core.spool.utterance(id).and_then(|u| u.speech_frames);
+                            emit(upload_task(&cfg, id, &sealed.path, sealed.content_type, speech));
                             handed_off.insert(id, sealed.path);
                         }
                         Decision::Discard(reason) => {
@@ -1162,12 +1167,25 @@ fn sync(spool: &mut Spool, delay: Duration) -> Result<(), SpoolError> {
     spool.sync()
 }
 
-/// The upload task the app carries out for a sealed utterance.
-fn upload_task(cfg: &HostConfig, id: Uuid, path: &std::path::Path, content_type: &str) -> RelayEvent {
+/// The upload task the app carries out for a sealed utterance; one cut at
+/// the server's endpoint says which of its frames are speech, as `end` does.
+fn upload_task(
+    cfg: &HostConfig,
+    id: Uuid,
+    path: &std::path::Path,
+    content_type: &str,
+    speech_frames: Option<u32>,
+) -> RelayEvent {
+    let base = format!("{}/v1/utterances/{id}/audio", cfg.server.trim_end_matches('/'));
+    // A sealed file stops at the server's limit (see `seal`); a cut past it cuts nothing.
+    let url = match speech_frames.filter(|&s| s < MAX_UTTERANCE_FRAMES) {
+        Some(s) => format!("{base}?speech_frames={s}"),
+        None => base,
+    };
     RelayEvent::UploadTask {
         id,
         path: path.to_string_lossy().into_owned(),
-        url: format!("{}/v1/utterances/{id}/audio", cfg.server.trim_end_matches('/')),
+        url,
         method: "PUT".into(),
         headers: vec![
             ("Authorization".into(), format!("Bearer {}", cfg.token)),
@@ -1442,7 +1460,7 @@ mod tests {
         let opus = Codec::Opus16k20ms;
         assert_eq!(
             news[news.len() - 2..],
-            [Input::Ended { id: first, codec: opus, frames: 6 }, Input::Spooled { id: second, codec: opus, frames: 2 }]
+            [Input::Ended { id: first, codec: opus, frames: 6, speech_frames: Some(4) }, Input::Spooled { id: second, codec: opus, frames: 2 }]
         );
         for seq in 6..8 {
             link.event(frame(seq, false));
@@ -1502,7 +1520,7 @@ mod tests {
             {
                 let (mut spool, _) = Spool::open(dir.path()).unwrap();
                 if writes >= 1 {
-                    spool.end(first, 0).unwrap();
+                    spool.end_cut(first, 0, Some(4)).unwrap();
                 }
                 if writes >= 2 {
                     spool.begin(second, Codec::Opus16k20ms, 0).unwrap();
@@ -1536,6 +1554,11 @@ mod tests {
                 vec![(first, true, vec![0, 1, 2, 3, 4, 5]), (second, true, vec![4, 5, 6, 7])],
                 "after {writes} writes"
             );
+            // The first's speech stops where the carry starts, however far
+            // the carry got, and the second (cut at 4 of its own) likewise.
+            let (spool, _) = Spool::open(dir.path()).unwrap();
+            let speech = |id| spool.utterance(id).unwrap().speech_frames;
+            assert_eq!((speech(first), speech(second)), (Some(4), None), "after {writes} writes");
         }
     }
 

@@ -21,7 +21,9 @@
 //! body: | id (u64 LE) | kind (u8) | utterance id (16) | kind-specific ... |
 //!   kind 1 BEGIN  codec id (u8), started at Unix ms (u64 LE)
 //!   kind 2 FRAME  seq (u32 LE), codec frame bytes
-//!   kind 3 END    frame count (u32 LE), frames lost on BLE (u32 LE)
+//!   kind 3 END    frame count (u32 LE), frames lost on BLE (u32 LE),
+//!                 [speech frames (u32 LE): only for an utterance cut at the
+//!                 server's endpoint, whose later frames were carried on]
 //!   kind 4 DONE   (nothing): the server confirmed the utterance complete
 //!   kind 5 DROP   reason (UTF-8): discarded by an explicit policy (TTL, eviction)
 //! ```
@@ -231,6 +233,10 @@ pub struct SpooledUtterance {
     pub ended: bool,
     /// Frames the pendant sent that never reached the phone.
     pub lost: u32,
+    /// Set by END for an utterance the relay cut at the server's endpoint:
+    /// the frames from here on were carried into the next utterance, and
+    /// the server transcribes only the ones before (see `boundary`).
+    pub speech_frames: Option<u32>,
     /// Set by DONE or DROP: nothing more to deliver.
     pub done: bool,
     /// Set by DROP: why the utterance was discarded instead of delivered.
@@ -472,6 +478,7 @@ impl<F: SpoolFs> Spool<F> {
                 frames: Vec::new(),
                 ended: false,
                 lost: 0,
+                speech_frames: None,
                 done: false,
                 dropped: None,
                 segments: BTreeSet::from([segment]),
@@ -503,18 +510,31 @@ impl<F: SpoolFs> Spool<F> {
 
     /// Ends an utterance; returns its frame count.
     pub fn end(&mut self, id: Uuid, lost: u32) -> Result<u32> {
+        self.end_cut(id, lost, None)
+    }
+
+    /// Ends an utterance whose speech is only its first `speech_frames`
+    /// frames, when `Some` (it was cut at the server's endpoint, and the
+    /// frames after were carried on; at most its frame count). Returns its
+    /// frame count.
+    pub fn end_cut(&mut self, id: Uuid, lost: u32, speech_frames: Option<u32>) -> Result<u32> {
         let u = self.utterances.get(&id).ok_or(SpoolError::UnknownUtterance(id))?;
         if u.ended {
             return Ok(u.frame_count());
         }
         let frames = u.frame_count();
-        let mut body = [0u8; 8];
-        body[..4].copy_from_slice(&frames.to_le_bytes());
-        body[4..].copy_from_slice(&lost.to_le_bytes());
+        let speech_frames = speech_frames.map(|s| s.min(frames));
+        let mut body = Vec::with_capacity(12);
+        body.extend_from_slice(&frames.to_le_bytes());
+        body.extend_from_slice(&lost.to_le_bytes());
+        if let Some(s) = speech_frames {
+            body.extend_from_slice(&s.to_le_bytes());
+        }
         let (segment, _) = self.append(KIND_END, id, &body, &[])?;
         let u = self.utterances.get_mut(&id).expect("checked above");
         u.ended = true;
         u.lost = lost;
+        u.speech_frames = speech_frames;
         u.segments.insert(segment);
         Ok(frames)
     }
@@ -859,6 +879,7 @@ fn apply_record(
                         frames: Vec::new(),
                         ended: false,
                         lost: 0,
+                        speech_frames: None,
                         done: false,
                         dropped: None,
                         segments: BTreeSet::new(),
@@ -882,11 +903,17 @@ fn apply_record(
             }
             _ => false,
         },
-        KIND_END if rest.len() == 8 => match utterances.get_mut(&id) {
+        KIND_END if rest.len() == 8 || rest.len() == 12 => match utterances.get_mut(&id) {
             Some(u) if u32::from_le_bytes(rest[0..4].try_into().expect("len")) == u.frame_count() => {
-                u.ended = true;
-                u.lost = u32::from_le_bytes(rest[4..8].try_into().expect("len"));
-                true
+                let speech = rest.get(8..12).map(|b| u32::from_le_bytes(b.try_into().expect("len")));
+                if speech.is_some_and(|s| s > u.frame_count()) {
+                    false
+                } else {
+                    u.ended = true;
+                    u.lost = u32::from_le_bytes(rest[4..8].try_into().expect("len"));
+                    u.speech_frames = speech;
+                    true
+                }
             }
             _ => false,
         },

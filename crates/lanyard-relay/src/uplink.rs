@@ -87,8 +87,10 @@ impl Default for UplinkConfig {
 pub enum Input {
     /// The spool holds `frames` frames of utterance `id` (a running total).
     Spooled { id: Uuid, codec: Codec, frames: u32 },
-    /// Utterance `id` has ended with `frames` frames.
-    Ended { id: Uuid, codec: Codec, frames: u32 },
+    /// Utterance `id` has ended with `frames` frames, of which the first
+    /// `speech_frames` are its speech when it was cut at the server's
+    /// endpoint (the rest were carried on; see `boundary`).
+    Ended { id: Uuid, codec: Codec, frames: u32, speech_frames: Option<u32> },
     /// The WebSocket is open and authenticated.
     Connected,
     /// The WebSocket closed or could not be opened.
@@ -184,6 +186,8 @@ struct Utt {
     spooled: u32,
     /// Total frames, once ended.
     total: Option<u32>,
+    /// The frames of speech, when the utterance was cut at an endpoint.
+    speech: Option<u32>,
     phase: Phase,
     handle: u32,
     next_send: u32,
@@ -270,7 +274,7 @@ impl Uplink {
             Input::Spooled { id, codec, frames } => {
                 self.utt_entry(id, codec).spooled = frames.min(limits::MAX_UTTERANCE_FRAMES);
             }
-            Input::Ended { id, codec, frames } => {
+            Input::Ended { id, codec, frames, speech_frames } => {
                 let sendable = frames.min(limits::MAX_UTTERANCE_FRAMES);
                 let u = self.utt_entry(id, codec);
                 if sendable < frames && u.total != Some(sendable) {
@@ -285,6 +289,7 @@ impl Uplink {
                 }
                 u.spooled = sendable;
                 u.total = Some(sendable);
+                u.speech = speech_frames.filter(|&s| s < sendable);
             }
             Input::Connected => {
                 self.conn = Conn::Up;
@@ -347,6 +352,7 @@ impl Uplink {
             codec,
             spooled: 0,
             total: None,
+            speech: None,
             phase: Phase::Closed,
             handle: 0,
             next_send: 0,
@@ -507,7 +513,10 @@ impl Uplink {
                 && u.next_send >= total
             {
                 u.end_sent = true;
-                out.push(Action::SendText(ClientMsg::End { utterance: id, frames: total }));
+                // A speech cut past the frames the server holds (an OS crash
+                // shortened the spool, see `Opened`) cuts nothing.
+                let speech_frames = u.speech.filter(|&s| s < total);
+                out.push(Action::SendText(ClientMsg::End { utterance: id, frames: total, speech_frames }));
             }
         }
     }

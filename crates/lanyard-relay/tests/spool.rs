@@ -215,3 +215,29 @@ proptest! {
         }
     }
 }
+
+/// An utterance cut at the server's endpoint keeps where its speech stops
+/// across a reopen; one ended plainly has none, and a cut never passes the
+/// frames it has.
+#[test]
+fn a_cut_end_is_read_back_with_its_speech_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = Spool::open(dir.path()).unwrap();
+    let (cut, plain, over) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for id in [cut, plain, over] {
+        s.begin(id, Codec::Opus16k20ms, 0).unwrap();
+        for i in 0..6u8 {
+            s.append_frame(id, &[8, i]).unwrap();
+        }
+    }
+    assert_eq!(s.end_cut(cut, 1, Some(4)).unwrap(), 6);
+    s.end(plain, 0).unwrap();
+    s.end_cut(over, 0, Some(60)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (s, _) = Spool::open(dir.path()).unwrap();
+    let read = |id| s.utterance(id).map(|u| (u.ended, u.lost, u.speech_frames));
+    assert_eq!(read(cut), Some((true, 1, Some(4))));
+    assert_eq!(read(plain), Some((true, 0, None)));
+    assert_eq!(read(over), Some((true, 0, Some(6))));
+}

@@ -40,7 +40,7 @@ impl ModelServer {
                 }
                 replies.push_back(Input::Ack(Ack { handle: *handle, next: *held }));
             }
-            Action::SendText(ClientMsg::End { utterance, frames }) => {
+            Action::SendText(ClientMsg::End { utterance, frames, .. }) => {
                 assert_eq!(self.held[utterance], *frames, "end before all frames are held");
                 self.complete.insert(*utterance, *frames);
                 replies.push_back(Input::Server(ServerMsg::Complete { utterance: *utterance, frames: *frames }));
@@ -65,7 +65,7 @@ proptest! {
         let mut now = 0u64;
         let mut out = Vec::new();
         for (id, &n) in ids.iter().zip(&sizes) {
-            up.handle(now, Input::Ended { id: *id, codec: Codec::Opus16k20ms, frames: n }, &mut out);
+            up.handle(now, Input::Ended { id: *id, codec: Codec::Opus16k20ms, frames: n, speech_frames: None }, &mut out);
         }
         let mut inbox: VecDeque<Input> = VecDeque::new();
         let mut done = Vec::new();
@@ -116,7 +116,7 @@ fn backoff_grows_with_jitter_and_resets_on_connect() {
     let cfg = UplinkConfig { backoff_base_ms: 100, backoff_max_ms: 1600, ..UplinkConfig::default() };
     let mut up = Uplink::new(cfg, 42);
     let mut out = Vec::new();
-    up.handle(0, Input::Ended { id: Uuid::now_v7(), codec: Codec::Opus16k20ms, frames: 1 }, &mut out);
+    up.handle(0, Input::Ended { id: Uuid::now_v7(), codec: Codec::Opus16k20ms, frames: 1, speech_frames: None }, &mut out);
     assert_eq!(out, vec![Action::Connect]);
     let mut delays = Vec::new();
     let mut now = 0;
@@ -163,7 +163,7 @@ fn a_paced_backlog_asks_for_a_tick_and_drains_at_the_configured_rate() {
     let mut up = Uplink::new(cfg, 1);
     let id = Uuid::now_v7();
     let mut out = Vec::new();
-    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 1000 }, &mut out);
+    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 1000, speech_frames: None }, &mut out);
     up.handle(0, Input::Connected, &mut out);
     up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle: 1, next_seq: 0, complete: false }), &mut out);
     let sent = |out: &Vec<Action>| out.iter().filter(|a| matches!(a, Action::SendAudio { .. })).count();
@@ -241,7 +241,7 @@ fn a_spool_holding_less_than_the_server_acknowledged_ends_with_the_servers_copy(
     let id = Uuid::now_v7();
     let mut out = Vec::new();
     // Recovered after the reboot: 12 frames, ended there by the host.
-    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 12 }, &mut out);
+    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 12, speech_frames: None }, &mut out);
     up.handle(0, Input::Connected, &mut out);
     let handle = open_handle(&out).expect("opened");
     out.clear();
@@ -251,7 +251,7 @@ fn a_spool_holding_less_than_the_server_acknowledged_ends_with_the_servers_copy(
     let ends: Vec<u32> = out
         .iter()
         .filter_map(|a| match a {
-            Action::SendText(ClientMsg::End { utterance, frames }) if *utterance == id => Some(*frames),
+            Action::SendText(ClientMsg::End { utterance, frames, .. }) if *utterance == id => Some(*frames),
             _ => None,
         })
         .collect();
@@ -299,15 +299,15 @@ fn an_utterance_past_the_servers_limit_is_sent_up_to_it_and_the_rest_reported() 
     up.handle(0, Input::Spooled { id, codec: opus, frames: MAX + 5 }, &mut out);
     drive(&mut up, &mut server, |s| s.held.get(&id) == Some(&MAX));
     // Then ended, past the limit: reported, once while the uplink holds it.
-    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5 }, &mut out);
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None }, &mut out);
     assert!(reported(&out, id, UTTERANCE_TOO_LONG), "the frames past the limit are reported: {out:?}");
     out.clear();
-    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5 }, &mut out);
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None }, &mut out);
     assert!(!reported(&out, id, UTTERANCE_TOO_LONG), "{out:?}");
     // A restart before the `end` went out: the server resumes at the limit,
     // nothing is sent, and `end` completes it there.
     let mut up = Uplink::new(config, 2);
-    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5 }, &mut out);
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None }, &mut out);
     drive(&mut up, &mut server, |s| s.complete.contains_key(&id));
     assert_eq!(server.complete[&id], MAX);
 }
@@ -331,7 +331,7 @@ fn an_utterance_deleted_on_the_server_is_dropped_not_resent() {
     let (gone, kept) = (Uuid::now_v7(), Uuid::now_v7());
     let mut out = Vec::new();
     for id in [gone, kept] {
-        up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 3 }, &mut out);
+        up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 3, speech_frames: None }, &mut out);
     }
     up.handle(0, Input::Connected, &mut out);
     out.clear();
@@ -349,4 +349,41 @@ fn an_utterance_deleted_on_the_server_is_dropped_not_resent() {
         .filter_map(|a| if let Action::SendText(ClientMsg::Open { utterance, .. }) = a { Some(*utterance) } else { None })
         .collect();
     assert_eq!(opened, vec![kept]);
+}
+
+/// An utterance cut at the server's endpoint says so in its `end`, and a
+/// cut past what the server ends up holding says nothing.
+#[test]
+fn end_names_the_speech_of_an_utterance_cut_at_an_endpoint() {
+    let ends = |spooled: u32, speech: Option<u32>, server_holds: Option<u32>| {
+        let mut up = Uplink::new(UplinkConfig::default(), 1);
+        let id = Uuid::now_v7();
+        let mut out = Vec::new();
+        up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: spooled, speech_frames: speech }, &mut out);
+        up.handle(0, Input::Connected, &mut out);
+        let handle = open_handle(&out).expect("opened");
+        let next_seq = server_holds.unwrap_or(0);
+        up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq, complete: false }), &mut out);
+        for t in 1..100 {
+            up.handle(t * 20, Input::Tick, &mut out);
+        }
+        out.iter()
+            .filter_map(|a| match a {
+                Action::SendText(ClientMsg::End { utterance, frames, speech_frames }) if *utterance == id => {
+                    Some((*frames, *speech_frames))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ends(6, Some(4), None), vec![(6, Some(4))]);
+    assert_eq!(ends(6, None, None), vec![(6, None)]);
+    // Not a cut at all: the speech is every frame.
+    assert_eq!(ends(6, Some(6), None), vec![(6, None)]);
+    // A resume that finds every frame held still ends with the cut.
+    assert_eq!(ends(6, Some(4), Some(6)), vec![(6, Some(4))]);
+    // The server holds more than the spool (an OS crash shortened it after
+    // the server's acks): `end` says the server's count, and a cut the
+    // spool kept stands only inside it.
+    assert_eq!(ends(5, Some(4), Some(8)), vec![(8, Some(4))]);
 }

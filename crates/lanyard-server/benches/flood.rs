@@ -49,7 +49,7 @@ async fn questions(h: &Harness, frames: &[Vec<u8>], n: usize) -> Vec<f64> {
             send_audio(&mut ws, 1, seq as u32, f).await;
         }
         expect_ack(&mut ws, frames.len() as u32).await;
-        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: frames.len() as u32 }).await;
+        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: frames.len() as u32, speech_frames: None }).await;
         let ended = Instant::now();
         loop {
             match recv(&mut ws).await {
@@ -101,7 +101,7 @@ async fn flood(h: &Harness, n: u32, retry: Duration, stop: &AtomicBool, ended: &
             let mut done = until(&mut ws, |m| matches!(m, ServerMsg::Opened { .. })).await;
             if done {
                 send_audio(&mut ws, 1, 0, &silence).await;
-                send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1 }).await;
+                send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1, speech_frames: None }).await;
                 done = until(&mut ws, |m| matches!(m, ServerMsg::Complete { .. })).await;
             }
             if !done {

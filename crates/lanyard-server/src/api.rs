@@ -190,7 +190,12 @@ pub fn routes() -> Vec<Route> {
             doc: Doc {
                 summary: "The whole utterance as Ogg Opus (`audio/ogg`) or PCM16 WAV (`audio/wav`). Idempotent per id.",
                 auth: Auth::Device,
-                query: &[],
+                query: &[(
+                    "speech_frames",
+                    "FrameCount",
+                    "Transcribe only the first this many frames: the relay cut the utterance at the server's endpoint and \
+                     carried the rest into its next one (as `end`'s `speech_frames`). At most the frames uploaded.",
+                )],
                 body: Some(("audio/ogg", "binary")),
                 responses: &[
                     (200, "Stored; the utterance is complete (or was already).", Some("UploadResponse")),
@@ -511,6 +516,13 @@ async fn post_text(
     Ok((StatusCode::OK, Json(UtteranceBody::of(&row))))
 }
 
+/// `?speech_frames=N` of `PUT /v1/utterances/{id}/audio`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadParams {
+    speech_frames: Option<u32>,
+}
+
 /// `PUT /v1/utterances/{id}/audio`: the whole utterance as Ogg Opus.
 ///
 /// Idempotent per utterance id. Packet *i* of the file is frame *i*: frames
@@ -521,11 +533,15 @@ async fn upload(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
     Path(id): Path<String>,
+    params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
     request_limit(&state, device.id)?;
     let id = parse_id(&id)?;
+    let Query(UploadParams { speech_frames }) = params.map_err(|e| {
+        ApiError::BadRequest(format!("{e}; the query takes only `speech_frames` (the frames to transcribe)"))
+    })?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
             "the upload exceeds {} bytes; an utterance is at most {} frames",
@@ -557,6 +573,11 @@ async fn upload(
     let frames = packets.len() as u32;
     if frames > limits::MAX_UTTERANCE_FRAMES {
         return Err(ApiError::BadRequest(format!("{frames} frames exceed the limit of {}", limits::MAX_UTTERANCE_FRAMES)));
+    }
+    if let Some(speech) = speech_frames.filter(|&s| s > frames) {
+        return Err(ApiError::BadRequest(format!(
+            "speech_frames is {speech} but the upload has {frames} frames; send at most the frames uploaded"
+        )));
     }
     let row = state.store.open_utterance(id, device.id, codec, now_ms()).await.map_err(|e| match e {
         StoreError::WrongDevice(_) => ApiError::NotFound(format!("no utterance {id}")),
@@ -603,7 +624,7 @@ async fn upload(
     if held > frames {
         tracing::warn!(%id, held, uploaded = frames, "upload shorter than the audio held; completing with the held frames");
     }
-    ingest::complete(&state, device.id, id, held).await.map_err(ApiError::Internal)?;
+    ingest::complete(&state, device.id, id, held, speech_frames).await.map_err(ApiError::Internal)?;
     let state_now = state.store.utterance(id).await?.map_or(UtteranceState::Complete, |u| u.state);
     let resp = UploadResponse { utterance: id, state: state_now, frames: held, added: held - held_before.min(held) };
     Ok((StatusCode::OK, Json(resp)))

@@ -376,7 +376,7 @@ impl Conn {
         let msg = wire::parse_client_text(text).map_err(|e| (e.close_code(), e.to_string()))?;
         match msg {
             ClientMsg::Open { utterance, handle, codec } => self.open(utterance, handle, codec).await,
-            ClientMsg::End { utterance, frames } => self.end(utterance, frames).await,
+            ClientMsg::End { utterance, frames, speech_frames } => self.end(utterance, frames, speech_frames).await,
         }
     }
 
@@ -443,7 +443,7 @@ impl Conn {
         self.send_text(&ServerMsg::Opened { utterance, handle, next_seq, complete: false }).await
     }
 
-    async fn end(&mut self, utterance: Uuid, frames: u32) -> Result<(), Close> {
+    async fn end(&mut self, utterance: Uuid, frames: u32, speech_frames: Option<u32>) -> Result<(), Close> {
         // The live transcriber has every durable frame before the utterance
         // completes (the feeds run on the committer's feeder thread).
         for f in self.feeding.drain(..) {
@@ -458,8 +458,17 @@ impl Conn {
                 .error(Some(utterance), "frame_count", format!("`end` says {frames} frames but the server holds {held}"))
                 .await;
         }
+        if let Some(speech) = speech_frames.filter(|&s| s > frames) {
+            return self
+                .error(
+                    Some(utterance),
+                    "frame_count",
+                    format!("`end` says {speech} of its {frames} frames are speech; send `speech_frames` of at most `frames`"),
+                )
+                .await;
+        }
         self.streams.remove(&handle);
-        complete(&self.state, self.device, utterance, frames).await.map_err(|e| (close::GOING_AWAY, e))?;
+        complete(&self.state, self.device, utterance, frames, speech_frames).await.map_err(|e| (close::GOING_AWAY, e))?;
         self.send_text(&ServerMsg::Complete { utterance, frames }).await
     }
 
@@ -527,10 +536,16 @@ fn too_large(e: &axum::Error) -> bool {
 /// Marks an utterance complete and, for the one caller that wins, queues it.
 /// Shared by the stream and the upload, which is how an utterance that
 /// arrives by both is processed once.
-pub(crate) async fn complete(state: &AppState, device: Uuid, utterance: Uuid, frames: u32) -> Result<(), String> {
-    let won = state.store.mark_complete(utterance, frames, now_ms()).await.map_err(|e| e.to_string())?;
+pub(crate) async fn complete(
+    state: &AppState,
+    device: Uuid,
+    utterance: Uuid,
+    frames: u32,
+    speech_frames: Option<u32>,
+) -> Result<(), String> {
+    let won = state.store.mark_complete(utterance, frames, speech_frames, now_ms()).await.map_err(|e| e.to_string())?;
     if won {
-        tracing::info!(%utterance, frames, "utterance complete");
+        tracing::info!(%utterance, frames, ?speech_frames, "utterance complete");
         state.pipeline.enqueue(device, utterance).await;
     }
     Ok(())

@@ -88,6 +88,11 @@ pub const MAX_LIVE: usize = 64;
 /// the next one starts.
 pub const MAX_LIVE_PER_DEVICE: usize = 2;
 
+/// Endpoints remembered per utterance (see `Utterance::endpoints`): a relay
+/// cuts at the first one it hears, so only a marked pendant's long
+/// utterance, which no relay cuts, ever has many.
+const MAX_MARKS: usize = 16;
+
 /// State not fed for this long is dropped.
 pub const LIVE_IDLE: Duration = Duration::from_secs(300);
 
@@ -164,6 +169,12 @@ struct Utterance {
     /// marker-less (Omi) stream still gets its endpoint.
     overlong: bool,
     endpointer: Endpointer,
+    /// The endpoints sent, newest last (at most [`MAX_MARKS`]): the frame
+    /// count each named, and where the speech before it ended (`None` when
+    /// speech began again before that frame count). A relay that cuts the
+    /// utterance at one (`speech_frames`) is told apart from one that does
+    /// not by this, in [`Live::take_final`].
+    endpoints: Vec<(u32, Option<usize>)>,
     agreement: LocalAgreement,
     /// Absolute length when the last partial draft was queued.
     drafted: usize,
@@ -238,9 +249,7 @@ impl Live {
             }
             for ev in u.endpointer.push(&pcm) {
                 if let VadEvent::Endpoint { .. } = ev {
-                    let frames = u.frames;
-                    self.hub.send(u.device, &ServerMsg::Endpoint { utterance, frames });
-                    metrics::emit(EndpointSent);
+                    self.endpoint(&mut u, utterance, None);
                 }
             }
             return;
@@ -269,19 +278,33 @@ impl Live {
                 }
                 VadEvent::Speech { .. } => {
                     // Speech again: a speculative decode (if any) stays, and
-                    // `take_final` checks it against where speech ended.
-                }
-                VadEvent::Endpoint { .. } => {
-                    // For a pendant that marks no boundaries (Omi): the relay
-                    // ends the utterance here.
+                    // `take_final` checks it against where speech ended. An
+                    // endpoint of this same batch names a frame count past
+                    // this speech's start: a cut there holds speech.
                     let frames = u.frames;
-                    self.hub.send(u.device, &ServerMsg::Endpoint { utterance, frames });
-                    metrics::emit(EndpointSent);
+                    for mark in u.endpoints.iter_mut().filter(|m| m.0 == frames) {
+                        mark.1 = None;
+                    }
                 }
+                VadEvent::Endpoint { speech_end } => self.endpoint(&mut u, utterance, Some(speech_end)),
             }
         }
         self.maybe_settle(&entry, &mut u, utterance);
         self.maybe_partial(&entry, &mut u, utterance);
+    }
+
+    /// Sends an endpoint at the frames fed so far (for a pendant that marks
+    /// no boundaries, Omi: the relay ends the utterance here), and notes it
+    /// for a cut there (see [`Live::take_final`]). `speech_end`: where the
+    /// speech before it ended, when known.
+    fn endpoint(&self, u: &mut Utterance, utterance: Uuid, speech_end: Option<usize>) {
+        let frames = u.frames;
+        if u.endpoints.len() == MAX_MARKS {
+            u.endpoints.remove(0);
+        }
+        u.endpoints.push((frames, speech_end));
+        self.hub.send(u.device, &ServerMsg::Endpoint { utterance, frames });
+        metrics::emit(EndpointSent);
     }
 
     /// Queues the speculative final over the first `len` samples: the
@@ -423,6 +446,7 @@ impl Live {
             broken: false,
             overlong: false,
             endpointer: Endpointer::new(EndpointConfig::default()),
+            endpoints: Vec::new(),
             agreement: LocalAgreement::new(),
             drafted: 0,
             draft_pending: false,
@@ -434,14 +458,17 @@ impl Live {
         Some(e)
     }
 
-    /// The final transcript of `utterance`, complete at `frames` frames, as
-    /// far as the live state holds it: the speculative decode, if every
-    /// frame was seen here and no speech came after the audio it decoded
-    /// (waiting for one still running); else, if every frame was seen here
-    /// and some of the audio was settled, the settled segments and where the
-    /// rest begins, for the pipeline to decode only that; else `None`, and
-    /// the pipeline decodes in full. Forgets the utterance either way.
-    pub async fn take_final(&self, utterance: Uuid, frames: u32) -> Option<LiveFinal> {
+    /// The final transcript of the first `speech` frames of `utterance`,
+    /// complete at `frames` frames (`speech < frames` when the relay cut it
+    /// at an endpoint; see `Utterance::speech_frames` in the store), as far
+    /// as the live state holds it: the speculative decode, if every frame
+    /// was seen here and no speech came after the audio it decoded and
+    /// before the cut (waiting for one still running); else, if every frame
+    /// was seen here and some of the audio before the cut was settled, the
+    /// settled segments and where the rest begins, for the pipeline to
+    /// decode only that; else `None`, and the pipeline decodes in full.
+    /// Forgets the utterance either way.
+    pub async fn take_final(&self, utterance: Uuid, frames: u32, speech: u32) -> Option<LiveFinal> {
         let entry = self.utterances.lock().expect("live map poisoned").remove(&utterance)?;
         // Whether the speculative decode (over its first `len` samples) can
         // be the final: every frame came through here, and no speech after
@@ -450,14 +477,22 @@ impl Live {
             let mut u = entry.lock().expect("live utterance poisoned");
             u.closed = true;
             let complete = !u.broken && !u.overlong && u.frames == frames;
-            let speech_end = u.endpointer.speech_end();
-            let covers = |len: usize| complete && speech_end.is_some_and(|end| end <= len);
+            // Where the speech to transcribe ends: all of it, or, cut at an
+            // endpoint, the speech before the endpoint that named the cut
+            // (unknown at a cut this server sent no endpoint for).
+            let (limit, speech_end) = if speech < frames {
+                let mark = u.endpoints.iter().rev().find(|m| m.0 == speech).and_then(|m| m.1);
+                (speech as usize * FRAME_SAMPLES, mark)
+            } else {
+                (usize::MAX, u.endpointer.speech_end())
+            };
+            let covers = |len: usize| complete && len <= limit && speech_end.is_some_and(|end| end <= len);
             let pending_useful = match &*u.spec.borrow() {
                 Spec::Done { len, transcript } if covers(*len) => return Some(LiveFinal::Done(transcript.clone())),
                 Spec::Pending { len } => covers(*len),
                 _ => false,
             };
-            let rest = (complete && u.base > 0)
+            let rest = (complete && u.base > 0 && u.base <= limit)
                 .then(|| LiveFinal::Rest { settled: std::mem::take(&mut u.settled), from: u.base });
             (u.device, u.spec.subscribe(), pending_useful, rest)
         };

@@ -127,6 +127,8 @@ fn schema_ref(name: &str) -> Value {
         "binary" => json!({ "type": "string", "contentMediaType": "application/octet-stream" }),
         "Uuid" => random_id(),
         "Limit" => json!({ "type": "integer", "minimum": 1, "maximum": lanyard_proto::wire::limits::LIST_MAX }),
+        // At most the frames sent, which no schema can say.
+        "FrameCount" => json!({ "type": "integer", "minimum": 0 }),
         component => json!({ "$ref": format!("#/components/schemas/{component}") }),
     }
 }
@@ -365,6 +367,7 @@ mod tests {
             codec: Some(lanyard_proto::ble::Codec::Opus16k20ms),
             state: UtteranceState::Replied,
             frames: 1,
+            speech_frames: None,
             transcript: None,
             segments: vec![Segment { start: 0.0, end: 1.0, text: "hi".into(), words: vec![] }],
             reply_title: None,

@@ -167,11 +167,19 @@ impl Pipeline {
 }
 
 impl Worker {
-    /// The final transcript of a complete utterance: from the live state
-    /// (the speculative decode, or the settled start and a decode of only
-    /// the rest), or else decoded in full from the stored audio.
-    async fn final_transcript(&self, id: Uuid, codec: Codec, device: Uuid, frames: u32) -> Result<Transcript, String> {
-        let (settled, from) = match self.live.take_final(id, frames).await {
+    /// The final transcript of a complete utterance's first `speech`
+    /// frames (of `frames`; see `Utterance::speech_frames`): from the live
+    /// state (the speculative decode, or the settled start and a decode of
+    /// only the rest), or else decoded in full from the stored audio.
+    async fn final_transcript(
+        &self,
+        id: Uuid,
+        codec: Codec,
+        device: Uuid,
+        frames: u32,
+        speech: u32,
+    ) -> Result<Transcript, String> {
+        let (settled, from) = match self.live.take_final(id, frames, speech).await {
             Some(LiveFinal::Done(transcript)) => {
                 metrics::emit(FinalTranscript { speculative: true });
                 tracing::debug!("final from the speculative decode at silence onset");
@@ -182,7 +190,7 @@ impl Worker {
         };
         let audio = self.audio.clone();
         let pcm = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
-            let data = audio.read(device, id, frames).map_err(|e| format!("reading audio: {e}"))?;
+            let data = audio.read(device, id, speech).map_err(|e| format!("reading audio: {e}"))?;
             lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice)).map_err(|e| format!("decoding audio: {e}"))
         })
         .await
@@ -233,7 +241,8 @@ impl Worker {
                 return Err("a text-only utterance cannot be in state complete".into());
             };
             self.store.mark_stt_started(id, now_ms()).await.map_err(store_err)?;
-            let final_transcript = self.final_transcript(id, codec, utt.device_id, utt.frames).await?;
+            let speech = utt.speech_frames.map_or(utt.frames, |s| s.min(utt.frames));
+            let final_transcript = self.final_transcript(id, codec, utt.device_id, utt.frames, speech).await?;
             let (transcript, segments) =
                 (final_transcript.text.clone(), transcribe::wire_segments(&final_transcript.segments));
             let done_ms = now_ms();
@@ -261,7 +270,7 @@ impl Worker {
                 transcript: utt.transcript.clone().unwrap_or_default(),
                 segments: utt.segments.clone(),
                 received_end_ms: utt.timings.received_end_ms.unwrap_or(utt.created_ms),
-                audio_secs: utt.frames as f32 * 0.02,
+                audio_secs: utt.speech_frames.map_or(utt.frames, |s| s.min(utt.frames)) as f32 * 0.02,
             };
             self.reply_turn(device.id).await;
             let reply = self.responder.respond(&request).await.map_err(|e| format!("responder {}: {e}", self.responder.name()))?;

@@ -324,7 +324,7 @@ async fn metrics_move_when_an_utterance_is_streamed() {
         send_audio(&mut ws, 1, i as u32, f).await;
     }
     expect_ack(&mut ws, n).await;
-    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: n }).await;
+    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: n, speech_frames: None }).await;
     h.wait_state(id, UtteranceState::Replied).await;
     let after = scrape().await;
     // Other tests in this process stream too, so each moved by at least ours.

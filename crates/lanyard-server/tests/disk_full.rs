@@ -188,7 +188,7 @@ async fn on_a_full_disk(mount: PathBuf) {
         send_audio(&mut ws, 1, next + k as u32, f).await;
     }
     expect_ack(&mut ws, frames.len() as u32).await;
-    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: frames.len() as u32 }).await;
+    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: frames.len() as u32, speech_frames: None }).await;
     loop {
         match recv(&mut ws).await {
             In::Text(ServerMsg::Complete { frames: n, .. }) => {

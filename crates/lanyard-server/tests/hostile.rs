@@ -292,7 +292,7 @@ async fn logs_at_info_hold_no_transcript_reply_or_push_token() {
     for (i, f) in frames.iter().enumerate() {
         send_audio(&mut ws, 1, i as u32, f).await;
     }
-    send_text(&mut ws, &ClientMsg::End { utterance: spoken, frames: frames.len() as u32 }).await;
+    send_text(&mut ws, &ClientMsg::End { utterance: spoken, frames: frames.len() as u32, speech_frames: None }).await;
     let mut secrets = vec![push_token.clone(), text.clone()];
     for id in [typed, spoken] {
         let u = h.wait_state(id, UtteranceState::Replied).await;
@@ -531,7 +531,7 @@ async fn one_device_flooding_utterances_does_not_hold_up_another() {
         let id = Uuid::now_v7();
         send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
         send_audio(&mut ws, 1, 0, &[0u8; 640]).await;
-        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1 }).await;
+        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1, speech_frames: None }).await;
         ids.push(id);
     }
     // Wait until the last one is complete (queued), then measure B.
@@ -591,7 +591,7 @@ async fn unfinished_utterances_past_the_cap_close_the_stream_and_live_slots_are_
     // Resuming one of them is always allowed, and ending it frees a place.
     let mut ws = h.ws(&h.token_a).await;
     try_open(&mut ws, ids[0], 1).await.unwrap();
-    send_text(&mut ws, &ClientMsg::End { utterance: ids[0], frames: 1 }).await;
+    send_text(&mut ws, &ClientMsg::End { utterance: ids[0], frames: 1, speech_frames: None }).await;
     loop {
         if let In::Text(ServerMsg::Complete { .. }) = recv(&mut ws).await {
             break;
@@ -618,7 +618,7 @@ async fn opens_past_the_budget_close_the_stream() {
     for _ in 0..5 {
         let id = Uuid::now_v7();
         try_open(&mut ws, id, 1).await.unwrap();
-        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 0 }).await;
+        send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 0, speech_frames: None }).await;
     }
     let (code, reason) = try_open(&mut ws, Uuid::now_v7(), 2).await.unwrap_err();
     assert_eq!(code, close::RATE_LIMITED, "{reason}");
@@ -812,7 +812,7 @@ async fn websocket_protocol_violations_close_the_stream() {
         Message::binary(Vec::<u8>::new()),
         Message::text("not json"),
         Message::text("{\"type\":\"open\",\"utterance\":\"x\",\"handle\":1,\"codec\":\"pcm16k\"}"),
-        Message::text(serde_json::to_string(&ClientMsg::End { utterance: Uuid::now_v7(), frames: 0 }).unwrap()),
+        Message::text(serde_json::to_string(&ClientMsg::End { utterance: Uuid::now_v7(), frames: 0, speech_frames: None }).unwrap()),
     ];
     for (i, m) in cases.into_iter().enumerate() {
         let mut ws = h.ws(&h.token_a).await;

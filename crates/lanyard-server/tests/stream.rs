@@ -42,7 +42,7 @@ async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
     }
     let n = frames.len() as u32;
     expect_ack(&mut ws, n).await;
-    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: n }).await;
+    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: n, speech_frames: None }).await;
     let mut got_final = None;
     loop {
         match recv(&mut ws).await {
@@ -123,6 +123,76 @@ async fn half_streamed_then_uploaded_is_processed_once() {
     let mut ws = h.ws(&h.token_a).await;
     send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
     assert_eq!(expect_opened(&mut ws).await, (frames.len() as u32, true));
+    h.server.stop().await;
+}
+
+/// A relay that cut an utterance at the server's endpoint carried the frames
+/// after the cut into its next utterance, so the server transcribes only the
+/// frames before it (`speech_frames`), by stream and by upload alike, and
+/// still holds them all. A cut past the frames is refused, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_utterance_cut_at_an_endpoint_is_transcribed_up_to_the_cut() {
+    let h = harness().await;
+    let say = |text| lanyard_pendant::speech::synthesize(text, &Default::default()).unwrap();
+    let mut pcm = say("Turn off the lights in the kitchen please.");
+    pcm.extend(std::iter::repeat_n(0i16, 16_000));
+    let cut = pcm.len().div_ceil(320) as u32;
+    pcm.extend(say("What will the weather be tomorrow?"));
+    let frames = opus_frames(&pcm);
+    let n = frames.len() as u32;
+
+    let id = Uuid::now_v7();
+    let mut ws = h.ws(&h.token_a).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    expect_opened(&mut ws).await;
+    for (i, f) in frames.iter().enumerate() {
+        send_audio(&mut ws, 1, i as u32, f).await;
+    }
+    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: n, speech_frames: Some(n + 1) }).await;
+    send_text(&mut ws, &ClientMsg::End { utterance: id, frames: n, speech_frames: Some(cut) }).await;
+    let mut refused = false;
+    let text = loop {
+        match recv(&mut ws).await {
+            In::Text(ServerMsg::Error { code, message, .. }) => {
+                assert_eq!(code, "frame_count", "{message}");
+                assert!(message.contains("speech_frames"), "{message}");
+                refused = true;
+            }
+            In::Text(ServerMsg::Final { text, .. }) => break text,
+            In::Text(ServerMsg::Complete { frames, .. }) => assert_eq!(frames, n),
+            In::Text(ServerMsg::Endpoint { .. } | ServerMsg::Partial { .. }) | In::Ack(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(refused, "a cut past the frames is an error");
+    let lower = text.to_lowercase();
+    assert!(lower.contains("kitchen") && !lower.contains("weather"), "only the speech before the cut: {text:?}");
+    let u = h.wait_state(id, UtteranceState::Replied).await;
+    assert_eq!((u.frames, u.speech_frames), (n, Some(cut)), "every frame is held");
+    drop(ws);
+
+    // The same, handed off to a background upload.
+    let id = Uuid::now_v7();
+    let ogg = oggopus::write(7, frames.iter().map(Vec::as_slice));
+    let client = reqwest::Client::new();
+    let put = |query: String| {
+        client
+            .put(format!("{}/v1/utterances/{id}/audio{query}", h.url))
+            .bearer_auth(&h.token_a)
+            .header("content-type", "audio/ogg")
+            .body(ogg.clone())
+            .send()
+    };
+    let over = put(format!("?speech_frames={}", n + 1)).await.unwrap();
+    assert_eq!(over.status(), 400);
+    assert!(over.text().await.unwrap().contains("speech_frames"));
+    assert_eq!(put("?frames=3".into()).await.unwrap().status(), 400, "an unknown parameter is refused");
+    let r: UploadResponse = put(format!("?speech_frames={cut}")).await.unwrap().error_for_status().unwrap().json().await.unwrap();
+    assert_eq!(r.frames, n);
+    let u = h.wait_state(id, UtteranceState::Replied).await;
+    let lower = u.transcript.clone().unwrap().to_lowercase();
+    assert!(lower.contains("kitchen") && !lower.contains("weather"), "{:?}", u.transcript);
+    assert_eq!(u.speech_frames, Some(cut));
     h.server.stop().await;
 }
 

@@ -102,7 +102,7 @@ async fn stream_at(h: &Harness, frames: &[Vec<u8>], speed: u64) -> Heard {
         }
     }
     let audio_done = start.elapsed();
-    tx.send(Message::text(ClientMsg::End { utterance: id, frames: frames.len() as u32 }.to_json())).await.unwrap();
+    tx.send(Message::text(ClientMsg::End { utterance: id, frames: frames.len() as u32, speech_frames: None }.to_json())).await.unwrap();
     let (partials, endpoints, final_text, end_to_final) = reader.await.unwrap();
     Heard { partials, endpoints, final_text, end_to_final, audio_done }
 }

@@ -225,7 +225,7 @@ impl SqliteStore {
 const DEVICE_COLUMNS: &str = "id, name, created_ms, push_platform, push_token, push_environment, push_disabled_reason";
 
 /// The columns of an [`UtteranceRow`], in `utterances`.
-const UTTERANCE_COLUMNS: &str = "id, device_id, codec, state, frames, transcript, segments, reply_title, reply_body, reply_data,
+const UTTERANCE_COLUMNS: &str = "id, device_id, codec, state, frames, speech_frames, transcript, segments, reply_title, reply_body, reply_data,
      error, created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms, audio_purged_ms";
 
 /// The columns of a [`PushRow`], in `push_outbox`.
@@ -357,12 +357,13 @@ impl Store for SqliteStore {
         row.map(Utterance::try_from).transpose()
     }
 
-    async fn mark_complete(&self, id: Uuid, frames: u32, now_ms: i64) -> Result<bool> {
+    async fn mark_complete(&self, id: Uuid, frames: u32, speech_frames: Option<u32>, now_ms: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE utterances SET state = 'complete', frames = ?, received_end_ms = ?
+            "UPDATE utterances SET state = 'complete', frames = ?, speech_frames = ?, received_end_ms = ?
              WHERE id = ? AND state = 'receiving'",
         )
         .bind(i64::from(frames))
+        .bind(speech_frames.map(i64::from))
         .bind(now_ms)
         .bind(id.to_string())
         .execute(&self.pool)
@@ -976,6 +977,7 @@ struct UtteranceRow {
     codec: String,
     state: String,
     frames: i64,
+    speech_frames: Option<i64>,
     transcript: Option<String>,
     segments: Option<String>,
     reply_title: Option<String>,
@@ -1001,6 +1003,10 @@ impl TryFrom<UtteranceRow> for Utterance {
             codec: parse_codec(&r.codec)?,
             state: parse_state(&r.state)?,
             frames: u32::try_from(r.frames).map_err(|_| StoreError::Corrupt(format!("frames = {}", r.frames)))?,
+            speech_frames: r
+                .speech_frames
+                .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("speech_frames = {n}"))))
+                .transpose()?,
             segments: parse_segments(r.segments.as_deref())?,
             transcript: r.transcript,
             reply_title: r.reply_title,

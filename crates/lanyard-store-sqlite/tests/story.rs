@@ -103,7 +103,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.mark_complete(u1, 50, 3_000 + i as i64).await.unwrap()
+                store.mark_complete(u1, 50, None, 3_000 + i as i64).await.unwrap()
             })
         })
         .collect();
@@ -115,9 +115,10 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let u = store.utterance(u1).await.unwrap().unwrap();
     assert_eq!(u.state, UtteranceState::Complete);
     assert_eq!(u.frames, 50);
+    assert_eq!(u.speech_frames, None);
     assert!(matches!(u.timings.received_end_ms, Some(t) if (3_000..3_000 + RACERS as i64).contains(&t)));
     // A replayed end, later: still not the winner, and nothing moves.
-    assert!(!store.mark_complete(u1, 99, 3_900).await.unwrap());
+    assert!(!store.mark_complete(u1, 99, Some(20), 3_900).await.unwrap());
     assert_eq!(store.utterance(u1).await.unwrap().unwrap(), u);
 
     // A second utterance that stays receiving, to show what unfinished skips.
@@ -261,7 +262,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let u = store.utterance(u2).await.unwrap().unwrap();
     assert_eq!(u.state, UtteranceState::Failed);
     assert_eq!(u.error.as_deref(), Some("stream abandoned"), "the first error is the cause");
-    assert!(!store.mark_complete(u2, 10, 10_000).await.unwrap());
+    assert!(!store.mark_complete(u2, 10, None, 10_000).await.unwrap());
     // A replied utterance is not failed after the fact.
     store.set_failed(u1, "too late").await.unwrap();
     assert_eq!(store.utterance(u1).await.unwrap().unwrap().state, UtteranceState::Replied);
@@ -337,7 +338,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     // --- Unknown ids ---
     let nobody = Uuid::now_v7();
     let no = |r: Result<(), StoreError>| matches!(r, Err(StoreError::NoUtterance(id)) if id == nobody);
-    assert!(matches!(store.mark_complete(nobody, 1, 0).await, Err(StoreError::NoUtterance(_))));
+    assert!(matches!(store.mark_complete(nobody, 1, None, 0).await, Err(StoreError::NoUtterance(_))));
     assert!(no(store.mark_stt_started(nobody, 0).await));
     assert!(no(store.set_transcript(nobody, "x", &[], 0).await));
     assert!(no(store.set_reply(nobody, &reply("x", "y", "{}"), Some(&fcm), 0).await));
@@ -435,11 +436,14 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     store.open_utterance(receiving, cellar.id, Codec::Pcm16k, 40_000).await.unwrap();
     let waiting = Uuid::now_v7();
     store.open_utterance(waiting, cellar.id, Codec::Pcm16k, 40_100).await.unwrap();
-    assert!(store.mark_complete(waiting, 3, 40_150).await.unwrap());
+    assert!(store.mark_complete(waiting, 3, Some(2), 40_150).await.unwrap());
+    // A relay's cut (the `end`'s `speech_frames`) is kept beside the count.
+    let w = store.utterance(waiting).await.unwrap().unwrap();
+    assert_eq!((w.frames, w.speech_frames), (3, Some(2)));
     let done = walk_to_transcribed(&*store, cellar.id, 40_200).await;
     let failed = Uuid::now_v7();
     store.open_utterance(failed, cellar.id, Codec::Opus16k20ms, 40_300).await.unwrap();
-    assert!(store.mark_complete(failed, 3, 40_350).await.unwrap());
+    assert!(store.mark_complete(failed, 3, None, 40_350).await.unwrap());
     store.set_failed(failed, "decoding audio: corrupt").await.unwrap();
     let text = Uuid::now_v7();
     store.create_text_utterance(text, cellar.id, "typed", 40_400).await.unwrap();
@@ -509,7 +513,7 @@ async fn claimed(store: &dyn Store, now_ms: i64, lease_ms: i64, limit: u32) -> V
 async fn walk_to_transcribed(store: &dyn Store, device: Uuid, t: i64) -> Uuid {
     let id = Uuid::now_v7();
     store.open_utterance(id, device, Codec::Opus16k20ms, t).await.unwrap();
-    assert!(store.mark_complete(id, 10, t + 100).await.unwrap());
+    assert!(store.mark_complete(id, 10, None, t + 100).await.unwrap());
     store.mark_stt_started(id, t + 200).await.unwrap();
     store.set_transcript(id, "hello", &[], t + 300).await.unwrap();
     id
@@ -575,7 +579,7 @@ async fn mark_complete_once_across_two_pools() {
                 let barrier = barrier.clone();
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    store.mark_complete(id, 7, i as i64).await.unwrap()
+                    store.mark_complete(id, 7, None, i as i64).await.unwrap()
                 })
             })
             .collect();
@@ -729,11 +733,12 @@ async fn a_database_at_0001_is_migrated() {
     let mut conn = raw(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     // Rows from before 0004 keep their audio; rows from before 0005 keep
-    // their transcript and have no segments.
+    // their transcript and have no segments; rows from before 0008 are
+    // speech in full.
     let u = store.utterance(unsent).await.unwrap().unwrap();
-    assert_eq!(u.audio_purged_ms, None);
+    assert_eq!((u.audio_purged_ms, u.speech_frames), (None, None));
     assert_eq!((u.transcript.as_deref(), u.segments.len()), (Some("hi"), 0));
     // `sql IS NOT NULL` leaves out the primary key's automatic index.
     let indexes: Vec<String> = sqlx::query_scalar(

@@ -83,6 +83,10 @@ pub struct Utterance {
     pub state: UtteranceState,
     /// Frames the utterance has, known once it is complete.
     pub frames: u32,
+    /// The first this many frames are the utterance's speech; the rest were
+    /// carried by the relay into its next utterance, which transcribes them
+    /// (`speech_frames` of the wire's `end`). `None`: all of them.
+    pub speech_frames: Option<u32>,
     pub transcript: Option<String>,
     /// The transcript in timed pieces (times in seconds from the first
     /// frame, words where the engine timed them), stored with the
@@ -202,11 +206,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn utterance(&self, id: Uuid) -> Result<Option<Utterance>>;
 
-    /// Moves a `receiving` utterance to `complete` with its frame count.
-    /// Returns `true` for exactly one caller per utterance: the one that must
-    /// queue it for processing. Everyone else (a stream and an upload racing,
-    /// a replayed end) gets `false`.
-    async fn mark_complete(&self, id: Uuid, frames: u32, now_ms: i64) -> Result<bool>;
+    /// Moves a `receiving` utterance to `complete` with its frame count,
+    /// and how many of those frames hold its speech (see
+    /// [`Utterance::speech_frames`]). Returns `true` for exactly one caller
+    /// per utterance: the one that must queue it for processing. Everyone
+    /// else (a stream and an upload racing, a replayed end) gets `false`,
+    /// and the first caller's counts stay.
+    async fn mark_complete(&self, id: Uuid, frames: u32, speech_frames: Option<u32>, now_ms: i64) -> Result<bool>;
 
     async fn mark_stt_started(&self, id: Uuid, now_ms: i64) -> Result<()>;
 

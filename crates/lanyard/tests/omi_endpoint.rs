@@ -34,7 +34,7 @@ async fn a_continuous_omi_stream_is_split_where_the_server_hears_speech_stop() {
         "omi",
         "--continuous",
         "--gap-ms",
-        "2500",
+        "1000",
         "--wait-for-central",
         "--linger-secs",
         "60",
@@ -82,7 +82,8 @@ async fn a_continuous_omi_stream_is_split_where_the_server_hears_speech_stop() {
         }
         t
     };
-    eprintln!("split into: {texts:?}");
+    let first_row = store.utterance(ids[0]).await.unwrap().unwrap();
+    eprintln!("split into: {texts:?}; the first has {} frames, speech {:?}", first_row.frames, first_row.speech_frames);
     assert!(texts[0].contains("sister") && !texts[0].contains("calendar"), "{texts:?}");
     assert!(texts[1].contains("calendar") && !texts[1].contains("sister"), "{texts:?}");
 }

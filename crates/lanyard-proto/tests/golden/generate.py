@@ -238,6 +238,9 @@ def main():
             {"name": "open", "json": '{"type":"open","utterance":"%s","handle":7,"codec":"opus16k20ms"}' % u},
             {"name": "open_pcm", "json": '{"type":"open","utterance":"%s","handle":0,"codec":"pcm16k"}' % u},
             {"name": "end", "json": '{"type":"end","utterance":"%s","frames":150}' % u},
+            # The relay cut at the server's endpoint (frame 120) and carried
+            # frames 120..150 into its next utterance: transcribe 0..120.
+            {"name": "end_cut", "json": '{"type":"end","utterance":"%s","frames":150,"speech_frames":120}' % u},
         ],
         "client_errors": [
             {"name": "unknown_type", "json": '{"type":"close","utterance":"%s"}' % u},

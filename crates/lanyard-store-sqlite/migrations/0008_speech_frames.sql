@@ -1,0 +1,12 @@
+-- Omi pendants mark no utterance boundaries: the relay ends an utterance at
+-- the server's endpoint and carries the frames it spooled after it (the
+-- onset of the next sentence) into its next utterance. The ended utterance
+-- still holds them (the server never rewrites what it acknowledged), so the
+-- pipeline transcribes only its first `speech_frames`, and every word is
+-- heard once.
+--
+-- NULL: all `frames` are speech (every row before this migration, and every
+-- utterance a relay did not cut).
+--
+-- Only ADD COLUMN (see 0002 for why migrations never rebuild a table).
+ALTER TABLE utterances ADD COLUMN speech_frames INTEGER;
