@@ -40,6 +40,17 @@
 //! token budget with the same block three times or more at its end (a
 //! runaway decoder) is trimmed to its first copy ([`timeline::runaway_end`]).
 //!
+//! # Echoes
+//!
+//! Given the previous text, Whisper sometimes begins a window by writing
+//! the prompt's last sentence again over audio that does not say it (seen
+//! after a pause that a stream settled: "He asked me the time…" twice in
+//! the server's streaming test). A window whose first segment repeats the
+//! prompt's last segment ([`timeline::echoes`]) is decoded again without
+//! the prompt, and that decode is kept if it does not repeat it: the audio
+//! decides, not the text. Someone who really said it twice is heard twice
+//! both ways, and the first decode stays.
+//!
 //! # Why a window shorter than 30 s
 //!
 //! Whisper was trained on 30 s windows and encoder cost grows with the
@@ -427,7 +438,17 @@ impl WhisperCt2 {
                 encoded = self.encode(features.frames(seek, seek + max_frames))?;
                 first = self.decode(&encoded, &prompt, budget, 0.0, pass.draft)?;
             }
-            let best = self.decode_with_fallback(&encoded, &prompt, budget, pass.draft, first)?;
+            let mut best = self.decode_with_fallback(&encoded, &prompt, budget, pass.draft, first)?;
+            if !pass.draft && self.echoes_prompt(&best, &prompt_tokens, seg_frames)? {
+                // See "Echoes" in the module doc: look again without the prompt.
+                let bare = self.prompt_tokens(&[], false);
+                let first = self.decode(&encoded, &bare, budget, 0.0, false)?;
+                let again = self.decode_with_fallback(&encoded, &bare, budget, false, first)?;
+                if self.is_silence(&again) || !self.echoes_prompt(&again, &prompt_tokens, seg_frames)? {
+                    tracing::debug!("a window began with its prompt's last segment, and without the prompt it did not: an echo");
+                    best = again;
+                }
+            }
             if self.is_silence(&best) {
                 seek += seg_frames;
                 continue;
@@ -632,6 +653,19 @@ impl WhisperCt2 {
         let poor = h.compression_ratio > self.config.compression_ratio_threshold
             || h.avg_logprob < self.config.log_prob_threshold;
         poor && !self.is_silence(h)
+    }
+
+    /// Whether `h`'s first segment repeats the last segment of the prompt
+    /// text `previous` ([`timeline::echoes`]).
+    fn echoes_prompt(&self, h: &Hypothesis, previous: &[u32], seg_frames: usize) -> Result<bool, SttError> {
+        let (ts, eot) = (self.specials.timestamp_begin, self.specials.eot);
+        let last = timeline::last_segment(previous, ts, eot);
+        if last.is_empty() {
+            return Ok(false);
+        }
+        let split = timeline::split(&h.ids, ts, eot, seg_frames);
+        let Some(first) = split.segments.first() else { return Ok(false) };
+        Ok(timeline::echoes(&self.text_of(&last)?, &self.text_of(&first.tokens)?))
     }
 
     /// faster-whisper's no-speech rule: `<|nospeech|>` likely and the text improbable.

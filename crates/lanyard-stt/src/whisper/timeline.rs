@@ -157,6 +157,35 @@ pub fn runaway_end(tokens: &[u32], min_block: usize) -> Option<usize> {
     None
 }
 
+/// The text tokens of the last segment of a prompt written as the loop
+/// writes it (`<|t0|> text <|t1|>` per segment): the text after the last
+/// timestamp that follows text, back to the timestamp before it. A prompt
+/// without timestamps is one segment.
+pub fn last_segment(prompt: &[u32], timestamp_begin: u32, eot: u32) -> Vec<u32> {
+    let end = prompt.iter().rposition(|&t| t < timestamp_begin).map_or(0, |i| i + 1);
+    let start = prompt[..end].iter().rposition(|&t| t >= timestamp_begin).map_or(0, |i| i + 1);
+    prompt[start..end].iter().copied().filter(|&t| t < eot).collect()
+}
+
+/// Whether a window's first segment repeats the last segment of its prompt:
+/// it starts with all of it, or is the end of it, two words or more, words
+/// compared without case or punctuation. Whisper given the previous text
+/// sometimes writes its end again over the next audio (an *echo*); people
+/// also say a thing twice, so this only says when to look again (see the
+/// loop in `mod.rs`), never what to delete.
+pub fn echoes(prompt_last: &str, first: &str) -> bool {
+    let words = |s: &str| -> Vec<String> {
+        s.chars()
+            .map(|c| if c.is_alphanumeric() || c == '\'' { c.to_ascii_lowercase() } else { ' ' })
+            .collect::<String>()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (prev, first) = (words(prompt_last), words(first));
+    prev.len() >= 2 && first.len() >= 2 && (first.starts_with(&prev) || prev.ends_with(&first))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +297,29 @@ mod tests {
             prop_assert_eq!(got, want);
             prop_assert_eq!(s.advance, 3000);
         }
+    }
+
+    #[test]
+    fn the_last_segment_of_a_prompt_is_its_text_after_the_last_timestamp_pair() {
+        // ts = 100.., eot = 50; text tokens are below 50.
+        let p = [100, 1, 2, 110, 110, 3, 4, 5, 120];
+        assert_eq!(last_segment(&p, 100, 50), vec![3, 4, 5]);
+        // Cut off mid-segment, or bare text: what follows the last timestamp.
+        assert_eq!(last_segment(&[100, 1, 2, 110, 110, 3], 100, 50), vec![3]);
+        assert_eq!(last_segment(&[7, 8], 100, 50), vec![7, 8]);
+        assert_eq!(last_segment(&[], 100, 50), Vec::<u32>::new());
+        assert_eq!(last_segment(&[100, 110], 100, 50), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn an_echo_repeats_the_prompts_last_segment_at_the_start() {
+        let last = "He asked me the time, and I told him it was nearly midnight.";
+        assert!(echoes(last, " he asked me the time and I told him it was nearly midnight"));
+        assert!(echoes(last, "He asked me the time, and I told him it was nearly midnight. Then I left."));
+        assert!(echoes(last, "it was nearly midnight."), "the end of it");
+        assert!(!echoes(last, "It was a cold night."));
+        assert!(!echoes(last, "midnight."), "one word is no evidence");
+        assert!(!echoes("Yes.", "Yes. Yes."), "nor is a one-word prompt");
+        assert!(!echoes(last, "He asked me again."));
     }
 }
