@@ -274,7 +274,7 @@ impl Live {
                     // Decode what is here now, at final quality: the
                     // settled segments and the audio after them.
                     let len = u.endpointer.position().min(total);
-                    self.speculate(&mut u, utterance, len);
+                    self.speculate(&entry, &mut u, utterance, len);
                 }
                 VadEvent::Speech { .. } => {
                     // Speech again: a speculative decode (if any) stays, and
@@ -310,9 +310,20 @@ impl Live {
     /// Queues the speculative final over the first `len` samples: the
     /// settled segments as they are now, and a decode of the rest with
     /// them as the prompt.
-    fn speculate(&self, u: &mut Utterance, utterance: Uuid, len: usize) {
+    ///
+    /// The decode also settles: `len` is [`EndpointConfig::onset_ms`] into
+    /// a pause, so no word crosses it, and every segment of audio that ends
+    /// there is as final as a settling decode's. If the utterance is long
+    /// enough (`SettlePolicy::settles_speculative`: a short command is
+    /// decoded whole) and nothing else settled in the meantime, its
+    /// segments are committed and its audio freed. A long utterance spoken
+    /// with pauses (most speech) is thus settled at each pause for free,
+    /// and `SettlePolicy`'s own decodes are left for long stretches without
+    /// one.
+    fn speculate(&self, entry: &Arc<Mutex<Utterance>>, u: &mut Utterance, utterance: Uuid, len: usize) {
         u.spec.send_replace(Spec::Pending { len });
         let spec = u.spec.clone();
+        let entry = Arc::downgrade(entry);
         let (base, settled) = (u.base, u.settled.clone());
         let tail = u.pcm[..len.saturating_sub(base).min(u.pcm.len())].to_vec();
         self.pool.draft_after(
@@ -321,15 +332,38 @@ impl Live {
             tail,
             settled.clone(),
             Box::new(move |result| {
+                let Some(Ok(t)) = result else {
+                    spec.send_if_modified(|s| {
+                        let mine = *s == (Spec::Pending { len });
+                        if mine {
+                            *s = Spec::None;
+                        }
+                        mine
+                    });
+                    return;
+                };
+                // Settle first (the lock is not held while the watch is).
+                if let Some(entry) = entry.upgrade() {
+                    let mut u = entry.lock().expect("live utterance poisoned");
+                    let done = len.saturating_sub(base).min(u.pcm.len());
+                    let long = SettlePolicy::default().settles_speculative(len, RATE as u32);
+                    if !(u.closed || u.broken || u.overlong) && u.base == base && done > 0 && long {
+                        let offset = base as f32 / RATE as f32;
+                        u.settled.extend(t.segments.iter().cloned().map(|mut s| {
+                            s.shift(offset);
+                            s
+                        }));
+                        u.pcm.drain(..done);
+                        u.base += done;
+                        metrics::emit(metrics::Settled { secs: done as f64 / RATE as f64 });
+                    }
+                }
+                // Only the decode this Pending stands for may settle it.
                 spec.send_if_modified(|s| {
-                    // Only the decode this Pending stands for may settle it.
                     if *s != (Spec::Pending { len }) {
                         return false;
                     }
-                    *s = match result {
-                        Some(Ok(t)) => Spec::Done { len, transcript: joined(settled, t, base) },
-                        _ => Spec::None,
-                    };
+                    *s = Spec::Done { len, transcript: joined(settled, t, base) };
                     true
                 });
             }),

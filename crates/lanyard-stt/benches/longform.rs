@@ -20,7 +20,10 @@
 //!   audio's own clock. The audio arrives in 200 ms batches. The engine runs
 //!   one job at a time, each for as long as it really takes here:
 //!   speculative decodes at silence onsets (the settled text as prompt, the
-//!   rest of the audio decoded), settling decodes when
+//!   rest of the audio decoded; from 10 s into the passage each also
+//!   settles what it decoded, since its cut is in a pause, unless something
+//!   settled meanwhile: `SettlePolicy::settles_speculative`), settling
+//!   decodes when
 //!   `SettlePolicy::default()` says so, and greedy partial drafts of the
 //!   unsettled audio each second while the voice is on, in that priority
 //!   order (as `live` and `stt_pool` do; a partial or speculative decode
@@ -279,6 +282,43 @@ struct Job {
     len: usize,
 }
 
+/// A decode that settles audio `from..to` with `segments` (absolute times)
+/// when it finishes at `done`, if nothing else settled since it was queued.
+struct Commit {
+    done: f64,
+    segments: Vec<Segment>,
+    from: usize,
+    to: usize,
+    /// A settling decode (its end frees the settle slot), not a speculative one.
+    settle_job: bool,
+}
+
+/// Applies the commits finished by `now`, in order, as `live` does.
+fn commit(
+    pending: &mut Vec<Commit>,
+    now: f64,
+    base: &mut usize,
+    settled: &mut Vec<Segment>,
+    settle_busy: &mut bool,
+    trace: bool,
+) {
+    pending.sort_by(|a, b| a.done.total_cmp(&b.done));
+    while pending.first().is_some_and(|c| c.done <= now) {
+        let c = pending.remove(0);
+        if c.settle_job {
+            *settle_busy = false;
+        }
+        let settles = c.settle_job || SettlePolicy::default().settles_speculative(c.to, RATE as u32);
+        if c.from == *base && c.to > c.from && settles {
+            if trace && !c.settle_job {
+                eprintln!("  spec settles {:.2}..{:.2}", c.from as f64 / RATE, c.to as f64 / RATE);
+            }
+            settled.extend(c.segments);
+            *base = c.to;
+        }
+    }
+}
+
 /// (c): one passage through the server's live path, replayed on the
 /// audio's clock (see the module doc). Returns TTFS, the final transcript
 /// and the seconds settled before the end.
@@ -288,8 +328,9 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
     let mut free_at = 0.0;
     let (mut base, mut settled): (usize, Vec<Segment>) = (0, Vec::new());
     let mut queue: Vec<Job> = Vec::new();
-    // A settle that ran: (done at, segments (absolute), new base).
-    let mut settling: Option<(f64, Vec<Segment>, usize)> = None;
+    // Decodes that settle, in the order they finished: settling decodes and
+    // speculative ones (see `Commit`).
+    let mut settling: Vec<Commit> = Vec::new();
     let mut settle_busy = false;
     let mut spec_done: Option<(f64, usize, Transcript)> = None;
     let (mut received, mut drafted, mut tried) = (0usize, 0usize, 0usize);
@@ -298,7 +339,7 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
     let run_until = |now: f64,
                          queue: &mut Vec<Job>,
                          free_at: &mut f64,
-                         settling: &mut Option<(f64, Vec<Segment>, usize)>,
+                         settling: &mut Vec<Commit>,
                          spec_done: &mut Option<(f64, usize, Transcript)>| {
         loop {
             let Some(i) = (0..queue.len()).min_by_key(|&i| (queue[i].kind as u8, (queue[i].queued * 1e6) as u64)) else {
@@ -322,7 +363,16 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                     let tail = engine.transcribe_after(audio, previous).expect("speculative");
                     *free_at = start + t.elapsed().as_secs_f64();
                     let mut segs = job.settled.clone();
-                    segs.extend(tail.shifted(job.base as f32 / RATE as f32).segments);
+                    let tail = tail.shifted(job.base as f32 / RATE as f32).segments;
+                    // As `live` does: the cut is in a pause, so the decode settles.
+                    settling.push(Commit {
+                        done: start + t.elapsed().as_secs_f64(),
+                        segments: tail.clone(),
+                        from: job.base,
+                        to: job.len,
+                        settle_job: false,
+                    });
+                    segs.extend(tail);
                     if trace {
                         eprintln!(
                             "  spec   queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}..{:5.2}",
@@ -349,7 +399,7 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                             s
                         })
                         .collect();
-                    *settling = Some((*free_at, segs, job.base + done));
+                    settling.push(Commit { done: *free_at, segments: segs, from: job.base, to: job.base + done, settle_job: true });
                 }
                 Kind::Partial => {
                     engine.transcribe_draft(audio).expect("draft");
@@ -369,14 +419,7 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
         received += batch.len();
         let now = received as f64 / RATE;
         run_until(now, &mut queue, &mut free_at, &mut settling, &mut spec_done);
-        if let Some((done, _, _)) = &settling
-            && *done <= now
-        {
-            let (_, segs, new_base) = settling.take().expect("checked");
-            settled.extend(segs);
-            base = new_base;
-            settle_busy = false;
-        }
+        commit(&mut settling, now, &mut base, &mut settled, &mut settle_busy, trace);
         for event in e.push(batch) {
             if let VadEvent::SilenceOnset { .. } = event {
                 let len = e.position().min(received);
@@ -404,12 +447,8 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
     // A settle that finished by the end counts; one still running holds the
     // engine, but its result comes after the utterance closed, and the live
     // state ignores it then.
-    if let Some((done, segs, new_base)) = settling.take()
-        && done <= end
-    {
-        settled.extend(segs);
-        base = new_base;
-    }
+    settling.retain(|c| c.done <= end);
+    commit(&mut settling, end, &mut base, &mut settled, &mut settle_busy, trace);
     let settled_secs = base as f64 / RATE;
     match spec_done {
         Some((done, len, t)) if covers(len) && queue.is_empty() => ((done - end).max(0.0), t, settled_secs),

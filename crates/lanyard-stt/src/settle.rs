@@ -1,5 +1,18 @@
 //! When to settle a long utterance while it is still being spoken.
 //!
+//! Two kinds of decode settle: a settling decode of the audio received so
+//! far, which keeps the segments that end at a pause well before its end;
+//! and a speculative decode made when speech stops (a silence onset),
+//! whose cut is in a pause already, so that all of it can settle when the
+//! speaker goes on. The second settles whatever it decoded, once the
+//! utterance is long enough to need it ([`SettlePolicy::speculative_from_secs`]).
+//! (Settling a speculative decode only when it decoded 8 s of audio or
+//! more, so that each settled piece had more context, was worse on the
+//! `longform` bench on every count: the streamed WER went from 6.7 % to
+//! 18.6 % on three passages, and TTFS p50 from 0 to 2.3 s, because the
+//! longer decodes and this policy's settling decodes then held up the
+//! final.)
+//!
 //! Settling (see `SpeechToText::transcribe_settled`) decodes the audio not
 //! settled yet and keeps the segments that can no longer change, so that
 //! after the last word only the rest is decoded. Each settling decode costs
@@ -21,11 +34,17 @@ pub struct SettlePolicy {
     /// utterance. Default 3: a settle leaves the last segment or two (a few
     /// seconds) unsettled, so settling more often would redo most of its work.
     pub every_secs: f32,
+    /// How far into an utterance a speculative decode's cut must be for the
+    /// decode to settle. Default 10: a shorter utterance's final fits one
+    /// 10 s window (the engine's floor) and is as quick decoded whole, and
+    /// a short command is then decoded in one piece, as the `ttfs` bench
+    /// measures it.
+    pub speculative_from_secs: f32,
 }
 
 impl Default for SettlePolicy {
     fn default() -> Self {
-        Self { min_unsettled_secs: 8.0, every_secs: 3.0 }
+        Self { min_unsettled_secs: 8.0, every_secs: 3.0, speculative_from_secs: 10.0 }
     }
 }
 
@@ -34,9 +53,19 @@ impl SettlePolicy {
     /// settled, `total` have been received, and the last settling decode
     /// was queued when `last_tried` had been (0 if none), at `rate` Hz.
     pub fn due(&self, unsettled: usize, total: usize, last_tried: usize, rate: u32) -> bool {
-        let samples = |secs: f32| (secs.max(0.0) * rate as f32) as usize;
-        unsettled >= samples(self.min_unsettled_secs) && total >= last_tried + samples(self.every_secs)
+        unsettled >= samples(self.min_unsettled_secs, rate) && total >= last_tried + samples(self.every_secs, rate)
     }
+
+    /// Whether a speculative decode whose cut is `cut` samples into the
+    /// utterance settles what it decoded (if nothing settled meanwhile).
+    pub fn settles_speculative(&self, cut: usize, rate: u32) -> bool {
+        cut >= samples(self.speculative_from_secs, rate)
+    }
+
+}
+
+fn samples(secs: f32, rate: u32) -> usize {
+    (secs.max(0.0) * rate as f32) as usize
 }
 
 #[cfg(test)]
@@ -52,4 +81,12 @@ mod tests {
         assert!(!p.due(s(9), s(30), s(28), 16_000), "tried 2 s ago");
         assert!(p.due(s(9), s(31), s(28), 16_000));
     }
+
+    #[test]
+    fn a_speculative_decode_settles_only_a_long_utterance() {
+        let p = SettlePolicy::default();
+        assert!(!p.settles_speculative(9 * 16_000, 16_000), "a short command is decoded whole");
+        assert!(p.settles_speculative(10 * 16_000, 16_000));
+    }
+
 }
