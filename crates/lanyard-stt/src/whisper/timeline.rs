@@ -69,7 +69,7 @@ pub fn split(tokens: &[u32], timestamp_begin: u32, eot: u32, content_frames: usi
             _ => max_step,
         };
         let text = text_only(tokens);
-        let segments = if text.is_empty() {
+        let segments = if text.is_empty() || first_ts >= max_step {
             Vec::new()
         } else {
             vec![TokenSegment { start: first_ts.min(end), end, tokens: text, raw: tokens.to_vec(), closed: single_ending }]
@@ -90,6 +90,12 @@ pub fn split(tokens: &[u32], timestamp_begin: u32, eot: u32, content_frames: usi
         let end = if is_ts(end) { step(end) } else { start };
         let text = text_only(slice);
         if text.is_empty() {
+            continue;
+        }
+        if start >= max_step && max_step > 0 {
+            // It starts in the silence padding the window past the audio:
+            // the decoder filling it (often with the sentence before again,
+            // timed at the audio's very end), not speech.
             continue;
         }
         // A timestamp past the audio is the decoder running on into the
@@ -234,10 +240,24 @@ mod tests {
 
     #[test]
     fn timestamps_past_the_audio_are_clamped_and_special_tokens_dropped() {
-        let s = split(&[ts(0), 1, EOT + 5, ts(900), ts(900), 2, ts(1400)], TS, EOT, 1000);
+        let s = split(&[ts(0), 1, EOT + 5, ts(400), ts(400), 2, ts(1400)], TS, EOT, 1000);
         assert_eq!(s.segments[0].tokens, vec![1]);
         assert_eq!(s.segments[1].end, 500);
         assert!(s.segments.iter().all(|x| x.start <= x.end));
+    }
+
+    #[test]
+    fn a_segment_that_starts_past_the_audio_is_padding_not_speech() {
+        // 1000 frames of audio are 500 steps: a segment at 500 is in the
+        // padding, as the decoder's second copy of a sentence was, timed
+        // at the very end of a 7.6 s piece of a stream.
+        let s = split(&[ts(0), 1, 2, ts(380), ts(500), 1, 2, ts(500)], TS, EOT, 1000);
+        assert_eq!(s.segments.len(), 1, "{s:?}");
+        assert_eq!(s.segments[0].tokens, vec![1, 2]);
+        assert_eq!(s.advance, 1000, "the audio is done");
+        // With no pair: a lone segment in the padding is nothing.
+        assert!(split(&[ts(600), 1, 2], TS, EOT, 1000).segments.is_empty());
+        assert_eq!(split(&[ts(499), 1, 2], TS, EOT, 1000).segments.len(), 1);
     }
 
     #[test]
