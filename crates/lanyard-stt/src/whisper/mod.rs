@@ -42,14 +42,15 @@
 //!
 //! # Echoes
 //!
-//! Given the previous text, Whisper sometimes begins a window by writing
-//! the prompt's last sentence again over audio that does not say it (seen
-//! after a pause that a stream settled: "He asked me the time…" twice in
-//! the server's streaming test). A window whose first segment repeats the
-//! prompt's last segment ([`timeline::echoes`]) is decoded again without
-//! the prompt, and that decode is kept if it does not repeat it: the audio
-//! decides, not the text. Someone who really said it twice is heard twice
-//! both ways, and the first decode stays.
+//! Given the previous text, Whisper sometimes writes one of the prompt's
+//! sentences again over audio that does not say it: its last one at the
+//! start of the window, or, over a short piece of a stream settled at a
+//! pause, one from further back ("Please enter your password followed by
+//! the pound key." between two other IVR prompts). A window with segments
+//! that repeat the prompt ([`timeline::repeats`]) is decoded again without
+//! the prompt, and that decode is kept if fewer of its segments repeat it:
+//! the audio decides, not the text. Someone who really said it again is
+//! heard saying it both ways, and the first decode stays.
 //!
 //! # Why a window shorter than 30 s
 //!
@@ -439,13 +440,14 @@ impl WhisperCt2 {
                 first = self.decode(&encoded, &prompt, budget, 0.0, pass.draft)?;
             }
             let mut best = self.decode_with_fallback(&encoded, &prompt, budget, pass.draft, first)?;
-            if !pass.draft && self.echoes_prompt(&best, &prompt_tokens, seg_frames)? {
+            let repeats = if pass.draft { 0 } else { self.prompt_repeats(&best, &prompt_tokens, seg_frames)? };
+            if repeats > 0 {
                 // See "Echoes" in the module doc: look again without the prompt.
                 let bare = self.prompt_tokens(&[], false);
                 let first = self.decode(&encoded, &bare, budget, 0.0, false)?;
                 let again = self.decode_with_fallback(&encoded, &bare, budget, false, first)?;
-                if self.is_silence(&again) || !self.echoes_prompt(&again, &prompt_tokens, seg_frames)? {
-                    tracing::debug!("a window began with its prompt's last segment, and without the prompt it did not: an echo");
+                if self.is_silence(&again) || self.prompt_repeats(&again, &prompt_tokens, seg_frames)? < repeats {
+                    tracing::debug!(repeats, "a window repeated its prompt, and less so without it: an echo");
                     best = again;
                 }
             }
@@ -655,17 +657,17 @@ impl WhisperCt2 {
         poor && !self.is_silence(h)
     }
 
-    /// Whether `h`'s first segment repeats the last segment of the prompt
-    /// text `previous` ([`timeline::echoes`]).
-    fn echoes_prompt(&self, h: &Hypothesis, previous: &[u32], seg_frames: usize) -> Result<bool, SttError> {
+    /// How many of `h`'s segments repeat the prompt text `previous`
+    /// ([`timeline::repeats`]).
+    fn prompt_repeats(&self, h: &Hypothesis, previous: &[u32], seg_frames: usize) -> Result<usize, SttError> {
         let (ts, eot) = (self.specials.timestamp_begin, self.specials.eot);
-        let last = timeline::last_segment(previous, ts, eot);
-        if last.is_empty() {
-            return Ok(false);
+        if !previous.iter().any(|&t| t < eot) {
+            return Ok(0);
         }
+        let last = self.text_of(&timeline::last_segment(previous, ts, eot))?;
         let split = timeline::split(&h.ids, ts, eot, seg_frames);
-        let Some(first) = split.segments.first() else { return Ok(false) };
-        Ok(timeline::echoes(&self.text_of(&last)?, &self.text_of(&first.tokens)?))
+        let texts = split.segments.iter().map(|s| self.text_of(&s.tokens)).collect::<Result<Vec<_>, _>>()?;
+        Ok(timeline::repeats(&self.text_of(previous)?, &last, &texts))
     }
 
     /// faster-whisper's no-speech rule: `<|nospeech|>` likely and the text improbable.
