@@ -42,21 +42,14 @@
 //!
 //! # Echoes
 //!
-//! Given the previous text, Whisper sometimes writes one of the prompt's
-//! sentences again over audio that does not say it: its last one at the
-//! start of the window, or, over a short piece of a stream settled at a
-//! pause, one from further back ("Please enter your password followed by
-//! the pound key." between two other IVR prompts). A window with segments
-//! that repeat the prompt ([`timeline::repeats`]) is decoded again without
-//! the prompt, and that decode is kept if fewer of its segments repeat it
-//! (and it passes the quality checks at temperature 0: one more decode, no
-//! fallback, so a final after the end stays quick): the audio decides, not
-//! the text. Someone who really said it again is heard saying it both
-//! ways, and the first decode stays. A full 30 s window, where the audio
-//! outweighs the prompt, is checked only for an echo of the prompt's last
-//! segment at its start: IVR prompts said again and again made every full
-//! window of a whole file decode twice (prompts-02 took 3.1x
-//! faster-whisper's time).
+//! Given the previous text, Whisper sometimes begins a window by writing
+//! the prompt's last sentence again over audio that does not say it (seen
+//! after a pause that a stream settled: "He asked me the time…" twice in
+//! the server's streaming test). A window whose first segment repeats the
+//! prompt's last segment ([`timeline::echoes`]) is decoded again without
+//! the prompt, and that decode is kept if it does not repeat it: the audio
+//! decides, not the text. Someone who really said it twice is heard twice
+//! both ways, and the first decode stays.
 //!
 //! # Why a window shorter than 30 s
 //!
@@ -446,15 +439,13 @@ impl WhisperCt2 {
                 first = self.decode(&encoded, &prompt, budget, 0.0, pass.draft)?;
             }
             let mut best = self.decode_with_fallback(&encoded, &prompt, budget, pass.draft, first)?;
-            // See "Echoes" in the module doc: look again without the prompt.
-            let short = seg_frames < max_frames;
-            let repeats = if pass.draft { 0 } else { self.prompt_repeats(&best, &prompt_tokens, seg_frames, short)? };
-            if repeats > 0 {
+            if !pass.draft && self.echoes_prompt(&best, &prompt_tokens, seg_frames)? {
+                // See "Echoes" in the module doc: look again without the prompt.
                 let bare = self.prompt_tokens(&[], false);
-                let again = self.decode(&encoded, &bare, budget, 0.0, false)?;
-                let trusted = self.is_silence(&again) || !self.needs_fallback(&again);
-                if trusted && self.prompt_repeats(&again, &prompt_tokens, seg_frames, short)? < repeats {
-                    tracing::debug!(repeats, "a window repeated its prompt, and less so without it: an echo");
+                let first = self.decode(&encoded, &bare, budget, 0.0, false)?;
+                let again = self.decode_with_fallback(&encoded, &bare, budget, false, first)?;
+                if self.is_silence(&again) || !self.echoes_prompt(&again, &prompt_tokens, seg_frames)? {
+                    tracing::debug!("a window began with its prompt's last segment, and without the prompt it did not: an echo");
                     best = again;
                 }
             }
@@ -664,21 +655,17 @@ impl WhisperCt2 {
         poor && !self.is_silence(h)
     }
 
-    /// How many of `h`'s segments repeat the prompt text `previous`
-    /// ([`timeline::repeats`]); only an echo of its last segment by the
-    /// first unless `anywhere`.
-    fn prompt_repeats(&self, h: &Hypothesis, previous: &[u32], seg_frames: usize, anywhere: bool) -> Result<usize, SttError> {
+    /// Whether `h`'s first segment repeats the last segment of the prompt
+    /// text `previous` ([`timeline::echoes`]).
+    fn echoes_prompt(&self, h: &Hypothesis, previous: &[u32], seg_frames: usize) -> Result<bool, SttError> {
         let (ts, eot) = (self.specials.timestamp_begin, self.specials.eot);
-        if !previous.iter().any(|&t| t < eot) {
-            return Ok(0);
+        let last = timeline::last_segment(previous, ts, eot);
+        if last.is_empty() {
+            return Ok(false);
         }
-        let last = self.text_of(&timeline::last_segment(previous, ts, eot))?;
         let split = timeline::split(&h.ids, ts, eot, seg_frames);
-        let texts = split.segments.iter().map(|s| self.text_of(&s.tokens)).collect::<Result<Vec<_>, _>>()?;
-        if !anywhere {
-            return Ok(usize::from(texts.first().is_some_and(|first| timeline::echoes(&last, first))));
-        }
-        Ok(timeline::repeats(&self.text_of(previous)?, &last, &texts))
+        let Some(first) = split.segments.first() else { return Ok(false) };
+        Ok(timeline::echoes(&self.text_of(&last)?, &self.text_of(&first.tokens)?))
     }
 
     /// faster-whisper's no-speech rule: `<|nospeech|>` likely and the text improbable.

@@ -173,16 +173,6 @@ pub fn last_segment(prompt: &[u32], timestamp_begin: u32, eot: u32) -> Vec<u32> 
     prompt[start..end].iter().copied().filter(|&t| t < eot).collect()
 }
 
-/// Words compared without case or punctuation.
-fn words(s: &str) -> Vec<String> {
-    s.chars()
-        .map(|c| if c.is_alphanumeric() || c == '\'' { c.to_ascii_lowercase() } else { ' ' })
-        .collect::<String>()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Whether a window's first segment repeats the last segment of its prompt:
 /// it starts with all of it, or is the end of it, two words or more, words
 /// compared without case or punctuation. Whisper given the previous text
@@ -190,27 +180,16 @@ fn words(s: &str) -> Vec<String> {
 /// also say a thing twice, so this only says when to look again (see the
 /// loop in `mod.rs`), never what to delete.
 pub fn echoes(prompt_last: &str, first: &str) -> bool {
+    let words = |s: &str| -> Vec<String> {
+        s.chars()
+            .map(|c| if c.is_alphanumeric() || c == '\'' { c.to_ascii_lowercase() } else { ' ' })
+            .collect::<String>()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
     let (prev, first) = (words(prompt_last), words(first));
     prev.len() >= 2 && first.len() >= 2 && (first.starts_with(&prev) || prev.ends_with(&first))
-}
-
-/// How many of a window's `segments` (texts, in order) repeat the prompt:
-/// two words or more found word for word in `prompt` (its text), or, for
-/// the first, an echo of its last segment ([`echoes`]). Given the previous
-/// text, Whisper sometimes writes one of its sentences again over a short
-/// piece of audio (an IVR's "Please enter your password followed by the
-/// pound key." between two sentences that were said). Like [`echoes`], a
-/// count of when to look again, not of what to delete.
-pub fn repeats(prompt: &str, prompt_last: &str, segments: &[String]) -> usize {
-    let p = words(prompt);
-    segments
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| {
-            let w = words(s);
-            (w.len() >= 2 && p.windows(w.len()).any(|x| x == w.as_slice())) || (*i == 0 && echoes(prompt_last, s))
-        })
-        .count()
 }
 
 #[cfg(test)]
@@ -362,17 +341,5 @@ mod tests {
         assert!(!echoes(last, "midnight."), "one word is no evidence");
         assert!(!echoes("Yes.", "Yes. Yes."), "nor is a one-word prompt");
         assert!(!echoes(last, "He asked me again."));
-    }
-
-    #[test]
-    fn repeats_count_the_segments_found_in_the_prompt() {
-        let prompt = "Password incorrect. Please enter your password followed by the pound key. One moment please.";
-        let seg = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let got = seg(&["I am sorry.", "please enter your password, followed by the pound key", "Please try again."]);
-        assert_eq!(repeats(prompt, "One moment please.", &got), 1);
-        // The first segment's echo of the last one counts even with more after it.
-        assert_eq!(repeats(prompt, "One moment please.", &seg(&["One moment please. Goodbye."])), 1);
-        assert_eq!(repeats(prompt, "One moment please.", &seg(&["Goodbye.", "Thank you for calling."])), 0);
-        assert_eq!(repeats("", "", &seg(&["Please try again."])), 0);
     }
 }
