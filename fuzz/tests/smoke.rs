@@ -173,7 +173,8 @@ fn wire_binary() {
 fn wire_client_json() {
     let seeds: Vec<Vec<u8>> = [
         ClientMsg::Open { utterance: uuid(), handle: 7, codec: Codec::Opus16k20ms },
-        ClientMsg::End { utterance: uuid(), frames: 150 },
+        ClientMsg::End { utterance: uuid(), frames: 150, speech_frames: None },
+        ClientMsg::End { utterance: uuid(), frames: 150, speech_frames: Some(120) },
     ]
     .iter()
     .map(|m| m.to_json().into_bytes())
