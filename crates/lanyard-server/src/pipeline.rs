@@ -241,8 +241,7 @@ impl Worker {
                 return Err("a text-only utterance cannot be in state complete".into());
             };
             self.store.mark_stt_started(id, now_ms()).await.map_err(store_err)?;
-            let speech = utt.speech_frames.map_or(utt.frames, |s| s.min(utt.frames));
-            let final_transcript = self.final_transcript(id, codec, utt.device_id, utt.frames, speech).await?;
+            let final_transcript = self.final_transcript(id, codec, utt.device_id, utt.frames, utt.speech()).await?;
             let (transcript, segments) =
                 (final_transcript.text.clone(), transcribe::wire_segments(&final_transcript.segments));
             let done_ms = now_ms();
@@ -270,7 +269,7 @@ impl Worker {
                 transcript: utt.transcript.clone().unwrap_or_default(),
                 segments: utt.segments.clone(),
                 received_end_ms: utt.timings.received_end_ms.unwrap_or(utt.created_ms),
-                audio_secs: utt.speech_frames.map_or(utt.frames, |s| s.min(utt.frames)) as f32 * 0.02,
+                audio_secs: utt.speech() as f32 * 0.02,
             };
             self.reply_turn(device.id).await;
             let reply = self.responder.respond(&request).await.map_err(|e| format!("responder {}: {e}", self.responder.name()))?;

@@ -106,6 +106,11 @@ pub struct Utterance {
 }
 
 impl Utterance {
+    /// The frames to transcribe: the first [`Self::speech_frames`], or all.
+    pub fn speech(&self) -> u32 {
+        self.speech_frames.map_or(self.frames, |s| s.min(self.frames))
+    }
+
     /// The device-facing view of the row.
     pub fn view(&self) -> UtteranceView {
         UtteranceView {
