@@ -372,13 +372,14 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                         to: job.len,
                         settle_job: false,
                     });
-                    segs.extend(tail);
                     if trace {
                         eprintln!(
-                            "  spec   queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}..{:5.2}",
-                            job.queued, start, t.elapsed().as_secs_f64(), job.base as f64 / RATE, job.len as f64 / RATE
+                            "  spec   queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}..{:5.2} segs {:?}",
+                            job.queued, start, t.elapsed().as_secs_f64(), job.base as f64 / RATE, job.len as f64 / RATE,
+                            tail.iter().map(|s| (s.start, s.end, s.text.as_str())).collect::<Vec<_>>()
                         );
                     }
+                    segs.extend(tail);
                     *spec_done = Some((*free_at, job.len, Transcript::from_segments(segs, 0.0, 0.0)));
                 }
                 Kind::Settle => {

@@ -51,6 +51,17 @@
 //! decides, not the text. Someone who really said it twice is heard twice
 //! both ways, and the first decode stays.
 //!
+//! # Crammed repeats
+//!
+//! Whisper sometimes ends a window with the sentence before written again
+//! in its last fraction of a second: "…beside the clock tower." and then
+//! the whole 13-word sentence once more, timed 10.00 to 10.18 s. No one
+//! says 13 words in 0.18 s. A segment with more words than its time can
+//! hold, all of them a run of the text just before it (this window's or
+//! the prompt's last segment), is dropped
+//! ([`timeline::crammed_repeat`]). A repeat with time to be said, or a
+//! squeezed segment that says something new, is kept.
+//!
 //! # Why a window shorter than 30 s
 //!
 //! Whisper was trained on 30 s windows and encoder cost grows with the
@@ -454,7 +465,8 @@ impl WhisperCt2 {
                 continue;
             }
             let offset = seek as f32 / fps;
-            let split = timeline::split(&best.ids, self.specials.timestamp_begin, self.specials.eot, seg_frames);
+            let mut split = timeline::split(&best.ids, self.specials.timestamp_begin, self.specials.eot, seg_frames);
+            self.drop_crammed_repeats(&mut split.segments, &prompt_tokens)?;
             let mut found = self.segments_of(&split.segments, offset)?;
             if pass.words && self.alignment_heads {
                 self.add_words(&encoded, &split.segments, &mut found, seg_frames, offset)?;
@@ -666,6 +678,29 @@ impl WhisperCt2 {
         let split = timeline::split(&h.ids, ts, eot, seg_frames);
         let Some(first) = split.segments.first() else { return Ok(false) };
         Ok(timeline::echoes(&self.text_of(&last)?, &self.text_of(&first.tokens)?))
+    }
+
+    /// Drops the segments that repeat the text just before them in less
+    /// time than it takes to say it ([`timeline::crammed_repeat`]; see
+    /// "Crammed repeats" in the module doc). `previous` is the prompt: its
+    /// last segment counts as the text before the window's first.
+    fn drop_crammed_repeats(&self, segments: &mut Vec<timeline::TokenSegment>, previous: &[u32]) -> Result<(), SttError> {
+        let (ts, eot) = (self.specials.timestamp_begin, self.specials.eot);
+        let mut before = self.text_of(&timeline::last_segment(previous, ts, eot))?;
+        let mut kept = Vec::with_capacity(segments.len());
+        for s in segments.drain(..) {
+            let text = self.text_of(&s.tokens)?;
+            let secs = s.end.saturating_sub(s.start) as f32 * TIME_PRECISION;
+            if timeline::crammed_repeat(&before, &text, secs) {
+                tracing::debug!(secs, "Whisper wrote the text before again in too little time to say it; dropping it");
+                continue;
+            }
+            before.push(' ');
+            before.push_str(&text);
+            kept.push(s);
+        }
+        *segments = kept;
+        Ok(())
     }
 
     /// faster-whisper's no-speech rule: `<|nospeech|>` likely and the text improbable.

@@ -180,16 +180,38 @@ pub fn last_segment(prompt: &[u32], timestamp_begin: u32, eot: u32) -> Vec<u32> 
 /// also say a thing twice, so this only says when to look again (see the
 /// loop in `mod.rs`), never what to delete.
 pub fn echoes(prompt_last: &str, first: &str) -> bool {
-    let words = |s: &str| -> Vec<String> {
-        s.chars()
-            .map(|c| if c.is_alphanumeric() || c == '\'' { c.to_ascii_lowercase() } else { ' ' })
-            .collect::<String>()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
-    };
     let (prev, first) = (words(prompt_last), words(first));
     prev.len() >= 2 && first.len() >= 2 && (first.starts_with(&prev) || prev.ends_with(&first))
+}
+
+/// Most words a person says per second. Fast speech is 4 to 6; the
+/// headroom is for Whisper's coarse timestamps, which may shorten a
+/// segment by a second.
+pub const MAX_WORDS_PER_SEC: f32 = 8.0;
+
+/// Whether a segment of `text` timed `secs` long is a *crammed repeat*:
+/// more words than anyone could say in its time (two words, plus
+/// [`MAX_WORDS_PER_SEC`] a second), four words or more, all of them a run
+/// of `before` (the text decoded just before it), in order. Whisper writes
+/// such a segment at the end of a window, over its last fraction of a
+/// second: the sentence before it again ("…beside the clock tower." then
+/// the whole sentence once more in 0.18 s). Both tests must hold: a
+/// segment the timestamps squeezed but which says something new is kept,
+/// and so is a repeat that had the time to be said.
+pub fn crammed_repeat(before: &str, text: &str, secs: f32) -> bool {
+    let (before, said) = (words(before), words(text));
+    let n = said.len();
+    n >= 4 && n as f32 > 2.0 + MAX_WORDS_PER_SEC * secs.max(0.0) && before.windows(n).any(|w| w == said.as_slice())
+}
+
+/// Words compared without case or punctuation.
+fn words(s: &str) -> Vec<String> {
+    s.chars()
+        .map(|c| if c.is_alphanumeric() || c == '\'' { c.to_ascii_lowercase() } else { ' ' })
+        .collect::<String>()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -329,6 +351,33 @@ mod tests {
         assert_eq!(last_segment(&[7, 8], 100, 50), vec![7, 8]);
         assert_eq!(last_segment(&[], 100, 50), Vec::<u32>::new());
         assert_eq!(last_segment(&[100, 110], 100, 50), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_crammed_repeat_is_a_run_of_the_text_before_in_too_little_time() {
+        let before = "excuse me which platform does the next train to Bristol leave from the next train to Bristol \
+                      leaves from the platform beside the clock tower.";
+        let again = "The next train to Bristol leaves from the platform beside the clock tower.";
+        assert!(crammed_repeat(before, again, 0.18), "13 words in 0.18 s, all said just before");
+        assert!(!crammed_repeat(before, again, 2.0), "time enough to say it again: a person repeating");
+        assert!(!crammed_repeat(before, "The last train to Bath leaves from the far platform.", 0.18), "something new");
+        assert!(!crammed_repeat(before, "the clock tower", 0.0), "three words are no evidence");
+        assert!(!crammed_repeat("", again, 0.0));
+        // The boundary: 4 words need at least 0.25 s.
+        assert!(crammed_repeat(before, "beside the clock tower", 0.24));
+        assert!(!crammed_repeat(before, "beside the clock tower", 0.26));
+    }
+
+    proptest! {
+        /// A segment with at least 1/MAX_WORDS_PER_SEC s per word is never
+        /// crammed, whatever it repeats: spoken repeats are kept.
+        #[test]
+        fn a_repeat_with_time_to_say_it_is_kept(n in 1usize..40, extra in 0.0f32..5.0) {
+            let text: Vec<String> = (0..n).map(|i| format!("w{}", i % 3)).collect();
+            let text = text.join(" ");
+            let before = format!("{text} {text}");
+            prop_assert!(!crammed_repeat(&before, &text, n as f32 / MAX_WORDS_PER_SEC + extra));
+        }
     }
 
     #[test]
