@@ -13,6 +13,10 @@ pub const FRAME_SAMPLES: usize = Codec::FRAME_SAMPLES;
 /// The primary codec's bitrate. 32 kb/s is transparent for wideband speech
 /// and leaves BLE headroom at the minimum connection interval.
 pub const OPUS_BITRATE: i32 = 32_000;
+/// The most bytes of audio data one Opus packet holds (RFC 6716, 3.4).
+const MAX_PACKET_BYTES: usize = 1275;
+/// The smallest frame [`FrameEncoder::opus_sized`] makes: 6 kb/s for 20 ms.
+const MIN_SIZED_BYTES: usize = 15;
 /// The most samples one Opus packet may decode to: 120 ms at 16 kHz.
 const MAX_DECODED_SAMPLES: usize = 1920;
 
@@ -31,6 +35,8 @@ pub struct FrameEncoder {
     codec: Codec,
     opus: Option<opus::Encoder>,
     buf: Vec<u8>,
+    /// Every Opus frame padded to this many bytes ([`Self::opus_sized`]).
+    sized: Option<usize>,
 }
 
 impl FrameEncoder {
@@ -43,7 +49,21 @@ impl FrameEncoder {
             }
             Codec::Pcm16k => None,
         };
-        Ok(Self { codec, opus, buf: vec![0; 4000] })
+        Ok(Self { codec, opus, buf: vec![0; 4000], sized: None })
+    }
+
+    /// An Opus encoder whose every frame is exactly `bytes` long (at least
+    /// 15): constant bit rate, and padded with Opus's own padding, which
+    /// every decoder skips, past the 1,275 bytes a packet's audio can use.
+    /// For load tests that need frames of a chosen size that still decode
+    /// as the audio given.
+    pub fn opus_sized(bytes: usize) -> Result<Self, AudioError> {
+        let bytes = bytes.max(MIN_SIZED_BYTES);
+        let mut e = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+        let bitrate = (bytes.min(MAX_PACKET_BYTES) * 8 * 1000 / 20).clamp(6_000, 510_000) as i32;
+        e.set_bitrate(opus::Bitrate::Bits(bitrate))?;
+        e.set_vbr(false)?;
+        Ok(Self { codec: Codec::Opus16k20ms, opus: Some(e), buf: vec![0; bytes.max(4000)], sized: Some(bytes) })
     }
 
     pub fn codec(&self) -> Codec {
@@ -57,7 +77,16 @@ impl FrameEncoder {
         }
         match &mut self.opus {
             Some(e) => {
-                let n = e.encode(pcm, &mut self.buf)?;
+                let limit = self.sized.map_or(self.buf.len(), |b| b.min(MAX_PACKET_BYTES));
+                let n = e.encode(pcm, &mut self.buf[..limit])?;
+                let n = match self.sized {
+                    Some(bytes) if n < bytes => {
+                        // `pad` returns libopus's OPUS_OK (0), not the length.
+                        opus::packet::pad(&mut self.buf[..bytes], n)?;
+                        bytes
+                    }
+                    _ => n,
+                };
                 Ok(self.buf[..n].to_vec())
             }
             None => Ok(pcm.iter().flat_map(|s| s.to_le_bytes()).collect()),
@@ -149,6 +178,20 @@ mod tests {
         let want = rms(&pcm.iter().map(|&s| f32::from(s) / 32768.0).collect::<Vec<_>>());
         let got = rms(&out[FRAME_SAMPLES * 5..]);
         assert!((got / want - 1.0).abs() < 0.3, "rms {got} vs {want}");
+    }
+
+    #[test]
+    fn sized_opus_frames_are_exactly_the_size_asked_and_decode() {
+        let pcm = tone(10);
+        for bytes in [15, 80, 1275, 2000] {
+            let mut enc = FrameEncoder::opus_sized(bytes).unwrap();
+            let frames: Vec<Vec<u8>> = pcm.chunks(FRAME_SAMPLES).map(|c| enc.encode(c).unwrap()).collect();
+            assert!(frames.iter().all(|f| f.len() == bytes), "{bytes}: {:?}", frames.iter().map(Vec::len).collect::<Vec<_>>());
+            let out = decode_frames(Codec::Opus16k20ms, frames.iter().map(Vec::as_slice)).unwrap();
+            assert_eq!(out.len(), pcm.len(), "{bytes}-byte frames decode to 20 ms each");
+        }
+        let mut enc = FrameEncoder::opus_sized(1).unwrap();
+        assert_eq!(enc.encode(&pcm[..FRAME_SAMPLES]).unwrap().len(), MIN_SIZED_BYTES, "raised to the smallest size");
     }
 
     #[test]

@@ -58,6 +58,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use futures::{SinkExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use lanyard_audio::FrameEncoder;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{self, Audio, Binary, ClientMsg, DeviceCreated, NewDevice, ServerMsg};
 use serde_json::json;
@@ -733,21 +734,11 @@ fn splitmix(s: &mut u64) -> u64 {
 /// loud noise, which it takes for speech: then the live transcriber would
 /// run drafts all the time).
 fn opus_frames(bytes: usize, seed: &mut u64) -> Result<Vec<Vec<u8>>> {
-    const MAX_PACKET: usize = 1275;
-    let mut enc = opus::Encoder::new(16_000, opus::Channels::Mono, opus::Application::Voip).context("opus encoder")?;
-    let bitrate = (bytes.min(MAX_PACKET) * 8 * 50).clamp(6_000, 510_000) as i32;
-    enc.set_bitrate(opus::Bitrate::Bits(bitrate)).context("opus bitrate")?;
-    enc.set_vbr(false).context("opus cbr")?;
+    let mut enc = FrameEncoder::opus_sized(bytes).context("opus encoder")?;
     (0..50)
         .map(|_| {
             let pcm: Vec<i16> = (0..320).map(|_| (splitmix(seed) % 61) as i16 - 30).collect();
-            let mut out = vec![0u8; bytes];
-            let n = enc
-                .encode(&pcm, &mut out[..bytes.min(MAX_PACKET)])
-                .with_context(|| format!("cannot make a {bytes}-byte Opus frame"))?;
-            let n = if n < bytes { opus::packet::pad(&mut out, n).context("opus padding")? } else { n };
-            out.truncate(n);
-            Ok(out)
+            enc.encode(&pcm).with_context(|| format!("cannot make a {bytes}-byte Opus frame"))
         })
         .collect()
 }
