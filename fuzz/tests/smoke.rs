@@ -77,10 +77,7 @@ fn golden_hex() -> Vec<Vec<u8>> {
 }
 
 fn hex_decode(s: &str) -> Result<Vec<u8>, ()> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(()))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(())).collect()
 }
 
 fn run(name: &str, target: fn(&[u8]), seeds: &[Vec<u8>]) {
@@ -122,9 +119,14 @@ fn ble_notification() {
 fn ble_control() {
     let mut seeds = golden_hex();
     seeds.extend(
-        [Control::StartStream, Control::StopStream, Control::SetCodec(Codec::Pcm16k), Control::SyncClock { unix_ms: 1 }]
-            .iter()
-            .map(Control::encode),
+        [
+            Control::StartStream,
+            Control::StopStream,
+            Control::SetCodec(Codec::Pcm16k),
+            Control::SyncClock { unix_ms: 1 },
+        ]
+        .iter()
+        .map(Control::encode),
     );
     run("ble_control", lanyard_fuzz::ble_control, &seeds);
 }
@@ -225,10 +227,8 @@ fn opus_toc() {
 
 #[test]
 fn wav_read() {
-    let seeds = vec![
-        lanyard_proto::wav::write([&[1u8; 640][..], &[2u8; 10]]),
-        lanyard_proto::wav::write(std::iter::empty()),
-    ];
+    let seeds =
+        vec![lanyard_proto::wav::write([&[1u8; 640][..], &[2u8; 10]]), lanyard_proto::wav::write(std::iter::empty())];
     run("wav_read", lanyard_fuzz::wav_read, &seeds);
 }
 

@@ -186,7 +186,11 @@ mod tests {
         for bytes in [15, 80, 1275, 2000] {
             let mut enc = FrameEncoder::opus_sized(bytes).unwrap();
             let frames: Vec<Vec<u8>> = pcm.chunks(FRAME_SAMPLES).map(|c| enc.encode(c).unwrap()).collect();
-            assert!(frames.iter().all(|f| f.len() == bytes), "{bytes}: {:?}", frames.iter().map(Vec::len).collect::<Vec<_>>());
+            assert!(
+                frames.iter().all(|f| f.len() == bytes),
+                "{bytes}: {:?}",
+                frames.iter().map(Vec::len).collect::<Vec<_>>()
+            );
             let out = decode_frames(Codec::Opus16k20ms, frames.iter().map(Vec::as_slice)).unwrap();
             assert_eq!(out.len(), pcm.len(), "{bytes}-byte frames decode to 20 ms each");
         }

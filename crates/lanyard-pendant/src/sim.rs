@@ -101,13 +101,25 @@ pub struct BleFaults {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SimEvent {
-    Listening { addr: SocketAddr },
-    CentralConnected { at_ms: u64 },
+    Listening {
+        addr: SocketAddr,
+    },
+    CentralConnected {
+        at_ms: u64,
+    },
     /// An utterance is due but no central is connected; with
     /// `hold_until_central` it waits for one (a phone app relaunched by the
     /// system on the pendant's next BLE event).
-    WaitingForCentral { index: usize, at_ms: u64 },
-    UtteranceStart { index: usize, text: String, at_ms: u64, frames: usize },
+    WaitingForCentral {
+        index: usize,
+        at_ms: u64,
+    },
+    UtteranceStart {
+        index: usize,
+        text: String,
+        at_ms: u64,
+        frames: usize,
+    },
     /// The last frame of the utterance was handed to the radio: end of speech.
     /// `dropped_notifications` counts, since start, notifications no central
     /// received; `injected_drops` and `reordered_frames` count this
@@ -120,7 +132,9 @@ pub enum SimEvent {
         injected_drops: u64,
         reordered_frames: u64,
     },
-    Done { at_ms: u64 },
+    Done {
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Error)]

@@ -234,11 +234,7 @@ pub fn packetize(frame: &FrameSpec<'_>, att_mtu: usize) -> Result<Vec<Vec<u8>>, 
         return Err(PacketizeError::FrameTooLong(frame.data.len()));
     }
     let room = payload_room(att_mtu);
-    let chunks: Vec<&[u8]> = if frame.data.is_empty() {
-        vec![&[][..]]
-    } else {
-        frame.data.chunks(room).collect()
-    };
+    let chunks: Vec<&[u8]> = if frame.data.is_empty() { vec![&[][..]] } else { frame.data.chunks(room).collect() };
     let last = chunks.len() - 1;
     Ok(chunks
         .into_iter()
@@ -267,10 +263,7 @@ pub fn packetize(frame: &FrameSpec<'_>, att_mtu: usize) -> Result<Vec<Vec<u8>>, 
 /// Payload bytes one notification carries at `att_mtu`: 15 at the minimum
 /// MTU of 23, 507 from MTU 515 up. Meaningless (0) below [`MIN_ATT_MTU`].
 pub fn payload_room(att_mtu: usize) -> usize {
-    att_mtu
-        .saturating_sub(3)
-        .min(MAX_NOTIFICATION_LEN)
-        .saturating_sub(HEADER_LEN)
+    att_mtu.saturating_sub(3).min(MAX_NOTIFICATION_LEN).saturating_sub(HEADER_LEN)
 }
 
 /// Signed distance from `from` to `to` on the wrapping u16 sequence circle:
@@ -311,11 +304,7 @@ pub enum ControlError {
     #[error("unknown control opcode 0x{0:02x}")]
     UnknownOpcode(u8),
     #[error("control opcode 0x{opcode:02x} takes {expected} argument bytes, got {got}")]
-    BadLength {
-        opcode: u8,
-        expected: usize,
-        got: usize,
-    },
+    BadLength { opcode: u8, expected: usize, got: usize },
     #[error("codec id {0} is unknown")]
     UnknownCodec(u8),
 }
@@ -328,11 +317,7 @@ impl Control {
             if args.len() == expected {
                 Ok(())
             } else {
-                Err(ControlError::BadLength {
-                    opcode,
-                    expected,
-                    got: args.len(),
-                })
+                Err(ControlError::BadLength { opcode, expected, got: args.len() })
             }
         };
         match opcode {
@@ -340,17 +325,13 @@ impl Control {
             0x02 => want(0).map(|()| Control::StopStream),
             0x03 => {
                 want(1)?;
-                Codec::from_id(args[0])
-                    .map(Control::SetCodec)
-                    .ok_or(ControlError::UnknownCodec(args[0]))
+                Codec::from_id(args[0]).map(Control::SetCodec).ok_or(ControlError::UnknownCodec(args[0]))
             }
             0x04 => {
                 want(8)?;
                 let mut ms = [0u8; 8];
                 ms.copy_from_slice(args);
-                Ok(Control::SyncClock {
-                    unix_ms: u64::from_le_bytes(ms),
-                })
+                Ok(Control::SyncClock { unix_ms: u64::from_le_bytes(ms) })
             }
             other => Err(ControlError::UnknownOpcode(other)),
         }

@@ -32,11 +32,7 @@ pub enum Record {
     /// negotiated, and `codec` is the value of Omi's codec characteristic
     /// (ignored for Lanyard framing, which names the codec in every
     /// notification; the simulator sends 0).
-    Advertise {
-        service: Uuid,
-        att_mtu: u16,
-        codec: u8,
-    },
+    Advertise { service: Uuid, att_mtu: u16, codec: u8 },
     /// One audio notification, exactly as sent over the air.
     Notify(Vec<u8>),
     /// Battery level in percent.
@@ -52,11 +48,7 @@ pub enum LinkError {
     #[error("link record of {0} bytes exceeds {MAX_RECORD}")]
     TooLong(usize),
     #[error("link record kind 0x{kind:02x} has a {len}-byte payload, expected {expected}")]
-    BadLength {
-        kind: u8,
-        len: usize,
-        expected: usize,
-    },
+    BadLength { kind: u8, len: usize, expected: usize },
 }
 
 impl Record {
@@ -68,11 +60,7 @@ impl Record {
     /// accept it, and a BLE notification is never that long.
     pub fn encode(&self) -> Vec<u8> {
         let (kind, payload): (u8, Vec<u8>) = match self {
-            Record::Advertise {
-                service,
-                att_mtu,
-                codec,
-            } => {
+            Record::Advertise { service, att_mtu, codec } => {
                 let mut p = service.as_bytes().to_vec();
                 p.extend_from_slice(&att_mtu.to_le_bytes());
                 p.push(*codec);
@@ -81,11 +69,7 @@ impl Record {
             Record::Notify(n) => (2, n.clone()),
             Record::Battery(b) => (3, vec![*b]),
         };
-        assert!(
-            payload.len() <= MAX_RECORD,
-            "link record of {} bytes exceeds {MAX_RECORD}",
-            payload.len()
-        );
+        assert!(payload.len() <= MAX_RECORD, "link record of {} bytes exceeds {MAX_RECORD}", payload.len());
         let mut out = Vec::with_capacity(3 + payload.len());
         out.push(kind);
         out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
@@ -132,15 +116,7 @@ impl Decoder {
         }
         let payload: Vec<u8> = self.buf.drain(..3 + len).skip(3).collect();
         let want = |expected: usize| {
-            if payload.len() == expected {
-                Ok(())
-            } else {
-                Err(LinkError::BadLength {
-                    kind,
-                    len,
-                    expected,
-                })
-            }
+            if payload.len() == expected { Ok(()) } else { Err(LinkError::BadLength { kind, len, expected }) }
         };
         Ok(Some(match kind {
             1 => {

@@ -64,8 +64,7 @@ pub fn write<'a>(serial: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> Vec
         head.extend_from_slice(&INPUT_SAMPLE_RATE.to_le_bytes());
         head.extend_from_slice(&0i16.to_le_bytes()); // output gain
         head.push(0); // mapping family
-        w.write_packet(head, serial, PacketWriteEndInfo::EndPage, 0)
-            .expect("writing to a Vec cannot fail");
+        w.write_packet(head, serial, PacketWriteEndInfo::EndPage, 0).expect("writing to a Vec cannot fail");
         let mut tags = Vec::new();
         tags.extend_from_slice(b"OpusTags");
         tags.extend_from_slice(&(VENDOR.len() as u32).to_le_bytes());
@@ -75,13 +74,8 @@ pub fn write<'a>(serial: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> Vec
         let n = frames.len();
         // With no audio the tags page ends the stream: an empty sentinel
         // packet would be indistinguishable from an empty last frame.
-        let tags_end = if n == 0 {
-            PacketWriteEndInfo::EndStream
-        } else {
-            PacketWriteEndInfo::EndPage
-        };
-        w.write_packet(tags, serial, tags_end, 0)
-            .expect("writing to a Vec cannot fail");
+        let tags_end = if n == 0 { PacketWriteEndInfo::EndStream } else { PacketWriteEndInfo::EndPage };
+        w.write_packet(tags, serial, tags_end, 0).expect("writing to a Vec cannot fail");
         for (i, f) in frames.into_iter().enumerate() {
             let granule = (i as u64 + 1) * GRANULE_PER_FRAME;
             let end = if i + 1 == n {
@@ -92,8 +86,7 @@ pub fn write<'a>(serial: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> Vec
             } else {
                 PacketWriteEndInfo::NormalPacket
             };
-            w.write_packet(f.to_vec(), serial, end, granule)
-                .expect("writing to a Vec cannot fail");
+            w.write_packet(f.to_vec(), serial, end, granule).expect("writing to a Vec cannot fail");
         }
     }
     out
@@ -107,10 +100,7 @@ pub fn write<'a>(serial: u32, frames: impl IntoIterator<Item = &'a [u8]>) -> Vec
 /// reader. Anything after the end-of-stream packet is ignored.
 pub fn read(bytes: &[u8]) -> Result<Vec<Vec<u8>>, OggOpusError> {
     let mut r = PacketReader::new(Cursor::new(bytes));
-    let mut next = || {
-        r.read_packet()
-            .map_err(|e| OggOpusError::Ogg(e.to_string()))
-    };
+    let mut next = || r.read_packet().map_err(|e| OggOpusError::Ogg(e.to_string()));
     let head = next()?.ok_or(OggOpusError::NoOpusHead)?;
     let serial = head.stream_serial();
     if head.data.len() < 19 || &head.data[..8] != b"OpusHead" {
@@ -138,10 +128,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Vec<u8>>, OggOpusError> {
             return Err(OggOpusError::MultipleStreams);
         }
         if p.data.len() > crate::ble::MAX_FRAME_LEN {
-            return Err(OggOpusError::PacketTooLarge {
-                index: packets.len(),
-                len: p.data.len(),
-            });
+            return Err(OggOpusError::PacketTooLarge { index: packets.len(), len: p.data.len() });
         }
         if packets.len() == MAX_PACKETS {
             return Err(OggOpusError::TooManyPackets);

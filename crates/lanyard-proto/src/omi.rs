@@ -142,22 +142,14 @@ pub fn payload_room(att_mtu: usize) -> usize {
 /// any frame of at most [`crate::ble::MAX_FRAME_LEN`] bytes does, at any MTU.
 pub fn packetize(first_index: u16, frame: &[u8], att_mtu: usize) -> Vec<Vec<u8>> {
     let room = payload_room(att_mtu);
-    let chunks: Vec<&[u8]> = if frame.is_empty() {
-        vec![&[][..]]
-    } else {
-        frame.chunks(room).collect()
-    };
+    let chunks: Vec<&[u8]> = if frame.is_empty() { vec![&[][..]] } else { frame.chunks(room).collect() };
     chunks
         .into_iter()
         .enumerate()
         .map(|(i, payload)| {
             let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
             encode(
-                &OmiNotification {
-                    index: first_index.wrapping_add(i as u16),
-                    sub_index: i as u8,
-                    payload,
-                },
+                &OmiNotification { index: first_index.wrapping_add(i as u16), sub_index: i as u8, payload },
                 &mut out,
             );
             out

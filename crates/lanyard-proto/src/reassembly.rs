@@ -100,9 +100,7 @@ pub enum ReassemblyError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Omi(#[from] omi::OmiError),
-    #[error(
-        "fragment {got} of frame {seq} arrived out of order (expected {expected}); the frame is dropped"
-    )]
+    #[error("fragment {got} of frame {seq} arrived out of order (expected {expected}); the frame is dropped")]
     OutOfOrderFragment { seq: u16, expected: u8, got: u8 },
     #[error("frame {seq} grew past {MAX_FRAME_LEN} bytes or 256 fragments; the frame is dropped")]
     FrameTooLong { seq: u16 },
@@ -123,13 +121,7 @@ struct Pending {
 
 impl Pending {
     fn into_frame(self) -> Frame {
-        Frame {
-            seq: self.seq,
-            codec: self.codec,
-            start: self.start,
-            end: self.end,
-            data: self.data,
-        }
+        Frame { seq: self.seq, codec: self.codec, start: self.start, end: self.end, data: self.data }
     }
 }
 
@@ -191,10 +183,7 @@ impl Reassembler {
     /// A reassembler for Omi framing. `codec` is what the pendant's codec
     /// characteristic says; only codecs the relay can carry are accepted.
     pub fn omi(codec: OmiCodec) -> Option<Self> {
-        Some(Self::with_mode(Mode::Omi {
-            codec: codec.to_lanyard()?,
-            last_index: None,
-        }))
+        Some(Self::with_mode(Mode::Omi { codec: codec.to_lanyard()?, last_index: None }))
     }
 
     fn with_mode(mode: Mode) -> Self {
@@ -342,8 +331,7 @@ impl Reassembler {
 
     fn push_lanyard(&mut self, bytes: &[u8]) -> Result<Option<Frame>, ReassemblyError> {
         let n = ble::parse(bytes)?;
-        if self.last_seq.is_some_and(|last| seq_distance(last, n.seq) <= 0)
-            || self.held.iter().any(|h| h.seq == n.seq)
+        if self.last_seq.is_some_and(|last| seq_distance(last, n.seq) <= 0) || self.held.iter().any(|h| h.seq == n.seq)
         {
             // A piece of a frame already delivered, or held for a reorder.
             self.stats.duplicates += 1;
@@ -360,24 +348,12 @@ impl Reassembler {
                 let expected = p.last_fragment.wrapping_add(1);
                 if n.fragment != expected {
                     // A hole in the middle of the frame.
-                    self.current = Current::Discarding {
-                        seq: n.seq,
-                        fragment: n.fragment,
-                    };
+                    self.current = Current::Discarding { seq: n.seq, fragment: n.fragment };
                     self.incomplete();
-                    return Err(ReassemblyError::OutOfOrderFragment {
-                        seq: n.seq,
-                        expected,
-                        got: n.fragment,
-                    });
+                    return Err(ReassemblyError::OutOfOrderFragment { seq: n.seq, expected, got: n.fragment });
                 }
-                if p.data.len() + n.payload.len() > MAX_FRAME_LEN
-                    || (n.more && n.fragment == u8::MAX)
-                {
-                    self.current = Current::Discarding {
-                        seq: n.seq,
-                        fragment: n.fragment,
-                    };
+                if p.data.len() + n.payload.len() > MAX_FRAME_LEN || (n.more && n.fragment == u8::MAX) {
+                    self.current = Current::Discarding { seq: n.seq, fragment: n.fragment };
                     self.incomplete();
                     return Err(ReassemblyError::FrameTooLong { seq: n.seq });
                 }
@@ -401,16 +377,9 @@ impl Reassembler {
                 }
                 if n.fragment != 0 {
                     // A frame whose first fragment never came.
-                    self.current = Current::Discarding {
-                        seq: n.seq,
-                        fragment: n.fragment,
-                    };
+                    self.current = Current::Discarding { seq: n.seq, fragment: n.fragment };
                     self.incomplete();
-                    return Err(ReassemblyError::OutOfOrderFragment {
-                        seq: n.seq,
-                        expected: 0,
-                        got: n.fragment,
-                    });
+                    return Err(ReassemblyError::OutOfOrderFragment { seq: n.seq, expected: 0, got: n.fragment });
                 }
                 self.current = Current::Pending(Pending {
                     seq: n.seq,
@@ -433,9 +402,7 @@ impl Reassembler {
 
     fn push_omi(&mut self, codec: Codec, bytes: &[u8]) -> Result<Option<Frame>, ReassemblyError> {
         let n = omi::parse(bytes)?;
-        let Mode::Omi { last_index, .. } = &mut self.mode else {
-            unreachable!("called in Omi mode")
-        };
+        let Mode::Omi { last_index, .. } = &mut self.mode else { unreachable!("called in Omi mode") };
         let gap = match *last_index {
             Some(last) => {
                 let d = seq_distance(last, n.index);
@@ -475,30 +442,20 @@ impl Reassembler {
         // A continuation. Does it belong to the frame in progress? Its
         // sub-index must have advanced by exactly as many packet indices.
         let (cur_index, cur_sub) = match &self.current {
-            Current::Pending(p) => (
-                p.seq.wrapping_add(u16::from(p.last_fragment)),
-                p.last_fragment,
-            ),
+            Current::Pending(p) => (p.seq.wrapping_add(u16::from(p.last_fragment)), p.last_fragment),
             Current::Discarding { seq, fragment } => (*seq, *fragment),
             Current::Idle => {
-                self.current = Current::Discarding {
-                    seq: n.index,
-                    fragment: n.sub_index,
-                };
+                self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
                 self.incomplete();
                 return Ok(None);
             }
         };
-        let same_frame =
-            i32::from(n.sub_index) - i32::from(cur_sub) == seq_distance(cur_index, n.index);
+        let same_frame = i32::from(n.sub_index) - i32::from(cur_sub) == seq_distance(cur_index, n.index);
         match &mut self.current {
             Current::Pending(p) if same_frame && gap == 0 => {
                 if p.data.len() + n.payload.len() > MAX_FRAME_LEN {
                     let seq = p.seq;
-                    self.current = Current::Discarding {
-                        seq: n.index,
-                        fragment: n.sub_index,
-                    };
+                    self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
                     self.incomplete();
                     return Err(ReassemblyError::FrameTooLong { seq });
                 }
@@ -507,10 +464,7 @@ impl Reassembler {
                 Ok(None)
             }
             Current::Discarding { .. } if same_frame => {
-                self.current = Current::Discarding {
-                    seq: n.index,
-                    fragment: n.sub_index,
-                };
+                self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
                 Ok(None)
             }
             _ => {
@@ -523,10 +477,7 @@ impl Reassembler {
                 if !same_frame {
                     self.incomplete();
                 }
-                self.current = Current::Discarding {
-                    seq: n.index,
-                    fragment: n.sub_index,
-                };
+                self.current = Current::Discarding { seq: n.index, fragment: n.sub_index };
                 Ok(None)
             }
         }
@@ -540,15 +491,7 @@ mod tests {
 
     fn note(seq: u16, fragment: u8, more: bool, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let n = Notification {
-            seq,
-            fragment,
-            codec: Codec::Pcm16k,
-            start: false,
-            end: false,
-            more,
-            payload,
-        };
+        let n = Notification { seq, fragment, codec: Codec::Pcm16k, start: false, end: false, more, payload };
         ble::encode(&n, &mut out);
         out
     }
@@ -561,28 +504,16 @@ mod tests {
         for i in 0..=254u8 {
             assert_eq!(r.push(&note(1, i, true, &[])), Ok(None));
         }
-        assert_eq!(
-            r.push(&note(1, 255, true, &[])),
-            Err(ReassemblyError::FrameTooLong { seq: 1 })
-        );
+        assert_eq!(r.push(&note(1, 255, true, &[])), Err(ReassemblyError::FrameTooLong { seq: 1 }));
         assert_eq!(r.stats().incomplete, 1);
-        assert_eq!(
-            r.push(&note(2, 0, false, &[9])).unwrap().unwrap().data,
-            vec![9]
-        );
+        assert_eq!(r.push(&note(2, 0, false, &[9])).unwrap().unwrap().data, vec![9]);
     }
 
     /// The largest frame fills all 256 fragments of a minimum-MTU link.
     #[test]
     fn largest_frame_at_minimum_mtu() {
         let data = vec![0x5a; MAX_FRAME_LEN];
-        let spec = FrameSpec {
-            seq: 0xffff,
-            codec: Codec::Pcm16k,
-            start: true,
-            end: true,
-            data: &data,
-        };
+        let spec = FrameSpec { seq: 0xffff, codec: Codec::Pcm16k, start: true, end: true, data: &data };
         let notes = ble::packetize(&spec, ble::MIN_ATT_MTU).unwrap();
         assert_eq!(notes.len(), ble::MAX_FRAGMENTS);
         let mut r = Reassembler::lanyard();
@@ -608,22 +539,13 @@ mod tests {
     /// A repeated START frame is a duplicate like any other.
     #[test]
     fn repeated_start_frame_is_a_duplicate() {
-        let spec = FrameSpec {
-            seq: 5,
-            codec: Codec::Opus16k20ms,
-            start: true,
-            end: false,
-            data: &[1, 2],
-        };
+        let spec = FrameSpec { seq: 5, codec: Codec::Opus16k20ms, start: true, end: false, data: &[1, 2] };
         let n = ble::packetize(&spec, 23).unwrap().remove(0);
         let mut r = Reassembler::lanyard();
         assert!(r.push(&n).unwrap().is_some());
         assert_eq!(r.push(&n), Ok(None));
         assert_eq!(r.stats().duplicates, 1);
         r.reset_link();
-        assert!(
-            r.push(&n).unwrap().is_some(),
-            "a new connection numbers afresh"
-        );
+        assert!(r.push(&n).unwrap().is_some(), "a new connection numbers afresh");
     }
 }

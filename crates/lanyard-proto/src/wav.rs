@@ -68,16 +68,11 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Vec<u8>>, WavError> {
                 if f.len() < 16 {
                     return Err(WavError::NoFormat);
                 }
-                let (fmt, ch) = (
-                    u16::from_le_bytes([f[0], f[1]]),
-                    u16::from_le_bytes([f[2], f[3]]),
-                );
+                let (fmt, ch) = (u16::from_le_bytes([f[0], f[1]]), u16::from_le_bytes([f[2], f[3]]));
                 let rate = u32::from_le_bytes([f[4], f[5], f[6], f[7]]);
                 let bits = u16::from_le_bytes([f[14], f[15]]);
                 if fmt != 1 || ch != 1 || rate != Codec::SAMPLE_RATE || bits != 16 {
-                    return Err(WavError::Format(format!(
-                        "format {fmt}, {ch} channel(s), {rate} Hz, {bits}-bit"
-                    )));
+                    return Err(WavError::Format(format!("format {fmt}, {ch} channel(s), {rate} Hz, {bits}-bit")));
                 }
                 format_ok = true;
             }
@@ -96,11 +91,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Vec<u8>>, WavError> {
         // Chunks are padded to an even length.
         pos = body.saturating_add(len).saturating_add(len & 1);
     }
-    Err(if format_ok {
-        WavError::NoData
-    } else {
-        WavError::NoFormat
-    })
+    Err(if format_ok { WavError::NoData } else { WavError::NoFormat })
 }
 
 #[cfg(test)]
@@ -109,11 +100,7 @@ mod tests {
 
     #[test]
     fn round_trip_frame_for_frame() {
-        let frames = vec![
-            vec![1u8; FRAME_BYTES],
-            vec![2u8; FRAME_BYTES],
-            vec![3u8; 100],
-        ];
+        let frames = vec![vec![1u8; FRAME_BYTES], vec![2u8; FRAME_BYTES], vec![3u8; 100]];
         let wav = write(frames.iter().map(Vec::as_slice));
         assert_eq!(wav.len(), 44 + 2 * FRAME_BYTES + 100);
         assert_eq!(read(&wav).unwrap(), frames);
@@ -123,12 +110,7 @@ mod tests {
     fn other_formats_are_refused_with_what_they_are() {
         let mut wav = write([&[0u8; 4][..]]);
         wav[24..28].copy_from_slice(&44_100u32.to_le_bytes());
-        assert_eq!(
-            read(&wav),
-            Err(WavError::Format(
-                "format 1, 1 channel(s), 44100 Hz, 16-bit".into()
-            ))
-        );
+        assert_eq!(read(&wav), Err(WavError::Format("format 1, 1 channel(s), 44100 Hz, 16-bit".into())));
         assert_eq!(read(b"RIFF\0\0\0\0WAVE"), Err(WavError::NoFormat));
         assert_eq!(read(b"OggS"), Err(WavError::NotWav));
     }

@@ -121,11 +121,7 @@ pub mod close {
 pub enum ClientMsg {
     /// Opens (or resumes) an utterance and binds it to `handle` on this
     /// connection.
-    Open {
-        utterance: Uuid,
-        handle: u32,
-        codec: Codec,
-    },
+    Open { utterance: Uuid, handle: u32, codec: Codec },
     /// The utterance has exactly `frames` frames; the server may process it
     /// once it holds them all.
     ///
@@ -152,12 +148,7 @@ pub enum ServerMsg {
     /// Answer to `open`: send from `next_seq`. `complete` means the server
     /// already has the whole utterance (for example by upload), so the relay
     /// sends nothing more and may drop its copy.
-    Opened {
-        utterance: Uuid,
-        handle: u32,
-        next_seq: u32,
-        complete: bool,
-    },
+    Opened { utterance: Uuid, handle: u32, next_seq: u32, complete: bool },
     /// The server holds all `frames` frames durably and has queued the
     /// utterance for transcription. The relay may delete it.
     Complete { utterance: Uuid, frames: u32 },
@@ -180,17 +171,9 @@ pub enum ServerMsg {
         segments: Vec<Segment>,
     },
     /// The reply that is also sent as a push notification.
-    Reply {
-        utterance: Uuid,
-        title: String,
-        body: String,
-    },
+    Reply { utterance: Uuid, title: String, body: String },
     /// A problem with one utterance or with the connection.
-    Error {
-        utterance: Option<Uuid>,
-        code: String,
-        message: String,
-    },
+    Error { utterance: Option<Uuid>, code: String, message: String },
 }
 
 /// One AUDIO message.
@@ -269,30 +252,19 @@ pub fn parse_binary(b: &[u8]) -> Result<Binary<'_>, WireError> {
     match kind {
         KIND_AUDIO => {
             if b.len() < AUDIO_HEADER_LEN {
-                return Err(WireError::TooShort {
-                    kind,
-                    len: b.len(),
-                    min: AUDIO_HEADER_LEN,
-                });
+                return Err(WireError::TooShort { kind, len: b.len(), min: AUDIO_HEADER_LEN });
             }
             let frame = &b[AUDIO_HEADER_LEN..];
             if frame.len() > limits::MAX_FRAME_BYTES {
                 return Err(WireError::FrameTooLarge(frame.len()));
             }
-            Ok(Binary::Audio(Audio {
-                handle: u32_at(b, 1),
-                seq: u32_at(b, 5),
-                frame,
-            }))
+            Ok(Binary::Audio(Audio { handle: u32_at(b, 1), seq: u32_at(b, 5), frame }))
         }
         KIND_ACK => {
             if b.len() != ACK_LEN {
                 return Err(WireError::AckLength(b.len()));
             }
-            Ok(Binary::Ack(Ack {
-                handle: u32_at(b, 1),
-                next: u32_at(b, 5),
-            }))
+            Ok(Binary::Ack(Ack { handle: u32_at(b, 1), next: u32_at(b, 5) }))
         }
         other => Err(WireError::UnknownKind(other)),
     }

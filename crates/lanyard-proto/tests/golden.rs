@@ -13,9 +13,9 @@ use lanyard_proto::link::{Decoder, LinkError, Record};
 use lanyard_proto::omi::{self, OmiCodec, OmiError, OmiNotification};
 use lanyard_proto::reassembly::Reassembler;
 use lanyard_proto::wire::{
-    self, Ack, Audio, Binary, ClientMsg, ErrorBody, PushEnvironment, PushPlatform,
-    PushRegistration, ServerMsg, TextUtterance, Timings, UploadResponse, UtteranceState,
-    UtteranceView, WireError, UtteranceList, DeletedData, NewDevice, DeviceCreated, Segment, Word,
+    self, Ack, Audio, Binary, ClientMsg, DeletedData, DeviceCreated, ErrorBody, NewDevice, PushEnvironment,
+    PushPlatform, PushRegistration, Segment, ServerMsg, TextUtterance, Timings, UploadResponse, UtteranceList,
+    UtteranceState, UtteranceView, WireError, Word,
 };
 use lanyard_proto::{Uuid, oggopus};
 use serde_json::Value;
@@ -47,9 +47,7 @@ fn codec(v: &Value) -> Codec {
 }
 
 fn array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
-    v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("{key} is an array"))
+    v[key].as_array().unwrap_or_else(|| panic!("{key} is an array"))
 }
 
 #[test]
@@ -111,11 +109,7 @@ fn ble_packetize_and_reassemble() {
         }
         assert_eq!(frames.len(), 1, "{name}: one frame");
         let f = &frames[0];
-        assert_eq!(
-            (f.seq, f.codec, f.start, f.end),
-            (spec.seq, spec.codec, spec.start, spec.end),
-            "{name}"
-        );
+        assert_eq!((f.seq, f.codec, f.start, f.end), (spec.seq, spec.codec, spec.start, spec.end), "{name}");
         assert_eq!(f.data, data, "{name}: data");
     }
 }
@@ -125,9 +119,7 @@ fn control_of(v: &Value) -> Control {
         "start_stream" => Control::StartStream,
         "stop_stream" => Control::StopStream,
         "set_codec" => Control::SetCodec(codec(&v["codec"])),
-        "sync_clock" => Control::SyncClock {
-            unix_ms: u64_of(&v["unix_ms"]),
-        },
+        "sync_clock" => Control::SyncClock { unix_ms: u64_of(&v["unix_ms"]) },
         other => panic!("unknown op {other}"),
     }
 }
@@ -187,10 +179,8 @@ fn omi_packetize_and_reassemble() {
     let att_mtu = u64_of(&file["att_mtu"]) as usize;
     let expected: Vec<Vec<u8>> = array(&file, "notifications").iter().map(bytes).collect();
 
-    let frames: Vec<(u16, Vec<u8>)> = array(&file, "frames")
-        .iter()
-        .map(|f| (u64_of(&f["first_index"]) as u16, bytes(&f["data"])))
-        .collect();
+    let frames: Vec<(u16, Vec<u8>)> =
+        array(&file, "frames").iter().map(|f| (u64_of(&f["first_index"]) as u16, bytes(&f["data"]))).collect();
     let mut got = Vec::new();
     for (first, data) in &frames {
         got.extend(omi::packetize(*first, data, att_mtu));
@@ -212,10 +202,7 @@ fn omi_packetize_and_reassemble() {
         .collect();
     assert_eq!(out, frames, "reassemble");
     let stats = r.stats();
-    assert_eq!(
-        (stats.frames, stats.lost, stats.duplicates, stats.incomplete),
-        (3, 0, 0, 0)
-    );
+    assert_eq!((stats.frames, stats.lost, stats.duplicates, stats.incomplete), (3, 0, 0, 0));
 }
 
 #[test]
@@ -224,28 +211,17 @@ fn wire_binary() {
     for v in array(&file, "vectors") {
         let name = str_of(&v["name"]);
         let wire = bytes(&v["hex"]);
-        let frame = if v["kind"] == "audio" {
-            bytes(&v["frame"])
-        } else {
-            Vec::new()
-        };
+        let frame = if v["kind"] == "audio" { bytes(&v["frame"]) } else { Vec::new() };
         let expected = match str_of(&v["kind"]) {
             "audio" => Binary::Audio(Audio {
                 handle: u64_of(&v["handle"]) as u32,
                 seq: u64_of(&v["seq"]) as u32,
                 frame: &frame,
             }),
-            "ack" => Binary::Ack(Ack {
-                handle: u64_of(&v["handle"]) as u32,
-                next: u64_of(&v["next"]) as u32,
-            }),
+            "ack" => Binary::Ack(Ack { handle: u64_of(&v["handle"]) as u32, next: u64_of(&v["next"]) as u32 }),
             other => panic!("unknown kind {other}"),
         };
-        assert_eq!(
-            wire::parse_binary(&wire).as_ref(),
-            Ok(&expected),
-            "{name}: decode"
-        );
+        assert_eq!(wire::parse_binary(&wire).as_ref(), Ok(&expected), "{name}: decode");
         assert_eq!(expected.encode(), wire, "{name}: encode");
         match &expected {
             Binary::Audio(a) => assert_eq!(wire::encode_audio(a), wire),
@@ -274,10 +250,7 @@ fn utterance() -> Uuid {
 }
 
 fn find<'a>(list: &'a [Value], name: &str) -> &'a str {
-    let v = list
-        .iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_else(|| panic!("vector {name}"));
+    let v = list.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("vector {name}"));
     str_of(&v["json"])
 }
 
@@ -295,47 +268,15 @@ fn wire_client_json() {
     let file = load("wire_json.json");
     let list = array(&file, "client");
     let cases = [
-        (
-            "open",
-            ClientMsg::Open {
-                utterance: utterance(),
-                handle: 7,
-                codec: Codec::Opus16k20ms,
-            },
-        ),
-        (
-            "open_pcm",
-            ClientMsg::Open {
-                utterance: utterance(),
-                handle: 0,
-                codec: Codec::Pcm16k,
-            },
-        ),
-        (
-            "end",
-            ClientMsg::End {
-                utterance: utterance(),
-                frames: 150,
-                speech_frames: None,
-            },
-        ),
-        (
-            "end_cut",
-            ClientMsg::End {
-                utterance: utterance(),
-                frames: 150,
-                speech_frames: Some(120),
-            },
-        ),
+        ("open", ClientMsg::Open { utterance: utterance(), handle: 7, codec: Codec::Opus16k20ms }),
+        ("open_pcm", ClientMsg::Open { utterance: utterance(), handle: 0, codec: Codec::Pcm16k }),
+        ("end", ClientMsg::End { utterance: utterance(), frames: 150, speech_frames: None }),
+        ("end_cut", ClientMsg::End { utterance: utterance(), frames: 150, speech_frames: Some(120) }),
     ];
     all_named(list, &cases.iter().map(|c| c.0).collect::<Vec<_>>());
     for (name, value) in cases {
         let text = find(list, name);
-        assert_eq!(
-            wire::parse_client_text(text),
-            Ok(value.clone()),
-            "{name}: decode"
-        );
+        assert_eq!(wire::parse_client_text(text), Ok(value.clone()), "{name}: decode");
         assert_eq!(value.to_json(), text, "{name}: encode");
     }
     for v in array(&file, "client_errors") {
@@ -344,14 +285,8 @@ fn wire_client_json() {
         assert!(matches!(err, WireError::Json(_)), "{name}: {err}");
         assert_eq!(err.close_code(), wire::close::PROTOCOL);
     }
-    let long = format!(
-        "{{\"type\":\"end\",\"utterance\":\"{U}\",\"frames\":1{}}}",
-        " ".repeat(4096)
-    );
-    assert_eq!(
-        wire::parse_client_text(&long),
-        Err(WireError::TextTooLarge(long.len()))
-    );
+    let long = format!("{{\"type\":\"end\",\"utterance\":\"{U}\",\"frames\":1{}}}", " ".repeat(4096));
+    assert_eq!(wire::parse_client_text(&long), Err(WireError::TextTooLarge(long.len())));
 }
 
 #[test]
@@ -360,53 +295,12 @@ fn wire_server_json() {
     let list = array(&file, "server");
     let u = utterance();
     let cases = [
-        (
-            "opened",
-            ServerMsg::Opened {
-                utterance: u,
-                handle: 7,
-                next_seq: 42,
-                complete: false,
-            },
-        ),
-        (
-            "opened_complete",
-            ServerMsg::Opened {
-                utterance: u,
-                handle: 7,
-                next_seq: 150,
-                complete: true,
-            },
-        ),
-        (
-            "complete",
-            ServerMsg::Complete {
-                utterance: u,
-                frames: 150,
-            },
-        ),
-        (
-            "partial",
-            ServerMsg::Partial {
-                utterance: u,
-                text: "turn on the".into(),
-            },
-        ),
-        (
-            "endpoint",
-            ServerMsg::Endpoint {
-                utterance: u,
-                frames: 88,
-            },
-        ),
-        (
-            "final",
-            ServerMsg::Final {
-                utterance: u,
-                text: "Turn on the lights \"now\".".into(),
-                segments: vec![],
-            },
-        ),
+        ("opened", ServerMsg::Opened { utterance: u, handle: 7, next_seq: 42, complete: false }),
+        ("opened_complete", ServerMsg::Opened { utterance: u, handle: 7, next_seq: 150, complete: true }),
+        ("complete", ServerMsg::Complete { utterance: u, frames: 150 }),
+        ("partial", ServerMsg::Partial { utterance: u, text: "turn on the".into() }),
+        ("endpoint", ServerMsg::Endpoint { utterance: u, frames: 88 }),
+        ("final", ServerMsg::Final { utterance: u, text: "Turn on the lights \"now\".".into(), segments: vec![] }),
         (
             "final_segments",
             ServerMsg::Final {
@@ -424,30 +318,17 @@ fn wire_server_json() {
                             word("lights.", 0.75, 1.5, 0.875),
                         ],
                     },
-                    Segment {
-                        start: 2.0,
-                        end: 2.5,
-                        text: "Now.".into(),
-                        words: vec![],
-                    },
+                    Segment { start: 2.0, end: 2.5, text: "Now.".into(), words: vec![] },
                 ],
             },
         ),
-        (
-            "reply",
-            ServerMsg::Reply {
-                utterance: u,
-                title: "Lights".into(),
-                body: "Done. Café mode.".into(),
-            },
-        ),
+        ("reply", ServerMsg::Reply { utterance: u, title: "Lights".into(), body: "Done. Café mode.".into() }),
         (
             "error_utterance",
             ServerMsg::Error {
                 utterance: Some(u),
                 code: "utterance_too_long".into(),
-                message: "an utterance may be at most 30000 frames; end it and start a new one"
-                    .into(),
+                message: "an utterance may be at most 30000 frames; end it and start a new one".into(),
             },
         ),
         (
@@ -462,23 +343,14 @@ fn wire_server_json() {
     all_named(list, &cases.iter().map(|c| c.0).collect::<Vec<_>>());
     for (name, value) in cases {
         let text = find(list, name);
-        assert_eq!(
-            wire::parse_server_text(text),
-            Ok(value.clone()),
-            "{name}: decode"
-        );
+        assert_eq!(wire::parse_server_text(text), Ok(value.clone()), "{name}: decode");
         assert_eq!(value.to_json(), text, "{name}: encode");
     }
 }
 
 /// A timed word, for the `segments` vectors.
 fn word(word: &str, start: f32, end: f32, probability: f32) -> Word {
-    Word {
-        word: word.into(),
-        start,
-        end,
-        probability,
-    }
+    Word { word: word.into(), start, end, probability }
 }
 
 fn http_case<T>(list: &[Value], name: &str, value: T)
@@ -486,16 +358,8 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
 {
     let text = find(list, name);
-    assert_eq!(
-        serde_json::from_str::<T>(text).expect(name),
-        value,
-        "{name}: decode"
-    );
-    assert_eq!(
-        serde_json::to_string(&value).unwrap(),
-        text,
-        "{name}: encode"
-    );
+    assert_eq!(serde_json::from_str::<T>(text).expect(name), value, "{name}: decode");
+    assert_eq!(serde_json::to_string(&value).unwrap(), text, "{name}: encode");
 }
 
 #[test]
@@ -529,12 +393,7 @@ fn http_json() {
             state: UtteranceState::Replied,
             frames: 150,
             transcript: Some("turn on the lights".into()),
-            segments: vec![Segment {
-                start: 0.0,
-                end: 1.25,
-                text: "turn on the lights".into(),
-                words: vec![],
-            }],
+            segments: vec![Segment { start: 0.0, end: 1.25, text: "turn on the lights".into(), words: vec![] }],
             reply_title: Some("Lights".into()),
             reply_body: Some("Done.".into()),
             error: None,
@@ -570,12 +429,7 @@ fn http_json() {
     http_case(
         list,
         "upload_response",
-        UploadResponse {
-            utterance: u,
-            state: UtteranceState::Complete,
-            frames: 150,
-            added: 108,
-        },
+        UploadResponse { utterance: u, state: UtteranceState::Complete, frames: 150, added: 108 },
     );
     http_case(
         list,
@@ -598,19 +452,9 @@ fn http_json() {
     http_case(
         list,
         "push_registration_fcm",
-        PushRegistration {
-            platform: PushPlatform::Fcm,
-            token: "t".into(),
-            environment: PushEnvironment::Production,
-        },
+        PushRegistration { platform: PushPlatform::Fcm, token: "t".into(), environment: PushEnvironment::Production },
     );
-    http_case(
-        list,
-        "text_utterance",
-        TextUtterance {
-            text: "call mum".into(),
-        },
-    );
+    http_case(list, "text_utterance", TextUtterance { text: "call mum".into() });
     http_case(
         list,
         "utterance_list",
@@ -629,45 +473,14 @@ fn http_json() {
             next_before: Some(u),
         },
     );
-    http_case(
-        list,
-        "utterance_list_last",
-        UtteranceList {
-            utterances: vec![],
-            next_before: None,
-        },
-    );
-    http_case(
-        list,
-        "deleted_data",
-        DeletedData {
-            utterances: 12,
-            audio_files: 11,
-        },
-    );
-    http_case(
-        list,
-        "new_device",
-        NewDevice {
-            name: "kitchen".into(),
-        },
-    );
-    http_case(
-        list,
-        "device_created",
-        DeviceCreated {
-            id: u,
-            name: "kitchen".into(),
-            token: "lyd_AAAA".into(),
-        },
-    );
+    http_case(list, "utterance_list_last", UtteranceList { utterances: vec![], next_before: None });
+    http_case(list, "deleted_data", DeletedData { utterances: 12, audio_files: 11 });
+    http_case(list, "new_device", NewDevice { name: "kitchen".into() });
+    http_case(list, "device_created", DeviceCreated { id: u, name: "kitchen".into(), token: "lyd_AAAA".into() });
     http_case(
         list,
         "error_body",
-        ErrorBody {
-            code: "payload_too_large".into(),
-            message: "uploads are at most 4194304 bytes".into(),
-        },
+        ErrorBody { code: "payload_too_large".into(), message: "uploads are at most 4194304 bytes".into() },
     );
     for s in [
         UtteranceState::Receiving,
@@ -677,10 +490,7 @@ fn http_json() {
         UtteranceState::Failed,
     ] {
         assert_eq!(UtteranceState::parse(s.as_str()), Some(s));
-        assert_eq!(
-            serde_json::to_string(&s).unwrap(),
-            format!("\"{}\"", s.as_str())
-        );
+        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
     }
 }
 
@@ -708,11 +518,7 @@ fn link_records() {
         let expected = record_of(&v["record"]);
         let mut d = Decoder::new();
         d.extend(&wire);
-        assert_eq!(
-            d.next_record(),
-            Ok(Some(expected.clone())),
-            "{name}: decode"
-        );
+        assert_eq!(d.next_record(), Ok(Some(expected.clone())), "{name}: decode");
         assert_eq!(d.next_record(), Ok(None), "{name}: nothing left");
         assert_eq!(expected.encode(), wire, "{name}: encode");
         stream.extend_from_slice(&wire);
@@ -729,22 +535,8 @@ fn link_records() {
     }
     assert_eq!(got, records);
     // The advertised service picks the framing.
-    assert_eq!(
-        records[0],
-        Record::Advertise {
-            service: ble::gatt::SERVICE,
-            att_mtu: 185,
-            codec: 0
-        }
-    );
-    assert_eq!(
-        records[1],
-        Record::Advertise {
-            service: omi::gatt::SERVICE,
-            att_mtu: 23,
-            codec: 21
-        }
-    );
+    assert_eq!(records[0], Record::Advertise { service: ble::gatt::SERVICE, att_mtu: 185, codec: 0 });
+    assert_eq!(records[1], Record::Advertise { service: omi::gatt::SERVICE, att_mtu: 23, codec: 21 });
 
     for v in array(&file, "errors") {
         let name = str_of(&v["name"]);
@@ -764,14 +556,7 @@ fn ogg_opus_three_packets() {
     let file = load("three_packets.json");
     let ogg = std::fs::read(golden_dir().join(str_of(&file["file"]))).unwrap();
     let packets: Vec<Vec<u8>> = array(&file, "packets").iter().map(bytes).collect();
-    assert_eq!(
-        oggopus::read(&ogg).expect("valid Ogg Opus"),
-        packets,
-        "decode"
-    );
-    let written = oggopus::write(
-        u64_of(&file["serial"]) as u32,
-        packets.iter().map(Vec::as_slice),
-    );
+    assert_eq!(oggopus::read(&ogg).expect("valid Ogg Opus"), packets, "decode");
+    let written = oggopus::write(u64_of(&file["serial"]) as u32, packets.iter().map(Vec::as_slice));
     assert_eq!(hex::encode(&written), hex::encode(&ogg), "encode");
 }

@@ -30,8 +30,12 @@ fn secs() -> impl Strategy<Value = f32> {
 }
 
 fn segments() -> impl Strategy<Value = Vec<wire::Segment>> {
-    let word = (any::<String>(), secs(), secs(), 0u32..=256)
-        .prop_map(|(word, start, end, p)| wire::Word { word, start, end, probability: p as f32 / 256.0 });
+    let word = (any::<String>(), secs(), secs(), 0u32..=256).prop_map(|(word, start, end, p)| wire::Word {
+        word,
+        start,
+        end,
+        probability: p as f32 / 256.0,
+    });
     let segment = (secs(), secs(), any::<String>(), prop::collection::vec(word, 0..3))
         .prop_map(|(start, end, text, words)| wire::Segment { start, end, text, words });
     prop::collection::vec(segment, 0..3)

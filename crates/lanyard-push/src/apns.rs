@@ -110,7 +110,12 @@ pub struct ApnsConfig {
 impl ApnsConfig {
     /// A configuration for the real APNs, with default expiration and
     /// deadline.
-    pub fn new(key_path: impl Into<PathBuf>, key_id: impl Into<String>, team_id: impl Into<String>, topic: impl Into<String>) -> Self {
+    pub fn new(
+        key_path: impl Into<PathBuf>,
+        key_id: impl Into<String>,
+        team_id: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
         Self {
             key_path: key_path.into(),
             key_id: key_id.into(),
@@ -176,11 +181,7 @@ impl ApnsProvider {
 
     /// As [`ApnsProvider::new`], reading time from `clock`.
     pub fn with_clock(cfg: ApnsConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
-        check_apple_id(
-            "key_id",
-            &cfg.key_id,
-            "the 10-character id shown next to the key in Apple Developer > Keys",
-        )?;
+        check_apple_id("key_id", &cfg.key_id, "the 10-character id shown next to the key in Apple Developer > Keys")?;
         check_apple_id(
             "team_id",
             &cfg.team_id,
@@ -265,7 +266,13 @@ impl ApnsProvider {
         }
     }
 
-    async fn post(&self, uri: &Uri, n: &Notification, payload: &Bytes, jwt: &str) -> Result<crate::http::Response, PushError> {
+    async fn post(
+        &self,
+        uri: &Uri,
+        n: &Notification,
+        payload: &Bytes,
+        jwt: &str,
+    ) -> Result<crate::http::Response, PushError> {
         let req = Request::builder()
             .method(Method::POST)
             .uri(uri.clone())
@@ -380,40 +387,32 @@ pub fn map_apns_error(status: u16, reason: Option<&str>, retry_after: Option<Dur
             PushError::token_invalid(format!("{said}: the token belongs to another app than the configured topic"))
         }
         (400, "MissingDeviceToken") => PushError::token_invalid(format!("{said}: the token is empty")),
-        (400, "IdleTimeout") => PushError::Retry {
-            reason: format!("{said}: the connection idled out"),
-            retry_after,
-        },
+        (400, "IdleTimeout") => PushError::Retry { reason: format!("{said}: the connection idled out"), retry_after },
         (400, "BadTopic" | "TopicDisallowed" | "MissingTopic") => {
             PushError::undeliverable(format!("{said}: check ApnsConfig::topic, which must be the app's bundle id"))
         }
-        (400, "BadExpirationDate" | "BadPriority" | "BadCollapseId" | "BadMessageId" | "DuplicateHeaders" | "InvalidPushType") => {
-            PushError::undeliverable(format!("{said}: a request header is wrong; this is a bug in lanyard-push"))
+        (
+            400,
+            "BadExpirationDate" | "BadPriority" | "BadCollapseId" | "BadMessageId" | "DuplicateHeaders"
+            | "InvalidPushType",
+        ) => PushError::undeliverable(format!("{said}: a request header is wrong; this is a bug in lanyard-push")),
+        (403, "ExpiredProviderToken") => {
+            PushError::Retry { reason: format!("{said}: the provider token is being renewed"), retry_after }
         }
-        (403, "ExpiredProviderToken") => PushError::Retry {
-            reason: format!("{said}: the provider token is being renewed"),
-            retry_after,
-        },
-        (403, "InvalidProviderToken" | "MissingProviderToken" | "UnrelatedKeyIdInToken" | "BadEnvironmentKeyIdInToken") => {
-            PushError::undeliverable(format!(
-                "{said}: check ApnsConfig::key_id and team_id against the .p8 key, and that the key is not revoked in Apple Developer > Keys"
-            ))
+        (
+            403,
+            "InvalidProviderToken" | "MissingProviderToken" | "UnrelatedKeyIdInToken" | "BadEnvironmentKeyIdInToken",
+        ) => PushError::undeliverable(format!(
+            "{said}: check ApnsConfig::key_id and team_id against the .p8 key, and that the key is not revoked in Apple Developer > Keys"
+        )),
+        (403, _) => {
+            PushError::undeliverable(format!("{said}: APNs refuses this sender; check the key, team and topic"))
         }
-        (403, _) => PushError::undeliverable(format!("{said}: APNs refuses this sender; check the key, team and topic")),
         (413, _) => PushError::undeliverable(format!("{said}: the payload is over {APNS_MAX_PAYLOAD} bytes")),
-        (429, _) => PushError::Retry {
-            reason: format!("{said}: sending too fast"),
-            retry_after,
-        },
-        (500..=599, _) => PushError::Retry {
-            reason: format!("{said}: APNs is having trouble"),
-            retry_after,
-        },
+        (429, _) => PushError::Retry { reason: format!("{said}: sending too fast"), retry_after },
+        (500..=599, _) => PushError::Retry { reason: format!("{said}: APNs is having trouble"), retry_after },
         (400..=499, _) => PushError::undeliverable(said),
-        _ => PushError::Retry {
-            reason: format!("{said}: unexpected answer"),
-            retry_after,
-        },
+        _ => PushError::Retry { reason: format!("{said}: unexpected answer"), retry_after },
     }
 }
 
@@ -452,12 +451,8 @@ fn encode_payload(n: &Notification, body: &str) -> Vec<u8> {
     let mut aps = Map::new();
     aps.insert("alert".into(), json!({ "title": n.title, "body": body }));
     aps.insert("sound".into(), json!("default"));
-    let mut root: Map<String, Value> = n
-        .data
-        .iter()
-        .filter(|(k, _)| k.as_str() != "aps")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut root: Map<String, Value> =
+        n.data.iter().filter(|(k, _)| k.as_str() != "aps").map(|(k, v)| (k.clone(), v.clone())).collect();
     root.insert("aps".into(), Value::Object(aps));
     serde_json::to_vec(&Value::Object(root)).expect("a JSON map always serializes")
 }
@@ -474,14 +469,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 fn sign_token(key: &EncodingKey, key_id: &str, team_id: &str, iat: u64) -> Result<String, jsonwebtoken::errors::Error> {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(key_id.to_owned());
-    jsonwebtoken::encode(
-        &header,
-        &ProviderClaims {
-            iss: team_id.to_owned(),
-            iat,
-        },
-        key,
-    )
+    jsonwebtoken::encode(&header, &ProviderClaims { iss: team_id.to_owned(), iat }, key)
 }
 
 /// A device token is hex (64 digits today; Apple says the length may grow).
@@ -491,19 +479,13 @@ fn check_device_token(token: &str) -> Result<(), PushError> {
         return Err(PushError::token_invalid("the APNs device token is empty"));
     }
     if !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(PushError::token_invalid(
-            "an APNs device token is hexadecimal digits, and this one is not",
-        ));
+        return Err(PushError::token_invalid("an APNs device token is hexadecimal digits, and this one is not"));
     }
     Ok(())
 }
 
 fn bad_field(field: &'static str, reason: String) -> ConfigError {
-    ConfigError::BadField {
-        provider: "APNs",
-        field,
-        reason,
-    }
+    ConfigError::BadField { provider: "APNs", field, reason }
 }
 
 /// Key ids and team ids are 10 upper-case letters and digits.
@@ -512,10 +494,7 @@ fn check_apple_id(field: &'static str, value: &str, what: &str) -> Result<(), Co
         return Err(bad_field(field, format!("it is empty; give {what}")));
     }
     if value.len() != 10 || !value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
-        return Err(bad_field(
-            field,
-            format!("{value:?} is not 10 upper-case letters and digits; give {what}"),
-        ));
+        return Err(bad_field(field, format!("{value:?} is not 10 upper-case letters and digits; give {what}")));
     }
     Ok(())
 }
@@ -539,7 +518,12 @@ fn check_topic(topic: &str) -> Result<(), ConfigError> {
 }
 
 /// A base URL: https, a host, no path; returned without a trailing slash.
-pub(crate) fn check_base_url_for(provider: &'static str, field: &'static str, url: &str, allow_http: bool) -> Result<String, ConfigError> {
+pub(crate) fn check_base_url_for(
+    provider: &'static str,
+    field: &'static str,
+    url: &str,
+    allow_http: bool,
+) -> Result<String, ConfigError> {
     let bad = |reason: String| ConfigError::BadField { provider, field, reason };
     let trimmed = url.trim_end_matches('/');
     let uri: Uri = trimmed.parse().map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?;
@@ -552,9 +536,7 @@ pub(crate) fn check_base_url_for(provider: &'static str, field: &'static str, ur
         return Err(bad(format!("{url:?} has no host")));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(bad(format!(
-            "{url:?} must be a base URL without a path, such as {APNS_PRODUCTION_URL}"
-        )));
+        return Err(bad(format!("{url:?} must be a base URL without a path, such as {APNS_PRODUCTION_URL}")));
     }
     Ok(trimmed.to_owned())
 }
@@ -572,10 +554,7 @@ fn load_key(path: &std::path::Path) -> Result<EncodingKey, ConfigError> {
         hint: "set ApnsConfig::key_path to the AuthKey_XXXXXXXXXX.p8 file downloaded from Apple Developer > Keys, readable by this server",
         source,
     })?;
-    let bad = |reason: String| ConfigError::BadApnsKey {
-        path: path.to_owned(),
-        reason,
-    };
+    let bad = |reason: String| ConfigError::BadApnsKey { path: path.to_owned(), reason };
     let der = crate::keys::pkcs8_der(&text).map_err(bad)?;
     match crate::keys::classify(&der) {
         crate::keys::KeyKind::EcP256 => Ok(EncodingKey::from_ec_der(&der)),
@@ -663,10 +642,7 @@ mod tests {
         let wait = Some(Duration::from_secs(7));
         assert_eq!(
             map_apns_error(429, Some("TooManyRequests"), wait),
-            Retry {
-                reason: "APNs answered 429 TooManyRequests: sending too fast".into(),
-                retry_after: wait
-            }
+            Retry { reason: "APNs answered 429 TooManyRequests: sending too fast".into(), retry_after: wait }
         );
     }
 

@@ -43,10 +43,7 @@ fn retry_hint(retry_after: &Option<Duration>) -> String {
 
 impl PushError {
     pub(crate) fn retry(reason: impl Into<String>) -> Self {
-        PushError::Retry {
-            reason: reason.into(),
-            retry_after: None,
-        }
+        PushError::Retry { reason: reason.into(), retry_after: None }
     }
 
     pub(crate) fn token_invalid(reason: impl Into<String>) -> Self {
@@ -92,13 +89,11 @@ pub enum ConfigError {
 
     /// A configuration value is missing or malformed.
     #[error("{provider} setting `{field}` is invalid: {reason}")]
-    BadField {
-        provider: &'static str,
-        field: &'static str,
-        reason: String,
-    },
+    BadField { provider: &'static str, field: &'static str, reason: String },
 
     /// An extra root certificate cannot be used.
-    #[error("the root certificate file {path} is not usable: {reason}; give PEM certificates (-----BEGIN CERTIFICATE-----)")]
+    #[error(
+        "the root certificate file {path} is not usable: {reason}; give PEM certificates (-----BEGIN CERTIFICATE-----)"
+    )]
     BadRootCert { path: PathBuf, reason: String },
 }

@@ -169,11 +169,9 @@ impl FcmProvider {
             hint: "set FcmConfig::service_account_path to the JSON key from the Firebase console > Project settings > Service accounts, readable by this server",
             source,
         })?;
-        let bad = |reason: String| ConfigError::BadServiceAccount {
-            path: path.clone(),
-            reason,
-        };
-        let sa: ServiceAccount = serde_json::from_str(&text).map_err(|e| bad(format!("it is not a service-account JSON key: {e}")))?;
+        let bad = |reason: String| ConfigError::BadServiceAccount { path: path.clone(), reason };
+        let sa: ServiceAccount =
+            serde_json::from_str(&text).map_err(|e| bad(format!("it is not a service-account JSON key: {e}")))?;
         if sa.kind != "service_account" {
             return Err(bad(format!(
                 "its type is {:?}, not \"service_account\" (google-services.json and OAuth client files are not service-account keys)",
@@ -181,10 +179,7 @@ impl FcmProvider {
             )));
         }
         if sa.project_id.is_empty()
-            || !sa
-                .project_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.'))
+            || !sa.project_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.'))
         {
             return Err(bad(format!("its project_id {:?} is not a Google Cloud project id", sa.project_id)));
         }
@@ -198,18 +193,12 @@ impl FcmProvider {
                 return Err(bad(format!("its private_key is {other}; Google service-account keys are RSA")));
             }
         }
-        let key = EncodingKey::from_rsa_pem(sa.private_key.as_bytes()).map_err(|e| bad(format!("its private_key cannot be read: {e}")))?;
+        let key = EncodingKey::from_rsa_pem(sa.private_key.as_bytes())
+            .map_err(|e| bad(format!("its private_key cannot be read: {e}")))?;
 
-        let token_uri = cfg
-            .token_uri_override
-            .clone()
-            .or(sa.token_uri.clone())
-            .unwrap_or_else(|| GOOGLE_TOKEN_URI.to_owned());
-        let token_field = if cfg.token_uri_override.is_some() {
-            "token_uri_override"
-        } else {
-            "token_uri"
-        };
+        let token_uri =
+            cfg.token_uri_override.clone().or(sa.token_uri.clone()).unwrap_or_else(|| GOOGLE_TOKEN_URI.to_owned());
+        let token_field = if cfg.token_uri_override.is_some() { "token_uri_override" } else { "token_uri" };
         token_uri
             .parse::<Uri>()
             .ok()
@@ -285,9 +274,8 @@ impl FcmProvider {
     }
 
     async fn fetch_token(&self) -> Result<AccessToken, PushError> {
-        let assertion = self
-            .assertion()
-            .map_err(|e| PushError::retry(format!("cannot sign the OAuth assertion: {e}")))?;
+        let assertion =
+            self.assertion().map_err(|e| PushError::retry(format!("cannot sign the OAuth assertion: {e}")))?;
         let body = format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}");
         let req = Request::builder()
             .method(Method::POST)
@@ -296,11 +284,9 @@ impl FcmProvider {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| PushError::retry(format!("cannot build the OAuth token request: {e}")))?;
         let asked_at = self.clock.now();
-        let resp = self
-            .http
-            .send(req)
-            .await
-            .map_err(|e| PushError::retry(format!("no answer from the OAuth token endpoint {}: {e}", self.token_uri)))?;
+        let resp = self.http.send(req).await.map_err(|e| {
+            PushError::retry(format!("no answer from the OAuth token endpoint {}: {e}", self.token_uri))
+        })?;
         if resp.status != StatusCode::OK {
             // Every failure here is retried: 5xx and 429 are temporary, and a
             // refused grant (a deleted key, a skewed clock) needs an operator
@@ -315,16 +301,10 @@ impl FcmProvider {
             });
         }
         let t: TokenResponse = serde_json::from_slice(&resp.body).map_err(|e| {
-            PushError::retry(format!(
-                "the OAuth token endpoint {} answered with no usable token: {e}",
-                self.token_uri
-            ))
+            PushError::retry(format!("the OAuth token endpoint {} answered with no usable token: {e}", self.token_uri))
         })?;
         tracing::debug!(expires_in = t.expires_in, "fetched an FCM access token");
-        Ok(AccessToken {
-            token: t.access_token,
-            expires_at: asked_at + Duration::from_secs(t.expires_in),
-        })
+        Ok(AccessToken { token: t.access_token, expires_at: asked_at + Duration::from_secs(t.expires_in) })
     }
 
     async fn post(&self, body: &Bytes, token: &str) -> Result<crate::http::Response, PushError> {
@@ -335,10 +315,7 @@ impl FcmProvider {
             .header(http::header::CONTENT_TYPE, "application/json; charset=UTF-8")
             .body(Full::new(body.clone()))
             .map_err(|e| PushError::undeliverable(format!("cannot build the FCM request: {e}")))?;
-        self.http
-            .send(req)
-            .await
-            .map_err(|e| PushError::retry(format!("no answer from FCM at {}: {e}", self.send_uri)))
+        self.http.send(req).await.map_err(|e| PushError::retry(format!("no answer from FCM at {}: {e}", self.send_uri)))
     }
 }
 
@@ -364,7 +341,10 @@ impl PushProvider for FcmProvider {
             }
             let err = serde_json::from_slice::<FcmErrorBody>(&resp.body).ok().map(|b| b.error);
             let error_code = err.as_ref().and_then(|e| e.details.iter().find_map(|d| d.error_code.clone()));
-            if resp.status == StatusCode::UNAUTHORIZED && error_code.as_deref() != Some("THIRD_PARTY_AUTH_ERROR") && !resent {
+            if resp.status == StatusCode::UNAUTHORIZED
+                && error_code.as_deref() != Some("THIRD_PARTY_AUTH_ERROR")
+                && !resent
+            {
                 tracing::info!(utterance = %n.utterance_id, "FCM refused the access token; fetching a new one and sending again");
                 token = self.access_token(Some(&token)).await?;
                 resent = true;
@@ -450,8 +430,12 @@ pub fn map_fcm_error(
     let said = format!("FCM answered {status} {code}: {msg}");
     let about_token = msg.to_ascii_lowercase().contains("token");
     match (status, code) {
-        (404, _) | (_, "UNREGISTERED") => PushError::token_invalid(format!("{said} (the app was uninstalled or the token expired)")),
-        (_, "SENDER_ID_MISMATCH") => PushError::token_invalid(format!("{said} (the token belongs to another Firebase project)")),
+        (404, _) | (_, "UNREGISTERED") => {
+            PushError::token_invalid(format!("{said} (the app was uninstalled or the token expired)"))
+        }
+        (_, "SENDER_ID_MISMATCH") => {
+            PushError::token_invalid(format!("{said} (the token belongs to another Firebase project)"))
+        }
         (400, _) if about_token => PushError::token_invalid(format!("{said} (the token is malformed)")),
         (400, _) => PushError::undeliverable(format!(
             "{said} (the message is malformed; this is a bug in lanyard-push or in the notification's data)"
@@ -459,26 +443,14 @@ pub fn map_fcm_error(
         (401, "THIRD_PARTY_AUTH_ERROR") => PushError::undeliverable(format!(
             "{said} (the APNs key or certificate uploaded in Firebase > Project settings > Cloud Messaging is refused)"
         )),
-        (401, _) => PushError::Retry {
-            reason: format!("{said} (the access token was refused)"),
-            retry_after,
-        },
+        (401, _) => PushError::Retry { reason: format!("{said} (the access token was refused)"), retry_after },
         (403, _) => PushError::undeliverable(format!(
             "{said} (the service account may not send: give it the Firebase Cloud Messaging API Admin role and enable the FCM API v1)"
         )),
-        (429, _) => PushError::Retry {
-            reason: format!("{said} (sending too fast)"),
-            retry_after,
-        },
-        (500..=599, _) => PushError::Retry {
-            reason: format!("{said} (FCM is having trouble)"),
-            retry_after,
-        },
+        (429, _) => PushError::Retry { reason: format!("{said} (sending too fast)"), retry_after },
+        (500..=599, _) => PushError::Retry { reason: format!("{said} (FCM is having trouble)"), retry_after },
         (400..=499, _) => PushError::undeliverable(said),
-        _ => PushError::Retry {
-            reason: format!("{said} (unexpected answer)"),
-            retry_after,
-        },
+        _ => PushError::Retry { reason: format!("{said} (unexpected answer)"), retry_after },
     }
 }
 
@@ -518,10 +490,7 @@ mod tests {
     #[test]
     fn error_mapping_follows_the_fcm_table() {
         use PushError::*;
-        assert!(matches!(
-            map_fcm_error(404, Some("NOT_FOUND"), Some("UNREGISTERED"), None, None),
-            TokenInvalid { .. }
-        ));
+        assert!(matches!(map_fcm_error(404, Some("NOT_FOUND"), Some("UNREGISTERED"), None, None), TokenInvalid { .. }));
         assert!(matches!(
             map_fcm_error(
                 400,
@@ -546,20 +515,13 @@ mod tests {
             map_fcm_error(403, Some("PERMISSION_DENIED"), Some("SENDER_ID_MISMATCH"), None, None),
             TokenInvalid { .. }
         ));
-        assert!(matches!(
-            map_fcm_error(403, Some("PERMISSION_DENIED"), None, None, None),
-            Undeliverable { .. }
-        ));
-        assert!(matches!(
-            map_fcm_error(401, Some("UNAUTHENTICATED"), None, None, None),
-            Retry { .. }
-        ));
-        assert!(matches!(
-            map_fcm_error(401, None, Some("THIRD_PARTY_AUTH_ERROR"), None, None),
-            Undeliverable { .. }
-        ));
+        assert!(matches!(map_fcm_error(403, Some("PERMISSION_DENIED"), None, None, None), Undeliverable { .. }));
+        assert!(matches!(map_fcm_error(401, Some("UNAUTHENTICATED"), None, None, None), Retry { .. }));
+        assert!(matches!(map_fcm_error(401, None, Some("THIRD_PARTY_AUTH_ERROR"), None, None), Undeliverable { .. }));
         let wait = Some(Duration::from_secs(9));
-        assert!(matches!(map_fcm_error(429, None, Some("QUOTA_EXCEEDED"), None, wait), Retry { retry_after, .. } if retry_after == wait));
+        assert!(
+            matches!(map_fcm_error(429, None, Some("QUOTA_EXCEEDED"), None, wait), Retry { retry_after, .. } if retry_after == wait)
+        );
         assert!(matches!(map_fcm_error(500, Some("INTERNAL"), None, None, None), Retry { .. }));
         assert!(matches!(map_fcm_error(503, Some("UNAVAILABLE"), None, None, None), Retry { .. }));
     }

@@ -65,10 +65,7 @@ impl PushProvider for FileSink {
             title: &n.title,
             body: &n.body,
             data: &n.data,
-            sent_at_ms: std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0),
+            sent_at_ms: std::time::SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
         };
         let mut json = serde_json::to_vec(&line).expect("a notification always serializes");
         json.push(b'\n');

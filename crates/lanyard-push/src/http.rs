@@ -67,9 +67,7 @@ impl HttpClient {
     /// Builds a client that trusts the public web roots and the PEM
     /// certificates in `extra_root_certs`.
     pub fn new(versions: Versions, extra_root_certs: &[PathBuf], timeout: Duration) -> Result<Self, ConfigError> {
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         for path in extra_root_certs {
             let pem = std::fs::read(path).map_err(|source| ConfigError::Unreadable {
                 what: "a root certificate",
@@ -77,24 +75,14 @@ impl HttpClient {
                 hint: "check the path in extra_root_certs (leave it empty for the real services)",
                 source,
             })?;
-            let certs: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(&pem)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| ConfigError::BadRootCert {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConfigError::BadRootCert { path: path.clone(), reason: e.to_string() })?;
             if certs.is_empty() {
-                return Err(ConfigError::BadRootCert {
-                    path: path.clone(),
-                    reason: "it holds no certificate".into(),
-                });
+                return Err(ConfigError::BadRootCert { path: path.clone(), reason: "it holds no certificate".into() });
             }
             for cert in certs {
-                roots.add(cert).map_err(|e| ConfigError::BadRootCert {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                roots.add(cert).map_err(|e| ConfigError::BadRootCert { path: path.clone(), reason: e.to_string() })?;
             }
         }
         // The provider is named rather than taken from the process default,
@@ -133,22 +121,14 @@ impl HttpClient {
     /// Sends `req` and reads the whole response, within the deadline.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response, TransportError> {
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| TransportError::Request(error_chain(&e)))?;
+            let resp = self.client.request(req).await.map_err(|e| TransportError::Request(error_chain(&e)))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map_err(|e| TransportError::Body(e.to_string()))?
                 .to_bytes();
-            Ok(Response {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
+            Ok(Response { status: parts.status, headers: parts.headers, body })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,

@@ -88,12 +88,15 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use apns::{
-    APNS_MAX_PAYLOAD, APNS_PRODUCTION_URL, APNS_SANDBOX_URL, ApnsConfig, ApnsProvider, TOKEN_MIN_REFRESH_INTERVAL, TOKEN_REFRESH_AFTER,
-    apns_payload, map_apns_error,
+    APNS_MAX_PAYLOAD, APNS_PRODUCTION_URL, APNS_SANDBOX_URL, ApnsConfig, ApnsProvider, TOKEN_MIN_REFRESH_INTERVAL,
+    TOKEN_REFRESH_AFTER, apns_payload, map_apns_error,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, PushError};
-pub use fcm::{ACCESS_TOKEN_MARGIN, FCM_DEFAULT_BASE_URL, FCM_SCOPE, FcmConfig, FcmProvider, GOOGLE_TOKEN_URI, fcm_message, map_fcm_error};
+pub use fcm::{
+    ACCESS_TOKEN_MARGIN, FCM_DEFAULT_BASE_URL, FCM_SCOPE, FcmConfig, FcmProvider, GOOGLE_TOKEN_URI, fcm_message,
+    map_fcm_error,
+};
 pub use file_sink::FileSink;
 pub use router::Router;
 

@@ -157,13 +157,9 @@ struct Identity {
 
 impl Identity {
     fn generate() -> Self {
-        let ck =
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("rcgen makes a certificate");
-        Self {
-            cert_pem: ck.cert.pem(),
-            cert_der: ck.cert.der().clone(),
-            key_der: ck.key_pair.serialize_der(),
-        }
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("rcgen makes a certificate");
+        Self { cert_pem: ck.cert.pem(), cert_der: ck.cert.der().clone(), key_der: ck.key_pair.serialize_der() }
     }
 
     fn acceptor(&self, alpn: &[&[u8]]) -> TlsAcceptor {
@@ -241,11 +237,7 @@ impl Server {
                 });
             }
         });
-        Ok(Self {
-            addr,
-            cert_pem: identity.cert_pem,
-            task,
-        })
+        Ok(Self { addr, cert_pem: identity.cert_pem, task })
     }
 
     fn url(&self) -> String {
@@ -300,7 +292,9 @@ mod tests {
 
     #[test]
     fn forms_decode() {
-        let f = parse_form(b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=a.b-c_d&x=1+2&bad=%zz&end=%4");
+        let f = parse_form(
+            b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=a.b-c_d&x=1+2&bad=%zz&end=%4",
+        );
         assert_eq!(f[0], ("grant_type".into(), "urn:ietf:params:oauth:grant-type:jwt-bearer".into()));
         assert_eq!(f[1], ("assertion".into(), "a.b-c_d".into()));
         assert_eq!(f[2], ("x".into(), "1 2".into()));

@@ -12,7 +12,9 @@ use std::time::Duration;
 use common::{ApnsRig, TOPIC};
 use http::Version;
 use lanyard_push::testing::{ApnsPeer, ApnsPeerConfig, PeerReply, TestApnsKey, TestServiceAccount, write_file};
-use lanyard_push::{ApnsConfig, ApnsEnvironment, ApnsProvider, Clock, ConfigError, ManualClock, PushError, PushProvider, collapse_id};
+use lanyard_push::{
+    ApnsConfig, ApnsEnvironment, ApnsProvider, Clock, ConfigError, ManualClock, PushError, PushProvider, collapse_id,
+};
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -92,33 +94,19 @@ async fn a_payload_that_cannot_fit_is_undeliverable_without_a_request() {
 async fn each_apns_answer_maps_to_its_action() {
     let rig = ApnsRig::start().await;
     let cases: Vec<(PeerReply, Expect)> = vec![
-        (PeerReply::error(410, "Unregistered"), |e| {
-            matches!(e, PushError::TokenInvalid { .. })
-        }),
-        (PeerReply::error(400, "BadDeviceToken"), |e| {
-            matches!(e, PushError::TokenInvalid { .. })
-        }),
-        (PeerReply::error(400, "DeviceTokenNotForTopic"), |e| {
-            matches!(e, PushError::TokenInvalid { .. })
-        }),
-        (PeerReply::error(500, "InternalServerError"), |e| {
-            matches!(e, PushError::Retry { retry_after: None, .. })
-        }),
+        (PeerReply::error(410, "Unregistered"), |e| matches!(e, PushError::TokenInvalid { .. })),
+        (PeerReply::error(400, "BadDeviceToken"), |e| matches!(e, PushError::TokenInvalid { .. })),
+        (PeerReply::error(400, "DeviceTokenNotForTopic"), |e| matches!(e, PushError::TokenInvalid { .. })),
+        (PeerReply::error(500, "InternalServerError"), |e| matches!(e, PushError::Retry { retry_after: None, .. })),
         (
             PeerReply::error(503, "ServiceUnavailable").with_retry_after(30),
             |e| matches!(e, PushError::Retry { retry_after: Some(d), .. } if *d == Duration::from_secs(30)),
         ),
         (PeerReply::error(429, "TooManyRequests"), |e| matches!(e, PushError::Retry { .. })),
-        (PeerReply::error(413, "PayloadTooLarge"), |e| {
-            matches!(e, PushError::Undeliverable { .. })
-        }),
+        (PeerReply::error(413, "PayloadTooLarge"), |e| matches!(e, PushError::Undeliverable { .. })),
         (PeerReply::error(400, "BadTopic"), |e| matches!(e, PushError::Undeliverable { .. })),
-        (PeerReply::error(400, "TopicDisallowed"), |e| {
-            matches!(e, PushError::Undeliverable { .. })
-        }),
-        (PeerReply::error(400, "BadCollapseId"), |e| {
-            matches!(e, PushError::Undeliverable { .. })
-        }),
+        (PeerReply::error(400, "TopicDisallowed"), |e| matches!(e, PushError::Undeliverable { .. })),
+        (PeerReply::error(400, "BadCollapseId"), |e| matches!(e, PushError::Undeliverable { .. })),
     ];
     for (reply, expected) in cases {
         let answer = reply.clone();
@@ -184,11 +172,7 @@ async fn expired_provider_token_re_signs_an_old_token_and_sends_again() {
     rig.clock.advance(25 * MINUTE);
     // Apple disagrees about the first token's age.
     rig.production.set_script(move |r| {
-        if r.jwt_iat == Some(t0) {
-            PeerReply::error(403, "ExpiredProviderToken")
-        } else {
-            PeerReply::ok()
-        }
+        if r.jwt_iat == Some(t0) { PeerReply::error(403, "ExpiredProviderToken") } else { PeerReply::ok() }
     });
     rig.provider.send(&rig.notification()).await.unwrap();
     let got = rig.production.received();
@@ -237,11 +221,7 @@ async fn expired_provider_token_never_re_signs_within_20_minutes() {
     rig.production.set_script({
         let first_refresh = rig.production.received().last().unwrap().jwt.clone();
         move |r| {
-            if r.jwt == first_refresh {
-                PeerReply::error(403, "ExpiredProviderToken")
-            } else {
-                PeerReply::ok()
-            }
+            if r.jwt == first_refresh { PeerReply::error(403, "ExpiredProviderToken") } else { PeerReply::ok() }
         }
     });
     rig.provider.send(&rig.notification()).await.unwrap();
@@ -258,10 +238,7 @@ async fn the_peer_refuses_tokens_older_than_an_hour() {
     let err = provider.send(&rig.notification()).await.unwrap_err();
     assert!(matches!(err, PushError::Retry { .. }), "{err}");
     let r = &rig.production.received()[0];
-    assert_eq!(
-        (r.answered_status, r.answered_reason.as_deref()),
-        (403, Some("ExpiredProviderToken"))
-    );
+    assert_eq!((r.answered_status, r.answered_reason.as_deref()), (403, Some("ExpiredProviderToken")));
 }
 
 #[tokio::test]
@@ -273,10 +250,7 @@ async fn the_peer_refuses_a_token_signed_by_another_key_or_team() {
     let provider = ApnsProvider::with_clock(cfg, rig.clock.clone()).unwrap();
     let err = provider.send(&rig.notification()).await.unwrap_err();
     assert!(matches!(err, PushError::Undeliverable { .. }), "{err}");
-    assert!(
-        err.to_string().contains("InvalidProviderToken") && err.to_string().contains("key_id"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("InvalidProviderToken") && err.to_string().contains("key_id"), "{err}");
 
     let mut cfg = rig.cfg.clone();
     cfg.team_id = "OTHERTEAM1".into();
@@ -366,10 +340,7 @@ fn config_errors_say_what_to_fix() {
     let mut cfg = good_config(d);
     cfg.key_path = d.join("AuthKey_MISSING.p8");
     let msg = config_error(cfg);
-    assert!(
-        msg.contains("AuthKey_MISSING.p8") && msg.contains("Apple Developer > Keys"),
-        "{msg}"
-    );
+    assert!(msg.contains("AuthKey_MISSING.p8") && msg.contains("Apple Developer > Keys"), "{msg}");
 
     let mut cfg = good_config(d);
     cfg.key_path = write_file(d, "rsa.p8", &TestServiceAccount::generate("p").private_key_pem);
@@ -383,9 +354,7 @@ fn config_errors_say_what_to_fix() {
     assert!(msg.contains("P-384"), "{msg}");
 
     let mut cfg = good_config(d);
-    let sec1 = std::fs::read_to_string(&cfg.key_path)
-        .unwrap()
-        .replace("PRIVATE KEY", "EC PRIVATE KEY");
+    let sec1 = std::fs::read_to_string(&cfg.key_path).unwrap().replace("PRIVATE KEY", "EC PRIVATE KEY");
     cfg.key_path = write_file(d, "sec1.pem", &sec1);
     let msg = config_error(cfg);
     assert!(msg.contains("SEC1") && msg.contains("openssl pkcs8 -topk8"), "{msg}");
@@ -435,11 +404,7 @@ async fn raw_request(peer: &ApnsPeer, headers: &[(&str, String)], body: Vec<u8>)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http2()
-        .build();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http2().build();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build::<_, Full<bytes::Bytes>>(connector);
@@ -447,15 +412,10 @@ async fn raw_request(peer: &ApnsPeer, headers: &[(&str, String)], body: Vec<u8>)
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    let resp = client
-        .request(req.body(Full::new(bytes::Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
+    let resp = client.request(req.body(Full::new(bytes::Bytes::from(body))).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let reason = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["reason"].as_str().map(str::to_owned));
+    let reason = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["reason"].as_str().map(str::to_owned));
     (status, reason)
 }
 
@@ -463,10 +423,7 @@ async fn raw_request(peer: &ApnsPeer, headers: &[(&str, String)], body: Vec<u8>)
 async fn the_peer_answers_bad_requests_as_apns_would() {
     let key = TestApnsKey::generate();
     let peer = ApnsPeer::start(ApnsPeerConfig::new(&key, TOPIC)).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let sign = |iat: u64| {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         h.kid = Some(key.key_id.clone());
@@ -493,54 +450,27 @@ async fn the_peer_answers_bad_requests_as_apns_would() {
 
     assert_eq!(raw_request(&peer, &good(sign(now)), payload()).await, (200, None));
     let r = |s: &str| Some(s.to_string());
-    assert_eq!(
-        raw_request(&peer, &without("authorization"), payload()).await,
-        (403, r("MissingProviderToken"))
-    );
-    assert_eq!(
-        raw_request(&peer, &good(sign(now - 3601)), payload()).await,
-        (403, r("ExpiredProviderToken"))
-    );
-    assert_eq!(
-        raw_request(&peer, &good(sign(now + 600)), payload()).await,
-        (403, r("InvalidProviderToken"))
-    );
+    assert_eq!(raw_request(&peer, &without("authorization"), payload()).await, (403, r("MissingProviderToken")));
+    assert_eq!(raw_request(&peer, &good(sign(now - 3601)), payload()).await, (403, r("ExpiredProviderToken")));
+    assert_eq!(raw_request(&peer, &good(sign(now + 600)), payload()).await, (403, r("InvalidProviderToken")));
     let forged = {
         let jwt = sign(now);
         let (head, _) = jwt.rsplit_once('.').unwrap();
         format!("{head}.{}", "A".repeat(86))
     };
     assert_eq!(raw_request(&peer, &good(forged), payload()).await, (403, r("InvalidProviderToken")));
-    assert_eq!(
-        raw_request(&peer, &without("apns-topic"), payload()).await,
-        (400, r("MissingTopic"))
-    );
-    assert_eq!(
-        raw_request(&peer, &with("apns-push-type", "background"), payload()).await,
-        (400, r("InvalidPushType"))
-    );
-    assert_eq!(
-        raw_request(&peer, &with("apns-priority", "7"), payload()).await,
-        (400, r("BadPriority"))
-    );
-    assert_eq!(
-        raw_request(&peer, &without("apns-expiration"), payload()).await,
-        (400, r("BadExpirationDate"))
-    );
+    assert_eq!(raw_request(&peer, &without("apns-topic"), payload()).await, (400, r("MissingTopic")));
+    assert_eq!(raw_request(&peer, &with("apns-push-type", "background"), payload()).await, (400, r("InvalidPushType")));
+    assert_eq!(raw_request(&peer, &with("apns-priority", "7"), payload()).await, (400, r("BadPriority")));
+    assert_eq!(raw_request(&peer, &without("apns-expiration"), payload()).await, (400, r("BadExpirationDate")));
     assert_eq!(
         raw_request(&peer, &with("apns-collapse-id", &"c".repeat(65)), payload()).await,
         (400, r("BadCollapseId"))
     );
-    assert_eq!(
-        raw_request(&peer, &with("apns-id", "not-a-uuid"), payload()).await,
-        (400, r("BadMessageId"))
-    );
+    assert_eq!(raw_request(&peer, &with("apns-id", "not-a-uuid"), payload()).await, (400, r("BadMessageId")));
     assert_eq!(raw_request(&peer, &good(sign(now)), Vec::new()).await, (400, r("PayloadEmpty")));
     let big = format!(r#"{{"aps":{{"alert":{{"title":"t","body":"{}"}}}}}}"#, "x".repeat(4096)).into_bytes();
     assert_eq!(raw_request(&peer, &good(sign(now)), big).await, (413, r("PayloadTooLarge")));
-    assert_eq!(
-        raw_request(&peer, &good(sign(now)), br#"{"aps":{}}"#.to_vec()).await,
-        (400, r("Peer: BadPayload"))
-    );
+    assert_eq!(raw_request(&peer, &good(sign(now)), br#"{"aps":{}}"#.to_vec()).await, (400, r("Peer: BadPayload")));
     assert_eq!(peer.received().len(), 14);
 }

@@ -28,10 +28,7 @@ async fn oauth_then_send_passes_every_check_of_the_peer() {
     assert_eq!(tokens.len(), 1);
     assert_eq!(tokens[0].answered_status, 200, "{:?}", tokens[0].answered_error);
     assert!(
-        tokens[0]
-            .form
-            .iter()
-            .any(|(k, v)| k == "grant_type" && v == "urn:ietf:params:oauth:grant-type:jwt-bearer")
+        tokens[0].form.iter().any(|(k, v)| k == "grant_type" && v == "urn:ietf:params:oauth:grant-type:jwt-bearer")
     );
 
     let got = rig.peer.received();
@@ -96,10 +93,7 @@ async fn unregistered_is_token_invalid() {
     rig.peer.set_script(|_| FcmReply::unregistered());
     let err = rig.provider.send(&rig.notification()).await.unwrap_err();
     assert!(matches!(err, PushError::TokenInvalid { .. }), "{err}");
-    assert!(
-        err.to_string().contains("UNREGISTERED") && err.to_string().contains("disable this push target"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("UNREGISTERED") && err.to_string().contains("disable this push target"), "{err}");
 }
 
 #[tokio::test]
@@ -116,14 +110,12 @@ async fn each_fcm_answer_maps_to_its_action() {
             ),
             |e| matches!(e, PushError::TokenInvalid { .. }),
         ),
-        (
-            FcmReply::error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), "Invalid value at 'message.data'"),
-            |e| matches!(e, PushError::Undeliverable { .. }),
-        ),
-        (
-            FcmReply::error(403, "PERMISSION_DENIED", Some("SENDER_ID_MISMATCH"), "SenderId mismatch"),
-            |e| matches!(e, PushError::TokenInvalid { .. }),
-        ),
+        (FcmReply::error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), "Invalid value at 'message.data'"), |e| {
+            matches!(e, PushError::Undeliverable { .. })
+        }),
+        (FcmReply::error(403, "PERMISSION_DENIED", Some("SENDER_ID_MISMATCH"), "SenderId mismatch"), |e| {
+            matches!(e, PushError::TokenInvalid { .. })
+        }),
         (
             FcmReply::error(429, "RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"), "Quota exceeded").with_retry_after(60),
             |e| matches!(e, PushError::Retry { retry_after: Some(d), .. } if *d == Duration::from_secs(60)),
@@ -131,14 +123,12 @@ async fn each_fcm_answer_maps_to_its_action() {
         (FcmReply::error(500, "INTERNAL", Some("INTERNAL"), "Internal error"), |e| {
             matches!(e, PushError::Retry { .. })
         }),
-        (
-            FcmReply::error(503, "UNAVAILABLE", Some("UNAVAILABLE"), "The service is unavailable"),
-            |e| matches!(e, PushError::Retry { .. }),
-        ),
-        (
-            FcmReply::error(401, "UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR"), "Auth error from APNS"),
-            |e| matches!(e, PushError::Undeliverable { .. }),
-        ),
+        (FcmReply::error(503, "UNAVAILABLE", Some("UNAVAILABLE"), "The service is unavailable"), |e| {
+            matches!(e, PushError::Retry { .. })
+        }),
+        (FcmReply::error(401, "UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR"), "Auth error from APNS"), |e| {
+            matches!(e, PushError::Undeliverable { .. })
+        }),
     ];
     for (reply, expected) in cases {
         let answer = reply.clone();
@@ -159,10 +149,7 @@ async fn a_refused_grant_is_retried_with_a_hint() {
     .await;
     let err = rig.provider.send(&rig.notification()).await.unwrap_err();
     assert!(matches!(err, PushError::Retry { .. }), "{err}");
-    assert!(
-        err.to_string().contains("invalid_grant") && err.to_string().contains("service-account key"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("invalid_grant") && err.to_string().contains("service-account key"), "{err}");
     assert!(rig.peer.received().is_empty());
 }
 

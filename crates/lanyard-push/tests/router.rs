@@ -12,11 +12,7 @@ use lanyard_push::{ApnsEnvironment, FileSink, Platform, PushError, PushProvider,
 use serde_json::Value;
 
 fn lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[tokio::test]
@@ -24,14 +20,8 @@ async fn each_platform_goes_to_its_provider() {
     let apns = ApnsRig::start().await;
     let fcm = FcmRig::start().await;
     let router = Router::new(Some(apns.provider), Some(fcm.provider));
-    router
-        .send(&notification(Platform::Apns, ApnsEnvironment::Production))
-        .await
-        .unwrap();
-    router
-        .send(&notification(Platform::Fcm, ApnsEnvironment::Production))
-        .await
-        .unwrap();
+    router.send(&notification(Platform::Apns, ApnsEnvironment::Production)).await.unwrap();
+    router.send(&notification(Platform::Fcm, ApnsEnvironment::Production)).await.unwrap();
     router.send(&notification(Platform::Apns, ApnsEnvironment::Sandbox)).await.unwrap();
     assert_eq!(apns.production.received().len(), 1);
     assert_eq!(apns.sandbox.received().len(), 1);
@@ -43,24 +33,13 @@ async fn an_unconfigured_platform_is_undeliverable_and_names_the_settings() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Arc::new(FileSink::new(dir.path().join("fcm.jsonl")));
     let router = Router::empty().with_fcm(sink);
-    let err = router
-        .send(&notification(Platform::Apns, ApnsEnvironment::Production))
-        .await
-        .unwrap_err();
+    let err = router.send(&notification(Platform::Apns, ApnsEnvironment::Production)).await.unwrap_err();
     assert!(matches!(err, PushError::Undeliverable { .. }), "{err}");
-    assert!(
-        err.to_string().contains("ApnsConfig") && err.to_string().contains("key_path"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("ApnsConfig") && err.to_string().contains("key_path"), "{err}");
 
-    let err = Router::new(None, None)
-        .send(&notification(Platform::Fcm, ApnsEnvironment::Production))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("FcmConfig") && err.to_string().contains("service_account_path"),
-        "{err}"
-    );
+    let err =
+        Router::new(None, None).send(&notification(Platform::Fcm, ApnsEnvironment::Production)).await.unwrap_err();
+    assert!(err.to_string().contains("FcmConfig") && err.to_string().contains("service_account_path"), "{err}");
 }
 
 #[tokio::test]
@@ -71,10 +50,7 @@ async fn the_fallback_takes_platforms_without_a_provider() {
     let router = Router::empty()
         .with_fcm(Arc::new(FileSink::new(&fcm_path)))
         .with_fallback(Arc::new(FileSink::new(&fallback_path)));
-    router
-        .send(&notification(Platform::Fcm, ApnsEnvironment::Production))
-        .await
-        .unwrap();
+    router.send(&notification(Platform::Fcm, ApnsEnvironment::Production)).await.unwrap();
     router.send(&notification(Platform::Apns, ApnsEnvironment::Sandbox)).await.unwrap();
     assert_eq!(lines(&fcm_path).len(), 1);
     assert_eq!(lines(&fallback_path).len(), 1);
@@ -107,9 +83,6 @@ async fn the_file_sink_writes_one_line_per_notification() {
 async fn an_unwritable_sink_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(dir.path().join("no-such-dir").join("sink.jsonl"));
-    let err = sink
-        .send(&notification(Platform::Fcm, ApnsEnvironment::Production))
-        .await
-        .unwrap_err();
+    let err = sink.send(&notification(Platform::Fcm, ApnsEnvironment::Production)).await.unwrap_err();
     assert!(err.is_retry(), "{err}");
 }

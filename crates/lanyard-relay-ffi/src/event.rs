@@ -78,9 +78,7 @@ impl RelayEvent {
             Inner::Partial { id, text } => Self::Partial { at_ms, id: id.to_string(), text },
             Inner::Final { id, text } => Self::Final { at_ms, id: id.to_string(), text },
             Inner::Reply { id, title, body } => Self::Reply { at_ms, id: id.to_string(), title, body },
-            Inner::Error { id, code, message } => {
-                Self::Error { at_ms, id: id.map(|id| id.to_string()), code, message }
-            }
+            Inner::Error { id, code, message } => Self::Error { at_ms, id: id.map(|id| id.to_string()), code, message },
             Inner::UploadTask { id, path, url, method, headers } => Self::UploadTask {
                 at_ms,
                 id: id.to_string(),

@@ -26,13 +26,13 @@
 //! - [`RelayCore::shutdown`] blocks (with a timeout) until the spool is synced.
 
 mod config;
-mod relay;
 mod error;
 mod event;
+mod relay;
 
 pub use config::{Framing, Lifecycle, RelayConfig};
-pub use relay::RelayCore;
 pub use error::RelayError;
 pub use event::{HttpHeader, RelayEvent, RelayListener};
+pub use relay::RelayCore;
 
 uniffi::setup_scaffolding!();

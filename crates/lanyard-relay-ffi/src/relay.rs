@@ -105,7 +105,8 @@ impl RelayCore {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = std_mpsc::channel();
-        let (relay, link) = host::open(host_cfg, events_tx).map_err(|e| RelayError::Spool { message: e.to_string() })?;
+        let (relay, link) =
+            host::open(host_cfg, events_tx).map_err(|e| RelayError::Spool { message: e.to_string() })?;
 
         let run = runtime.spawn(async move {
             let result = relay.run(None, control_rx).await;

@@ -53,7 +53,11 @@ fn lanyard_bin(profile: &Path) -> PathBuf {
 /// Same rule as the `lanyard` crate's end-to-end tests.
 fn model_dir() -> PathBuf {
     let dir = lanyard_stt::default_model_dir();
-    assert!(dir.join("model.bin").exists(), "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)", dir.display());
+    assert!(
+        dir.join("model.bin").exists(),
+        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
+        dir.display()
+    );
     dir
 }
 

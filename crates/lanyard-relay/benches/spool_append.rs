@@ -37,7 +37,9 @@ fn round(sync_every: Option<usize>) -> f64 {
 
 fn main() {
     println!("spool append, {FRAMES} frames of 80 bytes, {ROUNDS} rounds (frames/s; 50 frames/s is real time):");
-    for (name, sync) in [("no fsync", None), ("fsync every 10 frames (200 ms)", Some(10)), ("fsync every frame", Some(1))] {
+    for (name, sync) in
+        [("no fsync", None), ("fsync every 10 frames (200 ms)", Some(10)), ("fsync every frame", Some(1))]
+    {
         let mut r: Vec<f64> = (0..ROUNDS).map(|_| round(sync)).collect();
         r.sort_by(f64::total_cmp);
         println!(

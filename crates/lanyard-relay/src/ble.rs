@@ -53,7 +53,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use btleplug::api::{Central, CentralEvent, CentralState, CharPropFlags, Characteristic, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::api::{
+    Central, CentralEvent, CentralState, CharPropFlags, Characteristic, Manager as _, Peripheral as _, ScanFilter,
+};
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::StreamExt;
 use lanyard_proto::ble::{Framing, gatt};
@@ -116,11 +118,17 @@ impl Default for BleOptions {
 /// [`LinkEvent::Disconnected`] and the log, so each says what to do.
 #[derive(Debug, Error)]
 pub enum BleError {
-    #[error("cannot reach BlueZ over D-Bus ({0}): is bluetoothd running (`systemctl status bluetooth`)? is the D-Bus system bus up?")]
+    #[error(
+        "cannot reach BlueZ over D-Bus ({0}): is bluetoothd running (`systemctl status bluetooth`)? is the D-Bus system bus up?"
+    )]
     Bluez(#[source] btleplug::Error),
-    #[error("no Bluetooth adapter found: is bluetoothd running? is the adapter powered? `bluetoothctl power on` (and `rfkill unblock bluetooth` if it is blocked)")]
+    #[error(
+        "no Bluetooth adapter found: is bluetoothd running? is the adapter powered? `bluetoothctl power on` (and `rfkill unblock bluetooth` if it is blocked)"
+    )]
     NoAdapter,
-    #[error("the Bluetooth adapter is powered off: `bluetoothctl power on` (and `rfkill unblock bluetooth` if it is blocked)")]
+    #[error(
+        "the Bluetooth adapter is powered off: `bluetoothctl power on` (and `rfkill unblock bluetooth` if it is blocked)"
+    )]
     PoweredOff,
     #[error("BlueZ refused access: run the relay as root or as a user in the `bluetooth` group")]
     PermissionDenied,
@@ -136,15 +144,24 @@ pub enum BleError {
     EventsEnded,
     #[error("the pendant disconnected")]
     PendantDisconnected,
-    #[error("the pendant has no {framing:?} audio characteristic ({uuid}) that notifies: is its firmware a Lanyard or Omi build?")]
+    #[error(
+        "the pendant has no {framing:?} audio characteristic ({uuid}) that notifies: is its firmware a Lanyard or Omi build?"
+    )]
     NoAudioCharacteristic { framing: Framing, uuid: Uuid },
-    #[error("the Omi pendant has no codec characteristic ({}): its firmware is too old for the relay; update it", omi::gatt::CODEC)]
+    #[error(
+        "the Omi pendant has no codec characteristic ({}): its firmware is too old for the relay; update it",
+        omi::gatt::CODEC
+    )]
     NoOmiCodecCharacteristic,
     #[error("the Omi codec characteristic is empty: the pendant's firmware is misbehaving; restart the pendant")]
     EmptyOmiCodec,
-    #[error("the Omi pendant uses codec id {0}, which the relay does not know: set it to Opus 16 kHz 20 ms (21) or PCM16 (0)")]
+    #[error(
+        "the Omi pendant uses codec id {0}, which the relay does not know: set it to Opus 16 kHz 20 ms (21) or PCM16 (0)"
+    )]
     UnknownOmiCodec(u8),
-    #[error("the Omi pendant uses {0:?}, which the relay would have to transcode: set it to Opus 16 kHz 20 ms (21) or PCM16 (0)")]
+    #[error(
+        "the Omi pendant uses {0:?}, which the relay would have to transcode: set it to Opus 16 kHz 20 ms (21) or PCM16 (0)"
+    )]
     UntranscodableOmiCodec(OmiCodec),
 }
 
@@ -231,7 +248,8 @@ async fn first_adapter() -> Result<Adapter, BleError> {
         .into_iter()
         .next()
         .ok_or(BleError::NoAdapter)?;
-    if adapter.adapter_state().await.map_err(BleError::radio("reading the adapter state"))? == CentralState::PoweredOff {
+    if adapter.adapter_state().await.map_err(BleError::radio("reading the adapter state"))? == CentralState::PoweredOff
+    {
         return Err(BleError::PoweredOff);
     }
     Ok(adapter)
@@ -264,7 +282,11 @@ async fn find_pendant(
 }
 
 /// The peripheral and its framing if `id` is a pendant worth connecting to.
-async fn candidate(adapter: &Adapter, id: &PeripheralId, filter: Option<&DeviceFilter>) -> Option<(Peripheral, Framing)> {
+async fn candidate(
+    adapter: &Adapter,
+    id: &PeripheralId,
+    filter: Option<&DeviceFilter>,
+) -> Option<(Peripheral, Framing)> {
     let peripheral = adapter.peripheral(id).await.ok()?;
     let props = peripheral.properties().await.ok()??;
     let framing = framing_for_services(&props.services)?;

@@ -69,14 +69,26 @@ impl Default for BoundaryConfig {
 /// What the tracker tells the shell to do with the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    Begin { id: Uuid, codec: Codec },
-    Frame { id: Uuid, data: Vec<u8> },
+    Begin {
+        id: Uuid,
+        codec: Codec,
+    },
+    Frame {
+        id: Uuid,
+        data: Vec<u8>,
+    },
     /// Append copies of frames `frames` of the ended utterance `from` to
     /// `id`, in order, each as a [`Step::Frame`] would be: the frames the
     /// relay spooled after the server's endpoint (see the module doc). It
     /// comes right after `id`'s `Begin`.
-    Carry { from: Uuid, id: Uuid, frames: std::ops::Range<u32> },
-    End { id: Uuid },
+    Carry {
+        from: Uuid,
+        id: Uuid,
+        frames: std::ops::Range<u32>,
+    },
+    End {
+        id: Uuid,
+    },
 }
 
 #[derive(Debug)]

@@ -64,9 +64,9 @@ use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, h
 use uuid::Uuid;
 
 use crate::boundary::{BoundaryConfig, MAX_UTTERANCE_FRAMES, Step, Tracker};
+use crate::link::LinkEvent;
 use crate::planner::{Decision, PlanInput, PlannerConfig, UttView, plan};
 use crate::seal::{seal, sealed_ids};
-use crate::link::LinkEvent;
 use crate::spool::{Spool, SpoolError};
 use crate::transport::Transport;
 use crate::uplink::{Action, Input, MALFORMED_FRAMES, RelayEvent, RelayStats, Uplink, UplinkConfig};
@@ -119,7 +119,9 @@ pub enum HostError {
     Spool(#[from] SpoolError),
     #[error("server URL {0:?} is not http(s)://host[:port]")]
     BadServerUrl(String),
-    #[error("refusing to send the device token and audio in clear text to {0}: use https:// (a server with [tls], or behind a TLS proxy), or pass --insecure (`insecure` in the config) on a network you trust")]
+    #[error(
+        "refusing to send the device token and audio in clear text to {0}: use https:// (a server with [tls], or behind a TLS proxy), or pass --insecure (`insecure` in the config) on a network you trust"
+    )]
     Insecure(String),
     #[error("cannot trust the certificates in {path}: {reason}; give a PEM file with the CA's certificate")]
     RootCert { path: PathBuf, reason: String },
@@ -517,7 +519,8 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     let now = now_ms();
     // A kill in the middle of a carry: finish it (see "Endpoints").
     let carried = CarryIntent::finish_recorded(&mut spool, same_boot, now)?;
-    let mut resumed = spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec, u.frame_count()));
+    let mut resumed =
+        spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec, u.frame_count()));
     // An utterance the app was killed in is carried on by the frames that
     // follow (see `boundary`), but not across an OS restart: the crash may
     // have taken its last frames from the spool after the server had
@@ -769,7 +772,11 @@ impl Relay {
                             tracing::warn!(error = %e, "push registration failed; retrying");
                             let _ = events.send(Stamped {
                                 at_ms: now_ms(),
-                                event: RelayEvent::Error { id: None, code: "push_registration".into(), message: e.to_string() },
+                                event: RelayEvent::Error {
+                                    id: None,
+                                    code: "push_registration".into(),
+                                    message: e.to_string(),
+                                },
                             });
                         }
                     }
@@ -821,8 +828,14 @@ impl Relay {
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut shutdown = false;
         let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
-        let mut socket =
-            Socket { url: ws_url, token: cfg.token.clone(), tls: transport.ws.clone(), generation: 0, out: None, events: ws_tx };
+        let mut socket = Socket {
+            url: ws_url,
+            token: cfg.token.clone(),
+            tls: transport.ws.clone(),
+            generation: 0,
+            out: None,
+            events: ws_tx,
+        };
         let mut replies = 0usize;
         // While frames arrive the loop looks at least this often: to hand them
         // to the uplink, and to fsync them within the sync interval.
@@ -1028,7 +1041,9 @@ impl Relay {
                 let live = core.tracker.current().is_some();
                 let idle = uplink.pending() == 0 && !live && handed_off.is_empty();
                 if shutdown
-                    || (idle && (cfg.exit_after.is_some_and(|n| replies >= n) || (!core.link_open && cfg.exit_after.is_none())))
+                    || (idle
+                        && (cfg.exit_after.is_some_and(|n| replies >= n)
+                            || (!core.link_open && cfg.exit_after.is_none())))
                 {
                     sync(&mut core.spool, cfg.fsync_delay)?;
                     break 'relay;
@@ -1330,7 +1345,12 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-async fn register_push(http: &reqwest::Client, server: &str, token: &str, push: &PushRegistration) -> Result<(), HostError> {
+async fn register_push(
+    http: &reqwest::Client,
+    server: &str,
+    token: &str,
+    push: &PushRegistration,
+) -> Result<(), HostError> {
     let url = format!("{}/v1/device/push", server.trim_end_matches('/'));
     let resp = http
         .put(&url)
@@ -1436,7 +1456,9 @@ mod tests {
         let id = all[0].0;
         assert!(events.contains(&RelayEvent::UtteranceEnded { id, frames: 2, lost: 3 }), "{events:?}");
         assert!(
-            events.iter().any(|e| matches!(e, RelayEvent::Error { id: Some(i), code, .. } if *i == id && code == MALFORMED_FRAMES)),
+            events.iter().any(
+                |e| matches!(e, RelayEvent::Error { id: Some(i), code, .. } if *i == id && code == MALFORMED_FRAMES)
+            ),
             "{events:?}"
         );
     }
@@ -1460,7 +1482,10 @@ mod tests {
         let opus = Codec::Opus16k20ms;
         assert_eq!(
             news[news.len() - 2..],
-            [Input::Ended { id: first, codec: opus, frames: 6, speech_frames: Some(4) }, Input::Spooled { id: second, codec: opus, frames: 2 }]
+            [
+                Input::Ended { id: first, codec: opus, frames: 6, speech_frames: Some(4) },
+                Input::Spooled { id: second, codec: opus, frames: 2 }
+            ]
         );
         for seq in 6..8 {
             link.event(frame(seq, false));

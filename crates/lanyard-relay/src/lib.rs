@@ -17,10 +17,10 @@
 #[cfg(feature = "ble")]
 pub mod ble;
 pub mod boundary;
-pub mod planner;
-pub mod seal;
 pub mod host;
 pub mod link;
+pub mod planner;
+pub mod seal;
 pub mod spool;
 pub mod transport;
 pub mod uplink;

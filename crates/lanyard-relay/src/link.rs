@@ -17,12 +17,18 @@ use crate::host::Link;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     /// A pendant connected and said which framing and codec it speaks.
-    Connected { framing: Framing, omi_codec: Option<OmiCodec>, att_mtu: u16 },
+    Connected {
+        framing: Framing,
+        omi_codec: Option<OmiCodec>,
+        att_mtu: u16,
+    },
     /// One audio notification, as received over the air.
     Notification(Vec<u8>),
     Battery(u8),
     /// The pendant went away; the link reconnects by itself.
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
 }
 
 /// Connects to a pendant simulator listening at `addr` and hands its events

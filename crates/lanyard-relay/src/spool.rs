@@ -340,7 +340,9 @@ impl Spool<StdFs> {
         let path = segment_path(&self.dir, self.active_id);
         let file = match &self.sync_handle {
             Some(file) => file.clone(),
-            None => self.sync_handle.insert(std::sync::Arc::new(self.active.try_clone().map_err(io_err(&path))?)).clone(),
+            None => {
+                self.sync_handle.insert(std::sync::Arc::new(self.active.try_clone().map_err(io_err(&path))?)).clone()
+            }
         };
         Ok(Some(SyncJob { file, path, writes: self.writes }))
     }
@@ -575,9 +577,7 @@ impl<F: SpoolFs> Spool<F> {
     /// Bytes of codec frames of `id` from frame `from` on: what is left to
     /// send once the server holds `from` frames.
     pub fn bytes_from(&self, id: Uuid, from: u32) -> u64 {
-        self.utterances
-            .get(&id)
-            .map_or(0, |u| u.frames.get(from as usize).map_or(0, |f| u.frame_bytes() - f.before))
+        self.utterances.get(&id).map_or(0, |u| u.frames.get(from as usize).map_or(0, |f| u.frame_bytes() - f.before))
     }
 
     /// Reads frame `seq` of utterance `id` back: from the copy of the active
@@ -771,9 +771,7 @@ impl<F: SpoolFs> Spool<F> {
         for (&seg, s) in &self.segments {
             let collectable = seg != self.active_id
                 && s.utterances.iter().all(|id| {
-                    self.utterances
-                        .get(id)
-                        .is_none_or(|u| u.done && u.segments.range(..seg).all(|t| dead.contains(t)))
+                    self.utterances.get(id).is_none_or(|u| u.done && u.segments.range(..seg).all(|t| dead.contains(t)))
                 });
             if collectable {
                 dead.push(seg);
@@ -867,73 +865,74 @@ fn apply_record(
     // Records of an utterance whose BEGIN is gone belong to an utterance
     // that was finished and collected: valid, and nothing to restore.
     let collected = matches!(kind, KIND_FRAME | KIND_END | KIND_DONE | KIND_DROP) && !utterances.contains_key(&id);
-    let ok = collected || match kind {
-        KIND_BEGIN if rest.len() == 9 && !utterances.contains_key(&id) => match Codec::from_id(rest[0]) {
-            Some(codec) => {
-                utterances.insert(
-                    id,
-                    SpooledUtterance {
+    let ok = collected
+        || match kind {
+            KIND_BEGIN if rest.len() == 9 && !utterances.contains_key(&id) => match Codec::from_id(rest[0]) {
+                Some(codec) => {
+                    utterances.insert(
                         id,
-                        codec,
-                        started_ms: u64::from_le_bytes(rest[1..9].try_into().expect("length checked")),
-                        frames: Vec::new(),
-                        ended: false,
-                        lost: 0,
-                        speech_frames: None,
-                        done: false,
-                        dropped: None,
-                        segments: BTreeSet::new(),
-                        first_record: rec_id,
-                    },
-                );
-                true
-            }
-            None => false,
-        },
-        KIND_FRAME if rest.len() >= 4 => match utterances.get_mut(&id) {
-            Some(u) if !u.ended && u32::from_le_bytes(rest[0..4].try_into().expect("len")) == u.frame_count() => {
-                let before = u.frame_bytes();
-                u.frames.push(FrameLoc {
-                    segment: seg,
-                    offset: body_offset + (BODY_HEADER + 4) as u64,
-                    len: (rest.len() - 4) as u32,
-                    before,
-                });
-                true
-            }
-            _ => false,
-        },
-        KIND_END if rest.len() == 8 || rest.len() == 12 => match utterances.get_mut(&id) {
-            Some(u) if u32::from_le_bytes(rest[0..4].try_into().expect("len")) == u.frame_count() => {
-                let speech = rest.get(8..12).map(|b| u32::from_le_bytes(b.try_into().expect("len")));
-                if speech.is_some_and(|s| s > u.frame_count()) {
-                    false
-                } else {
-                    u.ended = true;
-                    u.lost = u32::from_le_bytes(rest[4..8].try_into().expect("len"));
-                    u.speech_frames = speech;
+                        SpooledUtterance {
+                            id,
+                            codec,
+                            started_ms: u64::from_le_bytes(rest[1..9].try_into().expect("length checked")),
+                            frames: Vec::new(),
+                            ended: false,
+                            lost: 0,
+                            speech_frames: None,
+                            done: false,
+                            dropped: None,
+                            segments: BTreeSet::new(),
+                            first_record: rec_id,
+                        },
+                    );
                     true
                 }
-            }
+                None => false,
+            },
+            KIND_FRAME if rest.len() >= 4 => match utterances.get_mut(&id) {
+                Some(u) if !u.ended && u32::from_le_bytes(rest[0..4].try_into().expect("len")) == u.frame_count() => {
+                    let before = u.frame_bytes();
+                    u.frames.push(FrameLoc {
+                        segment: seg,
+                        offset: body_offset + (BODY_HEADER + 4) as u64,
+                        len: (rest.len() - 4) as u32,
+                        before,
+                    });
+                    true
+                }
+                _ => false,
+            },
+            KIND_END if rest.len() == 8 || rest.len() == 12 => match utterances.get_mut(&id) {
+                Some(u) if u32::from_le_bytes(rest[0..4].try_into().expect("len")) == u.frame_count() => {
+                    let speech = rest.get(8..12).map(|b| u32::from_le_bytes(b.try_into().expect("len")));
+                    if speech.is_some_and(|s| s > u.frame_count()) {
+                        false
+                    } else {
+                        u.ended = true;
+                        u.lost = u32::from_le_bytes(rest[4..8].try_into().expect("len"));
+                        u.speech_frames = speech;
+                        true
+                    }
+                }
+                _ => false,
+            },
+            KIND_DONE if rest.is_empty() => match utterances.get_mut(&id) {
+                Some(u) => {
+                    u.done = true;
+                    true
+                }
+                None => false,
+            },
+            KIND_DROP => match (utterances.get_mut(&id), std::str::from_utf8(rest)) {
+                (Some(u), Ok(reason)) => {
+                    u.done = true;
+                    u.dropped = Some(reason.to_string());
+                    true
+                }
+                _ => false,
+            },
             _ => false,
-        },
-        KIND_DONE if rest.is_empty() => match utterances.get_mut(&id) {
-            Some(u) => {
-                u.done = true;
-                true
-            }
-            None => false,
-        },
-        KIND_DROP => match (utterances.get_mut(&id), std::str::from_utf8(rest)) {
-            (Some(u), Ok(reason)) => {
-                u.done = true;
-                u.dropped = Some(reason.to_string());
-                true
-            }
-            _ => false,
-        },
-        _ => false,
-    };
+        };
     if ok {
         *next_id = rec_id + 1;
         touched.insert(id);

@@ -68,7 +68,8 @@ impl Transport {
                 return Err(bad("it holds no `-----BEGIN CERTIFICATE-----` block".into()));
             }
             for cert in certs {
-                http = http.add_root_certificate(reqwest::Certificate::from_der(&cert).map_err(|e| bad(e.to_string()))?);
+                http =
+                    http.add_root_certificate(reqwest::Certificate::from_der(&cert).map_err(|e| bad(e.to_string()))?);
                 roots.add(cert).map_err(|e| bad(e.to_string()))?;
             }
         }
@@ -78,7 +79,9 @@ impl Transport {
             .expect("ring supports the default TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let http = http.build().map_err(|e| HostError::RootCert { path: extra_root_certs[0].clone(), reason: e.to_string() })?;
+        let http = http
+            .build()
+            .map_err(|e| HostError::RootCert { path: extra_root_certs[0].clone(), reason: e.to_string() })?;
         Ok(Self { ws: Some(Connector::Rustls(Arc::new(cfg))), http })
     }
 
@@ -105,7 +108,12 @@ mod tests {
         ] {
             assert!(check_server(ok, false).is_ok(), "{ok}");
         }
-        for plain in ["http://lanyard.example.com", "http://10.0.0.5:8080", "http://[2001:db8::1]:80", "http://localhost.evil.com"] {
+        for plain in [
+            "http://lanyard.example.com",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]:80",
+            "http://localhost.evil.com",
+        ] {
             let e = check_server(plain, false).unwrap_err();
             assert!(matches!(e, HostError::Insecure(_)), "{plain}: {e}");
             assert!(e.to_string().contains("--insecure") && e.to_string().contains("clear text"), "{e}");

@@ -86,20 +86,33 @@ impl Default for UplinkConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// The spool holds `frames` frames of utterance `id` (a running total).
-    Spooled { id: Uuid, codec: Codec, frames: u32 },
+    Spooled {
+        id: Uuid,
+        codec: Codec,
+        frames: u32,
+    },
     /// Utterance `id` has ended with `frames` frames, of which the first
     /// `speech_frames` are its speech when it was cut at the server's
     /// endpoint (the rest were carried on; see `boundary`).
-    Ended { id: Uuid, codec: Codec, frames: u32, speech_frames: Option<u32> },
+    Ended {
+        id: Uuid,
+        codec: Codec,
+        frames: u32,
+        speech_frames: Option<u32>,
+    },
     /// The WebSocket is open and authenticated.
     Connected,
     /// The WebSocket closed or could not be opened.
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
     Server(ServerMsg),
     Ack(Ack),
     /// The utterance left the stream (handed off to an upload, or
     /// discarded by policy): stop sending it.
-    Forget { id: Uuid },
+    Forget {
+        id: Uuid,
+    },
     /// Time passed.
     Tick,
 }
@@ -113,19 +126,29 @@ pub enum Action {
     Disconnect,
     SendText(ClientMsg),
     /// Read frame `seq` of `id` from the spool and send it as AUDIO.
-    SendAudio { id: Uuid, handle: u32, seq: u32 },
+    SendAudio {
+        id: Uuid,
+        handle: u32,
+        seq: u32,
+    },
     /// The server holds all of `id`: the spool may delete it.
     Done(Uuid),
     /// The server will never take `id` (it was deleted there): the spool
     /// drops it, and the app hears `Discarded` with `reason`.
-    Drop { id: Uuid, reason: String },
+    Drop {
+        id: Uuid,
+        reason: String,
+    },
     /// Tell the app.
     Emit(RelayEvent),
     /// The server heard speech stop in `id` when it held `frames` of its
     /// frames: the shell ends the utterance if its pendant marks no
     /// boundaries, and carries the frames past `frames` into the next one
     /// (see `boundary::Tracker::on_endpoint`).
-    Endpoint { id: Uuid, frames: u32 },
+    Endpoint {
+        id: Uuid,
+        frames: u32,
+    },
 }
 
 /// Events for the app.
@@ -133,22 +156,57 @@ pub enum Action {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RelayEvent {
     Connected,
-    Disconnected { reason: String, retry_in_ms: u64 },
-    UtteranceStarted { id: Uuid },
-    UtteranceEnded { id: Uuid, frames: u32, lost: u32 },
-    Complete { id: Uuid, frames: u32 },
-    Partial { id: Uuid, text: String },
-    Final { id: Uuid, text: String },
-    Reply { id: Uuid, title: String, body: String },
-    Error { id: Option<Uuid>, code: String, message: String },
+    Disconnected {
+        reason: String,
+        retry_in_ms: u64,
+    },
+    UtteranceStarted {
+        id: Uuid,
+    },
+    UtteranceEnded {
+        id: Uuid,
+        frames: u32,
+        lost: u32,
+    },
+    Complete {
+        id: Uuid,
+        frames: u32,
+    },
+    Partial {
+        id: Uuid,
+        text: String,
+    },
+    Final {
+        id: Uuid,
+        text: String,
+    },
+    Reply {
+        id: Uuid,
+        title: String,
+        body: String,
+    },
+    Error {
+        id: Option<Uuid>,
+        code: String,
+        message: String,
+    },
     /// The planner handed the utterance off: the app must upload `path` with
     /// an HTTP `method` request to `url` carrying `headers` (an iOS
     /// URLSession background upload task), then report the result with
     /// `Control::UploadFinished`.
-    UploadTask { id: Uuid, path: String, url: String, method: String, headers: Vec<(String, String)> },
+    UploadTask {
+        id: Uuid,
+        path: String,
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+    },
     /// The utterance was dropped by an explicit policy, with the reason
     /// (e.g. `stale`: older than the TTL; `evicted`: the spool was full).
-    Discarded { id: Uuid, reason: String },
+    Discarded {
+        id: Uuid,
+        reason: String,
+    },
     /// Spool and loss counters, every few seconds while something changes.
     Stats(RelayStats),
 }
@@ -342,9 +400,10 @@ impl Uplink {
     /// budget does not.
     fn paced(&self) -> bool {
         self.send_tokens < 1.0
-            && self.utts.values().any(|u| {
-                u.phase == Phase::Open && u.next_send < u.spooled && u.next_send - u.acked < self.cfg.window
-            })
+            && self
+                .utts
+                .values()
+                .any(|u| u.phase == Phase::Open && u.next_send < u.spooled && u.next_send - u.acked < self.cfg.window)
     }
 
     fn utt_entry(&mut self, id: Uuid, codec: Codec) -> &mut Utt {
@@ -440,7 +499,9 @@ impl Uplink {
             }
             // Deleted on the server, and deletion is final: sending it again
             // can only be refused, so the copy goes.
-            ServerMsg::Error { utterance: Some(id), code, .. } if code == wire::ERROR_GONE && self.utts.contains_key(&id) => {
+            ServerMsg::Error { utterance: Some(id), code, .. }
+                if code == wire::ERROR_GONE && self.utts.contains_key(&id) =>
+            {
                 if let Some(u) = self.utts.remove(&id) {
                     self.handles.remove(&u.handle);
                 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lanyard_proto::ble::{Codec, Framing, FrameSpec, packetize};
+use lanyard_proto::ble::{Codec, FrameSpec, Framing, packetize};
 use lanyard_relay::host::{Control, HostConfig, Stamped};
 use lanyard_relay::link::LinkEvent;
 use lanyard_relay::spool::Spool;

@@ -61,7 +61,10 @@ fn lifecycle(seed: u64) -> (u32, u32, u32) {
                     // kept on the pendant (Omi has offline storage).
                     let age = if rng.gen_bool(0.9) { 5_000 } else { rng.gen_range(5_000..7_200_000) };
                     let started_ms = t_now - age;
-                    utts.push(Utt { view: UttView { id: Uuid::from_u128(next_id), started_ms, unacked_bytes: bytes }, fate: Fate::Pending });
+                    utts.push(Utt {
+                        view: UttView { id: Uuid::from_u128(next_id), started_ms, unacked_bytes: bytes },
+                        fate: Fate::Pending,
+                    });
                 }
             }
             // Network flaps.
@@ -112,7 +115,10 @@ fn lifecycle(seed: u64) -> (u32, u32, u32) {
             }
             if last {
                 let open: Vec<_> = utts.iter().filter(|u| u.fate == Fate::Pending).collect();
-                assert!(open.is_empty(), "seed {seed}: at the deadline minus the margin these are still in flight: {open:?}");
+                assert!(
+                    open.is_empty(),
+                    "seed {seed}: at the deadline minus the margin these are still in flight: {open:?}"
+                );
                 break;
             }
             t += TICK_MS;
@@ -133,7 +139,9 @@ fn ten_thousand_lifecycles_never_overrun_the_deadline() {
         handed += h;
         discarded += d;
     }
-    eprintln!("over 10,000 lifecycles: {streamed} streamed and acknowledged, {handed} handed off, {discarded} discarded as stale");
+    eprintln!(
+        "over 10,000 lifecycles: {streamed} streamed and acknowledged, {handed} handed off, {discarded} discarded as stale"
+    );
     // The planner is not trivially handing everything off: fast links stream.
     assert!(streamed > handed / 4, "streamed {streamed}, handed off {handed}");
     assert!(handed > 0 && discarded > 0, "every outcome occurs: {handed} handed off, {discarded} discarded");

@@ -24,7 +24,8 @@ fn frames_read_back_from_memory_and_disk_alike() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = Spool::open(dir.path()).unwrap();
     let ids = [Uuid::now_v7(), Uuid::now_v7()];
-    let frame = |u: usize, i: u32| -> Vec<u8> { (0..80 + (i % 7) as usize).map(|b| (b as u32 ^ i ^ u as u32) as u8).collect() };
+    let frame =
+        |u: usize, i: u32| -> Vec<u8> { (0..80 + (i % 7) as usize).map(|b| (b as u32 ^ i ^ u as u32) as u8).collect() };
     // About 4 MiB: many times the in-memory copy, and several segments.
     for (u, id) in ids.iter().enumerate() {
         s.begin(*id, Codec::Opus16k20ms, 0).unwrap();

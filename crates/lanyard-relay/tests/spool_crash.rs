@@ -156,7 +156,11 @@ fn apply(s: &mut Spool<FaultyFs>, model: &mut Model, op: &Op) -> Result<(), Box<
             let Some(k) = model.pick(i, |u| !u.finish_tried) else { return Ok(()) };
             let (id, u) = &mut model.utts[k];
             u.finish_tried = true;
-            if matches!(op, Op::Done(_)) { s.mark_done(*id)? } else { s.mark_dropped(*id, "ttl")? }
+            if matches!(op, Op::Done(_)) {
+                s.mark_done(*id)?
+            } else {
+                s.mark_dropped(*id, "ttl")?
+            }
             // Both sync before they return.
             model.synced(s);
         }

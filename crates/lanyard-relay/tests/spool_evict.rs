@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use lanyard_proto::ble::Codec;
-use lanyard_relay::spool::{FaultyFs, Spool, SpoolConfig, DEFAULT_MAX_BYTES, SEGMENT_BYTES};
+use lanyard_relay::spool::{DEFAULT_MAX_BYTES, FaultyFs, SEGMENT_BYTES, Spool, SpoolConfig};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use uuid::Uuid;

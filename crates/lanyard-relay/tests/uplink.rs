@@ -27,7 +27,12 @@ impl ModelServer {
                 self.handles.insert(*handle, *utterance);
                 let held = *self.held.get(utterance).unwrap_or(&0);
                 let complete = self.complete.contains_key(utterance);
-                replies.push_back(Input::Server(ServerMsg::Opened { utterance: *utterance, handle: *handle, next_seq: held, complete }));
+                replies.push_back(Input::Server(ServerMsg::Opened {
+                    utterance: *utterance,
+                    handle: *handle,
+                    next_seq: held,
+                    complete,
+                }));
             }
             Action::SendAudio { handle, seq, .. } => {
                 let id = self.handles[handle];
@@ -116,7 +121,11 @@ fn backoff_grows_with_jitter_and_resets_on_connect() {
     let cfg = UplinkConfig { backoff_base_ms: 100, backoff_max_ms: 1600, ..UplinkConfig::default() };
     let mut up = Uplink::new(cfg, 42);
     let mut out = Vec::new();
-    up.handle(0, Input::Ended { id: Uuid::now_v7(), codec: Codec::Opus16k20ms, frames: 1, speech_frames: None }, &mut out);
+    up.handle(
+        0,
+        Input::Ended { id: Uuid::now_v7(), codec: Codec::Opus16k20ms, frames: 1, speech_frames: None },
+        &mut out,
+    );
     assert_eq!(out, vec![Action::Connect]);
     let mut delays = Vec::new();
     let mut now = 0;
@@ -197,7 +206,8 @@ fn open_handle(out: &[Action]) -> Option<u32> {
 /// Whether `out` reports an error with `code` for utterance `id`.
 fn reported(out: &[Action], id: Uuid, code: &str) -> bool {
     use lanyard_relay::uplink::RelayEvent;
-    out.iter().any(|a| matches!(a, Action::Emit(RelayEvent::Error { id: Some(i), code: c, .. }) if *i == id && c == code))
+    out.iter()
+        .any(|a| matches!(a, Action::Emit(RelayEvent::Error { id: Some(i), code: c, .. }) if *i == id && c == code))
 }
 
 #[test]
@@ -218,7 +228,11 @@ fn a_server_holding_less_than_it_acknowledged_is_reported_and_resent() {
     let handle = open_handle(&out).expect("re-opened");
     out.clear();
     // The server restarted having lost frames 12..20 it had acknowledged.
-    up.handle(10_000, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 12, complete: false }), &mut out);
+    up.handle(
+        10_000,
+        Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 12, complete: false }),
+        &mut out,
+    );
     assert!(reported(&out, id, SERVER_LOST_ACKED_AUDIO), "the broken promise is reported: {out:?}");
     let resent: Vec<u32> = out
         .iter()
@@ -247,7 +261,10 @@ fn a_spool_holding_less_than_the_server_acknowledged_ends_with_the_servers_copy(
     out.clear();
     up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle, next_seq: 20, complete: false }), &mut out);
     assert!(reported(&out, id, SPOOL_LOST_ACKED_AUDIO), "the lost tail is reported: {out:?}");
-    assert!(!out.iter().any(|a| matches!(a, Action::SendAudio { .. })), "nothing is sent: the server holds more: {out:?}");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::SendAudio { .. })),
+        "nothing is sent: the server holds more: {out:?}"
+    );
     let ends: Vec<u32> = out
         .iter()
         .filter_map(|a| match a {
@@ -346,7 +363,9 @@ fn an_utterance_deleted_on_the_server_is_dropped_not_resent() {
     up.handle(t, Input::Connected, &mut out);
     let opened: Vec<Uuid> = out
         .iter()
-        .filter_map(|a| if let Action::SendText(ClientMsg::Open { utterance, .. }) = a { Some(*utterance) } else { None })
+        .filter_map(
+            |a| if let Action::SendText(ClientMsg::Open { utterance, .. }) = a { Some(*utterance) } else { None },
+        )
         .collect();
     assert_eq!(opened, vec![kept]);
 }

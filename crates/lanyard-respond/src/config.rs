@@ -357,7 +357,10 @@ impl LlmConfig {
     pub(crate) fn resolve(&self, env: &Env) -> Result<ResolvedLlm, ConfigError> {
         let base = http_url("base_url", &self.base_url, "the API root, e.g. https://api.openai.com/v1")?;
         if base.query().is_some() || base.fragment().is_some() {
-            return Err(invalid("base_url", "remove the query string or fragment; /chat/completions is appended to the path"));
+            return Err(invalid(
+                "base_url",
+                "remove the query string or fragment; /chat/completions is appended to the path",
+            ));
         }
         let endpoint = reqwest::Url::parse(&format!("{}/chat/completions", base.as_str().trim_end_matches('/')))
             .map_err(|e| invalid("base_url", format!("appending /chat/completions gave an invalid URL: {e}")))?;
@@ -370,7 +373,10 @@ impl LlmConfig {
             return Err(invalid("max_tokens", format!("must be above 0 (the default is {DEFAULT_MAX_TOKENS})")));
         }
         if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
-            return Err(invalid("temperature", format!("must be between 0 and 2 (the default is {DEFAULT_TEMPERATURE})")));
+            return Err(invalid(
+                "temperature",
+                format!("must be between 0 and 2 (the default is {DEFAULT_TEMPERATURE})"),
+            ));
         }
         let title = self.title.trim();
         if title.is_empty() {
@@ -472,7 +478,11 @@ fn http_url(key: &'static str, raw: &str, what: &str) -> Result<reqwest::Url, Co
         return Err(invalid(key, "remove the credentials from the URL; the secret belongs in its own key"));
     }
     if url.scheme() == "http" && !is_local(&url) {
-        tracing::warn!(key, host = url.host_str(), "plain http to a non-local host: transcripts travel unencrypted; prefer https");
+        tracing::warn!(
+            key,
+            host = url.host_str(),
+            "plain http to a non-local host: transcripts travel unencrypted; prefer https"
+        );
     }
     Ok(url)
 }
@@ -516,7 +526,9 @@ fn secret(
                 Ok(_) | Err(std::env::VarError::NotPresent) => {
                     return Err(invalid(
                         env_key,
-                        format!("the environment variable `{var}` is not set or empty; export it before starting the server"),
+                        format!(
+                            "the environment variable `{var}` is not set or empty; export it before starting the server"
+                        ),
                     ));
                 }
                 Err(std::env::VarError::NotUnicode(_)) => {
@@ -539,7 +551,10 @@ fn retry_policy(timeout_ms: u64, max_attempts: u32, backoff_base_ms: u64) -> Res
         return Err(invalid("timeout_ms", "must be above 0; it limits each attempt, in milliseconds"));
     }
     if timeout_ms > MAX_TIMEOUT_MS {
-        return Err(invalid("timeout_ms", format!("must be at most {MAX_TIMEOUT_MS}; the user is waiting for the reply")));
+        return Err(invalid(
+            "timeout_ms",
+            format!("must be at most {MAX_TIMEOUT_MS}; the user is waiting for the reply"),
+        ));
     }
     if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
         return Err(invalid("max_attempts", format!("must be between 1 (no retries) and {MAX_ATTEMPTS}")));
@@ -610,7 +625,11 @@ mod tests {
 
     #[test]
     fn secret_from_the_environment() {
-        let cfg = WebhookConfig { secret: None, secret_env: Some("HOOK_SECRET".into()), ..WebhookConfig::new("https://h.example/x", "") };
+        let cfg = WebhookConfig {
+            secret: None,
+            secret_env: Some("HOOK_SECRET".into()),
+            ..WebhookConfig::new("https://h.example/x", "")
+        };
         let resolved = cfg.resolve(&fake_env).unwrap();
         assert_eq!(resolved.secret.expose(), GOOD_SECRET);
         assert_eq!(resolved.retry.timeout, Duration::from_secs(3));

@@ -225,7 +225,8 @@ mod tests {
         let json = serde_json::to_value(&req).unwrap();
         let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
         let mut expected =
-            ["utterance_id", "device_id", "device_name", "transcript", "segments", "received_end_ms", "audio_secs"].map(String::from);
+            ["utterance_id", "device_id", "device_name", "transcript", "segments", "received_end_ms", "audio_secs"]
+                .map(String::from);
         expected.sort();
         let mut keys = keys;
         keys.sort();

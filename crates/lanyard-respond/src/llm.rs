@@ -128,7 +128,10 @@ impl Llm {
     async fn ask(&self, req: &ReplyRequest, transcript: &str) -> Result<Reply, RespondError> {
         let body = ChatRequest {
             model: &self.model,
-            messages: [Message { role: "system", content: &self.system }, Message { role: "user", content: transcript }],
+            messages: [
+                Message { role: "system", content: &self.system },
+                Message { role: "user", content: transcript },
+            ],
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             stream: false,
@@ -148,7 +151,9 @@ impl Llm {
     /// Turns a chat-completions answer into a reply that fits a notification.
     fn parse(&self, bytes: &[u8]) -> Result<Reply, RespondError> {
         let answer: ChatResponse = serde_json::from_slice(bytes).map_err(|e| {
-            RespondError::InvalidAnswer(format!("expected a chat completion {{\"choices\":[{{\"message\":{{\"content\"}}}}]}}: {e}"))
+            RespondError::InvalidAnswer(format!(
+                "expected a chat completion {{\"choices\":[{{\"message\":{{\"content\"}}}}]}}: {e}"
+            ))
         })?;
         let content = answer.choices.into_iter().next().and_then(|c| c.message.content).unwrap_or_default();
         let text = collapse_whitespace(&content);

@@ -51,7 +51,12 @@ impl RetryPolicy {
     /// Runs `attempt(n)` for n = 1, 2, ... under this policy; see the module docs.
     ///
     /// `responder` and `utterance` only label the log lines.
-    pub(crate) async fn run<T, F, Fut>(&self, responder: &'static str, utterance: Uuid, mut attempt: F) -> Result<T, RespondError>
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        responder: &'static str,
+        utterance: Uuid,
+        mut attempt: F,
+    ) -> Result<T, RespondError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, RespondError>>,

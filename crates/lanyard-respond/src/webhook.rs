@@ -113,8 +113,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-pub use crate::config::{MAX_BODY_CHARS, MAX_TITLE_CHARS};
 use crate::config::{Fallback, ResolvedWebhook, Secret, WebhookConfig, process_env};
+pub use crate::config::{MAX_BODY_CHARS, MAX_TITLE_CHARS};
 use crate::retry::RetryPolicy;
 use crate::text::{collapse_whitespace, truncate_chars};
 use crate::{ConfigError, Reply, ReplyRequest, RespondError, Responder, builtin};
@@ -417,14 +417,14 @@ mod tests {
         for header in [
             "",
             "garbage",
-            v1,                                   // no timestamp
-            &format!("t=,{v1}"),                  // empty timestamp
-            &format!("t=-5,{v1}"),                // not a number
-            &format!("t=+{T},{v1}"),              // sign is not a digit
-            &format!("t={T},t={T},{v1}"),         // two timestamps
-            &format!("t={T}"),                    // no tag
-            &format!("t={T},v1=zz"),              // tag not hex
-            &format!("t={T},v1=abcd"),            // tag too short
+            v1,                                         // no timestamp
+            &format!("t=,{v1}"),                        // empty timestamp
+            &format!("t=-5,{v1}"),                      // not a number
+            &format!("t=+{T},{v1}"),                    // sign is not a digit
+            &format!("t={T},t={T},{v1}"),               // two timestamps
+            &format!("t={T}"),                          // no tag
+            &format!("t={T},v1=zz"),                    // tag not hex
+            &format!("t={T},v1=abcd"),                  // tag too short
             &format!("t=99999999999999999999999,{v1}"), // overflows u64
         ] {
             assert!(!verify_signature(SECRET, header, body, at(T), DEFAULT_TOLERANCE), "accepted {header:?}");
@@ -443,12 +443,19 @@ mod tests {
 
     #[test]
     fn answer_is_parsed_and_fields_are_cut_not_rejected() {
-        let reply = parse_answer(br#"{"title":"Noted","body":" Milk is on the list. ","data":{"list":"groceries"},"extra":1}"#).unwrap();
+        let reply =
+            parse_answer(br#"{"title":"Noted","body":" Milk is on the list. ","data":{"list":"groceries"},"extra":1}"#)
+                .unwrap();
         assert_eq!(reply.title, "Noted");
         assert_eq!(reply.body, "Milk is on the list.");
         assert_eq!(reply.data["list"], "groceries");
 
-        let long = format!(r#"{{"title":"{}","body":"{}","data":{{"k":"{}"}}}}"#, "t".repeat(500), "b".repeat(5000), "v".repeat(500));
+        let long = format!(
+            r#"{{"title":"{}","body":"{}","data":{{"k":"{}"}}}}"#,
+            "t".repeat(500),
+            "b".repeat(5000),
+            "v".repeat(500)
+        );
         let reply = parse_answer(long.as_bytes()).unwrap();
         assert_eq!(reply.title.chars().count(), MAX_TITLE_CHARS);
         assert!(reply.title.ends_with('\u{2026}'));

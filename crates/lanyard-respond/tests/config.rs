@@ -99,11 +99,17 @@ fn builtin_takes_no_other_keys() {
 #[test]
 fn start_up_errors_say_what_to_fix() {
     let cases: [(ResponderConfig, &str); 7] = [
-        (ResponderConfig::Webhook(WebhookConfig::new("ftp://h.example/x", "0123456789abcdef")), "responder.url: the scheme is `ftp`"),
+        (
+            ResponderConfig::Webhook(WebhookConfig::new("ftp://h.example/x", "0123456789abcdef")),
+            "responder.url: the scheme is `ftp`",
+        ),
         (ResponderConfig::Webhook(WebhookConfig::new("https://h.example/x", "")), "responder.secret: is empty"),
         (ResponderConfig::Webhook(WebhookConfig::new("https://h.example/x", "too-short")), "at least 16 random bytes"),
         (
-            ResponderConfig::Webhook(WebhookConfig { timeout_ms: 0, ..WebhookConfig::new("https://h.example/x", "0123456789abcdef") }),
+            ResponderConfig::Webhook(WebhookConfig {
+                timeout_ms: 0,
+                ..WebhookConfig::new("https://h.example/x", "0123456789abcdef")
+            }),
             "responder.timeout_ms: must be above 0",
         ),
         (ResponderConfig::Llm(LlmConfig::new("https://a.example/v1", "")), "responder.model: name the model"),
@@ -140,7 +146,10 @@ fn toml_round_trip() {
             max_body_chars: 140,
             ..LlmConfig::new("https://api.openai.com/v1", "gpt-4o-mini")
         }),
-        ResponderConfig::Llm(LlmConfig { api_key_env: Some("OPENAI_API_KEY".into()), ..LlmConfig::new("https://a.example/v1", "m") }),
+        ResponderConfig::Llm(LlmConfig {
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            ..LlmConfig::new("https://a.example/v1", "m")
+        }),
     ];
     for cfg in configs {
         #[derive(serde::Serialize)]

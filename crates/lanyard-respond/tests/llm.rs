@@ -156,7 +156,8 @@ async fn server_errors_are_retried() {
 #[tokio::test]
 async fn a_bad_key_is_not_retried_falls_back_and_never_echoes_the_key() {
     // An endpoint that quotes the key it was given back in its error.
-    let refusal = Answer::Send(401, json!({"error": {"message": format!("Incorrect API key provided: {KEY}")}}).to_string());
+    let refusal =
+        Answer::Send(401, json!({"error": {"message": format!("Incorrect API key provided: {KEY}")}}).to_string());
     let server = verifying_llm(Some(KEY), vec![refusal]).await;
     let reply = Llm::new(&config(&server)).unwrap().respond(&request(TRANSCRIPT)).await.unwrap();
     let mut expected = acknowledge(TRANSCRIPT);

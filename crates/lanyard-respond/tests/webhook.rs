@@ -30,7 +30,12 @@ fn request() -> ReplyRequest {
             start: 0.25,
             end: 2.5,
             text: "remind me to buy milk".into(),
-            words: vec![lanyard_proto::wire::Word { word: "remind".into(), start: 0.25, end: 0.625, probability: 0.875 }],
+            words: vec![lanyard_proto::wire::Word {
+                word: "remind".into(),
+                start: 0.25,
+                end: 0.625,
+                probability: 0.875,
+            }],
         }],
         received_end_ms: 1_718_000_000_123,
         audio_secs: 2.5,
@@ -214,7 +219,10 @@ async fn an_invalid_answer_is_not_retried_and_falls_back() {
 
     let hook = verifying_hook(vec![Answer::ok(json!({"title": "t", "body": "b", "data": {"count": 3}}))]).await;
     let error = Webhook::new(&failing(hook.url("/hook"))).unwrap().respond(&request()).await.unwrap_err();
-    assert!(matches!(&error, RespondError::InvalidAnswer(why) if why.contains("`data.count` is a number")), "{error:?}");
+    assert!(
+        matches!(&error, RespondError::InvalidAnswer(why) if why.contains("`data.count` is a number")),
+        "{error:?}"
+    );
     assert_eq!(hook.seen().len(), 1);
 }
 
@@ -245,8 +253,15 @@ async fn an_unreachable_hook_is_retried_then_falls_back() {
 async fn a_wrong_secret_is_refused_by_the_hook() {
     let hook = verifying_hook(vec![noted()]).await;
     let cfg = WebhookConfig::new(hook.url("/hook"), "another-secret-0123456789");
-    let error = Webhook::new(&WebhookConfig { fallback: Fallback::Fail, ..cfg }).unwrap().respond(&request()).await.unwrap_err();
-    assert!(matches!(&error, RespondError::Status { status: 401, detail } if detail.contains("v1 does not match")), "{error:?}");
+    let error = Webhook::new(&WebhookConfig { fallback: Fallback::Fail, ..cfg })
+        .unwrap()
+        .respond(&request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, RespondError::Status { status: 401, detail } if detail.contains("v1 does not match")),
+        "{error:?}"
+    );
     assert_eq!(hook.seen().len(), 1);
 }
 

@@ -46,10 +46,12 @@ async fn main() {
     let token = auth::mint_token();
     let device = Uuid::now_v7();
     store.add_device(device, "bench-phone", &auth::hash_token(&token), 0).await.unwrap();
-    let target = PushTarget { platform: PushPlatform::Apns, token: "be".repeat(32), environment: PushEnvironment::Production };
+    let target =
+        PushTarget { platform: PushPlatform::Apns, token: "be".repeat(32), environment: PushEnvironment::Production };
     store.set_push_target(device, &target).await.unwrap();
     let model = lanyard_stt::default_model_dir();
-    let stt = lanyard_stt::WhisperCt2::load(&model, Default::default()).expect("run scripts/setup to install the model");
+    let stt =
+        lanyard_stt::WhisperCt2::load(&model, Default::default()).expect("run scripts/setup to install the model");
     let server = lanyard_server::start(cfg, Arc::new(stt)).await.unwrap();
     let url = format!("http://{}", server.addr);
     let client = reqwest::Client::new();

@@ -7,8 +7,8 @@
 //! is on the machine.
 
 use axum::Json;
-use axum::extract::{Path, State};
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use lanyard_proto::wire::{DeletedData, DeviceCreated, NewDevice};
 use lanyard_store::StoreError;
@@ -27,7 +27,8 @@ pub async fn add_device(
     _: AuthAdmin,
     body: Result<Json<NewDevice>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DeviceCreated>), ApiError> {
-    let Json(NewDevice { name }) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"name\": \"...\"}}")))?;
+    let Json(NewDevice { name }) =
+        body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"name\": \"...\"}}")))?;
     let name = name.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
@@ -38,7 +39,9 @@ pub async fn add_device(
     let token = mint_token();
     let id = Uuid::now_v7();
     state.store.add_device(id, name, &hash_token(&token), now_ms()).await.map_err(|e| match e {
-        StoreError::DuplicateDeviceName(n) => ApiError::Conflict(format!("a device named {n:?} exists; pick another name")),
+        StoreError::DuplicateDeviceName(n) => {
+            ApiError::Conflict(format!("a device named {n:?} exists; pick another name"))
+        }
         e => e.into(),
     })?;
     tracing::info!(device = %id, name, "device added by the admin API");

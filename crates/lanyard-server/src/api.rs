@@ -11,10 +11,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use lanyard_proto::ble::Codec;
-use lanyard_proto::{oggopus, opus_toc, wav};
 use lanyard_proto::wire::{
     DeletedData, PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceState, UtteranceView, limits,
 };
+use lanyard_proto::{oggopus, opus_toc, wav};
 use lanyard_store::{PushTarget, StoreError, Utterance};
 use serde::Serialize;
 use uuid::Uuid;
@@ -79,7 +79,13 @@ pub fn routes() -> Vec<Route> {
             method: "get",
             path: "/healthz",
             handler: get(|| async { "ok" }),
-            doc: Doc { summary: "Liveness: answers `ok`.", auth: Auth::None, query: &[], body: None, responses: &[(200, "Alive.", Some("text"))] },
+            doc: Doc {
+                summary: "Liveness: answers `ok`.",
+                auth: Auth::None,
+                query: &[],
+                body: None,
+                responses: &[(200, "Alive.", Some("text"))],
+            },
         },
         Route {
             method: "get",
@@ -116,9 +122,17 @@ pub fn routes() -> Vec<Route> {
                 body: None,
                 responses: &[
                     (101, "Switching to the WebSocket protocol.", None),
-                    (400, "Not a WebSocket upgrade: the `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version: 13` header is missing or wrong.", Some("ErrorBody")),
+                    (
+                        400,
+                        "Not a WebSocket upgrade: the `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version: 13` header is missing or wrong.",
+                        Some("ErrorBody"),
+                    ),
                     E401,
-                    (429, "`too_many_streams`: the device has its maximum of streams open; or `rate_limited`: it spent its utterance opens, and `Retry-After` says when to come back.", Some("ErrorBody")),
+                    (
+                        429,
+                        "`too_many_streams`: the device has its maximum of streams open; or `rate_limited`: it spent its utterance opens, and `Retry-After` says when to come back.",
+                        Some("ErrorBody"),
+                    ),
                 ],
             },
         },
@@ -135,12 +149,28 @@ pub fn routes() -> Vec<Route> {
                 query: &[],
                 body: Some(("multipart/form-data", "TranscriptionRequest")),
                 responses: &[
-                    (200, "The transcript in the response_format asked for: `{\"text\": ...}`, verbose JSON with segments (and words), plain text, SRT or WebVTT.", Some("Transcriptions")),
-                    (400, "Malformed: no `file`, a broken WAV or Ogg, over 600 s, an unknown response_format, language or timestamp granularity, or granularities without verbose_json.", Some("ErrorBody")),
+                    (
+                        200,
+                        "The transcript in the response_format asked for: `{\"text\": ...}`, verbose JSON with segments (and words), plain text, SRT or WebVTT.",
+                        Some("Transcriptions"),
+                    ),
+                    (
+                        400,
+                        "Malformed: no `file`, a broken WAV or Ogg, over 600 s, an unknown response_format, language or timestamp granularity, or granularities without verbose_json.",
+                        Some("ErrorBody"),
+                    ),
                     E401,
                     (413, "Over 25 MiB.", Some("ErrorBody")),
-                    (415, "Not multipart, or a file that is neither WAV (PCM or float) nor Ogg Opus.", Some("ErrorBody")),
-                    (429, "`rate_limited`: over the device's request rate; or `too_many_requests`: the device has its maximum of transcriptions in progress. `Retry-After` says when to try again.", Some("ErrorBody")),
+                    (
+                        415,
+                        "Not multipart, or a file that is neither WAV (PCM or float) nor Ogg Opus.",
+                        Some("ErrorBody"),
+                    ),
+                    (
+                        429,
+                        "`rate_limited`: over the device's request rate; or `too_many_requests`: the device has its maximum of transcriptions in progress. `Retry-After` says when to try again.",
+                        Some("ErrorBody"),
+                    ),
                 ],
             },
         },
@@ -297,8 +327,9 @@ pub fn router(state: AppState) -> Router {
 /// An utterance id from a path or query: a UUID of version 4 or 7
 /// (`wire::is_random_id`), or 400.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    let parsed = Uuid::parse_str(id)
-        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID; utterance ids are UUIDv7 minted by the relay")))?;
+    let parsed = Uuid::parse_str(id).map_err(|_| {
+        ApiError::BadRequest(format!("{id:?} is not a UUID; utterance ids are UUIDv7 minted by the relay"))
+    })?;
     if !lanyard_proto::wire::is_random_id(&parsed) {
         return Err(ApiError::BadRequest(invalid_id_message(parsed)));
     }
@@ -382,7 +413,10 @@ async fn list_utterances(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<UtteranceListBody>, ApiError> {
     let Query(params) = params.map_err(|e| {
-        ApiError::BadRequest(format!("{e}; the query takes `limit` (1 to {}) and `before` (an utterance id)", limits::LIST_MAX))
+        ApiError::BadRequest(format!(
+            "{e}; the query takes `limit` (1 to {}) and `before` (an utterance id)",
+            limits::LIST_MAX
+        ))
     })?;
     let limit = params.limit.unwrap_or(limits::LIST_DEFAULT);
     if !(1..=limits::LIST_MAX).contains(&limit) {
@@ -466,7 +500,9 @@ async fn register_push(
     AuthDevice(device): AuthDevice,
     body: Result<Json<PushRegistration>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(reg) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"platform\": \"apns\"|\"fcm\", \"token\": \"...\"}}")))?;
+    let Json(reg) = body.map_err(|e| {
+        ApiError::BadRequest(format!("{e}; send {{\"platform\": \"apns\"|\"fcm\", \"token\": \"...\"}}"))
+    })?;
     if reg.token.is_empty() || reg.token.len() > 4096 {
         return Err(ApiError::BadRequest("push token must be 1 to 4096 characters".into()));
     }
@@ -502,10 +538,11 @@ async fn post_text(
     if text.is_empty() {
         return Err(ApiError::BadRequest("the text is empty; send what the user said".into()));
     }
-    let (row, created) = state.store.create_text_utterance(id, device.id, text, now_ms()).await.map_err(|e| match e {
-        StoreError::WrongDevice(_) => ApiError::NotFound(format!("no utterance {id}")),
-        e => e.into(),
-    })?;
+    let (row, created) =
+        state.store.create_text_utterance(id, device.id, text, now_ms()).await.map_err(|e| match e {
+            StoreError::WrongDevice(_) => ApiError::NotFound(format!("no utterance {id}")),
+            e => e.into(),
+        })?;
     if row.codec.is_some() {
         return Err(ApiError::Conflict(format!("utterance {id} carries audio; mint a new id for text")));
     }
@@ -572,7 +609,10 @@ async fn upload(
     }
     let frames = packets.len() as u32;
     if frames > limits::MAX_UTTERANCE_FRAMES {
-        return Err(ApiError::BadRequest(format!("{frames} frames exceed the limit of {}", limits::MAX_UTTERANCE_FRAMES)));
+        return Err(ApiError::BadRequest(format!(
+            "{frames} frames exceed the limit of {}",
+            limits::MAX_UTTERANCE_FRAMES
+        )));
     }
     if let Some(speech) = speech_frames.filter(|&s| s > frames) {
         return Err(ApiError::BadRequest(format!(

@@ -327,7 +327,8 @@ impl AudioStore {
     /// the filesystem frees when the writer closes; its `end` then finds no
     /// utterance row and fails.
     pub fn remove(&self, device: Uuid, utterance: Uuid) -> io::Result<bool> {
-        if let Some(w) = self.open.lock().expect("audio map poisoned").live.remove(&utterance).and_then(|w| w.upgrade()) {
+        if let Some(w) = self.open.lock().expect("audio map poisoned").live.remove(&utterance).and_then(|w| w.upgrade())
+        {
             // Its length must not apply to a new file at the same path.
             w.lock().expect("audio lock poisoned").cuts = None;
         }
@@ -343,20 +344,16 @@ impl AudioStore {
     /// their writers. Returns the number of utterance files removed. Blocking.
     pub fn remove_device(&self, device: Uuid) -> io::Result<u64> {
         let dir = self.root.join(device.to_string());
-        self.open
-            .lock()
-            .expect("audio map poisoned")
-            .live
-            .retain(|_, w| {
-                w.upgrade().is_some_and(|w| {
-                    let mut a = w.lock().expect("audio lock poisoned");
-                    let keep = !a.path.starts_with(&dir);
-                    if !keep {
-                        a.cuts = None;
-                    }
-                    keep
-                })
-            });
+        self.open.lock().expect("audio map poisoned").live.retain(|_, w| {
+            w.upgrade().is_some_and(|w| {
+                let mut a = w.lock().expect("audio lock poisoned");
+                let keep = !a.path.starts_with(&dir);
+                if !keep {
+                    a.cuts = None;
+                }
+                keep
+            })
+        });
         self.cuts.lock().expect("audio cuts poisoned").retain(|path, _| !path.starts_with(&dir));
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -465,7 +462,10 @@ mod tests {
 
         // Two writers racing (a resumed stream, an upload that completed the
         // utterance meanwhile): what one stored, the other skips.
-        assert_eq!(w.lock().unwrap().append_durable(0, [&b"one"[..], &b"two"[..], &b"three"[..], &b"four"[..]]).unwrap(), 4);
+        assert_eq!(
+            w.lock().unwrap().append_durable(0, [&b"one"[..], &b"two"[..], &b"three"[..], &b"four"[..]]).unwrap(),
+            4
+        );
         assert_eq!(w.lock().unwrap().append_durable(2, [&b"three"[..], &b"four"[..]]).unwrap(), 4);
         assert_eq!(store.read(d, u, 4).unwrap().len(), 4);
         assert!(store.read(d, u, 5).is_err(), "a frame was stored twice");

@@ -119,8 +119,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use lanyard_respond::Secret;
 use lanyard_respond::ResponderConfig;
+pub use lanyard_respond::Secret;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -522,7 +522,9 @@ impl SttSection {
                 }
                 let model = self.model.clone().unwrap_or_else(|| lanyard_stt::DEFAULT_REMOTE_MODEL.to_string());
                 if model.trim().is_empty() {
-                    return bad("model is empty; remove it for the default (whisper-1) or name the server's model".into());
+                    return bad(
+                        "model is empty; remove it for the default (whisper-1) or name the server's model".into()
+                    );
                 }
                 Ok(SttBackend::Remote(lanyard_stt::RemoteConfig {
                     api_key,
@@ -617,7 +619,8 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
     }
 }
@@ -702,7 +705,8 @@ mod tests {
         for line in doc.lines() {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
             // "| `[section] key` | value | ... |" splits into "", key, value, ...
-            let Some(setting) = cells.get(1).and_then(|c| c.strip_prefix("`[")).and_then(|c| c.strip_suffix('`')) else {
+            let Some(setting) = cells.get(1).and_then(|c| c.strip_prefix("`[")).and_then(|c| c.strip_suffix('`'))
+            else {
                 continue;
             };
             let (section, key) = setting.split_once("] ").expect("a setting reads `[section] key`");
@@ -710,12 +714,18 @@ mod tests {
             sections.entry(section.to_string()).or_default().push(format!("{key} = {value}"));
         }
         let text: String = sections.iter().map(|(s, keys)| format!("[{s}]\n{}\n", keys.join("\n"))).collect();
-        let file: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("docs/protocol.md 2.5 is not valid config: {e}\n{text}"));
+        let file: FileConfig =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("docs/protocol.md 2.5 is not valid config: {e}\n{text}"));
         assert_eq!(file.limits, LimitsSection::default(), "docs/protocol.md 2.5 and [limits]'s defaults differ");
-        assert_eq!(file.connections, ConnectionsSection::default(), "docs/protocol.md 2.5 and [connections]'s defaults differ");
+        assert_eq!(
+            file.connections,
+            ConnectionsSection::default(),
+            "docs/protocol.md 2.5 and [connections]'s defaults differ"
+        );
         let documented = |section: &str, value: serde_json::Value| {
             for key in value.as_object().unwrap().keys() {
-                let listed = sections.get(section).is_some_and(|keys| keys.iter().any(|k| k.starts_with(&format!("{key} ="))));
+                let listed =
+                    sections.get(section).is_some_and(|keys| keys.iter().any(|k| k.starts_with(&format!("{key} ="))));
                 assert!(listed, "[{section}] {key} is not in docs/protocol.md 2.5; add its row");
             }
         };
@@ -768,11 +778,18 @@ mod tests {
         assert_eq!((r.model.as_str(), r.language.as_deref()), ("whisper-large-v3", Some("en")));
         assert_eq!((r.timeout, r.max_attempts), (Duration::from_secs(20), 2));
         // Defaults: OpenAI's model name, no key, 60 s, 3 attempts.
-        let SttBackend::Remote(r) = resolve("[stt]\nbackend = \"remote\"\nurl = \"http://10.0.0.2:8080/v1\"").unwrap() else {
+        let SttBackend::Remote(r) = resolve("[stt]\nbackend = \"remote\"\nurl = \"http://10.0.0.2:8080/v1\"").unwrap()
+        else {
             panic!("not remote")
         };
         assert_eq!((r.model.as_str(), r.api_key, r.timeout.as_secs(), r.max_attempts), ("whisper-1", None, 60, 3));
-        assert!(!format!("{:?}", resolve("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key = \"sk-inline\"").unwrap()).contains("sk-inline"));
+        assert!(
+            !format!(
+                "{:?}",
+                resolve("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key = \"sk-inline\"").unwrap()
+            )
+            .contains("sk-inline")
+        );
     }
 
     #[test]
@@ -785,7 +802,9 @@ mod tests {
         assert!(e.contains("`MISSING` is not set"), "{e}");
         let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key_env = \"EMPTY\"");
         assert!(e.contains("`EMPTY` is not set or empty"), "{e}");
-        let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key = \"k\"\napi_key_env = \"GROQ_KEY\"");
+        let e = stt_error(
+            "[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\napi_key = \"k\"\napi_key_env = \"GROQ_KEY\"",
+        );
         assert!(e.contains("not both"), "{e}");
         let e = stt_error("[stt]\nbackend = \"remote\"\nurl = \"http://h/v1\"\nmodel_dir = \"/m\"");
         assert!(e.contains("only to backend = \"local\""), "{e}");

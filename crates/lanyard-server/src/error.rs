@@ -26,7 +26,9 @@ pub enum ApiError {
     #[error("{0}")]
     Gone(String),
     /// The admin API is off: no admin token is configured.
-    #[error("the admin API is off; set `admin_token_hash` (the SHA-256 of a token, hex) in the config file or LANYARD_ADMIN_TOKEN in the environment, and restart")]
+    #[error(
+        "the admin API is off; set `admin_token_hash` (the SHA-256 of a token, hex) in the config file or LANYARD_ADMIN_TOKEN in the environment, and restart"
+    )]
     AdminDisabled,
     /// A per-device limit; `retry_after_secs` goes in the `Retry-After` header.
     #[error("{message}")]
@@ -62,7 +64,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             // Another device's id looks exactly like a missing one.
-            StoreError::WrongDevice(id) | StoreError::NoUtterance(id) => ApiError::NotFound(format!("no utterance {id}")),
+            StoreError::WrongDevice(id) | StoreError::NoUtterance(id) => {
+                ApiError::NotFound(format!("no utterance {id}"))
+            }
             StoreError::Deleted(id) => {
                 crate::metrics::emit(crate::metrics::DeletedRefused);
                 ApiError::Gone(gone_message(id))
@@ -88,7 +92,8 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests { retry_after_secs, .. } => Some(retry_after_secs),
             _ => None,
         };
-        let mut response = (status, Json(ErrorBody { code: code.to_string(), message: self.to_string() })).into_response();
+        let mut response =
+            (status, Json(ErrorBody { code: code.to_string(), message: self.to_string() })).into_response();
         if let Some(secs) = retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
         }

@@ -37,7 +37,8 @@ impl<K: Copy + Eq + Hash, T> FairQueue<K, T> {
 
     /// Queues `item` behind `key`'s other items.
     pub fn push(&mut self, key: K, item: T) {
-        let lane = self.lanes.entry(key).or_insert_with(|| Lane { waiting: VecDeque::new(), in_flight: 0, queued: false });
+        let lane =
+            self.lanes.entry(key).or_insert_with(|| Lane { waiting: VecDeque::new(), in_flight: 0, queued: false });
         lane.waiting.push_back(item);
         if !lane.queued && lane.in_flight < self.per_device {
             lane.queued = true;
@@ -76,7 +77,6 @@ impl<K: Copy + Eq + Hash, T> FairQueue<K, T> {
     pub fn waiting(&self, key: K) -> usize {
         self.lanes.get(&key).map_or(0, |l| l.waiting.len())
     }
-
 }
 
 #[cfg(test)]

@@ -95,7 +95,9 @@ use crate::auth::StreamDevice;
 use crate::error::ApiError;
 use crate::limits::TokenBucket;
 use crate::listen::ConnPermit;
-use crate::metrics::{self, AckWritten, FrameDuplicate, FramesDurable, FramesReceived, Limit, Limited, StreamClosed, StreamOpened};
+use crate::metrics::{
+    self, AckWritten, FrameDuplicate, FramesDurable, FramesReceived, Limit, Limited, StreamClosed, StreamOpened,
+};
 use crate::{AppState, now_ms};
 
 /// Audio of one batch by handle: the sequence number of its first frame, and
@@ -149,34 +151,31 @@ pub async fn stream(
     };
     let frames = state.limiter.frame_bucket(device.id);
     let idle = Duration::from_secs(state.limiter.cfg.idle_timeout_secs);
-    Ok(ws
-        .max_message_size(MAX_WS_MESSAGE)
-        .max_frame_size(MAX_WS_MESSAGE)
-        .on_upgrade(move |socket| async move {
-            let (_slot, _permit) = (slot, permit);
-            metrics::emit(StreamOpened);
-            let (tx, rx) = mpsc::unbounded_channel();
-            let conn = state.hub.join(device.id, tx);
-            let mut c = Conn {
-                state: state.clone(),
-                device: device.id,
-                socket,
-                results: rx,
-                streams: HashMap::new(),
-                frames,
-                idle,
-                batch_start: None,
-                feeding: Vec::new(),
-            };
-            let end = c.run().await;
-            state.hub.leave(device.id, conn);
-            if let Err((code, reason)) = end {
-                tracing::info!(device = %device.id, code, %reason, "closing stream");
-                let close = Message::Close(Some(CloseFrame { code, reason: close_reason(&reason).into() }));
-                let _ = tokio::time::timeout(state.send_timeout, c.socket.send(close)).await;
-            }
-            metrics::emit(StreamClosed);
-        }))
+    Ok(ws.max_message_size(MAX_WS_MESSAGE).max_frame_size(MAX_WS_MESSAGE).on_upgrade(move |socket| async move {
+        let (_slot, _permit) = (slot, permit);
+        metrics::emit(StreamOpened);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = state.hub.join(device.id, tx);
+        let mut c = Conn {
+            state: state.clone(),
+            device: device.id,
+            socket,
+            results: rx,
+            streams: HashMap::new(),
+            frames,
+            idle,
+            batch_start: None,
+            feeding: Vec::new(),
+        };
+        let end = c.run().await;
+        state.hub.leave(device.id, conn);
+        if let Err((code, reason)) = end {
+            tracing::info!(device = %device.id, code, %reason, "closing stream");
+            let close = Message::Close(Some(CloseFrame { code, reason: close_reason(&reason).into() }));
+            let _ = tokio::time::timeout(state.send_timeout, c.socket.send(close)).await;
+        }
+        metrics::emit(StreamClosed);
+    }))
 }
 
 /// One utterance open on this connection.
@@ -251,7 +250,10 @@ impl Conn {
                 match next {
                     Some(Err(e)) if too_large(&e) => {
                         metrics::emit(Limited { limit: Limit::TooLarge });
-                        return Err((close::FRAME_TOO_LARGE, format!("a message over {MAX_WS_MESSAGE} bytes; drop the utterance that made it")));
+                        return Err((
+                            close::FRAME_TOO_LARGE,
+                            format!("a message over {MAX_WS_MESSAGE} bytes; drop the utterance that made it"),
+                        ));
                     }
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                         self.commit(&mut batch).await?;
@@ -295,13 +297,20 @@ impl Conn {
         if audio.seq > open.next_seq {
             return Err((
                 close::PROTOCOL,
-                format!("frame {} of {} skips ahead of {}; resume from `opened.next_seq`", audio.seq, open.utterance, open.next_seq),
+                format!(
+                    "frame {} of {} skips ahead of {}; resume from `opened.next_seq`",
+                    audio.seq, open.utterance, open.next_seq
+                ),
             ));
         }
         if audio.seq >= limits::MAX_UTTERANCE_FRAMES {
             return Err((
                 close::UTTERANCE_TOO_LONG,
-                format!("utterance {} passed {} frames; end it and start another", open.utterance, limits::MAX_UTTERANCE_FRAMES),
+                format!(
+                    "utterance {} passed {} frames; end it and start another",
+                    open.utterance,
+                    limits::MAX_UTTERANCE_FRAMES
+                ),
             ));
         }
         // Seconds, not packets: a frame claiming 120 ms would make the
@@ -421,7 +430,11 @@ impl Conn {
         };
         if row.codec != Some(codec) {
             return self
-                .error(Some(utterance), "codec_mismatch", format!("utterance {utterance} was opened as {:?}", row.codec))
+                .error(
+                    Some(utterance),
+                    "codec_mismatch",
+                    format!("utterance {utterance} was opened as {:?}", row.codec),
+                )
                 .await;
         }
         if row.state != UtteranceState::Receiving {
@@ -455,7 +468,11 @@ impl Conn {
         let held = open.audio.lock().expect("audio lock poisoned").durable();
         if held != frames {
             return self
-                .error(Some(utterance), "frame_count", format!("`end` says {frames} frames but the server holds {held}"))
+                .error(
+                    Some(utterance),
+                    "frame_count",
+                    format!("`end` says {frames} frames but the server holds {held}"),
+                )
                 .await;
         }
         if let Some(speech) = speech_frames.filter(|&s| s > frames) {
@@ -468,7 +485,9 @@ impl Conn {
                 .await;
         }
         self.streams.remove(&handle);
-        complete(&self.state, self.device, utterance, frames, speech_frames).await.map_err(|e| (close::GOING_AWAY, e))?;
+        complete(&self.state, self.device, utterance, frames, speech_frames)
+            .await
+            .map_err(|e| (close::GOING_AWAY, e))?;
         self.send_text(&ServerMsg::Complete { utterance, frames }).await
     }
 
@@ -487,7 +506,10 @@ impl Conn {
             Ok(Err(_)) => Err((close::GOING_AWAY, String::new())),
             Err(_) => {
                 metrics::emit(Limited { limit: Limit::SendTimeout });
-                Err((close::GOING_AWAY, format!("nothing read for {:?}; read what the server sends", self.state.send_timeout)))
+                Err((
+                    close::GOING_AWAY,
+                    format!("nothing read for {:?}; read what the server sends", self.state.send_timeout),
+                ))
             }
         }
     }

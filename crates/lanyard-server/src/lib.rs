@@ -41,8 +41,8 @@ mod hub;
 mod ingest;
 pub mod limits;
 mod listen;
-pub mod metrics;
 mod live;
+pub mod metrics;
 mod openapi;
 mod pipeline;
 mod push;
@@ -63,8 +63,8 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 pub use crate::audio::{Append, AudioStore};
-pub use crate::hub::Hub;
 use crate::config::{AudioSection, ConfigError, ConnectionsSection, LimitsSection, PushSection, SttBackend};
+pub use crate::hub::Hub;
 use crate::limits::Limiter;
 use crate::live::Live;
 use crate::pipeline::Pipeline;
@@ -181,7 +181,8 @@ pub fn build_push_provider(cfg: &ServerConfig) -> Result<Arc<dyn PushProvider>, 
         .apns
         .as_ref()
         .map(|a| {
-            let mut c = lanyard_push::ApnsConfig::new(a.key_path.clone(), a.key_id.clone(), a.team_id.clone(), a.topic.clone());
+            let mut c =
+                lanyard_push::ApnsConfig::new(a.key_path.clone(), a.key_id.clone(), a.team_id.clone(), a.topic.clone());
             if let Some(u) = &a.production_url {
                 c.production_url = u.clone();
             }

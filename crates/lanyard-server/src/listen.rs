@@ -96,7 +96,8 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let (app, permit, cfg, stop_rx) = (app.clone(), ConnPermit(Arc::new(permit)), cfg.clone(), stop_rx.clone());
+                let (app, permit, cfg, stop_rx) =
+                    (app.clone(), ConnPermit(Arc::new(permit)), cfg.clone(), stop_rx.clone());
                 match tls.clone() {
                     None => {
                         tokio::spawn(connection(tcp, app, permit, cfg, stop_rx));
@@ -122,7 +123,8 @@ pub(crate) async fn serve(
                     }
                     Some(tls) => {
                         tokio::spawn(async move {
-                            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(1), tls.accept(tcp)).await {
+                            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(1), tls.accept(tcp)).await
+                            {
                                 refuse(stream).await;
                             }
                         });
@@ -207,7 +209,9 @@ pub(crate) struct TimedBody {
 
 /// The error a late body fails with; handlers report it in their 400.
 #[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?} ([connections] body_timeout_secs); send it faster or in smaller parts")]
+#[error(
+    "the request body did not arrive within {0:?} ([connections] body_timeout_secs); send it faster or in smaller parts"
+)]
 pub(crate) struct BodyTimeout(Duration);
 
 impl TimedBody {

@@ -140,9 +140,14 @@ impl LiveFinal {
 enum Spec {
     None,
     /// Queued or running, over the first `len` samples.
-    Pending { len: usize },
+    Pending {
+        len: usize,
+    },
     /// Done: the transcript of the first `len` samples.
-    Done { len: usize, transcript: Transcript },
+    Done {
+        len: usize,
+        transcript: Transcript,
+    },
 }
 
 struct Utterance {
@@ -459,10 +464,8 @@ impl Live {
         }
         let now = Instant::now();
         map.retain(|_, e| e.lock().map(|u| now.duration_since(u.fed) < LIVE_IDLE).unwrap_or(false));
-        let device_live = map
-            .values()
-            .filter(|e| e.lock().map(|u| u.device == device && !u.closed).unwrap_or(false))
-            .count();
+        let device_live =
+            map.values().filter(|e| e.lock().map(|u| u.device == device && !u.closed).unwrap_or(false)).count();
         if map.len() >= MAX_LIVE || device_live >= MAX_LIVE_PER_DEVICE {
             metrics::emit(metrics::Limited { limit: metrics::Limit::Live });
             return None;
@@ -540,7 +543,8 @@ impl Live {
         // queued, becomes this utterance's final request in its device's
         // turn, and is waited for like one already running.
         self.pool.promote(utterance, device);
-        let settled = tokio::time::timeout(SPECULATIVE_WAIT, spec.wait_for(|s| !matches!(s, Spec::Pending { .. }))).await;
+        let settled =
+            tokio::time::timeout(SPECULATIVE_WAIT, spec.wait_for(|s| !matches!(s, Spec::Pending { .. }))).await;
         let Ok(Ok(state)) = settled else { return rest };
         let Spec::Done { transcript, .. } = (*state).clone() else { return rest };
         // A newer onset cannot come any more (the utterance is closed), and

@@ -46,7 +46,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 const STREAMS_ACTIVE: &str = "lanyard_streams_active";
@@ -112,7 +112,10 @@ fn describe() {
     describe_counter!(LIMITED, "Requests and streams refused by a per-device limit, by limit.");
     describe_counter!(TRANSCRIPTIONS, "Requests to /v1/audio/transcriptions answered, by HTTP status.");
     describe_counter!(AUDIO_PURGED, "Audio files deleted by the retention sweeper.");
-    describe_counter!(ABANDONED, "Utterances left receiving past [limits] abandoned_after_hours, given up and their audio deleted.");
+    describe_counter!(
+        ABANDONED,
+        "Utterances left receiving past [limits] abandoned_after_hours, given up and their audio deleted."
+    );
     describe_counter!(DELETED_REFUSED, "Opens, uploads and text posts of a deleted utterance, refused (410 gone).");
     describe_counter!(STT_DRAFTS, "Speculative and partial decodes, run or dropped, by kind and outcome.");
     describe_counter!(PARTIALS_SENT, "Partial transcripts sent down a stream.");

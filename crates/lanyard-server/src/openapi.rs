@@ -28,9 +28,7 @@ pub fn document() -> Value {
             },
         );
         let mut params: Vec<Value> = path_params(route.path)
-            .map(|name| {
-                json!({ "name": name, "in": "path", "required": true, "schema": random_id() })
-            })
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": random_id() }))
             .collect();
         params.extend(doc.query.iter().map(|(name, schema, description)| {
             json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema_ref(schema) })
@@ -393,7 +391,8 @@ mod tests {
         let mut timed = lanyard_stt::Segment { start: 0.0, end: 1.0, text: "hi".into(), words: vec![] };
         timed.words.push(lanyard_stt::Word { word: "hi".into(), start: 0.0, end: 1.0, probability: 0.5 });
         let both = crate::transcribe::Granularities { word: true, segment: true };
-        let verbose = crate::transcribe::verbose_json(&lanyard_stt::Transcript::from_segments(vec![timed], 1.0, 0.0), both);
+        let verbose =
+            crate::transcribe::verbose_json(&lanyard_stt::Transcript::from_segments(vec![timed], 1.0, 0.0), both);
         same_fields("TranscriptionVerbose", verbose.clone());
         same_fields("TranscriptionSegment", verbose["segments"][0].clone());
         same_fields("TranscriptionWord", verbose["words"][0].clone());
@@ -414,10 +413,14 @@ mod tests {
         let mut wire: Vec<String> = serde_json::to_value(view).unwrap().as_object().unwrap().keys().cloned().collect();
         wire.extend(["audio".to_string(), "audio_purged_ms".to_string()]);
         wire.sort();
-        let mut api: Vec<String> = schemas()["UtteranceView"]["properties"].as_object().unwrap().keys().cloned().collect();
+        let mut api: Vec<String> =
+            schemas()["UtteranceView"]["properties"].as_object().unwrap().keys().cloned().collect();
         api.sort();
         assert_eq!(wire, api);
-        same_fields("UploadResponse", UploadResponse { utterance: Uuid::nil(), state: UtteranceState::Complete, frames: 1, added: 1 });
+        same_fields(
+            "UploadResponse",
+            UploadResponse { utterance: Uuid::nil(), state: UtteranceState::Complete, frames: 1, added: 1 },
+        );
         same_fields("TextUtterance", TextUtterance { text: "x".into() });
         same_fields(
             "PushRegistration",

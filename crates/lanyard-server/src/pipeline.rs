@@ -21,16 +21,16 @@ use std::time::Instant;
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{ServerMsg, UtteranceState};
-use lanyard_stt::Transcript;
 use lanyard_store::Store;
+use lanyard_stt::Transcript;
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use crate::audio::AudioStore;
 use crate::config::LimitsSection;
 use crate::fair::FairQueue;
-use crate::limits::TokenBucket;
 use crate::hub::Hub;
+use crate::limits::TokenBucket;
 use crate::live::{Live, LiveFinal};
 use crate::metrics::{self, FinalTranscript, SttDequeued, SttQueued, Transcribed};
 use crate::stt_pool::SttPool;
@@ -100,17 +100,8 @@ impl Pipeline {
             ready: Notify::new(),
             room: Notify::new(),
         });
-        let worker = Worker {
-            store,
-            audio,
-            hub,
-            stt,
-            live,
-            responder,
-            push_wake,
-            replies: Mutex::new(HashMap::new()),
-            limits,
-        };
+        let worker =
+            Worker { store, audio, hub, stt, live, responder, push_wake, replies: Mutex::new(HashMap::new()), limits };
         let worker = Arc::new(worker);
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         let dispatch = shared.clone();
@@ -191,7 +182,8 @@ impl Worker {
         let audio = self.audio.clone();
         let pcm = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, String> {
             let data = audio.read(device, id, speech).map_err(|e| format!("reading audio: {e}"))?;
-            lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice)).map_err(|e| format!("decoding audio: {e}"))
+            lanyard_audio::decode_frames(codec, data.iter().map(Vec::as_slice))
+                .map_err(|e| format!("decoding audio: {e}"))
         })
         .await
         .map_err(|e| format!("decoding task: {e}"))??;
@@ -255,13 +247,17 @@ impl Worker {
             // not go. Its length and id say enough to follow it.
             tracing::info!(utterance = %id, chars = transcript.chars().count(), "transcribed");
             let segments_sent = segments.clone();
-            self.hub.send(utt.device_id, &ServerMsg::Final { utterance: id, text: transcript.clone(), segments: segments_sent });
+            self.hub.send(
+                utt.device_id,
+                &ServerMsg::Final { utterance: id, text: transcript.clone(), segments: segments_sent },
+            );
             utt.transcript = Some(transcript);
             utt.segments = segments;
             utt.state = UtteranceState::Transcribed;
         }
         if utt.state == UtteranceState::Transcribed {
-            let device = self.store.device(utt.device_id).await.map_err(store_err)?.ok_or("the utterance's device is gone")?;
+            let device =
+                self.store.device(utt.device_id).await.map_err(store_err)?.ok_or("the utterance's device is gone")?;
             let request = ReplyRequest {
                 utterance_id: id,
                 device_id: device.id,
@@ -272,7 +268,11 @@ impl Worker {
                 audio_secs: utt.speech() as f32 * 0.02,
             };
             self.reply_turn(device.id).await;
-            let reply = self.responder.respond(&request).await.map_err(|e| format!("responder {}: {e}", self.responder.name()))?;
+            let reply = self
+                .responder
+                .respond(&request)
+                .await
+                .map_err(|e| format!("responder {}: {e}", self.responder.name()))?;
             let record = ReplyRecord {
                 title: reply.title.clone(),
                 body: reply.body.clone(),

@@ -151,7 +151,9 @@ pub async fn sweep_abandoned(
                 Ok(_) => {
                     store.mark_audio_purged(c.id, now_ms).await?;
                 }
-                Err(e) => tracing::warn!(utterance = %c.id, error = %e, "cannot delete an abandoned utterance's audio; the retention sweep will"),
+                Err(e) => {
+                    tracing::warn!(utterance = %c.id, error = %e, "cannot delete an abandoned utterance's audio; the retention sweep will")
+                }
             }
             given_up += 1;
         }

@@ -195,7 +195,12 @@ impl SttPool {
 
     /// Transcribes `pcm`, the rest of an utterance whose start was settled
     /// as `previous`, as a final in `device`'s turn.
-    pub async fn transcribe_after(&self, device: Uuid, pcm: Vec<f32>, previous: Vec<Segment>) -> Result<Transcript, SttError> {
+    pub async fn transcribe_after(
+        &self,
+        device: Uuid,
+        pcm: Vec<f32>,
+        previous: Vec<Segment>,
+    ) -> Result<Transcript, SttError> {
         self.final_job(device, pcm, previous, false).await
     }
 
@@ -205,7 +210,13 @@ impl SttPool {
         self.final_job(device, pcm, Vec::new(), true).await
     }
 
-    async fn final_job(&self, device: Uuid, pcm: Vec<f32>, previous: Vec<Segment>, words: bool) -> Result<Transcript, SttError> {
+    async fn final_job(
+        &self,
+        device: Uuid,
+        pcm: Vec<f32>,
+        previous: Vec<Segment>,
+        words: bool,
+    ) -> Result<Transcript, SttError> {
         let (done, rx) = oneshot::channel();
         {
             let mut q = self.shared.queues.lock().expect("stt pool poisoned");
@@ -231,7 +242,14 @@ impl SttPool {
 
     /// [`SttPool::draft`] of audio that follows `previous`, the segments
     /// settled before it (see `SpeechToText::transcribe_after`).
-    pub fn draft_after(&self, utterance: Uuid, kind: DraftKind, pcm: Vec<f32>, previous: Vec<Segment>, done: DraftDone) {
+    pub fn draft_after(
+        &self,
+        utterance: Uuid,
+        kind: DraftKind,
+        pcm: Vec<f32>,
+        previous: Vec<Segment>,
+        done: DraftDone,
+    ) {
         let job = DraftJob { utterance, kind, pcm, previous, queued: Instant::now(), done };
         let replaced = {
             let mut q = self.shared.queues.lock().expect("stt pool poisoned");
@@ -240,7 +258,8 @@ impl SttPool {
                 settle(job, DraftOutcome::Ended);
                 return;
             }
-            let old = q.drafts.iter().position(|d| d.utterance == utterance && d.kind == kind).map(|i| q.drafts.remove(i));
+            let old =
+                q.drafts.iter().position(|d| d.utterance == utterance && d.kind == kind).map(|i| q.drafts.remove(i));
             q.drafts.push(job);
             old
         };
@@ -265,7 +284,12 @@ impl SttPool {
             let promoted = !spec.is_empty();
             for d in spec {
                 let queue = q.finals.entry(device).or_default();
-                queue.push_back(FinalJob { pcm: d.pcm, previous: d.previous, words: false, done: FinalDone::Promoted(d.done) });
+                queue.push_back(FinalJob {
+                    pcm: d.pcm,
+                    previous: d.previous,
+                    words: false,
+                    done: FinalDone::Promoted(d.done),
+                });
                 if queue.len() == 1 {
                     q.turns.push_back(device);
                 }
@@ -324,23 +348,19 @@ fn work(shared: &Shared) {
                 if let Some(first) = next_final(&mut q) {
                     let mut finals = vec![first];
                     let batches = |j: &FinalJob| j.pcm.len() <= BATCH_MAX_SAMPLES && !j.words;
-                    while finals.len() < MAX_BATCH && batches(&finals[0]) && peek_final(&q).is_some_and(batches)
-                    {
+                    while finals.len() < MAX_BATCH && batches(&finals[0]) && peek_final(&q).is_some_and(batches) {
                         finals.extend(next_final(&mut q));
                     }
                     break Job::Finals(finals);
                 }
                 let now = Instant::now();
-                let (fresh, old) =
-                    std::mem::take(&mut q.drafts).into_iter().partition(|d| d.kind == DraftKind::Settle || now.duration_since(d.queued) <= DRAFT_MAX_WAIT);
+                let (fresh, old) = std::mem::take(&mut q.drafts)
+                    .into_iter()
+                    .partition(|d| d.kind == DraftKind::Settle || now.duration_since(d.queued) <= DRAFT_MAX_WAIT);
                 q.drafts = fresh;
                 stale.extend(old);
-                let pick = q
-                    .drafts
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, d)| (draft_rank(d.kind), d.queued))
-                    .map(|(i, _)| i);
+                let pick =
+                    q.drafts.iter().enumerate().min_by_key(|(_, d)| (draft_rank(d.kind), d.queued)).map(|(i, _)| i);
                 if let Some(i) = pick {
                     break Job::Draft(q.drafts.remove(i));
                 }
@@ -389,9 +409,10 @@ fn work(shared: &Shared) {
                 let result = guarded(|| match job.kind {
                     DraftKind::Speculative => shared.stt.transcribe_after(&job.pcm, &job.previous),
                     DraftKind::Partial => shared.stt.transcribe_draft(&job.pcm),
-                    DraftKind::Settle => shared.stt.transcribe_settled(&job.pcm, &job.previous).map(|(segments, settled)| {
-                        Transcript::from_segments(segments, settled as f32 / 16_000.0, 0.0)
-                    }),
+                    DraftKind::Settle => shared
+                        .stt
+                        .transcribe_settled(&job.pcm, &job.previous)
+                        .map(|(segments, settled)| Transcript::from_segments(segments, settled as f32 / 16_000.0, 0.0)),
                 })
                 .and_then(|r| r);
                 metrics::emit(DraftSettled { kind: job.kind, outcome: DraftOutcome::Run });
@@ -570,12 +591,17 @@ mod tests {
         for (label, words) in [(1.0, false), (2.0, true), (3.0, false)] {
             let pool = pool.clone();
             waits.push(tokio::spawn(async move {
-                if words { pool.transcribe_with_words(device, vec![label]).await } else { pool.transcribe(device, vec![label]).await }
+                if words {
+                    pool.transcribe_with_words(device, vec![label]).await
+                } else {
+                    pool.transcribe(device, vec![label]).await
+                }
             }));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         busy.await.unwrap().unwrap();
-        let texts: Vec<String> = futures::future::join_all(waits).await.into_iter().map(|r| r.unwrap().unwrap().text).collect();
+        let texts: Vec<String> =
+            futures::future::join_all(waits).await.into_iter().map(|r| r.unwrap().unwrap().text).collect();
         assert_eq!(texts, ["1", "2 with words", "3"]);
         assert_eq!(labels(&engine), vec![0.0, 1.0, 2.0, 3.0], "still in turn");
         // Not batched with its neighbours: each plain one went on its own.

@@ -38,7 +38,9 @@ pub struct TlsSection {
 
 #[derive(Debug, Error)]
 pub enum TlsError {
-    #[error("[tls] cannot read the certificate chain {path}: {reason}; give a PEM file with the server's certificate first")]
+    #[error(
+        "[tls] cannot read the certificate chain {path}: {reason}; give a PEM file with the server's certificate first"
+    )]
     Certs { path: PathBuf, reason: String },
     #[error("[tls] {path} holds no certificate; give a PEM file with `-----BEGIN CERTIFICATE-----` blocks")]
     NoCert { path: PathBuf },
@@ -59,7 +61,11 @@ pub fn acceptor(tls: &TlsSection) -> Result<TlsAcceptor, TlsError> {
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Mismatch { cert: tls.cert_path.clone(), key: tls.key_path.clone(), reason: e.to_string() })?;
+        .map_err(|e| TlsError::Mismatch {
+            cert: tls.cert_path.clone(),
+            key: tls.key_path.clone(),
+            reason: e.to_string(),
+        })?;
     // HTTP/1.1 only: the WebSocket upgrade is an HTTP/1.1 exchange.
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
@@ -82,7 +88,8 @@ mod tests {
     fn bad_files_say_what_to_fix() {
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let (cert, key, other) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("other.pem"));
+        let (cert, key, other) =
+            (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("other.pem"));
         std::fs::write(&cert, ck.cert.pem()).unwrap();
         std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
         let other_key = rcgen::KeyPair::generate().unwrap();

@@ -69,8 +69,8 @@ use crate::metrics::{self, Limit, Limited, TranscriptionServed};
 
 mod formats;
 
-pub use formats::{Granularities, ResponseFormat, srt, timestamp, verbose_json, vtt};
 pub(crate) use formats::wire_segments;
+pub use formats::{Granularities, ResponseFormat, srt, timestamp, verbose_json, vtt};
 
 /// The largest request body: OpenAI's 25 MiB.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;

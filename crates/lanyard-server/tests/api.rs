@@ -229,7 +229,8 @@ async fn every_device_route_keeps_devices_apart() {
 async fn admin_api_is_off_without_a_token_and_takes_only_the_admin_token() {
     // Off: 404 with a message that says how to turn it on.
     let h = harness().await;
-    let resp = h.http(Method::POST, "/v1/admin/devices", Some(ADMIN)).json(&json!({ "name": "x" })).send().await.unwrap();
+    let resp =
+        h.http(Method::POST, "/v1/admin/devices", Some(ADMIN)).json(&json!({ "name": "x" })).send().await.unwrap();
     let (status, code, message) = error_code(resp).await;
     assert_eq!((status.as_u16(), code.as_str()), (404, "admin_disabled"));
     assert!(message.contains("admin_token_hash") && message.contains("LANYARD_ADMIN_TOKEN"), "{message}");
@@ -408,9 +409,14 @@ async fn per_device_limits_answer_with_their_codes() {
     send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k }).await;
     expect_opened(&mut ws).await;
     for seq in 0..400 {
-        if futures::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::binary(wire::encode_audio(
-            &wire::Audio { handle: 1, seq, frame: &[0u8; 64] },
-        )))
+        if futures::SinkExt::send(
+            &mut ws,
+            tokio_tungstenite::tungstenite::Message::binary(wire::encode_audio(&wire::Audio {
+                handle: 1,
+                seq,
+                frame: &[0u8; 64],
+            })),
+        )
         .await
         .is_err()
         {
@@ -495,8 +501,14 @@ async fn idle_timeout_is_configurable() {
         send_audio(&mut ws, 1, seq, &[0u8; 640]).await;
         expect_ack(&mut ws, seq + 1).await;
     }
-    let view: UtteranceView =
-        h.http(Method::GET, &format!("/v1/utterances/{id}"), Some(&h.token_a)).send().await.unwrap().json().await.unwrap();
+    let view: UtteranceView = h
+        .http(Method::GET, &format!("/v1/utterances/{id}"), Some(&h.token_a))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(view.state, UtteranceState::Receiving);
     h.server.stop().await;
 }

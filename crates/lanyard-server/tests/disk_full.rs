@@ -25,9 +25,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use lanyard_proto::Uuid;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{ClientMsg, ServerMsg, close};
-use lanyard_proto::Uuid;
 
 /// Set in the child run: the tmpfs mount point to use as the data directory.
 const MOUNT_ENV: &str = "LANYARD_TEST_FULL_DISK";
@@ -70,7 +70,9 @@ fn a_full_disk_never_gets_audio_acknowledged() {
         // profile, or kernel.unprivileged_userns_clone=0): this machine
         // cannot make the private tmpfs, so it cannot run the test. Said
         // loudly, not silently passed.
-        eprintln!("SKIPPED: a_full_disk_never_gets_audio_acknowledged needs user namespaces, which this machine refuses:\n{log}");
+        eprintln!(
+            "SKIPPED: a_full_disk_never_gets_audio_acknowledged needs user namespaces, which this machine refuses:\n{log}"
+        );
         return;
     }
     assert!(
@@ -116,7 +118,10 @@ async fn on_a_full_disk(mount: PathBuf) {
         loop {
             match recv(&mut ws).await {
                 In::Ack(a) => {
-                    assert!(a.next >= acked && a.next as usize <= (i + 1) * 50, "acks only grow, never past what was sent");
+                    assert!(
+                        a.next >= acked && a.next as usize <= (i + 1) * 50,
+                        "acks only grow, never past what was sent"
+                    );
                     acked = a.next;
                     if acked as usize == (i + 1) * 50 {
                         break;
@@ -170,7 +175,9 @@ async fn on_a_full_disk(mount: PathBuf) {
             }
         }
         // Opening writes too; refusing it is as good.
-        In::Text(ServerMsg::Error { code, message, .. }) => assert!(code == "storage" || code == "internal", "{code}: {message}"),
+        In::Text(ServerMsg::Error { code, message, .. }) => {
+            assert!(code == "storage" || code == "internal", "{code}: {message}")
+        }
         In::Close(code, reason) => assert_eq!(code, close::GOING_AWAY, "{reason}"),
         other => panic!("unexpected {other:?}"),
     }
@@ -199,9 +206,14 @@ async fn on_a_full_disk(mount: PathBuf) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    let whole = lanyard_server::AudioStore::new(mount.join("audio")).unwrap().read(device, id, frames.len() as u32).unwrap();
+    let whole =
+        lanyard_server::AudioStore::new(mount.join("audio")).unwrap().read(device, id, frames.len() as u32).unwrap();
     assert_eq!(whole, frames, "the utterance is whole, each frame once");
-    println!("full disk: {acked} of {} frames acked before the disk filled; all {} on disk after space came back", frames.len(), frames.len());
+    println!(
+        "full disk: {acked} of {} frames acked before the disk filled; all {} on disk after space came back",
+        frames.len(),
+        frames.len()
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 

@@ -99,7 +99,9 @@ async fn slow_headers_are_closed_within_the_header_timeout() {
         assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
         last = opened.elapsed();
     }
-    println!("{n} slow-header connections opened in {spread:?}; the last was closed {last:?} after the first opened (timeout {timeout:?}); a fresh client was answered in {fresh:?}");
+    println!(
+        "{n} slow-header connections opened in {spread:?}; the last was closed {last:?} after the first opened (timeout {timeout:?}); a fresh client was answered in {fresh:?}"
+    );
     assert!(last >= timeout, "closed before the timeout: {last:?}");
     assert!(limited(&h, "header_timeout").await - before >= n as f64);
     assert!(healthz(&h).await < Duration::from_millis(500));
@@ -120,7 +122,8 @@ async fn connections_over_the_limit_are_refused_with_503_and_websockets_count() 
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1") && answer.contains("\"code\":\"too_many_connections\""), "{answer}");
     let body = answer.split("\r\n\r\n").nth(1).unwrap();
-    let parsed: serde_json::Value = serde_json::from_str(body).expect("the refusal's body is JSON of its stated length");
+    let parsed: serde_json::Value =
+        serde_json::from_str(body).expect("the refusal's body is JSON of its stated length");
     assert_eq!(parsed["code"], "too_many_connections");
     drop((ws, idle));
     // The places come back once the server sees both ends.
@@ -319,7 +322,12 @@ async fn logs_at_info_hold_no_transcript_reply_or_push_token() {
 }
 
 /// A request with device A's token; the status and the JSON error body.
-async fn call(h: &Harness, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+async fn call(
+    h: &Harness,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let mut req = reqwest::Client::new().request(method, format!("{}{path}", h.url)).bearer_auth(&h.token_a);
     if let Some(b) = body {
         req = req.json(&b);
@@ -350,7 +358,9 @@ async fn only_random_utterance_ids_are_accepted_on_every_route_and_on_open() {
     let mut ws = h.ws(&h.token_a).await;
     send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::nil(), handle: 1, codec: Codec::Opus16k20ms }).await;
     match recv(&mut ws).await {
-        In::Text(ServerMsg::Error { code, utterance, .. }) => assert_eq!((code.as_str(), utterance), ("invalid_id", Some(Uuid::nil()))),
+        In::Text(ServerMsg::Error { code, utterance, .. }) => {
+            assert_eq!((code.as_str(), utterance), ("invalid_id", Some(Uuid::nil())))
+        }
         _ => panic!("the nil id must be refused on open"),
     }
     assert!(h.store.utterance(Uuid::nil()).await.unwrap().is_none(), "nothing was created");
@@ -424,7 +434,8 @@ async fn a_deleted_utterance_never_comes_back() {
 fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb = |key: &str| -> u64 {
-        let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in /proc/self/status"));
+        let line =
+            status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in /proc/self/status"));
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
     };
     (kb("VmRSS:"), kb("VmHWM:"))
@@ -744,8 +755,11 @@ async fn traversal_deep_json_and_bad_tokens_are_refused() {
         }
     }
     let escaped: Vec<_> = std::fs::read_dir(h._dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(escaped.iter().all(|n| ["audio", "lanyard.db", "lanyard.db-wal", "lanyard.db-shm", "push-sink.jsonl"]
-        .contains(&n.to_str().unwrap())), "{escaped:?}");
+    assert!(
+        escaped.iter().all(|n| ["audio", "lanyard.db", "lanyard.db-wal", "lanyard.db-shm", "push-sink.jsonl"]
+            .contains(&n.to_str().unwrap())),
+        "{escaped:?}"
+    );
 
     // JSON nested 100,000 deep, and JSON that is not JSON: 400, no crash.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -774,11 +788,19 @@ async fn traversal_deep_json_and_bad_tokens_are_refused() {
     // Tokens: none, malformed, unknown, another scheme, the admin route's.
     let a_id = {
         let id = Uuid::now_v7();
-        let (status, _) = call(&h, Method::POST, &format!("/v1/utterances/{id}/text"), Some(serde_json::json!({"text": "mine"}))).await;
+        let (status, _) =
+            call(&h, Method::POST, &format!("/v1/utterances/{id}/text"), Some(serde_json::json!({"text": "mine"})))
+                .await;
         assert_eq!(status, 202);
         id
     };
-    for auth in [None, Some("Bearer"), Some("Bearer lyd_not-a-token"), Some("Basic YTpi"), Some(&*format!("bearer {}", h.token_a))] {
+    for auth in [
+        None,
+        Some("Bearer"),
+        Some("Bearer lyd_not-a-token"),
+        Some("Basic YTpi"),
+        Some(&*format!("bearer {}", h.token_a)),
+    ] {
         let mut req = reqwest::Client::new().get(format!("{}/v1/utterances/{a_id}", h.url));
         if let Some(a) = auth {
             req = req.header("authorization", a);
@@ -791,11 +813,21 @@ async fn traversal_deep_json_and_bad_tokens_are_refused() {
         }
     }
     // Swapped: B's token on A's utterance answers as an unknown id does.
-    let r = reqwest::Client::new().get(format!("{}/v1/utterances/{a_id}", h.url)).bearer_auth(&h.token_b).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/utterances/{a_id}", h.url))
+        .bearer_auth(&h.token_b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     // A device token on an admin route: 401 or 404 (admin off), never 2xx.
-    let r = reqwest::Client::new().post(format!("{}/v1/admin/devices", h.url)).bearer_auth(&h.token_a)
-        .json(&serde_json::json!({"name": "x"})).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/admin/devices", h.url))
+        .bearer_auth(&h.token_a)
+        .json(&serde_json::json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert!(!r.status().is_success(), "{}", r.status());
     h.server.stop().await;
 }
@@ -808,11 +840,18 @@ async fn websocket_protocol_violations_close_the_stream() {
     let h = harness().await;
     let cases: Vec<Message> = vec![
         Message::binary(vec![0xFFu8; 12]),
-        Message::binary(lanyard_proto::wire::encode_audio(&lanyard_proto::wire::Audio { handle: 9, seq: 0, frame: &[0; 640] })),
+        Message::binary(lanyard_proto::wire::encode_audio(&lanyard_proto::wire::Audio {
+            handle: 9,
+            seq: 0,
+            frame: &[0; 640],
+        })),
         Message::binary(Vec::<u8>::new()),
         Message::text("not json"),
         Message::text("{\"type\":\"open\",\"utterance\":\"x\",\"handle\":1,\"codec\":\"pcm16k\"}"),
-        Message::text(serde_json::to_string(&ClientMsg::End { utterance: Uuid::now_v7(), frames: 0, speech_frames: None }).unwrap()),
+        Message::text(
+            serde_json::to_string(&ClientMsg::End { utterance: Uuid::now_v7(), frames: 0, speech_frames: None })
+                .unwrap(),
+        ),
     ];
     for (i, m) in cases.into_iter().enumerate() {
         let mut ws = h.ws(&h.token_a).await;

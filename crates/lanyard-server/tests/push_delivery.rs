@@ -22,7 +22,11 @@ const TOPIC: &str = "com.example.lanyard";
 
 fn model_dir() -> std::path::PathBuf {
     let dir = lanyard_stt::default_model_dir();
-    assert!(dir.join("model.bin").exists(), "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)", dir.display());
+    assert!(
+        dir.join("model.bin").exists(),
+        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
+        dir.display()
+    );
     dir
 }
 
@@ -73,7 +77,11 @@ async fn a_thousand_replies_through_failures_are_each_delivered_once_or_accounte
         let token = auth::mint_token();
         let id = Uuid::now_v7();
         store.add_device(id, &format!("phone-{n}"), &auth::hash_token(&token), 0).await.unwrap();
-        let target = PushTarget { platform: PushPlatform::Apns, token: format!("{n:064x}"), environment: PushEnvironment::Production };
+        let target = PushTarget {
+            platform: PushPlatform::Apns,
+            token: format!("{n:064x}"),
+            environment: PushEnvironment::Production,
+        };
         store.set_push_target(id, &target).await.unwrap();
         devices.push((n, id, token, Uuid::now_v7()));
     }

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use futures::SinkExt;
 use lanyard_proto::ble::Codec;
-use lanyard_proto::wire::{ClientMsg, ServerMsg, UploadResponse, UtteranceState, close, limits, self};
+use lanyard_proto::wire::{self, ClientMsg, ServerMsg, UploadResponse, UtteranceState, close, limits};
 use lanyard_proto::{Uuid, oggopus};
 use lanyard_server::auth;
 use tokio_tungstenite::tungstenite::Message;
@@ -79,7 +79,6 @@ async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
     assert_eq!(stored, frames);
     h.server.stop().await;
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_streamed_then_uploaded_is_processed_once() {
@@ -187,7 +186,8 @@ async fn an_utterance_cut_at_an_endpoint_is_transcribed_up_to_the_cut() {
     assert_eq!(over.status(), 400);
     assert!(over.text().await.unwrap().contains("speech_frames"));
     assert_eq!(put("?frames=3".into()).await.unwrap().status(), 400, "an unknown parameter is refused");
-    let r: UploadResponse = put(format!("?speech_frames={cut}")).await.unwrap().error_for_status().unwrap().json().await.unwrap();
+    let r: UploadResponse =
+        put(format!("?speech_frames={cut}")).await.unwrap().error_for_status().unwrap().json().await.unwrap();
     assert_eq!(r.frames, n);
     let u = h.wait_state(id, UtteranceState::Replied).await;
     let lower = u.transcript.clone().unwrap().to_lowercase();

@@ -69,14 +69,20 @@ async fn stream_at(h: &Harness, frames: &[Vec<u8>], speed: u64) -> Heard {
     let ws = h.ws(&h.token_a).await;
     let (mut tx, mut rx) = ws.split();
     let id = Uuid::now_v7();
-    tx.send(Message::text(ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }.to_json())).await.unwrap();
+    tx.send(Message::text(ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }.to_json()))
+        .await
+        .unwrap();
     let start = Instant::now();
     let reader = tokio::spawn(async move {
         let mut partials = Vec::new();
         let mut endpoints = Vec::new();
         let mut end_sent = None;
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(60), rx.next()).await.expect("server answers").unwrap().unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(60), rx.next())
+                .await
+                .expect("server answers")
+                .unwrap()
+                .unwrap();
             match m {
                 Message::Text(t) => match wire::parse_server_text(&t).unwrap() {
                     ServerMsg::Partial { text, .. } => partials.push((start.elapsed(), text)),
@@ -102,7 +108,11 @@ async fn stream_at(h: &Harness, frames: &[Vec<u8>], speed: u64) -> Heard {
         }
     }
     let audio_done = start.elapsed();
-    tx.send(Message::text(ClientMsg::End { utterance: id, frames: frames.len() as u32, speech_frames: None }.to_json())).await.unwrap();
+    tx.send(Message::text(
+        ClientMsg::End { utterance: id, frames: frames.len() as u32, speech_frames: None }.to_json(),
+    ))
+    .await
+    .unwrap();
     let (partials, endpoints, final_text, end_to_final) = reader.await.unwrap();
     Heard { partials, endpoints, final_text, end_to_final, audio_done }
 }
@@ -156,12 +166,21 @@ async fn speech_after_the_pause_makes_the_final_decode_everything() {
     // A pause long enough for a silence onset (and its decode), then more
     // words and an end too soon for a second onset: the decode at the pause
     // does not have the last words, so it must not be the final.
-    let audio = frames(&[Part::Say("Turn on the lights."), Part::Quiet(900), Part::Say("In the kitchen, please."), Part::Quiet(100)]);
+    let audio = frames(&[
+        Part::Say("Turn on the lights."),
+        Part::Quiet(900),
+        Part::Say("In the kitchen, please."),
+        Part::Quiet(100),
+    ]);
     let (spec_before, full_before) = (counter(&h.url, SPECULATIVE).await, counter(&h.url, FULL).await);
 
     let heard = stream(&h, &audio).await;
     eprintln!("final: {:?} ({:?} after end)", heard.final_text, heard.end_to_final);
-    assert!(heard.final_text.to_lowercase().contains("kitchen"), "the words after the pause are in the final: {:?}", heard.final_text);
+    assert!(
+        heard.final_text.to_lowercase().contains("kitchen"),
+        "the words after the pause are in the final: {:?}",
+        heard.final_text
+    );
     // The 900 ms pause was an endpoint (an Omi relay would split there); the
     // 100 ms at the end was not.
     assert_eq!(heard.endpoints.len(), 1, "{:?}", heard.endpoints);
@@ -202,7 +221,12 @@ async fn a_long_monologue_is_settled_while_spoken_and_keeps_every_sentence() {
     let settled_before = counter(&h.url, "lanyard_stt_settled_audio_ms_total").await;
 
     let heard = stream_at(&h, &audio, 2).await;
-    eprintln!("{} s of audio; final after end {:?}: {:?}", audio.len() as f32 * 0.02, heard.end_to_final, heard.final_text);
+    eprintln!(
+        "{} s of audio; final after end {:?}: {:?}",
+        audio.len() as f32 * 0.02,
+        heard.end_to_final,
+        heard.final_text
+    );
     assert!(audio.len() as f32 * 0.02 > 30.0, "the monologue is over 30 s");
     let spoken: Vec<String> = sentences.iter().map(|s| s.to_string()).collect();
     let coverage = lanyard_stt::sentences::sentence_coverage(&spoken, &heard.final_text);

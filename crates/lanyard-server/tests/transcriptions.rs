@@ -56,7 +56,8 @@ fn speech(text: &str) -> Vec<i16> {
 
 /// A WAV of `samples` at `rate` with `channels` identical channels.
 fn wav(samples: &[i16], rate: u32, channels: u16) -> Vec<u8> {
-    let data: Vec<u8> = samples.iter().flat_map(|s| std::iter::repeat_n(s.to_le_bytes(), channels.into()).flatten()).collect();
+    let data: Vec<u8> =
+        samples.iter().flat_map(|s| std::iter::repeat_n(s.to_le_bytes(), channels.into()).flatten()).collect();
     let mut out = Vec::new();
     out.extend_from_slice(b"RIFF");
     out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
@@ -125,7 +126,9 @@ async fn a_node_without_a_model_transcribes_through_another_nodes_endpoint() {
     ))
     .unwrap();
     let token_of_a = a.token_a.clone();
-    let env = move |var: &str| if var == "NODE_A_TOKEN" { Ok(token_of_a.clone()) } else { Err(std::env::VarError::NotPresent) };
+    let env = move |var: &str| {
+        if var == "NODE_A_TOKEN" { Ok(token_of_a.clone()) } else { Err(std::env::VarError::NotPresent) }
+    };
     // A default model directory that does not exist: B must never look at it.
     let backend = file.stt.resolve(&env, || "/nonexistent/model".into()).unwrap();
     assert!(matches!(&backend, SttBackend::Remote(r) if r.url.ends_with("/v1")), "{backend:?}");
@@ -172,8 +175,15 @@ async fn a_node_without_a_model_transcribes_through_another_nodes_endpoint() {
     assert_close(SENTENCE, u.transcript.as_deref().unwrap());
     // A's endpoint served exactly that one request.
     assert_eq!(counter(&a.url, SERVED_OK).await - served_before, 1.0, "A's endpoint was not hit once");
-    let view: Value =
-        reqwest::Client::new().get(format!("{url_b}/v1/utterances/{id}")).bearer_auth(&token_b).send().await.unwrap().json().await.unwrap();
+    let view: Value = reqwest::Client::new()
+        .get(format!("{url_b}/v1/utterances/{id}"))
+        .bearer_auth(&token_b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!((view["state"].as_str(), view["audio"].as_str()), (Some("replied"), Some("stored")));
     // The device's view carries the transcript's segments, timed within the
     // utterance (the remote engine gives one over the whole audio).
@@ -381,7 +391,11 @@ async fn the_openai_python_package_gets_every_response_format() {
     let text = answers["json"].as_str().unwrap();
     assert_served(SENTENCE, &wav16, text).await;
     let secs = speech(SENTENCE).len() as f64 / 16_000.0;
-    assert!((answers["duration"].as_f64().unwrap() - secs).abs() < 0.01, "duration {} for {secs} s", answers["duration"]);
+    assert!(
+        (answers["duration"].as_f64().unwrap() - secs).abs() < 0.01,
+        "duration {} for {secs} s",
+        answers["duration"]
+    );
 
     // The subtitles are the verbose segments, in their two clock formats.
     let segments = answers["segments"].as_array().unwrap();

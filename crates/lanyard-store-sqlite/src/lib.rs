@@ -173,9 +173,9 @@ impl SqliteStore {
 
     async fn migrate(pool: SqlitePool) -> Result<Self> {
         MIGRATOR.run(&pool).await.map_err(|e| match e {
-            MigrateError::VersionMissing(v) => StoreError::Corrupt(format!(
-                "schema migration {v} is applied but unknown to this version"
-            )),
+            MigrateError::VersionMissing(v) => {
+                StoreError::Corrupt(format!("schema migration {v} is applied but unknown to this version"))
+            }
             e => StoreError::Backend(format!("schema migration failed: {e}")),
         })?;
         Ok(Self { pool })
@@ -225,7 +225,8 @@ impl SqliteStore {
 const DEVICE_COLUMNS: &str = "id, name, created_ms, push_platform, push_token, push_environment, push_disabled_reason";
 
 /// The columns of an [`UtteranceRow`], in `utterances`.
-const UTTERANCE_COLUMNS: &str = "id, device_id, codec, state, frames, speech_frames, transcript, segments, reply_title, reply_body, reply_data,
+const UTTERANCE_COLUMNS: &str =
+    "id, device_id, codec, state, frames, speech_frames, transcript, segments, reply_title, reply_body, reply_data,
      error, created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms, audio_purged_ms";
 
 /// The columns of a [`PushRow`], in `push_outbox`.
@@ -262,21 +263,15 @@ impl Store for SqliteStore {
 
     async fn device_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<Device>> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?");
-        let row: Option<DeviceRow> = sqlx::query_as(&sql)
-            .bind(&token_hash[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        let row: Option<DeviceRow> =
+            sqlx::query_as(&sql).bind(&token_hash[..]).fetch_optional(&self.pool).await.map_err(backend)?;
         row.map(Device::try_from).transpose()
     }
 
     async fn device(&self, id: Uuid) -> Result<Option<Device>> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?");
-        let row: Option<DeviceRow> = sqlx::query_as(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        let row: Option<DeviceRow> =
+            sqlx::query_as(&sql).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(backend)?;
         row.map(Device::try_from).transpose()
     }
 
@@ -349,11 +344,8 @@ impl Store for SqliteStore {
 
     async fn utterance(&self, id: Uuid) -> Result<Option<Utterance>> {
         let sql = format!("SELECT {UTTERANCE_COLUMNS} FROM utterances WHERE id = ?");
-        let row: Option<UtteranceRow> = sqlx::query_as(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        let row: Option<UtteranceRow> =
+            sqlx::query_as(&sql).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(backend)?;
         row.map(Utterance::try_from).transpose()
     }
 
@@ -601,11 +593,8 @@ impl Store for SqliteStore {
 
     async fn push_request(&self, utterance_id: Uuid) -> Result<Option<PushRequest>> {
         let sql = format!("SELECT {PUSH_COLUMNS} FROM push_outbox WHERE utterance_id = ?");
-        let row: Option<PushRow> = sqlx::query_as(&sql)
-            .bind(utterance_id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        let row: Option<PushRow> =
+            sqlx::query_as(&sql).bind(utterance_id.to_string()).fetch_optional(&self.pool).await.map_err(backend)?;
         row.map(PushRequest::try_from).transpose()
     }
 
@@ -625,9 +614,8 @@ impl Store for SqliteStore {
         // `utterances_device_id` (migration 0003).
         let rows: Vec<UtteranceRow> = match before {
             None => {
-                let sql = format!(
-                    "SELECT {UTTERANCE_COLUMNS} FROM utterances WHERE device_id = ? ORDER BY id DESC LIMIT ?"
-                );
+                let sql =
+                    format!("SELECT {UTTERANCE_COLUMNS} FROM utterances WHERE device_id = ? ORDER BY id DESC LIMIT ?");
                 sqlx::query_as(&sql).bind(device_id.to_string()).bind(i64::from(limit)).fetch_all(&self.pool).await
             }
             Some(before) => {
@@ -762,12 +750,13 @@ impl Store for SqliteStore {
     }
 
     async fn abandon(&self, id: Uuid, error: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE utterances SET state = 'failed', error = ? WHERE id = ? AND state = 'receiving'")
-            .bind(error)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        let done =
+            sqlx::query("UPDATE utterances SET state = 'failed', error = ? WHERE id = ? AND state = 'receiving'")
+                .bind(error)
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -1061,7 +1050,8 @@ impl TryFrom<PushRow> for PushRequest {
             data_json: r.data,
             created_ms: r.created_ms,
             status: parse_status(&r.status)?,
-            attempts: u32::try_from(r.attempts).map_err(|_| StoreError::Corrupt(format!("attempts = {}", r.attempts)))?,
+            attempts: u32::try_from(r.attempts)
+                .map_err(|_| StoreError::Corrupt(format!("attempts = {}", r.attempts)))?,
             next_attempt_ms: r.next_attempt_ms,
             sent_ms: r.sent_ms,
             last_error: r.last_error,

@@ -56,18 +56,12 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let hall = store.add_device(Uuid::now_v7(), "hall", &hall_hash, 1_002).await.unwrap();
 
     // --- Push target: set, then replaced as a whole, environment included ---
-    let apns = PushTarget {
-        platform: PushPlatform::Apns,
-        token: "apns-token".into(),
-        environment: PushEnvironment::Sandbox,
-    };
+    let apns =
+        PushTarget { platform: PushPlatform::Apns, token: "apns-token".into(), environment: PushEnvironment::Sandbox };
     store.set_push_target(kitchen.id, &apns).await.unwrap();
     assert_eq!(store.device(kitchen.id).await.unwrap().unwrap().push, Some(apns.clone()));
-    let fcm = PushTarget {
-        platform: PushPlatform::Fcm,
-        token: "fcm-token".into(),
-        environment: PushEnvironment::Production,
-    };
+    let fcm =
+        PushTarget { platform: PushPlatform::Fcm, token: "fcm-token".into(), environment: PushEnvironment::Production };
     store.set_push_target(kitchen.id, &fcm).await.unwrap();
     let kitchen = store.device_by_token_hash(&kitchen_hash).await.unwrap().unwrap();
     assert_eq!(kitchen.push, Some(fcm.clone()));
@@ -426,7 +420,10 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     for c in store.audio_to_purge(30_000, 1_000).await.unwrap() {
         let u = store.utterance(c.id).await.unwrap().unwrap();
         assert!(u.codec.is_some(), "a text utterance has no audio to purge: {u:?}");
-        assert!(matches!(u.state, UtteranceState::Transcribed | UtteranceState::Replied | UtteranceState::Failed), "{u:?}");
+        assert!(
+            matches!(u.state, UtteranceState::Transcribed | UtteranceState::Replied | UtteranceState::Failed),
+            "{u:?}"
+        );
         assert_eq!((c.device_id, c.created_ms), (u.device_id, u.created_ms));
         assert!(store.mark_audio_purged(c.id, 30_000).await.unwrap());
     }
@@ -457,7 +454,10 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert!(store.mark_audio_purged(done, 60_000).await.unwrap());
     assert!(!store.mark_audio_purged(done, 61_000).await.unwrap(), "the first purge time stays");
     let purged = store.utterance(done).await.unwrap().unwrap();
-    assert_eq!((purged.audio_purged_ms, purged.state, purged.transcript.as_deref()), (Some(60_000), UtteranceState::Transcribed, Some("hello")));
+    assert_eq!(
+        (purged.audio_purged_ms, purged.state, purged.transcript.as_deref()),
+        (Some(60_000), UtteranceState::Transcribed, Some("hello"))
+    );
     for not_finished in [receiving, waiting, text, Uuid::now_v7()] {
         assert!(!store.mark_audio_purged(not_finished, 60_000).await.unwrap());
     }
@@ -478,7 +478,11 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let late = Uuid::now_v7();
     store.open_utterance(late, cellar.id, Codec::Pcm16k, 70_000).await.unwrap();
     assert_eq!(store.receiving_count(cellar.id).await.unwrap(), 2);
-    assert_eq!(cellar_only(store.receiving_before(80_000, 1_000).await.unwrap()), vec![receiving, late], "oldest first");
+    assert_eq!(
+        cellar_only(store.receiving_before(80_000, 1_000).await.unwrap()),
+        vec![receiving, late],
+        "oldest first"
+    );
     // The sweep gives up on one: failed, and then its audio may go; only
     // once, and never on one that is no longer receiving.
     assert!(store.abandon(receiving, "abandoned").await.unwrap());
@@ -490,10 +494,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert!(store.mark_audio_purged(receiving, 80_000).await.unwrap());
     assert_eq!(cellar_only(store.receiving_before(80_000, 1_000).await.unwrap()), vec![late]);
 
-    Written {
-        devices: vec![(kitchen_hash, kitchen), (hall_hash, hall)],
-        utterances: vec![u1, u2, u3, u4, u5, t1],
-    }
+    Written { devices: vec![(kitchen_hash, kitchen), (hall_hash, hall)], utterances: vec![u1, u2, u3, u4, u5, t1] }
 }
 
 fn reply(title: &str, body: &str, data_json: &str) -> ReplyRecord {

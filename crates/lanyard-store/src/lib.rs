@@ -67,9 +67,14 @@ pub enum PushStatus {
 pub enum PushOutcome {
     Sent,
     /// Try again at `next_attempt_ms`.
-    Retry { next_attempt_ms: i64, error: String },
+    Retry {
+        next_attempt_ms: i64,
+        error: String,
+    },
     /// Never try again.
-    Undeliverable { reason: String },
+    Undeliverable {
+        reason: String,
+    },
 }
 
 /// An utterance row.
@@ -233,7 +238,13 @@ pub trait Store: Send + Sync + 'static {
     /// for another device it fails with [`StoreError::WrongDevice`], and for
     /// a deleted one with [`StoreError::Deleted`]. `true` tells the one
     /// caller that must queue it for a reply.
-    async fn create_text_utterance(&self, id: Uuid, device_id: Uuid, text: &str, now_ms: i64) -> Result<(Utterance, bool)>;
+    async fn create_text_utterance(
+        &self,
+        id: Uuid,
+        device_id: Uuid,
+        text: &str,
+        now_ms: i64,
+    ) -> Result<(Utterance, bool)>;
 
     /// Stores the reply and, in the same transaction, its push request (when
     /// the device has a push target), due at once. Moves the utterance to

@@ -337,12 +337,13 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
     let trace = std::env::var_os("LANYARD_BENCH_TRACE").is_some();
 
     let run_until = |now: f64,
-                         queue: &mut Vec<Job>,
-                         free_at: &mut f64,
-                         settling: &mut Vec<Commit>,
-                         spec_done: &mut Option<(f64, usize, Transcript)>| {
+                     queue: &mut Vec<Job>,
+                     free_at: &mut f64,
+                     settling: &mut Vec<Commit>,
+                     spec_done: &mut Option<(f64, usize, Transcript)>| {
         loop {
-            let Some(i) = (0..queue.len()).min_by_key(|&i| (queue[i].kind as u8, (queue[i].queued * 1e6) as u64)) else {
+            let Some(i) = (0..queue.len()).min_by_key(|&i| (queue[i].kind as u8, (queue[i].queued * 1e6) as u64))
+            else {
                 return;
             };
             let start = free_at.max(queue[i].queued);
@@ -375,7 +376,11 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                     if trace {
                         eprintln!(
                             "  spec   queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}..{:5.2} segs {:?}",
-                            job.queued, start, t.elapsed().as_secs_f64(), job.base as f64 / RATE, job.len as f64 / RATE,
+                            job.queued,
+                            start,
+                            t.elapsed().as_secs_f64(),
+                            job.base as f64 / RATE,
+                            job.len as f64 / RATE,
                             tail.iter().map(|s| (s.start, s.end, s.text.as_str())).collect::<Vec<_>>()
                         );
                     }
@@ -389,8 +394,14 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                     if trace {
                         eprintln!(
                             "  settle queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}..{:5.2} settles {:5.2} s in {} segs {:?}",
-                            job.queued, start, t.elapsed().as_secs_f64(), job.base as f64 / RATE, job.len as f64 / RATE,
-                            done as f64 / RATE, segs.len(), segs.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>()
+                            job.queued,
+                            start,
+                            t.elapsed().as_secs_f64(),
+                            job.base as f64 / RATE,
+                            job.len as f64 / RATE,
+                            done as f64 / RATE,
+                            segs.len(),
+                            segs.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>()
                         );
                     }
                     let segs = segs
@@ -400,7 +411,13 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                             s
                         })
                         .collect();
-                    settling.push(Commit { done: *free_at, segments: segs, from: job.base, to: job.base + done, settle_job: true });
+                    settling.push(Commit {
+                        done: *free_at,
+                        segments: segs,
+                        from: job.base,
+                        to: job.base + done,
+                        settle_job: true,
+                    });
                 }
                 Kind::Partial => {
                     engine.transcribe_draft(audio).expect("draft");
@@ -408,7 +425,10 @@ fn replay(engine: &WhisperCt2, samples: &[f32]) -> (f64, Transcript, f64) {
                     if trace {
                         eprintln!(
                             "  draft  queued {:6.2} start {:6.2} took {:5.2} audio {:5.2}",
-                            job.queued, start, t.elapsed().as_secs_f64(), audio.len() as f64 / RATE
+                            job.queued,
+                            start,
+                            t.elapsed().as_secs_f64(),
+                            audio.len() as f64 / RATE
                         );
                     }
                 }

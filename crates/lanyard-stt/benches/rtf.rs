@@ -31,7 +31,9 @@ use std::fs;
 use std::time::Instant;
 
 use lanyard_stt::{SpeechToText, WhisperConfig, WhisperCt2};
-use reference_set::{REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile, synthesize_set};
+use reference_set::{
+    REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile, synthesize_set,
+};
 
 /// Utterances taken by default: about a minute of compute on a busy 2-core machine.
 const DEFAULT_LIMIT: usize = 40;
@@ -55,7 +57,8 @@ fn main() {
     reference_set::check_speech_tools();
     let model_dir = model_dir();
     let (sentences, voices) = parse_reference(&fs::read_to_string(REFERENCE).expect("read reference.txt"));
-    let limit = std::env::var("LANYARD_BENCH_LIMIT").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(DEFAULT_LIMIT);
+    let limit =
+        std::env::var("LANYARD_BENCH_LIMIT").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(DEFAULT_LIMIT);
     let mut utterances: Vec<Utterance> = synthesize_set(&sentences, &voices);
     let set_len = utterances.len();
     utterances.truncate(limit.max(1));
@@ -68,7 +71,10 @@ fn main() {
         "  lanyard     WhisperConfig::default(): floor {} s, beam {}, {} threads",
         config.min_window_secs, config.beam_size, config.threads
     );
-    println!("  set         {} of {set_len} utterances of benches/reference.txt (LANYARD_BENCH_LIMIT)", utterances.len());
+    println!(
+        "  set         {} of {set_len} utterances of benches/reference.txt (LANYARD_BENCH_LIMIT)",
+        utterances.len()
+    );
     println!("  load avg    {} at start", load_average());
 
     let engine = WhisperCt2::load(&model_dir, config).expect("load the model");

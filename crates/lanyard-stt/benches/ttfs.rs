@@ -106,8 +106,7 @@ use lanyard_stt::{
     WhisperCt2, word_error_rate,
 };
 use reference_set::{
-    REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile,
-    synthesize_set,
+    REFERENCE, Utterance, cpu_model, load_average, model_dir, parse_reference, percentile, synthesize_set,
 };
 
 /// Utterances per chunk; a multiple of [`SPEAKERS`].
@@ -115,10 +114,7 @@ const CHUNK: usize = 12;
 /// Simultaneous speakers in (d).
 const SPEAKERS: usize = 4;
 
-const HELPER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/benches/faster_whisper_ttfs.py"
-);
+const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/faster_whisper_ttfs.py");
 
 /// Latencies and texts of one engine, in utterance order.
 #[derive(Default)]
@@ -130,58 +126,33 @@ struct Row {
 fn main() {
     check_tools();
     let model_dir = model_dir();
-    let (sentences, voices) =
-        parse_reference(&fs::read_to_string(REFERENCE).expect("read reference.txt"));
+    let (sentences, voices) = parse_reference(&fs::read_to_string(REFERENCE).expect("read reference.txt"));
     let mut utterances = synthesize_set(&sentences, &voices);
-    if let Some(limit) = std::env::var("LANYARD_BENCH_LIMIT")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    if let Some(limit) = std::env::var("LANYARD_BENCH_LIMIT").ok().and_then(|v| v.parse::<usize>().ok()) {
         utterances.truncate(limit.max(SPEAKERS));
     }
     let n = utterances.len();
 
     let default_config = WhisperConfig::default();
     let threads = default_config.threads;
-    let lanyard =
-        Arc::new(WhisperCt2::load(&model_dir, default_config.clone()).expect("load the model (a)"));
-    let untrimmed = WhisperCt2::load(
-        &model_dir,
-        WhisperConfig {
-            min_window_secs: 30.0,
-            ..default_config.clone()
-        },
-    )
-    .expect("load the model (b)");
+    let lanyard = Arc::new(WhisperCt2::load(&model_dir, default_config.clone()).expect("load the model (a)"));
+    let untrimmed = WhisperCt2::load(&model_dir, WhisperConfig { min_window_secs: 30.0, ..default_config.clone() })
+        .expect("load the model (b)");
     // Untimed warm-up: thread pools, allocators, first-call paths.
-    lanyard
-        .transcribe(&utterances[0].samples)
-        .expect("warm-up (a)");
-    untrimmed
-        .transcribe(&utterances[0].samples)
-        .expect("warm-up (b)");
+    lanyard.transcribe(&utterances[0].samples).expect("warm-up (a)");
+    untrimmed.transcribe(&utterances[0].samples).expect("warm-up (b)");
 
     let durations: Vec<f32> = utterances.iter().map(Utterance::secs).collect();
-    let (short, long) = (
-        durations.iter().copied().fold(f32::INFINITY, f32::min),
-        durations.iter().copied().fold(0.0, f32::max),
-    );
+    let (short, long) =
+        (durations.iter().copied().fold(f32::INFINITY, f32::min), durations.iter().copied().fold(0.0, f32::max));
     println!("lanyard-stt TTFS benchmark");
     println!("  model       {}", model_dir.display());
-    println!(
-        "  machine     {} ({} cores available)",
-        cpu_model(),
-        threads
-    );
+    println!("  machine     {} ({} cores available)", cpu_model(), threads);
     println!(
         "  set         {} sentences x {} voices ({}) = {n} utterances, {:.1}-{:.1} s (median {:.1} s), {} words",
         sentences.len(),
         voices.len(),
-        voices
-            .iter()
-            .map(|(v, r)| format!("{v} {r} wpm"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        voices.iter().map(|(v, r)| format!("{v} {r} wpm")).collect::<Vec<_>>().join(", "),
         short,
         long,
         median_f32(&durations),
@@ -193,11 +164,7 @@ fn main() {
         .map(|u| format!("{:.1} s {} {}: {:?}", u.secs(), u.voice, u.rate, u.text))
         .collect();
     if !outside.is_empty() {
-        println!(
-            "  note        {} utterance(s) outside 3-10 s: {}",
-            outside.len(),
-            outside.join("; ")
-        );
+        println!("  note        {} utterance(s) outside 3-10 s: {}", outside.len(), outside.join("; "));
     }
     println!(
         "  lanyard     WhisperConfig::default(): floor {} s, beam {}, {} threads; untrimmed: floor 30 s, same beam and threads",
@@ -222,7 +189,10 @@ fn main() {
             .unwrap_or(EndpointConfig::default().onset_ms),
         ..EndpointConfig::default()
     };
-    println!("  endpointer  silence onset after {} ms, endpoint after {} ms", endpoint_cfg.onset_ms, endpoint_cfg.end_ms);
+    println!(
+        "  endpointer  silence onset after {} ms, endpoint after {} ms",
+        endpoint_cfg.onset_ms, endpoint_cfg.end_ms
+    );
     // The server's drafts while each utterance is spoken (untimed here; they
     // run on the engine before the silence onset, when it is otherwise idle).
     eprintln!("  replaying the utterances through the endpointer and partial drafts...");
@@ -316,28 +286,26 @@ fn main() {
     let speculative = cuts.iter().filter(|c| c.is_some()).count();
 
     // Which utterances each engine got wrong, for tracing a WER change.
-    let names =
-        ["lanyard", "untrimmed", "faster-whisper", "4 speakers", "streaming", "streaming 4 speakers", "agreed prefix", "wheel"];
+    let names = [
+        "lanyard",
+        "untrimmed",
+        "faster-whisper",
+        "4 speakers",
+        "streaming",
+        "streaming 4 speakers",
+        "agreed prefix",
+        "wheel",
+    ];
     for (row, name) in rows.iter().zip(names) {
         for (u, text) in utterances.iter().zip(&row.texts) {
             let wer = word_error_rate(&u.text, text);
             if wer > 0.0 {
-                eprintln!(
-                    "  [{name}] {} {} WER {:.0}%: {:?} -> {:?}",
-                    u.voice,
-                    u.rate,
-                    100.0 * wer,
-                    u.text,
-                    text
-                );
+                eprintln!("  [{name}] {} {} WER {:.0}%: {:?} -> {:?}", u.voice, u.rate, 100.0 * wer, u.text, text);
             }
         }
     }
 
-    let wer: Vec<f64> = rows
-        .iter()
-        .map(|row| set_wer(&utterances, &row.texts))
-        .collect();
+    let wer: Vec<f64> = rows.iter().map(|row| set_wer(&utterances, &row.texts)).collect();
     let medians: Vec<f64> = rows.iter().map(|row| percentile(&row.secs, 0.5)).collect();
     let fw_median = medians[2];
     let load_end = load_average();
@@ -352,19 +320,13 @@ fn main() {
         percentile(&loads, 0.5),
         loads.iter().copied().fold(0.0, f64::max)
     );
-    println!(
-        "  wall time   {:.0} s for the whole run",
-        started.elapsed().as_secs_f64()
-    );
+    println!("  wall time   {:.0} s for the whole run", started.elapsed().as_secs_f64());
     println!();
     println!(
         "| {:<44} | {:>4} | {:>6} | {:>6} | {:>6} | {:>6} | {:>10} | {:>10} |",
         "engine", "n", "p50 s", "p95 s", "max s", "WER %", "p50 / fw", "WER vs (b)"
     );
-    println!(
-        "|{:-<46}|{:->6}|{:->8}|{:->8}|{:->8}|{:->8}|{:->12}|{:->12}|",
-        "", "", "", "", "", "", "", ""
-    );
+    println!("|{:-<46}|{:->6}|{:->8}|{:->8}|{:->8}|{:->8}|{:->12}|{:->12}|", "", "", "", "", "", "", "", "");
     let labels = [
         "(a) lanyard default, 1 speaker".to_owned(),
         "(b) untrimmed (30 s window, beam 5)".to_owned(),
@@ -388,12 +350,7 @@ fn main() {
             100.0 * (wer[i] - wer[1]),
         );
     }
-    let paired: Vec<f64> = rows[0]
-        .secs
-        .iter()
-        .zip(&rows[2].secs)
-        .map(|(a, c)| a / c)
-        .collect();
+    let paired: Vec<f64> = rows[0].secs.iter().zip(&rows[2].secs).map(|(a, c)| a / c).collect();
     println!();
     println!(
         "  per-utterance lanyard / faster-whisper time ratio: median {:.2}x (faster-whisper {:.1}x slower)",
@@ -424,24 +381,9 @@ fn main() {
     bar("WER within 1 point of untrimmed", 100.0 * (wer[4] - wer[1]), 1.0, "pt");
     println!("  the decode after the end alone (a, d):");
     bar("1 speaker p50 <= 0.5 s", medians[0], 0.5, "s");
-    bar(
-        "1 speaker p95 <= 1.0 s",
-        percentile(&rows[0].secs, 0.95),
-        1.0,
-        "s",
-    );
-    bar(
-        &format!("{SPEAKERS} speakers p95 <= 2.0 s"),
-        percentile(&rows[3].secs, 0.95),
-        2.0,
-        "s",
-    );
-    bar(
-        "WER within 1 point of untrimmed",
-        100.0 * (wer[0] - wer[1]),
-        1.0,
-        "pt",
-    );
+    bar("1 speaker p95 <= 1.0 s", percentile(&rows[0].secs, 0.95), 1.0, "s");
+    bar(&format!("{SPEAKERS} speakers p95 <= 2.0 s"), percentile(&rows[3].secs, 0.95), 2.0, "s");
+    bar("WER within 1 point of untrimmed", 100.0 * (wer[0] - wer[1]), 1.0, "pt");
 }
 
 /// Samples in one relay send round: 200 ms of audio.
@@ -687,10 +629,7 @@ fn set_wer(utterances: &[Utterance], texts: &[String]) -> f64 {
 }
 
 fn median_f32(values: &[f32]) -> f32 {
-    percentile(
-        &values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-        0.5,
-    ) as f32
+    percentile(&values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), 0.5) as f32
 }
 
 /// The matrix-product library lanyard-stt's CTranslate2 is built with (see
@@ -767,12 +706,7 @@ fn check_tools() {
     let import = Command::new(python())
         .args(["-c", "import faster_whisper"])
         .output()
-        .unwrap_or_else(|e| {
-            fail(&format!(
-                "cannot run {} ({e}); install Python 3 or set LANYARD_PYTHON",
-                python()
-            ))
-        });
+        .unwrap_or_else(|e| fail(&format!("cannot run {} ({e}); install Python 3 or set LANYARD_PYTHON", python())));
     if !import.status.success() {
         fail(&format!(
             "`import faster_whisper` failed in {}:\n{}\nInstall it with `pip install faster-whisper` \
@@ -786,10 +720,5 @@ fn check_tools() {
 }
 
 fn load_average_1m() -> f64 {
-    load_average()
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
+    load_average().split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
 }
-

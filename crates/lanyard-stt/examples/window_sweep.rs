@@ -56,22 +56,11 @@ const SENTENCES: [&str; 30] = [
 fn main() {
     let audio: Vec<Vec<f32>> = SENTENCES.iter().map(|s| common::synthesize(s)).collect();
     let dir = common::model_dir();
-    let settings = [
-        (30.0, 5),
-        (30.0, 1),
-        (15.0, 1),
-        (10.0, 5),
-        (10.0, 1),
-        (6.0, 1),
-    ];
+    let settings = [(30.0, 5), (30.0, 1), (15.0, 1), (10.0, 5), (10.0, 1), (6.0, 1)];
 
     println!("min_window_s beam  WER%  median_s  max_s  total_s");
     for (min_window_secs, beam_size) in settings {
-        let config = WhisperConfig {
-            min_window_secs,
-            beam_size,
-            ..Default::default()
-        };
+        let config = WhisperConfig { min_window_secs, beam_size, ..Default::default() };
         let stt = WhisperCt2::load(&dir, config).expect("model loads");
         // One untimed run so that allocation and thread start-up are not counted.
         stt.transcribe(&audio[0]).unwrap();
@@ -85,10 +74,7 @@ fn main() {
             words += n;
             times.push(transcript.compute_secs);
             if word_error_rate(reference, &transcript.text) > 0.0 {
-                eprintln!(
-                    "  [{min_window_secs} s, beam {beam_size}] {reference:?} -> {:?}",
-                    transcript.text
-                );
+                eprintln!("  [{min_window_secs} s, beam {beam_size}] {reference:?} -> {:?}", transcript.text);
             }
         }
         times.sort_by(f32::total_cmp);

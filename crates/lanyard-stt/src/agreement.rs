@@ -45,11 +45,7 @@ impl LocalAgreement {
         let grew = match &self.previous {
             Some(previous) if agrees(&self.committed, &words) && agrees(&self.committed, previous) => {
                 let start = self.committed.len();
-                let common = words[start..]
-                    .iter()
-                    .zip(&previous[start..])
-                    .take_while(|(a, b)| same_word(a, b))
-                    .count();
+                let common = words[start..].iter().zip(&previous[start..]).take_while(|(a, b)| same_word(a, b)).count();
                 self.committed.extend(words[start..start + common].iter().cloned());
                 common > 0
             }
@@ -95,8 +91,14 @@ mod tests {
         let mut la = LocalAgreement::new();
         assert_eq!(la.push("Remind me to call my sis"), None, "one hypothesis commits nothing");
         assert_eq!(la.push("Remind me to call my sister tomorrow").as_deref(), Some("Remind me to call my"));
-        assert_eq!(la.push("Remind me to call my sister tomorrow morning.").as_deref(), Some("Remind me to call my sister tomorrow"));
-        assert_eq!(la.push("Remind me to call my sister tomorrow morning."), Some("Remind me to call my sister tomorrow morning.".into()));
+        assert_eq!(
+            la.push("Remind me to call my sister tomorrow morning.").as_deref(),
+            Some("Remind me to call my sister tomorrow")
+        );
+        assert_eq!(
+            la.push("Remind me to call my sister tomorrow morning."),
+            Some("Remind me to call my sister tomorrow morning.".into())
+        );
         assert_eq!(la.push("Remind me to call my sister tomorrow morning."), None, "nothing new");
     }
 
@@ -118,7 +120,10 @@ mod tests {
         assert_eq!(la.text(), "turn on the");
         // Two hypotheses that agree with the committed text again move it on.
         la.push("turn on the lights in the kitchen");
-        assert_eq!(la.push("turn on the lights in the kitchen please").as_deref(), Some("turn on the lights in the kitchen"));
+        assert_eq!(
+            la.push("turn on the lights in the kitchen please").as_deref(),
+            Some("turn on the lights in the kitchen")
+        );
     }
 
     proptest! {

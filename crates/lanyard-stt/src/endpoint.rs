@@ -205,7 +205,9 @@ mod tests {
             .map(|i| {
                 let t = i as f32 / 16_000.0;
                 let syllable = 0.6 + 0.4 * (t * 4.0 * std::f32::consts::TAU).sin();
-                (1..=8).map(|h| (t * 140.0 * h as f32 * std::f32::consts::TAU).sin() / h as f32).sum::<f32>() * 0.15 * syllable
+                (1..=8).map(|h| (t * 140.0 * h as f32 * std::f32::consts::TAU).sin() / h as f32).sum::<f32>()
+                    * 0.15
+                    * syllable
             })
             .collect()
     }

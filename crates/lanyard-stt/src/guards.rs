@@ -48,9 +48,7 @@ pub fn compression_ratio(text: &str) -> f32 {
         return 0.0;
     }
     let mut encoder = ZlibEncoder::new(Vec::new(), Compression::default());
-    encoder
-        .write_all(text.as_bytes())
-        .expect("writing to a Vec cannot fail");
+    encoder.write_all(text.as_bytes()).expect("writing to a Vec cannot fail");
     let compressed = encoder.finish().expect("writing to a Vec cannot fail");
     text.len() as f32 / compressed.len() as f32
 }
@@ -63,12 +61,7 @@ pub fn repetition_cut(text: &str) -> Option<String> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let keys: Vec<String> = words
         .iter()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric())
-                .flat_map(char::to_lowercase)
-                .collect()
-        })
+        .map(|w| w.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect())
         .collect();
     // For each period p, scan for a run of positions j with keys[j] == keys[j + p];
     // a run of MIN_LOOP_WORDS starting at i means keys[i..] repeats from i + p.
@@ -107,11 +100,7 @@ mod tests {
         let sentence = "The quick brown fox jumps over the lazy dog.";
         assert!(compression_ratio(sentence) < 1.5);
         let looped = format!("{sentence} ").repeat(8);
-        assert!(
-            compression_ratio(&looped) > 2.4,
-            "{}",
-            compression_ratio(&looped)
-        );
+        assert!(compression_ratio(&looped) > 2.4, "{}", compression_ratio(&looped));
         assert_eq!(compression_ratio(""), 0.0);
     }
 
@@ -130,10 +119,8 @@ mod tests {
             Some("What time is it?")
         );
         assert_eq!(
-            repetition_cut(
-                "I think we should leave a little earlier to hide it. I think we should leave a little"
-            )
-            .as_deref(),
+            repetition_cut("I think we should leave a little earlier to hide it. I think we should leave a little")
+                .as_deref(),
             Some("I think we should leave a little earlier to hide it.")
         );
         assert_eq!(repetition_cut("no no no no no no").as_deref(), Some("no"));

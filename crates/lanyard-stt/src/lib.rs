@@ -37,8 +37,8 @@
 pub mod agreement;
 pub mod endpoint;
 mod error;
-mod location;
 pub mod guards;
+mod location;
 pub mod mel;
 mod preprocessor;
 #[cfg(feature = "remote")]
@@ -54,8 +54,7 @@ pub use endpoint::{EndpointConfig, Endpointer, VadEvent};
 pub use error::SttError;
 pub use location::default_model_dir;
 pub use preprocessor::{
-    EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig,
-    ensure_preprocessor_config,
+    EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig, ensure_preprocessor_config,
 };
 #[cfg(feature = "remote")]
 pub use remote::{
@@ -185,12 +184,7 @@ pub fn seed_sampling(seed: u32) {
 
 /// Joins segment texts with one space, skipping empty ones.
 pub fn join_segment_texts(segments: &[Segment]) -> String {
-    segments
-        .iter()
-        .map(|s| s.text.trim())
-        .filter(|t| !t.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    segments.iter().map(|s| s.text.trim()).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// A timed piece of a transcript: what Whisper calls a segment, usually a

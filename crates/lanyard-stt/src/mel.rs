@@ -50,24 +50,13 @@ pub struct LogMel {
 impl LogMel {
     /// The columns `start..end` as a new, contiguous block: one encoder window.
     pub fn frames(&self, start: usize, end: usize) -> LogMel {
-        assert!(
-            start <= end && end <= self.n_frames,
-            "frame range out of bounds"
-        );
+        assert!(start <= end && end <= self.n_frames, "frame range out of bounds");
         let n_frames = end - start;
         let mut data = Vec::with_capacity(self.n_mels * n_frames);
-        for row in self
-            .data
-            .chunks_exact(self.n_frames.max(1))
-            .take(self.n_mels)
-        {
+        for row in self.data.chunks_exact(self.n_frames.max(1)).take(self.n_mels) {
             data.extend_from_slice(&row[start..end]);
         }
-        LogMel {
-            n_mels: self.n_mels,
-            n_frames,
-            data,
-        }
+        LogMel { n_mels: self.n_mels, n_frames, data }
     }
 }
 
@@ -112,10 +101,7 @@ impl MelFrontEnd {
             .map(|row| {
                 let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
                 let last = row.iter().rposition(|&w| w != 0.0).map_or(first, |i| i + 1);
-                MelFilter {
-                    first_bin: first,
-                    weights: row[first..last].to_vec(),
-                }
+                MelFilter { first_bin: first, weights: row[first..last].to_vec() }
             })
             .collect();
         Self {
@@ -144,11 +130,7 @@ impl MelFrontEnd {
         let n_frames = samples.len() / self.hop_length;
         let mut data = vec![0.0f32; n_mels * n_frames];
         if n_frames == 0 {
-            return LogMel {
-                n_mels,
-                n_frames,
-                data,
-            };
+            return LogMel { n_mels, n_frames, data };
         }
 
         let pad = (self.n_fft / 2) as isize;
@@ -182,11 +164,7 @@ impl MelFrontEnd {
         for v in &mut data {
             *v = (v.max(floor) + 4.0) / 4.0;
         }
-        LogMel {
-            n_mels,
-            n_frames,
-            data,
-        }
+        LogMel { n_mels, n_frames, data }
     }
 }
 
@@ -218,11 +196,7 @@ fn hz_to_mel(hz: f64) -> f64 {
     const MIN_LOG_HZ: f64 = 1000.0;
     let min_log_mel = MIN_LOG_HZ / F_SP;
     let log_step = 6.4f64.ln() / 27.0;
-    if hz >= MIN_LOG_HZ {
-        min_log_mel + (hz / MIN_LOG_HZ).ln() / log_step
-    } else {
-        hz / F_SP
-    }
+    if hz >= MIN_LOG_HZ { min_log_mel + (hz / MIN_LOG_HZ).ln() / log_step } else { hz / F_SP }
 }
 
 /// Inverse of [`hz_to_mel`].
@@ -231,11 +205,7 @@ fn mel_to_hz(mel: f64) -> f64 {
     const MIN_LOG_HZ: f64 = 1000.0;
     let min_log_mel = MIN_LOG_HZ / F_SP;
     let log_step = 6.4f64.ln() / 27.0;
-    if mel >= min_log_mel {
-        MIN_LOG_HZ * (log_step * (mel - min_log_mel)).exp()
-    } else {
-        mel * F_SP
-    }
+    if mel >= min_log_mel { MIN_LOG_HZ * (log_step * (mel - min_log_mel)).exp() } else { mel * F_SP }
 }
 
 /// librosa's `filters.mel(sr, n_fft, n_mels, fmin=0, fmax=sr/2, htk=False,
@@ -245,15 +215,12 @@ fn mel_to_hz(mel: f64) -> f64 {
 pub fn mel_filterbank(sampling_rate: usize, n_fft: usize, n_mels: usize) -> Vec<f32> {
     let n_bins = n_fft / 2 + 1;
     let nyquist = sampling_rate as f64 / 2.0;
-    let fft_freqs: Vec<f64> = (0..n_bins)
-        .map(|k| nyquist * k as f64 / (n_bins - 1) as f64)
-        .collect();
+    let fft_freqs: Vec<f64> = (0..n_bins).map(|k| nyquist * k as f64 / (n_bins - 1) as f64).collect();
 
     // n_mels + 2 points evenly spaced in mel, from 0 Hz to Nyquist.
     let (mel_min, mel_max) = (hz_to_mel(0.0), hz_to_mel(nyquist));
-    let edges: Vec<f64> = (0..n_mels + 2)
-        .map(|i| mel_to_hz(mel_min + (mel_max - mel_min) * i as f64 / (n_mels + 1) as f64))
-        .collect();
+    let edges: Vec<f64> =
+        (0..n_mels + 2).map(|i| mel_to_hz(mel_min + (mel_max - mel_min) * i as f64 / (n_mels + 1) as f64)).collect();
 
     let mut bank = vec![0.0f32; n_mels * n_bins];
     for m in 0..n_mels {
@@ -299,8 +266,7 @@ mod tests {
             .map(|n| {
                 let t = n as f64 / 16_000.0;
                 let tau = 2.0 * std::f64::consts::PI;
-                (0.5 * (tau * 440.0 * t).sin() + 0.25 * (tau * (200.0 + 3000.0 * t) * t).sin())
-                    as f32
+                (0.5 * (tau * 440.0 * t).sin() + 0.25 * (tau * (200.0 + 3000.0 * t) * t).sin()) as f32
             })
             .collect();
         x.extend(std::iter::repeat_n(0.0, 4000));
@@ -314,18 +280,11 @@ mod tests {
         for (row, expected) in &golden.filter_rows {
             let actual = &bank[row * 201..(row + 1) * 201];
             for (k, (a, e)) in actual.iter().zip(expected).enumerate() {
-                assert!(
-                    (a - e).abs() <= 1e-6 + 1e-5 * e.abs(),
-                    "filter {row} bin {k}: {a} vs {e}"
-                );
+                assert!((a - e).abs() <= 1e-6 + 1e-5 * e.abs(), "filter {row} bin {k}: {a} vs {e}");
             }
         }
         let sum: f64 = bank.iter().map(|&w| w as f64).sum();
-        assert!(
-            (sum - golden.filter_sum).abs() < 1e-4,
-            "{sum} vs {}",
-            golden.filter_sum
-        );
+        assert!((sum - golden.filter_sum).abs() < 1e-4, "{sum} vs {}", golden.filter_sum);
     }
 
     #[test]
@@ -334,10 +293,7 @@ mod tests {
         for row in bank.chunks_exact(201) {
             assert!(row.iter().all(|&w| w >= 0.0));
             // Triangles: non-zero on one contiguous stretch of bins.
-            let first = row
-                .iter()
-                .position(|&w| w > 0.0)
-                .expect("no filter is empty at 80 bins");
+            let first = row.iter().position(|&w| w > 0.0).expect("no filter is empty at 80 bins");
             let last = row.iter().rposition(|&w| w > 0.0).unwrap();
             assert!(row[first..=last].iter().all(|&w| w > 0.0));
         }
@@ -374,11 +330,7 @@ mod tests {
 
     #[test]
     fn frames_slices_columns() {
-        let mel = LogMel {
-            n_mels: 2,
-            n_frames: 3,
-            data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        };
+        let mel = LogMel { n_mels: 2, n_frames: 3, data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
         assert_eq!(mel.frames(1, 3).data, vec![2.0, 3.0, 5.0, 6.0]);
     }
 

@@ -69,10 +69,7 @@ impl PreprocessorConfig {
             ));
         }
         if self.n_fft < 2 || !self.n_fft.is_multiple_of(2) {
-            return Err(format!(
-                "n_fft must be even and at least 2, not {}",
-                self.n_fft
-            ));
+            return Err(format!("n_fft must be even and at least 2, not {}", self.n_fft));
         }
         if self.hop_length == 0 || self.feature_size == 0 || self.nb_max_frames == 0 {
             return Err("hop_length, feature_size and nb_max_frames must be positive".into());
@@ -115,16 +112,12 @@ pub(crate) fn ensure_preprocessor_config_with(
     defaults: &PreprocessorConfig,
 ) -> Result<PreprocessorConfig, SttError> {
     if !dir.is_dir() {
-        return Err(SttError::ModelDirMissing {
-            dir: dir.to_path_buf(),
-        });
+        return Err(SttError::ModelDirMissing { dir: dir.to_path_buf() });
     }
     let path = dir.join(PREPROCESSOR_CONFIG_FILE);
     if !path.exists() {
-        write_config(&path, defaults).map_err(|source| SttError::PreprocessorConfigWrite {
-            path: path.clone(),
-            source,
-        })?;
+        write_config(&path, defaults)
+            .map_err(|source| SttError::PreprocessorConfigWrite { path: path.clone(), source })?;
         tracing::info!(path = %path.display(), "wrote Whisper's standard preprocessor config");
     }
     read_config(&path)
@@ -154,13 +147,9 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 fn read_config(path: &Path) -> Result<PreprocessorConfig, SttError> {
-    let invalid = |reason: String| SttError::PreprocessorConfigInvalid {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let invalid = |reason: String| SttError::PreprocessorConfigInvalid { path: path.to_path_buf(), reason };
     let text = fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-    let config: PreprocessorConfig =
-        serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let config: PreprocessorConfig = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     config.validate().map_err(invalid)?;
     Ok(config)
 }
@@ -175,10 +164,8 @@ mod tests {
         let config = ensure_preprocessor_config(dir.path()).unwrap();
         assert_eq!(config, PreprocessorConfig::WHISPER);
 
-        let written: serde_json::Value = serde_json::from_str(
-            &fs::read_to_string(dir.path().join(PREPROCESSOR_CONFIG_FILE)).unwrap(),
-        )
-        .unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.path().join(PREPROCESSOR_CONFIG_FILE)).unwrap()).unwrap();
         // The numbers listed in docs/ and the notes for Whisper's feature extractor.
         assert_eq!(written["chunk_length"], 30);
         assert_eq!(written["n_samples"], 480_000);
@@ -208,16 +195,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = PreprocessorConfig::WHISPER;
         config.sampling_rate = 8000;
-        fs::write(
-            dir.path().join(PREPROCESSOR_CONFIG_FILE),
-            config.to_hf_json().to_string(),
-        )
-        .unwrap();
+        fs::write(dir.path().join(PREPROCESSOR_CONFIG_FILE), config.to_hf_json().to_string()).unwrap();
         let err = ensure_preprocessor_config(dir.path()).unwrap_err();
-        assert!(
-            matches!(err, SttError::PreprocessorConfigInvalid { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, SttError::PreprocessorConfigInvalid { .. }), "{err}");
         assert!(err.to_string().contains("delete it"), "{err}");
     }
 
@@ -240,10 +220,7 @@ mod tests {
 
         let err = ensure_preprocessor_config(dir.path()).unwrap_err();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(
-            matches!(err, SttError::PreprocessorConfigWrite { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, SttError::PreprocessorConfigWrite { .. }), "{err}");
         assert!(err.to_string().contains("writable"), "{err}");
         assert!(!dir.path().join(PREPROCESSOR_CONFIG_FILE).exists());
     }

@@ -80,17 +80,10 @@ pub struct Doubled {
 /// order, a sentence said twice listed twice) as often as it was said: see
 /// the module doc for the rules.
 pub fn sentence_coverage<S: AsRef<str>>(reference_sentences: &[S], hypothesis: &str) -> Coverage {
-    let sentences: Vec<Vec<String>> = reference_sentences
-        .iter()
-        .map(|s| normalize(s.as_ref()))
-        .collect();
+    let sentences: Vec<Vec<String>> = reference_sentences.iter().map(|s| normalize(s.as_ref())).collect();
     // The reference as one word sequence, each word tagged with its sentence.
     let reference: Vec<&str> = sentences.iter().flatten().map(String::as_str).collect();
-    let owner: Vec<usize> = sentences
-        .iter()
-        .enumerate()
-        .flat_map(|(i, s)| std::iter::repeat_n(i, s.len()))
-        .collect();
+    let owner: Vec<usize> = sentences.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i, s.len())).collect();
     let hypothesis = normalize(hypothesis);
     let hypothesis: Vec<&str> = hypothesis.iter().map(String::as_str).collect();
 
@@ -125,10 +118,7 @@ pub fn sentence_coverage<S: AsRef<str>>(reference_sentences: &[S], hypothesis: &
             continue;
         }
         let said = sentences.iter().filter(|s| *s == words).count();
-        let lost = dropped
-            .iter()
-            .filter(|d| sentences[d.index] == *words)
-            .count();
+        let lost = dropped.iter().filter(|d| sentences[d.index] == *words).count();
         doubled.push(Doubled {
             sentence: reference_sentences[first].as_ref().to_owned(),
             said,
@@ -153,8 +143,7 @@ fn align(reference: &[&str], hypothesis: &[&str]) -> Vec<(usize, usize)> {
     for i in 1..=n {
         cost[i * width] = i as u32;
         for j in 1..=m {
-            let diagonal =
-                cost[(i - 1) * width + j - 1] + u32::from(reference[i - 1] != hypothesis[j - 1]);
+            let diagonal = cost[(i - 1) * width + j - 1] + u32::from(reference[i - 1] != hypothesis[j - 1]);
             let deletion = cost[(i - 1) * width + j] + 1;
             let insertion = cost[i * width + j - 1] + 1;
             cost[i * width + j] = diagonal.min(deletion).min(insertion);
@@ -226,11 +215,7 @@ fn common_subsequence(a: &[String], b: &[&str]) -> usize {
         let mut diagonal = 0;
         for (j, word_b) in b.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = if word_a == word_b {
-                diagonal + 1
-            } else {
-                above.max(row[j])
-            };
+            row[j + 1] = if word_a == word_b { diagonal + 1 } else { above.max(row[j]) };
             diagonal = above;
         }
     }
@@ -257,21 +242,12 @@ mod tests {
 
     #[test]
     fn a_lost_sentence_is_dropped() {
-        let reference = owned(&[
-            "The cat sat down.",
-            "Then it slept.",
-            "The dog barked twice.",
-        ]);
+        let reference = owned(&["The cat sat down.", "Then it slept.", "The dog barked twice."]);
         let coverage = sentence_coverage(&reference, "The cat sat down. The dog barked twice.");
         assert_eq!(
             coverage,
             Coverage {
-                dropped: vec![Dropped {
-                    index: 1,
-                    sentence: "Then it slept.".into(),
-                    words: 3,
-                    matched: 0
-                }],
+                dropped: vec![Dropped { index: 1, sentence: "Then it slept.".into(), words: 3, matched: 0 }],
                 doubled: vec![],
             }
         );
@@ -281,11 +257,7 @@ mod tests {
     fn half_the_words_is_not_dropped_but_more_than_half_is() {
         let reference = owned(&["one two three four"]);
         assert!(sentence_coverage(&reference, "one two").dropped.is_empty());
-        assert!(
-            sentence_coverage(&reference, "one nine two eight")
-                .dropped
-                .is_empty()
-        );
+        assert!(sentence_coverage(&reference, "one nine two eight").dropped.is_empty());
         let dropped = sentence_coverage(&reference, "four").dropped;
         assert_eq!(dropped.len(), 1);
         assert_eq!((dropped[0].words, dropped[0].matched), (4, 1));
@@ -294,55 +266,33 @@ mod tests {
     #[test]
     fn a_sentence_written_twice_is_doubled() {
         let reference = owned(&["The cat sat down.", "Then it slept."]);
-        let coverage = sentence_coverage(
-            &reference,
-            "The cat sat down. The cat sat down. Then it slept.",
-        );
+        let coverage = sentence_coverage(&reference, "The cat sat down. The cat sat down. Then it slept.");
         assert!(coverage.dropped.is_empty());
-        assert_eq!(
-            coverage.doubled,
-            vec![Doubled {
-                sentence: "The cat sat down.".into(),
-                said: 1,
-                heard: 2
-            }]
-        );
+        assert_eq!(coverage.doubled, vec![Doubled { sentence: "The cat sat down.".into(), said: 1, heard: 2 }]);
     }
 
     #[test]
     fn a_one_word_sentence_is_never_doubled() {
         let reference = owned(&["Login incorrect.", "Mailbox?", "The mailbox is full."]);
-        let coverage = sentence_coverage(
-            &reference,
-            "Login incorrect. Mailbox? The mailbox is full. Mailbox?",
-        );
+        let coverage = sentence_coverage(&reference, "Login incorrect. Mailbox? The mailbox is full. Mailbox?");
         assert!(coverage.is_complete(), "{coverage:?}");
         // It can still be dropped.
         let coverage = sentence_coverage(&reference, "Login incorrect. The box is full.");
-        assert_eq!(
-            coverage.dropped.iter().map(|d| d.index).collect::<Vec<_>>(),
-            [1]
-        );
+        assert_eq!(coverage.dropped.iter().map(|d| d.index).collect::<Vec<_>>(), [1]);
     }
 
     #[test]
     fn a_near_copy_counts_as_a_copy() {
         let reference = owned(&["Please enter your password now.", "Thank you."]);
-        let coverage = sentence_coverage(
-            &reference,
-            "Please enter your password now. Please enter a password. Thank you.",
-        );
+        let coverage =
+            sentence_coverage(&reference, "Please enter your password now. Please enter a password. Thank you.");
         assert_eq!(coverage.doubled.len(), 1);
         assert_eq!(coverage.doubled[0].heard, 2);
     }
 
     #[test]
     fn said_twice_and_heard_twice_is_complete() {
-        let reference = owned(&[
-            "Where is the station?",
-            "It is on the left.",
-            "Where is the station?",
-        ]);
+        let reference = owned(&["Where is the station?", "It is on the left.", "Where is the station?"]);
         let hypothesis = "Where is the station? It is on the left. Where is the station?";
         assert!(sentence_coverage(&reference, hypothesis).is_complete());
         // Adjacent repeats too.
@@ -352,11 +302,7 @@ mod tests {
 
     #[test]
     fn said_twice_and_heard_once_drops_one() {
-        let reference = owned(&[
-            "Where is the station?",
-            "It is on the left.",
-            "Where is the station?",
-        ]);
+        let reference = owned(&["Where is the station?", "It is on the left.", "Where is the station?"]);
         let coverage = sentence_coverage(&reference, "Where is the station? It is on the left.");
         assert_eq!(coverage.dropped.len(), 1);
         assert_eq!(coverage.dropped[0].sentence, "Where is the station?");
@@ -366,28 +312,15 @@ mod tests {
     #[test]
     fn said_twice_and_heard_three_times_is_doubled() {
         let reference = owned(&["Count to three.", "Count to three."]);
-        let coverage = sentence_coverage(
-            &reference,
-            "Count to three. Count to three. Count to three.",
-        );
+        let coverage = sentence_coverage(&reference, "Count to three. Count to three. Count to three.");
         assert!(coverage.dropped.is_empty());
-        assert_eq!(
-            coverage.doubled,
-            vec![Doubled {
-                sentence: "Count to three.".into(),
-                said: 2,
-                heard: 3
-            }]
-        );
+        assert_eq!(coverage.doubled, vec![Doubled { sentence: "Count to three.".into(), said: 2, heard: 3 }]);
     }
 
     #[test]
     fn a_misheard_word_is_neither_dropped_nor_doubled() {
         let reference = owned(&["Turn left at the bridge.", "Turn right at the bank."]);
-        let coverage = sentence_coverage(
-            &reference,
-            "Turn left at the ridge. Turn right at the tank.",
-        );
+        let coverage = sentence_coverage(&reference, "Turn left at the ridge. Turn right at the tank.");
         assert!(coverage.is_complete(), "{coverage:?}");
     }
 
@@ -399,10 +332,7 @@ mod tests {
         assert!(sentence_coverage(&none, "hello there").is_complete());
         assert!(sentence_coverage(&["..."], "").is_complete());
         let coverage = sentence_coverage(&["Hello there.", "Bye."], "");
-        assert_eq!(
-            coverage.dropped.iter().map(|d| d.index).collect::<Vec<_>>(),
-            [0, 1]
-        );
+        assert_eq!(coverage.dropped.iter().map(|d| d.index).collect::<Vec<_>>(), [0, 1]);
     }
 
     /// A pool of sentences of two words or more, each with words of its own
@@ -413,13 +343,7 @@ mod tests {
             let pool: Vec<String> = lengths
                 .iter()
                 .enumerate()
-                .map(|(k, &len)| {
-                    (0..len)
-                        .map(|j| format!("w{k}x{j}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        + "."
-                })
+                .map(|(k, &len)| (0..len).map(|j| format!("w{k}x{j}")).collect::<Vec<_>>().join(" ") + ".")
                 .collect();
             let n = pool.len();
             (Just(pool), prop::collection::vec(0..n, 1..12))

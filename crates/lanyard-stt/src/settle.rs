@@ -61,7 +61,6 @@ impl SettlePolicy {
     pub fn settles_speculative(&self, cut: usize, rate: u32) -> bool {
         cut >= samples(self.speculative_from_secs, rate)
     }
-
 }
 
 fn samples(secs: f32, rate: u32) -> usize {
@@ -88,5 +87,4 @@ mod tests {
         assert!(!p.settles_speculative(9 * 16_000, 16_000), "a short command is decoded whole");
         assert!(p.settles_speculative(10 * 16_000, 16_000));
     }
-
 }

@@ -61,10 +61,7 @@ mod tests {
     #[test]
     fn counts_substitutions_insertions_and_deletions() {
         // One substitution in four words.
-        assert_eq!(
-            word_error_rate("the cat sat down", "the bat sat down"),
-            0.25
-        );
+        assert_eq!(word_error_rate("the cat sat down", "the bat sat down"), 0.25);
         // One deletion.
         assert_eq!(word_error_rate("the cat sat down", "the cat down"), 0.25);
         // Two insertions.

@@ -29,17 +29,32 @@ fn speech_then_silence_gives_onset_then_endpoint_at_the_speech_end() {
             events.push((ev, (i + 1) * 320));
         }
     }
-    let starts: Vec<usize> = events.iter().filter_map(|(e, _)| match e { VadEvent::Speech { start } => Some(*start), _ => None }).collect();
+    let starts: Vec<usize> = events
+        .iter()
+        .filter_map(|(e, _)| match e {
+            VadEvent::Speech { start } => Some(*start),
+            _ => None,
+        })
+        .collect();
     assert!(!starts.is_empty(), "{events:?}");
     assert!((ms(starts[0]) as i64 - 500).abs() <= 150, "speech starts at {} ms: {events:?}", ms(starts[0]));
-    let Some(&(VadEvent::Endpoint { speech_end }, seen_at)) = events.iter().rev().find(|(e, _)| matches!(e, VadEvent::Endpoint { .. })) else {
+    let Some(&(VadEvent::Endpoint { speech_end }, seen_at)) =
+        events.iter().rev().find(|(e, _)| matches!(e, VadEvent::Endpoint { .. }))
+    else {
         panic!("no endpoint: {events:?}");
     };
-    assert!((ms(speech_end) as i64 - ms(voice_end) as i64).abs() <= 200, "speech end {} ms, voice end {} ms", ms(speech_end), ms(voice_end));
+    assert!(
+        (ms(speech_end) as i64 - ms(voice_end) as i64).abs() <= 200,
+        "speech end {} ms, voice end {} ms",
+        ms(speech_end),
+        ms(voice_end)
+    );
     assert!(ms(seen_at - speech_end) >= cfg.end_ms as usize && ms(seen_at - speech_end) <= cfg.end_ms as usize + 40);
     let onset = events.iter().rev().find(|(e, _)| matches!(e, VadEvent::SilenceOnset { .. })).unwrap();
     assert_eq!(onset.0, VadEvent::SilenceOnset { speech_end });
-    assert!(ms(onset.1 - speech_end) >= cfg.onset_ms as usize && ms(onset.1 - speech_end) <= cfg.onset_ms as usize + 40);
+    assert!(
+        ms(onset.1 - speech_end) >= cfg.onset_ms as usize && ms(onset.1 - speech_end) <= cfg.onset_ms as usize + 40
+    );
     // Pauses between words did not end the speech early.
     assert_eq!(events.iter().filter(|(e, _)| matches!(e, VadEvent::Endpoint { .. })).count(), 1, "{events:?}");
 }

@@ -46,17 +46,8 @@ fn english_sentences_are_transcribed_within_the_wer_budget() {
         ));
         assert!((transcript.audio_secs - audio.len() as f32 / 16_000.0).abs() < 1e-3);
         if wer > MAX_WER {
-            failures.push(format!(
-                "{reference:?} -> {:?} (WER {:.0} %)",
-                transcript.text,
-                wer * 100.0
-            ));
+            failures.push(format!("{reference:?} -> {:?} (WER {:.0} %)", transcript.text, wer * 100.0));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "WER above {:.0} %:\n{}",
-        MAX_WER * 100.0,
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "WER above {:.0} %:\n{}", MAX_WER * 100.0, failures.join("\n"));
 }

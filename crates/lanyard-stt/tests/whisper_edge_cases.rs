@@ -7,8 +7,7 @@ use std::fs;
 use std::sync::Arc;
 
 use lanyard_stt::{
-    PREPROCESSOR_CONFIG_FILE, PreprocessorConfig, SpeechToText, SttError, WhisperConfig,
-    WhisperCt2, word_error_rate,
+    PREPROCESSOR_CONFIG_FILE, PreprocessorConfig, SpeechToText, SttError, WhisperConfig, WhisperCt2, word_error_rate,
 };
 
 /// One model per test binary; loading takes a moment and the model is shareable.
@@ -16,10 +15,7 @@ fn shared_model() -> Arc<WhisperCt2> {
     static MODEL: std::sync::OnceLock<Arc<WhisperCt2>> = std::sync::OnceLock::new();
     MODEL
         .get_or_init(|| {
-            Arc::new(
-                WhisperCt2::load(&common::model_dir(), WhisperConfig::default())
-                    .expect("model loads"),
-            )
+            Arc::new(WhisperCt2::load(&common::model_dir(), WhisperConfig::default()).expect("model loads"))
         })
         .clone()
 }
@@ -38,18 +34,8 @@ fn preprocessor_config_is_written_when_missing() {
     let written = dir.path().join(PREPROCESSOR_CONFIG_FILE);
     assert!(!written.exists());
 
-    let stt = WhisperCt2::load(
-        dir.path(),
-        WhisperConfig {
-            threads: 1,
-            ..Default::default()
-        },
-    )
-    .expect("model loads");
-    assert!(
-        written.is_file(),
-        "load() must write {PREPROCESSOR_CONFIG_FILE}"
-    );
+    let stt = WhisperCt2::load(dir.path(), WhisperConfig { threads: 1, ..Default::default() }).expect("model loads");
+    assert!(written.is_file(), "load() must write {PREPROCESSOR_CONFIG_FILE}");
     let config = lanyard_stt::ensure_preprocessor_config(dir.path()).unwrap();
     assert_eq!(config, PreprocessorConfig::WHISPER);
 
@@ -61,8 +47,7 @@ fn preprocessor_config_is_written_when_missing() {
 
 #[test]
 fn missing_model_dir_says_how_to_install() {
-    let err =
-        WhisperCt2::load("/nonexistent/whisper".as_ref(), WhisperConfig::default()).unwrap_err();
+    let err = WhisperCt2::load("/nonexistent/whisper".as_ref(), WhisperConfig::default()).unwrap_err();
     assert!(matches!(err, SttError::ModelDirMissing { .. }));
     assert!(err.to_string().contains("scripts/setup"), "{err}");
 }
@@ -71,16 +56,7 @@ fn missing_model_dir_says_how_to_install() {
 fn directory_without_a_model_is_rejected_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let err = WhisperCt2::load(dir.path(), WhisperConfig::default()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SttError::ModelFileMissing {
-                file: "model.bin",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, SttError::ModelFileMissing { file: "model.bin", .. }), "{err}");
 }
 
 #[test]
@@ -88,10 +64,7 @@ fn silence_and_empty_input_give_no_text() {
     let stt = shared_model();
     assert_eq!(stt.transcribe(&[]).unwrap().text, "");
     let transcript = stt.transcribe(&common::silence(3.0)).unwrap();
-    common::report(&format!(
-        "3 s of silence -> {:?} in {:.3} s",
-        transcript.text, transcript.compute_secs
-    ));
+    common::report(&format!("3 s of silence -> {:?} in {:.3} s", transcript.text, transcript.compute_secs));
     assert_eq!(transcript.text, "");
 }
 
@@ -120,10 +93,7 @@ fn non_finite_samples_are_rejected() {
     let mut audio = common::silence(1.0);
     audio[10] = f32::NAN;
     let err = stt.transcribe(&audio).unwrap_err();
-    assert!(
-        matches!(err, SttError::InvalidAudio { index: 10, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, SttError::InvalidAudio { index: 10, .. }), "{err}");
 }
 
 #[test]

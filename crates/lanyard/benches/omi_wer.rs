@@ -37,11 +37,11 @@
 //! set (default: three real ones, about four minutes of audio), and
 //! `LANYARD_BENCH_TRACE=1` prints every final of both runs.
 
-#[path = "../../lanyard-stt/benches/long_set/mod.rs"]
-mod long_set;
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
 mod common;
+#[path = "../../lanyard-stt/benches/long_set/mod.rs"]
+mod long_set;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -66,7 +66,8 @@ struct Run {
 async fn main() {
     let only = std::env::var("LANYARD_BENCH_ONLY").unwrap_or_else(|_| DEFAULT_PASSAGES.into());
     let names: Vec<&str> = only.split(',').map(str::trim).collect();
-    let passages: Vec<long_set::Passage> = long_set::passages().into_iter().filter(|p| names.contains(&p.name.as_str())).collect();
+    let passages: Vec<long_set::Passage> =
+        long_set::passages().into_iter().filter(|p| names.contains(&p.name.as_str())).collect();
     assert!(!passages.is_empty(), "LANYARD_BENCH_ONLY={only} names no passage of the long set");
     let audio: f64 = passages.iter().map(|p| p.secs()).sum();
     println!("lanyard Omi-style streams against marked ones");
@@ -75,7 +76,8 @@ async fn main() {
     let mut say = Vec::new();
     for (i, p) in passages.iter().enumerate() {
         let path = scratch.path().join(format!("p{i:02}.raw"));
-        let bytes: Vec<u8> = p.pcm16k.iter().flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
+        let bytes: Vec<u8> =
+            p.pcm16k.iter().flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
         std::fs::write(&path, bytes).unwrap();
         // The transcript is for the simulator's report only; `=` ends the path.
         say.push(format!("{}={}", path.display(), p.transcript().replace('\n', " ")));
@@ -87,7 +89,10 @@ async fn main() {
     let omi = run(scratch.path(), "omi", &say, audio).await;
 
     println!();
-    println!("| {:<7} | {:>10} | {:>8} | {:>9} | dropped or doubled sentences |", "framing", "utterances", "WER", "wall secs");
+    println!(
+        "| {:<7} | {:>10} | {:>8} | {:>9} | dropped or doubled sentences |",
+        "framing", "utterances", "WER", "wall secs"
+    );
     println!("|---------|------------|----------|-----------|------------------------------|");
     let mut wers = Vec::new();
     for (name, r) in [("marked", &marked), ("omi", &omi)] {
@@ -132,7 +137,16 @@ async fn run(scratch: &Path, framing: &str, say: &[String], audio_secs: f64) -> 
     let server_dir = dir.join("server");
     let token = add_device(&server_dir, "omi-wer");
     let (server, url) = start_server(&server_dir).await;
-    let mut args = vec!["pendant-sim", "--listen", "127.0.0.1:0", "--wait-for-central", "--gap-ms", GAP_MS, "--linger-secs", "600"];
+    let mut args = vec![
+        "pendant-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-for-central",
+        "--gap-ms",
+        GAP_MS,
+        "--linger-secs",
+        "600",
+    ];
     if framing == "omi" {
         args.extend(["--framing", "omi", "--continuous"]);
     } else {
@@ -144,23 +158,42 @@ async fn run(scratch: &Path, framing: &str, say: &[String], audio_secs: f64) -> 
     let mut pendant = Proc::spawn(&args);
     let addr = pendant.expect("listening", Duration::from_secs(60)).await["addr"].as_str().unwrap().to_string();
     let spool = dir.join("spool");
-    let relay = Proc::spawn(&["relay", "--server", &url, "--token", &token, "--pendant", &addr, "--spool-dir", spool.to_str().unwrap()]);
+    let relay = Proc::spawn(&[
+        "relay",
+        "--server",
+        &url,
+        "--token",
+        &token,
+        "--pendant",
+        &addr,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
     let speaking = Duration::from_secs_f64(audio_secs * 1.5 + 120.0);
     pendant.expect("done", speaking).await;
-    eprintln!("  {framing}: the pendant is done after {:.0} s; waiting for every final", started.elapsed().as_secs_f64());
+    eprintln!(
+        "  {framing}: the pendant is done after {:.0} s; waiting for every final",
+        started.elapsed().as_secs_f64()
+    );
 
     // Every utterance transcribed, and no new one for a while (the last
     // one ends by the endpoint or the relay's silence timeout).
     let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.unwrap();
-    let device = store.device_by_token_hash(&lanyard_server::auth::hash_token(&token)).await.unwrap().expect("the device").id;
+    let device =
+        store.device_by_token_hash(&lanyard_server::auth::hash_token(&token)).await.unwrap().expect("the device").id;
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut stable_since: Option<(usize, Instant)> = None;
     let finals = loop {
-        assert!(Instant::now() < deadline, "{framing}: utterances still not transcribed 180 s after the pendant was done");
+        assert!(
+            Instant::now() < deadline,
+            "{framing}: utterances still not transcribed 180 s after the pendant was done"
+        );
         let mut all = store.list_utterances(device, None, 1000).await.unwrap();
         all.sort_by_key(|u| u.id);
         let done = !all.is_empty()
-            && all.iter().all(|u| matches!(u.state, UtteranceState::Transcribed | UtteranceState::Replied | UtteranceState::Failed));
+            && all.iter().all(|u| {
+                matches!(u.state, UtteranceState::Transcribed | UtteranceState::Replied | UtteranceState::Failed)
+            });
         match stable_since {
             Some((n, since)) if done && n == all.len() && since.elapsed() > Duration::from_secs(5) => {
                 break all.into_iter().filter_map(|u| u.transcript).collect::<Vec<_>>();

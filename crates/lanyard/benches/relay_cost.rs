@@ -127,9 +127,10 @@ fn run_once(model: &str, sync_ms: u64) -> Run {
         .unwrap();
     let srx = lines(&mut server);
     let url = format!("http://{}", wait_for(&srx, "listening")["addr"].as_str().unwrap());
-    let mut args: Vec<String> = ["pendant-sim", "--listen", "127.0.0.1:0", "--wait-for-central", "--linger-secs", "60", "--gap-ms", "500"]
-        .map(String::from)
-        .into();
+    let mut args: Vec<String> =
+        ["pendant-sim", "--listen", "127.0.0.1:0", "--wait-for-central", "--linger-secs", "60", "--gap-ms", "500"]
+            .map(String::from)
+            .into();
     let sentences = lanyard_pendant::speech::DEMO_SENTENCES;
     for s in sentences.iter().cycle().take(sentences.len() * ROUNDS) {
         args.extend(["--say".to_string(), s.to_string()]);
@@ -163,7 +164,8 @@ fn run_once(model: &str, sync_ms: u64) -> Run {
     // Every line, to the end of the relay's output (its reader thread may
     // not have reached the last ones when `wait4` returns).
     let events: Vec<serde_json::Value> = rrx.iter().collect();
-    let frames: u64 = events.iter().filter(|v| v["event"] == "utterance_ended").map(|v| v["frames"].as_u64().unwrap()).sum();
+    let frames: u64 =
+        events.iter().filter(|v| v["event"] == "utterance_ended").map(|v| v["frames"].as_u64().unwrap()).sum();
     let window = events.iter().find(|v| v["event"] == "cpu_window").expect("the relay reports its streaming CPU");
     let floor = floor.join().unwrap();
     let floor_mmap = floor_mmap.join().unwrap();
@@ -260,7 +262,8 @@ fn floor_child() {
     let sync_ms: u64 = var("BENCH_SYNC_MS").parse().unwrap();
     let mmap = var("BENCH_FLOOR_MMAP") == "true";
     let path = std::path::Path::new(&var("BENCH_SPOOL")).join("floor-segment");
-    let file = Arc::new(std::fs::OpenOptions::new().create(true).read(true).append(!mmap).write(mmap).open(path).unwrap());
+    let file =
+        Arc::new(std::fs::OpenOptions::new().create(true).read(true).append(!mmap).write(mmap).open(path).unwrap());
     let mut sock = std::net::TcpStream::connect(var("BENCH_PEER")).unwrap();
     sock.set_nodelay(true).unwrap();
     let start = std::time::Instant::now();
@@ -274,7 +277,14 @@ fn floor_child() {
             // SAFETY: a fresh shared mapping of `len` bytes of a file this
             // process alone uses and has just sized; unmapped at exit.
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
             };
             assert_ne!(p, libc::MAP_FAILED);
             p.cast::<u8>()
@@ -287,7 +297,9 @@ fn floor_child() {
             let t0 = cpu_ms(libc::CLOCK_THREAD_CPUTIME_ID);
             match map {
                 // SAFETY: record `i` lies inside the mapping.
-                Some(p) => unsafe { std::ptr::copy_nonoverlapping(record.as_ptr(), p.add(i as usize * FLOOR_RECORD), FLOOR_RECORD) },
+                Some(p) => unsafe {
+                    std::ptr::copy_nonoverlapping(record.as_ptr(), p.add(i as usize * FLOOR_RECORD), FLOOR_RECORD)
+                },
                 None => (&*f).write_all(&record).unwrap(),
             }
             write_ms += cpu_ms(libc::CLOCK_THREAD_CPUTIME_ID) - t0;
@@ -442,22 +454,43 @@ fn main() {
         let (floor, floor_min, floor_max) = median(floors.iter().map(|(w, r)| w + r).collect());
         let ratio = median(runs.iter().zip(&floors).map(|(r, (w, f))| r.relay / (w + f)).collect()).0;
         println!("relay process, {label}, {n} runs of {:.1} s of audio each:", runs[0].audio_s);
-        println!("  relay CPU per second of audio while streaming: median {relay:.3} ms (min {relay_min:.3}, max {relay_max:.3})   bar <= 0.5 ms");
+        println!(
+            "  relay CPU per second of audio while streaming: median {relay:.3} ms (min {relay_min:.3}, max {relay_max:.3})   bar <= 0.5 ms"
+        );
         println!("    loop thread (uplink, WebSocket, fsync): median {:.3} ms", stat(|r| r.loop_thread).0);
         println!("    ingest on the link thread (reassembly, spool write()): median {:.3} ms", stat(|r| r.ingest).0);
-        println!("  floor, the design's system calls alone, run alongside: median {floor:.3} ms (min {floor_min:.3}, max {floor_max:.3})");
+        println!(
+            "  floor, the design's system calls alone, run alongside: median {floor:.3} ms (min {floor_min:.3}, max {floor_max:.3})"
+        );
         println!("    50 record write()s a second: median {:.3} ms", median(floors.iter().map(|f| f.0).collect()).0);
-        println!("    5 rounds a second (timer wake-up, fdatasync when due, send, recv of the ack): median {:.3} ms", median(floors.iter().map(|f| f.1).collect()).0);
+        println!(
+            "    5 rounds a second (timer wake-up, fdatasync when due, send, recv of the ack): median {:.3} ms",
+            median(floors.iter().map(|f| f.1).collect()).0
+        );
         println!("  relay / floor, run by run: median {ratio:.2}x");
         let (mm, mm_min, mm_max) = median(runs.iter().map(|r| r.floor_mmap.0 + r.floor_mmap.1).collect());
-        println!("  floor of a contract the issue does not allow (mmap'd segment, no fsync of acknowledged frames), alongside:");
-        println!("    median {mm:.3} ms (min {mm_min:.3}, max {mm_max:.3}): copies {:.3} ms, rounds {:.3} ms",
-            median(runs.iter().map(|r| r.floor_mmap.0).collect()).0, median(runs.iter().map(|r| r.floor_mmap.1).collect()).0);
-        println!("  pendant transport stand-in (simulator socket reads on the link thread): median {:.3} ms", stat(|r| r.transport).0);
-        println!("  whole process over the streaming window: median {:.3} ms; over its life: median {:.3} ms", stat(|r| r.process).0, stat(|r| r.life_ms_per_audio_s).0);
+        println!(
+            "  floor of a contract the issue does not allow (mmap'd segment, no fsync of acknowledged frames), alongside:"
+        );
+        println!(
+            "    median {mm:.3} ms (min {mm_min:.3}, max {mm_max:.3}): copies {:.3} ms, rounds {:.3} ms",
+            median(runs.iter().map(|r| r.floor_mmap.0).collect()).0,
+            median(runs.iter().map(|r| r.floor_mmap.1).collect()).0
+        );
+        println!(
+            "  pendant transport stand-in (simulator socket reads on the link thread): median {:.3} ms",
+            stat(|r| r.transport).0
+        );
+        println!(
+            "  whole process over the streaming window: median {:.3} ms; over its life: median {:.3} ms",
+            stat(|r| r.process).0,
+            stat(|r| r.life_ms_per_audio_s).0
+        );
         let (rss, rss_min, rss_max) = stat(|r| r.max_rss_mb);
         println!("  peak RSS: median {rss:.1} MB (min {rss_min:.1}, max {rss_max:.1})   bar <= 8 MB");
     }
-    println!("  (streaming: from the first utterance starting to the last acknowledged complete; the process life adds");
+    println!(
+        "  (streaming: from the first utterance starting to the last acknowledged complete; the process life adds"
+    );
     println!("   start-up, spool recovery and the wait for the last replies)");
 }

@@ -202,7 +202,9 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     }
     let total_frames = (args.streams as f64 / args.ramp + args.warmup_secs as f64 + args.secs as f64 + 10.0) * 50.0;
     if total_frames > wire::limits::MAX_UTTERANCE_FRAMES as f64 {
-        bail!("a stream would pass the server's 30000 frames (10 minutes) per utterance; shorten --secs or --warmup-secs");
+        bail!(
+            "a stream would pass the server's 30000 frames (10 minutes) per utterance; shorten --secs or --warmup-secs"
+        );
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The bench holds one socket per stream; a started server holds one
@@ -211,11 +213,18 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 
     let mut server = match &args.server {
         Some(url) => {
-            let admin = args
-                .admin_token
-                .clone()
-                .context("with --server, pass --admin-token (or LANYARD_ADMIN_TOKEN): devices are made through the admin API")?;
-            Server { url: url.trim_end_matches('/').to_string(), pid: args.server_pid, admin, child: None, log: None, fs: None, _dir: None }
+            let admin = args.admin_token.clone().context(
+                "with --server, pass --admin-token (or LANYARD_ADMIN_TOKEN): devices are made through the admin API",
+            )?;
+            Server {
+                url: url.trim_end_matches('/').to_string(),
+                pid: args.server_pid,
+                admin,
+                child: None,
+                log: None,
+                fs: None,
+                _dir: None,
+            }
         }
         None => start_server(&args).await?,
     };
@@ -316,11 +325,7 @@ async fn start_server(args: &IngestArgs) -> Result<Server> {
     let admin = lanyard_server::auth::mint_token();
     let log = dir.path().join("server.log");
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(dir.path().join("server"));
+    cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path().join("server"));
     if let Some(m) = &args.model_dir {
         cmd.arg("--model-dir").arg(m);
     }
@@ -360,7 +365,15 @@ async fn start_server(args: &IngestArgs) -> Result<Server> {
     // Keep reading stdout so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let fs = filesystem(dir.path());
-    Ok(Server { url: format!("http://{addr}"), pid, admin, child: Some(child), log: Some(log), fs: Some(fs), _dir: Some(dir) })
+    Ok(Server {
+        url: format!("http://{addr}"),
+        pid,
+        admin,
+        child: Some(child),
+        log: Some(log),
+        fs: Some(fs),
+        _dir: Some(dir),
+    })
 }
 
 /// The filesystem type of `path`, by statfs magic.
@@ -463,8 +476,9 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
     if pb.is_hidden() {
         eprintln!("connecting {n} streams at {}/s", args.ramp);
     }
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id()).rotate_left(32);
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
     let frames = Arc::new(opus_frames(args.frame_bytes, &mut seed)?);
     let mut tasks = Vec::with_capacity(n);
     let ramp_start = Instant::now();
@@ -473,14 +487,25 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
         let phase = Duration::from_nanos(splitmix(&mut seed) % FRAME.as_nanos() as u64);
         let frame = (frames.clone(), (splitmix(&mut seed) % frames.len() as u64) as usize);
         let batch = Duration::from_millis(args.batch_ms);
-        tasks.push(tokio::spawn(stream(ws_url.clone(), dev.token.clone(), frame, phase, batch, base, shared.clone(), stopped.clone())));
+        tasks.push(tokio::spawn(stream(
+            ws_url.clone(),
+            dev.token.clone(),
+            frame,
+            phase,
+            batch,
+            base,
+            shared.clone(),
+            stopped.clone(),
+        )));
         if i % 16 == 0 {
             update_connect(&pb, &shared);
         }
     }
     // Wait for every stream to connect or fail.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+    while shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < n as u64
+        && Instant::now() < deadline
+    {
         update_connect(&pb, &shared);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -507,7 +532,8 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
         eprintln!("{connected_at_ramp} streams up; {}s warm-up, then {}s measured", args.warmup_secs, args.secs);
     }
     let phase_start = Instant::now();
-    let (mut last_sent, mut last_acked, mut last_t) = (shared.sent.load(Ordering::Relaxed), shared.acked.load(Ordering::Relaxed), Instant::now());
+    let (mut last_sent, mut last_acked, mut last_t) =
+        (shared.sent.load(Ordering::Relaxed), shared.acked.load(Ordering::Relaxed), Instant::now());
     let mut window: Option<Snapshot> = None;
     let mut rss_max = 0u64;
     let pid = server.pid;
@@ -517,12 +543,14 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
         let since = now - phase_start;
         if window.is_none() && since >= Duration::from_secs(args.warmup_secs) {
             shared.window_start.store((now - base).as_nanos() as u64, Ordering::Relaxed);
-            window = Some((now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs()));
+            window =
+                Some((now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs()));
             pb.set_prefix("measure");
         }
         if since >= Duration::from_secs(total) {
             shared.window_end.store((now - base).as_nanos() as u64, Ordering::Relaxed);
-            window_end = (now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs());
+            window_end =
+                (now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs());
             break;
         }
         if window.is_some() {
@@ -567,7 +595,9 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
     let (mut w_sent, mut w_unacked) = (0u64, 0u64);
     let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
     for t in tasks {
-        let r = t.await.unwrap_or_else(|e| StreamResult { error: Some(format!("task panicked: {e}")), ..Default::default() });
+        let r = t
+            .await
+            .unwrap_or_else(|e| StreamResult { error: Some(format!("task panicked: {e}")), ..Default::default() });
         lat.extend_from_slice(&r.latency_us);
         lag.extend_from_slice(&r.lag_us);
         w_sent += r.window_sent;
@@ -704,7 +734,8 @@ type Snapshot = (Instant, Option<(f64, f64)>, f64, Option<f64>);
 /// /proc/stat: CPU seconds all cores spent busy (not idle or waiting for I/O).
 fn machine_busy_secs() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let f: Vec<u64> = stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let f: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal ...
     let busy: u64 = f.iter().take(8).enumerate().filter(|&(i, _)| i != 3 && i != 4).map(|(_, v)| v).sum();
     // SAFETY: sysconf has no preconditions.
@@ -869,26 +900,30 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 /// Connects with TCP_NODELAY, opens one utterance, and waits for `opened`.
 async fn connect(url: &str, token: &str) -> Result<Ws, String> {
     let mut req = url.into_client_request().map_err(|e| format!("bad url: {e}"))?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().map_err(|_| "bad token".to_string())?);
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().map_err(|_| "bad token".to_string())?);
     // Small buffers: thousands of connections share this process's memory.
     // Messages are buffered until the batch's flush (the buffer grows to one
     // batch: about 1 KB at 200 ms).
     let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(64 * 1024);
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async_with_config(req, Some(cfg), true))
-        .await
-        .map_err(|_| "connect timed out (20 s)".to_string())?
-        .map_err(|e| format!("connect failed: {e}"))?;
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::connect_async_with_config(req, Some(cfg), true),
+    )
+    .await
+    .map_err(|_| "connect timed out (20 s)".to_string())?
+    .map_err(|e| format!("connect failed: {e}"))?;
     let open = ClientMsg::Open { utterance: uuid::Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms };
     ws.send(Message::text(open.to_json())).await.map_err(|e| format!("open failed: {e}"))?;
     let opened = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(m) = ws.next().await {
             match m {
-                Ok(Message::Text(t)) => return match wire::parse_server_text(&t) {
-                    Ok(ServerMsg::Opened { complete: false, .. }) => Ok(()),
-                    Ok(other) => Err(format!("expected `opened`, got {other:?}")),
-                    Err(e) => Err(format!("bad server message: {e}")),
-                },
+                Ok(Message::Text(t)) => {
+                    return match wire::parse_server_text(&t) {
+                        Ok(ServerMsg::Opened { complete: false, .. }) => Ok(()),
+                        Ok(other) => Err(format!("expected `opened`, got {other:?}")),
+                        Err(e) => Err(format!("bad server message: {e}")),
+                    };
+                }
                 Ok(Message::Close(f)) => return Err(format!("closed before `opened`: {f:?}")),
                 Ok(_) => {}
                 Err(e) => return Err(format!("socket error before `opened`: {e}")),
@@ -914,12 +949,23 @@ fn fmt_mib(v: &serde_json::Value) -> String {
 }
 
 fn print_report(r: &serde_json::Value) {
-    let (s, c, w, l, g, sv, lg) = (&r["streams"], &r["config"], &r["window"], &r["ack_latency_ms"], &r["send_lag_ms"], &r["server"], &r["load_generator"]);
+    let (s, c, w, l, g, sv, lg) = (
+        &r["streams"],
+        &r["config"],
+        &r["window"],
+        &r["ack_latency_ms"],
+        &r["send_lag_ms"],
+        &r["server"],
+        &r["load_generator"],
+    );
     let cores = c["machine_cores"].as_u64().unwrap_or(1);
     println!();
     println!(
         "lanyard bench ingest: {} streams, {} s measured after {} s warm-up ({} build; server {} at {})",
-        s["requested"], c["secs"], c["warmup_secs"], c["build"].as_str().unwrap_or("?"),
+        s["requested"],
+        c["secs"],
+        c["warmup_secs"],
+        c["build"].as_str().unwrap_or("?"),
         if c["server_started_by_bench"].as_bool() == Some(true) { "started by the bench" } else { "given" },
         c["server"].as_str().unwrap_or("?"),
     );
@@ -948,16 +994,28 @@ fn print_report(r: &serde_json::Value) {
     );
     println!(
         "  ack latency        p50 {}  p95 {}  p99 {}  p99.9 {}  max {}",
-        fmt_ms(&l["p50"]), fmt_ms(&l["p95"]), fmt_ms(&l["p99"]), fmt_ms(&l["p999"]), fmt_ms(&l["max"])
+        fmt_ms(&l["p50"]),
+        fmt_ms(&l["p95"]),
+        fmt_ms(&l["p99"]),
+        fmt_ms(&l["p999"]),
+        fmt_ms(&l["max"])
     );
-    println!("  time to safe p99   {}   (frame sent -> the ACK that covers it; see --help)", fmt_ms(&r["time_to_safe_p99_ms"]));
+    println!(
+        "  time to safe p99   {}   (frame sent -> the ACK that covers it; see --help)",
+        fmt_ms(&r["time_to_safe_p99_ms"])
+    );
     println!(
         "  generator send lag p50 {}  p99 {}  max {}   (lateness against the {} ms batch schedule)",
-        fmt_ms(&g["p50"]), fmt_ms(&g["p99"]), fmt_ms(&g["max"]), c["batch_ms"]
+        fmt_ms(&g["p50"]),
+        fmt_ms(&g["p99"]),
+        fmt_ms(&g["max"]),
+        c["batch_ms"]
     );
     println!(
         "  server RSS         {} at the end, {} max in the window, {} peak (VmHWM)",
-        fmt_mib(&sv["rss_end_bytes"]), fmt_mib(&sv["rss_max_in_window_bytes"]), fmt_mib(&sv["vm_hwm_bytes"])
+        fmt_mib(&sv["rss_end_bytes"]),
+        fmt_mib(&sv["rss_max_in_window_bytes"]),
+        fmt_mib(&sv["vm_hwm_bytes"])
     );
     match sv["cpu_cores_used"].as_f64() {
         Some(cc) => println!(
@@ -972,10 +1030,14 @@ fn print_report(r: &serde_json::Value) {
     let gc = lg["cpu_cores_used"].as_f64().unwrap_or(0.0);
     println!("  generator CPU      {gc:.2} cores ({:.0}% of the machine)", 100.0 * gc / cores as f64);
     if let Some(o) = r["machine"]["cpu_cores_other_processes"].as_f64() {
-        println!("  other processes    {o:.2} cores (the rest of the machine's busy time in the window: a noisy neighbour)");
+        println!(
+            "  other processes    {o:.2} cores (the rest of the machine's busy time in the window: a noisy neighbour)"
+        );
     }
     match (r["streams_per_core"].as_f64(), r["streams_per_core_incl_generator"].as_f64()) {
-        (Some(a), Some(b)) => println!("  streams per core   {a:.0} (live streams / server cores used); {b:.0} counting the generator too"),
+        (Some(a), Some(b)) => println!(
+            "  streams per core   {a:.0} (live streams / server cores used); {b:.0} counting the generator too"
+        ),
         _ => println!("  streams per core   n/a"),
     }
     for key in ["capacity", "time_to_safe"] {

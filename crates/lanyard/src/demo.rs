@@ -113,8 +113,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let s = |x: &str| x.to_string();
-    let mut server_args =
-        vec![s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), path(&server_dir), s("--model-dir"), path(&args.model_dir)];
+    let mut server_args = vec![
+        s("serve"),
+        s("--listen"),
+        s("127.0.0.1:0"),
+        s("--data-dir"),
+        path(&server_dir),
+        s("--model-dir"),
+        path(&args.model_dir),
+    ];
     let mut trust = Vec::new();
     let mut ca = None;
     if !args.plain {
@@ -129,7 +136,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let tls_note = if args.plain { "plain HTTP" } else { "TLS, a throwaway CA's certificate" };
     eprintln!("lanyard demo: server up at {server_url} ({tls_note}; model loaded)");
 
-    let mut sim_args = vec![s("pendant-sim"), s("--listen"), s("127.0.0.1:0"), s("--wait-for-central"), s("--linger-secs"), s("600")];
+    let mut sim_args =
+        vec![s("pendant-sim"), s("--listen"), s("127.0.0.1:0"), s("--wait-for-central"), s("--linger-secs"), s("600")];
     for sentence in &lanyard_pendant::speech::DEMO_SENTENCES[..n] {
         sim_args.extend([s("--say"), s(sentence)]);
     }
@@ -236,7 +244,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let pushes = std::fs::read_to_string(server_dir.join("push-sink.jsonl")).unwrap_or_default();
 
     println!();
-    println!("Lanyard demo: {n} utterances, pendant -> BLE framing -> relay spool -> WebSocket -> server -> Whisper -> reply -> push");
+    println!(
+        "Lanyard demo: {n} utterances, pendant -> BLE framing -> relay spool -> WebSocket -> server -> Whisper -> reply -> push"
+    );
     println!("transport: {server_url} ({tls_note})");
     println!();
     let (mut errors, mut words) = (0.0f32, 0usize);

@@ -30,7 +30,8 @@ pub fn make(dir: &Path) -> Result<DevTls> {
     ca_params.distinguished_name.push(DnType::CommonName, "Lanyard throwaway CA");
     let ca = ca_params.self_signed(&ca_key).context("cannot sign the test CA")?;
     let key = KeyPair::generate().context("cannot make the server's key")?;
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).context("server parameters")?;
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).context("server parameters")?;
     params.distinguished_name.push(DnType::CommonName, "lanyard serve (local)");
     let cert = params.signed_by(&key, &ca, &ca_key).context("cannot sign the server's certificate")?;
     let out = DevTls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server-key.pem") };

@@ -23,7 +23,11 @@ use lanyard_proto::wire::{PushPlatform, PushRegistration};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "lanyard", version, about = "Lanyard: speech from a BLE pendant, through a phone, to a server that answers by push.")]
+#[command(
+    name = "lanyard",
+    version,
+    about = "Lanyard: speech from a BLE pendant, through a phone, to a server that answers by push."
+)]
 #[command(long_about = "Lanyard: speech from a BLE pendant, through a phone, to a server that answers by push.\n\n\
 Roles: the pendant (a microphone on BLE), the relay (the phone-side core that spools audio to disk and \
 streams it), and the server (durable ingest, Whisper transcription, replies, push).\n\n\
@@ -357,7 +361,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     lanyard_server::validate(&cfg)?;
     let stt = lanyard_server::build_stt(&stt_backend).context("cannot start speech-to-text")?;
     let server = lanyard_server::start(cfg.clone(), stt).await?;
-    print_json(&serde_json::json!({ "event": "listening", "addr": server.addr, "url": server.url(), "data_dir": cfg.data_dir }));
+    print_json(
+        &serde_json::json!({ "event": "listening", "addr": server.addr, "url": server.url(), "data_dir": cfg.data_dir }),
+    );
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("stopping");
@@ -421,8 +427,18 @@ async fn relay(args: RelayArgs) -> Result<()> {
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             print_json(&ev);
-            if let (true, lanyard_relay::RelayEvent::UploadTask { id, path, url, method, headers }) = (self_upload, &ev.event) {
-                tokio::spawn(upload(http.clone(), *id, path.clone(), url.clone(), method.clone(), headers.clone(), uploads.clone()));
+            if let (true, lanyard_relay::RelayEvent::UploadTask { id, path, url, method, headers }) =
+                (self_upload, &ev.event)
+            {
+                tokio::spawn(upload(
+                    http.clone(),
+                    *id,
+                    path.clone(),
+                    url.clone(),
+                    method.clone(),
+                    headers.clone(),
+                    uploads.clone(),
+                ));
             }
         }
     });
@@ -472,7 +488,9 @@ fn spawn_ble_link(name: Option<String>, tx: tokio::sync::mpsc::Sender<lanyard_re
 
 #[cfg(not(feature = "ble"))]
 fn spawn_ble_link(_: Option<String>, _: tokio::sync::mpsc::Sender<lanyard_relay::link::LinkEvent>) -> Result<()> {
-    bail!("this lanyard was built without Bluetooth support; rebuild with the `ble` feature (the default), which needs libdbus-1-dev")
+    bail!(
+        "this lanyard was built without Bluetooth support; rebuild with the `ble` feature (the default), which needs libdbus-1-dev"
+    )
 }
 
 /// Performs one upload task, as a background URLSession would.
@@ -535,10 +553,9 @@ async fn read_control(control: tokio::sync::mpsc::UnboundedSender<lanyard_relay:
 /// `--say-wav PATH=TRANSCRIPT`: the path ends at the first `=`.
 fn parse_recording(arg: &str) -> Result<lanyard_pendant::sim::Recording, String> {
     match arg.split_once('=') {
-        Some((path, transcript)) if !path.is_empty() && !transcript.trim().is_empty() => Ok(lanyard_pendant::sim::Recording {
-            path: path.into(),
-            transcript: transcript.trim().to_string(),
-        }),
+        Some((path, transcript)) if !path.is_empty() && !transcript.trim().is_empty() => {
+            Ok(lanyard_pendant::sim::Recording { path: path.into(), transcript: transcript.trim().to_string() })
+        }
         _ => Err(format!("expected PATH=TRANSCRIPT, got {arg:?}")),
     }
 }

@@ -37,5 +37,12 @@ fn bench_ingest_small_run_reports_acks() {
     assert!(r["server"]["vm_hwm_bytes"].as_u64().unwrap() > 0, "the started server's RSS is read: {r:#}");
     assert!(r["server"]["cpu_cores_used"].as_f64().is_some(), "{r:#}");
     // The started server was stopped and its data directory removed with it.
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok).filter(|e| e.file_name() != "ingest.json").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name() != "ingest.json")
+            .count(),
+        0
+    );
 }

@@ -68,7 +68,8 @@ async fn a_continuous_omi_stream_is_split_where_the_server_hears_speech_stop() {
     let (ended_ms, started_ms) = (first["at_ms"].as_u64().unwrap(), second_start["at_ms"].as_u64().unwrap());
     assert!(ended_ms < started_ms, "the first utterance ended at {ended_ms}, after the second began at {started_ms}");
     let second = relay.expect("utterance_ended", Duration::from_secs(60)).await;
-    let ids: Vec<Uuid> = [&first, &second].iter().map(|e| Uuid::parse_str(e["id"].as_str().unwrap()).unwrap()).collect();
+    let ids: Vec<Uuid> =
+        [&first, &second].iter().map(|e| Uuid::parse_str(e["id"].as_str().unwrap()).unwrap()).collect();
     assert_ne!(ids[0], ids[1]);
     // `--exit-after 2`: it exits once both replies came.
     let status = tokio::time::timeout(Duration::from_secs(90), relay.child.wait()).await.unwrap().unwrap();

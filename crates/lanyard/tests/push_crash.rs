@@ -19,7 +19,8 @@ use uuid::Uuid;
 const TOPIC: &str = "com.example.lanyard";
 
 fn config(dir: &std::path::Path, key: &TestApnsKey, peer: &ApnsPeer, topic: &str) -> std::path::PathBuf {
-    let toml = format!("[push]\nretry_base_ms = 50\nclaim_lease_ms = 500\n\n{}", peer.apns_config_toml(dir, key, topic));
+    let toml =
+        format!("[push]\nretry_base_ms = 50\nclaim_lease_ms = 500\n\n{}", peer.apns_config_toml(dir, key, topic));
     let path = dir.join("server.toml");
     std::fs::write(&path, toml).unwrap();
     path
@@ -92,7 +93,11 @@ async fn sigkill_between_send_and_record_sends_at_most_once_more_with_the_same_c
     assert!(!status.success(), "the server was killed");
     assert_eq!(peer.received().len(), 1);
     let store = SqliteStore::open(&data.join("lanyard.db")).await.unwrap();
-    assert_eq!(store.push_request(utt).await.unwrap().unwrap().status, PushStatus::Pending, "the send was not recorded");
+    assert_eq!(
+        store.push_request(utt).await.unwrap().unwrap().status,
+        PushStatus::Pending,
+        "the send was not recorded"
+    );
 
     // Restart on the same data: the lapsed claim is sent once more.
     let (_server, _) = serve(&data, &config).await;

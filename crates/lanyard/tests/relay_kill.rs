@@ -64,7 +64,11 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     relay.kill().await;
     let segments = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).collect()
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect()
     };
     let spooled_segments = segments(&spool).len();
     assert!(spooled_segments > 0, "the killed relay left its spool on disk");

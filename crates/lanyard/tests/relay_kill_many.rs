@@ -87,7 +87,12 @@ async fn twenty_kills_lose_nothing_spooled_and_resend_nothing_acknowledged() {
         if all_done {
             break;
         }
-        assert!(Instant::now() < deadline, "not every utterance was delivered: {} started, {} ended", started.len(), ended.len());
+        assert!(
+            Instant::now() < deadline,
+            "not every utterance was delivered: {} started, {} ended",
+            started.len(),
+            ended.len()
+        );
     }
 
     for (id, frames) in &ended {
@@ -109,7 +114,10 @@ async fn twenty_kills_lose_nothing_spooled_and_resend_nothing_acknowledged() {
         .parse()
         .unwrap();
     let stored: u64 = ended.values().sum();
-    eprintln!("{KILLS} kills: {} utterances, {stored} frames stored, {received} frames received, {duplicates} duplicates", ended.len());
+    eprintln!(
+        "{KILLS} kills: {} utterances, {stored} frames stored, {received} frames received, {duplicates} duplicates",
+        ended.len()
+    );
     assert_eq!(duplicates, 0.0, "nothing acknowledged was sent again");
     assert_eq!(received as u64, stored, "every frame crossed the wire once");
     relay.kill().await;

@@ -62,63 +62,30 @@ async fn short_campaign_with_every_fault_loses_nothing_and_answers_once() {
         .expect("the short campaign must finish within 10 minutes")
         .expect("wait for lanyard sim");
     let wall = started.elapsed();
-    let results: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("lanyard sim writes its JSON"))
-            .expect("the JSON parses");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("lanyard sim writes its JSON"))
+        .expect("the JSON parses");
     let totals = &results["accounting"]["totals"];
-    eprintln!(
-        "short campaign: {totals}\nfaults: {}\nwall {wall:?}",
-        results["fault_counts"]
-    );
-    assert!(
-        totals["spoken"].as_u64().unwrap() >= 100,
-        "at least 100 utterances spoken"
-    );
-    assert!(
-        totals["relay_utterances"].as_u64().unwrap() >= 100,
-        "at least 100 utterances accounted for"
-    );
+    eprintln!("short campaign: {totals}\nfaults: {}\nwall {wall:?}", results["fault_counts"]);
+    assert!(totals["spoken"].as_u64().unwrap() >= 100, "at least 100 utterances spoken");
+    assert!(totals["relay_utterances"].as_u64().unwrap() >= 100, "at least 100 utterances accounted for");
     assert_eq!(totals["lost"], 0, "nothing lost; see {}", report.display());
-    assert_eq!(
-        totals["duplicated"],
-        0,
-        "nothing answered twice; see {}",
-        report.display()
-    );
-    assert_eq!(
-        totals["duplicate_frames"],
-        0,
-        "no audio frame received twice; see {}",
-        report.display()
-    );
+    assert_eq!(totals["duplicated"], 0, "nothing answered twice; see {}", report.display());
+    assert_eq!(totals["duplicate_frames"], 0, "no audio frame received twice; see {}", report.display());
     assert_eq!(
         totals["acked_audio_lost"],
         0,
         "the server never held less than it acknowledged; see {}",
         report.display()
     );
-    assert_eq!(
-        totals["timed_out"], false,
-        "every utterance resolved in time"
-    );
+    assert_eq!(totals["timed_out"], false, "every utterance resolved in time");
     long_utterances_are_replied(&results, &report);
-    let counts: Vec<(String, u64)> =
-        serde_json::from_value(results["fault_counts"].clone()).unwrap();
+    let counts: Vec<(String, u64)> = serde_json::from_value(results["fault_counts"].clone()).unwrap();
     for kind in FAULT_KINDS {
-        let n = counts
-            .iter()
-            .find(|(k, _)| k == kind)
-            .map_or(0, |(_, n)| *n);
-        assert!(
-            n > 0,
-            "fault kind {kind} was never applied; raise its rate in scenarios/ci-short.toml"
-        );
+        let n = counts.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
+        assert!(n > 0, "fault kind {kind} was never applied; raise its rate in scenarios/ci-short.toml");
     }
     assert!(status.success(), "lanyard sim exited with {status}");
-    assert!(
-        wall < Duration::from_secs(600),
-        "the short campaign took {wall:?}"
-    );
+    assert!(wall < Duration::from_secs(600), "the short campaign took {wall:?}");
 }
 
 /// At least [`LONG_UTTERANCES`] spoken utterances over 30 s, each heard by a
@@ -134,17 +101,9 @@ fn long_utterances_are_replied(results: &Value, report: &std::path::Path) {
             .find(|u| u["id"] == *id)
             .map_or("missing", |u| u["outcome"].as_str().unwrap())
     };
-    let long: Vec<&Value> = accounting["spoken"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["length_ms"].as_u64().unwrap() > 30_000)
-        .collect();
-    assert!(
-        long.len() >= LONG_UTTERANCES,
-        "at least {LONG_UTTERANCES} utterances over 30 s, not {}",
-        long.len()
-    );
+    let long: Vec<&Value> =
+        accounting["spoken"].as_array().unwrap().iter().filter(|s| s["length_ms"].as_u64().unwrap() > 30_000).collect();
+    assert!(long.len() >= LONG_UTTERANCES, "at least {LONG_UTTERANCES} utterances over 30 s, not {}", long.len());
     for s in &long {
         let ids = s["relay_utterances"].as_array().unwrap();
         assert!(
@@ -163,10 +122,6 @@ fn long_utterances_are_replied(results: &Value, report: &std::path::Path) {
         .iter()
         .find(|b| b["key"] == "over_30s")
         .expect("the by-length table has an over-30 s row");
-    assert_eq!(
-        bucket["spoken"],
-        long.len(),
-        "the by-length table counts the long utterances"
-    );
+    assert_eq!(bucket["spoken"], long.len(), "the by-length table counts the long utterances");
     assert_eq!(bucket["replied"], long.len(), "and finds every one replied");
 }

@@ -14,9 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let path = std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
     assert!(
         path.exists(),
         "headless Chromium is needed to check the report renders, and there is none at {}: run scripts/setup \
@@ -31,22 +29,12 @@ fn headless(browser: &Path, profile: &Path, args: &[&str], page: &Path) -> std::
     let mut cmd = Command::new("timeout");
     cmd.arg("120")
         .arg(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-        ])
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .arg(format!("file://{}", page.display()));
     let out = cmd.output().expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -68,10 +56,8 @@ async fn the_report_renders_plots_and_the_accounting_table_in_chromium() {
         .kill_on_drop(true)
         .spawn()
         .expect("start lanyard sim");
-    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
-        .await
-        .expect("the smoke campaign ends")
-        .unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(300), child.wait()).await.expect("the smoke campaign ends").unwrap();
     assert!(status.success(), "the smoke campaign failed: {status}");
     assert!(report.exists(), "lanyard sim --report wrote no page");
 
@@ -80,50 +66,26 @@ async fn the_report_renders_plots_and_the_accounting_table_in_chromium() {
     let dom = String::from_utf8_lossy(&dom.stdout);
     let svgs = dom.matches("<svg").count();
     // Four measured metrics, a histogram and a CDF each, and the timeline.
-    assert!(
-        svgs >= 9,
-        "expected at least 9 SVG plots in the rendered DOM, found {svgs}"
-    );
-    assert!(
-        dom.contains("<rect") && dom.contains("<polyline"),
-        "the plots have bars and lines"
-    );
-    let table = dom
-        .split("id=\"accounting\"")
-        .nth(1)
-        .expect("the accounting table is in the DOM");
-    let table = &table[..table
-        .find("</table>")
-        .expect("the accounting table is closed")];
+    assert!(svgs >= 9, "expected at least 9 SVG plots in the rendered DOM, found {svgs}");
+    assert!(dom.contains("<rect") && dom.contains("<polyline"), "the plots have bars and lines");
+    let table = dom.split("id=\"accounting\"").nth(1).expect("the accounting table is in the DOM");
+    let table = &table[..table.find("</table>").expect("the accounting table is closed")];
     for row in ["replied", "discarded by policy", "lost", "duplicated"] {
-        assert!(
-            table.contains(row),
-            "the accounting table has a {row:?} row"
-        );
+        assert!(table.contains(row), "the accounting table has a {row:?} row");
     }
     assert!(dom.contains("id=\"timeline\""), "the timeline is there");
-    assert!(
-        dom.contains("id=\"verdict\" class=\"pass\""),
-        "the smoke campaign passed"
-    );
+    assert!(dom.contains("id=\"verdict\" class=\"pass\""), "the smoke campaign passed");
 
     let shot = out.join("sim-report.png");
     let _ = std::fs::remove_file(&shot);
     headless(
         &browser,
         profile.path(),
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1400,2400",
-        ],
+        &[&format!("--screenshot={}", shot.display()), "--window-size=1400,2400"],
         &report,
     );
     let png = std::fs::read(&shot).expect("chromium saved a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
-    assert!(
-        png.len() > 20_000,
-        "the screenshot has content ({} bytes)",
-        png.len()
-    );
+    assert!(png.len() > 20_000, "the screenshot has content ({} bytes)", png.len());
     eprintln!("screenshot of the report: {}", shot.display());
 }

@@ -47,7 +47,8 @@ fn architecture_md_covers_every_crate() {
     for entry in std::fs::read_dir(root.join("crates")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let heading = format!("### `{name}`");
-        let section = doc.split(&heading).nth(1).unwrap_or_else(|| panic!("ARCHITECTURE.md lacks a section for {name}"));
+        let section =
+            doc.split(&heading).nth(1).unwrap_or_else(|| panic!("ARCHITECTURE.md lacks a section for {name}"));
         let section = section.split("\n### ").next().unwrap();
         assert!(section.contains("**Architecture invariant:**"), "{name} has no invariant line");
     }

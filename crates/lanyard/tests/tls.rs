@@ -21,7 +21,8 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-    let (ca_pem, cert_pem, key_pem) = (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ca_pem, cert_pem, key_pem) =
+        (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&ca_pem, ca.pem()).unwrap();
     std::fs::write(&cert_pem, cert.pem()).unwrap();
     std::fs::write(&key_pem, key.serialize_pem()).unwrap();
@@ -49,7 +50,8 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     assert_eq!(url, format!("https://{addr}"));
 
     // Clear text gets no HTTP answer.
-    let plain = reqwest::Client::new().get(format!("http://{addr}/healthz")).timeout(Duration::from_secs(10)).send().await;
+    let plain =
+        reqwest::Client::new().get(format!("http://{addr}/healthz")).timeout(Duration::from_secs(10)).send().await;
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
     // A client without the CA refuses the certificate.
     assert!(reqwest::Client::new().get(format!("{url}/healthz")).send().await.is_err());
@@ -67,9 +69,21 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     // uploads use the same trust (the demo streams over TLS with --ca-cert).
     // (No pendant: nothing listens at port 1, and the relay runs anyway.)
     let relay_args = |spool: &str| {
-        ["relay", "--server", &url, "--token", &token, "--sim", "127.0.0.1:1", "--spool-dir", spool, "--push-token", "apns:0a0b"]
-            .map(str::to_string)
-            .to_vec()
+        [
+            "relay",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--sim",
+            "127.0.0.1:1",
+            "--spool-dir",
+            spool,
+            "--push-token",
+            "apns:0a0b",
+        ]
+        .map(str::to_string)
+        .to_vec()
     };
     let spool = path(&dir.path().join("spool-a"));
     let args = relay_args(&spool);
@@ -102,7 +116,17 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     // (192.0.2.0/24 is TEST-NET-1: nothing is sent there either way).
     let spool = path(&dir.path().join("spool-c"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["relay", "--server", "http://192.0.2.1:8080", "--token", &token, "--sim", "127.0.0.1:1", "--spool-dir", &spool])
+        .args([
+            "relay",
+            "--server",
+            "http://192.0.2.1:8080",
+            "--token",
+            &token,
+            "--sim",
+            "127.0.0.1:1",
+            "--spool-dir",
+            &spool,
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

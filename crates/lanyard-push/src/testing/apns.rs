@@ -54,20 +54,12 @@ pub struct PeerReply {
 impl PeerReply {
     /// `200`, delivered.
     pub fn ok() -> Self {
-        Self {
-            status: 200,
-            reason: None,
-            retry_after: None,
-        }
+        Self { status: 200, reason: None, retry_after: None }
     }
 
     /// An error with Apple's reason string, such as `(410, "Unregistered")`.
     pub fn error(status: u16, reason: &str) -> Self {
-        Self {
-            status,
-            reason: Some(reason.into()),
-            retry_after: None,
-        }
+        Self { status, reason: Some(reason.into()), retry_after: None }
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
@@ -171,12 +163,8 @@ impl ApnsPeer {
     pub async fn start(cfg: ApnsPeerConfig) -> std::io::Result<Self> {
         let decoding_key = DecodingKey::from_ec_pem(cfg.public_key_pem.as_bytes())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("public_key_pem: {e}")))?;
-        let state = Arc::new(State {
-            cfg: Mutex::new(cfg),
-            decoding_key,
-            received: Mutex::default(),
-            jwts: Mutex::default(),
-        });
+        let state =
+            Arc::new(State { cfg: Mutex::new(cfg), decoding_key, received: Mutex::default(), jwts: Mutex::default() });
         let server = Server::start(state.clone(), &[b"h2"], true).await?;
         Ok(Self { server, state })
     }
@@ -263,10 +251,7 @@ impl Endpoint for State {
         };
         rec.answered_status = reply.status;
         rec.answered_reason = reply.reason.clone();
-        let apns_id = rec
-            .header("apns-id")
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let apns_id = rec.header("apns-id").map(str::to_owned).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         self.received.lock().unwrap().push(rec);
 
         let mut resp = Response::builder()
@@ -374,12 +359,8 @@ impl State {
         if rec.body.len() > APNS_MAX_PAYLOAD {
             return fail(413, "PayloadTooLarge");
         }
-        let alert_ok = rec
-            .payload
-            .as_ref()
-            .and_then(|p| p.get("aps"))
-            .and_then(|a| a.get("alert"))
-            .is_some_and(Value::is_object);
+        let alert_ok =
+            rec.payload.as_ref().and_then(|p| p.get("aps")).and_then(|a| a.get("alert")).is_some_and(Value::is_object);
         if !alert_ok {
             return fail(400, "Peer: BadPayload");
         }

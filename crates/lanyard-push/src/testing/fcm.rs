@@ -62,13 +62,7 @@ pub struct FcmReply {
 impl FcmReply {
     /// `200`, accepted.
     pub fn ok() -> Self {
-        Self {
-            status: 200,
-            rpc_status: None,
-            error_code: None,
-            message: None,
-            retry_after: None,
-        }
+        Self { status: 200, rpc_status: None, error_code: None, message: None, retry_after: None }
     }
 
     /// An error as FCM writes it.
@@ -253,13 +247,7 @@ impl FcmPeer {
 
     /// How many access tokens were issued.
     pub fn tokens_issued(&self) -> usize {
-        self.state
-            .token_requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.issued.is_some())
-            .count()
+        self.state.token_requests.lock().unwrap().iter().filter(|r| r.issued.is_some()).count()
     }
 
     /// Every send request so far, oldest first.
@@ -316,10 +304,7 @@ impl State {
         let resp = match result {
             Ok(()) => {
                 let token = format!("ya29.peer-{}", self.token_requests.lock().unwrap().len() + 1);
-                self.tokens
-                    .lock()
-                    .unwrap()
-                    .insert(token.clone(), cfg.clock.now() + cfg.token_lifetime);
+                self.tokens.lock().unwrap().insert(token.clone(), cfg.clock.now() + cfg.token_lifetime);
                 rec.answered_status = 200;
                 rec.issued = Some(token.clone());
                 json_response(
@@ -352,8 +337,10 @@ impl State {
         if field("grant_type") != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
             return Err(("unsupported_grant_type", "Invalid grant_type".into()));
         }
-        let assertion = field("assertion").ok_or(("invalid_request", "Missing required parameter: assertion".to_owned()))?;
-        let header = jsonwebtoken::decode_header(assertion).map_err(|e| ("invalid_grant", format!("Invalid JWT: {e}")))?;
+        let assertion =
+            field("assertion").ok_or(("invalid_request", "Missing required parameter: assertion".to_owned()))?;
+        let header =
+            jsonwebtoken::decode_header(assertion).map_err(|e| ("invalid_grant", format!("Invalid JWT: {e}")))?;
         if header.alg != Algorithm::RS256 {
             return Err(("invalid_grant", format!("Invalid JWT: alg {:?}, want RS256", header.alg)));
         }
@@ -373,7 +360,8 @@ impl State {
         if claims.iat > now + 60 {
             return Err((
                 "invalid_grant",
-                "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe (iat in the future)".into(),
+                "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe (iat in the future)"
+                    .into(),
             ));
         }
         if claims.exp <= now || claims.exp < claims.iat || claims.exp - claims.iat > 3600 {
@@ -385,7 +373,14 @@ impl State {
         Ok(())
     }
 
-    fn send(&self, cfg: &FcmPeerConfig, project: &str, path: &str, headers: &http::HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
+    fn send(
+        &self,
+        cfg: &FcmPeerConfig,
+        project: &str,
+        path: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Response<Full<Bytes>> {
         let access_token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -420,7 +415,8 @@ impl State {
             "status": reply.rpc_status.clone().unwrap_or_default(),
         });
         if let Some(code) = &reply.error_code {
-            error["details"] = json!([{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]);
+            error["details"] =
+                json!([{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]);
         }
         json_response(reply.status, &json!({ "error": error }), reply.retry_after)
     }
@@ -480,10 +476,14 @@ impl State {
             ));
         }
         if m["android"]["notification"]["tag"].as_str() != Some(cid) {
-            return invalid("Invalid value at 'message.android.notification.tag': Peer: must equal the collapse key.".into());
+            return invalid(
+                "Invalid value at 'message.android.notification.tag': Peer: must equal the collapse key.".into(),
+            );
         }
         if m["apns"]["headers"]["apns-collapse-id"].as_str() != Some(cid) {
-            return invalid("Invalid value at 'message.apns.headers': Peer: apns-collapse-id must equal the collapse key.".into());
+            return invalid(
+                "Invalid value at 'message.apns.headers': Peer: apns-collapse-id must equal the collapse key.".into(),
+            );
         }
         Ok(())
     }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use lanyard_push::testing::{ApnsPeer, ApnsPeerConfig, FcmPeer, FcmPeerConfig, TestApnsKey, TestServiceAccount};
-use lanyard_push::{ApnsConfig, ApnsEnvironment, ApnsProvider, FcmConfig, FcmProvider, ManualClock, Notification, Platform};
+use lanyard_push::{
+    ApnsConfig, ApnsEnvironment, ApnsProvider, FcmConfig, FcmProvider, ManualClock, Notification, Platform,
+};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -52,26 +54,14 @@ impl ApnsRig {
         let dir = tempfile::tempdir().unwrap();
         let key = TestApnsKey::generate();
         let clock = Arc::new(ManualClock::starting_now());
-        let production = ApnsPeer::start(ApnsPeerConfig::new(&key, TOPIC).with_clock(clock.clone()))
-            .await
-            .unwrap();
-        let sandbox = ApnsPeer::start(ApnsPeerConfig::new(&key, TOPIC).with_clock(clock.clone()))
-            .await
-            .unwrap();
+        let production = ApnsPeer::start(ApnsPeerConfig::new(&key, TOPIC).with_clock(clock.clone())).await.unwrap();
+        let sandbox = ApnsPeer::start(ApnsPeerConfig::new(&key, TOPIC).with_clock(clock.clone())).await.unwrap();
         let mut cfg = ApnsConfig::new(key.write(dir.path()), key.key_id.clone(), key.team_id.clone(), TOPIC);
         cfg.production_url = production.url();
         cfg.sandbox_url = sandbox.url();
         cfg.extra_root_certs = vec![production.write_cert(dir.path()), sandbox.write_cert(dir.path())];
         let provider = ApnsProvider::with_clock(cfg.clone(), clock.clone()).unwrap();
-        Self {
-            dir,
-            key,
-            clock,
-            production,
-            sandbox,
-            cfg,
-            provider,
-        }
+        Self { dir, key, clock, production, sandbox, cfg, provider }
     }
 
     pub fn notification(&self) -> Notification {
@@ -99,21 +89,12 @@ impl FcmRig {
         let dir = tempfile::tempdir().unwrap();
         let account = TestServiceAccount::generate(PROJECT);
         let clock = Arc::new(ManualClock::starting_now());
-        let peer = FcmPeer::start(tweak(FcmPeerConfig::new(&account).with_clock(clock.clone())))
-            .await
-            .unwrap();
+        let peer = FcmPeer::start(tweak(FcmPeerConfig::new(&account).with_clock(clock.clone()))).await.unwrap();
         let mut cfg = FcmConfig::new(account.write(dir.path(), &peer.token_uri()));
         cfg.base_url = peer.base_url();
         cfg.extra_root_certs = vec![peer.write_cert(dir.path())];
         let provider = FcmProvider::with_clock(cfg.clone(), clock.clone()).unwrap();
-        Self {
-            dir,
-            account,
-            clock,
-            peer,
-            cfg,
-            provider,
-        }
+        Self { dir, account, clock, peer, cfg, provider }
     }
 
     pub fn notification(&self) -> Notification {

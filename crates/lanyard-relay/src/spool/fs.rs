@@ -314,7 +314,8 @@ impl FaultyFs {
                 let mut content = inode.volatile[..keep].to_vec();
                 // The write the crash cut through, if any.
                 let torn = inode.unsynced_writes.iter().copied().filter(|&w| w < keep).max();
-                let ends = |w: usize| inode.unsynced_writes.iter().copied().find(|&x| x > w).unwrap_or(inode.volatile.len());
+                let ends =
+                    |w: usize| inode.unsynced_writes.iter().copied().find(|&x| x > w).unwrap_or(inode.volatile.len());
                 if let Some(w) = torn.filter(|&w| ends(w) > keep)
                     && rng.coin()
                 {
@@ -434,7 +435,8 @@ impl SpoolFs for FaultyFs {
             return Err(crashed());
         }
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);
-        let volatile: Vec<(PathBuf, u64)> = s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, &i)| (p.clone(), i)).collect();
+        let volatile: Vec<(PathBuf, u64)> =
+            s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, &i)| (p.clone(), i)).collect();
         s.durable_names.retain(|p, _| !in_dir(p));
         s.durable_names.extend(volatile);
         Ok(())

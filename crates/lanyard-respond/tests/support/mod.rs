@@ -115,12 +115,8 @@ impl TestServer {
 async fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>, handler: &Handler) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let seen = Seen {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        headers: parts.headers,
-        body,
-    };
+    let seen =
+        Seen { method: parts.method.to_string(), path: parts.uri.path().to_string(), headers: parts.headers, body };
     let index = {
         let mut log = log.lock().unwrap();
         log.push(seen.clone());

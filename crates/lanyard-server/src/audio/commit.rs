@@ -128,7 +128,9 @@ impl FsSync {
         // an ack could then cover frames the disk never took.
         let syncfs = kernel_at_least(5, 8);
         if !syncfs {
-            tracing::warn!("this kernel's syncfs does not report write-back errors (before Linux 5.8); audio is synced file by file");
+            tracing::warn!(
+                "this kernel's syncfs does not report write-back errors (before Linux 5.8); audio is synced file by file"
+            );
         }
         Self { root, syncfs }
     }
@@ -213,7 +215,8 @@ type Feed = (Then, u32, Vec<Vec<u8>>);
 
 impl Committer {
     pub fn start(syncer: impl Syncer, window: Duration) -> Self {
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats: Stats::default() });
+        let shared =
+            Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats: Stats::default() });
         let (feed, feeds) = std::sync::mpsc::sync_channel::<Feed>(FEED_QUEUE);
         std::thread::Builder::new()
             .name("audio-feed".into())
@@ -339,7 +342,9 @@ fn run(shared: &Shared, mut syncer: impl Syncer, window: Duration, feed: SyncSen
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
                         if shared.stats.feeds_dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
-                            tracing::warn!("the live feed is behind; dropping a batch (its utterance is decoded in full at the end)");
+                            tracing::warn!(
+                                "the live feed is behind; dropping a batch (its utterance is decoded in full at the end)"
+                            );
                         }
                     }
                     Err(TrySendError::Disconnected(_)) => {}
@@ -405,7 +410,10 @@ mod tests {
                         let then: Then = Box::new(move |first, frames: &[Vec<u8>]| {
                             fed.lock().unwrap().entry(key).or_default().push(first + frames.len() as u32);
                         });
-                        let acked = committer.submit(Append { audio: w.clone(), first, frames, then: Some(then) }).wait().unwrap();
+                        let acked = committer
+                            .submit(Append { audio: w.clone(), first, frames, then: Some(then) })
+                            .wait()
+                            .unwrap();
                         assert_eq!(acked, first + per_batch);
                         // The ack came after a sync that started once these
                         // records were written.
@@ -446,7 +454,8 @@ mod tests {
         let (d, u) = (Uuid::now_v7(), Uuid::now_v7());
         let w = store.writer(d, u).unwrap();
         let committer = Committer::start(Failing, Duration::ZERO);
-        let r = committer.submit(Append { audio: w.clone(), first: 0, frames: vec![b"one".to_vec()], then: None }).wait();
+        let r =
+            committer.submit(Append { audio: w.clone(), first: 0, frames: vec![b"one".to_vec()], then: None }).wait();
         assert!(r.is_err(), "acked without a sync: {r:?}");
         assert_eq!(w.lock().unwrap().durable(), 0);
         assert!(w.lock().unwrap().write(1, [&b"two"[..]]).is_err(), "a failed file takes no more appends");
@@ -490,7 +499,10 @@ mod tests {
         // The failed writer is still held (its stream has not noticed yet).
         let (_dir, store, (d, u), _failed) = two_synced_then_a_failed_sync();
         let w2 = store.writer(d, u).unwrap();
-        let held = { let a = w2.lock().unwrap(); (a.frames(), a.durable()) };
+        let held = {
+            let a = w2.lock().unwrap();
+            (a.frames(), a.durable())
+        };
         assert_eq!(held, (2, 2), "the unsynced third is cut");
         // And appending goes on from there.
         assert_eq!(w2.lock().unwrap().append_durable(2, [&b"again"[..]]).unwrap(), 3);
@@ -511,7 +523,10 @@ mod tests {
         assert_eq!(weak.strong_count(), 0, "the committer still holds the writer");
         assert_eq!(store.open_files(), 0);
         let w2 = store.writer(d, u).unwrap();
-        let held = { let a = w2.lock().unwrap(); (a.frames(), a.durable()) };
+        let held = {
+            let a = w2.lock().unwrap();
+            (a.frames(), a.durable())
+        };
         assert_eq!(held, (2, 2), "the unsynced third is cut even though its writer was let go");
     }
 
@@ -527,7 +542,10 @@ mod tests {
         let t2 = store.commit(Append { audio: w2.clone(), first: 0, frames: frames(), then: None });
         assert_eq!((t1.wait().unwrap(), t2.wait().unwrap()), (2, 2));
         // A resend of held frames is acked without writing them again.
-        assert_eq!(store.commit(Append { audio: w1.clone(), first: 0, frames: frames(), then: None }).wait().unwrap(), 2);
+        assert_eq!(
+            store.commit(Append { audio: w1.clone(), first: 0, frames: frames(), then: None }).wait().unwrap(),
+            2
+        );
         assert_eq!(store.read(d, u1, 2).unwrap(), frames());
         assert!(store.read(d, u1, 3).is_err());
         assert_eq!(store.read(d, u2, 2).unwrap(), frames());

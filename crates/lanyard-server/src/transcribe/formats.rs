@@ -67,7 +67,9 @@ impl Granularities {
                 "word" => g.word = true,
                 "segment" => g.segment = true,
                 other => {
-                    return Err(format!("timestamp_granularities[] {other:?} is not supported; use word, segment or both"));
+                    return Err(format!(
+                        "timestamp_granularities[] {other:?} is not supported; use word, segment or both"
+                    ));
                 }
             }
         }
@@ -287,22 +289,42 @@ mod tests {
         first.words = vec![word("Lights", 0.5, 0.875), word("on.", 0.875, 1.25)];
         let t = Transcript::from_segments(vec![first, segment(31.0, 32.0, "Now.")], 33.0, 0.1);
         let v = verbose_json(&t, Granularities::default());
-        assert_eq!((v["task"].as_str(), v["language"].as_str(), v["duration"].as_f64()), (Some("transcribe"), Some("english"), Some(33.0)));
+        assert_eq!(
+            (v["task"].as_str(), v["language"].as_str(), v["duration"].as_f64()),
+            (Some("transcribe"), Some("english"), Some(33.0))
+        );
         assert_eq!(v["text"], "Lights on. Now.");
         assert!(v.get("words").is_none(), "words only when asked: {v}");
         let s = &v["segments"];
         assert_eq!((s[0]["id"].as_u64(), s[1]["id"].as_u64()), (Some(0), Some(1)));
         assert_eq!((s[0]["seek"].as_u64(), s[1]["seek"].as_u64()), (Some(0), Some(3000)));
-        assert_eq!((s[0]["start"].as_f64(), s[0]["end"].as_f64(), s[0]["text"].as_str()), (Some(0.5), Some(1.25), Some(" Lights on.")));
+        assert_eq!(
+            (s[0]["start"].as_f64(), s[0]["end"].as_f64(), s[0]["text"].as_str()),
+            (Some(0.5), Some(1.25), Some(" Lights on."))
+        );
         let mut keys: Vec<_> = s[0].as_object().unwrap().keys().cloned().collect();
         keys.sort();
-        let expected = ["avg_logprob", "compression_ratio", "end", "id", "no_speech_prob", "seek", "start", "temperature", "text", "tokens"];
+        let expected = [
+            "avg_logprob",
+            "compression_ratio",
+            "end",
+            "id",
+            "no_speech_prob",
+            "seek",
+            "start",
+            "temperature",
+            "text",
+            "tokens",
+        ];
         assert_eq!(keys, expected);
         assert!(s[0]["compression_ratio"].as_f64().unwrap() > 0.0);
 
         let v = verbose_json(&t, Granularities { word: true, segment: false });
         assert!(v.get("segments").is_none(), "segments were not asked for: {v}");
-        assert_eq!(v["words"], serde_json::json!([{"word": "Lights", "start": 0.5, "end": 0.875}, {"word": "on.", "start": 0.875, "end": 1.25}]));
+        assert_eq!(
+            v["words"],
+            serde_json::json!([{"word": "Lights", "start": 0.5, "end": 0.875}, {"word": "on.", "start": 0.875, "end": 1.25}])
+        );
         let v = verbose_json(&t, Granularities { word: true, segment: true });
         assert_eq!((v["segments"].as_array().unwrap().len(), v["words"].as_array().unwrap().len()), (2, 2));
     }

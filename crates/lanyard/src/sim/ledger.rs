@@ -76,9 +76,7 @@ impl Record {
     }
 
     fn id(&self) -> Option<Uuid> {
-        self.event["id"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
+        self.event["id"].as_str().and_then(|s| Uuid::parse_str(s).ok())
     }
 }
 
@@ -199,27 +197,17 @@ pub struct Metric {
 
 /// Latency metrics: key, name, and the note for one that cannot be measured.
 pub const METRICS: &[(&str, &str, Option<&str>)] = &[
-    (
-        "eou_detect",
-        "end of speech → relay ends the utterance (end-of-utterance detection)",
-        None,
-    ),
-    (
-        "safe",
-        "end of speech → server holds every frame durably (time to safe)",
-        None,
-    ),
+    ("eou_detect", "end of speech → relay ends the utterance (end-of-utterance detection)", None),
+    ("safe", "end of speech → server holds every frame durably (time to safe)", None),
     (
         "first_partial",
         "start of speech → first partial transcript",
-        Some("n/a: no partial arrived (the server sends one once two drafts, a second of speech apart, agree; short utterances end first)"),
+        Some(
+            "n/a: no partial arrived (the server sends one once two drafts, a second of speech apart, agree; short utterances end first)",
+        ),
     ),
     ("ttfs", "end of speech → final transcript (TTFS)", None),
-    (
-        "push",
-        "end of speech → push request accepted at APNs",
-        None,
-    ),
+    ("push", "end of speech → push request accepted at APNs", None),
 ];
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -327,10 +315,8 @@ pub fn by_length(spoken: &[SpokenRow], replied: &HashSet<Uuid>) -> Vec<LengthRow
         let row = &mut rows[b];
         row.spoken += 1;
         let heard = !s.relay_utterances.is_empty();
-        row.replied +=
-            usize::from(heard && s.relay_utterances.iter().all(|id| replied.contains(id)));
-        let whole =
-            s.relay_utterances.len() == 1 && s.frames_spooled + s.injected_drops >= s.frames_spoken;
+        row.replied += usize::from(heard && s.relay_utterances.iter().all(|id| replied.contains(id)));
+        let whole = s.relay_utterances.len() == 1 && s.frames_spooled + s.injected_drops >= s.frames_spoken;
         let Some(wer) = s.wer.filter(|_| whole) else {
             continue;
         };
@@ -415,10 +401,7 @@ pub fn unended_ids(log: &[Record]) -> HashSet<Uuid> {
         .filter(|r| matches!(r.source, Source::Relay(_)) && r.kind() == "utterance_ended")
         .filter_map(Record::id)
         .collect();
-    relay_ids(log)
-        .into_iter()
-        .filter(|id| !ended.contains(id))
-        .collect()
+    relay_ids(log).into_iter().filter(|id| !ended.contains(id)).collect()
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -474,22 +457,12 @@ pub fn account(inp: &Inputs) -> Accounting {
             }
             (Source::Relay(i), kind) => {
                 let Some(id) = r.id() else { continue };
-                if !matches!(
-                    kind,
-                    "utterance_started"
-                        | "utterance_ended"
-                        | "discarded"
-                        | "upload_task"
-                        | "partial"
-                ) {
+                if !matches!(kind, "utterance_started" | "utterance_ended" | "discarded" | "upload_task" | "partial") {
                     continue;
                 }
                 let u = relay.entry(id).or_insert_with(|| {
                     order.push(id);
-                    RelayUtt {
-                        phone: i,
-                        ..Default::default()
-                    }
+                    RelayUtt { phone: i, ..Default::default() }
                 });
                 match kind {
                     "utterance_started" => {
@@ -503,12 +476,7 @@ pub fn account(inp: &Inputs) -> Accounting {
                         u.first_partial_ms.get_or_insert(r.time());
                     }
                     "discarded" => {
-                        u.discarded = Some(
-                            r.event["reason"]
-                                .as_str()
-                                .unwrap_or("no reason given")
-                                .to_string(),
-                        )
+                        u.discarded = Some(r.event["reason"].as_str().unwrap_or("no reason given").to_string())
                     }
                     _ => u.handed_off = true,
                 }
@@ -536,12 +504,7 @@ pub fn account(inp: &Inputs) -> Accounting {
         }
     }
 
-    let kills: Vec<u64> = inp
-        .faults
-        .iter()
-        .filter(|f| f.kind == "server_kill")
-        .map(|f| f.at_ms)
-        .collect();
+    let kills: Vec<u64> = inp.faults.iter().filter(|f| f.kind == "server_kill").map(|f| f.at_ms).collect();
     let mut pushes: HashMap<Uuid, Vec<&PushSeen>> = HashMap::new();
     for p in inp.pushes {
         if let Some(id) = p.utterance {
@@ -549,35 +512,24 @@ pub fn account(inp: &Inputs) -> Accounting {
         }
     }
 
-    let mut totals = Totals {
-        spoken: spoken.len(),
-        timed_out: inp.timed_out,
-        ..Default::default()
-    };
+    let mut totals = Totals { spoken: spoken.len(), timed_out: inp.timed_out, ..Default::default() };
     let mut rows = Vec::new();
     for id in &order {
         let u = &relay[id];
         let facts = inp.server.get(id).cloned().unwrap_or_default();
         let seen = pushes.get(id).cloned().unwrap_or_default();
-        let accepted: Vec<&&PushSeen> = seen
-            .iter()
-            .filter(|p| (200..300).contains(&p.status))
-            .collect();
+        let accepted: Vec<&&PushSeen> = seen.iter().filter(|p| (200..300).contains(&p.status)).collect();
         let spooled = u.ended.map(|e| e.1);
         let replied_at_server = facts.state.as_deref() == Some("replied");
         // More records on disk than frames is audio stored twice: counted
         // below as a duplicate, not as a loss.
-        let frames_ok =
-            spooled.is_some() && facts.frames == spooled && facts.audio_records >= spooled;
+        let frames_ok = spooled.is_some() && facts.frames == spooled && facts.audio_records >= spooled;
         let (outcome, reason) = if replied_at_server && frames_ok && !accepted.is_empty() {
             ("replied", String::new())
         } else if let (Some(why), false) = (&u.discarded, replied_at_server) {
             ("discarded", why.clone())
         } else if spooled.is_none() {
-            (
-                "lost",
-                "the relay never ended it (still open in a spool)".to_string(),
-            )
+            ("lost", "the relay never ended it (still open in a spool)".to_string())
         } else if facts.state.is_none() {
             ("lost", "the server has no record of it".to_string())
         } else if !frames_ok {
@@ -587,9 +539,7 @@ pub fn account(inp: &Inputs) -> Accounting {
                     "the relay spooled {} frames; the server's store says {}, its audio file holds {}",
                     spooled.unwrap_or(0),
                     facts.frames.map_or("none".into(), |f| f.to_string()),
-                    facts
-                        .audio_records
-                        .map_or("no file".into(), |f| f.to_string())
+                    facts.audio_records.map_or("no file".into(), |f| f.to_string())
                 ),
             )
         } else if !replied_at_server {
@@ -598,11 +548,7 @@ pub fn account(inp: &Inputs) -> Accounting {
                 format!(
                     "server state {}{}",
                     facts.state.as_deref().unwrap_or("?"),
-                    facts
-                        .error
-                        .as_ref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
+                    facts.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
                 ),
             )
         } else {
@@ -622,7 +568,9 @@ pub fn account(inp: &Inputs) -> Accounting {
         if let (Some(on_disk), Some(spooled)) = (facts.audio_records, spooled)
             && on_disk > spooled
         {
-            dups.push(format!("the server's audio file holds {on_disk} records for {spooled} frames: audio stored twice"));
+            dups.push(format!(
+                "the server's audio file holds {on_disk} records for {spooled} frames: audio stored twice"
+            ));
         }
         let mut unexplained = 0;
         for pair in accepted.windows(2) {
@@ -634,10 +582,7 @@ pub fn account(inp: &Inputs) -> Accounting {
             }
         }
         if unexplained > 0 {
-            dups.push(format!(
-                "{} pushes accepted, {unexplained} without a server crash in between",
-                accepted.len()
-            ));
+            dups.push(format!("{} pushes accepted, {unexplained} without a server crash in between", accepted.len()));
         }
         match outcome {
             "replied" => totals.replied += 1,
@@ -680,28 +625,17 @@ pub fn account(inp: &Inputs) -> Accounting {
 
     // Spoken utterances: latency and WER where heard as one and replied.
     let row_of: HashMap<Uuid, &UttRow> = rows.iter().map(|r| (r.id, r)).collect();
-    let replied: HashSet<Uuid> = rows
-        .iter()
-        .filter(|r| r.outcome == "replied")
-        .map(|r| r.id)
-        .collect();
+    let replied: HashSet<Uuid> = rows.iter().filter(|r| r.outcome == "replied").map(|r| r.id).collect();
     let mut spoken_rows = Vec::new();
     let mut metric_values: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     let (mut errors, mut words, mut wer_n) = (0.0f32, 0usize, 0usize);
     for (&(p, k), s) in &spoken {
         let ids = heard.get(&(p, k)).cloned().unwrap_or_default();
-        let frames_spooled = ids
-            .iter()
-            .filter_map(|id| row_of.get(id).and_then(|r| r.spooled_frames))
-            .map(u64::from)
-            .sum();
+        let frames_spooled =
+            ids.iter().filter_map(|id| row_of.get(id).and_then(|r| r.spooled_frames)).map(u64::from).sum();
         totals.frames_spoken += s.frames;
         let reference = if s.text.is_empty() {
-            inp.references
-                .get(p)
-                .and_then(|r| r.get(k))
-                .cloned()
-                .unwrap_or_default()
+            inp.references.get(p).and_then(|r| r.get(k)).cloned().unwrap_or_default()
         } else {
             s.text.clone()
         };
@@ -736,11 +670,9 @@ pub fn account(inp: &Inputs) -> Accounting {
                 put("eou_detect", relay[id].ended.map(|e| e.0 as i64));
                 put("safe", facts.timings.received_end_ms);
                 put("ttfs", facts.timings.stt_done_ms);
-                let first_ok = pushes.get(id).and_then(|v| {
-                    v.iter()
-                        .find(|p| (200..300).contains(&p.status))
-                        .map(|p| p.at_ms as i64)
-                });
+                let first_ok = pushes
+                    .get(id)
+                    .and_then(|v| v.iter().find(|p| (200..300).contains(&p.status)).map(|p| p.at_ms as i64));
                 put("push", first_ok);
                 // From the start of speech: how long the user waits to see
                 // the first words while still talking.
@@ -784,47 +716,22 @@ pub fn account(inp: &Inputs) -> Accounting {
     for f in inp.faults {
         *counts.entry(f.kind.clone()).or_default() += 1;
     }
-    counts.insert(
-        "ble_drop".into(),
-        spoken.values().map(|s| s.injected_drops as usize).sum(),
-    );
-    counts.insert(
-        "ble_reorder".into(),
-        spoken.values().map(|s| s.reordered as usize).sum(),
-    );
-    counts.insert(
-        "apns_failure".into(),
-        inp.pushes
-            .iter()
-            .filter(|p| !(200..300).contains(&p.status))
-            .count(),
-    );
-    let mut fault_counts: Vec<(String, usize)> = FAULT_KINDS
-        .iter()
-        .map(|k| (k.to_string(), counts.remove(*k).unwrap_or(0)))
-        .collect();
+    counts.insert("ble_drop".into(), spoken.values().map(|s| s.injected_drops as usize).sum());
+    counts.insert("ble_reorder".into(), spoken.values().map(|s| s.reordered as usize).sum());
+    counts.insert("apns_failure".into(), inp.pushes.iter().filter(|p| !(200..300).contains(&p.status)).count());
+    let mut fault_counts: Vec<(String, usize)> =
+        FAULT_KINDS.iter().map(|k| (k.to_string(), counts.remove(*k).unwrap_or(0))).collect();
     fault_counts.extend(counts);
 
     // The timeline: the spoken utterance with the median TTFS.
-    let mut candidates: Vec<(&SpokenRow, i64)> = spoken_rows
-        .iter()
-        .filter_map(|s| s.latency_ms.get("ttfs").map(|t| (s, *t)))
-        .collect();
+    let mut candidates: Vec<(&SpokenRow, i64)> =
+        spoken_rows.iter().filter_map(|s| s.latency_ms.get("ttfs").map(|t| (s, *t))).collect();
     candidates.sort_by_key(|(_, t)| *t);
     let chosen = candidates.get(candidates.len() / 2).map(|(s, _)| *s);
     let (timeline_id, timeline) = match chosen {
         Some(s) => {
             let id = s.relay_utterances[0];
-            (
-                Some(id),
-                timeline(
-                    inp,
-                    &spoken[&(s.pendant, s.index)],
-                    s.pendant,
-                    id,
-                    pushes.get(&id),
-                ),
-            )
+            (Some(id), timeline(inp, &spoken[&(s.pendant, s.index)], s.pendant, id, pushes.get(&id)))
         }
         None => (None, Vec::new()),
     };
@@ -838,11 +745,7 @@ pub fn account(inp: &Inputs) -> Accounting {
         wer: Wer {
             utterances: wer_n,
             reference_words: words,
-            rate: if words == 0 {
-                0.0
-            } else {
-                errors / words as f32
-            },
+            rate: if words == 0 { 0.0 } else { errors / words as f32 },
         },
         by_length: lengths,
         fault_counts,
@@ -851,24 +754,10 @@ pub fn account(inp: &Inputs) -> Accounting {
     }
 }
 
-fn timeline(
-    inp: &Inputs,
-    s: &Spoken,
-    pendant: usize,
-    id: Uuid,
-    pushes: Option<&Vec<&PushSeen>>,
-) -> Vec<Mark> {
-    let mut marks = vec![Mark {
-        lane: "pendant".into(),
-        at_ms: s.start_ms,
-        label: "speech starts".into(),
-    }];
+fn timeline(inp: &Inputs, s: &Spoken, pendant: usize, id: Uuid, pushes: Option<&Vec<&PushSeen>>) -> Vec<Mark> {
+    let mut marks = vec![Mark { lane: "pendant".into(), at_ms: s.start_ms, label: "speech starts".into() }];
     if let Some(end) = s.end_ms {
-        marks.push(Mark {
-            lane: "pendant".into(),
-            at_ms: end,
-            label: "end of speech".into(),
-        });
+        marks.push(Mark { lane: "pendant".into(), at_ms: end, label: "end of speech".into() });
     }
     let (from, to) = (s.start_ms, s.end_ms.unwrap_or(s.start_ms));
     for r in inp.log {
@@ -883,11 +772,7 @@ fn timeline(
                     "upload_task" => "handed off for upload",
                     _ => continue,
                 };
-                marks.push(Mark {
-                    lane: "relay".into(),
-                    at_ms: r.time(),
-                    label: label.into(),
-                });
+                marks.push(Mark { lane: "relay".into(), at_ms: r.time(), label: label.into() });
             }
             Source::Sim(i) if i == pendant => {
                 let label = match r.kind() {
@@ -899,11 +784,7 @@ fn timeline(
                     }
                     _ => continue,
                 };
-                marks.push(Mark {
-                    lane: "relay".into(),
-                    at_ms: r.time(),
-                    label,
-                });
+                marks.push(Mark { lane: "relay".into(), at_ms: r.time(), label });
             }
             _ => {}
         }
@@ -918,35 +799,19 @@ fn timeline(
             (t.push_ms, "push sent"),
         ] {
             if let Some(at) = at {
-                marks.push(Mark {
-                    lane: "server".into(),
-                    at_ms: at as u64,
-                    label: label.into(),
-                });
+                marks.push(Mark { lane: "server".into(), at_ms: at as u64, label: label.into() });
             }
         }
     }
     for p in pushes.into_iter().flatten() {
-        marks.push(Mark {
-            lane: "push".into(),
-            at_ms: p.at_ms,
-            label: format!("APNs answers {}", p.status),
-        });
+        marks.push(Mark { lane: "push".into(), at_ms: p.at_ms, label: format!("APNs answers {}", p.status) });
     }
-    for f in inp
-        .faults
-        .iter()
-        .filter(|f| f.at_ms + 2000 >= from && f.at_ms <= to + 30_000)
-    {
+    for f in inp.faults.iter().filter(|f| f.at_ms + 2000 >= from && f.at_ms <= to + 30_000) {
         if f.kind == "server_kill"
             || f.target.starts_with(&format!("phone-{pendant} "))
             || f.target == format!("relay-{pendant}")
         {
-            marks.push(Mark {
-                lane: "faults".into(),
-                at_ms: f.at_ms,
-                label: f.kind.clone(),
-            });
+            marks.push(Mark { lane: "faults".into(), at_ms: f.at_ms, label: f.kind.clone() });
         }
     }
     marks.sort_by_key(|m| m.at_ms);
@@ -994,9 +859,7 @@ mod tests {
             relay_utterances: ids.to_vec(),
             transcript: None,
             wer: wer_ttfs.map(|(w, _)| w),
-            latency_ms: wer_ttfs
-                .map(|(_, t)| BTreeMap::from([("ttfs".to_string(), t)]))
-                .unwrap_or_default(),
+            latency_ms: wer_ttfs.map(|(_, t)| BTreeMap::from([("ttfs".to_string(), t)])).unwrap_or_default(),
         }
     }
 
@@ -1026,10 +889,7 @@ mod tests {
         let short = &rows[0];
         assert_eq!((short.spoken, short.replied, short.measured), (3, 2, 2));
         assert_eq!(short.wer, Some(0.25));
-        assert_eq!(
-            (short.ttfs_n, short.ttfs_p50, short.ttfs_p95),
-            (2, Some(400), Some(600))
-        );
+        assert_eq!((short.ttfs_n, short.ttfs_p50, short.ttfs_p95), (2, Some(400), Some(600)));
         // Split in two, one half not replied: neither replied nor measured.
         let middle = &rows[1];
         assert_eq!((middle.spoken, middle.replied, middle.measured), (1, 0, 0));

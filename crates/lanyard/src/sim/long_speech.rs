@@ -230,15 +230,10 @@ pub fn speak(passage: usize, voice: &Voice, secs: [u64; 2], rng: &mut impl Rng) 
         target_ms,
         secs[1] * 1000,
     )?;
-    let mut out = Spoken {
-        pcm: Vec::new(),
-        text: String::new(),
-    };
+    let mut out = Spoken { pcm: Vec::new(), text: String::new() };
     for part in &parts {
-        out.pcm
-            .resize(out.pcm.len() + (part.pause_ms * SAMPLES_PER_MS) as usize, 0);
-        out.pcm
-            .extend_from_slice(pcm[part.sentence].as_deref().unwrap_or_default());
+        out.pcm.resize(out.pcm.len() + (part.pause_ms * SAMPLES_PER_MS) as usize, 0);
+        out.pcm.extend_from_slice(pcm[part.sentence].as_deref().unwrap_or_default());
         if !out.text.is_empty() {
             out.text.push(' ');
         }
@@ -278,16 +273,9 @@ mod tests {
         assert_eq!(parts.len(), 8, "39 s; 44 s would pass 42 s");
         // The first sentence is said even when it alone is too long.
         assert_eq!(assemble(3, ok(9000), || 1000, 5000, 4000).unwrap().len(), 1);
-        assert!(
-            assemble(0, ok(4000), || 1000, 5000, 9000)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(assemble(0, ok(4000), || 1000, 5000, 9000).unwrap().is_empty());
         // A sentence that cannot be synthesized fails the passage.
-        assert_eq!(
-            assemble(3, |_| Err("espeak"), || 1000, 5000, 9000),
-            Err("espeak")
-        );
+        assert_eq!(assemble(3, |_| Err("espeak"), || 1000, 5000, 9000), Err("espeak"));
     }
 
     #[test]
@@ -311,17 +299,9 @@ mod tests {
         for passage in PASSAGES {
             let mut seen = std::collections::HashSet::new();
             let repeats = passage.iter().filter(|s| !seen.insert(**s)).count();
-            let alike = passage
-                .windows(2)
-                .filter(|w| w[0].split(' ').take(2).eq(w[1].split(' ').take(2)))
-                .count();
+            let alike = passage.windows(2).filter(|w| w[0].split(' ').take(2).eq(w[1].split(' ').take(2))).count();
             assert!(repeats + alike > 0, "{passage:?} repeats nothing");
-            assert!(
-                passage
-                    .iter()
-                    .all(|s| !s.chars().any(|c| c.is_ascii_digit())),
-                "{passage:?}"
-            );
+            assert!(passage.iter().all(|s| !s.chars().any(|c| c.is_ascii_digit())), "{passage:?}");
         }
     }
 
@@ -338,10 +318,7 @@ mod tests {
         let first = speech::synthesize(PASSAGES[0][0], &voice).unwrap().len();
         assert!(spoken.pcm[..first].iter().any(|s| s.unsigned_abs() > 1000));
         let gap = &spoken.pcm[first..first + PAUSE_MS[0] as usize * 16];
-        assert!(
-            gap.iter().all(|&s| s == 0),
-            "a pause follows the first sentence"
-        );
+        assert!(gap.iter().all(|&s| s == 0), "a pause follows the first sentence");
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("long.raw");
         write_raw(&raw, &spoken.pcm).unwrap();

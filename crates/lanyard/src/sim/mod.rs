@@ -60,8 +60,7 @@ pub use ledger::{FaultEvent, PushSeen, Record, ServerFacts, Source};
 pub use scenario::Scenario;
 
 #[derive(Args)]
-#[command(
-    after_long_help = "A scenario file (TOML) says how many pendants speak how many sentences, in which \
+#[command(after_long_help = "A scenario file (TOML) says how many pendants speak how many sentences, in which \
 voices, under which simulated iOS lifecycle, and which faults to apply at which rates. Committed scenarios are in \
 scenarios/: ci-short.toml (the CI campaign: every fault kind, ~100 utterances, a few minutes), clean.toml (no \
 faults: a baseline) and long-1000.toml (1,000 utterances, by hand).\n\n\
@@ -82,8 +81,7 @@ the others are probabilities):\n  \
 network_switches_per_min, switch_outage_ms, server_kills_per_min, relay_kills_per_min, relay_kill_on_suspend, \
 ble_drop_rate, ble_reorder_rate, slow_disk_rate, slow_disk_fsync_ms, apns_failure_rate\n\n\
 Examples:\n  lanyard sim scenarios/clean.toml\n  lanyard sim scenarios/ci-short.toml --report report.html --json report.json\n\n\
-Child processes log to files under the work directory (--keep to look at them afterwards)."
-)]
+Child processes log to files under the work directory (--keep to look at them afterwards).")]
 pub struct SimArgs {
     /// The scenario file (TOML); see scenarios/ for examples.
     scenario: PathBuf,
@@ -109,9 +107,7 @@ pub struct SimArgs {
 
 /// Unix milliseconds.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What every part of the campaign shares: where events and faults go.
@@ -205,14 +201,7 @@ struct Server {
 impl Server {
     async fn start(shared: &Shared, args: Vec<String>) -> Result<Server> {
         let (child, addr) = start_server(shared, &args).await?;
-        Ok(Server {
-            child,
-            addr,
-            args,
-            dead_duplicates: 0,
-            dead_received: 0,
-            incarnations: 1,
-        })
+        Ok(Server { child, addr, args, dead_duplicates: 0, dead_received: 0, incarnations: 1 })
     }
 
     fn url(&self, shared: &Shared) -> String {
@@ -223,23 +212,12 @@ impl Server {
     async fn kill_and_restart(&mut self, shared: &Shared) -> Result<()> {
         // The counters die with the process: read them first.
         let (dup, recv) = scrape(shared, &self.url(shared)).await.unwrap_or((0, 0));
-        self.child
-            .kill()
-            .await
-            .context("cannot SIGKILL the server")?;
+        self.child.kill().await.context("cannot SIGKILL the server")?;
         self.dead_duplicates += dup;
         self.dead_received += recv;
-        shared.fault(
-            "server_kill",
-            "server",
-            format!("SIGKILL, incarnation {}", self.incarnations),
-        );
+        shared.fault("server_kill", "server", format!("SIGKILL, incarnation {}", self.incarnations));
         let mut args = self.args.clone();
-        let listen = args
-            .iter()
-            .position(|a| a == "--listen")
-            .expect("--listen given")
-            + 1;
+        let listen = args.iter().position(|a| a == "--listen").expect("--listen given") + 1;
         args[listen] = self.addr.to_string();
         let mut tries = 0;
         loop {
@@ -268,34 +246,22 @@ impl Server {
 /// Starts `lanyard serve` and waits for its address.
 async fn start_server(shared: &Shared, args: &[String]) -> Result<(Child, SocketAddr)> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let own = Shared {
-        events: tx,
-        ..shared.clone()
-    };
+    let own = Shared { events: tx, ..shared.clone() };
     let mut child = own.spawn(Source::Server, "server", args, false)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
             Ok(Some((_, v))) if v["event"] == "listening" => {
-                let addr = v["addr"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .context("server printed no address")?;
+                let addr = v["addr"].as_str().and_then(|a| a.parse().ok()).context("server printed no address")?;
                 return Ok((child, addr));
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 if let Ok(Some(status)) = child.try_wait() {
-                    bail!(
-                        "the server exited with {status}; see {}",
-                        shared.logs.join("server.log").display()
-                    );
+                    bail!("the server exited with {status}; see {}", shared.logs.join("server.log").display());
                 }
                 if Instant::now() > deadline {
-                    bail!(
-                        "the server did not start within 120 s; see {}",
-                        shared.logs.join("server.log").display()
-                    );
+                    bail!("the server did not start within 120 s; see {}", shared.logs.join("server.log").display());
                 }
             }
         }
@@ -321,10 +287,7 @@ async fn scrape(shared: &Shared, url: &str) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(0, |v| v as u64)
     };
-    Some((
-        value("lanyard_frames_duplicate_total"),
-        value("lanyard_frames_received_total"),
-    ))
+    Some((value("lanyard_frames_duplicate_total"), value("lanyard_frames_received_total")))
 }
 
 /// The machine the campaign ran on, for the report.
@@ -347,15 +310,9 @@ fn machine() -> Machine {
     let os = std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("PRETTY_NAME=")
-                .map(|v| v.trim_matches('"').to_string())
-        })
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
         .unwrap_or_else(|| std::env::consts::OS.to_string());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -363,13 +320,7 @@ fn machine() -> Machine {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Machine {
-        cpu,
-        cores,
-        os,
-        kernel,
-        memory_gib,
-    }
+    Machine { cpu, cores, os, kernel, memory_gib }
 }
 
 const APNS_TOPIC: &str = "org.lanyard.sim";
@@ -397,19 +348,14 @@ pub async fn run(args: SimArgs) -> Result<()> {
         scenario.run.seed = seed;
     }
     let outcome = campaign(&scenario, &args).await?;
-    let json_path = args
-        .json
-        .clone()
-        .or_else(|| args.report.as_ref().map(|r| r.with_extension("json")));
+    let json_path = args.json.clone().or_else(|| args.report.as_ref().map(|r| r.with_extension("json")));
     if let Some(path) = &json_path {
-        let text =
-            serde_json::to_string_pretty(&outcome).context("cannot serialize the results")?;
+        let text = serde_json::to_string_pretty(&outcome).context("cannot serialize the results")?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("lanyard sim: results written to {}", path.display());
     }
     if let Some(path) = &args.report {
-        std::fs::write(path, report::html(&outcome)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, report::html(&outcome)?).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("lanyard sim: report written to {}", path.display());
     }
     print!("{}", report::summary(&outcome));
@@ -447,16 +393,11 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let started_ms = now_ms();
     // Recordings of real speech, checked before anything starts.
     let real = scenario.corpus.real_speech_per_pendant;
-    let recordings = if real > 0 {
-        real_speech::recordings(&args.speech_dir)?
-    } else {
-        Vec::new()
-    };
+    let recordings = if real > 0 { real_speech::recordings(&args.speech_dir)? } else { Vec::new() };
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let work = args.keep.clone().unwrap_or_else(|| tmp.path().to_owned());
     if args.keep.is_some() && work.exists() {
-        std::fs::remove_dir_all(&work)
-            .with_context(|| format!("cannot clear {}", work.display()))?;
+        std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
     }
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
@@ -513,19 +454,8 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     }
     let s = |x: &str| x.to_string();
     let p = |x: &Path| x.to_string_lossy().into_owned();
-    let mut server_args = vec![
-        s("serve"),
-        s("--listen"),
-        s("127.0.0.1:0"),
-        s("--data-dir"),
-        p(&server_dir),
-    ];
-    server_args.extend([
-        s("--model-dir"),
-        p(&args.model_dir),
-        s("--config"),
-        p(&config),
-    ]);
+    let mut server_args = vec![s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), p(&server_dir)];
+    server_args.extend([s("--model-dir"), p(&args.model_dir), s("--config"), p(&config)]);
     if scenario.run.stt_threads > 0 {
         server_args.extend([s("--stt-threads"), scenario.run.stt_threads.to_string()]);
     }
@@ -535,29 +465,19 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let server = Server::start(&shared, server_args).await?;
     let server_addr = server.addr;
     let server_url = server.url(&shared);
-    eprintln!(
-        "lanyard sim: server up at {server_url}, APNs peer at {}",
-        peer.url()
-    );
+    eprintln!("lanyard sim: server up at {server_url}, APNs peer at {}", peer.url());
     let server = Arc::new(tokio::sync::Mutex::new(server));
 
     // Pendants: each its own voice and rate, and its own part of the corpus
     // (see `pendant_speech`).
     let corpus = scenario.corpus.sentences();
     if real > 0 {
-        eprintln!(
-            "lanyard sim: {} utterances of real speech, from {}",
-            real * n,
-            real_speech::PACKAGE
-        );
+        eprintln!("lanyard sim: {} utterances of real speech, from {}", real * n, real_speech::PACKAGE);
     }
     let long = scenario.corpus.long_utterances_per_pendant;
     if long > 0 {
         let [lo, hi] = scenario.corpus.long_secs;
-        eprintln!(
-            "lanyard sim: {} long utterances, {lo} to {hi} s each",
-            long * n
-        );
+        eprintln!("lanyard sim: {} long utterances, {lo} to {hi} s each", long * n);
     }
     let mut pendant_addrs = Vec::new();
     let mut pendants = Vec::new();
@@ -566,19 +486,9 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let mut speech = pendants_speech(scenario, &corpus, &recordings, &work.join("speech")).await?;
     for i in 0..n {
         let voice = voice_of(scenario, i);
-        let mut a = vec![
-            s("pendant-sim"),
-            s("--listen"),
-            s("127.0.0.1:0"),
-            s("--wait-for-central"),
-            s("--hold-until-central"),
-        ];
-        a.extend([
-            s("--linger-secs"),
-            s("100000"),
-            s("--gap-ms"),
-            scenario.run.gap_ms.to_string(),
-        ]);
+        let mut a =
+            vec![s("pendant-sim"), s("--listen"), s("127.0.0.1:0"), s("--wait-for-central"), s("--hold-until-central")];
+        a.extend([s("--linger-secs"), s("100000"), s("--gap-ms"), scenario.run.gap_ms.to_string()]);
         a.extend([
             s("--mtu"),
             scenario.run.mtu.to_string(),
@@ -588,18 +498,12 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
             voice.rate.to_string(),
         ]);
         a.extend([s("--drop-rate"), scenario.faults.ble_drop_rate.to_string()]);
-        a.extend([
-            s("--reorder-rate"),
-            scenario.faults.ble_reorder_rate.to_string(),
-        ]);
+        a.extend([s("--reorder-rate"), scenario.faults.ble_reorder_rate.to_string()]);
         a.extend([s("--fault-seed"), rng.r#gen::<u64>().to_string()]);
         let (say, refs) = std::mem::take(&mut speech[i]);
         a.extend(say);
         references.push(refs);
-        let own = Shared {
-            events: pendant_ready_tx.clone(),
-            ..shared.clone()
-        };
+        let own = Shared { events: pendant_ready_tx.clone(), ..shared.clone() };
         pendants.push(own.spawn(Source::Pendant(i), &format!("pendant-{i}"), &a, false)?);
     }
     // Synthesis of every sentence happens before a pendant listens.
@@ -607,9 +511,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     while pendant_addrs.len() < n {
         let (src, v) = tokio::time::timeout(Duration::from_secs(300), pendant_ready_rx.recv())
             .await
-            .context(
-                "the pendant simulators did not start within 300 s (espeak-ng and sox installed?)",
-            )?
+            .context("the pendant simulators did not start within 300 s (espeak-ng and sox installed?)")?
             .context("pendant simulators ended before listening")?;
         if v["event"] == "listening" {
             pendant_addrs.push((src, v["addr"].as_str().unwrap_or_default().to_string()));
@@ -639,11 +541,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let mut proxies = Vec::new();
     let stop_faults = Arc::new(tokio::sync::Notify::new());
     for (i, (_, addr)) in pendant_addrs.iter().enumerate() {
-        let proxy = Arc::new(
-            proxy::FaultProxy::start(server_addr)
-                .await
-                .context("cannot start a fault proxy")?,
-        );
+        let proxy = Arc::new(proxy::FaultProxy::start(server_addr).await.context("cannot start a fault proxy")?);
         proxies.push(proxy.clone());
         let spool = work.join(format!("spool-{i}"));
         let base = vec![
@@ -660,59 +558,27 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
             format!("apns:{}", push_token(i)),
             s("--control-stdin"),
         ];
-        let base: Vec<String> = base
-            .into_iter()
-            .chain(tls.iter().flat_map(|t| [s("--ca-cert"), p(&t.ca)]))
-            .collect();
-        let phone = phone::Phone::start(
-            i,
-            shared.clone(),
-            base,
-            scenario.clone(),
-            proxy.clone(),
-            rng.r#gen(),
-        )
-        .context("cannot start a relay")?;
+        let base: Vec<String> = base.into_iter().chain(tls.iter().flat_map(|t| [s("--ca-cert"), p(&t.ca)])).collect();
+        let phone = phone::Phone::start(i, shared.clone(), base, scenario.clone(), proxy.clone(), rng.r#gen())
+            .context("cannot start a relay")?;
         phones.push(phone);
-        tokio::spawn(network_faults(
-            i,
-            proxy,
-            scenario.clone(),
-            shared.clone(),
-            rng.r#gen(),
-            stop_faults.clone(),
-        ));
+        tokio::spawn(network_faults(i, proxy, scenario.clone(), shared.clone(), rng.r#gen(), stop_faults.clone()));
     }
-    let server_faults = tokio::spawn(server_killer(
-        server.clone(),
-        scenario.clone(),
-        shared.clone(),
-        rng.r#gen(),
-        stop_faults.clone(),
-    ));
+    let server_faults =
+        tokio::spawn(server_killer(server.clone(), scenario.clone(), shared.clone(), rng.r#gen(), stop_faults.clone()));
 
     // The event loop: record everything, route pendant and relay events to
     // their phone, show progress, until every pendant is done.
     let total = scenario.utterances();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} spoken  {msg}",
-        )
-        .expect("progress template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} spoken  {msg}")
+            .expect("progress template")
+            .progress_chars("=> "),
     );
-    let store = SqliteStore::open(&server_dir.join("lanyard.db"))
-        .await
-        .context("cannot open the server's store")?;
-    let mut log: Vec<Record> = early
-        .into_iter()
-        .map(|(at_ms, source, event)| Record {
-            at_ms,
-            source,
-            event,
-        })
-        .collect();
+    let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.context("cannot open the server's store")?;
+    let mut log: Vec<Record> =
+        early.into_iter().map(|(at_ms, source, event)| Record { at_ms, source, event }).collect();
     let mut done = HashSet::new();
     let deadline = started + Duration::from_secs(scenario.run.timeout_secs);
     let mut status = tokio::time::interval(Duration::from_secs(2));
@@ -792,11 +658,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     // Stragglers the relays printed as they stopped.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while let Ok((source, event)) = rx.try_recv() {
-        log.push(Record {
-            at_ms: now_ms(),
-            source,
-            event,
-        });
+        log.push(Record { at_ms: now_ms(), source, event });
     }
     for mut pendant in pendants {
         let _ = pendant.kill().await;
@@ -804,12 +666,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     // The raw events, for a look at what the books are made of.
     let raw: String = log
         .iter()
-        .map(|r| {
-            format!(
-                "{}\n",
-                serde_json::json!({"read_ms": r.at_ms, "source": r.source, "event": r.event})
-            )
-        })
+        .map(|r| format!("{}\n", serde_json::json!({"read_ms": r.at_ms, "source": r.source, "event": r.event})))
         .collect();
     let _ = std::fs::write(work.join("events.jsonl"), raw);
 
@@ -819,23 +676,13 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let mut facts: HashMap<Uuid, ServerFacts> = HashMap::new();
     let owner = ledger::relay_owner(&log);
     for id in ledger::relay_ids(&log) {
-        let row = store
-            .utterance(id)
-            .await
-            .context("cannot read the server's store")?;
+        let row = store.utterance(id).await.context("cannot read the server's store")?;
         let device = owner.get(&id).map(|&i| devices[i].0);
-        let audio = device.map(|d| {
-            server_dir
-                .join("audio")
-                .join(d.to_string())
-                .join(format!("{id}.frames"))
-        });
+        let audio = device.map(|d| server_dir.join("audio").join(d.to_string()).join(format!("{id}.frames")));
         facts.insert(
             id,
             ServerFacts {
-                state: row
-                    .as_ref()
-                    .map(|u| format!("{:?}", u.state).to_lowercase()),
+                state: row.as_ref().map(|u| format!("{:?}", u.state).to_lowercase()),
                 frames: row.as_ref().map(|u| u.frames),
                 transcript: row.as_ref().and_then(|u| u.transcript.clone()),
                 reply_body: row.as_ref().and_then(|u| u.reply_body.clone()),
@@ -859,13 +706,8 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         .received()
         .iter()
         .map(|r| PushSeen {
-            at_ms: r
-                .received_system
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            utterance: r
-                .header("apns-collapse-id")
-                .and_then(|c| Uuid::parse_str(c).ok()),
+            at_ms: r.received_system.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            utterance: r.header("apns-collapse-id").and_then(|c| Uuid::parse_str(c).ok()),
             device_token: r.device_token.clone(),
             status: r.answered_status,
         })
@@ -901,10 +743,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
 /// in turn after voices.
 fn voice_of(scenario: &Scenario, i: usize) -> Voice {
     let c = &scenario.corpus;
-    Voice {
-        name: c.voices[i % c.voices.len()].clone(),
-        rate: c.rates[(i / c.voices.len() + i) % c.rates.len()],
-    }
+    Voice { name: c.voices[i % c.voices.len()].clone(), rate: c.rates[(i / c.voices.len() + i) % c.rates.len()] }
 }
 
 /// What every pendant says (see [`pendant_speech`]), synthesized on every
@@ -918,15 +757,9 @@ async fn pendants_speech(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let jobs: Vec<_> = (0..scenario.run.pendants)
         .map(|i| {
-            let (scenario, corpus, recordings, dir) = (
-                scenario.clone(),
-                corpus.to_vec(),
-                recordings.to_vec(),
-                dir.to_owned(),
-            );
-            tokio::task::spawn_blocking(move || {
-                pendant_speech(&scenario, i, &corpus, &recordings, &dir)
-            })
+            let (scenario, corpus, recordings, dir) =
+                (scenario.clone(), corpus.to_vec(), recordings.to_vec(), dir.to_owned());
+            tokio::task::spawn_blocking(move || pendant_speech(&scenario, i, &corpus, &recordings, &dir))
         })
         .collect();
     let mut all = Vec::new();
@@ -967,10 +800,7 @@ fn pendant_speech(
         if let Some(k) = turns.iter().position(|&t| t == slot) {
             let passage = long_speech::speak(i * long + k, &voice, c.long_secs, &mut rng)?;
             long_speech::write_raw(&file, &passage.pcm)?;
-            args.extend([
-                "--say-wav".into(),
-                format!("{}={}", file.display(), passage.text),
-            ]);
+            args.extend(["--say-wav".into(), format!("{}={}", file.display(), passage.text)]);
             refs.push(passage.text);
             continue;
         }
@@ -989,10 +819,7 @@ fn pendant_speech(
     for k in 0..real {
         let (path, transcript) = &recordings[(i * real + k) % recordings.len()];
         refs.push(transcript.to_string());
-        args.extend([
-            "--say-wav".into(),
-            format!("{}={transcript}", path.display()),
-        ]);
+        args.extend(["--say-wav".into(), format!("{}={transcript}", path.display())]);
     }
     Ok((args, refs))
 }
@@ -1023,11 +850,7 @@ fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
         }
     }
     !crc
@@ -1046,25 +869,14 @@ async fn network_faults(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let target = format!("phone-{i} network");
     // Next due time of each kind, as offsets from now.
-    let kinds = [
-        f.network_cuts_per_min,
-        f.delays_per_min,
-        f.black_holes_per_min,
-        f.network_switches_per_min,
-    ];
+    let kinds = [f.network_cuts_per_min, f.delays_per_min, f.black_holes_per_min, f.network_switches_per_min];
     let start = tokio::time::Instant::now();
-    let mut due: Vec<Option<tokio::time::Instant>> = kinds
-        .iter()
-        .map(|&r| poisson_wait(&mut rng, r).map(|w| start + w))
-        .collect();
+    let mut due: Vec<Option<tokio::time::Instant>> =
+        kinds.iter().map(|&r| poisson_wait(&mut rng, r).map(|w| start + w)).collect();
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
-        let Some((k, at)) = due
-            .iter()
-            .enumerate()
-            .filter_map(|(k, d)| d.map(|d| (k, d)))
-            .min_by_key(|(_, d)| *d)
+        let Some((k, at)) = due.iter().enumerate().filter_map(|(k, d)| d.map(|d| (k, d))).min_by_key(|(_, d)| *d)
         else {
             return;
         };
@@ -1081,9 +893,7 @@ async fn network_faults(
             }
             1 => {
                 let delay = Duration::from_millis(f.delay_ms);
-                let chunks = proxy
-                    .delay_for(delay, Duration::from_millis(f.delay_for_ms))
-                    .await;
+                let chunks = proxy.delay_for(delay, Duration::from_millis(f.delay_for_ms)).await;
                 if chunks > 0 {
                     shared.fault_at(
                         began,
@@ -1094,25 +904,18 @@ async fn network_faults(
                 }
             }
             2 => {
-                let (held, reset) = proxy
-                    .black_hole_for(Duration::from_millis(f.black_hole_for_ms))
-                    .await;
+                let (held, reset) = proxy.black_hole_for(Duration::from_millis(f.black_hole_for_ms)).await;
                 if held > 0 || reset > 0 {
                     shared.fault_at(
                         began,
                         "black_hole",
                         &target,
-                        format!(
-                            "{} ms: {held} chunks swallowed, {reset} connections reset",
-                            f.black_hole_for_ms
-                        ),
+                        format!("{} ms: {held} chunks swallowed, {reset} connections reset", f.black_hole_for_ms),
                     );
                 }
             }
             _ => {
-                let (reset, refused) = proxy
-                    .switch_network(Duration::from_millis(f.switch_outage_ms))
-                    .await;
+                let (reset, refused) = proxy.switch_network(Duration::from_millis(f.switch_outage_ms)).await;
                 if reset > 0 || refused > 0 {
                     shared.fault_at(
                         began,

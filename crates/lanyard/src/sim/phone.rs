@@ -181,18 +181,11 @@ impl Ctl {
     fn launch(&mut self, foreground: bool) -> Result<()> {
         let mut args = self.base.clone();
         let f = &self.scenario.faults;
-        let slow = f.slow_disk_rate > 0.0
-            && self.rng.r#gen::<f64>() < f.slow_disk_rate
-            && f.slow_disk_fsync_ms > 0;
+        let slow = f.slow_disk_rate > 0.0 && self.rng.r#gen::<f64>() < f.slow_disk_rate && f.slow_disk_fsync_ms > 0;
         if slow {
-            args.extend([
-                "--fsync-delay-ms".to_string(),
-                f.slow_disk_fsync_ms.to_string(),
-            ]);
+            args.extend(["--fsync-delay-ms".to_string(), f.slow_disk_fsync_ms.to_string()]);
         }
-        let mut child = self
-            .shared
-            .spawn(Source::Relay(self.i), &self.name(), &args, true)?;
+        let mut child = self.shared.spawn(Source::Relay(self.i), &self.name(), &args, true)?;
         self.stdin = child.stdin.take();
         self.child = Some(child);
         self.launches += 1;
@@ -200,36 +193,25 @@ impl Ctl {
             self.shared.fault(
                 "slow_disk",
                 &self.name(),
-                format!(
-                    "launch {} with every fsync {} ms slower",
-                    self.launches, f.slow_disk_fsync_ms
-                ),
+                format!("launch {} with every fsync {} ms slower", self.launches, f.slow_disk_fsync_ms),
             );
         }
         self.state = if foreground || !self.scenario.lifecycle.enabled {
-            State::Foreground {
-                until: self.foreground_spell(),
-            }
+            State::Foreground { until: self.foreground_spell() }
         } else {
-            State::Background {
-                until: Instant::now(),
-            }
+            State::Background { until: Instant::now() }
         };
         Ok(())
     }
 
     async fn enter_foreground(&mut self) {
-        self.state = State::Foreground {
-            until: self.foreground_spell(),
-        };
+        self.state = State::Foreground { until: self.foreground_spell() };
         self.say("foreground").await;
     }
 
     async fn enter_background(&mut self) {
         let w = self.window();
-        self.state = State::Background {
-            until: Instant::now() + w,
-        };
+        self.state = State::Background { until: Instant::now() + w };
         self.say(&format!("background {}", w.as_millis())).await;
     }
 
@@ -273,8 +255,7 @@ impl Ctl {
     async fn kill(&mut self, why: &str) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
-            self.shared
-                .fault("relay_kill", &self.name(), format!("SIGKILL {why}"));
+            self.shared.fault("relay_kill", &self.name(), format!("SIGKILL {why}"));
         }
         self.stdin = None;
         self.state = State::Dead;
@@ -283,10 +264,7 @@ impl Ctl {
     /// The wake window ran out: suspend, or be killed by the system.
     async fn window_over(&mut self) {
         self.say("suspend").await;
-        tokio::time::sleep(Duration::from_millis(
-            self.scenario.lifecycle.suspend_grace_ms,
-        ))
-        .await;
+        tokio::time::sleep(Duration::from_millis(self.scenario.lifecycle.suspend_grace_ms)).await;
         if self.rng.r#gen::<f64>() < self.scenario.faults.relay_kill_on_suspend {
             self.kill("instead of a suspension (jetsam)").await;
         } else {
@@ -305,30 +283,20 @@ impl Ctl {
         }
         let path = task["path"].as_str().unwrap_or_default().to_string();
         let url = task["url"].as_str().unwrap_or_default().to_string();
-        let headers: Vec<(String, String)> =
-            serde_json::from_value(task["headers"].clone()).unwrap_or_default();
-        let (tx, events, source) = (
-            self.tx.clone(),
-            self.shared.events.clone(),
-            Source::Sim(self.i),
-        );
+        let headers: Vec<(String, String)> = serde_json::from_value(task["headers"].clone()).unwrap_or_default();
+        let (tx, events, source) = (self.tx.clone(), self.shared.events.clone(), Source::Sim(self.i));
         let _ = &self.proxy;
         let client = self.shared.http.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(500);
             let ok = loop {
                 let attempt = async {
-                    let body = tokio::fs::read(&path)
-                        .await
-                        .map_err(|e| format!("cannot read {path}: {e}"))?;
+                    let body = tokio::fs::read(&path).await.map_err(|e| format!("cannot read {path}: {e}"))?;
                     let mut req = client.put(&url).body(body).timeout(Duration::from_secs(20));
                     for (k, v) in &headers {
                         req = req.header(k, v);
                     }
-                    req.send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .map_err(|e| e.to_string())
+                    req.send().await.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
                 };
                 let result = attempt.await;
                 let _ = events.send((
@@ -353,15 +321,11 @@ impl Ctl {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut check = tokio::time::interval(Duration::from_millis(500));
-        let mut next_kill = poisson_wait(&mut self.rng, self.scenario.faults.relay_kills_per_min)
-            .map(|w| Instant::now() + w);
+        let mut next_kill =
+            poisson_wait(&mut self.rng, self.scenario.faults.relay_kills_per_min).map(|w| Instant::now() + w);
         loop {
             let timer = match self.state {
-                State::Foreground { until: Some(t) } | State::Background { until: t }
-                    if !self.draining =>
-                {
-                    Some(t)
-                }
+                State::Foreground { until: Some(t) } | State::Background { until: t } if !self.draining => Some(t),
                 _ => None,
             };
             let far = Instant::now() + Duration::from_secs(3600);

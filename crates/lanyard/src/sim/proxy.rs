@@ -93,11 +93,7 @@ impl FaultProxy {
                 }
             }
         });
-        Ok(FaultProxy {
-            addr,
-            shared,
-            accept,
-        })
+        Ok(FaultProxy { addr, shared, accept })
     }
 
     /// Resets one live connection, picked by `pick` (an index into the live
@@ -112,13 +108,7 @@ impl FaultProxy {
 
     /// Resets every live connection; returns how many.
     pub fn reset_all(&self) -> usize {
-        let drained: Vec<_> = self
-            .shared
-            .conns
-            .lock()
-            .expect("proxy lock")
-            .drain()
-            .collect();
+        let drained: Vec<_> = self.shared.conns.lock().expect("proxy lock").drain().collect();
         drained
             .into_iter()
             .filter(|(_, kill)| !kill.is_closed())
@@ -131,9 +121,7 @@ impl FaultProxy {
     /// it held up.
     pub async fn delay_for(&self, delay: Duration, period: Duration) -> u64 {
         let before = self.shared.delayed.load(Ordering::Relaxed);
-        self.shared
-            .mode
-            .send_replace(Mode::Delay(delay.as_millis() as u64));
+        self.shared.mode.send_replace(Mode::Delay(delay.as_millis() as u64));
         tokio::time::sleep(period).await;
         self.shared.mode.send_replace(Mode::Normal);
         self.shared.delayed.load(Ordering::Relaxed) - before
@@ -173,9 +161,7 @@ fn rst_on_close(s: &TcpStream) {
 
 /// Carries one connection until either side closes or it is reset.
 async fn serve(shared: Arc<Shared>, client: TcpStream) {
-    let Ok(Ok(server)) =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(shared.target)).await
-    else {
+    let Ok(Ok(server)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(shared.target)).await else {
         // The server is down (killed, restarting): refuse as it would.
         rst_on_close(&client);
         return;

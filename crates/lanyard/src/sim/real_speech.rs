@@ -25,10 +25,7 @@ pub const RECORDINGS: &[(&str, &str)] = &[
         "test/data/librivox/sense_and_sensibility_01_austen_64kb-0870.wav",
         "and mister john dashwood had then leisure to consider how much there might be prudently in his power to do for them",
     ),
-    (
-        "test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav",
-        "he was not an ill disposed young man",
-    ),
+    ("test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav", "he was not an ill disposed young man"),
     (
         "test/data/librivox/sense_and_sensibility_01_austen_64kb-0890.wav",
         "unless to be rather cold hearted and rather selfish is to be ill disposed",
@@ -54,11 +51,7 @@ pub fn default_dir() -> PathBuf {
 /// how to install them.
 pub fn recordings(dir: &Path) -> Result<Vec<(PathBuf, &'static str)>> {
     let list: Vec<_> = RECORDINGS.iter().map(|(p, t)| (dir.join(p), *t)).collect();
-    let missing: Vec<_> = list
-        .iter()
-        .filter(|(p, _)| !p.is_file())
-        .map(|(p, _)| p.display().to_string())
-        .collect();
+    let missing: Vec<_> = list.iter().filter(|(p, _)| !p.is_file()).map(|(p, _)| p.display().to_string()).collect();
     if !missing.is_empty() {
         bail!(
             "the scenario asks for real speech, but {} of the recordings from {PACKAGE} are missing (first: {}). \
@@ -80,10 +73,7 @@ mod tests {
         // The WER normaliser does not spell out numbers, so a reference holds
         // words only, in lower case as the package writes them.
         for (path, text) in RECORDINGS {
-            assert!(
-                !text.is_empty() && text.chars().all(|c| c.is_ascii_lowercase() || c == ' '),
-                "{path}: {text}"
-            );
+            assert!(!text.is_empty() && text.chars().all(|c| c.is_ascii_lowercase() || c == ' '), "{path}: {text}");
         }
     }
 
@@ -93,18 +83,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("ramp.raw");
         let samples: Vec<i16> = (0..1600).map(|i| (i * 20 - 16000) as i16).collect();
-        std::fs::write(
-            &raw,
-            samples
-                .iter()
-                .flat_map(|s| s.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        )
-        .unwrap();
-        assert_eq!(
-            lanyard_pendant::speech::load_recording(&raw).unwrap(),
-            samples
-        );
+        std::fs::write(&raw, samples.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        assert_eq!(lanyard_pendant::speech::load_recording(&raw).unwrap(), samples);
         // A WAV at another rate and in stereo is resampled and mixed down.
         let wav = dir.path().join("tone.wav");
         let made = std::process::Command::new("sox")
@@ -115,22 +95,13 @@ mod tests {
             .expect("sox is installed (scripts/setup)");
         assert!(made.success());
         let pcm = lanyard_pendant::speech::load_recording(&wav).unwrap();
-        assert!(
-            (7990..=8010).contains(&pcm.len()),
-            "0.5 s at 16 kHz, got {} samples",
-            pcm.len()
-        );
+        assert!((7990..=8010).contains(&pcm.len()), "0.5 s at 16 kHz, got {} samples", pcm.len());
         assert!(pcm.iter().any(|&s| s.unsigned_abs() > 1000));
     }
 
     #[test]
     fn a_missing_recording_says_how_to_install_it() {
-        let err = recordings(Path::new("/nonexistent"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("scripts/setup") && err.contains("6 of the recordings"),
-            "{err}"
-        );
+        let err = recordings(Path::new("/nonexistent")).unwrap_err().to_string();
+        assert!(err.contains("scripts/setup") && err.contains("6 of the recordings"), "{err}");
     }
 }

@@ -19,10 +19,7 @@ use super::ledger::{LengthRow, Mark, Metric};
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn ms(v: Option<i64>) -> String {
@@ -85,23 +82,11 @@ pub fn summary(o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "  frames: {} spoken, {} spooled by relays, {} stored by the server, {} received; {} push resends after a server crash (same collapse id)",
-        t.frames_spoken,
-        t.frames_spooled,
-        t.frames_stored,
-        t.frames_received,
-        t.push_resends_after_crash
+        t.frames_spoken, t.frames_spooled, t.frames_stored, t.frames_received, t.push_resends_after_crash
     );
-    let faults: Vec<String> = a
-        .fault_counts
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
+    let faults: Vec<String> = a.fault_counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let _ = writeln!(s, "  faults applied: {}", faults.join(", "));
-    let _ = writeln!(
-        s,
-        "  server incarnations {}, relay launches {:?}",
-        o.server_incarnations, o.relay_launches
-    );
+    let _ = writeln!(s, "  server incarnations {}, relay launches {:?}", o.server_incarnations, o.relay_launches);
     for m in &a.latency {
         match &m.note {
             Some(note) if m.values_ms.is_empty() => {
@@ -134,11 +119,7 @@ pub fn summary(o: &Outcome) -> String {
     for b in &a.by_length {
         let _ = writeln!(s, "    {}", length_line(b));
     }
-    for r in a
-        .utterances
-        .iter()
-        .filter(|r| r.outcome == "lost" || r.duplicate.is_some())
-    {
+    for r in a.utterances.iter().filter(|r| r.outcome == "lost" || r.duplicate.is_some()) {
         let _ = writeln!(
             s,
             "  {} {} (phone {}): {} {}",
@@ -174,11 +155,7 @@ fn histogram(m: &Metric) -> Result<String> {
             .x_label_area_size(32)
             .y_label_area_size(40)
             .build_cartesian_2d(lo as f64..(lo as f64 + width * bins as f64), 0u32..top + 1)?;
-        chart
-            .configure_mesh()
-            .x_desc("ms after end of speech")
-            .y_desc("utterances")
-            .draw()?;
+        chart.configure_mesh().x_desc("ms after end of speech").y_desc("utterances").draw()?;
         chart.draw_series(counts.iter().enumerate().map(|(i, &c)| {
             let x0 = lo as f64 + width * i as f64;
             Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.6).filled())
@@ -203,11 +180,7 @@ fn cdf(m: &Metric) -> Result<String> {
             .x_label_area_size(32)
             .y_label_area_size(40)
             .build_cartesian_2d(lo..hi, 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc("ms after end of speech")
-            .y_desc("fraction")
-            .draw()?;
+        chart.configure_mesh().x_desc("ms after end of speech").y_desc("fraction").draw()?;
         let mut points = Vec::new();
         for (i, &v) in m.values_ms.iter().enumerate() {
             points.push((v as f64, i as f64 / n));
@@ -236,16 +209,9 @@ fn timeline_svg(marks: &[Mark]) -> String {
     );
     for (i, lane) in lanes.iter().enumerate() {
         let x = left + width * i as f64 / lanes.len() as f64;
-        let _ = write!(
-            s,
-            r#"<text x="{x}" y="16" font-weight="bold">{lane}</text>"#
-        );
+        let _ = write!(s, r#"<text x="{x}" y="16" font-weight="bold">{lane}</text>"#);
     }
-    let _ = write!(
-        s,
-        r##"<line x1="{left}" y1="30" x2="{}" y2="30" stroke="#888"/>"##,
-        left + width
-    );
+    let _ = write!(s, r##"<line x1="{left}" y1="30" x2="{}" y2="30" stroke="#888"/>"##, left + width);
     for (k, m) in marks.iter().enumerate() {
         let x = left + width * (m.at_ms - t0) as f64 / span;
         let y = 50.0 + row * k as f64;
@@ -346,9 +312,7 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
     }
     h.push_str("</table></details>");
 
-    h.push_str(
-        "<h2>Faults applied</h2><table id=\"faults\"><tr><th>kind</th><th>times applied</th></tr>",
-    );
+    h.push_str("<h2>Faults applied</h2><table id=\"faults\"><tr><th>kind</th><th>times applied</th></tr>");
     for (k, n) in &a.fault_counts {
         let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(k));
     }
@@ -374,12 +338,7 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
     for m in &a.latency {
         match &m.note {
             Some(note) if m.values_ms.is_empty() => {
-                let _ = write!(
-                    h,
-                    "<tr><td>{}</td><td colspan=\"4\">{}</td></tr>",
-                    esc(&m.name),
-                    esc(note)
-                );
+                let _ = write!(h, "<tr><td>{}</td><td colspan=\"4\">{}</td></tr>", esc(&m.name), esc(note));
             }
             _ => {
                 let _ = write!(
@@ -446,11 +405,7 @@ spoke but those dropped on purpose.</p><table id=\"by-length\"><tr><th>length</t
 
     h.push_str("<details><summary>Every spoken utterance</summary><table id=\"spoken\"><tr><th>pendant#index</th><th>reference</th><th>transcript</th><th>WER</th><th>length</th><th>frames spoken / spooled</th><th>BLE drops / reorders</th><th>relay utterances</th><th>latency (ms)</th></tr>");
     for s in &a.spoken {
-        let lat: Vec<String> = s
-            .latency_ms
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let lat: Vec<String> = s.latency_ms.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = write!(
             h,
             "<tr><td>{}#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td><td>{} / {}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>",

@@ -151,11 +151,7 @@ pub const CORPUS: &[&str] = &[
 
 impl CorpusSection {
     pub fn sentences(&self) -> Vec<String> {
-        if self.sentences.is_empty() {
-            CORPUS.iter().map(|s| s.to_string()).collect()
-        } else {
-            self.sentences.clone()
-        }
+        if self.sentences.is_empty() { CORPUS.iter().map(|s| s.to_string()).collect() } else { self.sentences.clone() }
     }
 }
 
@@ -236,12 +232,11 @@ pub struct FaultSection {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the scenario {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the scenario {}", path.display()))?;
         let s: Scenario = toml::from_str(&text)
             .with_context(|| format!("scenario {} is not valid; `lanyard sim --help` lists every key, and scenarios/ci-short.toml sets them all", path.display()))?;
-        s.validate()
-            .with_context(|| format!("scenario {}", path.display()))?;
+        s.validate().with_context(|| format!("scenario {}", path.display()))?;
         Ok(s)
     }
 
@@ -328,8 +323,7 @@ mod tests {
         for name in ["ci-short", "clean", "long-1000", "smoke"] {
             let s = Scenario::load(&dir.join(format!("{name}.toml"))).unwrap();
             assert!(
-                s.corpus.real_speech_per_pendant + s.corpus.long_utterances_per_pendant
-                    <= s.run.utterances_per_pendant,
+                s.corpus.real_speech_per_pendant + s.corpus.long_utterances_per_pendant <= s.run.utterances_per_pendant,
                 "{name}"
             );
             // Every pendant says all it has to say (short utterances of up
@@ -345,16 +339,9 @@ mod tests {
 
     #[test]
     fn real_speech_cannot_exceed_a_pendants_utterances() {
-        let s: Scenario = toml::from_str(
-            "[run]\nutterances_per_pendant = 2\n[corpus]\nreal_speech_per_pendant = 3\n",
-        )
-        .unwrap();
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("real_speech_per_pendant")
-        );
+        let s: Scenario =
+            toml::from_str("[run]\nutterances_per_pendant = 2\n[corpus]\nreal_speech_per_pendant = 3\n").unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("real_speech_per_pendant"));
     }
 
     #[test]
@@ -363,23 +350,15 @@ mod tests {
             "[run]\nutterances_per_pendant = 3\n[corpus]\nreal_speech_per_pendant = 2\nlong_utterances_per_pendant = 2\n",
         )
         .unwrap();
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("long_utterances_per_pendant")
-        );
+        assert!(s.validate().unwrap_err().to_string().contains("long_utterances_per_pendant"));
         for secs in ["[0, 40]", "[50, 40]", "[30, 601]"] {
-            let s: Scenario = toml::from_str(&format!(
-                "[corpus]\nlong_utterances_per_pendant = 1\nlong_secs = {secs}\n"
-            ))
-            .unwrap();
+            let s: Scenario =
+                toml::from_str(&format!("[corpus]\nlong_utterances_per_pendant = 1\nlong_secs = {secs}\n")).unwrap();
             let err = s.validate().unwrap_err().to_string();
             assert!(err.contains("long_secs"), "{secs}: {err}");
         }
         let s: Scenario =
-            toml::from_str("[corpus]\nlong_utterances_per_pendant = 1\nlong_secs = [300, 600]\n")
-                .unwrap();
+            toml::from_str("[corpus]\nlong_utterances_per_pendant = 1\nlong_secs = [300, 600]\n").unwrap();
         s.validate().unwrap();
     }
 }

@@ -16,7 +16,11 @@ use tokio::sync::mpsc;
 /// `scripts/setup` installs it. Missing is a failure, not a skip.
 pub fn model_dir() -> PathBuf {
     let dir = lanyard_stt::default_model_dir();
-    assert!(dir.join("model.bin").exists(), "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)", dir.display());
+    assert!(
+        dir.join("model.bin").exists(),
+        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
+        dir.display()
+    );
     dir
 }
 
