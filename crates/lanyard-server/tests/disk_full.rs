@@ -225,11 +225,14 @@ fn statfs(path: &Path) -> libc::statvfs {
     s
 }
 
+// The field types differ by platform (u32 on some 32-bit targets).
+#[allow(clippy::unnecessary_cast)]
 fn statfs_total(path: &Path) -> u64 {
     let s = statfs(path);
     s.f_blocks as u64 * s.f_frsize as u64
 }
 
+#[allow(clippy::unnecessary_cast)]
 fn statfs_free(path: &Path) -> u64 {
     let s = statfs(path);
     s.f_bavail as u64 * s.f_frsize as u64

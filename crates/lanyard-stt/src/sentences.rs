@@ -137,8 +137,8 @@ fn align(reference: &[&str], hypothesis: &[&str]) -> Vec<(usize, usize)> {
     let (n, m) = (reference.len(), hypothesis.len());
     let width = m + 1;
     let mut cost = vec![0u32; (n + 1) * width];
-    for j in 0..=m {
-        cost[j] = j as u32;
+    for (j, c) in cost[..width].iter_mut().enumerate() {
+        *c = j as u32;
     }
     for i in 1..=n {
         cost[i * width] = i as u32;

@@ -38,7 +38,6 @@
 //! `LANYARD_BENCH_TRACE=1` prints every final of both runs.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../../lanyard-stt/benches/long_set/mod.rs"]
 mod long_set;

@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(timestamp(1.5, ','), "00:00:01,500");
         assert_eq!(timestamp(1.5, '.'), "00:00:01.500");
         assert_eq!(timestamp(61.0625, '.'), "00:01:01.063");
-        assert_eq!(timestamp(3_599.9996, ','), "01:00:00,000");
+        assert_eq!(timestamp(3_599.999_6, ','), "01:00:00,000");
         assert_eq!(timestamp(3_723.004, ','), "01:02:03,004");
         // Past 99 hours the hours simply grow; nothing wraps.
         assert_eq!(timestamp(360_000.0, ','), "100:00:00,000");

@@ -707,12 +707,12 @@ impl WhisperCt2 {
     /// Trims a runaway loop at the end of a hypothesis that used up its
     /// budget (see [`timeline::runaway_end`]); anything else is kept whole.
     fn stop_runaway(&self, mut h: Hypothesis) -> Hypothesis {
-        if h.truncated {
-            if let Some(end) = timeline::runaway_end(&h.ids, 2) {
-                tracing::warn!(tokens = h.ids.len(), kept = end, "Whisper ran away in a loop; keeping its first copy");
-                h.ids.truncate(end);
-                h.text = self.text_of(&h.ids).unwrap_or_default();
-            }
+        if h.truncated
+            && let Some(end) = timeline::runaway_end(&h.ids, 2)
+        {
+            tracing::warn!(tokens = h.ids.len(), kept = end, "Whisper ran away in a loop; keeping its first copy");
+            h.ids.truncate(end);
+            h.text = self.text_of(&h.ids).unwrap_or_default();
         }
         h
     }

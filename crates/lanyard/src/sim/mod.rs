@@ -484,7 +484,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let (pendant_ready_tx, mut pendant_ready_rx) = mpsc::unbounded_channel::<(Source, Value)>();
     let mut references: Vec<Vec<String>> = Vec::new();
     let mut speech = pendants_speech(scenario, &corpus, &recordings, &work.join("speech")).await?;
-    for i in 0..n {
+    for (i, speech) in speech.iter_mut().enumerate().take(n) {
         let voice = voice_of(scenario, i);
         let mut a =
             vec![s("pendant-sim"), s("--listen"), s("127.0.0.1:0"), s("--wait-for-central"), s("--hold-until-central")];
@@ -500,7 +500,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         a.extend([s("--drop-rate"), scenario.faults.ble_drop_rate.to_string()]);
         a.extend([s("--reorder-rate"), scenario.faults.ble_reorder_rate.to_string()]);
         a.extend([s("--fault-seed"), rng.r#gen::<u64>().to_string()]);
-        let (say, refs) = std::mem::take(&mut speech[i]);
+        let (say, refs) = std::mem::take(speech);
         a.extend(say);
         references.push(refs);
         let own = Shared { events: pendant_ready_tx.clone(), ..shared.clone() };
