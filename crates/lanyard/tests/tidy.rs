@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap().to_owned()
 }
@@ -51,5 +53,84 @@ fn architecture_md_covers_every_crate() {
             doc.split(&heading).nth(1).unwrap_or_else(|| panic!("ARCHITECTURE.md lacks a section for {name}"));
         let section = section.split("\n### ").next().unwrap();
         assert!(section.contains("**Architecture invariant:**"), "{name} has no invariant line");
+    }
+}
+
+/// Which crates may depend on which: the "Architecture invariant" lines of
+/// ARCHITECTURE.md that a dependency can break. `(dependency, allowed)`:
+/// only crates matching `allowed` may list it, in any section
+/// (dependencies, dev- or build-dependencies).
+const ONLY: &[(&str, fn(&str) -> bool)] = &[
+    ("opus", |c| c == "lanyard-audio"),
+    ("ct2rs", |c| c == "lanyard-stt"),
+    ("sqlx", |c| c.starts_with("lanyard-store-")),
+    ("axum", |c| c == "lanyard-server"),
+];
+
+/// Crates that do I/O, which the sans-I/O protocol crate never lists.
+const IO_CRATES: &[&str] =
+    &["tokio", "mio", "async-std", "reqwest", "hyper", "tokio-tungstenite", "tungstenite", "axum", "sqlx", "btleplug"];
+
+/// The crate invariants broken in `metadata` (the JSON of `cargo metadata
+/// --no-deps`), one line each.
+fn invariant_violations(metadata: &Value) -> Vec<String> {
+    let mut broken = Vec::new();
+    for package in metadata["packages"].as_array().expect("cargo metadata lists packages") {
+        let name = package["name"].as_str().unwrap();
+        for dep in package["dependencies"].as_array().unwrap() {
+            let dep = dep["name"].as_str().unwrap();
+            for (only, allowed) in ONLY {
+                if dep == *only && !allowed(name) {
+                    broken.push(format!("{name} depends on {dep}, which only its owning crate may (ARCHITECTURE.md)"));
+                }
+            }
+            if name == "lanyard-proto" && IO_CRATES.contains(&dep) {
+                broken.push(format!("lanyard-proto depends on {dep}: the protocol crate is sans-I/O"));
+            }
+        }
+    }
+    broken
+}
+
+/// The crate invariants hold in the workspace as `cargo metadata` sees it.
+#[test]
+fn crate_invariants_hold() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("run cargo metadata");
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    let metadata: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> =
+        metadata["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"lanyard-audio") && names.len() >= 10, "cargo metadata saw only {names:?}");
+    let broken = invariant_violations(&metadata);
+    assert!(broken.is_empty(), "crate invariants broken:\n{}", broken.join("\n"));
+}
+
+/// The check finds each kind of break (so a passing run means something).
+#[test]
+fn each_crate_invariant_break_is_found() {
+    let package = |name: &str, deps: &[&str]| serde_json::json!({"name": name, "dependencies": deps.iter().map(|d| serde_json::json!({"name": d})).collect::<Vec<_>>()});
+    let clean = serde_json::json!({"packages": [
+        package("lanyard-audio", &["opus"]),
+        package("lanyard-stt", &["ct2rs"]),
+        package("lanyard-store-postgres", &["sqlx"]),
+        package("lanyard-server", &["axum", "tokio"]),
+        package("lanyard-proto", &["serde"]),
+    ]});
+    assert_eq!(invariant_violations(&clean), Vec::<String>::new());
+    for (krate, dep) in [
+        ("lanyard", "opus"),
+        ("lanyard-server", "ct2rs"),
+        ("lanyard-store", "sqlx"),
+        ("lanyard-relay", "axum"),
+        ("lanyard-proto", "tokio"),
+    ] {
+        let broken = serde_json::json!({"packages": [package(krate, &[dep])]});
+        let found = invariant_violations(&broken);
+        assert_eq!(found.len(), 1, "{krate} -> {dep}: {found:?}");
+        assert!(found[0].contains(krate) && found[0].contains(dep), "{found:?}");
     }
 }
