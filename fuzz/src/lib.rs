@@ -161,6 +161,23 @@ pub fn opus_toc(data: &[u8]) {
     }
 }
 
+/// Checksummed records (the spool's and the server's audio files, read
+/// back after a crash): the records read are a prefix that ends within the
+/// input, and writing them again gives exactly that prefix.
+pub fn record_read(data: &[u8]) {
+    use lanyard_proto::record;
+    let mut records = record::read(data, 0..=4096);
+    let bodies: Vec<&[u8]> = records.by_ref().collect();
+    let intact = records.intact_len();
+    assert!(intact <= data.len());
+    let mut again = Vec::new();
+    for b in &bodies {
+        assert!(b.len() <= 4096);
+        record::push(&mut again, b);
+    }
+    assert_eq!(again, data[..intact], "the intact prefix is exactly the records read");
+}
+
 /// Uploaded WAV: accepted frames are whole 20 ms frames but the last, and
 /// writing them again gives a file that reads back to the same frames.
 pub fn wav_read(data: &[u8]) {

@@ -226,6 +226,15 @@ fn opus_toc() {
 }
 
 #[test]
+fn record_read() {
+    let mut two = Vec::new();
+    lanyard_proto::record::push(&mut two, b"frame one");
+    lanyard_proto::record::push(&mut two, &[0u8; 80]);
+    let torn = two[..two.len() - 3].to_vec();
+    run("record_read", lanyard_fuzz::record_read, &[two, torn, Vec::new()]);
+}
+
+#[test]
 fn wav_read() {
     let seeds =
         vec![lanyard_proto::wav::write([&[1u8; 640][..], &[2u8; 10]]), lanyard_proto::wav::write(std::iter::empty())];

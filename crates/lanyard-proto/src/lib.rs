@@ -11,6 +11,8 @@
 //! - [`wire`]: the relay-to-server WebSocket protocol (`/v1/stream`).
 //! - [`oggopus`]: the Ogg Opus container used by the whole-utterance HTTP upload.
 //! - [`wav`]: 16 kHz PCM16 WAV, the upload container for PCM utterances.
+//! - [`record`]: the length-and-CRC-32C record of every crash-safe file
+//!   (the relay's spool, the server's audio).
 //! - [`link`]: the length-prefixed byte stream that carries notifications
 //!   between the pendant simulator and a relay on one host.
 
@@ -20,6 +22,7 @@ pub mod oggopus;
 pub mod omi;
 pub mod opus_toc;
 pub mod reassembly;
+pub mod record;
 pub mod wav;
 pub mod wire;
 

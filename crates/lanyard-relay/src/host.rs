@@ -1072,8 +1072,10 @@ impl Relay {
                 // Fsync now what would come due before then, so that every write
                 // is durable within the sync interval. (If it comes due later, an
                 // earlier wake-up looks again.)
+                // Frames the server has already acknowledged need no fsync
+                // (`Spool::needs_sync`): online, most rounds have none to do.
                 match core.dirty_since_ms.map(|t| t + cfg.sync_interval.as_millis() as u64) {
-                    Some(due) if due <= next_wake => {
+                    Some(due) if due <= next_wake && core.spool.needs_sync(|id| uplink.acked(id)) => {
                         core.dirty_since_ms = None;
                         break 'round core.spool.sync_job()?;
                     }

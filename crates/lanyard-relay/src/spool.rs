@@ -12,7 +12,8 @@
 //!
 //! The spool is a directory of append-only segment files named after the id
 //! of their first record, `{id:020}.seg`, so that sorting names sorts records.
-//! A segment is a sequence of records:
+//! A segment is a sequence of checksummed records (`lanyard_proto::record`,
+//! the format of the server's audio files too):
 //!
 //! ```text
 //! +--------------+----------------+--------------------------------------+
@@ -128,10 +129,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_proto::ble::Codec;
+use lanyard_proto::record;
 use thiserror::Error;
 use uuid::Uuid;
 
-pub use fs::{FaultyFile, FaultyFs, SpoolFile, SpoolFs, StdFs};
+pub use fs::{FaultyFile, FaultyFs, FileSync, SpoolFile, SpoolFs, StdFs};
 
 /// The default fsync window (see the module doc).
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(200);
@@ -143,7 +145,7 @@ pub const SEGMENT_BYTES: u64 = 1 << 20;
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 /// Largest record body accepted on recovery. Anything longer is corruption.
 const MAX_BODY: usize = 64 + lanyard_proto::ble::MAX_FRAME_LEN;
-const RECORD_HEADER: usize = 8;
+const RECORD_HEADER: usize = record::HEADER;
 const BODY_HEADER: usize = 8 + 1 + 16;
 
 const KIND_BEGIN: u8 = 1;
@@ -277,6 +279,11 @@ pub struct Spool<F: SpoolFs = StdFs> {
     utterances: BTreeMap<Uuid, SpooledUtterance>,
     /// Records written since the last sync.
     unsynced: bool,
+    /// A record other than a frame was written since the last sync.
+    unsynced_marks: bool,
+    /// Per utterance, its frame count after the last frame written since
+    /// the last sync (see [`Spool::needs_sync`]).
+    unsynced_frames: BTreeMap<Uuid, u32>,
     /// Records written since the spool was opened: tells a [`SyncJob`]
     /// whether it covered everything.
     writes: u64,
@@ -294,10 +301,9 @@ pub struct Spool<F: SpoolFs = StdFs> {
     /// Starts at `tail_base` in the file; at most [`TAIL_CACHE_BYTES`].
     tail: Vec<u8>,
     tail_base: u64,
-    /// A second handle on the active segment for [`Spool::sync_job`] (real
-    /// filesystem only), made once per segment rather than per fsync; a
-    /// rotation drops it.
-    sync_handle: Option<std::sync::Arc<std::fs::File>>,
+    /// A second handle on the active segment for [`Spool::sync_job`], made
+    /// once per segment rather than per fsync; a rotation drops it.
+    sync_handle: Option<std::sync::Arc<<F::File as SpoolFile>::Syncer>>,
 }
 
 /// Bound on [`Spool`]'s in-memory copy of the active segment's newest bytes:
@@ -329,43 +335,23 @@ impl Spool<StdFs> {
     pub fn open(dir: &Path) -> Result<(Self, Recovery)> {
         Spool::open_with(StdFs, dir, SpoolConfig::default())
     }
-
-    /// An fsync of the active segment that runs without borrowing the spool,
-    /// so appends can go on while a slow disk flushes; `None` when nothing
-    /// is unsynced. Hand the job back to [`Spool::synced`] once it ran.
-    pub fn sync_job(&mut self) -> Result<Option<SyncJob>> {
-        if !self.unsynced {
-            return Ok(None);
-        }
-        let path = segment_path(&self.dir, self.active_id);
-        let file = match &self.sync_handle {
-            Some(file) => file.clone(),
-            None => {
-                self.sync_handle.insert(std::sync::Arc::new(self.active.try_clone().map_err(io_err(&path))?)).clone()
-            }
-        };
-        Ok(Some(SyncJob { file, path, writes: self.writes }))
-    }
-
-    /// Records that `job` ran: the spool counts as synced only if nothing
-    /// was appended since the job was made (a later append, or a rotation to
-    /// a new segment, leaves it unsynced for the next sync).
-    pub fn synced(&mut self, job: SyncJob) {
-        if job.writes == self.writes {
-            self.unsynced = false;
-        }
-    }
 }
 
-/// See [`Spool::sync_job`].
-#[derive(Debug)]
-pub struct SyncJob {
-    file: std::sync::Arc<std::fs::File>,
+/// See [`Spool::sync_job`]: an fsync of the active segment, through the
+/// spool's [`SpoolFs`], that runs without borrowing the spool.
+pub struct SyncJob<F: SpoolFs = StdFs> {
+    file: std::sync::Arc<<F::File as SpoolFile>::Syncer>,
     path: PathBuf,
     writes: u64,
 }
 
-impl SyncJob {
+impl<F: SpoolFs> fmt::Debug for SyncJob<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncJob").field("path", &self.path).field("writes", &self.writes).finish_non_exhaustive()
+    }
+}
+
+impl<F: SpoolFs> SyncJob<F> {
     /// The fsync itself; everything appended before the job was made is then
     /// durable.
     pub fn run(&self) -> Result<()> {
@@ -374,6 +360,50 @@ impl SyncJob {
 }
 
 impl<F: SpoolFs> Spool<F> {
+    /// An fsync of the active segment that runs without borrowing the spool,
+    /// so appends can go on while a slow disk flushes; `None` when nothing
+    /// is unsynced. Hand the job back to [`Spool::synced`] once it ran.
+    pub fn sync_job(&mut self) -> Result<Option<SyncJob<F>>> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let path = segment_path(&self.dir, self.active_id);
+        let file = match &self.sync_handle {
+            Some(file) => file.clone(),
+            None => self.sync_handle.insert(std::sync::Arc::new(self.active.syncer().map_err(io_err(&path))?)).clone(),
+        };
+        Ok(Some(SyncJob { file, path, writes: self.writes }))
+    }
+
+    /// Records that `job` ran: the spool counts as synced only if nothing
+    /// was appended since the job was made (a later append, or a rotation to
+    /// a new segment, leaves it unsynced for the next sync).
+    pub fn synced(&mut self, job: SyncJob<F>) {
+        if job.writes == self.writes {
+            self.mark_synced();
+        }
+    }
+
+    fn mark_synced(&mut self) {
+        self.unsynced = false;
+        self.unsynced_marks = false;
+        self.unsynced_frames.clear();
+    }
+
+    /// Whether the unsynced records need an fsync, given how many frames of
+    /// each utterance the server has acknowledged as durable (`acked`).
+    ///
+    /// Frames the server holds need none: if an OS crash takes them from the
+    /// page cache, the server's copy is the utterance (the uplink resumes
+    /// from what the server holds, and the host never carries an utterance
+    /// on across a restart). Any other record (a BEGIN, an END, a DONE or a
+    /// DROP) always does, and so does a frame the server has not
+    /// acknowledged: only the spool holds it.
+    pub fn needs_sync(&self, acked: impl Fn(Uuid) -> Option<u32>) -> bool {
+        self.unsynced
+            && (self.unsynced_marks || self.unsynced_frames.iter().any(|(id, &n)| acked(*id).is_none_or(|a| a < n)))
+    }
+
     /// Opens (creating if needed) the spool in `dir` on `fs` and recovers
     /// its state (see "Recovery" in the module doc).
     pub fn open_with(fs: F, dir: &Path, cfg: SpoolConfig) -> Result<(Self, Recovery)> {
@@ -436,6 +466,8 @@ impl<F: SpoolFs> Spool<F> {
             next_id,
             utterances,
             unsynced: false,
+            unsynced_marks: false,
+            unsynced_frames: BTreeMap::new(),
             writes: 0,
             evicted: Vec::new(),
             evictions: 0,
@@ -609,7 +641,7 @@ impl<F: SpoolFs> Spool<F> {
         if self.unsynced {
             let path = segment_path(&self.dir, self.active_id);
             self.active.sync_data().map_err(io_err(&path))?;
-            self.unsynced = false;
+            self.mark_synced();
         }
         Ok(())
     }
@@ -700,19 +732,17 @@ impl<F: SpoolFs> Spool<F> {
         if self.segments[&self.active_id].len >= self.cfg.segment_bytes {
             self.rotate()?;
         }
-        let body_len = BODY_HEADER + head.len() + tail.len();
         let rec_id = self.next_id;
         let buf = &mut self.scratch;
         buf.clear();
-        buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-        buf.extend_from_slice(&[0; 4]);
+        // The header is written by `seal` once the body is in place.
+        buf.extend_from_slice(&[0; RECORD_HEADER]);
         buf.extend_from_slice(&rec_id.to_le_bytes());
         buf.push(kind);
         buf.extend_from_slice(id.as_bytes());
         buf.extend_from_slice(head);
         buf.extend_from_slice(tail);
-        let crc = crc32c::crc32c(&buf[RECORD_HEADER..]);
-        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        record::seal(buf);
         let seg = self.segments.get_mut(&self.active_id).expect("the active segment is tracked");
         // One write() per record: once it returns, the record survives the
         // process being killed.
@@ -735,6 +765,12 @@ impl<F: SpoolFs> Spool<F> {
         seg.utterances.insert(id);
         self.next_id += 1;
         self.unsynced = true;
+        if kind == KIND_FRAME {
+            let seq = u32::from_le_bytes(head[..4].try_into().expect("a frame record's head is its seq"));
+            self.unsynced_frames.insert(id, seq + 1);
+        } else {
+            self.unsynced_marks = true;
+        }
         self.writes += 1;
         Ok((self.active_id, tail_offset))
     }
@@ -832,16 +868,7 @@ fn replay_segment(
 
 /// The next well-formed record at the start of `b`: its body and its total length.
 fn next_record(b: &[u8]) -> Option<(&[u8], usize)> {
-    if b.len() < RECORD_HEADER {
-        return None;
-    }
-    let len = u32::from_le_bytes(b[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(b[4..8].try_into().ok()?);
-    if !(BODY_HEADER..=MAX_BODY).contains(&len) || b.len() < RECORD_HEADER + len {
-        return None;
-    }
-    let body = &b[RECORD_HEADER..RECORD_HEADER + len];
-    (crc32c::crc32c(body) == crc).then_some((body, RECORD_HEADER + len))
+    record::next(b, &(BODY_HEADER..=MAX_BODY))
 }
 
 /// Applies one record body. Returns false if it does not make sense, which

@@ -43,6 +43,30 @@ fn frames_read_back_from_memory_and_disk_alike() {
     }
 }
 
+/// Frames the server already holds need no fsync; a frame it lacks, or any
+/// other record, does (the relay's battery bar: see `Spool::needs_sync`).
+#[test]
+fn only_records_the_server_lacks_need_an_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = Spool::open(dir.path()).unwrap();
+    let id = Uuid::now_v7();
+    let none = |_| None;
+    assert!(!s.needs_sync(none), "nothing written");
+    s.begin(id, Codec::Opus16k20ms, 0).unwrap();
+    assert!(s.needs_sync(|_| Some(0)), "a BEGIN always needs one");
+    s.sync().unwrap();
+    for _ in 0..3 {
+        s.append_frame(id, &[1; 40]).unwrap();
+    }
+    assert!(s.needs_sync(none), "frames the server has not acknowledged");
+    assert!(s.needs_sync(|_| Some(2)), "the third frame is not acknowledged yet");
+    assert!(!s.needs_sync(|_| Some(3)), "all three are durable at the server");
+    s.end(id, 0).unwrap();
+    assert!(s.needs_sync(|_| Some(3)), "an END always needs one");
+    s.sync().unwrap();
+    assert!(!s.needs_sync(none), "synced");
+}
+
 #[test]
 fn frames_survive_reopen_and_read_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,6 +40,10 @@ enum Op {
     Large(Index),
     End(Index),
     Sync,
+    /// The host's timed fsync: a sync job is made, a frame of this many
+    /// bytes is appended to the chosen utterance while it runs (if one is
+    /// open), then the job runs and is handed back.
+    SyncJob(usize, Index),
     Done(Index),
     Dropped(Index),
 }
@@ -51,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<Index>().prop_map(Op::Large),
         2 => any::<Index>().prop_map(Op::End),
         3 => Just(Op::Sync),
+        3 => (0usize..200, any::<Index>()).prop_map(|(n, i)| Op::SyncJob(n, i)),
         2 => any::<Index>().prop_map(Op::Done),
         1 => any::<Index>().prop_map(Op::Dropped),
     ]
@@ -95,16 +100,31 @@ struct Model {
     durable_next_id: u64,
 }
 
+/// What a sync made now would cover: per utterance, frames, ended,
+/// finished; and the next record id.
+type Covered = (Vec<(usize, bool, bool)>, u64);
+
 impl Model {
     /// Everything so far is durable (a sync completed).
     fn synced(&mut self, s: &Spool<FaultyFs>) {
-        for (_, u) in &mut self.utts {
+        let covered = self.covered(s);
+        self.durable(&covered);
+    }
+
+    fn covered(&self, s: &Spool<FaultyFs>) -> Covered {
+        let utts = self.utts.iter().map(|(_, u)| (u.frames.len(), u.end_at.is_some(), u.finish_tried)).collect();
+        (utts, s.next_record_id())
+    }
+
+    /// What `covered` described is durable (a sync made then completed).
+    fn durable(&mut self, (utts, next_id): &Covered) {
+        for ((_, u), &(frames, ended, finished)) in self.utts.iter_mut().zip(utts) {
             u.durable_begun = true;
-            u.durable_frames = u.frames.len();
-            u.durable_ended = u.end_at.is_some();
-            u.durable_finished = u.finish_tried;
+            u.durable_frames = u.durable_frames.max(frames);
+            u.durable_ended |= ended;
+            u.durable_finished |= finished;
         }
-        self.durable_next_id = s.next_record_id();
+        self.durable_next_id = self.durable_next_id.max(*next_id);
     }
 
     fn pick(&self, i: &Index, f: impl Fn(&Utt) -> bool) -> Option<usize> {
@@ -151,6 +171,25 @@ fn apply(s: &mut Spool<FaultyFs>, model: &mut Model, op: &Op) -> Result<(), Box<
         Op::Sync => {
             s.sync()?;
             model.synced(s);
+        }
+        Op::SyncJob(n, i) => {
+            // As the host does: the job is made under the lock, the fsync
+            // runs while appends go on, and the job is handed back.
+            let covered = model.covered(s);
+            let job = s.sync_job()?;
+            if let Some(k) = model.pick(i, unended) {
+                let (id, u) = &mut model.utts[k];
+                let f = frame_bytes(k, u.frames.len(), *n);
+                u.frames.push(f.clone());
+                s.append_frame(*id, &f)?;
+            }
+            if let Some(job) = job {
+                job.run()?;
+                s.synced(job);
+            }
+            // Everything appended before the job was made is durable now
+            // (and if nothing was unsynced, it already was).
+            model.durable(&covered);
         }
         Op::Done(i) | Op::Dropped(i) => {
             let Some(k) = model.pick(i, |u| !u.finish_tried) else { return Ok(()) };
@@ -219,19 +258,14 @@ fn check_ids(s: &Spool<FaultyFs>, fs: &FaultyFs) -> Result<(), TestCaseError> {
     for name in names {
         let first: u64 = name.strip_suffix(".seg").unwrap().parse().unwrap();
         let bytes = fs.contents(&dir.join(&name)).unwrap();
-        let mut pos = 0;
-        while pos + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-            let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
-            let body = &bytes[pos + 8..pos + 8 + len];
-            prop_assert_eq!(crc32c::crc32c(body), crc, "recovery left a bad record in {}", name);
+        let mut records = lanyard_proto::record::read(&bytes, 0..=usize::MAX);
+        for body in records.by_ref() {
             let id = u64::from_le_bytes(body[0..8].try_into().unwrap());
             prop_assert!(id >= first, "record {id} in segment {name}");
             prop_assert!(last.is_none_or(|l| id > l), "record {id} after {last:?}");
             last = Some(id);
-            pos += 8 + len;
         }
-        prop_assert_eq!(pos, bytes.len(), "recovery left a torn tail in {}", name);
+        prop_assert_eq!(records.intact_len(), bytes.len(), "recovery left a torn tail or a bad record in {}", name);
     }
     prop_assert!(last.is_none_or(|l| l < s.next_record_id()));
     Ok(())

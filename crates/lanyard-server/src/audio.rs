@@ -9,6 +9,8 @@
 //! +--------------+-----------------+---------------------+
 //! ```
 //!
+//! (`lanyard_proto::record`, the format of the relay's spool too.)
+//!
 //! Record *i* is frame *i*. The file is the truth about how many frames the
 //! server holds: an acknowledgement is sent only after the records are
 //! written and made durable, and on open a torn tail (from a crash mid-write)
@@ -37,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use lanyard_proto::ble::MAX_FRAME_LEN;
+use lanyard_proto::record;
 use uuid::Uuid;
 
 pub mod commit;
@@ -103,9 +106,7 @@ impl UtteranceAudio {
         let mut buf = Vec::new();
         let mut n = 0u32;
         for f in frames.into_iter().skip((self.frames - first) as usize) {
-            buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32c::crc32c(f).to_le_bytes());
-            buf.extend_from_slice(f);
+            record::push(&mut buf, f);
             n += 1;
         }
         if n == 0 {
@@ -184,23 +185,10 @@ impl UtteranceAudio {
 
 /// Reads every intact frame of a file; the second value is the length of the
 /// intact prefix in bytes.
-fn read_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while bytes.len() >= pos + 8 {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len > MAX_FRAME_LEN || bytes.len() < pos + 8 + len {
-            break;
-        }
-        let frame = &bytes[pos + 8..pos + 8 + len];
-        if crc32c::crc32c(frame) != crc {
-            break;
-        }
-        out.push(frame);
-        pos += 8 + len;
-    }
-    (out, pos)
+pub fn read_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut records = record::read(bytes, 0..=MAX_FRAME_LEN);
+    let frames = records.by_ref().collect();
+    (frames, records.intact_len())
 }
 
 /// All utterance audio files, and the ones currently open.

@@ -55,6 +55,20 @@ pub trait SpoolFile: Send + 'static {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Fills `buf` from `offset`; an error if the file is shorter.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// A second handle that syncs this file's data from another thread,
+    /// while this one goes on appending (the host's timed fsync).
+    fn syncer(&self) -> io::Result<Self::Syncer>;
+
+    /// See [`SpoolFile::syncer`].
+    type Syncer: FileSync;
+}
+
+/// A handle that only makes its file's content durable: what
+/// [`SpoolFile::syncer`] returns.
+pub trait FileSync: Send + Sync + 'static {
+    /// As [`SpoolFile::sync_data`]: everything written to the file before
+    /// the call is durable when it returns.
+    fn sync_data(&self) -> io::Result<()>;
 }
 
 /// The real filesystem. What [`Spool::open`](super::Spool::open) uses.
@@ -119,6 +133,18 @@ impl SpoolFile for File {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read_exact_at(buf, offset)
+    }
+
+    type Syncer = File;
+
+    fn syncer(&self) -> io::Result<File> {
+        self.try_clone()
+    }
+}
+
+impl FileSync for File {
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
     }
 }
 
@@ -457,6 +483,19 @@ impl FaultyFile {
     }
 }
 
+impl FileSync for FaultyFile {
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(true, |inode, crashing| {
+            if crashing {
+                return Err(crashed());
+            }
+            inode.durable = inode.volatile.clone();
+            inode.unsynced_writes.clear();
+            Ok(())
+        })
+    }
+}
+
 impl SpoolFile for FaultyFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.with(true, |inode, crashing| {
@@ -469,14 +508,7 @@ impl SpoolFile for FaultyFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.with(true, |inode, crashing| {
-            if crashing {
-                return Err(crashed());
-            }
-            inode.durable = inode.volatile.clone();
-            inode.unsynced_writes.clear();
-            Ok(())
-        })
+        FileSync::sync_data(self)
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -493,5 +525,11 @@ impl SpoolFile for FaultyFile {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.with(false, |inode, _| read_into(&inode.volatile, offset, buf))
+    }
+
+    type Syncer = FaultyFile;
+
+    fn syncer(&self) -> io::Result<FaultyFile> {
+        Ok(FaultyFile { state: self.state.clone(), inode: self.inode, generation: self.generation })
     }
 }
