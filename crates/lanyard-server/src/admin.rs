@@ -11,15 +11,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use lanyard_proto::wire::{DeletedData, DeviceCreated, NewDevice};
-use lanyard_store::StoreError;
 use uuid::Uuid;
 
-use crate::auth::{AuthAdmin, hash_token, mint_token};
+use crate::auth::AuthAdmin;
+use crate::devices::{self, RegisterError};
 use crate::error::ApiError;
-use crate::{AppState, api, now_ms};
-
-/// Longest device name, in characters: a label for people, not a document.
-const MAX_NAME_CHARS: usize = 64;
+use crate::{AppState, api};
 
 /// `POST /v1/admin/devices`: 201 with the new device's token, shown once.
 pub async fn add_device(
@@ -29,23 +26,13 @@ pub async fn add_device(
 ) -> Result<(StatusCode, Json<DeviceCreated>), ApiError> {
     let Json(NewDevice { name }) =
         body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"name\": \"...\"}}")))?;
-    let name = name.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!(
-            "a device name is 1 to {MAX_NAME_CHARS} characters, without control characters"
-        )));
-    }
-    let token = mint_token();
-    let id = Uuid::now_v7();
-    state.store.add_device(id, name, &hash_token(&token), now_ms()).await.map_err(|e| match e {
-        StoreError::DuplicateDeviceName(n) => {
-            ApiError::Conflict(format!("a device named {n:?} exists; pick another name"))
-        }
-        e => e.into(),
+    let created = devices::register(state.store.as_ref(), &name).await.map_err(|e| match e {
+        RegisterError::BadName => ApiError::BadRequest(e.to_string()),
+        RegisterError::Duplicate(_) => ApiError::Conflict(e.to_string()),
+        RegisterError::Store(e) => e.into(),
     })?;
-    tracing::info!(device = %id, name, "device added by the admin API");
-    Ok((StatusCode::CREATED, Json(DeviceCreated { id, name: name.to_owned(), token })))
+    tracing::info!(device = %created.id, name = created.name, "device added by the admin API");
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// `DELETE /v1/admin/devices/{id}`: the device's audio, its rows, then the

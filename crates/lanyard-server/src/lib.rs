@@ -35,6 +35,8 @@ mod api;
 pub mod audio;
 pub mod auth;
 pub mod config;
+pub mod dev_tls;
+pub mod devices;
 mod error;
 mod fair;
 mod hub;

@@ -52,7 +52,7 @@ mod whisper;
 pub use agreement::LocalAgreement;
 pub use endpoint::{EndpointConfig, Endpointer, VadEvent};
 pub use error::SttError;
-pub use location::default_model_dir;
+pub use location::{data_home, default_model_dir};
 pub use preprocessor::{
     EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig, ensure_preprocessor_config,
 };

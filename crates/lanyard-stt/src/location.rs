@@ -1,5 +1,6 @@
-//! Where the default model lives, so that the server, the tests and the
-//! benchmarks agree with `scripts/setup`, which installs it there.
+//! Where Lanyard's data lives by default, and the default model in it, so
+//! that the server, the relay, the tests and the benchmarks agree with
+//! `scripts/setup`, which installs there.
 
 use std::path::PathBuf;
 
@@ -11,8 +12,16 @@ pub fn default_model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LANYARD_MODEL_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let data = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from).join(".local/share")
-    });
-    data.join("lanyard/models/whisper-tiny.en")
+    data_home().join("models/whisper-tiny.en")
+}
+
+/// `$XDG_DATA_HOME/lanyard`, else `~/.local/share/lanyard`: the base of
+/// every default location (the server's data, the relay's spool, models,
+/// recordings).
+pub fn data_home() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("lanyard");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/lanyard")
 }

@@ -125,7 +125,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut trust = Vec::new();
     let mut ca = None;
     if !args.plain {
-        let tls = crate::dev_tls::make(&work.join("tls"))?;
+        let tls = lanyard_server::dev_tls::make(&work.join("tls"))?;
         ca = Some(tls.ca.clone());
         server_args.extend([s("--tls-cert"), path(&tls.cert), s("--tls-key"), path(&tls.key)]);
         trust.extend([s("--ca-cert"), path(&tls.ca)]);

@@ -7,10 +7,7 @@
 
 mod bench;
 mod demo;
-mod dev_tls;
 mod paths;
-#[cfg(feature = "sim")]
-mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,7 +55,7 @@ enum Command {
     /// Run a fault campaign from a scenario file: many pendants and relays under a
     /// simulated iOS lifecycle, real faults, and an account of every utterance.
     #[cfg(feature = "sim")]
-    Sim(sim::SimArgs),
+    Sim(lanyard_sim::SimArgs),
 }
 
 /// Settings come from, in rising precedence: built-in defaults, the TOML file
@@ -306,7 +303,7 @@ fn main() -> Result<()> {
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             #[cfg(feature = "sim")]
-            Command::Sim(args) => sim::run(args).await,
+            Command::Sim(args) => lanyard_sim::run(args).await,
         }
     })
 }
@@ -381,13 +378,12 @@ async fn device_add(name: &str, data_dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Registers a device in the server's store; returns its id and token.
+/// Registers a device in the server's store, with the checks the admin API
+/// makes; returns its id and token.
 pub async fn add_device(cfg: &lanyard_server::ServerConfig, name: &str) -> Result<(uuid::Uuid, String)> {
     let store = lanyard_server::open_store(cfg).await?;
-    let token = lanyard_server::auth::mint_token();
-    let id = uuid::Uuid::now_v7();
-    store.add_device(id, name, &lanyard_server::auth::hash_token(&token), lanyard_server::now_ms()).await?;
-    Ok((id, token))
+    let created = lanyard_server::devices::register(store.as_ref(), name).await?;
+    Ok((created.id, created.token))
 }
 
 fn parse_push(s: &str) -> Result<PushRegistration> {

@@ -2,14 +2,7 @@
 
 use std::path::PathBuf;
 
-/// `$XDG_DATA_HOME/lanyard`, else `~/.local/share/lanyard`.
-pub fn data_home() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("lanyard");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".local/share/lanyard")
-}
+pub use lanyard_stt::data_home;
 
 pub fn default_server_dir() -> PathBuf {
     data_home().join("server")

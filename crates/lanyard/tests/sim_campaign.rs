@@ -23,18 +23,7 @@ use serde_json::Value;
 const LONG_UTTERANCES: usize = 5;
 
 /// Every fault kind the campaign must have applied at least once.
-const FAULT_KINDS: &[&str] = &[
-    "network_cut",
-    "network_delay",
-    "black_hole",
-    "network_switch",
-    "server_kill",
-    "relay_kill",
-    "ble_drop",
-    "ble_reorder",
-    "slow_disk",
-    "apns_failure",
-];
+use lanyard_sim::ledger::FAULT_KINDS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_campaign_with_every_fault_loses_nothing_and_answers_once() {

@@ -56,11 +56,14 @@ fn architecture_md_covers_every_crate() {
     }
 }
 
+/// Whether a crate (by name) may list a dependency.
+type Allowed = fn(&str) -> bool;
+
 /// Which crates may depend on which: the "Architecture invariant" lines of
 /// ARCHITECTURE.md that a dependency can break. `(dependency, allowed)`:
 /// only crates matching `allowed` may list it, in any section
 /// (dependencies, dev- or build-dependencies).
-const ONLY: &[(&str, fn(&str) -> bool)] = &[
+const ONLY: &[(&str, Allowed)] = &[
     ("opus", |c| c == "lanyard-audio"),
     ("ct2rs", |c| c == "lanyard-stt"),
     ("sqlx", |c| c.starts_with("lanyard-store-")),

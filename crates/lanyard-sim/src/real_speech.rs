@@ -44,7 +44,7 @@ pub const RECORDINGS: &[(&str, &str)] = &[
 /// Where `scripts/setup` puts the recordings: `$LANYARD_SPEECH_DIR`, else
 /// `speech/pocketsphinx-5.1.1` in Lanyard's data directory.
 pub fn default_dir() -> PathBuf {
-    crate::paths::data_home().join("speech/pocketsphinx-5.1.1")
+    lanyard_stt::data_home().join("speech/pocketsphinx-5.1.1")
 }
 
 /// The recordings under `dir` with their transcripts, or an error that says

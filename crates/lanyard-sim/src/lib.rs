@@ -1,4 +1,5 @@
-//! `lanyard sim`: a fault campaign run from a scenario file.
+//! `lanyard sim`: a fault campaign run from a scenario file. The `lanyard`
+//! binary calls [`run`]; the processes it starts are that same executable.
 //!
 //! The campaign starts, as separate processes on loopback:
 //!
@@ -26,7 +27,7 @@
 //! [`ledger`], which accounts for every utterance and measures latency, and
 //! to [`report`], which writes the HTML page and the JSON.
 
-mod ledger;
+pub mod ledger;
 mod long_speech;
 mod phone;
 mod proxy;
@@ -55,7 +56,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::paths;
 pub use ledger::{FaultEvent, PushSeen, Record, ServerFacts, Source};
 pub use scenario::Scenario;
 
@@ -95,7 +95,7 @@ pub struct SimArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// The speech model directory.
-    #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = paths::default_model_dir())]
+    #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = lanyard_stt::default_model_dir())]
     model_dir: PathBuf,
     /// Recordings of real speech for `[corpus] real_speech_per_pendant`, as scripts/setup installs them [default: ~/.local/share/lanyard/speech/pocketsphinx-5.1.1].
     #[arg(long, env = "LANYARD_SPEECH_DIR", hide_default_value = true, default_value_os_t = real_speech::default_dir())]
@@ -412,7 +412,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Over TLS by default, as a deployment runs: a throwaway CA that the
     // relays (and this runner's own client) trust.
-    let tls = scenario.run.tls.then(|| crate::dev_tls::make(&work.join("tls"))).transpose()?;
+    let tls = scenario.run.tls.then(|| lanyard_server::dev_tls::make(&work.join("tls"))).transpose()?;
     let ca: Vec<PathBuf> = tls.iter().map(|t| t.ca.clone()).collect();
     let shared = Shared {
         exe: std::env::current_exe().context("cannot find the lanyard executable")?,
@@ -450,7 +450,9 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let cfg = lanyard_server::ServerConfig::new(([127, 0, 0, 1], 0).into(), server_dir.clone());
     let mut devices = Vec::new();
     for i in 0..n {
-        devices.push(crate::add_device(&cfg, &format!("sim-phone-{i}")).await?);
+        let store = lanyard_server::open_store(&cfg).await?;
+        let created = lanyard_server::devices::register(store.as_ref(), &format!("sim-phone-{i}")).await?;
+        devices.push((created.id, created.token));
     }
     let s = |x: &str| x.to_string();
     let p = |x: &Path| x.to_string_lossy().into_owned();
@@ -824,36 +826,12 @@ fn pendant_speech(
     Ok((args, refs))
 }
 
-/// Counts whole, checksummed records in a server audio file (see
-/// `lanyard_server::audio`): the frames the server really holds on disk.
+/// Counts whole, checksummed records in a server audio file, read as the
+/// server reads it (`lanyard_server::audio::read_records`, the frame-length
+/// guard included): the frames the server really holds on disk.
 fn count_audio_records(path: &Path) -> Option<u32> {
     let bytes = std::fs::read(path).ok()?;
-    let (mut at, mut n) = (0usize, 0u32);
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?);
-        let Some(frame) = bytes.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32c(frame) != crc {
-            break;
-        }
-        n += 1;
-        at += 8 + len;
-    }
-    Some(n)
-}
-
-/// CRC-32C (Castagnoli), bitwise: the server's record checksum.
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
-        }
-    }
-    !crc
+    u32::try_from(lanyard_server::audio::read_records(&bytes).0.len()).ok()
 }
 
 /// Applies one phone's network faults until told to stop.

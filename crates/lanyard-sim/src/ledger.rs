@@ -434,12 +434,121 @@ struct RelayUtt {
     handed_off: bool,
 }
 
-pub fn account(inp: &Inputs) -> Accounting {
-    // Spoken utterances, per pendant.
+/// What became of one relay utterance (see [`verdict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `replied`, `discarded` or `lost`.
+    pub outcome: &'static str,
+    /// Why, for `discarded` and `lost`; empty otherwise.
+    pub reason: String,
+    /// What the user or the server had twice, one line each; empty if nothing.
+    pub duplicates: Vec<String>,
+    /// Pushes accepted again after a server crash between the two: the
+    /// resend the outbox makes by design (the collapse id shows it once).
+    pub resends_after_crash: usize,
+}
+
+/// The verdict on one relay utterance, from what the relay spooled
+/// (`spooled`: its frame count once ended; `discarded`: the reason the relay
+/// gave), what the server holds for it, the pushes the APNs peer saw for it
+/// and when the server was killed.
+///
+/// - **replied**: the server replied, holds exactly the frames spooled (in
+///   its store and its audio file), and APNs accepted a push;
+/// - **discarded**: the relay dropped it by an explicit policy, and the
+///   server never replied;
+/// - **lost**: anything else, with the first reason found.
+///
+/// Independently, it is a **duplicate** if transcribed more than once, if
+/// the audio file holds more records than frames were spooled, or if APNs
+/// accepted two pushes for it with no server crash between them.
+pub fn verdict(
+    spooled: Option<u32>,
+    discarded: Option<&str>,
+    facts: &ServerFacts,
+    pushes: &[&PushSeen],
+    kills: &[u64],
+) -> Verdict {
+    let accepted: Vec<&&PushSeen> = pushes.iter().filter(|p| (200..300).contains(&p.status)).collect();
+    let replied_at_server = facts.state.as_deref() == Some("replied");
+    // More records on disk than frames is audio stored twice: counted below
+    // as a duplicate, not as a loss.
+    let frames_ok = spooled.is_some() && facts.frames == spooled && facts.audio_records >= spooled;
+    let (outcome, reason) = if replied_at_server && frames_ok && !accepted.is_empty() {
+        ("replied", String::new())
+    } else if let (Some(why), false) = (discarded, replied_at_server) {
+        ("discarded", why.to_owned())
+    } else if spooled.is_none() {
+        ("lost", "the relay never ended it (still open in a spool)".to_string())
+    } else if facts.state.is_none() {
+        ("lost", "the server has no record of it".to_string())
+    } else if !frames_ok {
+        (
+            "lost",
+            format!(
+                "the relay spooled {} frames; the server's store says {}, its audio file holds {}",
+                spooled.unwrap_or(0),
+                facts.frames.map_or("none".into(), |f| f.to_string()),
+                facts.audio_records.map_or("no file".into(), |f| f.to_string())
+            ),
+        )
+    } else if !replied_at_server {
+        (
+            "lost",
+            format!(
+                "server state {}{}",
+                facts.state.as_deref().unwrap_or("?"),
+                facts.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        )
+    } else {
+        (
+            "lost",
+            format!(
+                "no push accepted by APNs ({} attempts, outbox {})",
+                pushes.len(),
+                facts.push_status.as_deref().unwrap_or("empty")
+            ),
+        )
+    };
+    let mut duplicates = Vec::new();
+    if facts.transcript_writes > 1 {
+        duplicates.push(format!("transcribed {} times", facts.transcript_writes));
+    }
+    if let (Some(on_disk), Some(spooled)) = (facts.audio_records, spooled)
+        && on_disk > spooled
+    {
+        duplicates
+            .push(format!("the server's audio file holds {on_disk} records for {spooled} frames: audio stored twice"));
+    }
+    let (mut resends_after_crash, mut unexplained) = (0, 0);
+    for pair in accepted.windows(2) {
+        let (a, b) = (pair[0].at_ms, pair[1].at_ms);
+        if kills.iter().any(|&k| k >= a && k <= b) {
+            resends_after_crash += 1;
+        } else {
+            unexplained += 1;
+        }
+    }
+    if unexplained > 0 {
+        duplicates.push(format!("{} pushes accepted, {unexplained} without a server crash in between", accepted.len()));
+    }
+    Verdict { outcome, reason, duplicates, resends_after_crash }
+}
+
+/// What the processes said, gathered: the spoken utterances by (pendant,
+/// index), the relay utterances by id, and their ids in order of first sight.
+struct Gathered {
+    spoken: BTreeMap<(usize, usize), Spoken>,
+    relay: HashMap<Uuid, RelayUtt>,
+    order: Vec<Uuid>,
+}
+
+fn gather(log: &[Record]) -> Gathered {
     let mut spoken: BTreeMap<(usize, usize), Spoken> = BTreeMap::new();
     let mut relay: HashMap<Uuid, RelayUtt> = HashMap::new();
     let mut order = Vec::new();
-    for r in inp.log {
+    for r in log {
         match (r.source, r.kind()) {
             (Source::Pendant(p), "utterance_start") => {
                 let k = r.event["index"].as_u64().unwrap_or(0) as usize;
@@ -484,16 +593,23 @@ pub fn account(inp: &Inputs) -> Accounting {
             _ => {}
         }
     }
+    Gathered { spoken, relay, order }
+}
 
-    // Relay utterance -> spoken utterance, by time.
+/// Relay utterance -> the spoken utterance it carries, by time: the one its
+/// phone's pendant began last before the relay began it (50 ms of slack).
+/// Returns both directions: spoken -> relay ids, relay id -> spoken.
+#[allow(clippy::type_complexity)]
+fn attribute(g: &Gathered) -> (HashMap<(usize, usize), Vec<Uuid>>, HashMap<Uuid, (usize, usize)>) {
     let mut heard: HashMap<(usize, usize), Vec<Uuid>> = HashMap::new();
     let mut belongs: HashMap<Uuid, (usize, usize)> = HashMap::new();
-    for id in &order {
-        let u = &relay[id];
+    for id in &g.order {
+        let u = &g.relay[id];
         let Some(at) = u.started_ms.or(u.ended.map(|e| e.0)) else {
             continue;
         };
-        let key = spoken
+        let key = g
+            .spoken
             .iter()
             .filter(|((p, _), s)| *p == u.phone && s.start_ms <= at + 50)
             .max_by_key(|(_, s)| s.start_ms)
@@ -503,6 +619,13 @@ pub fn account(inp: &Inputs) -> Accounting {
             belongs.insert(*id, key);
         }
     }
+    (heard, belongs)
+}
+
+pub fn account(inp: &Inputs) -> Accounting {
+    let g = gather(inp.log);
+    let (heard, belongs) = attribute(&g);
+    let Gathered { spoken, relay, order } = g;
 
     let kills: Vec<u64> = inp.faults.iter().filter(|f| f.kind == "server_kill").map(|f| f.at_ms).collect();
     let mut pushes: HashMap<Uuid, Vec<&PushSeen>> = HashMap::new();
@@ -518,72 +641,10 @@ pub fn account(inp: &Inputs) -> Accounting {
         let u = &relay[id];
         let facts = inp.server.get(id).cloned().unwrap_or_default();
         let seen = pushes.get(id).cloned().unwrap_or_default();
-        let accepted: Vec<&&PushSeen> = seen.iter().filter(|p| (200..300).contains(&p.status)).collect();
         let spooled = u.ended.map(|e| e.1);
-        let replied_at_server = facts.state.as_deref() == Some("replied");
-        // More records on disk than frames is audio stored twice: counted
-        // below as a duplicate, not as a loss.
-        let frames_ok = spooled.is_some() && facts.frames == spooled && facts.audio_records >= spooled;
-        let (outcome, reason) = if replied_at_server && frames_ok && !accepted.is_empty() {
-            ("replied", String::new())
-        } else if let (Some(why), false) = (&u.discarded, replied_at_server) {
-            ("discarded", why.clone())
-        } else if spooled.is_none() {
-            ("lost", "the relay never ended it (still open in a spool)".to_string())
-        } else if facts.state.is_none() {
-            ("lost", "the server has no record of it".to_string())
-        } else if !frames_ok {
-            (
-                "lost",
-                format!(
-                    "the relay spooled {} frames; the server's store says {}, its audio file holds {}",
-                    spooled.unwrap_or(0),
-                    facts.frames.map_or("none".into(), |f| f.to_string()),
-                    facts.audio_records.map_or("no file".into(), |f| f.to_string())
-                ),
-            )
-        } else if !replied_at_server {
-            (
-                "lost",
-                format!(
-                    "server state {}{}",
-                    facts.state.as_deref().unwrap_or("?"),
-                    facts.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
-                ),
-            )
-        } else {
-            (
-                "lost",
-                format!(
-                    "no push accepted by APNs ({} attempts, outbox {})",
-                    seen.len(),
-                    facts.push_status.as_deref().unwrap_or("empty")
-                ),
-            )
-        };
-        let mut dups = Vec::new();
-        if facts.transcript_writes > 1 {
-            dups.push(format!("transcribed {} times", facts.transcript_writes));
-        }
-        if let (Some(on_disk), Some(spooled)) = (facts.audio_records, spooled)
-            && on_disk > spooled
-        {
-            dups.push(format!(
-                "the server's audio file holds {on_disk} records for {spooled} frames: audio stored twice"
-            ));
-        }
-        let mut unexplained = 0;
-        for pair in accepted.windows(2) {
-            let (a, b) = (pair[0].at_ms, pair[1].at_ms);
-            if kills.iter().any(|&k| k >= a && k <= b) {
-                totals.push_resends_after_crash += 1;
-            } else {
-                unexplained += 1;
-            }
-        }
-        if unexplained > 0 {
-            dups.push(format!("{} pushes accepted, {unexplained} without a server crash in between", accepted.len()));
-        }
+        let v = verdict(spooled, u.discarded.as_deref(), &facts, &seen, &kills);
+        let (outcome, reason, dups) = (v.outcome, v.reason, v.duplicates);
+        totals.push_resends_after_crash += v.resends_after_crash;
         match outcome {
             "replied" => totals.replied += 1,
             "discarded" => totals.discarded += 1,
@@ -605,7 +666,7 @@ pub fn account(inp: &Inputs) -> Accounting {
             audio_records: facts.audio_records,
             transcript_writes: facts.transcript_writes,
             push_attempts: seen.len(),
-            pushes_accepted: accepted.len(),
+            pushes_accepted: seen.iter().filter(|p| (200..300).contains(&p.status)).count(),
             handed_off: u.handed_off,
             transcript: facts.transcript.clone(),
         });
@@ -624,12 +685,55 @@ pub fn account(inp: &Inputs) -> Accounting {
     totals.frames_received = inp.frames_received;
 
     // Spoken utterances: latency and WER where heard as one and replied.
-    let row_of: HashMap<Uuid, &UttRow> = rows.iter().map(|r| (r.id, r)).collect();
     let replied: HashSet<Uuid> = rows.iter().filter(|r| r.outcome == "replied").map(|r| r.id).collect();
+    let (spoken_rows, metric_values, wer) = score_spoken(inp, &spoken, &heard, &rows, &relay, &pushes, &mut totals);
+    let latency = latency_metrics(metric_values);
+    let fault_counts = fault_counts(inp, &spoken);
+
+    // The timeline: the spoken utterance with the median TTFS.
+    let mut candidates: Vec<(&SpokenRow, i64)> =
+        spoken_rows.iter().filter_map(|s| s.latency_ms.get("ttfs").map(|t| (s, *t))).collect();
+    candidates.sort_by_key(|(_, t)| *t);
+    let chosen = candidates.get(candidates.len() / 2).map(|(s, _)| *s);
+    let (timeline_id, timeline) = match chosen {
+        Some(s) => {
+            let id = s.relay_utterances[0];
+            (Some(id), timeline(inp, &spoken[&(s.pendant, s.index)], s.pendant, id, pushes.get(&id)))
+        }
+        None => (None, Vec::new()),
+    };
+
+    let lengths = by_length(&spoken_rows, &replied);
+    Accounting {
+        totals,
+        utterances: rows,
+        spoken: spoken_rows,
+        latency,
+        wer,
+        by_length: lengths,
+        fault_counts,
+        timeline_id,
+        timeline,
+    }
+}
+
+/// One row per spoken utterance: how it was heard, and for one heard as a
+/// single relay utterance that was replied to, its latencies (into the
+/// metrics' values too) and WER. Counts what it sees into `totals`.
+fn score_spoken(
+    inp: &Inputs,
+    spoken: &BTreeMap<(usize, usize), Spoken>,
+    heard: &HashMap<(usize, usize), Vec<Uuid>>,
+    rows: &[UttRow],
+    relay: &HashMap<Uuid, RelayUtt>,
+    pushes: &HashMap<Uuid, Vec<&PushSeen>>,
+    totals: &mut Totals,
+) -> (Vec<SpokenRow>, BTreeMap<&'static str, Vec<i64>>, Wer) {
+    let row_of: HashMap<Uuid, &UttRow> = rows.iter().map(|r| (r.id, r)).collect();
     let mut spoken_rows = Vec::new();
-    let mut metric_values: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut metric_values: BTreeMap<&'static str, Vec<i64>> = BTreeMap::new();
     let (mut errors, mut words, mut wer_n) = (0.0f32, 0usize, 0usize);
-    for (&(p, k), s) in &spoken {
+    for (&(p, k), s) in spoken {
         let ids = heard.get(&(p, k)).cloned().unwrap_or_default();
         let frames_spooled =
             ids.iter().filter_map(|id| row_of.get(id).and_then(|r| r.spooled_frames)).map(u64::from).sum();
@@ -693,10 +797,17 @@ pub fn account(inp: &Inputs) -> Accounting {
         }
         spoken_rows.push(row);
     }
-    let latency = METRICS
+    let wer =
+        Wer { utterances: wer_n, reference_words: words, rate: if words == 0 { 0.0 } else { errors / words as f32 } };
+    (spoken_rows, metric_values, wer)
+}
+
+/// Each latency metric of [`METRICS`] over its values, with percentiles.
+fn latency_metrics(mut values: BTreeMap<&str, Vec<i64>>) -> Vec<Metric> {
+    METRICS
         .iter()
         .map(|(key, name, note)| {
-            let mut v = metric_values.remove(key).unwrap_or_default();
+            let mut v = values.remove(key).unwrap_or_default();
             v.sort_unstable();
             Metric {
                 key: key.to_string(),
@@ -708,10 +819,13 @@ pub fn account(inp: &Inputs) -> Accounting {
                 note: note.map(str::to_string),
             }
         })
-        .collect();
+        .collect()
+}
 
-    // Fault counts: the campaign's log, plus the faults the pendants and the
-    // APNs peer applied (counted where they happened).
+/// Fault counts: the campaign's log, plus the faults the pendants and the
+/// APNs peer applied (counted where they happened). Every kind of
+/// [`FAULT_KINDS`] first, in order, then any other.
+fn fault_counts(inp: &Inputs, spoken: &BTreeMap<(usize, usize), Spoken>) -> Vec<(String, usize)> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for f in inp.faults {
         *counts.entry(f.kind.clone()).or_default() += 1;
@@ -722,36 +836,7 @@ pub fn account(inp: &Inputs) -> Accounting {
     let mut fault_counts: Vec<(String, usize)> =
         FAULT_KINDS.iter().map(|k| (k.to_string(), counts.remove(*k).unwrap_or(0))).collect();
     fault_counts.extend(counts);
-
-    // The timeline: the spoken utterance with the median TTFS.
-    let mut candidates: Vec<(&SpokenRow, i64)> =
-        spoken_rows.iter().filter_map(|s| s.latency_ms.get("ttfs").map(|t| (s, *t))).collect();
-    candidates.sort_by_key(|(_, t)| *t);
-    let chosen = candidates.get(candidates.len() / 2).map(|(s, _)| *s);
-    let (timeline_id, timeline) = match chosen {
-        Some(s) => {
-            let id = s.relay_utterances[0];
-            (Some(id), timeline(inp, &spoken[&(s.pendant, s.index)], s.pendant, id, pushes.get(&id)))
-        }
-        None => (None, Vec::new()),
-    };
-
-    let lengths = by_length(&spoken_rows, &replied);
-    Accounting {
-        totals,
-        utterances: rows,
-        spoken: spoken_rows,
-        latency,
-        wer: Wer {
-            utterances: wer_n,
-            reference_words: words,
-            rate: if words == 0 { 0.0 } else { errors / words as f32 },
-        },
-        by_length: lengths,
-        fault_counts,
-        timeline_id,
-        timeline,
-    }
+    fault_counts
 }
 
 fn timeline(inp: &Inputs, s: &Spoken, pendant: usize, id: Uuid, pushes: Option<&Vec<&PushSeen>>) -> Vec<Mark> {
@@ -821,6 +906,123 @@ fn timeline(inp: &Inputs, s: &Spoken, pendant: usize, id: Uuid, pushes: Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the server holds for an utterance it replied to, with `frames`
+    /// frames in its store and its audio file.
+    fn replied_facts(frames: u32) -> ServerFacts {
+        ServerFacts {
+            state: Some("replied".into()),
+            frames: Some(frames),
+            audio_records: Some(frames),
+            transcript: Some("hello".into()),
+            transcript_writes: 1,
+            push_status: Some("sent".into()),
+            ..Default::default()
+        }
+    }
+
+    fn push(at_ms: u64, status: u16) -> PushSeen {
+        PushSeen { at_ms, utterance: None, device_token: None, status }
+    }
+
+    #[test]
+    fn replied_needs_the_reply_all_the_frames_and_an_accepted_push() {
+        let ok = push(1_000, 200);
+        let v = verdict(Some(50), None, &replied_facts(50), &[&ok], &[]);
+        assert_eq!((v.outcome, v.reason.as_str(), v.duplicates.len()), ("replied", "", 0));
+    }
+
+    #[test]
+    fn discarded_is_the_relays_explicit_policy_and_no_reply() {
+        let facts = ServerFacts { state: Some("receiving".into()), frames: Some(10), ..Default::default() };
+        let v = verdict(Some(50), Some("ttl expired"), &facts, &[], &[]);
+        assert_eq!((v.outcome, v.reason.as_str()), ("discarded", "ttl expired"));
+        // A reply made anyway wins over the discard: it is judged as replied.
+        let ok = push(1_000, 200);
+        assert_eq!(verdict(Some(50), Some("ttl expired"), &replied_facts(50), &[&ok], &[]).outcome, "replied");
+    }
+
+    #[test]
+    fn each_way_of_being_lost_says_why() {
+        let ok = push(1_000, 200);
+        let lost = |spooled, facts: &ServerFacts, pushes: &[&PushSeen]| {
+            let v = verdict(spooled, None, facts, pushes, &[]);
+            assert_eq!(v.outcome, "lost");
+            v.reason
+        };
+        assert!(lost(None, &replied_facts(50), &[&ok]).contains("never ended"));
+        assert!(lost(Some(50), &ServerFacts::default(), &[]).contains("no record"));
+        // The store says fewer frames than were spooled.
+        let short = ServerFacts { frames: Some(49), ..replied_facts(50) };
+        assert!(lost(Some(50), &short, &[&ok]).contains("spooled 50 frames; the server's store says 49"));
+        // The store agrees but the audio file holds fewer: the ack outran the disk.
+        let torn = ServerFacts { audio_records: Some(40), ..replied_facts(50) };
+        assert!(lost(Some(50), &torn, &[&ok]).contains("its audio file holds 40"));
+        let failed = ServerFacts { state: Some("failed".into()), error: Some("stt".into()), ..replied_facts(50) };
+        assert_eq!(lost(Some(50), &failed, &[&ok]), "server state failed: stt");
+        // Replied, but APNs never accepted a push.
+        let refused = push(1_000, 500);
+        assert!(lost(Some(50), &replied_facts(50), &[&refused]).contains("no push accepted by APNs (1 attempts"));
+    }
+
+    #[test]
+    fn answered_twice_is_a_duplicate_unless_a_server_crash_explains_the_second_push() {
+        let (a, b) = (push(1_000, 200), push(5_000, 200));
+        let v = verdict(Some(50), None, &replied_facts(50), &[&a, &b], &[]);
+        assert_eq!(v.outcome, "replied");
+        assert_eq!(v.duplicates, vec!["2 pushes accepted, 1 without a server crash in between".to_string()]);
+        let v = verdict(Some(50), None, &replied_facts(50), &[&a, &b], &[3_000]);
+        assert!(v.duplicates.is_empty(), "{:?}", v.duplicates);
+        assert_eq!(v.resends_after_crash, 1);
+        let twice = ServerFacts { transcript_writes: 2, ..replied_facts(50) };
+        assert_eq!(verdict(Some(50), None, &twice, &[&a], &[]).duplicates, vec!["transcribed 2 times".to_string()]);
+    }
+
+    #[test]
+    fn audio_stored_twice_is_a_duplicate_not_a_loss() {
+        let ok = push(1_000, 200);
+        let doubled = ServerFacts { audio_records: Some(60), ..replied_facts(50) };
+        let v = verdict(Some(50), None, &doubled, &[&ok], &[]);
+        assert_eq!(v.outcome, "replied");
+        assert_eq!(v.duplicates.len(), 1);
+        assert!(v.duplicates[0].contains("holds 60 records for 50 frames"), "{:?}", v.duplicates);
+    }
+
+    /// `account` over a whole log: the run-level counts of frames the server
+    /// received twice and of acknowledged audio the server no longer held.
+    #[test]
+    fn frames_received_twice_and_acked_audio_lost_are_counted_for_the_run() {
+        let id = Uuid::now_v7();
+        let rec = |source, event: Value| Record { at_ms: 0, source, event };
+        let log = vec![
+            rec(Source::Pendant(0), serde_json::json!({"event": "utterance_start", "index": 0, "text": "hello"})),
+            rec(Source::Relay(0), serde_json::json!({"event": "utterance_started", "id": id.to_string()})),
+            rec(Source::Pendant(0), serde_json::json!({"event": "utterance_end", "index": 0, "frames": 50})),
+            rec(Source::Relay(0), serde_json::json!({"event": "utterance_ended", "id": id.to_string(), "frames": 50})),
+            rec(
+                Source::Relay(0),
+                serde_json::json!({"event": "error", "code": lanyard_relay::uplink::SERVER_LOST_ACKED_AUDIO}),
+            ),
+        ];
+        let server = HashMap::from([(id, replied_facts(50))]);
+        let pushes = vec![PushSeen { utterance: Some(id), ..push(1_000, 200) }];
+        let inputs = Inputs {
+            log: &log,
+            references: &[],
+            server: &server,
+            pushes: &pushes,
+            faults: &[],
+            frames_duplicate: 3,
+            frames_received: 53,
+            timed_out: false,
+        };
+        let a = account(&inputs);
+        assert_eq!((a.totals.replied, a.totals.lost, a.totals.duplicated), (1, 0, 0));
+        assert_eq!(a.totals.duplicate_frames, 3);
+        assert_eq!(a.totals.acked_audio_lost, 1);
+        assert_eq!(a.utterances[0].spoken, Some((0, 0)), "the relay utterance belongs to the spoken one");
+        assert_eq!(a.wer.utterances, 1);
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
