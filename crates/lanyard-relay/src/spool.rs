@@ -40,9 +40,14 @@
 //! Each record is handed to the kernel with one `write()` as soon as it is
 //! appended. That alone survives the app being killed, which is the common
 //! failure on a phone. Surviving an OS crash or power loss needs `fsync`; the
-//! host calls [`Spool::sync`] on a timer, every [`DEFAULT_SYNC_INTERVAL`] by
-//! default. That interval is the acceptable window of data loss on an OS
-//! crash. Besides the timer:
+//! host syncs on a timer (a [`Spool::sync_job`], run off the lock), within
+//! [`DEFAULT_SYNC_INTERVAL`] of a write by default. That interval is the
+//! acceptable window of data loss on an OS crash. The timer skips the fsync
+//! when everything unsynced is frames the server has already acknowledged
+//! ([`Spool::needs_sync`]): the server's copy is durable, and after an OS
+//! crash the uplink resumes from it (an utterance is never carried on
+//! across a restart). Online, that is nearly every round, so a streamed
+//! frame costs one `write()` and no fsync. Besides the timer:
 //!
 //! - a segment is synced before the spool moves on to the next one, so only
 //!   the newest segment can ever have a torn tail;

@@ -74,6 +74,11 @@ const ADMIN_404: (u16, &str, Option<&str>) =
 
 /// Every route, in registration order.
 pub fn routes() -> Vec<Route> {
+    [service_routes(), speech_routes(), utterance_routes(), device_routes()].into_iter().flatten().collect()
+}
+
+/// The server's own: liveness, metrics, this API's document.
+fn service_routes() -> Vec<Route> {
     vec![
         Route {
             method: "get",
@@ -111,6 +116,12 @@ pub fn routes() -> Vec<Route> {
                 responses: &[(200, "OpenAPI 3.1.", Some("object"))],
             },
         },
+    ]
+}
+
+/// Speech in: the streaming WebSocket and the OpenAI-compatible transcription.
+fn speech_routes() -> Vec<Route> {
+    vec![
         Route {
             method: "get",
             path: STREAM_PATH,
@@ -174,6 +185,12 @@ pub fn routes() -> Vec<Route> {
                 ],
             },
         },
+    ]
+}
+
+/// A device's utterances: list, read, delete, upload audio or text.
+fn utterance_routes() -> Vec<Route> {
+    vec![
         Route {
             method: "get",
             path: "/v1/utterances",
@@ -262,6 +279,12 @@ pub fn routes() -> Vec<Route> {
                 ],
             },
         },
+    ]
+}
+
+/// A device's own settings and data, and the admin API.
+fn device_routes() -> Vec<Route> {
+    vec![
         Route {
             method: "put",
             path: "/v1/device/push",

@@ -160,6 +160,16 @@ fn seconds(description: &str) -> Value {
 }
 
 fn schemas() -> Value {
+    let mut all = serde_json::Map::new();
+    for part in [utterance_schemas(), transcription_schemas(), device_schemas()] {
+        let Value::Object(part) = part else { unreachable!("each part is a JSON object") };
+        all.extend(part);
+    }
+    Value::Object(all)
+}
+
+/// Utterances, their segments and timings, errors and uploads.
+fn utterance_schemas() -> Value {
     json!({
         "Segment": {
             "type": "object",
@@ -233,7 +243,13 @@ fn schemas() -> Value {
                 "frames": { "type": "integer", "minimum": 0 },
                 "added": { "type": "integer", "minimum": 0 }
             }
-        },
+        }
+    })
+}
+
+/// `/v1/audio/transcriptions`: the request and its response formats.
+fn transcription_schemas() -> Value {
+    json!({
         "TranscriptionRequest": {
             "type": "object",
             "required": ["file"],
@@ -287,7 +303,13 @@ fn schemas() -> Value {
                 "start": seconds("Seconds from the start of the audio."),
                 "end": seconds("Seconds from the start of the audio.")
             }
-        },
+        }
+    })
+}
+
+/// Text utterances, push registration, deletion and the admin API's devices.
+fn device_schemas() -> Value {
+    json!({
         "TextUtterance": {
             "type": "object",
             "required": ["text"],

@@ -394,11 +394,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     // Recordings of real speech, checked before anything starts.
     let real = scenario.corpus.real_speech_per_pendant;
     let recordings = if real > 0 { real_speech::recordings(&args.speech_dir)? } else { Vec::new() };
-    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let work = args.keep.clone().unwrap_or_else(|| tmp.path().to_owned());
-    if args.keep.is_some() && work.exists() {
-        std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
-    }
+    let (_tmp, work) = work_dir(args.keep.as_deref())?;
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let server_dir = work.join("server");
@@ -423,12 +419,329 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         http: lanyard_relay::transport::Transport::new(&ca)?.http().clone(),
     };
 
-    // The APNs peer fails a fraction of requests, for real: the server sees
-    // the error status and must retry.
     let key = TestApnsKey::generate();
-    let fail_rate = scenario.faults.apns_failure_rate;
-    let peer_rng = Mutex::new(rand::rngs::StdRng::seed_from_u64(rng.r#gen()));
-    let peer = ApnsPeer::start(ApnsPeerConfig::new(&key, APNS_TOPIC).with_script(move |_| {
+    let peer = apns_peer(&key, scenario.faults.apns_failure_rate, rng.r#gen()).await?;
+    std::fs::create_dir_all(&server_dir).context("cannot create the server directory")?;
+    let config = server_config(&work, &key, &peer)?;
+
+    // Devices first: the store must exist before the server opens it.
+    let n = scenario.run.pendants;
+    let devices = register_devices(&server_dir, n).await?;
+    let server = Server::start(&shared, server_args(args, scenario, &server_dir, &config, tls.as_ref())).await?;
+    let server_addr = server.addr;
+    let server_url = server.url(&shared);
+    eprintln!("lanyard sim: server up at {server_url}, APNs peer at {}", peer.url());
+    let server = Arc::new(tokio::sync::Mutex::new(server));
+
+    // Pendants: each its own voice and rate, and its own part of the corpus
+    // (see `pendant_speech`).
+    let corpus = scenario.corpus.sentences();
+    announce_corpus(scenario);
+    let speech = pendants_speech(scenario, &corpus, &recordings, &work.join("speech")).await?;
+    let Pendants { children: pendants, addrs: pendant_addrs, early, references } =
+        launch_pendants(scenario, &shared, speech, &mut rng).await?;
+
+    // Phones: a fault proxy and a relay under the lifecycle each.
+    let stop_faults = Arc::new(tokio::sync::Notify::new());
+    let (phones, proxies) = launch_phones(
+        scenario,
+        &shared,
+        server_addr,
+        &pendant_addrs,
+        &devices,
+        tls.as_ref(),
+        &work,
+        &mut rng,
+        &stop_faults,
+    )
+    .await?;
+    let server_faults =
+        tokio::spawn(server_killer(server.clone(), scenario.clone(), shared.clone(), rng.r#gen(), stop_faults.clone()));
+
+    let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.context("cannot open the server's store")?;
+    let log: Vec<Record> = early.into_iter().map(|(at_ms, source, event)| Record { at_ms, source, event }).collect();
+    let (mut log, timed_out) = settle(&mut rx, &phones, &store, &shared, scenario, &stop_faults, started, log).await;
+    let wall_secs = started.elapsed().as_secs_f64();
+    server_faults.abort();
+    let mut relay_launches = Vec::new();
+    for ph in &phones {
+        relay_launches.push(ph.stop().await);
+    }
+    // Stragglers the relays printed as they stopped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok((source, event)) = rx.try_recv() {
+        log.push(Record { at_ms: now_ms(), source, event });
+    }
+    for mut pendant in pendants {
+        let _ = pendant.kill().await;
+    }
+    write_events(&log, &work.join("events.jsonl"));
+
+    // What the server holds, from its store and audio files.
+    let mut server = server.lock().await;
+    let (frames_duplicate, frames_received) = server.counters(&shared).await;
+    let facts = server_facts(&store, &log, &devices, &server_dir).await?;
+    let _ = server.child.kill().await;
+    let incarnations = server.incarnations;
+    drop(server);
+    let pushes = pushes_seen(&peer);
+    let faults = shared.faults.lock().expect("fault log").clone();
+    let accounting = ledger::account(&ledger::Inputs {
+        log: &log,
+        references: &references,
+        server: &facts,
+        pushes: &pushes,
+        faults: &faults,
+        frames_duplicate,
+        frames_received,
+        timed_out,
+    });
+    let fault_counts = accounting.fault_counts.clone();
+    drop(proxies);
+    Ok(Outcome {
+        scenario: scenario.clone(),
+        scenario_path: args.scenario.to_string_lossy().into_owned(),
+        machine: machine(),
+        started_ms,
+        wall_secs,
+        server_incarnations: incarnations,
+        relay_launches,
+        fault_counts,
+        faults,
+        accounting,
+    })
+}
+
+/// The event loop: records everything, routes pendant and relay events to
+/// their phone and shows progress; once every pendant is done, stops the
+/// faults and drains the phones, until every utterance is resolved (or the
+/// settle time or the run's deadline passes: then `true`, timed out).
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    rx: &mut mpsc::UnboundedReceiver<(Source, Value)>,
+    phones: &[phone::Phone],
+    store: &SqliteStore,
+    shared: &Shared,
+    scenario: &Scenario,
+    stop_faults: &tokio::sync::Notify,
+    started: Instant,
+    mut log: Vec<Record>,
+) -> (Vec<Record>, bool) {
+    let n = scenario.run.pendants;
+    let total = scenario.utterances();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} spoken  {msg}")
+            .expect("progress template")
+            .progress_chars("=> "),
+    );
+    let mut done = HashSet::new();
+    let deadline = started + Duration::from_secs(scenario.run.timeout_secs);
+    let mut status = tokio::time::interval(Duration::from_secs(2));
+    let mut last_line = Instant::now();
+    let mut draining_since: Option<Instant> = None;
+    let mut resolved_since: Option<Instant> = None;
+    let mut timed_out = false;
+    loop {
+        tokio::select! {
+            Some((source, event)) = rx.recv() => {
+                match source {
+                    Source::Pendant(i) => {
+                        match event["event"].as_str() {
+                            Some("utterance_end") => bar.inc(1),
+                            Some("done") => { done.insert(i); }
+                            _ => {}
+                        }
+                        phones[i].send(phone::Msg::Pendant(event.clone()));
+                    }
+                    Source::Relay(i) if event["event"] == "upload_task" => phones[i].send(phone::Msg::Relay(event.clone())),
+                    _ => {}
+                }
+                log.push(Record { at_ms: now_ms(), source, event });
+            }
+            _ = status.tick() => {
+                let ids = ledger::relay_ids(&log);
+                let mut replied = 0;
+                let mut resolved = 0;
+                let discarded = ledger::discarded_ids(&log);
+                for id in &ids {
+                    let r = store.push_request(*id).await.ok().flatten().is_some_and(|p| p.status == lanyard_store::PushStatus::Sent);
+                    replied += usize::from(r);
+                    resolved += usize::from(r || discarded.contains(id));
+                }
+                let msg = format!("{replied}/{} replied, {} faults applied", ids.len(), shared.fault_count());
+                bar.set_message(msg.clone());
+                if bar.is_hidden() && last_line.elapsed() > Duration::from_secs(20) {
+                    eprintln!("lanyard sim: {:.0}s, {}/{total} spoken, {msg}", started.elapsed().as_secs_f64(), bar.position());
+                    last_line = Instant::now();
+                }
+                if done.len() == n && draining_since.is_none() {
+                    // Speech is over: faults stop, every app comes to the
+                    // foreground, and what is in flight may settle.
+                    draining_since = Some(Instant::now());
+                    stop_faults.notify_waiters();
+                    for ph in phones {
+                        ph.send(phone::Msg::Drain);
+                    }
+                    eprintln!("lanyard sim: every pendant is done after {:.0}s; delivering the rest", started.elapsed().as_secs_f64());
+                }
+                let open = ledger::unended_ids(&log);
+                if draining_since.is_some() && resolved == ids.len() && open.is_empty() {
+                    // Give a late duplicate (a second push, say) time to show.
+                    let since = *resolved_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(4) {
+                        break;
+                    }
+                } else {
+                    resolved_since = None;
+                }
+                let settle_over = draining_since.is_some_and(|d| d.elapsed() > Duration::from_secs(scenario.run.settle_secs));
+                if settle_over || Instant::now() > deadline {
+                    timed_out = true;
+                    eprintln!("lanyard sim: stopped waiting: {resolved} of {} utterances resolved", ids.len());
+                    break;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    (log, timed_out)
+}
+
+/// One phone per pendant: a fault proxy in front of the server, a relay
+/// (its own spool and device) behind it under the simulated iOS lifecycle,
+/// and the proxy's network faults until `stop_faults`.
+#[allow(clippy::too_many_arguments)]
+async fn launch_phones(
+    scenario: &Scenario,
+    shared: &Shared,
+    server_addr: SocketAddr,
+    pendant_addrs: &[(Source, String)],
+    devices: &[(Uuid, String)],
+    tls: Option<&lanyard_server::dev_tls::DevTls>,
+    work: &Path,
+    rng: &mut rand::rngs::StdRng,
+    stop_faults: &Arc<tokio::sync::Notify>,
+) -> Result<(Vec<phone::Phone>, Vec<Arc<proxy::FaultProxy>>)> {
+    let s = |x: &str| x.to_string();
+    let p = |x: &Path| x.to_string_lossy().into_owned();
+    let mut phones = Vec::new();
+    let mut proxies = Vec::new();
+    for (i, (_, addr)) in pendant_addrs.iter().enumerate() {
+        let proxy = Arc::new(proxy::FaultProxy::start(server_addr).await.context("cannot start a fault proxy")?);
+        proxies.push(proxy.clone());
+        let spool = work.join(format!("spool-{i}"));
+        let base = vec![
+            s("relay"),
+            s("--server"),
+            format!("{}://{}", shared.scheme, proxy.addr),
+            s("--token"),
+            devices[i].1.clone(),
+            s("--sim"),
+            addr.clone(),
+            s("--spool-dir"),
+            p(&spool),
+            s("--push-token"),
+            format!("apns:{}", push_token(i)),
+            s("--control-stdin"),
+        ];
+        let base: Vec<String> = base.into_iter().chain(tls.iter().flat_map(|t| [s("--ca-cert"), p(&t.ca)])).collect();
+        let phone = phone::Phone::start(i, shared.clone(), base, scenario.clone(), proxy.clone(), rng.r#gen())
+            .context("cannot start a relay")?;
+        phones.push(phone);
+        tokio::spawn(network_faults(i, proxy, scenario.clone(), shared.clone(), rng.r#gen(), stop_faults.clone()));
+    }
+    Ok((phones, proxies))
+}
+
+/// Every request the APNs peer saw, by the utterance of its collapse id.
+fn pushes_seen(peer: &ApnsPeer) -> Vec<PushSeen> {
+    peer.received()
+        .iter()
+        .map(|r| PushSeen {
+            at_ms: r.received_system.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            utterance: r.header("apns-collapse-id").and_then(|c| Uuid::parse_str(c).ok()),
+            device_token: r.device_token.clone(),
+            status: r.answered_status,
+        })
+        .collect()
+}
+
+/// The raw events, for a look at what the books are made of (best effort:
+/// the accounting does not depend on it).
+fn write_events(log: &[Record], path: &Path) {
+    let raw: String = log
+        .iter()
+        .map(|r| format!("{}\n", serde_json::json!({"read_ms": r.at_ms, "source": r.source, "event": r.event})))
+        .collect();
+    let _ = std::fs::write(path, raw);
+}
+
+/// The campaign's working directory: `keep` (emptied first) if given,
+/// else a temporary one that lives as long as the returned guard.
+fn work_dir(keep: Option<&Path>) -> Result<(tempfile::TempDir, PathBuf)> {
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let work = keep.map_or_else(|| tmp.path().to_owned(), Path::to_owned);
+    if keep.is_some() && work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
+    }
+    Ok((tmp, work))
+}
+
+/// Registers one device per phone in the server's store (as `lanyard device
+/// add` does); their ids and tokens, in phone order.
+async fn register_devices(server_dir: &Path, n: usize) -> Result<Vec<(Uuid, String)>> {
+    let cfg = lanyard_server::ServerConfig::new(([127, 0, 0, 1], 0).into(), server_dir.to_owned());
+    let store = lanyard_server::open_store(&cfg).await?;
+    let mut devices = Vec::new();
+    for i in 0..n {
+        let created = lanyard_server::devices::register(store.as_ref(), &format!("sim-phone-{i}")).await?;
+        devices.push((created.id, created.token));
+    }
+    Ok(devices)
+}
+
+/// `lanyard serve`'s arguments for the campaign's server.
+fn server_args(
+    args: &SimArgs,
+    scenario: &Scenario,
+    server_dir: &Path,
+    config: &Path,
+    tls: Option<&lanyard_server::dev_tls::DevTls>,
+) -> Vec<String> {
+    let s = |x: &str| x.to_string();
+    let p = |x: &Path| x.to_string_lossy().into_owned();
+    let mut server_args = vec![s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), p(server_dir)];
+    server_args.extend([s("--model-dir"), p(&args.model_dir), s("--config"), p(config)]);
+    if scenario.run.stt_threads > 0 {
+        server_args.extend([s("--stt-threads"), scenario.run.stt_threads.to_string()]);
+    }
+    if let Some(tls) = tls {
+        server_args.extend([s("--tls-cert"), p(&tls.cert), s("--tls-key"), p(&tls.key)]);
+    }
+    server_args
+}
+
+/// Says what the pendants will speak besides the espeak-ng sentences.
+fn announce_corpus(scenario: &Scenario) {
+    let n = scenario.run.pendants;
+    let real = scenario.corpus.real_speech_per_pendant;
+    if real > 0 {
+        eprintln!("lanyard sim: {} utterances of real speech, from {}", real * n, real_speech::PACKAGE);
+    }
+    let long = scenario.corpus.long_utterances_per_pendant;
+    if long > 0 {
+        let [lo, hi] = scenario.corpus.long_secs;
+        eprintln!("lanyard sim: {} long utterances, {lo} to {hi} s each", long * n);
+    }
+}
+
+/// The APNs look-alike. It fails `fail_rate` of requests, for real (500,
+/// 503 or 429, drawn with `seed`): the server sees the error status and
+/// must retry.
+async fn apns_peer(key: &TestApnsKey, fail_rate: f64, seed: u64) -> Result<ApnsPeer> {
+    let peer_rng = Mutex::new(rand::rngs::StdRng::seed_from_u64(seed));
+    ApnsPeer::start(ApnsPeerConfig::new(key, APNS_TOPIC).with_script(move |_| {
         let mut r = peer_rng.lock().expect("peer rng");
         if fail_rate > 0.0 && r.r#gen::<f64>() < fail_rate {
             match r.gen_range(0..3) {
@@ -441,51 +754,36 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         }
     }))
     .await
-    .context("cannot start the local APNs peer")?;
-    std::fs::create_dir_all(&server_dir).context("cannot create the server directory")?;
-    let config = server_config(&work, &key, &peer)?;
+    .context("cannot start the local APNs peer")
+}
 
-    // Devices first: the store must exist before the server opens it.
-    let n = scenario.run.pendants;
-    let cfg = lanyard_server::ServerConfig::new(([127, 0, 0, 1], 0).into(), server_dir.clone());
-    let mut devices = Vec::new();
-    for i in 0..n {
-        let store = lanyard_server::open_store(&cfg).await?;
-        let created = lanyard_server::devices::register(store.as_ref(), &format!("sim-phone-{i}")).await?;
-        devices.push((created.id, created.token));
-    }
+/// The pendant simulators, once each listens.
+struct Pendants {
+    children: Vec<Child>,
+    /// Each pendant's address, in pendant order.
+    addrs: Vec<(Source, String)>,
+    /// Events they printed before listening, with when they were read.
+    early: Vec<(u64, Source, Value)>,
+    /// Each pendant's reference sentences, in speaking order.
+    references: Vec<Vec<String>>,
+}
+
+/// Starts one pendant simulator per phone, each with its voice, its part of
+/// the corpus (`speech`, from [`pendants_speech`]) and its BLE faults, and
+/// waits until every one listens (synthesis happens before). From then on
+/// their events flow into `shared`'s event stream.
+async fn launch_pendants(
+    scenario: &Scenario,
+    shared: &Shared,
+    mut speech: Vec<(Vec<String>, Vec<String>)>,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<Pendants> {
     let s = |x: &str| x.to_string();
-    let p = |x: &Path| x.to_string_lossy().into_owned();
-    let mut server_args = vec![s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), p(&server_dir)];
-    server_args.extend([s("--model-dir"), p(&args.model_dir), s("--config"), p(&config)]);
-    if scenario.run.stt_threads > 0 {
-        server_args.extend([s("--stt-threads"), scenario.run.stt_threads.to_string()]);
-    }
-    if let Some(tls) = &tls {
-        server_args.extend([s("--tls-cert"), p(&tls.cert), s("--tls-key"), p(&tls.key)]);
-    }
-    let server = Server::start(&shared, server_args).await?;
-    let server_addr = server.addr;
-    let server_url = server.url(&shared);
-    eprintln!("lanyard sim: server up at {server_url}, APNs peer at {}", peer.url());
-    let server = Arc::new(tokio::sync::Mutex::new(server));
-
-    // Pendants: each its own voice and rate, and its own part of the corpus
-    // (see `pendant_speech`).
-    let corpus = scenario.corpus.sentences();
-    if real > 0 {
-        eprintln!("lanyard sim: {} utterances of real speech, from {}", real * n, real_speech::PACKAGE);
-    }
-    let long = scenario.corpus.long_utterances_per_pendant;
-    if long > 0 {
-        let [lo, hi] = scenario.corpus.long_secs;
-        eprintln!("lanyard sim: {} long utterances, {lo} to {hi} s each", long * n);
-    }
+    let n = scenario.run.pendants;
     let mut pendant_addrs = Vec::new();
     let mut pendants = Vec::new();
     let (pendant_ready_tx, mut pendant_ready_rx) = mpsc::unbounded_channel::<(Source, Value)>();
     let mut references: Vec<Vec<String>> = Vec::new();
-    let mut speech = pendants_speech(scenario, &corpus, &recordings, &work.join("speech")).await?;
     for (i, speech) in speech.iter_mut().enumerate().take(n) {
         let voice = voice_of(scenario, i);
         let mut a =
@@ -537,147 +835,20 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         });
     }
     drop(pendant_ready_tx);
+    Ok(Pendants { children: pendants, addrs: pendant_addrs, early, references })
+}
 
-    // Phones: a fault proxy and a relay under the lifecycle each.
-    let mut phones = Vec::new();
-    let mut proxies = Vec::new();
-    let stop_faults = Arc::new(tokio::sync::Notify::new());
-    for (i, (_, addr)) in pendant_addrs.iter().enumerate() {
-        let proxy = Arc::new(proxy::FaultProxy::start(server_addr).await.context("cannot start a fault proxy")?);
-        proxies.push(proxy.clone());
-        let spool = work.join(format!("spool-{i}"));
-        let base = vec![
-            s("relay"),
-            s("--server"),
-            format!("{}://{}", shared.scheme, proxy.addr),
-            s("--token"),
-            devices[i].1.clone(),
-            s("--sim"),
-            addr.clone(),
-            s("--spool-dir"),
-            p(&spool),
-            s("--push-token"),
-            format!("apns:{}", push_token(i)),
-            s("--control-stdin"),
-        ];
-        let base: Vec<String> = base.into_iter().chain(tls.iter().flat_map(|t| [s("--ca-cert"), p(&t.ca)])).collect();
-        let phone = phone::Phone::start(i, shared.clone(), base, scenario.clone(), proxy.clone(), rng.r#gen())
-            .context("cannot start a relay")?;
-        phones.push(phone);
-        tokio::spawn(network_faults(i, proxy, scenario.clone(), shared.clone(), rng.r#gen(), stop_faults.clone()));
-    }
-    let server_faults =
-        tokio::spawn(server_killer(server.clone(), scenario.clone(), shared.clone(), rng.r#gen(), stop_faults.clone()));
-
-    // The event loop: record everything, route pendant and relay events to
-    // their phone, show progress, until every pendant is done.
-    let total = scenario.utterances();
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} spoken  {msg}")
-            .expect("progress template")
-            .progress_chars("=> "),
-    );
-    let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.context("cannot open the server's store")?;
-    let mut log: Vec<Record> =
-        early.into_iter().map(|(at_ms, source, event)| Record { at_ms, source, event }).collect();
-    let mut done = HashSet::new();
-    let deadline = started + Duration::from_secs(scenario.run.timeout_secs);
-    let mut status = tokio::time::interval(Duration::from_secs(2));
-    let mut last_line = Instant::now();
-    let mut draining_since: Option<Instant> = None;
-    let mut resolved_since: Option<Instant> = None;
-    let mut timed_out = false;
-    loop {
-        tokio::select! {
-            Some((source, event)) = rx.recv() => {
-                match source {
-                    Source::Pendant(i) => {
-                        match event["event"].as_str() {
-                            Some("utterance_end") => bar.inc(1),
-                            Some("done") => { done.insert(i); }
-                            _ => {}
-                        }
-                        phones[i].send(phone::Msg::Pendant(event.clone()));
-                    }
-                    Source::Relay(i) if event["event"] == "upload_task" => phones[i].send(phone::Msg::Relay(event.clone())),
-                    _ => {}
-                }
-                log.push(Record { at_ms: now_ms(), source, event });
-            }
-            _ = status.tick() => {
-                let ids = ledger::relay_ids(&log);
-                let mut replied = 0;
-                let mut resolved = 0;
-                let discarded = ledger::discarded_ids(&log);
-                for id in &ids {
-                    let r = store.push_request(*id).await.ok().flatten().is_some_and(|p| p.status == lanyard_store::PushStatus::Sent);
-                    replied += usize::from(r);
-                    resolved += usize::from(r || discarded.contains(id));
-                }
-                let msg = format!("{replied}/{} replied, {} faults applied", ids.len(), shared.fault_count());
-                bar.set_message(msg.clone());
-                if bar.is_hidden() && last_line.elapsed() > Duration::from_secs(20) {
-                    eprintln!("lanyard sim: {:.0}s, {}/{total} spoken, {msg}", started.elapsed().as_secs_f64(), bar.position());
-                    last_line = Instant::now();
-                }
-                if done.len() == n && draining_since.is_none() {
-                    // Speech is over: faults stop, every app comes to the
-                    // foreground, and what is in flight may settle.
-                    draining_since = Some(Instant::now());
-                    stop_faults.notify_waiters();
-                    for ph in &phones {
-                        ph.send(phone::Msg::Drain);
-                    }
-                    eprintln!("lanyard sim: every pendant is done after {:.0}s; delivering the rest", started.elapsed().as_secs_f64());
-                }
-                let open = ledger::unended_ids(&log);
-                if draining_since.is_some() && resolved == ids.len() && open.is_empty() {
-                    // Give a late duplicate (a second push, say) time to show.
-                    let since = *resolved_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > Duration::from_secs(4) {
-                        break;
-                    }
-                } else {
-                    resolved_since = None;
-                }
-                let settle_over = draining_since.is_some_and(|d| d.elapsed() > Duration::from_secs(scenario.run.settle_secs));
-                if settle_over || Instant::now() > deadline {
-                    timed_out = true;
-                    eprintln!("lanyard sim: stopped waiting: {resolved} of {} utterances resolved", ids.len());
-                    break;
-                }
-            }
-        }
-    }
-    bar.finish_and_clear();
-    let wall_secs = started.elapsed().as_secs_f64();
-    server_faults.abort();
-    let mut relay_launches = Vec::new();
-    for ph in &phones {
-        relay_launches.push(ph.stop().await);
-    }
-    // Stragglers the relays printed as they stopped.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    while let Ok((source, event)) = rx.try_recv() {
-        log.push(Record { at_ms: now_ms(), source, event });
-    }
-    for mut pendant in pendants {
-        let _ = pendant.kill().await;
-    }
-    // The raw events, for a look at what the books are made of.
-    let raw: String = log
-        .iter()
-        .map(|r| format!("{}\n", serde_json::json!({"read_ms": r.at_ms, "source": r.source, "event": r.event})))
-        .collect();
-    let _ = std::fs::write(work.join("events.jsonl"), raw);
-
-    // What the server holds, from its store and audio files.
-    let mut server = server.lock().await;
-    let (frames_duplicate, frames_received) = server.counters(&shared).await;
+/// What the server holds for each relay utterance in `log`, from its store
+/// and its audio files.
+async fn server_facts(
+    store: &SqliteStore,
+    log: &[Record],
+    devices: &[(Uuid, String)],
+    server_dir: &Path,
+) -> Result<HashMap<Uuid, ServerFacts>> {
     let mut facts: HashMap<Uuid, ServerFacts> = HashMap::new();
-    let owner = ledger::relay_owner(&log);
-    for id in ledger::relay_ids(&log) {
+    let owner = ledger::relay_owner(log);
+    for id in ledger::relay_ids(log) {
         let row = store.utterance(id).await.context("cannot read the server's store")?;
         let device = owner.get(&id).map(|&i| devices[i].0);
         let audio = device.map(|d| server_dir.join("audio").join(d.to_string()).join(format!("{id}.frames")));
@@ -701,44 +872,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
             },
         );
     }
-    let _ = server.child.kill().await;
-    let incarnations = server.incarnations;
-    drop(server);
-    let pushes: Vec<PushSeen> = peer
-        .received()
-        .iter()
-        .map(|r| PushSeen {
-            at_ms: r.received_system.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            utterance: r.header("apns-collapse-id").and_then(|c| Uuid::parse_str(c).ok()),
-            device_token: r.device_token.clone(),
-            status: r.answered_status,
-        })
-        .collect();
-    let faults = shared.faults.lock().expect("fault log").clone();
-    let accounting = ledger::account(&ledger::Inputs {
-        log: &log,
-        references: &references,
-        server: &facts,
-        pushes: &pushes,
-        faults: &faults,
-        frames_duplicate,
-        frames_received,
-        timed_out,
-    });
-    let fault_counts = accounting.fault_counts.clone();
-    drop(proxies);
-    Ok(Outcome {
-        scenario: scenario.clone(),
-        scenario_path: args.scenario.to_string_lossy().into_owned(),
-        machine: machine(),
-        started_ms,
-        wall_secs,
-        server_incarnations: incarnations,
-        relay_launches,
-        fault_counts,
-        faults,
-        accounting,
-    })
+    Ok(facts)
 }
 
 /// The espeak-ng voice and rate of pendant `i`: voices in turn, and rates

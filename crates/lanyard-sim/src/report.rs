@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use super::Outcome;
-use super::ledger::{LengthRow, Mark, Metric};
+use super::ledger::{Accounting, LengthRow, Mark, Metric};
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -256,6 +256,34 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         start = o.started_ms,
     );
 
+    accounting_section(&mut h, a);
+    faults_section(&mut h, o);
+    latency_section(&mut h, a)?;
+    wer_sections(&mut h, a);
+    spoken_sections(&mut h, a);
+    let m = &o.machine;
+    let _ = write!(
+        h,
+        "<h2>Machine</h2><table id=\"machine\"><tr><td>CPU</td><td>{}</td></tr><tr><td>cores</td><td>{}</td></tr><tr><td>memory</td><td>{} GiB</td></tr><tr><td>OS</td><td>{}</td></tr><tr><td>kernel</td><td>{}</td></tr></table>",
+        esc(&m.cpu),
+        m.cores,
+        m.memory_gib,
+        esc(&m.os),
+        esc(&m.kernel)
+    );
+    let toml = toml::to_string_pretty(&o.scenario).unwrap_or_default();
+    let _ = writeln!(
+        h,
+        "<h2>Scenario</h2><p>{}</p><pre id=\"scenario\">{}</pre></body></html>",
+        esc(&o.scenario_path),
+        esc(&toml)
+    );
+    Ok(h)
+}
+
+/// The accounting table, and every relay utterance (folded).
+fn accounting_section(h: &mut String, a: &Accounting) {
+    let t = &a.totals;
     h.push_str(r#"<h2>Accounting</h2><table id="accounting"><tr><th>outcome</th><th>relay utterances</th></tr>"#);
     for (k, v) in [
         ("replied (transcribed, replied, push accepted)", t.replied),
@@ -311,9 +339,12 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         );
     }
     h.push_str("</table></details>");
+}
 
+/// The faults applied: counts, then every one in order (folded).
+fn faults_section(h: &mut String, o: &Outcome) {
     h.push_str("<h2>Faults applied</h2><table id=\"faults\"><tr><th>kind</th><th>times applied</th></tr>");
-    for (k, n) in &a.fault_counts {
+    for (k, n) in &o.accounting.fault_counts {
         let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(k));
     }
     let _ = write!(
@@ -333,7 +364,10 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         );
     }
     h.push_str("</table></details>");
+}
 
+/// Latency percentiles, with a histogram and a CDF per metric.
+fn latency_section(h: &mut String, a: &Accounting) -> Result<()> {
     h.push_str("<h2>Latency</h2><p>Over spoken utterances heard as one relay utterance and replied; from the pendant's end of speech.</p><table id=\"latency\"><tr><th>metric</th><th>n</th><th>p50</th><th>p95</th><th>p99</th></tr>");
     for m in &a.latency {
         match &m.note {
@@ -359,7 +393,11 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
         h.push_str(&cdf(m).with_context(|| format!("cannot draw the {} CDF", m.key))?);
     }
     h.push_str("</div>");
+    Ok(())
+}
 
+/// WER over the run, and WER and TTFS by utterance length.
+fn wer_sections(h: &mut String, a: &Accounting) {
     let _ = write!(
         h,
         "<h2>Word error rate</h2><p id=\"wer\">{:.1}% over {} utterances ({} reference words), against the sentences the pendants spoke.</p>",
@@ -390,7 +428,10 @@ spoke but those dropped on purpose.</p><table id=\"by-length\"><tr><th>length</t
         );
     }
     h.push_str("</table>");
+}
 
+/// The timeline of the median utterance, and every spoken utterance (folded).
+fn spoken_sections(h: &mut String, a: &Accounting) {
     h.push_str("<h2>Timeline of one utterance</h2>");
     match a.timeline_id {
         Some(id) => {
@@ -424,23 +465,4 @@ spoke but those dropped on purpose.</p><table id=\"by-length\"><tr><th>length</t
         );
     }
     h.push_str("</table></details>");
-
-    let m = &o.machine;
-    let _ = write!(
-        h,
-        "<h2>Machine</h2><table id=\"machine\"><tr><td>CPU</td><td>{}</td></tr><tr><td>cores</td><td>{}</td></tr><tr><td>memory</td><td>{} GiB</td></tr><tr><td>OS</td><td>{}</td></tr><tr><td>kernel</td><td>{}</td></tr></table>",
-        esc(&m.cpu),
-        m.cores,
-        m.memory_gib,
-        esc(&m.os),
-        esc(&m.kernel)
-    );
-    let toml = toml::to_string_pretty(&o.scenario).unwrap_or_default();
-    let _ = writeln!(
-        h,
-        "<h2>Scenario</h2><p>{}</p><pre id=\"scenario\">{}</pre></body></html>",
-        esc(&o.scenario_path),
-        esc(&toml)
-    );
-    Ok(h)
 }

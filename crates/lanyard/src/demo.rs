@@ -170,6 +170,58 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )?);
     drop(tx);
 
+    let utts = follow(&mut rx, &mut procs, n, started, deadline, args.timeout_secs).await?;
+
+    // The push request is made after the reply is stored; wait for it.
+    let client = lanyard_relay::transport::Transport::new(&ca.into_iter().collect::<Vec<_>>())?.http().clone();
+    let mut views = Vec::new();
+    for u in &utts {
+        let id = u.id.context("an utterance never started at the relay")?;
+        let view = loop {
+            let v: UtteranceView = client
+                .get(format!("{server_url}/v1/utterances/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if v.timings.push_ms.is_some() || started.elapsed() > deadline {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        views.push(view);
+    }
+    let pushes = std::fs::read_to_string(server_dir.join("push-sink.jsonl")).unwrap_or_default();
+
+    let wer = report(&utts, &views, &server_url, tls_note, &pushes, started);
+
+    for p in &mut procs {
+        let _ = p.child.start_kill();
+    }
+    if pushes.lines().count() != n {
+        bail!("expected {n} push requests in the sink, found {}", pushes.lines().count());
+    }
+    if let Some(max) = args.max_wer
+        && wer > max
+    {
+        bail!("word error rate {:.1}% is above the allowed {:.1}%", wer * 100.0, max * 100.0);
+    }
+    Ok(())
+}
+
+/// Follows the processes' events until every one of the `n` sentences has
+/// its reply: what the pendant said, the relay's utterance id, transcript
+/// and reply for each.
+async fn follow(
+    rx: &mut mpsc::UnboundedReceiver<(&'static str, Value)>,
+    procs: &mut [Proc],
+    n: usize,
+    started: Instant,
+    deadline: Duration,
+    timeout_secs: u64,
+) -> Result<Vec<Utt>> {
     let mut utts: Vec<Utt> = (0..n).map(|_| Utt::default()).collect();
     let mut by_id: HashMap<Uuid, usize> = HashMap::new();
     let mut started_ids = 0usize;
@@ -177,8 +229,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     while replies < n {
         let left = deadline.checked_sub(started.elapsed()).context("the demo timed out")?;
         let Ok(Some((who, ev))) = tokio::time::timeout(left, rx.recv()).await else {
-            check_alive(&mut procs)?;
-            bail!("the demo timed out after {}s with {replies} of {n} replies", args.timeout_secs);
+            check_alive(procs)?;
+            bail!("the demo timed out after {}s with {replies} of {n} replies", timeout_secs);
         };
         let kind = ev["event"].as_str().unwrap_or_default();
         match (who, kind) {
@@ -220,29 +272,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     }
 
-    // The push request is made after the reply is stored; wait for it.
-    let client = lanyard_relay::transport::Transport::new(&ca.into_iter().collect::<Vec<_>>())?.http().clone();
-    let mut views = Vec::new();
-    for u in &utts {
-        let id = u.id.context("an utterance never started at the relay")?;
-        let view = loop {
-            let v: UtteranceView = client
-                .get(format!("{server_url}/v1/utterances/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            if v.timings.push_ms.is_some() || started.elapsed() > deadline {
-                break v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        views.push(view);
-    }
-    let pushes = std::fs::read_to_string(server_dir.join("push-sink.jsonl")).unwrap_or_default();
+    Ok(utts)
+}
 
+/// Prints each utterance (reference, transcript, reply, latencies) and the
+/// run's word error rate and median latencies; returns the WER.
+fn report(
+    utts: &[Utt],
+    views: &[UtteranceView],
+    server_url: &str,
+    tls_note: &str,
+    pushes: &str,
+    started: Instant,
+) -> f32 {
+    let n = utts.len();
     println!();
     println!(
         "Lanyard demo: {n} utterances, pendant -> BLE framing -> relay spool -> WebSocket -> server -> Whisper -> reply -> push"
@@ -252,7 +295,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let (mut errors, mut words) = (0.0f32, 0usize);
     let mut ttfs = Vec::new();
     let mut to_push = Vec::new();
-    for (i, (u, v)) in utts.iter().zip(&views).enumerate() {
+    for (i, (u, v)) in utts.iter().zip(views).enumerate() {
         let hyp = u.transcript.as_deref().unwrap_or_default();
         let wer = lanyard_stt::word_error_rate(&u.reference, hyp);
         let ref_words = u.reference.split_whitespace().count();
@@ -282,18 +325,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("push requests written to the file sink: {}", pushes.lines().count());
     println!("finished in {:.1}s", started.elapsed().as_secs_f32());
 
-    for p in &mut procs {
-        let _ = p.child.start_kill();
-    }
-    if pushes.lines().count() != n {
-        bail!("expected {n} push requests in the sink, found {}", pushes.lines().count());
-    }
-    if let Some(max) = args.max_wer
-        && wer > max
-    {
-        bail!("word error rate {:.1}% is above the allowed {:.1}%", wer * 100.0, max * 100.0);
-    }
-    Ok(())
+    wer
 }
 
 fn path(p: &std::path::Path) -> String {

@@ -5,7 +5,6 @@
 //! `lanyard-pendant`. `demo` runs all three as separate processes, the way
 //! they run in production, and reports what happened to each utterance.
 
-mod bench;
 mod demo;
 mod paths;
 
@@ -44,14 +43,15 @@ enum Command {
     /// Run a relay on this host: take a pendant's audio, spool it, stream it.
     Relay(RelayArgs),
     /// Run a simulated pendant that speaks synthesized sentences.
-    PendantSim(SimArgs),
+    PendantSim(PendantSimArgs),
     /// Start a server, a pendant simulator and a relay, speak a few sentences
     /// end to end, and report transcripts, replies, latency and word error rate.
     Demo(demo::DemoArgs),
     /// Benchmarks: `lanyard bench ingest` measures how many live streams a
     /// server carries, with ack latency, RSS and CPU.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    #[cfg(feature = "bench")]
+    Bench(lanyard_bench::BenchCommand),
     /// Run a fault campaign from a scenario file: many pendants and relays under a
     /// simulated iOS lifecycle, real faults, and an account of every utterance.
     #[cfg(feature = "sim")]
@@ -232,7 +232,7 @@ enum CodecArg {
 }
 
 #[derive(Args)]
-struct SimArgs {
+struct PendantSimArgs {
     /// Address the simulated pendant listens on; a relay connects to it.
     #[arg(long, default_value = "127.0.0.1:7010")]
     listen: SocketAddr,
@@ -301,7 +301,8 @@ fn main() -> Result<()> {
             Command::Relay(args) => relay(args).await,
             Command::PendantSim(args) => pendant_sim(args).await,
             Command::Demo(args) => demo::run(args).await,
-            Command::Bench(cmd) => bench::run(cmd).await,
+            #[cfg(feature = "bench")]
+            Command::Bench(cmd) => lanyard_bench::run(cmd).await,
             #[cfg(feature = "sim")]
             Command::Sim(args) => lanyard_sim::run(args).await,
         }
@@ -556,7 +557,7 @@ fn parse_recording(arg: &str) -> Result<lanyard_pendant::sim::Recording, String>
     }
 }
 
-async fn pendant_sim(args: SimArgs) -> Result<()> {
+async fn pendant_sim(args: PendantSimArgs) -> Result<()> {
     let sentences = if args.sentences.is_empty() && args.recordings.is_empty() {
         lanyard_pendant::speech::DEMO_SENTENCES.iter().map(|s| s.to_string()).collect()
     } else {

@@ -1,4 +1,5 @@
-//! `lanyard bench ingest`: how many live streams one server carries.
+//! `lanyard bench ingest`: how many live streams one server carries. The
+//! `lanyard` binary calls [`run`] (feature `bench`).
 //!
 //! The load generator is this process; the server is another one, either
 //! started here (`lanyard serve` from this same executable, on a temporary
@@ -428,18 +429,14 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     pb
 }
 
-/// Creates the devices, ramps the streams up, measures, and winds down.
-async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile) -> Result<serde_json::Value> {
-    let n = args.streams;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().context("http client")?;
-
-    // 1. One device per stream, through the admin API.
+/// Creates `n` devices through the server's admin API, 16 at a time, as an
+/// operator's provisioning would.
+async fn create_devices(http: &reqwest::Client, server: &Server, n: usize) -> Result<Vec<DeviceCreated>> {
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let pb = bar(n as u64, "devices  [{bar:40}] {pos}/{len} {elapsed}");
     if pb.is_hidden() {
         eprintln!("creating {n} devices on {}", server.url);
     }
-    let t = Instant::now();
     let devices: Vec<Result<DeviceCreated>> = futures::stream::iter(0..n)
         .map(|i| {
             let (http, url, admin, pb) = (http.clone(), server.url.clone(), server.admin.clone(), pb.clone());
@@ -464,7 +461,84 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
         .collect()
         .await;
     pb.finish_and_clear();
-    let devices: Vec<DeviceCreated> = devices.into_iter().collect::<Result<_>>()?;
+    devices.into_iter().collect()
+}
+
+/// What the warm-up and the measured window gave: the snapshots at the
+/// window's two ends, and the server's memory and threads.
+struct Window {
+    start: Snapshot,
+    end: Snapshot,
+    rss_max: u64,
+    rss_end: Option<u64>,
+    hwm: Option<u64>,
+    threads: Option<u64>,
+}
+
+/// Runs the warm-up and the window (`pb` shows them), sampling the
+/// server's RSS through the window.
+async fn measure(args: &IngestArgs, pid: Option<u32>, shared: &Shared, base: Instant, pb: &ProgressBar) -> Window {
+    let total = args.warmup_secs + args.secs;
+    let phase_start = Instant::now();
+    let (mut last_sent, mut last_acked, mut last_t) =
+        (shared.sent.load(Ordering::Relaxed), shared.acked.load(Ordering::Relaxed), Instant::now());
+    let mut window: Option<Snapshot> = None;
+    let mut rss_max = 0u64;
+    let window_end;
+    loop {
+        let now = Instant::now();
+        let since = now - phase_start;
+        if window.is_none() && since >= Duration::from_secs(args.warmup_secs) {
+            shared.window_start.store((now - base).as_nanos() as u64, Ordering::Relaxed);
+            window =
+                Some((now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs()));
+            pb.set_prefix("measure");
+        }
+        if since >= Duration::from_secs(total) {
+            shared.window_end.store((now - base).as_nanos() as u64, Ordering::Relaxed);
+            window_end =
+                (now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs());
+            break;
+        }
+        if window.is_some() {
+            rss_max = rss_max.max(pid.and_then(|p| status_bytes(p, "VmRSS")).unwrap_or(0));
+        }
+        let (sent, acked) = (shared.sent.load(Ordering::Relaxed), shared.acked.load(Ordering::Relaxed));
+        let dt = now.duration_since(last_t).as_secs_f64().max(1e-3);
+        let msg = format!(
+            "streams {} | sent {:.0}/s acked {:.0}/s | dropped {}",
+            shared.connected.load(Ordering::Relaxed) - shared.dropped.load(Ordering::Relaxed),
+            (sent - last_sent) as f64 / dt,
+            (acked - last_acked) as f64 / dt,
+            shared.dropped.load(Ordering::Relaxed),
+        );
+        if pb.is_hidden() && since.as_secs().is_multiple_of(5) && since.subsec_millis() < 500 {
+            eprintln!("{:>3}s {msg}", since.as_secs());
+        }
+        pb.set_message(msg);
+        pb.set_position(since.as_secs());
+        (last_sent, last_acked, last_t) = (sent, acked, now);
+        tokio::time::sleep(Duration::from_millis(500).min(Duration::from_secs(total).saturating_sub(since))).await;
+    }
+    let rss_end = pid.and_then(|p| status_bytes(p, "VmRSS"));
+    let hwm = pid.and_then(|p| status_bytes(p, "VmHWM"));
+    let threads = pid.and_then(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse::<u64>().ok()))
+    });
+    Window { start: window.expect("the window opened"), end: window_end, rss_max, rss_end, hwm, threads }
+}
+
+/// Creates the devices, ramps the streams up, measures, and winds down.
+async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile) -> Result<serde_json::Value> {
+    let n = args.streams;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().context("http client")?;
+
+    // 1. One device per stream, through the admin API.
+    let t = Instant::now();
+    let devices = create_devices(&http, server, n).await?;
     let devices_secs = t.elapsed().as_secs_f64();
 
     // 2. The streams, started at the ramp rate.
@@ -531,63 +605,15 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
     if pb.is_hidden() {
         eprintln!("{connected_at_ramp} streams up; {}s warm-up, then {}s measured", args.warmup_secs, args.secs);
     }
-    let phase_start = Instant::now();
-    let (mut last_sent, mut last_acked, mut last_t) =
-        (shared.sent.load(Ordering::Relaxed), shared.acked.load(Ordering::Relaxed), Instant::now());
-    let mut window: Option<Snapshot> = None;
-    let mut rss_max = 0u64;
-    let pid = server.pid;
-    let window_end;
-    loop {
-        let now = Instant::now();
-        let since = now - phase_start;
-        if window.is_none() && since >= Duration::from_secs(args.warmup_secs) {
-            shared.window_start.store((now - base).as_nanos() as u64, Ordering::Relaxed);
-            window =
-                Some((now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs()));
-            pb.set_prefix("measure");
-        }
-        if since >= Duration::from_secs(total) {
-            shared.window_end.store((now - base).as_nanos() as u64, Ordering::Relaxed);
-            window_end =
-                (now, pid.and_then(cpu_split), cpu_secs(std::process::id()).unwrap_or(0.0), machine_busy_secs());
-            break;
-        }
-        if window.is_some() {
-            rss_max = rss_max.max(pid.and_then(|p| status_bytes(p, "VmRSS")).unwrap_or(0));
-        }
-        let (sent, acked) = (shared.sent.load(Ordering::Relaxed), shared.acked.load(Ordering::Relaxed));
-        let dt = now.duration_since(last_t).as_secs_f64().max(1e-3);
-        let msg = format!(
-            "streams {} | sent {:.0}/s acked {:.0}/s | dropped {}",
-            shared.connected.load(Ordering::Relaxed) - shared.dropped.load(Ordering::Relaxed),
-            (sent - last_sent) as f64 / dt,
-            (acked - last_acked) as f64 / dt,
-            shared.dropped.load(Ordering::Relaxed),
-        );
-        if pb.is_hidden() && since.as_secs().is_multiple_of(5) && since.subsec_millis() < 500 {
-            eprintln!("{:>3}s {msg}", since.as_secs());
-        }
-        pb.set_message(msg);
-        pb.set_position(since.as_secs());
-        (last_sent, last_acked, last_t) = (sent, acked, now);
-        tokio::time::sleep(Duration::from_millis(500).min(Duration::from_secs(total).saturating_sub(since))).await;
-    }
-    let rss_end = pid.and_then(|p| status_bytes(p, "VmRSS"));
-    let hwm = pid.and_then(|p| status_bytes(p, "VmHWM"));
-    let threads = pid.and_then(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/status"))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse::<u64>().ok()))
-    });
+    let Window { start: window, end: window_end, rss_max, rss_end, hwm, threads } =
+        measure(args, server.pid, &shared, base, &pb).await;
     pb.set_prefix("drain");
     tokio::time::sleep(DRAIN).await;
     pb.finish_and_clear();
     let _ = stop.send(true);
 
     // 4. Gather.
-    let (w_start, cpu0, self0, busy0) = window.expect("the window opened");
+    let (w_start, cpu0, self0, busy0) = window;
     let (w_end, cpu1, self1, busy1) = window_end;
     let wall = (w_end - w_start).as_secs_f64();
     let mut lat = Vec::new();
