@@ -65,7 +65,7 @@ use uuid::Uuid;
 
 use crate::boundary::{BoundaryConfig, MAX_UTTERANCE_FRAMES, Step, Tracker};
 use crate::link::LinkEvent;
-use crate::planner::{Decision, PlanInput, PlannerConfig, UttView, plan};
+use crate::planner::{Decision, DiscardReason, PlanInput, PlannerConfig, UttView, plan};
 use crate::seal::{seal, sealed_ids};
 use crate::spool::{Spool, SpoolError};
 use crate::transport::Transport;
@@ -789,8 +789,9 @@ impl Relay {
         let mut actions = Vec::new();
         // Uploads handed off before a restart are still the app's to finish.
         let mut handed_off: HashMap<Uuid, PathBuf> = HashMap::new();
+        let mut discarded = 0u64;
         {
-            let core = shared.lock();
+            let mut core = shared.lock();
             for (id, path) in sealed_ids(&cfg.spool_dir) {
                 if core.spool.utterance(id).is_some_and(|u| !u.done) {
                     handed_off.insert(id, path);
@@ -800,10 +801,29 @@ impl Relay {
             }
             // Re-announce them: the app may have died before it started the upload,
             // and an app that still runs one ignores a task id it already has.
+            // One whose time-to-live ran out meanwhile is discarded instead, by
+            // the planner's rule (the server refuses its upload, if the app
+            // still runs it).
+            let now = now_ms();
+            let expired: Vec<(Uuid, u64)> = handed_off
+                .keys()
+                .filter_map(|id| core.spool.utterance(*id).map(|u| (*id, now.saturating_sub(u.started_ms))))
+                .filter(|(_, age_ms)| *age_ms > cfg.planner.ttl_ms)
+                .collect();
+            for (id, age_ms) in expired {
+                if let Some(path) = handed_off.remove(&id) {
+                    let _ = std::fs::remove_file(path);
+                }
+                let reason = format!("{} (handed off to the background upload)", DiscardReason::Stale { age_ms });
+                core.spool.mark_dropped(id, &reason)?;
+                discarded += 1;
+                emit(RelayEvent::Discarded { id, reason });
+            }
             for (&id, path) in &handed_off {
                 let content_type = if path.extension().is_some_and(|e| e == "wav") { "audio/wav" } else { "audio/ogg" };
-                let speech = core.spool.utterance(id).and_then(|u| u.speech_frames);
-                emit(upload_task(&cfg, id, path, content_type, speech));
+                if let Some(u) = core.spool.utterance(id) {
+                    emit(upload_task(&cfg, id, path, content_type, u));
+                }
             }
             // Everything else the spool holds from before a restart goes to the uplink.
             for u in core.spool.pending().filter(|u| !handed_off.contains_key(&u.id)) {
@@ -822,7 +842,6 @@ impl Relay {
         // Whether the plan at the deadline minus the margin has run.
         let mut final_plan_done = false;
         let mut meter = Meter::default();
-        let mut discarded = 0u64;
         let mut last_stats: Option<RelayStats> = None;
         let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -1022,8 +1041,9 @@ impl Relay {
                         Decision::HandOff => {
                             let sealed = seal(&core.spool, id)?;
                             uplink.handle(now, Input::Forget { id }, &mut actions);
-                            let speech = core.spool.utterance(id).and_then(|u| u.speech_frames);
-                            emit(upload_task(&cfg, id, &sealed.path, sealed.content_type, speech));
+                            if let Some(u) = core.spool.utterance(id) {
+                                emit(upload_task(&cfg, id, &sealed.path, sealed.content_type, u));
+                            }
                             handed_off.insert(id, sealed.path);
                         }
                         Decision::Discard(reason) => {
@@ -1186,19 +1206,24 @@ fn sync(spool: &mut Spool, delay: Duration) -> Result<(), SpoolError> {
 
 /// The upload task the app carries out for a sealed utterance; one cut at
 /// the server's endpoint says which of its frames are speech, as `end` does.
+/// The background upload of a sealed utterance, for the app to carry out.
+/// Its URL carries when the utterance's time-to-live ends
+/// (`expires_ms`: `started_ms` plus [`PlannerConfig::ttl_ms`]), so that an
+/// upload iOS runs later than that, with no relay awake to cancel it, is
+/// refused by the server (410 `expired`) rather than answered.
 fn upload_task(
     cfg: &HostConfig,
     id: Uuid,
     path: &std::path::Path,
     content_type: &str,
-    speech_frames: Option<u32>,
+    u: &crate::spool::SpooledUtterance,
 ) -> RelayEvent {
-    let base = format!("{}/v1/utterances/{id}/audio", cfg.server.trim_end_matches('/'));
+    let mut url = format!("{}/v1/utterances/{id}/audio", cfg.server.trim_end_matches('/'));
+    url.push_str(&format!("?expires_ms={}", u.started_ms.saturating_add(cfg.planner.ttl_ms)));
     // A sealed file stops at the server's limit (see `seal`); a cut past it cuts nothing.
-    let url = match speech_frames.filter(|&s| s < MAX_UTTERANCE_FRAMES) {
-        Some(s) => format!("{base}?speech_frames={s}"),
-        None => base,
-    };
+    if let Some(s) = u.speech_frames.filter(|&s| s < MAX_UTTERANCE_FRAMES) {
+        url.push_str(&format!("&speech_frames={s}"));
+    }
     RelayEvent::UploadTask {
         id,
         path: path.to_string_lossy().into_owned(),

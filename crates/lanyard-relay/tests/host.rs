@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use lanyard_proto::ble::{Codec, FrameSpec, Framing, packetize};
-use lanyard_relay::host::{Control, HostConfig, Stamped};
+use lanyard_relay::RelayEvent;
+use lanyard_relay::host::{Control, HostConfig, Lifecycle, Stamped};
 use lanyard_relay::link::LinkEvent;
 use lanyard_relay::spool::Spool;
 use tokio::sync::mpsc;
@@ -119,4 +120,85 @@ fn an_unfinished_utterance_is_carried_on_after_a_kill_but_not_after_an_os_restar
             assert_eq!(all, vec![(8, false)], "the restarted relay carries the utterance on");
         }
     }
+}
+
+/// A handed-off upload carries its expiry (the utterance's start plus the
+/// time-to-live), and a relay that starts and finds a handed-off utterance
+/// past its time-to-live discards it, by the same rule as one it holds:
+/// explicitly, with its reason, and never uploaded again.
+#[test]
+fn a_handed_off_utterance_past_its_time_to_live_is_discarded_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl_ms = 1_500;
+    let cfg = || {
+        let mut c = config(dir.path());
+        c.planner.ttl_ms = ttl_ms;
+        c
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let wait_for = |rx: &mut mpsc::UnboundedReceiver<Stamped>, what: &str, f: &dyn Fn(&RelayEvent) -> bool| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let ev = rx.recv().await.expect("the relay's events end only when it stops");
+                    if f(&ev.event) {
+                        return ev.event;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 10 s"))
+        })
+    };
+
+    // An utterance spooled with no server, then handed off as the app is
+    // about to be suspended.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, link) = lanyard_relay::open(cfg(), tx).unwrap();
+    link.event(connected());
+    for seq in 0..10u16 {
+        link.event(notification(seq, seq == 0, seq == 9));
+    }
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let run = rt.spawn(relay.run(None, control_rx));
+    wait_for(&mut rx, "utterance_ended", &|e| matches!(e, RelayEvent::UtteranceEnded { .. }));
+    control.send(Control::Lifecycle(Lifecycle::Background { remaining_ms: 5_000 })).unwrap();
+    control.send(Control::Lifecycle(Lifecycle::WillSuspend)).unwrap();
+    let task = wait_for(&mut rx, "upload_task", &|e| matches!(e, RelayEvent::UploadTask { .. }));
+    let RelayEvent::UploadTask { id, url, .. } = task else { unreachable!() };
+    let expires: u64 = url.split("expires_ms=").nth(1).and_then(|v| v.split('&').next()).unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(expires > now && expires <= now + ttl_ms, "expires_ms {expires} is the start plus the TTL ({ttl_ms} ms)");
+    // The app is suspended (the relay stops) before the upload runs.
+    control.send(Control::Shutdown).unwrap();
+    drop(link);
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), run).await })
+        .expect("the relay stops on Shutdown")
+        .unwrap()
+        .unwrap();
+
+    // Relaunched after the time-to-live: discarded, not announced again.
+    std::thread::sleep(Duration::from_millis(ttl_ms + 200));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, link) = lanyard_relay::open(cfg(), tx).unwrap();
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let run = rt.spawn(relay.run(None, control_rx));
+    let ev = wait_for(&mut rx, "discarded or upload_task", &|e| {
+        matches!(e, RelayEvent::Discarded { .. } | RelayEvent::UploadTask { .. })
+    });
+    match ev {
+        RelayEvent::Discarded { id: gone, reason } => {
+            assert_eq!(gone, id);
+            assert!(reason.contains("past the TTL") && reason.contains("handed off"), "{reason}");
+        }
+        other => panic!("an expired upload was announced again: {other:?}"),
+    }
+    control.send(Control::Shutdown).unwrap();
+    drop(link);
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), run).await })
+        .expect("the relay stops on Shutdown")
+        .unwrap()
+        .unwrap();
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    assert!(spool.pending().all(|u| u.id != id || u.dropped.is_some()), "dropped in the spool");
 }

@@ -66,6 +66,12 @@ const E410: (u16, &str, Option<&str>) =
     (410, "`gone`: the utterance was deleted, and its id is not accepted again; drop the copy.", Some("ErrorBody"));
 const E429: (u16, &str, Option<&str>) =
     (429, "Over the device's request rate; `Retry-After` says when to try again.", Some("ErrorBody"));
+const UPLOAD_410: (u16, &str, Option<&str>) = (
+    410,
+    "`gone`: the utterance was deleted, and its id is not accepted again; or `expired`: the upload came after its \
+     `expires_ms`. Drop the file either way.",
+    Some("ErrorBody"),
+);
 const ADMIN_401: (u16, &str, Option<&str>) = (401, "No token.", Some("ErrorBody"));
 const ADMIN_403: (u16, &str, Option<&str>) =
     (403, "Not the admin token (device tokens never work here).", Some("ErrorBody"));
@@ -237,12 +243,20 @@ fn utterance_routes() -> Vec<Route> {
             doc: Doc {
                 summary: "The whole utterance as Ogg Opus (`audio/ogg`) or PCM16 WAV (`audio/wav`). Idempotent per id.",
                 auth: Auth::Device,
-                query: &[(
-                    "speech_frames",
-                    "FrameCount",
-                    "Transcribe only the first this many frames: the relay cut the utterance at the server's endpoint and \
+                query: &[
+                    (
+                        "speech_frames",
+                        "FrameCount",
+                        "Transcribe only the first this many frames: the relay cut the utterance at the server's endpoint and \
                      carried the rest into its next one (as `end`'s `speech_frames`). At most the frames uploaded.",
-                )],
+                    ),
+                    (
+                        "expires_ms",
+                        "UnixMs",
+                        "When the phone stops wanting the utterance answered (its time-to-live, from when it began). \
+                     An upload that arrives later is refused, 410 `expired`.",
+                    ),
+                ],
                 body: Some(("audio/ogg", "binary")),
                 responses: &[
                     (200, "Stored; the utterance is complete (or was already).", Some("UploadResponse")),
@@ -250,7 +264,7 @@ fn utterance_routes() -> Vec<Route> {
                     E401,
                     E404,
                     (409, "The utterance has another codec.", Some("ErrorBody")),
-                    E410,
+                    UPLOAD_410,
                     (413, "Over 4 MiB.", Some("ErrorBody")),
                     (415, "Neither Ogg Opus nor WAV.", Some("ErrorBody")),
                     E429,
@@ -576,11 +590,15 @@ async fn post_text(
     Ok((StatusCode::OK, Json(UtteranceBody::of(&row))))
 }
 
-/// `?speech_frames=N` of `PUT /v1/utterances/{id}/audio`.
+/// `?speech_frames=N&expires_ms=T` of `PUT /v1/utterances/{id}/audio`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UploadParams {
     speech_frames: Option<u32>,
+    /// Unix ms after which the phone no longer wants the utterance answered
+    /// (its time-to-live): a background upload that iOS runs later is
+    /// refused, 410 `expired`, and counted.
+    expires_ms: Option<i64>,
 }
 
 /// `PUT /v1/utterances/{id}/audio`: the whole utterance as Ogg Opus.
@@ -599,8 +617,10 @@ async fn upload(
 ) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
     request_limit(&state, device.id)?;
     let id = parse_id(&id)?;
-    let Query(UploadParams { speech_frames }) = params.map_err(|e| {
-        ApiError::BadRequest(format!("{e}; the query takes only `speech_frames` (the frames to transcribe)"))
+    let Query(UploadParams { speech_frames, expires_ms }) = params.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{e}; the query takes only `speech_frames` (the frames to transcribe) and `expires_ms` (Unix ms)"
+        ))
     })?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
@@ -640,6 +660,27 @@ async fn upload(
     if let Some(speech) = speech_frames.filter(|&s| s > frames) {
         return Err(ApiError::BadRequest(format!(
             "speech_frames is {speech} but the upload has {frames} frames; send at most the frames uploaded"
+        )));
+    }
+    // Checked once the request is known to be well formed, so a malformed
+    // one still gets its 400 or 415. An utterance that is already complete
+    // (streamed before the upload ran) is answered as usual: it was
+    // delivered in time.
+    let now = now_ms();
+    let delivered = match expires_ms.filter(|&t| t < now) {
+        Some(_) => state
+            .store
+            .utterance(id)
+            .await?
+            .is_some_and(|u| u.device_id == device.id && u.state != UtteranceState::Receiving),
+        None => true,
+    };
+    if let Some(expiry) = expires_ms.filter(|&t| t < now && !delivered) {
+        metrics::emit(Limited { limit: Limit::Expired });
+        return Err(ApiError::Expired(format!(
+            "the upload expired at {expiry} (Unix ms), {:.0} s ago: the phone's time-to-live for it has passed, so it \
+             is not transcribed or answered. Drop the file; the phone counts the utterance as discarded",
+            (now - expiry) as f64 / 1000.0
         )));
     }
     let row = state.store.open_utterance(id, device.id, codec, now_ms()).await.map_err(|e| match e {

@@ -25,6 +25,10 @@ pub enum ApiError {
     /// The utterance was deleted; its id is not accepted again.
     #[error("{0}")]
     Gone(String),
+    /// An upload past the expiry its phone gave it (`?expires_ms`): 410
+    /// `expired`. The phone's time-to-live for it ran out while it waited.
+    #[error("{0}")]
+    Expired(String),
     /// The admin API is off: no admin token is configured.
     #[error(
         "the admin API is off; set `admin_token_hash` (the SHA-256 of a token, hex) in the config file or LANYARD_ADMIN_TOKEN in the environment, and restart"
@@ -53,6 +57,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
+            ApiError::Expired(_) => (StatusCode::GONE, "expired"),
             ApiError::AdminDisabled => (StatusCode::NOT_FOUND, "admin_disabled"),
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

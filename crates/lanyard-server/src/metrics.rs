@@ -18,7 +18,8 @@
 //! | `lanyard_ttfs_seconds`           | histogram | time to final transcript: `received_end` -> `stt_done`      |
 //! | `lanyard_limited_total{limit}`   | counter   | requests and streams refused by a limit (see `limits`), and |
 //! |                                  |           | connections by `[connections]` (see `listen`): `connections`,|
-//! |                                  |           | `header_timeout`, `body_timeout`, `send_timeout`, `too_large`|
+//! |                                  |           | `header_timeout`, `body_timeout`, `send_timeout`, `too_large`;|
+//! |                                  |           | and uploads past their `expires_ms`: `expired`              |
 //! | `lanyard_transcriptions_total{status}` | counter | `POST /v1/audio/transcriptions` answered, by HTTP status  |
 //! |                                  |           | (requests refused before the handler, e.g. 401, excluded)   |
 //! | `lanyard_audio_purged_total`     | counter   | audio files deleted by the retention sweeper                |
@@ -248,6 +249,10 @@ pub enum Limit {
     SendTimeout,
     /// A WebSocket frame or message over the protocol's size, closed 4001.
     TooLarge,
+    /// An upload past the expiry its phone gave it (`?expires_ms`), refused
+    /// 410 `expired`: the phone's time-to-live for it ran out in the
+    /// background-upload queue, so nobody wants its answer any more.
+    Expired,
     /// Audio refused by its duration before decoding: a stored frame that
     /// is not 20 ms (close 4007, upload 400), or a transcription file over
     /// its length (400).
@@ -285,6 +290,7 @@ impl InternalEvent for Limited {
             Limit::BodyTimeout => "body_timeout",
             Limit::SendTimeout => "send_timeout",
             Limit::TooLarge => "too_large",
+            Limit::Expired => "expired",
             Limit::FrameDuration => "audio_duration",
             Limit::Replies => "replies",
             Limit::Opens => "opens",

@@ -127,6 +127,7 @@ fn schema_ref(name: &str) -> Value {
         "Limit" => json!({ "type": "integer", "minimum": 1, "maximum": lanyard_proto::wire::limits::LIST_MAX }),
         // At most the frames sent, which no schema can say.
         "FrameCount" => json!({ "type": "integer", "minimum": 0 }),
+        "UnixMs" => json!({ "type": "integer", "description": "Unix milliseconds." }),
         component => json!({ "$ref": format!("#/components/schemas/{component}") }),
     }
 }

@@ -735,6 +735,46 @@ async fn uploads_spend_a_frame_budget_of_their_own() {
     h.server.stop().await;
 }
 
+/// A background upload that comes after the expiry its phone gave it (the
+/// end of its time-to-live) is refused, 410 `expired`, counted, and leaves
+/// nothing to answer; one before its expiry is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_past_its_expiry_is_refused_and_counted() {
+    let h = harness().await;
+    let before = limited(&h, "expired").await;
+    let ogg = lanyard_proto::oggopus::write(7, speech_frames("Hello.").iter().map(Vec::as_slice));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let put = |id: Uuid, expires_ms: i64| {
+        reqwest::Client::new()
+            .put(format!("{}/v1/utterances/{id}/audio?expires_ms={expires_ms}", h.url))
+            .bearer_auth(&h.token_a)
+            .header("content-type", "audio/ogg")
+            .body(ogg.clone())
+            .send()
+    };
+    let late = Uuid::now_v7();
+    let refused = put(late, now - 60_000).await.unwrap();
+    assert_eq!(refused.status(), 410);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "expired", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("time-to-live"), "{body}");
+    assert_eq!(limited(&h, "expired").await, before + 1.0);
+    let gone = reqwest::Client::new()
+        .get(format!("{}/v1/utterances/{late}", h.url))
+        .bearer_auth(&h.token_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404, "nothing was stored for it");
+    let on_time = Uuid::now_v7();
+    assert_eq!(put(on_time, now + 3_600_000).await.unwrap().status(), 200, "before its expiry: taken");
+    // The same upload run again after the expiry: it was delivered in time,
+    // so it is answered as a repeat, not refused.
+    assert_eq!(put(on_time, now - 60_000).await.unwrap().status(), 200, "already complete");
+    assert_eq!(limited(&h, "expired").await, before + 1.0);
+    h.server.stop().await;
+}
+
 /// Path traversal in ids, deep and broken JSON, and missing, wrong and
 /// swapped tokens: each refused with its status, and nothing outside the
 /// data directory touched.

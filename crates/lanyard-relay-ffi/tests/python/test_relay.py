@@ -178,6 +178,8 @@ class WillSuspendHandsOffUploads(RelayTest):
                         "UploadTask after WillSuspend (is the background-budget planner wired into host::run?)")
         self.assertEqual(task.id, ended.id)
         self.assertTrue(os.path.isfile(task.path), task.path)
+        # The end of its time-to-live goes with it: the server refuses it after.
+        self.assertRegex(task.url, r"[?&]expires_ms=[0-9]{13}")
 
         # The app's background upload, once the network is back.
         server.start()
