@@ -789,9 +789,8 @@ impl Relay {
         let mut actions = Vec::new();
         // Uploads handed off before a restart are still the app's to finish.
         let mut handed_off: HashMap<Uuid, PathBuf> = HashMap::new();
-        let mut discarded = 0u64;
         {
-            let mut core = shared.lock();
+            let core = shared.lock();
             for (id, path) in sealed_ids(&cfg.spool_dir) {
                 if core.spool.utterance(id).is_some_and(|u| !u.done) {
                     handed_off.insert(id, path);
@@ -801,24 +800,10 @@ impl Relay {
             }
             // Re-announce them: the app may have died before it started the upload,
             // and an app that still runs one ignores a task id it already has.
-            // One whose time-to-live ran out meanwhile is discarded instead, by
-            // the planner's rule (the server refuses its upload, if the app
-            // still runs it).
-            let now = now_ms();
-            let expired: Vec<(Uuid, u64)> = handed_off
-                .keys()
-                .filter_map(|id| core.spool.utterance(*id).map(|u| (*id, now.saturating_sub(u.started_ms))))
-                .filter(|(_, age_ms)| *age_ms > cfg.planner.ttl_ms)
-                .collect();
-            for (id, age_ms) in expired {
-                if let Some(path) = handed_off.remove(&id) {
-                    let _ = std::fs::remove_file(path);
-                }
-                let reason = format!("{} (handed off to the background upload)", DiscardReason::Stale { age_ms });
-                core.spool.mark_dropped(id, &reason)?;
-                discarded += 1;
-                emit(RelayEvent::Discarded { id, reason });
-            }
+            // One whose time-to-live ran out meanwhile is announced too: its
+            // upload may have reached the server in time, and the server
+            // decides (200, or 410 `expired`, after which the app reports it
+            // failed and the relay discards it, below).
             for (&id, path) in &handed_off {
                 let content_type = if path.extension().is_some_and(|e| e == "wav") { "audio/wav" } else { "audio/ogg" };
                 if let Some(u) = core.spool.utterance(id) {
@@ -842,6 +827,7 @@ impl Relay {
         // Whether the plan at the deadline minus the margin has run.
         let mut final_plan_done = false;
         let mut meter = Meter::default();
+        let mut discarded = 0u64;
         let mut last_stats: Option<RelayStats> = None;
         let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -919,9 +905,23 @@ impl Relay {
                                         emit(RelayEvent::Complete { id, frames: frames.min(MAX_UTTERANCE_FRAMES) });
                                     }
                                     (false, Some((codec, frames, speech_frames))) => {
-                                        // Back to the planner: stream it, or hand it off again.
-                                        tracing::warn!(%id, "background upload failed");
-                                        uplink.handle(now, Input::Ended { id, codec, frames, speech_frames }, &mut actions);
+                                        let age_ms = core.spool.utterance(id).map_or(0, |u| now.saturating_sub(u.started_ms));
+                                        if age_ms > cfg.planner.ttl_ms {
+                                            // Past its time-to-live (the server refuses it, 410
+                                            // `expired`): discarded by the planner's rule, before
+                                            // the uplink could open it again.
+                                            let reason = format!(
+                                                "{} (its background upload failed)",
+                                                DiscardReason::Stale { age_ms }
+                                            );
+                                            core.spool.mark_dropped(id, &reason)?;
+                                            discarded += 1;
+                                            emit(RelayEvent::Discarded { id, reason });
+                                        } else {
+                                            // Back to the planner: stream it, or hand it off again.
+                                            tracing::warn!(%id, "background upload failed");
+                                            uplink.handle(now, Input::Ended { id, codec, frames, speech_frames }, &mut actions);
+                                        }
                                     }
                                     (_, None) => {}
                                 }

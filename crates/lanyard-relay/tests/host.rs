@@ -123,13 +123,16 @@ fn an_unfinished_utterance_is_carried_on_after_a_kill_but_not_after_an_os_restar
 }
 
 /// A handed-off upload carries its expiry (the utterance's start plus the
-/// time-to-live), and a relay that starts and finds a handed-off utterance
-/// past its time-to-live discards it, by the same rule as one it holds:
-/// explicitly, with its reason, and never uploaded again.
+/// time-to-live). A relay that starts after it announces the upload again
+/// (the server decides: it may have arrived in time), and when the app
+/// reports it failed (the server's 410 `expired`), discards the utterance
+/// by the planner's rule, explicitly and with its reason, rather than
+/// streaming it again.
 #[test]
-fn a_handed_off_utterance_past_its_time_to_live_is_discarded_at_start() {
+fn a_handed_off_utterance_past_its_time_to_live_is_discarded_when_its_upload_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let ttl_ms = 1_500;
+    let ttl_ms = 3_000;
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let cfg = || {
         let mut c = config(dir.path());
         c.planner.ttl_ms = ttl_ms;
@@ -155,6 +158,7 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_at_start() {
     // about to be suspended.
     let (tx, mut rx) = mpsc::unbounded_channel::<Stamped>();
     let (relay, link) = lanyard_relay::open(cfg(), tx).unwrap();
+    let before_start = now();
     link.event(connected());
     for seq in 0..10u16 {
         link.event(notification(seq, seq == 0, seq == 9));
@@ -167,8 +171,10 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_at_start() {
     let task = wait_for(&mut rx, "upload_task", &|e| matches!(e, RelayEvent::UploadTask { .. }));
     let RelayEvent::UploadTask { id, url, .. } = task else { unreachable!() };
     let expires: u64 = url.split("expires_ms=").nth(1).and_then(|v| v.split('&').next()).unwrap().parse().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    assert!(expires > now && expires <= now + ttl_ms, "expires_ms {expires} is the start plus the TTL ({ttl_ms} ms)");
+    assert!(
+        expires >= before_start + ttl_ms && expires <= now() + ttl_ms,
+        "expires_ms {expires} is the start plus the TTL ({ttl_ms} ms)"
+    );
     // The app is suspended (the relay stops) before the upload runs.
     control.send(Control::Shutdown).unwrap();
     drop(link);
@@ -177,21 +183,26 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_at_start() {
         .unwrap()
         .unwrap();
 
-    // Relaunched after the time-to-live: discarded, not announced again.
-    std::thread::sleep(Duration::from_millis(ttl_ms + 200));
+    // Relaunched after the time-to-live: announced again, with the same
+    // expiry; the server refuses it, and the app says so.
+    std::thread::sleep(Duration::from_millis((expires + 200).saturating_sub(now())));
     let (tx, mut rx) = mpsc::unbounded_channel::<Stamped>();
     let (relay, link) = lanyard_relay::open(cfg(), tx).unwrap();
     let (control, control_rx) = mpsc::unbounded_channel();
     let run = rt.spawn(relay.run(None, control_rx));
-    let ev = wait_for(&mut rx, "discarded or upload_task", &|e| {
-        matches!(e, RelayEvent::Discarded { .. } | RelayEvent::UploadTask { .. })
+    let again = wait_for(&mut rx, "upload_task again", &|e| matches!(e, RelayEvent::UploadTask { .. }));
+    let RelayEvent::UploadTask { id: same, url: same_url, .. } = again else { unreachable!() };
+    assert_eq!((same, same_url), (id, url));
+    control.send(Control::UploadFinished { id, ok: false }).unwrap();
+    let ev = wait_for(&mut rx, "discarded or utterance_started", &|e| {
+        matches!(e, RelayEvent::Discarded { .. } | RelayEvent::UtteranceStarted { .. })
     });
     match ev {
         RelayEvent::Discarded { id: gone, reason } => {
             assert_eq!(gone, id);
-            assert!(reason.contains("past the TTL") && reason.contains("handed off"), "{reason}");
+            assert!(reason.contains("past the TTL") && reason.contains("upload failed"), "{reason}");
         }
-        other => panic!("an expired upload was announced again: {other:?}"),
+        other => panic!("an expired utterance went on: {other:?}"),
     }
     control.send(Control::Shutdown).unwrap();
     drop(link);

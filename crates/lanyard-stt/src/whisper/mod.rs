@@ -56,11 +56,12 @@
 //! Whisper sometimes ends a window with the sentence before written again
 //! in its last fraction of a second: "…beside the clock tower." and then
 //! the whole 13-word sentence once more, timed 10.00 to 10.18 s. No one
-//! says 13 words in 0.18 s. A segment with more words than its time can
-//! hold, all of them a run of the text just before it (this window's or
-//! the prompt's last segment), is dropped
-//! ([`timeline::crammed_repeat`]). A repeat with time to be said, or a
-//! squeezed segment that says something new, is kept.
+//! says 13 words in 0.18 s. A window's last segment, ending within a second
+//! of its audio, with more words than its time can hold, all of them a run
+//! of the text just before it (the two segments before it, or the prompt's
+//! last segment), is dropped ([`timeline::crammed_repeat`]). A repeat with
+//! time to be said, a squeezed segment that says something new, and any
+//! segment before the window's last are kept.
 //!
 //! # Why a window shorter than 30 s
 //!
@@ -130,6 +131,10 @@ use crate::preprocessor::{PreprocessorConfig, ensure_preprocessor_config_with};
 use crate::{Segment, SpeechToText, SttError, Transcript};
 
 use timeline::TIME_PRECISION;
+
+/// How near the end of a window's audio a segment must end to be checked
+/// for a crammed repeat (see "Crammed repeats").
+const CRAMMED_TAIL_SECS: f32 = 1.0;
 
 /// The default floor under the encoder window, in seconds. 10 s encodes in
 /// about 0.19 s on the project box (30 s: 1.0–1.5 s) and gave the same word
@@ -455,7 +460,7 @@ impl WhisperCt2 {
             }
             let offset = seek as f32 / fps;
             let mut split = timeline::split(&best.ids, self.specials.timestamp_begin, self.specials.eot, seg_frames);
-            self.drop_crammed_repeats(&mut split.segments, &prompt_tokens)?;
+            self.drop_crammed_repeats(&mut split.segments, &prompt_tokens, seg_frames)?;
             let mut found = self.segments_of(&split.segments, offset)?;
             if pass.words && self.alignment_heads {
                 self.add_words(&encoded, &split.segments, &mut found, seg_frames, offset)?;
@@ -672,30 +677,40 @@ impl WhisperCt2 {
         Ok(timeline::echoes(&self.text_of(&last)?, &self.text_of(&first.tokens)?))
     }
 
-    /// Drops the segments that repeat the text just before them in less
-    /// time than it takes to say it ([`timeline::crammed_repeat`]; see
-    /// "Crammed repeats" in the module doc). `previous` is the prompt: its
-    /// last segment counts as the text before the window's first.
+    /// Drops a window's last segment when it repeats the text just before it
+    /// in less time than it takes to say it ([`timeline::crammed_repeat`];
+    /// see "Crammed repeats" in the module doc). Only a last segment that
+    /// ends within [`CRAMMED_TAIL_SECS`] of the window's audio is looked at
+    /// (where Whisper writes them), and "just before" is the two segments
+    /// before it in the window, or the prompt's last segment where the
+    /// window has fewer. `content_frames`: the window's mel frames of audio.
     fn drop_crammed_repeats(
         &self,
         segments: &mut Vec<timeline::TokenSegment>,
         previous: &[u32],
+        content_frames: usize,
     ) -> Result<(), SttError> {
-        let (ts, eot) = (self.specials.timestamp_begin, self.specials.eot);
-        let mut before = self.text_of(&timeline::last_segment(previous, ts, eot))?;
-        let mut kept = Vec::with_capacity(segments.len());
-        for s in segments.drain(..) {
-            let text = self.text_of(&s.tokens)?;
-            let secs = s.end.saturating_sub(s.start) as f32 * TIME_PRECISION;
-            if timeline::crammed_repeat(&before, &text, secs) {
-                tracing::debug!(secs, "Whisper wrote the text before again in too little time to say it; dropping it");
-                continue;
-            }
-            before.push(' ');
-            before.push_str(&text);
-            kept.push(s);
+        let Some(last) = segments.last() else { return Ok(()) };
+        let end_step = (content_frames / timeline::FRAMES_PER_STEP) as u32;
+        let tail_steps = (CRAMMED_TAIL_SECS / TIME_PRECISION) as u32;
+        if last.end + tail_steps < end_step {
+            return Ok(());
         }
-        *segments = kept;
+        let n = segments.len();
+        let mut before = Vec::new();
+        if n < 3 {
+            let (ts, eot) = (self.specials.timestamp_begin, self.specials.eot);
+            before.push(self.text_of(&timeline::last_segment(previous, ts, eot))?);
+        }
+        for s in &segments[n.saturating_sub(3)..n - 1] {
+            before.push(self.text_of(&s.tokens)?);
+        }
+        let text = self.text_of(&last.tokens)?;
+        let secs = last.end.saturating_sub(last.start) as f32 * TIME_PRECISION;
+        if timeline::crammed_repeat(&before.join(" "), &text, secs) {
+            tracing::debug!(secs, "Whisper wrote the text before again in too little time to say it; dropping it");
+            segments.pop();
+        }
         Ok(())
     }
 
