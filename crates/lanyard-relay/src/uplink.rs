@@ -438,8 +438,11 @@ impl Uplink {
                 // The server acknowledges only durable audio, so it can never
                 // hold less than it acknowledged. If it does, it broke that
                 // promise (lost a disk, or acked before fsync): say so loudly.
-                // Nothing is lost here, since the spool keeps everything until
-                // `complete`, and the resume below re-sends what it lacks.
+                // The spool keeps everything until `complete`, and the resume
+                // below re-sends what the server lacks. (Acknowledged frames
+                // are not fsynced on the phone, `Spool::needs_sync`, so if the
+                // phone's OS also crashed before a later fsync, the frames
+                // both lost are gone: the error names the broken promise.)
                 if next_seq < u.acked {
                     out.push(Action::Emit(RelayEvent::Error {
                         id: Some(utterance),

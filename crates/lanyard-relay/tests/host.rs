@@ -154,6 +154,16 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_when_its_upload_fai
         })
     };
 
+    // Shuts a relay down and waits until it has stopped.
+    let stop = |control: mpsc::UnboundedSender<Control>,
+                link: lanyard_relay::Link,
+                run: tokio::task::JoinHandle<Result<(), lanyard_relay::host::HostError>>| {
+        control.send(Control::Shutdown).unwrap();
+        drop(link);
+        let stopped = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), run).await });
+        stopped.expect("the relay stops on Shutdown").unwrap().unwrap();
+    };
+
     // An utterance spooled with no server, then handed off as the app is
     // about to be suspended.
     let (tx, mut rx) = mpsc::unbounded_channel::<Stamped>();
@@ -176,12 +186,7 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_when_its_upload_fai
         "expires_ms {expires} is the start plus the TTL ({ttl_ms} ms)"
     );
     // The app is suspended (the relay stops) before the upload runs.
-    control.send(Control::Shutdown).unwrap();
-    drop(link);
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), run).await })
-        .expect("the relay stops on Shutdown")
-        .unwrap()
-        .unwrap();
+    stop(control, link, run);
 
     // Relaunched after the time-to-live: announced again, with the same
     // expiry; the server refuses it, and the app says so.
@@ -204,12 +209,7 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_when_its_upload_fai
         }
         other => panic!("an expired utterance went on: {other:?}"),
     }
-    control.send(Control::Shutdown).unwrap();
-    drop(link);
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), run).await })
-        .expect("the relay stops on Shutdown")
-        .unwrap()
-        .unwrap();
+    stop(control, link, run);
     let (spool, _) = Spool::open(dir.path()).unwrap();
     assert!(spool.pending().all(|u| u.id != id || u.dropped.is_some()), "dropped in the spool");
 }
