@@ -8,7 +8,9 @@
 //! The deciding parts are sans-I/O and testable with a simulated clock:
 //! - [`spool`]: the on-disk, crash-safe frame log;
 //! - [`boundary`]: utterance boundaries from pendant markers or silence;
-//! - [`uplink`]: what to send, when to reconnect, when the spool may delete.
+//! - [`uplink`]: what to send, when to reconnect, when the spool may delete;
+//! - [`planner`]: what to stream, hand off or discard in the background;
+//! - the host's `RelayCore`: the loop's rounds, wake-ups, fsyncs and exit.
 //!
 //! [`host`] is the thin tokio shell that wires them to a pendant link and a
 //! WebSocket; [`link`] is how a pendant's notifications reach it, and
