@@ -31,21 +31,17 @@
 //!
 //! # The spool lock
 //!
-//! The spool has no lock of its own, and two relays appending to one spool
-//! would interleave records. So the constructor takes an advisory lock on
-//! `<spool_dir>/.relay.lock` (not a `.seg` file, so the spool ignores it) and
-//! holds it until the relay stops. The OS drops the lock when the process
-//! dies, so a killed app's successor opens the spool at once.
+//! `lanyard_relay::host::open` takes the spool's single-writer lock and the
+//! relay holds it until it stops: a second `RelayCore` on the same spool
+//! directory fails with [`RelayError::SpoolInUse`].
 
-use std::fs::{File, OpenOptions};
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lanyard_proto::omi::OmiCodec;
-use lanyard_relay::host::{self, Stamped};
+use lanyard_relay::host::{self, HostError, Stamped};
 use lanyard_relay::link::LinkEvent;
 use lanyard_relay::{Control, Link};
 use tokio::runtime::Runtime;
@@ -93,7 +89,6 @@ impl RelayCore {
     #[uniffi::constructor]
     pub fn new(config: RelayConfig, listener: Arc<dyn RelayListener>) -> Result<Arc<Self>, RelayError> {
         let host_cfg = config.to_host()?;
-        let lock = lock_spool(&host_cfg.spool_dir)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(4)
@@ -105,14 +100,14 @@ impl RelayCore {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = std_mpsc::channel();
-        let (relay, link) =
-            host::open(host_cfg, events_tx).map_err(|e| RelayError::Spool { message: e.to_string() })?;
+        let (relay, link) = host::open(host_cfg, events_tx).map_err(|e| match e {
+            HostError::SpoolInUse(path) => RelayError::SpoolInUse { path: path.display().to_string() },
+            e => RelayError::Spool { message: e.to_string() },
+        })?;
 
         let run = runtime.spawn(async move {
-            let result = relay.run(None, control_rx).await;
-            // The spool is closed: another relay may have it now.
-            drop(lock);
-            result
+            // Once it returns the spool is closed: another relay may have it now.
+            relay.run(None, control_rx).await
         });
         let events = EventTask { listener };
         runtime.spawn(async move {
@@ -277,24 +272,6 @@ impl EventTask {
     fn deliver(&self, event: RelayEvent) {
         if std::panic::catch_unwind(AssertUnwindSafe(|| self.listener.on_event(event))).is_err() {
             tracing::error!("RelayListener::on_event failed; the event is lost to the app, the relay carries on");
-        }
-    }
-}
-
-/// Takes the advisory lock described in the module doc.
-fn lock_spool(dir: &Path) -> Result<File, RelayError> {
-    std::fs::create_dir_all(dir).map_err(|e| RelayError::Spool {
-        message: format!("cannot create {}: {e}; pass a writable directory", dir.display()),
-    })?;
-    let path = dir.join(".relay.lock");
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
-        RelayError::Spool { message: format!("cannot open {}: {e}; pass a writable directory", path.display()) }
-    })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(RelayError::SpoolInUse { path: dir.display().to_string() }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(RelayError::Spool { message: format!("cannot lock {}: {e}", path.display()) })
         }
     }
 }

@@ -97,6 +97,28 @@ fn a_stopped_relay_no_longer_touches_the_spool() {
     assert_eq!(all[0].frame_count(), 2);
 }
 
+/// One relay per spool: a second is refused while the first holds it, and
+/// takes it as soon as the first has stopped.
+#[test]
+fn a_second_relay_on_the_same_spool_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, _link) = lanyard_relay::open(config(dir.path()), tx.clone()).unwrap();
+    match lanyard_relay::open(config(dir.path()), tx.clone()) {
+        Err(e @ lanyard_relay::host::HostError::SpoolInUse(_)) => {
+            assert!(e.to_string().contains("stop the old one"), "{e}");
+        }
+        Err(e) => panic!("refused for the wrong reason: {e}"),
+        Ok(_) => panic!("two relays on one spool"),
+    }
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    control_tx.send(Control::Shutdown).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(relay.run(None, control_rx)).unwrap();
+    // The first relay's `Link` may live on; the spool is free all the same.
+    lanyard_relay::open(config(dir.path()), tx).expect("the spool is free once the first relay stopped");
+}
+
 /// A relay restarted in the same OS boot carries on the utterance it was
 /// killed in; after an OS restart (another boot id in the spool directory)
 /// it ends that utterance where the spool's copy ends and starts a new one,

@@ -133,6 +133,13 @@ pub enum HostError {
     RootCert { path: PathBuf, reason: String },
     #[error("registering the push token failed: {0}")]
     PushRegistration(String),
+    #[error(
+        "the spool at {0} is in use by another relay: run one relay per spool directory, and stop the old one \
+         before starting a new one"
+    )]
+    SpoolInUse(PathBuf),
+    #[error("cannot lock the spool at {path}: {reason}; pass a writable directory")]
+    SpoolLock { path: PathBuf, reason: String },
 }
 
 /// What the app tells the relay, besides BLE data.
@@ -250,6 +257,9 @@ pub struct Relay {
     transport: Transport,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Stamped>,
+    /// The spool's single-writer lock, held until the relay is dropped or
+    /// [`Relay::run`] returns (see [`lock_spool`]).
+    _lock: std::fs::File,
 }
 
 impl Relay {
@@ -267,9 +277,29 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     crate::transport::check_server(&cfg.server, cfg.insecure)?;
     let ws_url = stream_url(&cfg.server)?;
     let transport = Transport::new(&cfg.extra_root_certs)?;
+    let lock = lock_spool(&cfg.spool_dir)?;
     let ingest = Ingest::open(&cfg, now_ms(), events.clone())?;
     let shared = Arc::new(Shared { ingest: Mutex::new(ingest), wake: Notify::new(), stopped: AtomicBool::new(false) });
-    Ok((Relay { cfg, ws_url, transport, shared: shared.clone(), events }, Link { shared }))
+    Ok((Relay { cfg, ws_url, transport, shared: shared.clone(), events, _lock: lock }, Link { shared }))
+}
+
+/// Takes the spool's single-writer lock: an advisory lock on
+/// `<spool_dir>/.relay.lock` (not a `.seg` file, so the spool ignores it).
+/// The spool has no lock of its own, and two relays appending to one spool
+/// would interleave records. The OS drops the lock when the process dies,
+/// so a killed app's successor opens the spool at once.
+fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File, HostError> {
+    let fail =
+        |path: &std::path::Path, e: std::io::Error| HostError::SpoolLock { path: path.into(), reason: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    let path = dir.join(".relay.lock");
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| fail(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(HostError::SpoolInUse(dir.into())),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(&path, e)),
+    }
 }
 
 /// Runs the relay on events from a pendant link channel until the link ends
@@ -300,7 +330,9 @@ impl Relay {
         mut link_rx: Option<mpsc::Receiver<LinkEvent>>,
         mut control_rx: mpsc::UnboundedReceiver<Control>,
     ) -> Result<(), HostError> {
-        let Relay { cfg, ws_url, transport, shared, events } = self;
+        // The lock is dropped last, once `_stopped` has marked the relay
+        // stopped: no `Link` touches the spool after another relay has it.
+        let Relay { cfg, ws_url, transport, shared, events, _lock } = self;
         let link = Link { shared: shared.clone() };
         let _stopped = Stopped(shared.clone());
         let _registration = cfg.push.clone().map(|push| {
