@@ -13,9 +13,11 @@
 //! - [`wav`]: 16 kHz PCM16 WAV, the upload container for PCM utterances.
 //! - [`record`]: the length-and-CRC-32C record of every crash-safe file
 //!   (the relay's spool, the server's audio).
+//! - [`backoff`]: the one exponential backoff, with seeded jitter.
 //! - [`link`]: the length-prefixed byte stream that carries notifications
 //!   between the pendant simulator and a relay on one host.
 
+pub mod backoff;
 pub mod ble;
 pub mod link;
 pub mod oggopus;

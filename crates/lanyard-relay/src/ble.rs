@@ -58,6 +58,7 @@ use btleplug::api::{
 };
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::StreamExt;
+use lanyard_proto::backoff::{Backoff, Retries};
 use lanyard_proto::ble::{Framing, gatt};
 use lanyard_proto::omi::{self, OmiCodec};
 use thiserror::Error;
@@ -182,7 +183,8 @@ impl BleError {
 /// [`LinkEvent::Disconnected`] (and logged as a warning), so a relay started
 /// with no adapter says why, once per retry, instead of waiting silently.
 pub async fn run_ble_link(opts: BleOptions, tx: mpsc::Sender<LinkEvent>) {
-    let mut backoff = Backoff::new(opts.min_backoff, opts.max_backoff);
+    // One client retrying one pendant: no jitter.
+    let mut backoff = Retries::new(Backoff::new(opts.min_backoff, opts.max_backoff), 0);
     let filter = opts.name.as_deref().map(DeviceFilter::new);
     loop {
         let mut streamed = false;
@@ -486,35 +488,6 @@ pub fn att_mtu_from_reported(reported: u16) -> u16 {
     if usize::from(reported) > lanyard_proto::ble::MIN_ATT_MTU { reported } else { ASSUMED_ATT_MTU }
 }
 
-/// Exponential backoff between attempts: `min`, doubled after each failed
-/// attempt, capped at `max`, back to `min` after a connection that streamed.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        let min = min.max(Duration::from_millis(1));
-        let max = max.max(min);
-        Self { min, max, next: min }
-    }
-
-    /// The wait before the next attempt; each call doubles the one after.
-    pub fn next_delay(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.max);
-        now
-    }
-
-    /// A connection worked: start again from `min`.
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,18 +611,6 @@ mod tests {
         assert_eq!(att_mtu_from_reported(0), ASSUMED_ATT_MTU);
         assert_eq!(att_mtu_from_reported(24), 24);
         assert_eq!(att_mtu_from_reported(517), 517);
-    }
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let waits: Vec<u64> = (0..7).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_secs(1));
-        // Nonsense settings still give a usable, non-zero backoff.
-        let mut z = Backoff::new(Duration::ZERO, Duration::ZERO);
-        assert!(z.next_delay() > Duration::ZERO);
     }
 
     #[test]

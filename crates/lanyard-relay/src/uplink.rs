@@ -22,7 +22,9 @@
 //!   with jitter, so that a fleet of phones does not reconnect in lockstep.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
+use lanyard_proto::backoff::{Backoff, Jitter, Retries};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{self, Ack, ClientMsg, ServerMsg, limits};
 use serde::Serialize;
@@ -265,14 +267,14 @@ enum Conn {
 pub struct Uplink {
     cfg: UplinkConfig,
     conn: Conn,
-    attempt: u32,
+    /// Reconnect backoff: its failure count is the failed attempts in a row.
+    retries: Retries,
     /// Oldest first (UUIDv7 ids sort by time).
     utts: BTreeMap<Uuid, Utt>,
     handles: HashMap<u32, Uuid>,
     next_handle: u32,
     /// When the last utterance completed; the connection lingers after it.
     linger_until: u64,
-    rng: u64,
     /// Frames acknowledged since start, for the throughput meter.
     acked_frames: u64,
     /// Send budget (a token bucket holding at most one second of frames),
@@ -286,15 +288,17 @@ impl Uplink {
     /// and a constant in tests.
     pub fn new(cfg: UplinkConfig, seed: u64) -> Self {
         let send_tokens = f64::from(cfg.max_frames_per_sec);
+        let backoff =
+            Backoff::new(Duration::from_millis(cfg.backoff_base_ms), Duration::from_millis(cfg.backoff_max_ms));
+        let retries = Retries::new(backoff.with_jitter(Jitter::Equal), seed);
         Self {
             cfg,
             conn: Conn::Down { retry_at: 0 },
-            attempt: 0,
+            retries,
             utts: BTreeMap::new(),
             handles: HashMap::new(),
             next_handle: 1,
             linger_until: 0,
-            rng: seed | 1,
             acked_frames: 0,
             send_tokens,
             tokens_at_ms: 0,
@@ -314,7 +318,7 @@ impl Uplink {
     /// Whether the last connection attempts failed: the network is likely
     /// down or the server unreachable.
     pub fn failing(&self) -> bool {
-        self.attempt > 0 && self.conn != Conn::Up
+        self.retries.failures() > 0 && self.conn != Conn::Up
     }
 
     /// Frames acknowledged since the uplink started (monotonic).
@@ -351,12 +355,13 @@ impl Uplink {
             }
             Input::Connected => {
                 self.conn = Conn::Up;
-                self.attempt = 0;
+                self.retries.reset();
                 out.push(Action::Emit(RelayEvent::Connected));
             }
             Input::Disconnected { reason } => {
-                let delay = self.backoff();
-                self.attempt = self.attempt.saturating_add(1);
+                // "Equal jitter": a retry never comes at once, and a fleet
+                // of phones that lost the server together still spreads out.
+                let delay = self.retries.next_delay().as_millis() as u64;
                 self.conn = Conn::Down { retry_at: now_ms + delay };
                 self.handles.clear();
                 for u in self.utts.values_mut() {
@@ -583,17 +588,5 @@ impl Uplink {
                 out.push(Action::SendText(ClientMsg::End { utterance: id, frames: total, speech_frames }));
             }
         }
-    }
-
-    /// Exponential backoff with "equal jitter": half fixed, half random, so a
-    /// retry never comes immediately but fleets still spread out.
-    fn backoff(&mut self) -> u64 {
-        let exp = self.cfg.backoff_base_ms.saturating_mul(1u64 << self.attempt.min(20));
-        let cap = exp.min(self.cfg.backoff_max_ms);
-        // xorshift64: good enough for jitter, and deterministic under a fixed seed.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        cap / 2 + self.rng % (cap / 2 + 1)
     }
 }

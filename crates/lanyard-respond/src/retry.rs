@@ -19,7 +19,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng;
+use lanyard_proto::backoff::{Backoff, Jitter};
 use uuid::Uuid;
 
 use crate::RespondError;
@@ -44,8 +44,11 @@ impl RetryPolicy {
     /// The ceiling of the sleep after failed attempt `attempt` (1-based):
     /// `base × 2^(attempt-1)`, capped at [`MAX_BACKOFF`].
     pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.backoff_base.saturating_mul(factor).min(MAX_BACKOFF)
+        self.backoff().ceiling(attempt.saturating_sub(1))
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_base, MAX_BACKOFF).with_jitter(Jitter::Full)
     }
 
     /// Runs `attempt(n)` for n = 1, 2, ... under this policy; see the module docs.
@@ -79,18 +82,12 @@ impl RetryPolicy {
                 tracing::warn!(responder, %utterance, attempt = n, %error, "last attempt failed");
                 return Err(RespondError::GaveUp { attempts: n, last: Box::new(error) });
             }
-            let wait = full_jitter(self.backoff_ceiling(n));
+            let wait = self.backoff().delay(n.saturating_sub(1), rand::random());
             tracing::info!(responder, %utterance, attempt = n, %error, ?wait, "attempt failed; retrying");
             tokio::time::sleep(wait).await;
             n += 1;
         }
     }
-}
-
-/// A duration drawn uniformly from `[0, ceiling]`.
-fn full_jitter(ceiling: Duration) -> Duration {
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
 }
 
 #[cfg(test)]
@@ -113,12 +110,11 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_under_its_ceiling() {
-        let ceiling = Duration::from_millis(10);
-        for _ in 0..1000 {
-            assert!(full_jitter(ceiling) <= ceiling);
-        }
-        assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
+    fn jitter_stays_under_its_ceiling_and_spreads_from_zero() {
+        let p = RetryPolicy { backoff_base: Duration::from_millis(10), ..policy(3) };
+        let waits: Vec<Duration> = (0..1000).map(|_| p.backoff().delay(0, rand::random())).collect();
+        assert!(waits.iter().all(|w| *w <= p.backoff_ceiling(1)));
+        assert!(waits.iter().any(|w| *w < Duration::from_millis(5)), "full jitter reaches below half");
     }
 
     #[tokio::test]

@@ -20,10 +20,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanyard_proto::backoff::{Backoff, Jitter};
 use lanyard_proto::wire::{PushEnvironment, PushPlatform};
 use lanyard_push::{ApnsEnvironment, Notification, Platform, PushError, PushProvider};
 use lanyard_store::{PushOutcome, PushRequest, Store};
-use rand::Rng;
 use tokio::sync::Notify;
 
 use crate::config::RetryPolicy;
@@ -121,10 +121,9 @@ impl Sender {
         }
     }
 
-    /// Exponential backoff with full jitter, capped.
+    /// Exponential backoff with equal jitter, capped: the retry count is
+    /// the one stored with the request.
     fn backoff(&self, attempts: u32) -> Duration {
-        let exp = self.policy.base.saturating_mul(1u32 << attempts.min(20)).min(self.policy.max);
-        let ms = rand::thread_rng().gen_range(exp.as_millis() as u64 / 2..=exp.as_millis() as u64);
-        Duration::from_millis(ms)
+        Backoff::new(self.policy.base, self.policy.max).with_jitter(Jitter::Equal).delay(attempts, rand::random())
     }
 }

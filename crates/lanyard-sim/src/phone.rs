@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use lanyard_proto::backoff::{Backoff, Retries};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -288,7 +289,7 @@ impl Ctl {
         let _ = &self.proxy;
         let client = self.shared.http.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(500);
+            let mut retries = Retries::new(Backoff::new(Duration::from_millis(500), Duration::from_secs(5)), 0);
             let ok = loop {
                 let attempt = async {
                     let body = tokio::fs::read(&path).await.map_err(|e| format!("cannot read {path}: {e}"))?;
@@ -312,8 +313,7 @@ impl Ctl {
                     Err(e) if e.starts_with("cannot read") => break false,
                     _ => {}
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(retries.next_delay()).await;
             };
             let _ = tx.send(Msg::UploadDone { id, ok });
         });

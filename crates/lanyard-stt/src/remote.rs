@@ -28,7 +28,7 @@
 //! | a 2xx that is not `{"text": ...}`     | no       | [`SttError::RemoteResponse`]    |
 //!
 //! Retries are bounded by [`RemoteConfig::max_attempts`], with a doubling
-//! backoff from [`RemoteConfig::backoff_base`], or the server's
+//! backoff from [`RemoteConfig::backoff_base`] (at most [`MAX_RETRY_AFTER`]), or the server's
 //! `Retry-After` when it sends one (at most [`MAX_RETRY_AFTER`]). A timeout
 //! is not retried: the far side may still be transcribing, and a second
 //! request would double its load while the wearer waits twice as long.
@@ -44,6 +44,7 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lanyard_proto::backoff::Backoff;
 use reqwest::blocking::Client;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
@@ -294,7 +295,8 @@ impl SpeechToText for RemoteStt {
                 Ok(text) => break text,
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Retry { status, message, retry_after }) => {
-                    let backoff = self.config.backoff_base.saturating_mul(1 << (attempt - 1).min(16));
+                    // The longest wait a server may ask for is also the longest backoff.
+                    let backoff = Backoff::new(self.config.backoff_base, MAX_RETRY_AFTER).ceiling(attempt - 1);
                     let wait = match retry_after {
                         Some(w) if w > MAX_RETRY_AFTER => None,
                         Some(w) => Some(w.max(backoff)),

@@ -61,6 +61,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
+use lanyard_proto::backoff::{Backoff, Retries};
 use lanyard_proto::wire::{self, Binary, PushRegistration, STREAM_PATH};
 use serde::Serialize;
 use thiserror::Error;
@@ -474,7 +475,7 @@ async fn register_push_until_done(
     push: PushRegistration,
     events: mpsc::UnboundedSender<Stamped>,
 ) {
-    let mut delay = Duration::from_millis(500);
+    let mut retries = Retries::new(Backoff::new(Duration::from_millis(500), Duration::from_secs(60)), 0);
     loop {
         match register_push(&http, &server, &token, &push).await {
             Ok(()) => return,
@@ -484,8 +485,7 @@ async fn register_push_until_done(
                 let _ = events.send(Stamped { at_ms: now_ms(), event });
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(60));
+        tokio::time::sleep(retries.next_delay()).await;
     }
 }
 
