@@ -74,6 +74,10 @@ pub mod gatt {
     pub const AUDIO: Uuid = uuid!("6c616e79-0002-4a8e-9d2b-5f3c1a7e0001");
     /// Control characteristic: write with response. Carries [`super::Control`] commands.
     pub const CONTROL: Uuid = uuid!("6c616e79-0003-4a8e-9d2b-5f3c1a7e0001");
+    /// The service an Omi pendant advertises ([`crate::omi::gatt::SERVICE`]):
+    /// here so that [`super::Framing`] can name it without this module
+    /// depending on `omi`, which builds on this one.
+    pub const OMI_SERVICE: Uuid = uuid!("19b10000-e8f2-537e-4f6c-d104768a1214");
     /// Standard Battery Service (0x180F).
     pub const BATTERY_SERVICE: Uuid = uuid!("0000180f-0000-1000-8000-00805f9b34fb");
     /// Standard Battery Level characteristic (0x2A19): read and notify, one byte, percent.
@@ -367,7 +371,7 @@ impl Framing {
     pub fn service(self) -> Uuid {
         match self {
             Framing::Lanyard => gatt::SERVICE,
-            Framing::Omi => crate::omi::gatt::SERVICE,
+            Framing::Omi => gatt::OMI_SERVICE,
         }
     }
 }

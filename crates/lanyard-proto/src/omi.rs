@@ -32,7 +32,7 @@ pub mod gatt {
     use uuid::{Uuid, uuid};
 
     /// Omi's audio service, which a central scans for.
-    pub const SERVICE: Uuid = uuid!("19b10000-e8f2-537e-4f6c-d104768a1214");
+    pub const SERVICE: Uuid = crate::ble::gatt::OMI_SERVICE;
     /// Audio data: notify.
     pub const AUDIO: Uuid = uuid!("19b10001-e8f2-537e-4f6c-d104768a1214");
     /// Codec type: read, one byte, see [`super::OmiCodec`].

@@ -11,8 +11,6 @@ use lanyard_proto::ble::Framing;
 use lanyard_proto::link::{Decoder, Record};
 use lanyard_proto::omi::OmiCodec;
 
-use crate::host::Link;
-
 /// What a pendant link reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -37,18 +35,19 @@ pub enum LinkEvent {
 /// calls into the relay directly, as CoreBluetooth's delegate queue does on a
 /// phone: each notification is spooled on this thread, and the relay's loop
 /// is not woken for it. `deliver` hands each event over, normally `|ev| link.event(ev)`
-/// (a benchmark wraps it to measure it). Ends when the relay has stopped.
+/// (a benchmark wraps it to measure it). Ends once `stopped` says the relay
+/// has stopped (normally `move || link.is_stopped()`).
 pub fn spawn_sim_link_thread(
     addr: SocketAddr,
-    link: Link,
+    stopped: impl Fn() -> bool + Send + 'static,
     mut deliver: impl FnMut(LinkEvent) + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("pendant-link".into()).spawn(move || {
-        while !link.is_stopped() {
+        while !stopped() {
             let reason = match std::net::TcpStream::connect(addr) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    read_stream_blocking(stream, &link, &mut deliver)
+                    read_stream_blocking(stream, &stopped, &mut deliver)
                 }
                 Err(e) => format!("cannot reach the pendant simulator at {addr}: {e}"),
             };
@@ -58,7 +57,11 @@ pub fn spawn_sim_link_thread(
     })
 }
 
-fn read_stream_blocking(mut stream: std::net::TcpStream, link: &Link, deliver: &mut impl FnMut(LinkEvent)) -> String {
+fn read_stream_blocking(
+    mut stream: std::net::TcpStream,
+    stopped: &impl Fn() -> bool,
+    deliver: &mut impl FnMut(LinkEvent),
+) -> String {
     use std::io::Read;
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 4096];
@@ -69,7 +72,7 @@ fn read_stream_blocking(mut stream: std::net::TcpStream, link: &Link, deliver: &
             Ok(0) => return "pendant closed the link".into(),
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                if link.is_stopped() {
+                if stopped() {
                     return "relay stopped".into();
                 }
                 continue;

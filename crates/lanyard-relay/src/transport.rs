@@ -18,25 +18,39 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio_tungstenite::Connector;
 
-use crate::host::HostError;
+use thiserror::Error;
+
+/// Why the relay will not reach a server.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    #[error("server URL {0:?} is not http(s)://host[:port]")]
+    BadServerUrl(String),
+    #[error(
+        "refusing to send the device token and audio in clear text to {0}: use https:// (a server with [tls], or behind a TLS proxy), or pass --insecure (`insecure` in the config) on a network you trust"
+    )]
+    Insecure(String),
+    #[error("cannot trust the certificates in {path}: {reason}; give a PEM file with the CA's certificate")]
+    RootCert { path: PathBuf, reason: String },
+}
 
 /// Refuses a plain-text server URL whose host is not this machine, unless
 /// `insecure`; and any URL that is not `http(s)://host[:port]`.
-pub fn check_server(server: &str, insecure: bool) -> Result<(), HostError> {
-    let url = Url::parse(server).map_err(|_| HostError::BadServerUrl(server.to_string()))?;
+pub fn check_server(server: &str, insecure: bool) -> Result<(), TransportError> {
+    let url = Url::parse(server).map_err(|_| TransportError::BadServerUrl(server.to_string()))?;
     let plain = match url.scheme() {
         "https" => false,
         "http" => true,
-        _ => return Err(HostError::BadServerUrl(server.to_string())),
+        _ => return Err(TransportError::BadServerUrl(server.to_string())),
     };
-    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| HostError::BadServerUrl(server.to_string()))?;
+    let host =
+        url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| TransportError::BadServerUrl(server.to_string()))?;
     // An IPv6 host comes bracketed.
     let loopback = match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback(),
         Err(_) => host.eq_ignore_ascii_case("localhost"),
     };
     if plain && !loopback && !insecure {
-        return Err(HostError::Insecure(server.to_string()));
+        return Err(TransportError::Insecure(server.to_string()));
     }
     Ok(())
 }
@@ -52,14 +66,14 @@ pub struct Transport {
 impl Transport {
     /// Trusts the Mozilla roots and every certificate in `extra_root_certs`
     /// (PEM files).
-    pub fn new(extra_root_certs: &[PathBuf]) -> Result<Self, HostError> {
+    pub fn new(extra_root_certs: &[PathBuf]) -> Result<Self, TransportError> {
         if extra_root_certs.is_empty() {
             return Ok(Self { ws: None, http: reqwest::Client::new() });
         }
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let mut http = reqwest::Client::builder();
         for path in extra_root_certs {
-            let bad = |e: String| HostError::RootCert { path: path.clone(), reason: e };
+            let bad = |e: String| TransportError::RootCert { path: path.clone(), reason: e };
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| bad(e.to_string()))?
                 .collect::<Result<Vec<_>, _>>()
@@ -81,7 +95,7 @@ impl Transport {
             .with_no_client_auth();
         let http = http
             .build()
-            .map_err(|e| HostError::RootCert { path: extra_root_certs[0].clone(), reason: e.to_string() })?;
+            .map_err(|e| TransportError::RootCert { path: extra_root_certs[0].clone(), reason: e.to_string() })?;
         Ok(Self { ws: Some(Connector::Rustls(Arc::new(cfg))), http })
     }
 
@@ -115,12 +129,12 @@ mod tests {
             "http://localhost.evil.com",
         ] {
             let e = check_server(plain, false).unwrap_err();
-            assert!(matches!(e, HostError::Insecure(_)), "{plain}: {e}");
+            assert!(matches!(e, TransportError::Insecure(_)), "{plain}: {e}");
             assert!(e.to_string().contains("--insecure") && e.to_string().contains("clear text"), "{e}");
             assert!(check_server(plain, true).is_ok(), "{plain} with insecure");
         }
         for bad in ["ftp://x", "lanyard.example.com", "http://", "ws://127.0.0.1:8080"] {
-            assert!(matches!(check_server(bad, true), Err(HostError::BadServerUrl(_))), "{bad}");
+            assert!(matches!(check_server(bad, true), Err(TransportError::BadServerUrl(_))), "{bad}");
         }
     }
 

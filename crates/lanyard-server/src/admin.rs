@@ -13,10 +13,10 @@ use axum::http::StatusCode;
 use lanyard_proto::wire::{DeletedData, DeviceCreated, NewDevice};
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::auth::AuthAdmin;
 use crate::devices::{self, RegisterError};
 use crate::error::ApiError;
-use crate::{AppState, api};
 
 /// `POST /v1/admin/devices`: 201 with the new device's token, shown once.
 pub async fn add_device(
@@ -46,7 +46,7 @@ pub async fn delete_device(
     if state.store.device(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no device {id}")));
     }
-    let mut deleted = api::remove_device_data(&state, id).await?;
+    let mut deleted = devices::remove_data(&state, id).await?;
     // Utterances made between the two calls go with the device.
     deleted.utterances += state.store.delete_device(id).await?.unwrap_or(0);
     state.hub.disconnect(id);

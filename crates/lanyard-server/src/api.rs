@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::auth::AuthDevice;
 use crate::error::ApiError;
 use crate::metrics::{self, Limit, Limited};
-use crate::{AppState, admin, ingest, now_ms, transcribe};
+use crate::{AppState, admin, devices, ingest, now_ms, transcribe};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,7 @@ fn service_routes() -> Vec<Route> {
         Route {
             method: "get",
             path: "/openapi.json",
-            handler: get(|| async { Json(crate::openapi::document()) }),
+            handler: get(|State(state): State<AppState>| async move { Json(state.openapi.as_ref().clone()) }),
             doc: Doc {
                 summary: "This document.",
                 auth: Auth::None,
@@ -368,15 +368,9 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         ApiError::BadRequest(format!("{id:?} is not a UUID; utterance ids are UUIDv7 minted by the relay"))
     })?;
     if !lanyard_proto::wire::is_random_id(&parsed) {
-        return Err(ApiError::BadRequest(invalid_id_message(parsed)));
+        return Err(ApiError::BadRequest(crate::error::invalid_id_message(parsed)));
     }
     Ok(parsed)
-}
-
-/// Why a well-formed UUID is refused as an utterance id; shared with the
-/// stream's `open`.
-pub(crate) fn invalid_id_message(id: Uuid) -> String {
-    format!("{id} is not a random id (UUID version 4 or 7); mint utterance ids with a UUIDv7 generator")
 }
 
 /// Where an utterance's audio stands, beside its view in every answer.
@@ -499,37 +493,9 @@ async fn delete_device_data(
     State(state): State<AppState>,
     AuthDevice(device): AuthDevice,
 ) -> Result<Json<DeletedData>, ApiError> {
-    let deleted = remove_device_data(&state, device.id).await?;
+    let deleted = devices::remove_data(&state, device.id).await?;
     tracing::info!(device = %device.id, utterances = deleted.utterances, audio_files = deleted.audio_files, "device data deleted");
     Ok(Json(deleted))
-}
-
-/// Deletes a device's audio, then its rows (see [`delete_utterance`] for
-/// the order). Shared with the admin API's device removal, which then
-/// removes the device in the same store call.
-pub(crate) async fn remove_device_data(state: &AppState, device: Uuid) -> Result<DeletedData, ApiError> {
-    let audio = state.audio.clone();
-    let audio_files = tokio::task::spawn_blocking(move || audio.remove_device(device))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(format!("cannot delete the device's audio: {e}")))?;
-    let utterances = state.store.delete_device_data(device).await?;
-    Ok(DeletedData { utterances, audio_files })
-}
-
-/// Takes one of the device's request tokens, or answers 429.
-pub(crate) fn request_limit(state: &AppState, device: Uuid) -> Result<(), ApiError> {
-    state.limiter.request(device).map_err(|wait| {
-        metrics::emit(Limited { limit: Limit::Requests });
-        ApiError::TooManyRequests {
-            code: "rate_limited",
-            message: format!(
-                "more than {} uploads, text posts and transcriptions a second (burst {}); retry after the Retry-After header's seconds",
-                state.limiter.cfg.requests_per_sec, state.limiter.cfg.request_burst
-            ),
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-        }
-    })
 }
 
 async fn register_push(
@@ -561,7 +527,7 @@ async fn post_text(
     Path(id): Path<String>,
     body: Result<Json<TextUtterance>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<UtteranceBody>), ApiError> {
-    request_limit(&state, device.id)?;
+    state.limiter.take_request(device.id)?;
     let id = parse_id(&id)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("{e}; send {{\"text\": \"...\"}}")))?;
     // Counted as sent, before trimming, as the document's maxLength is.
@@ -615,7 +581,7 @@ async fn upload(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
-    request_limit(&state, device.id)?;
+    state.limiter.take_request(device.id)?;
     let id = parse_id(&id)?;
     let Query(UploadParams { speech_frames, expires_ms }) = params.map_err(|e| {
         ApiError::BadRequest(format!(

@@ -14,28 +14,13 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use base64::Engine;
 use lanyard_store::Device;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
 
-const PREFIX: &str = "lyd_";
-
-/// A new random device token.
-pub fn mint_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// The hash under which a token is stored.
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
+pub use crate::token::{hash_token, mint_token};
 
 /// The bearer token of a request, or why there is none.
 fn bearer<'a>(parts: &'a Parts, missing: &'static str) -> Result<&'a str, ApiError> {
@@ -107,7 +92,7 @@ impl FromRequestParts<AppState> for StreamDevice {
             if let Some(_held) = state.limiter.hold_refusal(hash) {
                 tokio::time::sleep(wait.min(crate::limits::MAX_REFUSAL_HOLD)).await;
             }
-            return Err(crate::ingest::opens_refusal(state, wait));
+            return Err(state.limiter.opens_refusal(wait));
         }
         let AuthDevice(device) = AuthDevice::from_request_parts(parts, state).await?;
         Ok(StreamDevice(device, hash))

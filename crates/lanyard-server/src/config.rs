@@ -371,7 +371,7 @@ pub fn admin_token_hash(file_hash: Option<&str>, env_token: Option<&str>) -> Res
                 "LANYARD_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -base64 32`"
             )));
         }
-        return Ok(Some(crate::auth::hash_token(token)));
+        return Ok(Some(crate::token::hash_token(token)));
     }
     let Some(hex) = file_hash else { return Ok(None) };
     let hex = hex.trim();
@@ -678,11 +678,11 @@ mod tests {
         assert_eq!(LimitsSection::default().idle_timeout_secs, lanyard_proto::wire::limits::IDLE_TIMEOUT_SECS);
         // The hash of "test", as `printf %s test | sha256sum` prints it.
         let hash = admin_token_hash(file.admin_token_hash.as_deref(), None).unwrap().unwrap();
-        assert_eq!(hash, crate::auth::hash_token("test"));
+        assert_eq!(hash, crate::token::hash_token("test"));
         // The environment's token wins over the file, and is hashed.
         let token = "x".repeat(MIN_ADMIN_TOKEN_LEN);
         let env = admin_token_hash(file.admin_token_hash.as_deref(), Some(&token)).unwrap().unwrap();
-        assert_eq!(env, crate::auth::hash_token(&token));
+        assert_eq!(env, crate::token::hash_token(&token));
         assert_eq!(admin_token_hash(None, None).unwrap(), None, "off by default");
         assert_eq!(admin_token_hash(None, Some("")).unwrap(), None);
         assert!(admin_token_hash(None, Some("short")).is_err());

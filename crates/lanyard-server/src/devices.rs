@@ -3,13 +3,14 @@
 //! own files, for an operator on the machine) both come here, so both check
 //! the name the same way and store only the token's hash.
 
-use lanyard_proto::wire::DeviceCreated;
+use lanyard_proto::wire::{DeletedData, DeviceCreated};
 use lanyard_store::{Store, StoreError};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::auth::{hash_token, mint_token};
-use crate::now_ms;
+use crate::error::ApiError;
+use crate::token::{hash_token, mint_token};
+use crate::{AppState, now_ms};
 
 /// Longest device name, in characters: a label for people, not a document.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -45,6 +46,20 @@ pub async fn register(store: &dyn Store, name: &str) -> Result<DeviceCreated, Re
         e => RegisterError::Store(e),
     })?;
     Ok(DeviceCreated { id, name: name.to_owned(), token })
+}
+
+/// Deletes a device's audio, then its rows (see `api::delete_utterance`
+/// for the order): for a device deleting its own data, and for the admin
+/// API's device removal, which then removes the device in the same store
+/// call.
+pub(crate) async fn remove_data(state: &AppState, device: Uuid) -> Result<DeletedData, ApiError> {
+    let audio = state.audio.clone();
+    let audio_files = tokio::task::spawn_blocking(move || audio.remove_device(device))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(format!("cannot delete the device's audio: {e}")))?;
+    let utterances = state.store.delete_device_data(device).await?;
+    Ok(DeletedData { utterances, audio_files })
 }
 
 #[cfg(test)]

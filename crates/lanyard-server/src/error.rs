@@ -105,3 +105,9 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Why a well-formed UUID is refused as an utterance id; shared with the
+/// stream's `open`.
+pub(crate) fn invalid_id_message(id: uuid::Uuid) -> String {
+    format!("{id} is not a random id (UUID version 4 or 7); mint utterance ids with a UUIDv7 generator")
+}

@@ -134,7 +134,7 @@ pub async fn stream(
     let wait = state.limiter.open_wait(device.id);
     if !wait.is_zero() {
         state.limiter.refuse_token(token_hash, wait);
-        return Err(opens_refusal(&state, wait));
+        return Err(state.limiter.opens_refusal(wait));
     }
     // The slot is taken before the upgrade, so a device over its limit gets
     // an HTTP answer it can read, and held until the connection ends.
@@ -400,7 +400,7 @@ impl Conn {
             ));
         }
         if !wire::is_random_id(&utterance) {
-            return self.error(Some(utterance), "invalid_id", crate::api::invalid_id_message(utterance)).await;
+            return self.error(Some(utterance), "invalid_id", crate::error::invalid_id_message(utterance)).await;
         }
         if let Err(wait) = self.state.limiter.open(self.device) {
             metrics::emit(Limited { limit: Limit::Opens });
@@ -532,19 +532,6 @@ async fn check_unfinished(state: &AppState, device: Uuid, utterance: Uuid) -> Re
         close::RATE_LIMITED,
         format!("{cap} utterances of this device are open and not ended; end or resume them before opening new ones"),
     ))
-}
-
-/// The 429 of a stream refused because its device has no opens left.
-pub(crate) fn opens_refusal(state: &AppState, wait: Duration) -> ApiError {
-    metrics::emit(Limited { limit: Limit::Opens });
-    ApiError::TooManyRequests {
-        code: "rate_limited",
-        message: format!(
-            "this device opened more than {} utterances a second; reconnect after the Retry-After header's seconds",
-            state.limiter.cfg.opens_per_sec
-        ),
-        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-    }
 }
 
 /// Whether a read failed because a frame or message was over

@@ -51,6 +51,7 @@ mod push;
 pub mod retention;
 pub mod stt_pool;
 pub mod tls;
+pub mod token;
 pub mod transcribe;
 
 use std::net::SocketAddr;
@@ -232,6 +233,9 @@ pub struct AppState {
     /// `[connections] send_timeout_secs`: a stream message not written by
     /// then closes the stream.
     send_timeout: std::time::Duration,
+    /// This API's OpenAPI document, built once from the route table (the
+    /// `openapi` module reads `api`; `api` serves it from here).
+    openapi: Arc<serde_json::Value>,
 }
 
 /// A running server.
@@ -345,6 +349,7 @@ pub async fn start(cfg: ServerConfig, stt: Arc<dyn SpeechToText>) -> Result<Serv
         stt,
         live,
         send_timeout,
+        openapi: Arc::new(openapi::document()),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::config::LimitsSection;
+use crate::error::ApiError;
+use crate::metrics::{self, Limit, Limited};
 
 /// A token bucket: `rate` tokens a second, up to `burst` saved. A request
 /// takes one token or is refused. Sans-I/O: the caller passes the time.
@@ -155,6 +157,35 @@ impl Limiter {
     /// Takes one request token of the device; `Err` says how long to wait.
     pub fn request(&self, device: Uuid) -> Result<(), Duration> {
         take(&self.requests, device, self.cfg.requests_per_sec, self.cfg.request_burst, 1.0)
+    }
+
+    /// The 429 of a stream refused because its device has no opens left.
+    pub(crate) fn opens_refusal(&self, wait: Duration) -> ApiError {
+        metrics::emit(Limited { limit: Limit::Opens });
+        ApiError::TooManyRequests {
+            code: "rate_limited",
+            message: format!(
+                "this device opened more than {} utterances a second; reconnect after the Retry-After header's seconds",
+                self.cfg.opens_per_sec
+            ),
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+
+    /// Takes one of the device's request tokens (an upload, a text post, a
+    /// transcription), or answers 429 and counts it.
+    pub(crate) fn take_request(&self, device: Uuid) -> Result<(), ApiError> {
+        self.request(device).map_err(|wait| {
+            metrics::emit(Limited { limit: Limit::Requests });
+            ApiError::TooManyRequests {
+                code: "rate_limited",
+                message: format!(
+                    "more than {} uploads, text posts and transcriptions a second (burst {}); retry after the Retry-After header's seconds",
+                    self.cfg.requests_per_sec, self.cfg.request_burst
+                ),
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
     }
 
     /// Takes one of the device's utterance-open tokens (`open` on a stream);

@@ -355,7 +355,8 @@ pub enum DraftOutcome {
 
 /// A draft ran or was dropped (see `stt_pool`).
 pub struct DraftSettled {
-    pub kind: crate::stt_pool::DraftKind,
+    /// `DraftKind::label` (speculative, partial, settle).
+    pub kind: &'static str,
     pub outcome: DraftOutcome,
 }
 
@@ -367,7 +368,7 @@ impl InternalEvent for DraftSettled {
             DraftOutcome::Stale => "stale",
             DraftOutcome::Ended => "ended",
         };
-        counter!(STT_DRAFTS, "kind" => self.kind.label(), "outcome" => outcome).increment(1);
+        counter!(STT_DRAFTS, "kind" => self.kind, "outcome" => outcome).increment(1);
     }
 }
 

@@ -324,7 +324,7 @@ fn stopped() -> SttError {
 
 /// Counts a draft that will not run, and tells its owner.
 fn settle(job: DraftJob, outcome: DraftOutcome) {
-    metrics::emit(DraftSettled { kind: job.kind, outcome });
+    metrics::emit(DraftSettled { kind: job.kind.label(), outcome });
     (job.done)(None);
 }
 
@@ -399,7 +399,10 @@ fn work(shared: &Shared) {
                             let _ = tx.send(result);
                         }
                         FinalDone::Promoted(done) => {
-                            metrics::emit(DraftSettled { kind: DraftKind::Speculative, outcome: DraftOutcome::Run });
+                            metrics::emit(DraftSettled {
+                                kind: DraftKind::Speculative.label(),
+                                outcome: DraftOutcome::Run,
+                            });
                             let _ = guarded(move || done(Some(result)));
                         }
                     }
@@ -415,7 +418,7 @@ fn work(shared: &Shared) {
                         .map(|(segments, settled)| Transcript::from_segments(segments, settled as f32 / 16_000.0, 0.0)),
                 })
                 .and_then(|r| r);
-                metrics::emit(DraftSettled { kind: job.kind, outcome: DraftOutcome::Run });
+                metrics::emit(DraftSettled { kind: job.kind.label(), outcome: DraftOutcome::Run });
                 let done = job.done;
                 let _ = guarded(move || done(Some(result)));
             }

@@ -62,7 +62,6 @@ use lanyard_proto::wire::limits;
 use lanyard_stt::{SttError, Transcript};
 
 use crate::AppState;
-use crate::api::request_limit;
 use crate::auth::AuthDevice;
 use crate::error::ApiError;
 use crate::metrics::{self, Limit, Limited, TranscriptionServed};
@@ -107,7 +106,7 @@ async fn serve(
     device: uuid::Uuid,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    request_limit(state, device)?;
+    state.limiter.take_request(device)?;
     // Held to the answer: the body (up to 25 MiB) and the decoded audio
     // live that long.
     let _slot = state.limiter.transcription_slot(device).ok_or_else(|| {

@@ -382,7 +382,7 @@ fn relay_child() {
         let (relay, link) = lanyard_relay::open(cfg, tx).unwrap();
         let link_cpu = Arc::new(LinkCpu::default());
         let (l, m) = (link.clone(), link_cpu.clone());
-        lanyard_relay::link::spawn_sim_link_thread(sim, link, move |ev| {
+        lanyard_relay::link::spawn_sim_link_thread(sim, move || link.is_stopped(), move |ev| {
             let t0 = cpu_ms(libc::CLOCK_THREAD_CPUTIME_ID);
             l.event(ev);
             let t1 = cpu_ms(libc::CLOCK_THREAD_CPUTIME_ID);

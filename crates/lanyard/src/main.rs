@@ -471,7 +471,7 @@ fn spawn_link(
         None => DEFAULT_SIM_ADDR.parse().expect("the default simulator address parses"),
     };
     let deliver = link.clone();
-    lanyard_relay::link::spawn_sim_link_thread(addr, link, move |ev| deliver.event(ev))
+    lanyard_relay::link::spawn_sim_link_thread(addr, move || link.is_stopped(), move |ev| deliver.event(ev))
         .context("cannot start the pendant link thread")?;
     Ok(None)
 }

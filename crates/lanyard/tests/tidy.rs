@@ -137,3 +137,112 @@ fn each_crate_invariant_break_is_found() {
         assert!(found[0].contains(krate) && found[0].contains(dep), "{found:?}");
     }
 }
+
+/// Which of a crate's top-level modules each of them names (`crate::x`, or
+/// `x` in a `use crate::{...}` group), from its source files with comments
+/// left out.
+fn module_edges(src: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut modules = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if name == "lib" || name == "main" || !(path.is_dir() || path.extension().is_some_and(|e| e == "rs")) {
+            continue;
+        }
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            files.push(path);
+        }
+        let text: String = files
+            .iter()
+            .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        modules.entry(name).or_insert_with(String::new).push_str(&text);
+    }
+    let names: std::collections::BTreeSet<String> = modules.keys().cloned().collect();
+    let mut edges = std::collections::BTreeMap::new();
+    for (name, text) in &modules {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let named: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                group[..end].split(',').map(|item| item.trim().split("::").next().unwrap_or("").trim()).collect()
+            } else {
+                vec![rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("")]
+            };
+            out.extend(named.into_iter().filter(|n| n != name && names.contains(*n)).map(str::to_owned));
+        }
+        edges.insert(name.clone(), out);
+    }
+    edges
+}
+
+/// Every cycle among the modules, each as the path that closes it.
+fn module_cycles(edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>) -> Vec<String> {
+    fn visit(
+        node: &str,
+        edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+        found: &mut Vec<String>,
+    ) {
+        if let Some(i) = path.iter().position(|p| p == node) {
+            found.push(format!("{} -> {node}", path[i..].join(" -> ")));
+            return;
+        }
+        if done.contains(node) {
+            return;
+        }
+        path.push(node.to_owned());
+        for next in edges.get(node).into_iter().flatten() {
+            visit(next, edges, path, done, found);
+        }
+        path.pop();
+        done.insert(node.to_owned());
+    }
+    let (mut done, mut found) = (std::collections::BTreeSet::new(), Vec::new());
+    for node in edges.keys() {
+        visit(node, edges, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
+/// A crate's modules form layers: no module reaches, through the ones it
+/// names, back to itself. A cycle means two modules are one design split
+/// across two files (the server's api and admin, api and transcribe, api
+/// and openapi, metrics and stt_pool were).
+#[test]
+fn no_crate_has_a_module_cycle() {
+    let root = workspace_root();
+    let mut cycles = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        if src.is_dir() {
+            let krate = src.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+            cycles.extend(module_cycles(&module_edges(&src)).into_iter().map(|c| format!("{krate}: {c}")));
+        }
+    }
+    assert!(cycles.is_empty(), "module cycles:\n{}", cycles.join("\n"));
+}
+
+#[test]
+fn a_planted_module_cycle_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lib.rs"), "mod a; mod b; mod c;").unwrap();
+    std::fs::write(dir.path().join("a.rs"), "use crate::{b::X, config};\n// crate::c in a comment is no edge\n")
+        .unwrap();
+    std::fs::write(dir.path().join("b.rs"), "fn f() { crate::c::g() }").unwrap();
+    std::fs::create_dir(dir.path().join("c")).unwrap();
+    std::fs::write(dir.path().join("c").join("mod.rs"), "").unwrap();
+    std::fs::write(dir.path().join("c").join("inner.rs"), "use crate::a::Y;").unwrap();
+    let edges = module_edges(dir.path());
+    assert_eq!(module_cycles(&edges), ["a -> b -> c -> a"]);
+    std::fs::write(dir.path().join("c").join("inner.rs"), "").unwrap();
+    assert!(module_cycles(&module_edges(dir.path())).is_empty());
+}

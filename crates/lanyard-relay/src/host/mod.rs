@@ -75,7 +75,7 @@ use crate::boundary::BoundaryConfig;
 use crate::link::LinkEvent;
 use crate::planner::PlannerConfig;
 use crate::spool::{Spool, SpoolError};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 use crate::uplink::{Input, RelayEvent, UplinkConfig};
 
 /// Everything the host needs.
@@ -124,14 +124,8 @@ pub const DEFAULT_SEND_INTERVAL: Duration = Duration::from_millis(200);
 pub enum HostError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("server URL {0:?} is not http(s)://host[:port]")]
-    BadServerUrl(String),
-    #[error(
-        "refusing to send the device token and audio in clear text to {0}: use https:// (a server with [tls], or behind a TLS proxy), or pass --insecure (`insecure` in the config) on a network you trust"
-    )]
-    Insecure(String),
-    #[error("cannot trust the certificates in {path}: {reason}; give a PEM file with the CA's certificate")]
-    RootCert { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("registering the push token failed: {0}")]
     PushRegistration(String),
     #[error(
@@ -670,7 +664,7 @@ pub fn stream_url(server: &str) -> Result<String, HostError> {
     } else if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else {
-        return Err(HostError::BadServerUrl(server.to_string()));
+        return Err(TransportError::BadServerUrl(server.to_string()).into());
     };
     Ok(format!("{ws}{STREAM_PATH}"))
 }
