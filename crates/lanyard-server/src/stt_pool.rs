@@ -132,14 +132,16 @@ struct Queues {
     closed: bool,
 }
 
-struct Shared {
+/// The engine and its queues, shared by every handle and worker: workers
+/// wait on `ready` for the next job in priority order.
+struct Scheduler {
     stt: Arc<dyn SpeechToText>,
     queues: Mutex<Queues>,
     ready: Condvar,
 }
 
 /// Closes the pool when the last handle goes.
-struct Guard(Arc<Shared>);
+struct Guard(Arc<Scheduler>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -165,14 +167,14 @@ impl Drop for Guard {
 /// handle is dropped.
 #[derive(Clone)]
 pub struct SttPool {
-    shared: Arc<Shared>,
+    shared: Arc<Scheduler>,
     _guard: Arc<Guard>,
 }
 
 impl SttPool {
     /// Starts `workers` threads over `stt`.
     pub fn start(stt: Arc<dyn SpeechToText>, workers: usize) -> Self {
-        let shared = Arc::new(Shared { stt, queues: Mutex::new(Queues::default()), ready: Condvar::new() });
+        let shared = Arc::new(Scheduler { stt, queues: Mutex::new(Queues::default()), ready: Condvar::new() });
         for i in 0..workers.max(1) {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -333,7 +335,7 @@ enum Job {
     Draft(DraftJob),
 }
 
-fn work(shared: &Shared) {
+fn work(shared: &Scheduler) {
     loop {
         let mut stale = Vec::new();
         let job = {

@@ -38,7 +38,8 @@ enum Mode {
     Down,
 }
 
-struct Shared {
+/// The proxy's mode, live connections and fault counters, shared with its tasks.
+struct ProxyState {
     target: SocketAddr,
     mode: watch::Sender<Mode>,
     /// Live connections, by number, each with the switch that resets it.
@@ -54,7 +55,7 @@ struct Shared {
 /// A running proxy; stops accepting when dropped.
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -71,7 +72,7 @@ impl FaultProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (mode, _) = watch::channel(Mode::Normal);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ProxyState {
             target,
             mode,
             conns: Mutex::default(),
@@ -160,7 +161,7 @@ fn rst_on_close(s: &TcpStream) {
 }
 
 /// Carries one connection until either side closes or it is reset.
-async fn serve(shared: Arc<Shared>, client: TcpStream) {
+async fn serve(shared: Arc<ProxyState>, client: TcpStream) {
     let Ok(Ok(server)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(shared.target)).await else {
         // The server is down (killed, restarting): refuse as it would.
         rst_on_close(&client);
@@ -187,7 +188,7 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
 }
 
 /// Copies one direction, obeying the mode before each chunk.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &Shared) {
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &ProxyState) {
     let mut mode = shared.mode.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     loop {

@@ -1,6 +1,6 @@
 //! The pendant side of the relay: a notification is reassembled, checked,
 //! given to the boundary tracker, and its frame written to the spool before
-//! [`super::Link::event`] returns. Shared between the link's thread and the
+//! [`super::Link::event`] returns. IngestCell between the link's thread and the
 //! relay's loop, under one lock. See "Endpoints" in [`super`] for carries.
 
 use lanyard_proto::ble::Framing;

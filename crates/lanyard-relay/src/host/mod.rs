@@ -175,15 +175,16 @@ enum WsEvent {
     Down(u64, String),
 }
 
-/// State shared by the relay's loop and its [`Link`] handles.
-struct Shared {
+/// The pendant side under its lock, shared by the relay's loop and its
+/// [`Link`] handles, with the loop's wake-up and the stopped flag.
+struct IngestCell {
     ingest: Mutex<Ingest>,
     wake: Notify,
     /// Set when [`Relay::run`] returns.
     stopped: AtomicBool,
 }
 
-impl Shared {
+impl IngestCell {
     fn lock(&self) -> MutexGuard<'_, Ingest> {
         // A panic while holding the lock leaves nothing half-written that the
         // spool's own recovery would not handle; carry on with the state.
@@ -203,7 +204,7 @@ impl Shared {
 /// `write()` per frame, not for a thread hand-off per frame.
 #[derive(Clone)]
 pub struct Link {
-    shared: Arc<Shared>,
+    shared: Arc<IngestCell>,
 }
 
 impl Link {
@@ -250,7 +251,7 @@ pub struct Relay {
     cfg: HostConfig,
     ws_url: String,
     transport: Transport,
-    shared: Arc<Shared>,
+    shared: Arc<IngestCell>,
     events: mpsc::UnboundedSender<Stamped>,
     /// The spool's single-writer lock, held until the relay is dropped or
     /// [`Relay::run`] returns (see [`lock_spool`]).
@@ -274,7 +275,8 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     let transport = Transport::new(&cfg.extra_root_certs)?;
     let lock = lock_spool(&cfg.spool_dir)?;
     let ingest = Ingest::open(&cfg, now_ms(), events.clone())?;
-    let shared = Arc::new(Shared { ingest: Mutex::new(ingest), wake: Notify::new(), stopped: AtomicBool::new(false) });
+    let shared =
+        Arc::new(IngestCell { ingest: Mutex::new(ingest), wake: Notify::new(), stopped: AtomicBool::new(false) });
     Ok((Relay { cfg, ws_url, transport, shared: shared.clone(), events, _lock: lock }, Link { shared }))
 }
 
@@ -439,7 +441,7 @@ impl Relay {
 }
 
 /// Marks the relay stopped however `run` returns, and ends the event stream.
-struct Stopped(Arc<Shared>);
+struct Stopped(Arc<IngestCell>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {

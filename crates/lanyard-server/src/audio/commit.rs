@@ -192,7 +192,8 @@ struct Queue {
     stop: bool,
 }
 
-struct Shared {
+/// The appends waiting for the committer, shared with its threads.
+struct CommitQueue {
     queue: Mutex<Queue>,
     wake: Condvar,
     stats: Stats,
@@ -201,7 +202,7 @@ struct Shared {
 /// The group committer: a thread that writes and syncs for everyone, and a
 /// feeder thread that runs the appends' `then`s.
 pub struct Committer {
-    shared: Arc<Shared>,
+    shared: Arc<CommitQueue>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -215,8 +216,11 @@ type Feed = (Then, u32, Vec<Vec<u8>>);
 
 impl Committer {
     pub fn start(syncer: impl Syncer, window: Duration) -> Self {
-        let shared =
-            Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats: Stats::default() });
+        let shared = Arc::new(CommitQueue {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats: Stats::default(),
+        });
         let (feed, feeds) = std::sync::mpsc::sync_channel::<Feed>(FEED_QUEUE);
         std::thread::Builder::new()
             .name("audio-feed".into())
@@ -262,7 +266,7 @@ impl Drop for Committer {
     }
 }
 
-fn run(shared: &Shared, mut syncer: impl Syncer, window: Duration, feed: SyncSender<Feed>) {
+fn run(shared: &CommitQueue, mut syncer: impl Syncer, window: Duration, feed: SyncSender<Feed>) {
     let mut last_start: Option<Instant> = None;
     loop {
         // 1. Something to do, and the window open.
