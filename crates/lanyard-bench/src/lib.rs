@@ -533,15 +533,54 @@ async fn measure(args: &IngestArgs, pid: Option<u32>, shared: &Shared, base: Ins
 
 /// Creates the devices, ramps the streams up, measures, and winds down.
 async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile) -> Result<serde_json::Value> {
-    let n = args.streams;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().context("http client")?;
 
     // 1. One device per stream, through the admin API.
     let t = Instant::now();
-    let devices = create_devices(&http, server, n).await?;
+    let devices = create_devices(&http, server, args.streams).await?;
     let devices_secs = t.elapsed().as_secs_f64();
 
     // 2. The streams, started at the ramp rate.
+    let streams = connect_streams(args, server, &devices).await?;
+
+    // 3. Warm-up and the window.
+    let total = args.warmup_secs + args.secs;
+    let pb = bar(total, "{prefix:8} [{bar:40}] {pos}/{len}s {msg}");
+    pb.set_prefix("warm-up");
+    if pb.is_hidden() {
+        eprintln!(
+            "{} streams up; {}s warm-up, then {}s measured",
+            streams.connected_at_ramp, args.warmup_secs, args.secs
+        );
+    }
+    let window = measure(args, server.pid, &streams.shared, streams.base, &pb).await;
+    pb.set_prefix("drain");
+    tokio::time::sleep(DRAIN).await;
+    pb.finish_and_clear();
+    let _ = streams.stop.send(true);
+
+    // 4. Gather and judge.
+    let results = gather(streams.tasks).await;
+    let setup = Setup { cores, nofile, devices_secs, ramp_secs: streams.ramp_secs };
+    Ok(report(args, server, &setup, &streams.shared, &window, results))
+}
+
+/// The streams of a run, connected (or failed) at the ramp rate.
+struct Running {
+    tasks: Vec<tokio::task::JoinHandle<StreamResult>>,
+    shared: Arc<Shared>,
+    /// Tells every stream to stop.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The time every stream's schedule counts from.
+    base: Instant,
+    ramp_secs: f64,
+    connected_at_ramp: u64,
+}
+
+/// Starts one stream per device at `args.ramp` a second and waits (up to
+/// 30 s) for each to connect or fail. Fails if none connected.
+async fn connect_streams(args: &IngestArgs, server: &Server, devices: &[DeviceCreated]) -> Result<Running> {
+    let n = args.streams;
     let ws_url = format!("{}{}", server.url.replacen("http", "ws", 1), wire::STREAM_PATH);
     let shared = Arc::new(Shared::new());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -597,43 +636,63 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
         }
         bail!("no stream connected; first error: {}", errors.first().map_or("none", String::as_str));
     }
+    Ok(Running { tasks, shared, stop, base, ramp_secs, connected_at_ramp })
+}
 
-    // 3. Warm-up and the window.
-    let total = args.warmup_secs + args.secs;
-    let pb = bar(total, "{prefix:8} [{bar:40}] {pos}/{len}s {msg}");
-    pb.set_prefix("warm-up");
-    if pb.is_hidden() {
-        eprintln!("{connected_at_ramp} streams up; {}s warm-up, then {}s measured", args.warmup_secs, args.secs);
+/// What the streams measured, put together.
+struct Results {
+    /// Ack latencies and send lags of the window's frames, sorted, in µs.
+    lat: Vec<u32>,
+    lag: Vec<u32>,
+    w_sent: u64,
+    w_unacked: u64,
+    /// Why streams failed, with how many did.
+    errors: std::collections::BTreeMap<String, u64>,
+}
+
+async fn gather(tasks: Vec<tokio::task::JoinHandle<StreamResult>>) -> Results {
+    let mut r = Results { lat: Vec::new(), lag: Vec::new(), w_sent: 0, w_unacked: 0, errors: Default::default() };
+    for t in tasks {
+        let s = t
+            .await
+            .unwrap_or_else(|e| StreamResult { error: Some(format!("task panicked: {e}")), ..Default::default() });
+        r.lat.extend_from_slice(&s.latency_us);
+        r.lag.extend_from_slice(&s.lag_us);
+        r.w_sent += s.window_sent;
+        r.w_unacked += s.window_unacked;
+        if let Some(e) = s.error {
+            *r.errors.entry(e).or_default() += 1;
+        }
     }
-    let Window { start: window, end: window_end, rss_max, rss_end, hwm, threads } =
-        measure(args, server.pid, &shared, base, &pb).await;
-    pb.set_prefix("drain");
-    tokio::time::sleep(DRAIN).await;
-    pb.finish_and_clear();
-    let _ = stop.send(true);
+    r.lat.sort_unstable();
+    r.lag.sort_unstable();
+    r
+}
 
-    // 4. Gather.
+/// The run's setting, for the report.
+struct Setup<'a> {
+    cores: usize,
+    nofile: &'a NoFile,
+    devices_secs: f64,
+    ramp_secs: f64,
+}
+
+/// The report: figures, settings and the bars' verdicts, as JSON.
+fn report(
+    args: &IngestArgs,
+    server: &Server,
+    setup: &Setup<'_>,
+    shared: &Shared,
+    window: &Window,
+    results: Results,
+) -> serde_json::Value {
+    let n = args.streams;
+    let cores = setup.cores;
+    let Window { start: window, end: window_end, rss_max, rss_end, hwm, threads } = *window;
     let (w_start, cpu0, self0, busy0) = window;
     let (w_end, cpu1, self1, busy1) = window_end;
     let wall = (w_end - w_start).as_secs_f64();
-    let mut lat = Vec::new();
-    let mut lag = Vec::new();
-    let (mut w_sent, mut w_unacked) = (0u64, 0u64);
-    let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
-    for t in tasks {
-        let r = t
-            .await
-            .unwrap_or_else(|e| StreamResult { error: Some(format!("task panicked: {e}")), ..Default::default() });
-        lat.extend_from_slice(&r.latency_us);
-        lag.extend_from_slice(&r.lag_us);
-        w_sent += r.window_sent;
-        w_unacked += r.window_unacked;
-        if let Some(e) = r.error {
-            *errors.entry(e).or_default() += 1;
-        }
-    }
-    lat.sort_unstable();
-    lag.sort_unstable();
+    let Results { lat, lag, w_sent, w_unacked, errors } = results;
     let w_acked = lat.len() as u64;
     // Unacked frames count as infinitely late.
     let pct = |q: f64| -> Option<f64> {
@@ -672,7 +731,7 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
         && p99.is_some_and(|p| p <= TARGET_ACK_P99_MS)
         && hwm.is_some_and(|h| h <= TARGET_RSS_BYTES);
     let tts_ok = p99.is_some_and(|p| p <= TARGET_TTS_P99_MS) && streams_live >= TARGET_TTS_STREAMS.min(n) as u64;
-    Ok(json!({
+    json!({
         "streams": {
             "requested": n,
             "connected": connected,
@@ -680,25 +739,7 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
             "dropped_during_run": dropped,
             "errors": errors,
         },
-        "config": {
-            "secs": args.secs,
-            "warmup_secs": args.warmup_secs,
-            "drain_secs": DRAIN.as_secs(),
-            "ramp_per_sec": args.ramp,
-            "frame_bytes": args.frame_bytes,
-            "frame_interval_ms": FRAME.as_millis() as u64,
-            "batch_ms": args.batch_ms,
-            "server": server.url,
-            "server_started_by_bench": server.child.is_some(),
-            "server_pid": server.pid,
-            "server_data_fs": server.fs,
-            "server_log": server.log,
-            "machine_cores": cores,
-            "nofile": { "before": nofile.before, "after": nofile.after, "wanted": nofile.wanted },
-            "devices_created_secs": devices_secs,
-            "ramp_secs": ramp_secs,
-            "build": if cfg!(debug_assertions) { "debug" } else { "release" },
-        },
+        "config": config_json(args, server, setup),
         "window": {
             "wall_secs": wall,
             "frames_sent": w_sent,
@@ -750,7 +791,31 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
                 "result": if n == TARGET_TTS_STREAMS { pass(tts_ok) } else { "not measured" },
             },
         },
-    }))
+    })
+}
+
+/// The run's settings, as the report gives them.
+fn config_json(args: &IngestArgs, server: &Server, setup: &Setup<'_>) -> serde_json::Value {
+    let Setup { cores, nofile, devices_secs, ramp_secs } = *setup;
+    json!({
+        "secs": args.secs,
+        "warmup_secs": args.warmup_secs,
+        "drain_secs": DRAIN.as_secs(),
+        "ramp_per_sec": args.ramp,
+        "frame_bytes": args.frame_bytes,
+        "frame_interval_ms": FRAME.as_millis() as u64,
+        "batch_ms": args.batch_ms,
+        "server": server.url,
+        "server_started_by_bench": server.child.is_some(),
+        "server_pid": server.pid,
+        "server_data_fs": server.fs,
+        "server_log": server.log,
+        "machine_cores": cores,
+        "nofile": { "before": nofile.before, "after": nofile.after, "wanted": nofile.wanted },
+        "devices_created_secs": devices_secs,
+        "ramp_secs": ramp_secs,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
 }
 
 /// A moment of the window: when, the server's (user, system) CPU seconds,
