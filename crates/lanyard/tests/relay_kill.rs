@@ -97,13 +97,14 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
     assert_eq!(pushes.lines().count(), 1, "one push request: {pushes}");
     assert!(pushes.contains(&id.to_string()));
     // The spool is empty once the server holds everything (besides it, the
-    // directory holds only the note of the OS boot the relay ran in).
+    // directory holds only the note of the OS boot the relay ran in, and
+    // the single-writer lock file).
     let left = segments(&spool);
     assert!(left.len() <= 1, "only the active (empty or done) segment may remain: {left:?}");
     let other: Vec<_> = std::fs::read_dir(&spool)
         .unwrap()
         .map(|e| e.unwrap().file_name())
-        .filter(|n| !n.to_string_lossy().ends_with(".seg") && n != "boot-id")
+        .filter(|n| !n.to_string_lossy().ends_with(".seg") && n != "boot-id" && n != ".relay.lock")
         .collect();
     assert!(other.is_empty(), "nothing else is left in the spool: {other:?}");
 }
