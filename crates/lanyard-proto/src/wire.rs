@@ -497,6 +497,49 @@ pub enum PushPlatform {
     Fcm,
 }
 
+/// A push platform or APNs environment not among the known names. Its
+/// message names the choices, for a flag's or a config field's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {value:?} is unknown; use {choices}")]
+pub struct UnknownName {
+    kind: &'static str,
+    value: String,
+    choices: &'static str,
+}
+
+/// The one parser of a platform's name, as the JSON spells it (`apns`,
+/// `fcm`): `lanyard relay --push-token` and the FFI's `push_platform` both
+/// read it here.
+impl std::str::FromStr for PushPlatform {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s {
+            "apns" => Ok(Self::Apns),
+            "fcm" => Ok(Self::Fcm),
+            other => Err(UnknownName { kind: "push platform", value: other.into(), choices: "apns or fcm" }),
+        }
+    }
+}
+
+/// The APNs environment's name, as the JSON spells it (`production`,
+/// `sandbox`).
+impl std::str::FromStr for PushEnvironment {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s {
+            "production" => Ok(Self::Production),
+            "sandbox" => Ok(Self::Sandbox),
+            other => Err(UnknownName {
+                kind: "push environment",
+                value: other.into(),
+                choices: "sandbox for development builds or production for TestFlight and App Store builds",
+            }),
+        }
+    }
+}
+
 /// `GET /v1/utterances`: one page of the device's utterances, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UtteranceList {
@@ -546,6 +589,25 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name parses to the variant whose JSON it is, so a flag, the FFI and
+    /// the wire spell platforms one way.
+    #[test]
+    fn push_names_parse_as_the_json_spells_them() {
+        for p in [PushPlatform::Apns, PushPlatform::Fcm] {
+            let name = serde_json::to_value(p).unwrap();
+            assert_eq!(name.as_str().unwrap().parse::<PushPlatform>(), Ok(p));
+        }
+        for e in [PushEnvironment::Production, PushEnvironment::Sandbox] {
+            let name = serde_json::to_value(e).unwrap();
+            assert_eq!(name.as_str().unwrap().parse::<PushEnvironment>(), Ok(e));
+        }
+        assert_eq!(
+            "gcm".parse::<PushPlatform>().unwrap_err().to_string(),
+            r#"push platform "gcm" is unknown; use apns or fcm"#
+        );
+        assert!("dev".parse::<PushEnvironment>().unwrap_err().to_string().contains("use sandbox"));
+    }
 
     #[test]
     fn only_random_ids_name_utterances() {

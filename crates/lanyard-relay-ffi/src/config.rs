@@ -118,30 +118,17 @@ impl RelayConfig {
                 });
             }
         };
-        let platform = match platform.as_str() {
-            "apns" => PushPlatform::Apns,
-            "fcm" => PushPlatform::Fcm,
-            other => {
-                return Err(RelayError::InvalidConfig {
-                    message: format!("push_platform {other:?} is unknown: use \"apns\" or \"fcm\""),
-                });
-            }
-        };
+        let platform: PushPlatform =
+            platform.parse().map_err(|e| RelayError::InvalidConfig { message: format!("push_platform: {e}") })?;
         if token.is_empty() || token.len() > 4096 {
             return Err(RelayError::InvalidConfig {
                 message: "push_token must be 1 to 4096 characters: pass the token the platform issued".into(),
             });
         }
-        let environment = match self.push_environment.as_deref() {
-            None | Some("production") => PushEnvironment::Production,
-            Some("sandbox") => PushEnvironment::Sandbox,
-            Some(other) => {
-                return Err(RelayError::InvalidConfig {
-                    message: format!(
-                        "push_environment {other:?} is unknown: use \"sandbox\" for development builds or \
-                         \"production\" for TestFlight and App Store builds"
-                    ),
-                });
+        let environment: PushEnvironment = match self.push_environment.as_deref() {
+            None => PushEnvironment::default(),
+            Some(name) => {
+                name.parse().map_err(|e| RelayError::InvalidConfig { message: format!("push_environment: {e}") })?
             }
         };
         Ok(Some(PushRegistration { platform, token: token.clone(), environment }))

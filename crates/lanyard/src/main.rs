@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lanyard_proto::ble::{Codec, Framing};
 use lanyard_proto::wire::{PushPlatform, PushRegistration};
@@ -389,11 +389,7 @@ pub async fn add_device(cfg: &lanyard_server::ServerConfig, name: &str) -> Resul
 
 fn parse_push(s: &str) -> Result<PushRegistration> {
     let (platform, token) = s.split_once(':').context("--push-token must be apns:TOKEN or fcm:TOKEN")?;
-    let platform = match platform {
-        "apns" => PushPlatform::Apns,
-        "fcm" => PushPlatform::Fcm,
-        other => bail!("push platform {other:?} is unknown; use apns or fcm"),
-    };
+    let platform: PushPlatform = platform.parse()?;
     Ok(PushRegistration { platform, token: token.to_string(), environment: Default::default() })
 }
 
@@ -485,7 +481,7 @@ fn spawn_ble_link(name: Option<String>, tx: tokio::sync::mpsc::Sender<lanyard_re
 
 #[cfg(not(feature = "ble"))]
 fn spawn_ble_link(_: Option<String>, _: tokio::sync::mpsc::Sender<lanyard_relay::link::LinkEvent>) -> Result<()> {
-    bail!(
+    anyhow::bail!(
         "this lanyard was built without Bluetooth support; rebuild with the `ble` feature (the default), which needs libdbus-1-dev"
     )
 }
