@@ -119,7 +119,7 @@ pub struct IngestArgs {
     server_pid: Option<u32>,
     /// The admin token of the --server (to create the benchmark's devices).
     #[arg(long, env = "LANYARD_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    admin_token: Option<lanyard_proto::Secret>,
     /// Speech model for the started server [default: the server's default].
     #[arg(long, env = "LANYARD_MODEL_DIR")]
     model_dir: Option<PathBuf>,
@@ -294,7 +294,7 @@ fn raise_nofile(wanted: u64) -> NoFile {
 struct Server {
     url: String,
     pid: Option<u32>,
-    admin: String,
+    admin: lanyard_proto::Secret,
     child: Option<tokio::process::Child>,
     log: Option<PathBuf>,
     /// The filesystem of the data directory, when we chose it.
@@ -323,14 +323,14 @@ async fn start_server(args: &IngestArgs) -> Result<Server> {
         None => tempfile::Builder::new().prefix("lanyard-bench-").tempdir(),
     }
     .context("cannot make a temporary data directory")?;
-    let admin = lanyard_server::auth::mint_token();
+    let admin = lanyard_proto::Secret::new(lanyard_server::auth::mint_token());
     let log = dir.path().join("server.log");
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path().join("server"));
     if let Some(m) = &args.model_dir {
         cmd.arg("--model-dir").arg(m);
     }
-    cmd.env("LANYARD_ADMIN_TOKEN", &admin)
+    cmd.env("LANYARD_ADMIN_TOKEN", admin.expose())
         .env_remove("LANYARD_CONFIG")
         .env("LANYARD_LOG", std::env::var("LANYARD_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
@@ -444,7 +444,7 @@ async fn create_devices(http: &reqwest::Client, server: &Server, n: usize) -> Re
             async move {
                 let resp = http
                     .post(format!("{url}/v1/admin/devices"))
-                    .bearer_auth(&admin)
+                    .bearer_auth(admin.expose())
                     .json(&NewDevice { name })
                     .send()
                     .await

@@ -16,6 +16,8 @@
 //! - [`backoff`]: the one exponential backoff, with seeded jitter.
 //! - [`link`]: the length-prefixed byte stream that carries notifications
 //!   between the pendant simulator and a relay on one host.
+//! - [`secret`]: [`Secret`], every configuration's credential type, which
+//!   never prints its value.
 
 pub mod backoff;
 pub mod ble;
@@ -25,7 +27,9 @@ pub mod omi;
 pub mod opus_toc;
 pub mod reassembly;
 pub mod record;
+pub mod secret;
 pub mod wav;
 pub mod wire;
 
+pub use secret::Secret;
 pub use uuid::Uuid;

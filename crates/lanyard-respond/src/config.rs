@@ -48,12 +48,13 @@
 //! - `secret = "…"` / `api_key = "…"`: inline. Convenient for a local test;
 //!   keep such a file readable only by the server's user.
 //!
-//! Either way the value is held in [`Secret`], whose `Debug` output is
+//! Either way the value is held in [`Secret`] (`lanyard_proto`'s, the one
+//! credential type of every config), whose `Debug` and `Display` print
 //! `<redacted>`, so printing a config never shows it.
 
-use std::fmt;
 use std::time::Duration;
 
+pub use lanyard_proto::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::retry::RetryPolicy;
@@ -113,44 +114,6 @@ pub enum Fallback {
     /// Return the error, so the utterance is recorded as failed and nothing
     /// is sent; for deployments where a canned answer would mislead.
     Fail,
-}
-
-/// A credential. Its `Debug` prints `<redacted>`; read it with [`Secret::expose`].
-///
-/// It (de)serializes as a plain string, so that an inline `secret = "…"`
-/// round-trips through TOML.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a credential.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The credential itself. Call sites are few, and none of them logs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret::new(value)
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
 }
 
 /// The shortest webhook secret accepted, in bytes. HMAC-SHA256 is only as

@@ -119,8 +119,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use lanyard_proto::Secret;
 use lanyard_respond::ResponderConfig;
-pub use lanyard_respond::Secret;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -501,9 +501,9 @@ impl SttSection {
                     (Some(key), None) if key.expose().trim().is_empty() => {
                         return bad("api_key is empty; set it, use api_key_env = \"VAR\", or remove it for a server without auth".into());
                     }
-                    (Some(key), None) => Some(key.expose().trim().to_string()),
+                    (Some(key), None) => Some(Secret::new(key.expose().trim())),
                     (None, Some(var)) => match env(var) {
-                        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+                        Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
                         _ => {
                             return bad(format!(
                                 "api_key_env: the environment variable `{var}` is not set or empty; export it before starting the server"
@@ -774,7 +774,7 @@ mod tests {
             panic!("not remote")
         };
         assert_eq!(r.url, "https://api.groq.com/openai/v1");
-        assert_eq!(r.api_key.as_deref(), Some("gsk_secret"));
+        assert_eq!(r.api_key.as_ref().map(Secret::expose), Some("gsk_secret"));
         assert_eq!((r.model.as_str(), r.language.as_deref()), ("whisper-large-v3", Some("en")));
         assert_eq!((r.timeout, r.max_attempts), (Duration::from_secs(20), 2));
         // Defaults: OpenAI's model name, no key, 60 s, 3 attempts.

@@ -44,6 +44,7 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lanyard_proto::Secret;
 use lanyard_proto::backoff::Backoff;
 use reqwest::blocking::Client;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
@@ -85,14 +86,15 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DETAIL_CHARS: usize = 300;
 
 /// How to reach the endpoint. [`RemoteConfig::new`] gives the defaults.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteConfig {
     /// The API's base URL (`https://api.openai.com/v1`) or the full
     /// `.../audio/transcriptions` URL; `http` or `https`.
     pub url: String,
     /// Sent as `Authorization: Bearer ...`; `None` sends no header (a local
-    /// server without authentication). Never logged or put in an error.
-    pub api_key: Option<String>,
+    /// server without authentication). Never logged or put in an error:
+    /// a [`Secret`] prints `<redacted>`.
+    pub api_key: Option<Secret>,
     /// The `model` field. Default [`DEFAULT_REMOTE_MODEL`].
     pub model: String,
     /// The `language` field (ISO-639-1, e.g. `en`); `None` leaves it out and
@@ -118,20 +120,6 @@ impl RemoteConfig {
             max_attempts: DEFAULT_REMOTE_ATTEMPTS,
             backoff_base: DEFAULT_REMOTE_BACKOFF,
         }
-    }
-}
-
-impl fmt::Debug for RemoteConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteConfig")
-            .field("url", &self.url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("model", &self.model)
-            .field("language", &self.language)
-            .field("timeout", &self.timeout)
-            .field("max_attempts", &self.max_attempts)
-            .field("backoff_base", &self.backoff_base)
-            .finish()
     }
 }
 
@@ -211,7 +199,7 @@ impl RemoteStt {
             .header(CONTENT_TYPE, content_type)
             .header(ACCEPT, "application/json");
         if let Some(key) = &self.config.api_key {
-            request = request.bearer_auth(key);
+            request = request.bearer_auth(key.expose());
         }
         let response = request.body(body.to_vec()).send().map_err(|e| self.transport(e))?;
         let status = response.status();
@@ -464,7 +452,7 @@ mod tests {
 
     fn config(url: &str) -> RemoteConfig {
         RemoteConfig {
-            api_key: Some("sk-test-secret".into()),
+            api_key: Some(Secret::new("sk-test-secret")),
             timeout: Duration::from_millis(1500),
             backoff_base: Duration::from_millis(20),
             ..RemoteConfig::new(url)
