@@ -6,19 +6,14 @@
 //! the app shows up as a [`RelayError`] from the call that made it rather
 //! than as a relay that quietly never connects.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use lanyard_proto::wire::{PushEnvironment, PushPlatform, PushRegistration};
 use lanyard_relay::HostConfig;
-use lanyard_relay::boundary::BoundaryConfig;
-use lanyard_relay::planner::PlannerConfig;
-use lanyard_relay::uplink::UplinkConfig;
 
 use crate::error::RelayError;
 
-/// How the relay is set up. One per [`crate::RelayCore`].
-#[derive(Debug, Clone, uniffi::Record)]
+/// How the relay is set up. One per [`crate::RelayCore`]. Its `Debug`
+/// redacts the token.
+#[derive(Clone, uniffi::Record)]
 pub struct RelayConfig {
     /// Where the spool lives: a directory that survives app restarts and is
     /// not purged by the OS (on iOS, Application Support, not Caches). Audio
@@ -41,13 +36,15 @@ pub struct RelayConfig {
     /// default) for TestFlight and App Store builds.
     #[uniffi(default = None)]
     pub push_environment: Option<String>,
-    /// The fsync window: how much audio an OS crash may lose. 200 ms is the
-    /// relay's default; 0 means "use the default".
-    #[uniffi(default = 200)]
+    /// The fsync window: how much audio an OS crash may lose. 0, the
+    /// default, means the relay's own
+    /// (`lanyard_relay::config::DEFAULT_SYNC_INTERVAL`, 200 ms).
+    #[uniffi(default = 0)]
     pub sync_interval_ms: u64,
     /// BLE silence that ends an utterance when the pendant does not mark its
-    /// end; 0 means "use the default" (1500 ms).
-    #[uniffi(default = 1500)]
+    /// end. 0, the default, means the relay's own
+    /// (`lanyard_relay::config::DEFAULT_SILENCE_TIMEOUT_MS`, 1500 ms).
+    #[uniffi(default = 0)]
     pub silence_timeout_ms: u64,
     /// Allow `http://` to a server that is not on this device (a laptop on
     /// the LAN, in development): the token and audio then cross the network
@@ -81,29 +78,12 @@ impl RelayConfig {
                     .into(),
             });
         }
-        let sync_interval = match self.sync_interval_ms {
-            0 => lanyard_relay::spool::DEFAULT_SYNC_INTERVAL,
-            ms => Duration::from_millis(ms),
-        };
-        let boundary = match self.silence_timeout_ms {
-            0 => BoundaryConfig::default(),
-            ms => BoundaryConfig { silence_timeout_ms: ms, ..Default::default() },
-        };
-        Ok(HostConfig {
-            spool_dir: PathBuf::from(&self.spool_dir),
-            server: self.server_url.clone(),
-            token: self.token.clone(),
-            sync_interval,
-            boundary,
-            uplink: UplinkConfig::default(),
-            planner: PlannerConfig::default(),
-            push: self.push()?,
-            exit_after: None,
-            send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
-            fsync_delay: Duration::ZERO,
-            insecure: self.insecure,
-            extra_root_certs: Vec::new(),
-        })
+        let mut host = HostConfig::new(&self.spool_dir, &self.server_url, &self.token)
+            .with_sync_ms(self.sync_interval_ms)
+            .with_silence_ms(self.silence_timeout_ms);
+        host.push = self.push()?;
+        host.insecure = self.insecure;
+        Ok(host)
     }
 
     fn push(&self) -> Result<Option<PushRegistration>, RelayError> {
@@ -132,6 +112,22 @@ impl RelayConfig {
             }
         };
         Ok(Some(PushRegistration { platform, token: token.clone(), environment }))
+    }
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("spool_dir", &self.spool_dir)
+            .field("server_url", &self.server_url)
+            .field("token", &lanyard_proto::Secret::new(self.token.as_str()))
+            .field("push_platform", &self.push_platform)
+            .field("push_token", &self.push_token.as_deref().map(lanyard_proto::Secret::new))
+            .field("push_environment", &self.push_environment)
+            .field("sync_interval_ms", &self.sync_interval_ms)
+            .field("silence_timeout_ms", &self.silence_timeout_ms)
+            .field("insecure", &self.insecure)
+            .finish()
     }
 }
 

@@ -50,10 +50,14 @@ use lanyard_proto::reassembly::Frame;
 pub use lanyard_proto::wire::limits::MAX_UTTERANCE_FRAMES;
 use uuid::Uuid;
 
+/// The default [`BoundaryConfig::silence_timeout_ms`]: 1.5 s is longer than
+/// a breath between clauses and short enough for a reply within seconds.
+pub const DEFAULT_SILENCE_TIMEOUT_MS: u64 = 1500;
+
 #[derive(Debug, Clone)]
 pub struct BoundaryConfig {
-    /// BLE silence that ends an utterance. 1.5 s is longer than a breath
-    /// between clauses and short enough for a reply within seconds.
+    /// BLE silence that ends an utterance; [`DEFAULT_SILENCE_TIMEOUT_MS`] by
+    /// default.
     pub silence_timeout_ms: u64,
     /// The most frames one utterance holds; the next frame starts a new one.
     /// [`MAX_UTTERANCE_FRAMES`], the server's limit, by default.
@@ -62,7 +66,7 @@ pub struct BoundaryConfig {
 
 impl Default for BoundaryConfig {
     fn default() -> Self {
-        Self { silence_timeout_ms: 1500, max_frames: MAX_UTTERANCE_FRAMES }
+        Self { silence_timeout_ms: DEFAULT_SILENCE_TIMEOUT_MS, max_frames: MAX_UTTERANCE_FRAMES }
     }
 }
 

@@ -12,6 +12,9 @@
 //! - [`planner`]: what to stream, hand off or discard in the background;
 //! - the host's `RelayCore`: the loop's rounds, wake-ups, fsyncs and exit.
 //!
+//! [`config`] holds the relay's defaults and [`HostConfig::new`], which
+//! every front end (the CLI, the FFI) builds its configuration from.
+//!
 //! [`host`] is the thin tokio shell that wires them to a pendant link and a
 //! WebSocket; [`link`] is how a pendant's notifications reach it, and
 //! `ble` (feature `ble`) is the Linux host's btleplug radio.
@@ -19,6 +22,7 @@
 #[cfg(feature = "ble")]
 pub mod ble;
 pub mod boundary;
+pub mod config;
 pub mod host;
 pub mod link;
 pub mod planner;

@@ -50,6 +50,10 @@ pub enum Lifecycle {
     WillSuspend,
 }
 
+/// The default [`PlannerConfig::ttl_ms`]: an hour-old utterance's reply
+/// would only confuse.
+pub const DEFAULT_TTL_MS: u64 = 60 * 60 * 1000;
+
 /// Tunables of the planner.
 #[derive(Debug, Clone)]
 pub struct PlannerConfig {
@@ -57,7 +61,8 @@ pub struct PlannerConfig {
     /// to the system. Sealing a minute of Opus takes milliseconds; one second
     /// also covers a busy CPU and iOS's own margin.
     pub safety_margin_ms: u64,
-    /// Utterances older than this are discarded as stale.
+    /// Utterances older than this are discarded as stale; [`DEFAULT_TTL_MS`]
+    /// by default.
     pub ttl_ms: u64,
     /// Throughput assumed before any has been measured: 4 kB/s is the audio's
     /// own rate (32 kb/s), i.e. a link that just keeps up.
@@ -68,7 +73,7 @@ pub struct PlannerConfig {
 
 impl Default for PlannerConfig {
     fn default() -> Self {
-        Self { safety_margin_ms: 1_000, ttl_ms: 60 * 60 * 1000, default_throughput_bps: 4_000.0, connect_ms: 600 }
+        Self { safety_margin_ms: 1_000, ttl_ms: DEFAULT_TTL_MS, default_throughput_bps: 4_000.0, connect_ms: 600 }
     }
 }
 

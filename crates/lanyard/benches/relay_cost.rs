@@ -360,19 +360,9 @@ fn relay_child() {
     use lanyard_relay::RelayEvent;
     let var = |k: &str| std::env::var(k).unwrap();
     let cfg = lanyard_relay::HostConfig {
-        spool_dir: var("BENCH_SPOOL").into(),
-        server: var("BENCH_SERVER"),
-        token: var("BENCH_TOKEN"),
         sync_interval: Duration::from_millis(var("BENCH_SYNC_MS").parse().unwrap()),
-        send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
-        boundary: Default::default(),
-        uplink: Default::default(),
-        planner: Default::default(),
-        push: None,
         exit_after: Some(var("BENCH_UTTERANCES").parse().unwrap()),
-        fsync_delay: Duration::ZERO,
-        insecure: false,
-        extra_root_certs: Vec::new(),
+        ..lanyard_relay::HostConfig::new(var("BENCH_SPOOL"), var("BENCH_SERVER"), var("BENCH_TOKEN"))
     };
     let sim: std::net::SocketAddr = var("BENCH_SIM").parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -170,7 +170,7 @@ struct RelayArgs {
     ca_cert: Vec<PathBuf>,
     /// The device token from `lanyard device add`.
     #[arg(long, env = "LANYARD_TOKEN", hide_env_values = true)]
-    token: String,
+    token: lanyard_proto::Secret,
     /// Take audio from a pendant simulator at ADDR (`lanyard pendant-sim`
     /// prints it) [default: 127.0.0.1:7010, unless --ble].
     // `--pendant` was this flag's name before `--ble` existed; kept, hidden,
@@ -192,11 +192,12 @@ struct RelayArgs {
     /// Register this push token with the server first, as `apns:TOKEN` or `fcm:TOKEN`.
     #[arg(long)]
     push_token: Option<String>,
-    /// The fsync window of the spool, in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// The fsync window of the spool, in milliseconds: how much audio an OS
+    /// crash may lose.
+    #[arg(long, default_value_t = lanyard_relay::config::DEFAULT_SYNC_INTERVAL.as_millis() as u64)]
     sync_ms: u64,
     /// BLE silence that ends an utterance, in milliseconds.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = lanyard_relay::config::DEFAULT_SILENCE_TIMEOUT_MS)]
     silence_ms: u64,
     /// Exit once this many replies have arrived and nothing is left to send.
     #[arg(long)]
@@ -211,7 +212,7 @@ struct RelayArgs {
     #[arg(long)]
     self_upload: bool,
     /// Discard utterances older than this many seconds (stale replies).
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = lanyard_relay::config::DEFAULT_TTL_MS / 1000)]
     ttl_secs: u64,
     /// Make every spool fsync take this many milliseconds longer: a slow
     /// disk, for fault campaigns (`lanyard sim`). Leave at 0 otherwise.
@@ -395,21 +396,15 @@ fn parse_push(s: &str) -> Result<PushRegistration> {
 
 async fn relay(args: RelayArgs) -> Result<()> {
     let push = args.push_token.as_deref().map(parse_push).transpose()?;
-    let cfg = lanyard_relay::HostConfig {
-        spool_dir: args.spool_dir,
-        server: args.server,
-        token: args.token,
-        sync_interval: Duration::from_millis(args.sync_ms.max(1)),
-        boundary: lanyard_relay::boundary::BoundaryConfig { silence_timeout_ms: args.silence_ms, ..Default::default() },
-        uplink: Default::default(),
-        planner: lanyard_relay::planner::PlannerConfig { ttl_ms: args.ttl_secs * 1000, ..Default::default() },
-        push,
-        exit_after: args.exit_after,
-        fsync_delay: Duration::from_millis(args.fsync_delay_ms),
-        send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
-        insecure: args.insecure,
-        extra_root_certs: args.ca_cert.clone(),
-    };
+    let mut cfg = lanyard_relay::HostConfig::new(args.spool_dir, args.server, args.token.expose());
+    cfg.sync_interval = Duration::from_millis(args.sync_ms.max(1));
+    cfg.boundary.silence_timeout_ms = args.silence_ms;
+    cfg.planner.ttl_ms = args.ttl_secs * 1000;
+    cfg.push = push;
+    cfg.exit_after = args.exit_after;
+    cfg.fsync_delay = Duration::from_millis(args.fsync_delay_ms);
+    cfg.insecure = args.insecure;
+    cfg.extra_root_certs = args.ca_cert.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::host::Stamped>();
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel::<lanyard_relay::Control>();
     let (relay, link) = lanyard_relay::open(cfg, tx).context("cannot start the relay")?;

@@ -78,8 +78,9 @@ use crate::spool::{Spool, SpoolError};
 use crate::transport::{Transport, TransportError};
 use crate::uplink::{Input, RelayEvent, UplinkConfig};
 
-/// Everything the host needs.
-#[derive(Debug, Clone)]
+/// Everything the host needs. [`HostConfig::new`] (in [`crate::config`])
+/// fills in the defaults; its `Debug` redacts the token.
+#[derive(Clone)]
 pub struct HostConfig {
     /// Where the spool lives. Must survive app restarts.
     pub spool_dir: PathBuf,
