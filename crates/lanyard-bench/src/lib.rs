@@ -120,8 +120,9 @@ pub struct IngestArgs {
     /// The admin token of the --server (to create the benchmark's devices).
     #[arg(long, env = "LANYARD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<lanyard_proto::Secret>,
-    /// Speech model for the started server [default: the server's default].
-    #[arg(long, env = "LANYARD_MODEL_DIR")]
+    /// Speech model for the started server [default: the server's own:
+    /// $LANYARD_MODEL_DIR, else the installed model].
+    #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Where the started server's temporary data directory goes (its disk is
     /// what fdatasync waits for) [default: the system temporary directory].

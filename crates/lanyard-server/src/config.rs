@@ -3,9 +3,9 @@
 //!
 //! **Precedence** (later wins): built-in defaults, then the TOML file
 //! (`--config`, `LANYARD_CONFIG`), then `LANYARD_*` environment variables,
-//! then flags. The `lanyard serve` command applies the last two (clap reads a
-//! flag or its environment variable); this module reads the file and fills in
-//! defaults.
+//! then flags. One function merges them all: [`load`] (its module doc lists
+//! every flag and variable). `lanyard serve` only parses its flags into
+//! [`Overrides`] and calls it.
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
@@ -120,7 +120,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use lanyard_proto::Secret;
+mod load;
+
 use lanyard_respond::ResponderConfig;
+pub use load::{DEFAULT_LISTEN, Env, Loaded, Overrides, data_dir, default_data_dir, load, process_env};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -392,8 +395,8 @@ pub fn admin_token_hash(file_hash: Option<&str>, env_token: Option<&str>) -> Res
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// `[stt]`, as written. Every key is optional; [`SttSection::resolve`]
-/// checks them together and fills in defaults. `lanyard serve` overwrites
-/// keys from its flags and `LANYARD_STT_*` before resolving.
+/// checks them together and fills in defaults. [`load`] overwrites keys
+/// from the flags and `LANYARD_STT_*` before resolving.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SttSection {
@@ -614,6 +617,10 @@ pub enum ConfigError {
     Stt(String),
     #[error("[audio] {0}")]
     Audio(String),
+    #[error("[tls] {0}")]
+    Tls(String),
+    #[error("environment variable {0}")]
+    Env(String),
 }
 
 impl FileConfig {

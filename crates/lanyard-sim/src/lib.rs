@@ -94,9 +94,10 @@ pub struct SimArgs {
     /// Override the scenario's seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// The speech model directory.
-    #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = lanyard_stt::default_model_dir())]
-    model_dir: PathBuf,
+    /// The speech model directory [env: LANYARD_MODEL_DIR] [default:
+    /// ~/.local/share/lanyard/models/whisper-tiny.en, which `scripts/setup` installs].
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
     /// Recordings of real speech for `[corpus] real_speech_per_pendant`, as scripts/setup installs them [default: ~/.local/share/lanyard/speech/pocketsphinx-5.1.1].
     #[arg(long, env = "LANYARD_SPEECH_DIR", hide_default_value = true, default_value_os_t = real_speech::default_dir())]
     speech_dir: PathBuf,
@@ -712,7 +713,12 @@ fn server_args(
     let s = |x: &str| x.to_string();
     let p = |x: &Path| x.to_string_lossy().into_owned();
     let mut server_args = vec![s("serve"), s("--listen"), s("127.0.0.1:0"), s("--data-dir"), p(server_dir)];
-    server_args.extend([s("--model-dir"), p(&args.model_dir), s("--config"), p(config)]);
+    server_args.extend([
+        s("--model-dir"),
+        p(&lanyard_stt::model_dir(args.model_dir.clone())),
+        s("--config"),
+        p(config),
+    ]);
     if scenario.run.stt_threads > 0 {
         server_args.extend([s("--stt-threads"), scenario.run.stt_threads.to_string()]);
     }

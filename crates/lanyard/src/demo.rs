@@ -26,16 +26,16 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::paths;
 
 #[derive(Args)]
 pub struct DemoArgs {
     /// How many of the built-in sentences to speak (1 to 4).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4))]
     sentences: u64,
-    /// The speech model directory.
-    #[arg(long, env = "LANYARD_MODEL_DIR", default_value_os_t = paths::default_model_dir())]
-    model_dir: PathBuf,
+    /// The speech model directory [env: LANYARD_MODEL_DIR] [default:
+    /// ~/.local/share/lanyard/models/whisper-tiny.en, which `scripts/setup` installs].
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
     /// Keep the demo's data (store, audio, spool, push sink) in this directory
     /// instead of a temporary one.
     #[arg(long)]
@@ -120,7 +120,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         s("--data-dir"),
         path(&server_dir),
         s("--model-dir"),
-        path(&args.model_dir),
+        path(&lanyard_stt::model_dir(args.model_dir.clone())),
     ];
     let mut trust = Vec::new();
     let mut ca = None;

@@ -79,52 +79,75 @@ LANYARD_STT_API_KEY=$GROQ_API_KEY lanyard serve --stt-backend remote --stt-url h
 --stt-model whisper-large-v3\n  \
 LANYARD_STT_API_KEY=lyd_... lanyard serve --stt-backend remote --stt-url http://gpu-node:8080/v1")]
 pub struct ServeArgs {
-    /// A TOML config file (see `lanyard-server`'s config module doc for every key).
-    #[arg(long, env = "LANYARD_CONFIG")]
+    /// A TOML config file (see `lanyard-server`'s config module doc for every key)
+    /// [env: LANYARD_CONFIG].
+    #[arg(long, value_name = "TOML")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080]. To accept phones on the
-    /// network (0.0.0.0:PORT), serve TLS: --tls-cert and --tls-key, or a TLS
-    /// proxy in front of a loopback address. Device tokens and audio must not
-    /// cross a network in clear text, and relays refuse plain http:// to
-    /// another machine.
-    #[arg(long, env = "LANYARD_LISTEN")]
+    /// Address to listen on [env: LANYARD_LISTEN] [default: 127.0.0.1:8080]. To
+    /// accept phones on the network (0.0.0.0:PORT), serve TLS: --tls-cert and
+    /// --tls-key, or a TLS proxy in front of a loopback address. Device tokens and
+    /// audio must not cross a network in clear text, and relays refuse plain
+    /// http:// to another machine.
+    #[arg(long)]
     listen: Option<SocketAddr>,
     /// Terminate TLS with this certificate chain (PEM, the server's first);
-    /// with --tls-key. Overrides the config file's [tls].
-    #[arg(long, env = "LANYARD_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    /// with --tls-key. Overrides the config file's [tls] [env: LANYARD_TLS_CERT].
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "LANYARD_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1) [env: LANYARD_TLS_KEY].
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Directory for the SQLite store, audio files and the push sink
-    /// [default: ~/.local/share/lanyard/server].
-    #[arg(long, env = "LANYARD_DATA_DIR")]
+    /// [env: LANYARD_DATA_DIR] [default: ~/.local/share/lanyard/server].
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// A CTranslate2 Whisper model directory (any faster-whisper model works)
-    /// [default: ~/.local/share/lanyard/models/whisper-tiny.en, which `scripts/setup` installs].
-    #[arg(long, env = "LANYARD_MODEL_DIR")]
+    /// [env: LANYARD_MODEL_DIR] [default: ~/.local/share/lanyard/models/whisper-tiny.en,
+    /// which `scripts/setup` installs].
+    #[arg(long)]
     model_dir: Option<PathBuf>,
-    /// CPU threads for transcription [default: 0, all cores].
-    #[arg(long, env = "LANYARD_STT_THREADS")]
+    /// CPU threads for transcription [env: LANYARD_STT_THREADS] [default: 0, all cores].
+    #[arg(long)]
     stt_threads: Option<usize>,
     /// Where speech is transcribed: `local` (the Whisper model here) or `remote`
-    /// (an OpenAI-compatible endpoint, --stt-url) [default: local].
-    #[arg(long, env = "LANYARD_STT_BACKEND", value_name = "local|remote")]
+    /// (an OpenAI-compatible endpoint, --stt-url) [env: LANYARD_STT_BACKEND] [default: local].
+    #[arg(long, value_name = "local|remote")]
     stt_backend: Option<lanyard_server::config::SttBackendKind>,
     /// Remote: the endpoint's base URL (https://api.openai.com/v1, http://other-node:8080/v1)
-    /// or its full .../audio/transcriptions URL.
-    #[arg(long, env = "LANYARD_STT_URL", value_name = "URL")]
+    /// or its full .../audio/transcriptions URL [env: LANYARD_STT_URL].
+    #[arg(long, value_name = "URL")]
     stt_url: Option<String>,
     /// Remote: the bearer key (for a Lanyard node, one of its device tokens). Prefer the
-    /// environment variable: a flag is visible to other users in the process list.
-    #[arg(long, env = "LANYARD_STT_API_KEY", hide_env_values = true, value_name = "KEY")]
-    stt_api_key: Option<String>,
-    /// Remote: the `model` field [default: whisper-1].
-    #[arg(long, env = "LANYARD_STT_MODEL")]
+    /// environment variable, LANYARD_STT_API_KEY: a flag is visible to other users in the
+    /// process list.
+    #[arg(long, value_name = "KEY")]
+    stt_api_key: Option<lanyard_proto::Secret>,
+    /// Remote: the `model` field [env: LANYARD_STT_MODEL] [default: whisper-1].
+    #[arg(long)]
     stt_model: Option<String>,
-    /// Remote: seconds to wait for each attempt [default: 60].
-    #[arg(long, env = "LANYARD_STT_TIMEOUT_SECS", value_name = "SECS")]
+    /// Remote: seconds to wait for each attempt [env: LANYARD_STT_TIMEOUT_SECS] [default: 60].
+    #[arg(long, value_name = "SECS")]
     stt_timeout_secs: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The flags' layer of the server's configuration.
+    fn overrides(self) -> lanyard_server::config::Overrides {
+        lanyard_server::config::Overrides {
+            config: self.config,
+            listen: self.listen,
+            data_dir: self.data_dir,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            model_dir: self.model_dir,
+            stt_threads: self.stt_threads,
+            stt_backend: self.stt_backend,
+            stt_url: self.stt_url,
+            stt_api_key: self.stt_api_key,
+            stt_model: self.stt_model,
+            stt_timeout_secs: self.stt_timeout_secs,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -134,8 +157,14 @@ enum DeviceCommand {
     Add {
         /// A name to recognise the device by; unique.
         name: String,
-        #[arg(long, env = "LANYARD_DATA_DIR", default_value_os_t = paths::default_server_dir())]
-        data_dir: PathBuf,
+        /// The server's data directory, found as `lanyard serve` finds it
+        /// [env: LANYARD_DATA_DIR] [default: the config file's data_dir, else
+        /// ~/.local/share/lanyard/server].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The server's TOML config file, for its data_dir [env: LANYARD_CONFIG].
+        #[arg(long, value_name = "TOML")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -298,7 +327,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Device(DeviceCommand::Add { name, data_dir }) => device_add(&name, data_dir).await,
+            Command::Device(DeviceCommand::Add { name, data_dir, config }) => device_add(&name, data_dir, config).await,
             Command::Relay(args) => relay(args).await,
             Command::PendantSim(args) => pendant_sim(args).await,
             Command::Demo(args) => demo::run(args).await,
@@ -317,45 +346,8 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let file = match &args.config {
-        Some(path) => lanyard_server::config::FileConfig::load(path)?,
-        None => Default::default(),
-    };
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(paths::default_server_dir);
-    // Flags and LANYARD_STT_* over the file's [stt]. The local backend's two
-    // apply only to it: LANYARD_MODEL_DIR is commonly set for every command,
-    // and must not make a remote configuration fail.
-    let mut stt = file.stt.clone();
-    stt.backend = args.stt_backend.or(stt.backend);
-    if stt.backend != Some(lanyard_server::config::SttBackendKind::Remote) {
-        stt.model_dir = args.model_dir.or(stt.model_dir);
-        stt.threads = args.stt_threads.or(stt.threads);
-    }
-    stt.url = args.stt_url.or(stt.url);
-    stt.model = args.stt_model.or(stt.model);
-    stt.timeout_secs = args.stt_timeout_secs.or(stt.timeout_secs);
-    if let Some(key) = args.stt_api_key.filter(|k| !k.is_empty()) {
-        stt.api_key = Some(lanyard_server::config::Secret::new(key));
-        stt.api_key_env = None;
-    }
-    let stt_backend = stt.resolve(&|var| std::env::var(var), paths::default_model_dir)?;
-    let mut cfg = lanyard_server::ServerConfig::new(listen, data_dir);
-    cfg.push = file.push;
-    cfg.limits = file.limits;
-    cfg.audio = file.audio;
-    cfg.connections = file.connections;
-    cfg.tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert_path), Some(key_path)) => Some(lanyard_server::tls::TlsSection { cert_path, key_path }),
-        _ => file.tls,
-    };
-    cfg.admin_token_hash = lanyard_server::config::admin_token_hash(
-        file.admin_token_hash.as_deref(),
-        std::env::var("LANYARD_ADMIN_TOKEN").ok().as_deref(),
-    )?;
-    if let Some(r) = file.responder {
-        cfg.responder = r;
-    }
+    use lanyard_server::config::{load, process_env};
+    let lanyard_server::config::Loaded { server: cfg, stt: stt_backend } = load(args.overrides(), &process_env)?;
     // Check the configuration before the model loads, so a typo fails at once.
     lanyard_server::validate(&cfg)?;
     let stt = lanyard_server::build_stt(&stt_backend).context("cannot start speech-to-text")?;
@@ -372,7 +364,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn device_add(name: &str, data_dir: PathBuf) -> Result<()> {
+async fn device_add(name: &str, data_dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<()> {
+    let flags = lanyard_server::config::Overrides { data_dir, config, ..Default::default() };
+    let data_dir = lanyard_server::config::data_dir(flags, &lanyard_server::config::process_env)?;
     let cfg = lanyard_server::ServerConfig::new(([127, 0, 0, 1], 0).into(), data_dir);
     let (id, token) = add_device(&cfg, name).await?;
     eprintln!("Device {name:?} added as {id}. Its token is shown once; it is stored only as a hash.");

@@ -1,18 +1,10 @@
-//! Default locations, following the XDG base directory convention.
+//! Default locations, following the XDG base directory convention. The
+//! server's and the model's are resolved by their owners
+//! (`lanyard_server::config`, `lanyard_stt::model_dir`); the relay's spool
+//! is the binary's choice.
 
 use std::path::PathBuf;
 
-pub use lanyard_stt::data_home;
-
-pub fn default_server_dir() -> PathBuf {
-    data_home().join("server")
-}
-
 pub fn default_spool_dir() -> PathBuf {
-    data_home().join("spool")
-}
-
-/// Where `scripts/setup` installs the default model.
-pub fn default_model_dir() -> PathBuf {
-    lanyard_stt::default_model_dir()
+    lanyard_stt::data_home().join("spool")
 }

@@ -117,12 +117,10 @@ pub fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Ve
     pcm
 }
 
-/// `$LANYARD_MODEL_DIR`, else the server's default model directory.
+/// `$LANYARD_MODEL_DIR`, else the installed model (`lanyard_stt::model_dir`),
+/// or exits saying how to get one.
 pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("LANYARD_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".local/share/lanyard/models/whisper-tiny.en")
-    });
+    let dir = lanyard_stt::model_dir(None);
     if !dir.join("model.bin").is_file() {
         let _ = writeln!(
             std::io::stderr(),
