@@ -26,7 +26,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-
 #[derive(Args)]
 pub struct DemoArgs {
     /// How many of the built-in sentences to speak (1 to 4).
