@@ -17,6 +17,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lanyard_proto::Secret;
+
 use crate::boundary::BoundaryConfig;
 pub use crate::boundary::DEFAULT_SILENCE_TIMEOUT_MS;
 pub use crate::host::DEFAULT_SEND_INTERVAL;
@@ -34,7 +36,7 @@ impl HostConfig {
         HostConfig {
             spool_dir: spool_dir.into(),
             server: server.into(),
-            token: token.into(),
+            token: Secret::new(token),
             sync_interval: DEFAULT_SYNC_INTERVAL,
             send_interval: DEFAULT_SEND_INTERVAL,
             boundary: BoundaryConfig::default(),
@@ -67,14 +69,14 @@ impl HostConfig {
     }
 }
 
-/// By hand, so the device token never reaches a log: it prints as a
-/// [`lanyard_proto::Secret`] does.
+/// By hand only to keep the field order; the token prints as a
+/// [`Secret`] does.
 impl fmt::Debug for HostConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HostConfig")
             .field("spool_dir", &self.spool_dir)
             .field("server", &self.server)
-            .field("token", &lanyard_proto::Secret::default())
+            .field("token", &self.token)
             .field("sync_interval", &self.sync_interval)
             .field("send_interval", &self.send_interval)
             .field("boundary", &self.boundary)

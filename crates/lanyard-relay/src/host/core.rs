@@ -129,7 +129,7 @@ fn upload_task(
         url,
         method: "PUT".into(),
         headers: vec![
-            ("Authorization".into(), format!("Bearer {}", cfg.token)),
+            ("Authorization".into(), format!("Bearer {}", cfg.token.expose())),
             ("Content-Type".into(), content_type.into()),
         ],
     }
@@ -782,10 +782,13 @@ mod tests {
         }
         let id = rig.ingest.spool.pending().next().unwrap().id;
         let task = rig.events.iter().find_map(|e| match e {
-            RelayEvent::UploadTask { url, .. } => Some(url.clone()),
+            RelayEvent::UploadTask { url, headers, .. } => Some((url.clone(), headers.clone())),
             _ => None,
         });
-        assert!(task.unwrap().contains(&format!("/v1/utterances/{id}/audio?expires_ms=")));
+        let (url, headers) = task.unwrap();
+        assert!(url.contains(&format!("/v1/utterances/{id}/audio?expires_ms=")), "{url}");
+        // The token itself, not its redacted form.
+        assert!(headers.contains(&("Authorization".to_string(), "Bearer t".to_string())), "{headers:?}");
         (rig, id)
     }
 

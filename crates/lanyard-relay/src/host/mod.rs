@@ -61,6 +61,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
+use lanyard_proto::Secret;
 use lanyard_proto::backoff::{Backoff, Retries};
 use lanyard_proto::wire::{self, Binary, PushRegistration, STREAM_PATH};
 use serde::Serialize;
@@ -87,7 +88,7 @@ pub struct HostConfig {
     /// The server's base URL, `http://host:port` or `https://...`.
     pub server: String,
     /// The device's bearer token.
-    pub token: String,
+    pub token: Secret,
     /// The fsync window (see [`crate::spool`]): every frame is durable this
     /// long after it was written, at the latest.
     pub sync_interval: Duration,
@@ -339,7 +340,7 @@ impl Relay {
             AbortOnDrop(tokio::spawn(register_push_until_done(
                 transport.http.clone(),
                 cfg.server.clone(),
-                cfg.token.clone(),
+                cfg.token.expose().to_owned(),
                 push,
                 events.clone(),
             )))
@@ -347,7 +348,7 @@ impl Relay {
         let (ws_tx, mut ws_rx) = mpsc::unbounded_channel();
         let mut socket = Socket {
             url: ws_url,
-            token: cfg.token.clone(),
+            token: cfg.token.expose().to_owned(),
             tls: transport.ws.clone(),
             generation: 0,
             out: None,

@@ -329,7 +329,7 @@ mod tests {
         let path = toml.path().to_str().unwrap();
         let l = load(Overrides::default(), &env_of(&[("LANYARD_CONFIG", path)])).unwrap();
         assert_eq!(l.server.tls.as_ref().unwrap().cert_path, PathBuf::from("/file/cert"));
-        assert_eq!(l.server.admin_token_hash, Some(crate::auth::hash_token("test")));
+        assert_eq!(l.server.admin_token_hash, Some(crate::token::hash_token("test")));
         let token = "t".repeat(super::super::MIN_ADMIN_TOKEN_LEN);
         let env = env_of(&[
             ("LANYARD_CONFIG", path),
@@ -339,7 +339,7 @@ mod tests {
         ]);
         let l = load(Overrides::default(), &env).unwrap();
         assert_eq!(l.server.tls, Some(TlsSection { cert_path: "/env/cert".into(), key_path: "/env/key".into() }));
-        assert_eq!(l.server.admin_token_hash, Some(crate::auth::hash_token(&token)));
+        assert_eq!(l.server.admin_token_hash, Some(crate::token::hash_token(&token)));
         let flags =
             Overrides { tls_cert: Some("/flag/cert".into()), tls_key: Some("/flag/key".into()), ..Default::default() };
         assert_eq!(load(flags, &env).unwrap().server.tls.unwrap().key_path, PathBuf::from("/flag/key"));
