@@ -38,7 +38,7 @@ use lanyard_proto::link::Record;
 use lanyard_proto::omi::OmiCodec;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -97,8 +97,10 @@ pub struct BleFaults {
     pub seed: u64,
 }
 
-/// What the simulator did, with Unix-ms timestamps, for the demo's latency figures.
-#[derive(Debug, Clone, Serialize)]
+/// What the simulator did, with Unix-ms timestamps, for the demo's latency
+/// figures. `lanyard pendant-sim` prints each as a JSON line; the demo, the
+/// campaign and the tests read them back with this type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SimEvent {
     Listening {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use lanyard_proto::backoff::{Backoff, Jitter, Retries};
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{self, Ack, ClientMsg, ServerMsg, limits};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A paced uplink waits this long for its send budget to refill: 20 frames
@@ -153,8 +153,10 @@ pub enum Action {
     },
 }
 
-/// Events for the app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Events for the app. The `lanyard relay` command prints each as a JSON
+/// line (inside a `host::Stamped`), and the campaign, the demo and the tests
+/// read them back with this same type; the FFI converts them to its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RelayEvent {
     Connected,
@@ -214,7 +216,7 @@ pub enum RelayEvent {
 }
 
 /// The relay's counters, for the app's status screen and for loss reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayStats {
     /// Bytes the spool holds on disk.
     pub spool_bytes: u64,

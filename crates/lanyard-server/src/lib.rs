@@ -62,6 +62,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
 use lanyard_stt::{SpeechToText, SttError};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -236,6 +237,17 @@ pub struct AppState {
     /// This API's OpenAPI document, built once from the route table (the
     /// `openapi` module reads `api`; `api` serves it from here).
     openapi: Arc<serde_json::Value>,
+}
+
+/// What `lanyard serve` prints on stdout, one JSON line each: the channel a
+/// process that started it (the demo, the campaign, the benchmark, the
+/// tests) reads, with this same type. Logs go to stderr.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ServeEvent {
+    /// Bound, recovered and ready: the address is the real one when the
+    /// server was asked for port 0, and `url` says whether it serves TLS.
+    Listening { addr: SocketAddr, url: String, data_dir: PathBuf },
 }
 
 /// A running server.

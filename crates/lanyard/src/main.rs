@@ -352,9 +352,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     lanyard_server::validate(&cfg)?;
     let stt = lanyard_server::build_stt(&stt_backend).context("cannot start speech-to-text")?;
     let server = lanyard_server::start(cfg.clone(), stt).await?;
-    print_json(
-        &serde_json::json!({ "event": "listening", "addr": server.addr, "url": server.url(), "data_dir": cfg.data_dir }),
-    );
+    print_json(&lanyard_server::ServeEvent::Listening {
+        addr: server.addr,
+        url: server.url(),
+        data_dir: cfg.data_dir.clone(),
+    });
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("stopping");

@@ -64,7 +64,7 @@ use futures::{SinkExt, StreamExt};
 use lanyard_proto::Secret;
 use lanyard_proto::backoff::{Backoff, Retries};
 use lanyard_proto::wire::{self, Binary, PushRegistration, STREAM_PATH};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
@@ -154,7 +154,7 @@ pub enum Control {
 pub use crate::planner::Lifecycle;
 
 /// An event with the time the relay saw it, as printed for the app or tests.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stamped {
     pub at_ms: u64,
     #[serde(flatten)]
