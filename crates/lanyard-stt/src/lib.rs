@@ -52,7 +52,7 @@ mod whisper;
 pub use agreement::LocalAgreement;
 pub use endpoint::{EndpointConfig, Endpointer, VadEvent};
 pub use error::SttError;
-pub use location::{MODEL_DIR_ENV, data_home, default_model_dir, installed_model_dir, model_dir};
+pub use location::{MODEL_DIR_ENV, data_home, default_model_dir, installed_model_dir, model_dir, require_model_dir};
 pub use preprocessor::{
     EXPECTED_SAMPLING_RATE, PREPROCESSOR_CONFIG_FILE, PreprocessorConfig, ensure_preprocessor_config,
 };

@@ -40,6 +40,19 @@ pub fn installed_model_dir() -> PathBuf {
     data_home().join("models/whisper-tiny.en")
 }
 
+/// [`default_model_dir`] if a model is installed there (it holds
+/// `model.bin`), else an error that says how to install one. The tests and
+/// benchmarks that need the real model fail with it rather than skip: a
+/// silently skipped speech test hides a broken server.
+pub fn require_model_dir() -> Result<PathBuf, String> {
+    let dir = default_model_dir();
+    if dir.join("model.bin").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!("no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)", dir.display()))
+    }
+}
+
 /// `$XDG_DATA_HOME/lanyard`, else `~/.local/share/lanyard`: the base of
 /// every default location (the server's data, the relay's spool, models,
 /// recordings).

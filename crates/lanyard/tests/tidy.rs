@@ -70,6 +70,12 @@ const ONLY: &[(&str, Allowed)] = &[
     ("axum", |c| c == "lanyard-server"),
 ];
 
+/// The crates that may list `lanyard-testkit` as a normal dependency: the
+/// campaign, the load generator and the binary (whose `demo` runs the roles
+/// as processes). Every crate may list it as a dev-dependency; no role's
+/// library may ship with it.
+const TESTKIT_USERS: &[&str] = &["lanyard", "lanyard-sim", "lanyard-bench"];
+
 /// Crates that do I/O, which the sans-I/O protocol crate never lists.
 const IO_CRATES: &[&str] =
     &["tokio", "mio", "async-std", "reqwest", "hyper", "tokio-tungstenite", "tungstenite", "axum", "sqlx", "btleplug"];
@@ -81,7 +87,11 @@ fn invariant_violations(metadata: &Value) -> Vec<String> {
     for package in metadata["packages"].as_array().expect("cargo metadata lists packages") {
         let name = package["name"].as_str().unwrap();
         for dep in package["dependencies"].as_array().unwrap() {
+            let dev = dep["kind"].as_str() == Some("dev");
             let dep = dep["name"].as_str().unwrap();
+            if dep == "lanyard-testkit" && !dev && !TESTKIT_USERS.contains(&name) {
+                broken.push(format!("{name} depends on lanyard-testkit outside [dev-dependencies] (ARCHITECTURE.md)"));
+            }
             for (only, allowed) in ONLY {
                 if dep == *only && !allowed(name) {
                     broken.push(format!("{name} depends on {dep}, which only its owning crate may (ARCHITECTURE.md)"));
@@ -115,13 +125,16 @@ fn crate_invariants_hold() {
 /// The check finds each kind of break (so a passing run means something).
 #[test]
 fn each_crate_invariant_break_is_found() {
-    let package = |name: &str, deps: &[&str]| serde_json::json!({"name": name, "dependencies": deps.iter().map(|d| serde_json::json!({"name": d})).collect::<Vec<_>>()});
+    let package = |name: &str, deps: &[&str]| serde_json::json!({"name": name, "dependencies": deps.iter().map(|d| serde_json::json!({"name": d, "kind": null})).collect::<Vec<_>>()});
+    let dev = |name: &str, dep: &str| serde_json::json!({"name": name, "dependencies": [{"name": dep, "kind": "dev"}]});
     let clean = serde_json::json!({"packages": [
         package("lanyard-audio", &["opus"]),
         package("lanyard-stt", &["ct2rs"]),
         package("lanyard-store-postgres", &["sqlx"]),
         package("lanyard-server", &["axum", "tokio"]),
         package("lanyard-proto", &["serde"]),
+        package("lanyard-sim", &["lanyard-testkit"]),
+        dev("lanyard-relay", "lanyard-testkit"),
     ]});
     assert_eq!(invariant_violations(&clean), Vec::<String>::new());
     for (krate, dep) in [
@@ -130,6 +143,7 @@ fn each_crate_invariant_break_is_found() {
         ("lanyard-store", "sqlx"),
         ("lanyard-relay", "axum"),
         ("lanyard-proto", "tokio"),
+        ("lanyard-relay", "lanyard-testkit"),
     ] {
         let broken = serde_json::json!({"packages": [package(krate, &[dep])]});
         let found = invariant_violations(&broken);
