@@ -50,15 +50,10 @@ fn lanyard_bin(profile: &Path) -> PathBuf {
     bin
 }
 
-/// Same rule as the `lanyard` crate's end-to-end tests.
+/// The one rule every test uses (`lanyard_testkit::model_dir` wraps the
+/// same call; this crate's tests need nothing else of the testkit).
 fn model_dir() -> PathBuf {
-    let dir = lanyard_stt::default_model_dir();
-    assert!(
-        dir.join("model.bin").exists(),
-        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
-        dir.display()
-    );
-    dir
+    lanyard_stt::require_model_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -17,18 +17,9 @@ use lanyard_push::testing::{ApnsPeer, ApnsPeerConfig, PeerReply, TestApnsKey};
 use lanyard_server::config::ApnsSection;
 use lanyard_server::{ServerConfig, auth};
 use lanyard_store::{PushStatus, PushTarget};
+use lanyard_testkit::model_dir;
 
 const TOPIC: &str = "com.example.lanyard";
-
-fn model_dir() -> std::path::PathBuf {
-    let dir = lanyard_stt::default_model_dir();
-    assert!(
-        dir.join("model.bin").exists(),
-        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
-        dir.display()
-    );
-    dir
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_replies_through_failures_are_each_delivered_once_or_accounted_for() {

@@ -26,7 +26,7 @@ pub struct Lanyard {
 
 /// A started `lanyard serve`, and where it listens.
 pub struct Server {
-    pub process: Child<ServeEvent>,
+    pub child: Child<ServeEvent>,
     pub addr: SocketAddr,
     /// `http://` or `https://` and the address, as the server printed it.
     pub url: String,
@@ -114,14 +114,14 @@ impl Lanyard {
 /// and waits up to `within` for its `listening` event. A server that exits
 /// first fails at once, with its exit status.
 pub async fn start_server(cmd: Command, within: Duration) -> Result<Server, StartError> {
-    let mut process: Child<ServeEvent> = Child::spawn("lanyard serve", cmd).map_err(StartError::Spawn)?;
+    let mut child: Child<ServeEvent> = Child::spawn("lanyard serve", cmd).map_err(StartError::Spawn)?;
     let listening =
-        process.wait_for("listening", within, |ServeEvent::Listening { addr, url, .. }| Some((addr, url))).await;
+        child.wait_for("listening", within, |ServeEvent::Listening { addr, url, .. }| Some((addr, url))).await;
     match listening {
-        Ok((addr, url)) => Ok(Server { process, addr, url }),
+        Ok((addr, url)) => Ok(Server { child, addr, url }),
         Err(WaitError::Timeout { .. }) => Err(StartError::Timeout(within)),
         Err(WaitError::Ended { .. }) => {
-            let status = tokio::time::timeout(Duration::from_secs(5), process.process.wait()).await;
+            let status = tokio::time::timeout(Duration::from_secs(5), child.process.wait()).await;
             Err(StartError::Exited { status: describe(status.ok().and_then(Result::ok)) })
         }
     }

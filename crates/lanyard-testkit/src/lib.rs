@@ -38,3 +38,23 @@ pub fn model_dir() -> PathBuf {
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Waits up to `within` for the next event of `child` (a [`Child`]) that
+/// matches the pattern, skipping the others, and evaluates to the expression
+/// after `=>`; panics with the pattern's text otherwise. For tests:
+///
+/// ```ignore
+/// let id = expect_event!(relay, secs(30), Stamped { event: RelayEvent::UtteranceStarted { id }, .. } => id);
+/// ```
+#[macro_export]
+macro_rules! expect_event {
+    ($child:expr, $within:expr, $pattern:pat => $out:expr) => {
+        $child
+            .expect(stringify!($pattern), $within, |event| match event {
+                $pattern => Some($out),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .await
+    };
+}

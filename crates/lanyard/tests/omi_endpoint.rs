@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, add_device, start_server};
+use common::{RelayEvent, SimEvent, Stamped, add_device, expect_event, pendant, relay, start_server};
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
 use uuid::Uuid;
@@ -26,7 +26,7 @@ async fn a_continuous_omi_stream_is_split_where_the_server_hears_speech_stop() {
     let token = add_device(&server_dir, "omi-test");
     let (_server, url) = start_server(&server_dir).await;
 
-    let mut pendant = Proc::spawn(&[
+    let mut pendant = pendant(&[
         "pendant-sim",
         "--listen",
         "127.0.0.1:0",
@@ -43,9 +43,9 @@ async fn a_continuous_omi_stream_is_split_where_the_server_hears_speech_stop() {
         "--say",
         SECOND,
     ]);
-    let sim_addr = pendant.expect("listening", Duration::from_secs(30)).await["addr"].as_str().unwrap().to_string();
+    let sim_addr = expect_event!(pendant, Duration::from_secs(30), SimEvent::Listening { addr } => addr).to_string();
     let spool = dir.path().join("spool");
-    let mut relay = Proc::spawn(&[
+    let mut relay = relay(&[
         "relay",
         "--server",
         &url,
@@ -61,18 +61,22 @@ async fn a_continuous_omi_stream_is_split_where_the_server_hears_speech_stop() {
 
     // The first utterance ends while the pendant still sends (silent)
     // frames, before the second sentence starts: only an endpoint does that.
-    let first = relay.expect("utterance_ended", Duration::from_secs(60)).await;
-    assert_eq!(pendant.expect("utterance_start", Duration::from_secs(30)).await["index"], 0);
-    let second_start = pendant.expect("utterance_start", Duration::from_secs(30)).await;
-    assert_eq!(second_start["index"], 1);
-    let (ended_ms, started_ms) = (first["at_ms"].as_u64().unwrap(), second_start["at_ms"].as_u64().unwrap());
+    let ended = |stamped: Stamped| match stamped.event {
+        RelayEvent::UtteranceEnded { id, .. } => Some((id, stamped.at_ms)),
+        _ => None,
+    };
+    let (first, ended_ms) = relay.expect("utterance_ended", Duration::from_secs(60), ended).await;
+    let utterance_start = Duration::from_secs(30);
+    assert_eq!(expect_event!(pendant, utterance_start, SimEvent::UtteranceStart { index, .. } => index), 0);
+    let (index, started_ms) =
+        expect_event!(pendant, utterance_start, SimEvent::UtteranceStart { index, at_ms, .. } => (index, at_ms));
+    assert_eq!(index, 1);
     assert!(ended_ms < started_ms, "the first utterance ended at {ended_ms}, after the second began at {started_ms}");
-    let second = relay.expect("utterance_ended", Duration::from_secs(60)).await;
-    let ids: Vec<Uuid> =
-        [&first, &second].iter().map(|e| Uuid::parse_str(e["id"].as_str().unwrap()).unwrap()).collect();
+    let (second, _) = relay.expect("utterance_ended", Duration::from_secs(60), ended).await;
+    let ids: Vec<Uuid> = vec![first, second];
     assert_ne!(ids[0], ids[1]);
     // `--exit-after 2`: it exits once both replies came.
-    let status = tokio::time::timeout(Duration::from_secs(90), relay.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(90), relay.process.wait()).await.unwrap().unwrap();
     assert!(status.success());
 
     let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.unwrap();

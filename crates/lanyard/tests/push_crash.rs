@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, add_device, model_dir};
+use common::{Server, add_device, lanyard, model_dir};
 use lanyard_push::testing::{ApnsPeer, ApnsPeerConfig, PeerReply, TestApnsKey};
 use lanyard_store::{PushStatus, Store};
 use lanyard_store_sqlite::SqliteStore;
@@ -26,22 +26,12 @@ fn config(dir: &std::path::Path, key: &TestApnsKey, peer: &ApnsPeer, topic: &str
     path
 }
 
-async fn serve(data: &std::path::Path, config: &std::path::Path) -> (Proc, String) {
-    let model = model_dir();
-    let mut p = Proc::spawn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--model-dir",
-        model.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    let ev = p.expect("listening", Duration::from_secs(60)).await;
-    let url = format!("http://{}", ev["addr"].as_str().unwrap());
-    (p, url)
+async fn serve(data: &std::path::Path, config: &std::path::Path) -> (Server, String) {
+    let mut cmd = lanyard().serve_command(data);
+    cmd.arg("--model-dir").arg(model_dir()).arg("--config").arg(config);
+    let server = lanyard_testkit::start_server(cmd, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}"));
+    let url = server.url.clone();
+    (server, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +57,7 @@ async fn sigkill_between_send_and_record_sends_at_most_once_more_with_the_same_c
     let token = add_device(&data, "crash-phone");
 
     let (server, url) = serve(&data, &config).await;
-    *victim.lock().unwrap() = server.child.id();
+    *victim.lock().unwrap() = server.child.process.id();
     let client = reqwest::Client::new();
     let resp = client
         .put(format!("{url}/v1/device/push"))
@@ -89,7 +79,7 @@ async fn sigkill_between_send_and_record_sends_at_most_once_more_with_the_same_c
 
     // The server dies mid-send.
     let mut server = server;
-    let status = tokio::time::timeout(Duration::from_secs(60), server.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), server.child.process.wait()).await.unwrap().unwrap();
     assert!(!status.success(), "the server was killed");
     assert_eq!(peer.received().len(), 1);
     let store = SqliteStore::open(&data.join("lanyard.db")).await.unwrap();

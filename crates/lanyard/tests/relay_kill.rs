@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, add_device, start_server};
+use common::{RelayEvent, SimEvent, Stamped, add_device, expect_event, pendant, relay, start_server};
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
 use uuid::Uuid;
@@ -26,7 +26,7 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
     let token = add_device(&server_dir, "kill-test");
     let (_server, url) = start_server(&server_dir).await;
 
-    let mut pendant = Proc::spawn(&[
+    let mut pendant = pendant(&[
         "pendant-sim",
         "--listen",
         "127.0.0.1:0",
@@ -38,7 +38,7 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
         "--say",
         SENTENCE,
     ]);
-    let sim_addr = pendant.expect("listening", Duration::from_secs(30)).await["addr"].as_str().unwrap().to_string();
+    let sim_addr = expect_event!(pendant, Duration::from_secs(30), SimEvent::Listening { addr } => addr).to_string();
     let relay_args = [
         "relay",
         "--server",
@@ -54,15 +54,15 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
         "--exit-after",
         "1",
     ];
-    let mut relay = Proc::spawn(&relay_args);
-    let started = relay.expect("utterance_started", Duration::from_secs(30)).await;
-    let id = Uuid::parse_str(started["id"].as_str().unwrap()).unwrap();
-    let speech = pendant.expect("utterance_start", Duration::from_secs(5)).await;
-    assert!(speech["frames"].as_u64().unwrap() > 150, "the sentence should last several seconds");
+    let mut first = relay(&relay_args);
+    let id: Uuid = expect_event!(first, Duration::from_secs(30),
+        Stamped { event: RelayEvent::UtteranceStarted { id }, .. } => id);
+    let frames = expect_event!(pendant, Duration::from_secs(5), SimEvent::UtteranceStart { frames, .. } => frames);
+    assert!(frames > 150, "the sentence should last several seconds");
 
     // Mid-utterance: about 1.5 s of a 5 s sentence is spooled.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    relay.kill().await;
+    first.kill().await;
     let segments = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
         std::fs::read_dir(dir)
             .unwrap()
@@ -74,13 +74,14 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
     assert!(spooled_segments > 0, "the killed relay left its spool on disk");
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let mut relay = Proc::spawn(&relay_args);
-    let ended = relay.expect("utterance_ended", Duration::from_secs(30)).await;
-    assert_eq!(ended["id"].as_str().unwrap(), id.to_string(), "the restarted relay adopts the unfinished utterance");
-    let frames = ended["frames"].as_u64().unwrap() as u32;
-    let reply = relay.expect("reply", Duration::from_secs(60)).await;
-    assert_eq!(reply["id"].as_str().unwrap(), id.to_string());
-    let status = tokio::time::timeout(Duration::from_secs(30), relay.child.wait()).await.unwrap().unwrap();
+    let mut relay = relay(&relay_args);
+    let (ended, frames) = expect_event!(relay, Duration::from_secs(30),
+        Stamped { event: RelayEvent::UtteranceEnded { id, frames, .. }, .. } => (id, frames));
+    assert_eq!(ended, id, "the restarted relay adopts the unfinished utterance");
+    let replied =
+        expect_event!(relay, Duration::from_secs(60), Stamped { event: RelayEvent::Reply { id, .. }, .. } => id);
+    assert_eq!(replied, id);
+    let status = tokio::time::timeout(Duration::from_secs(30), relay.process.wait()).await.unwrap().unwrap();
     assert!(status.success(), "the relay exits cleanly after the reply");
 
     // The server's own record of it.

@@ -13,7 +13,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{Proc, add_device, start_server};
+use common::{Child, RelayEvent, SimEvent, Stamped, add_device, expect_event, pendant, relay, start_server};
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
 use rand::{Rng, SeedableRng};
@@ -37,46 +37,45 @@ async fn twenty_kills_lose_nothing_spooled_and_resend_nothing_acknowledged() {
     for s in lanyard_pendant::speech::DEMO_SENTENCES.iter().chain(lanyard_pendant::speech::DEMO_SENTENCES) {
         sim_args.extend(["--say", s]);
     }
-    let mut pendant = Proc::spawn(&sim_args);
-    let sim_addr = pendant.expect("listening", Duration::from_secs(60)).await["addr"].as_str().unwrap().to_string();
+    let mut pendant = pendant(&sim_args);
+    let sim_addr = expect_event!(pendant, Duration::from_secs(60), SimEvent::Listening { addr } => addr).to_string();
     let relay_args =
         ["relay", "--server", &url, "--token", &token, "--pendant", &sim_addr, "--spool-dir", spool.to_str().unwrap()];
 
     // Frames each utterance was ended with, by whichever relay ended it.
     let mut ended: BTreeMap<Uuid, u64> = BTreeMap::new();
     let mut started: HashSet<Uuid> = HashSet::new();
-    let drain = |p: &mut Proc, ended: &mut BTreeMap<Uuid, u64>, started: &mut HashSet<Uuid>| {
-        while let Ok(v) = p.events.try_recv() {
-            let id = v["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
-            match (v["event"].as_str(), id) {
-                (Some("utterance_started"), Some(id)) => {
+    let drain = |p: &mut Child<Stamped>, ended: &mut BTreeMap<Uuid, u64>, started: &mut HashSet<Uuid>| {
+        while let Some(stamped) = p.try_next() {
+            match stamped.event {
+                RelayEvent::UtteranceStarted { id } => {
                     started.insert(id);
                 }
-                (Some("utterance_ended"), Some(id)) => {
-                    ended.insert(id, v["frames"].as_u64().unwrap());
+                RelayEvent::UtteranceEnded { id, frames, .. } => {
+                    ended.insert(id, u64::from(frames));
                 }
                 _ => {}
             }
         }
     };
 
-    let mut relay = Proc::spawn(&relay_args);
-    relay.expect("utterance_started", Duration::from_secs(60)).await;
+    let mut relay_now = relay(&relay_args);
+    expect_event!(relay_now, Duration::from_secs(60), Stamped { event: RelayEvent::UtteranceStarted { .. }, .. } => ());
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1200))).await;
-        relay.child.kill().await.unwrap();
+        relay_now.process.kill().await.unwrap();
         // What the relay printed before it died is still in the pipe.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(50..300))).await;
-        drain(&mut relay, &mut ended, &mut started);
-        relay = Proc::spawn(&relay_args);
+        drain(&mut relay_now, &mut ended, &mut started);
+        relay_now = relay(&relay_args);
     }
     // Let the pendant finish and the last relay deliver everything.
-    pendant.expect("done", Duration::from_secs(120)).await;
+    expect_event!(pendant, Duration::from_secs(120), SimEvent::Done { .. } => ());
     let store = SqliteStore::open(&server_dir.join("lanyard.db")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        drain(&mut relay, &mut ended, &mut started);
+        drain(&mut relay_now, &mut ended, &mut started);
         // Every utterance any relay started, ended and transcribed.
         started.extend(ended.keys().copied());
         let mut all_done = started.iter().all(|id| ended.contains_key(id));
@@ -120,5 +119,5 @@ async fn twenty_kills_lose_nothing_spooled_and_resend_nothing_acknowledged() {
     );
     assert_eq!(duplicates, 0.0, "nothing acknowledged was sent again");
     assert_eq!(received as u64, stored, "every frame crossed the wire once");
-    relay.kill().await;
+    relay_now.kill().await;
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, add_device, model_dir};
+use common::{RelayEvent, Stamped, add_device, expect_event, lanyard, model_dir, relay};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,22 +31,10 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     let token = add_device(&server_dir, "tls-phone");
     let model = model_dir();
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let mut server = Proc::spawn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &path(&server_dir),
-        "--model-dir",
-        &path(&model),
-        "--tls-cert",
-        &path(&cert_pem),
-        "--tls-key",
-        &path(&key_pem),
-    ]);
-    let listening = server.expect("listening", Duration::from_secs(60)).await;
-    let url = listening["url"].as_str().unwrap().to_string();
-    let addr = listening["addr"].as_str().unwrap().to_string();
+    let mut serve = lanyard().serve_command(&server_dir);
+    serve.arg("--model-dir").arg(&model).arg("--tls-cert").arg(&cert_pem).arg("--tls-key").arg(&key_pem);
+    let server = lanyard_testkit::start_server(serve, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (url, addr) = (server.url.clone(), server.addr);
     assert_eq!(url, format!("https://{addr}"));
 
     // Clear text gets no HTTP answer.
@@ -87,11 +75,12 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     };
     let spool = path(&dir.path().join("spool-a"));
     let args = relay_args(&spool);
-    let mut untrusting = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let refused = untrusting.expect("error", Duration::from_secs(30)).await;
-    let message = refused["message"].as_str().unwrap().to_lowercase();
-    assert_eq!(refused["code"], "push_registration", "{refused}");
-    assert!(message.contains("certificate") || message.contains("issuer"), "the error says why: {refused}");
+    let mut untrusting = relay(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, message) = expect_event!(untrusting, Duration::from_secs(30),
+        Stamped { event: RelayEvent::Error { code, message, .. }, .. } => (code, message));
+    assert_eq!(code, "push_registration", "{message}");
+    let lower = message.to_lowercase();
+    assert!(lower.contains("certificate") || lower.contains("issuer"), "the error says why: {message}");
     untrusting.kill().await;
     let store = lanyard_store_sqlite::SqliteStore::open(&server_dir.join("lanyard.db")).await.unwrap();
     let pushed = || async {
@@ -104,7 +93,7 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
     let spool = path(&dir.path().join("spool-b"));
     let mut args = relay_args(&spool);
     args.extend(["--ca-cert".to_string(), path(&ca_pem)]);
-    let trusting = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let trusting = relay(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !pushed().await {
         assert!(std::time::Instant::now() < deadline, "the relay with --ca-cert never registered its push token");
@@ -143,5 +132,5 @@ async fn the_server_speaks_only_tls_and_relays_trust_only_what_they_are_told() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("does not go with the certificate"), "{stderr}");
-    server.kill().await;
+    server.child.kill().await;
 }

