@@ -50,7 +50,6 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -62,8 +61,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lanyard_audio::FrameEncoder;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{self, Audio, Binary, ClientMsg, DeviceCreated, NewDevice, ServerMsg};
+use lanyard_testkit::Lanyard;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -296,7 +295,7 @@ struct Server {
     url: String,
     pid: Option<u32>,
     admin: lanyard_proto::Secret,
-    child: Option<tokio::process::Child>,
+    child: Option<lanyard_testkit::Child<lanyard_server::ServeEvent>>,
     log: Option<PathBuf>,
     /// The filesystem of the data directory, when we chose it.
     fs: Option<String>,
@@ -306,7 +305,7 @@ struct Server {
 impl Server {
     /// Stops a server we started: SIGINT (its clean shutdown), then SIGKILL.
     async fn stop(&mut self) {
-        let Some(child) = self.child.as_mut() else { return };
+        let Some(child) = self.child.as_mut().map(|c| &mut c.process) else { return };
         if let Some(pid) = child.id() {
             // SAFETY: sends a signal to our own child.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
@@ -318,7 +317,7 @@ impl Server {
 }
 
 async fn start_server(args: &IngestArgs) -> Result<Server> {
-    let exe = std::env::current_exe().context("cannot find this executable to start `lanyard serve`")?;
+    let lanyard = Lanyard::current_exe().context("cannot find this executable to start `lanyard serve`")?;
     let dir = match &args.data_parent {
         Some(p) => tempfile::Builder::new().prefix("lanyard-bench-").tempdir_in(p),
         None => tempfile::Builder::new().prefix("lanyard-bench-").tempdir(),
@@ -326,52 +325,30 @@ async fn start_server(args: &IngestArgs) -> Result<Server> {
     .context("cannot make a temporary data directory")?;
     let admin = lanyard_proto::Secret::new(lanyard_server::auth::mint_token());
     let log = dir.path().join("server.log");
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path().join("server"));
+    let mut cmd = lanyard.serve_command(&dir.path().join("server"));
     if let Some(m) = &args.model_dir {
         cmd.arg("--model-dir").arg(m);
     }
     cmd.env("LANYARD_ADMIN_TOKEN", admin.expose())
         .env_remove("LANYARD_CONFIG")
         .env("LANYARD_LOG", std::env::var("LANYARD_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).context("cannot create the server log")?)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().context("cannot start `lanyard serve`")?;
-    let pid = child.id();
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["event"] == "listening"
-            {
-                return v["addr"].as_str().map(str::to_owned);
-            }
+        .stderr(std::fs::File::create(&log).context("cannot create the server log")?);
+    // The testkit's reader keeps draining stdout, so the server never blocks
+    // on a full pipe.
+    let server = match lanyard_testkit::start_server(cmd, Duration::from_secs(120)).await {
+        Ok(server) => server,
+        Err(e) => {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            bail!("{e}. Its log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
-        None
-    })
-    .await
-    .ok()
-    .flatten();
-    let Some(addr) = addr else {
-        let _ = child.kill().await;
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-        bail!(
-            "the server did not start (no `listening` event within 120 s). Its log ends:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
     };
-    // Keep reading stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let fs = filesystem(dir.path());
     Ok(Server {
-        url: format!("http://{addr}"),
-        pid,
+        url: server.url.clone(),
+        pid: server.child.process.id(),
         admin,
-        child: Some(child),
+        child: Some(server.child),
         log: Some(log),
         fs: Some(fs),
         _dir: Some(dir),

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The model directory: `$LANYARD_MODEL_DIR`, else where `scripts/setup`
-/// installs it; the one rule of every test (`lanyard_stt::installed_model_dir`,
+/// installs it; the one rule of every test (`lanyard_stt::require_model_dir`,
 /// which `lanyard_testkit::model_dir` wraps too: that crate depends on this
 /// one, so these tests call the rule directly). Panics with install
 /// instructions otherwise.
