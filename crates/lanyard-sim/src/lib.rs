@@ -40,19 +40,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lanyard_pendant::speech::Voice;
 use lanyard_push::testing::{ApnsPeer, ApnsPeerConfig, PeerReply, TestApnsKey};
+use lanyard_server::ServeEvent;
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
+use lanyard_testkit::Lanyard;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -106,10 +107,8 @@ pub struct SimArgs {
     keep: Option<PathBuf>,
 }
 
-/// Unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+/// Unix milliseconds: the clock of every `at_ms` the processes print.
+pub use lanyard_testkit::now_ms;
 
 /// What every part of the campaign shares: where events and faults go.
 #[derive(Clone)]
@@ -151,27 +150,13 @@ impl Shared {
             .append(true)
             .open(self.logs.join(format!("{name}.log")))
             .with_context(|| format!("cannot create the log file for {name}"))?;
-        let mut child = Command::new(&self.exe)
-            .args(args)
-            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
+        let mut cmd = Lanyard::new(&self.exe).command(args);
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stderr(log)
             // Plain log files, without terminal colour codes.
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        let stdout = child.stdout.take().expect("piped");
-        let tx = self.events.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send((source, v));
-                }
-            }
-        });
-        Ok(child)
+            .env("NO_COLOR", "1");
+        lanyard_testkit::forward(name, cmd, self.events.clone(), move |event: Value| (source, event))
+            .with_context(|| format!("cannot start {name}"))
     }
 
     fn fault_count(&self) -> usize {
@@ -190,7 +175,7 @@ pub fn poisson_wait(rng: &mut impl Rng, per_min: f64) -> Option<Duration> {
 
 /// The server process, restartable on the same port and data.
 struct Server {
-    child: Child,
+    child: lanyard_testkit::Child<ServeEvent>,
     addr: SocketAddr,
     args: Vec<String>,
     /// Counters scraped from incarnations that were killed.
@@ -213,7 +198,7 @@ impl Server {
     async fn kill_and_restart(&mut self, shared: &Shared) -> Result<()> {
         // The counters die with the process: read them first.
         let (dup, recv) = scrape(shared, &self.url(shared)).await.unwrap_or((0, 0));
-        self.child.kill().await.context("cannot SIGKILL the server")?;
+        self.child.process.kill().await.context("cannot SIGKILL the server")?;
         self.dead_duplicates += dup;
         self.dead_received += recv;
         shared.fault("server_kill", "server", format!("SIGKILL, incarnation {}", self.incarnations));
@@ -244,29 +229,21 @@ impl Server {
     }
 }
 
-/// Starts `lanyard serve` and waits for its address.
-async fn start_server(shared: &Shared, args: &[String]) -> Result<(Child, SocketAddr)> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let own = Shared { events: tx, ..shared.clone() };
-    let mut child = own.spawn(Source::Server, "server", args, false)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-            Ok(Some((_, v))) if v["event"] == "listening" => {
-                let addr = v["addr"].as_str().and_then(|a| a.parse().ok()).context("server printed no address")?;
-                return Ok((child, addr));
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                if let Ok(Some(status)) = child.try_wait() {
-                    bail!("the server exited with {status}; see {}", shared.logs.join("server.log").display());
-                }
-                if Instant::now() > deadline {
-                    bail!("the server did not start within 120 s; see {}", shared.logs.join("server.log").display());
-                }
-            }
-        }
-    }
+/// Starts `lanyard serve` and waits for its address. Its stderr goes to
+/// `logs/server.log`, appended across restarts.
+async fn start_server(shared: &Shared, args: &[String]) -> Result<(lanyard_testkit::Child<ServeEvent>, SocketAddr)> {
+    let log_path = shared.logs.join("server.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .context("cannot create the log file for the server")?;
+    let mut cmd = Lanyard::new(&shared.exe).command(args);
+    cmd.stderr(log).env("NO_COLOR", "1");
+    let server = lanyard_testkit::start_server(cmd, Duration::from_secs(120))
+        .await
+        .with_context(|| format!("see {}", log_path.display()))?;
+    Ok((server.child, server.addr))
 }
 
 /// Reads `lanyard_frames_duplicate_total` and `lanyard_frames_received_total`.
@@ -482,7 +459,7 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
     let mut server = server.lock().await;
     let (frames_duplicate, frames_received) = server.counters(&shared).await;
     let facts = server_facts(&store, &log, &devices, &server_dir).await?;
-    let _ = server.child.kill().await;
+    let _ = server.child.process.kill().await;
     let incarnations = server.incarnations;
     drop(server);
     let pushes = pushes_seen(&peer);
