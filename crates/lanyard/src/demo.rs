@@ -14,15 +14,18 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use lanyard_pendant::sim::SimEvent;
 use lanyard_proto::wire::UtteranceView;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use lanyard_relay::RelayEvent;
+use lanyard_relay::host::Stamped;
+use lanyard_server::ServeEvent;
+use lanyard_testkit::Lanyard;
+use serde::de::DeserializeOwned;
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -52,30 +55,30 @@ pub struct DemoArgs {
     plain: bool,
 }
 
-/// A child process whose stdout JSON lines are forwarded, tagged.
+/// A child process, whose stdout events are forwarded into one stream.
 struct Proc {
     name: &'static str,
     child: Child,
 }
 
-fn spawn(name: &'static str, args: &[String], tx: mpsc::UnboundedSender<(&'static str, Value)>) -> Result<Proc> {
-    let exe = std::env::current_exe().context("cannot find the lanyard executable")?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
+/// What one of the roles printed, as its own event type.
+#[derive(Debug)]
+enum Reported {
+    Server(ServeEvent),
+    Pendant(SimEvent),
+    Relay(Stamped),
+}
+
+/// Starts `lanyard ARGS` as `name` and forwards its events, read as `E`.
+fn spawn<E: DeserializeOwned + 'static>(
+    name: &'static str,
+    args: &[String],
+    tx: &mpsc::UnboundedSender<Reported>,
+    tag: fn(E) -> Reported,
+) -> Result<Proc> {
+    let lanyard = Lanyard::current_exe().context("cannot find the lanyard executable")?;
+    let child = lanyard_testkit::forward(name, lanyard.command(args), tx.clone(), tag)
         .with_context(|| format!("cannot start {name}"))?;
-    let stdout = child.stdout.take().expect("piped");
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send((name, v));
-            }
-        }
-    });
     Ok(Proc { name, child })
 }
 
@@ -129,9 +132,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         server_args.extend([s("--tls-cert"), path(&tls.cert), s("--tls-key"), path(&tls.key)]);
         trust.extend([s("--ca-cert"), path(&tls.ca)]);
     }
-    let mut procs = vec![spawn("server", &server_args, tx.clone())?];
-    let listening = wait_for(&mut rx, &mut procs, "server", "listening", deadline - started.elapsed()).await?;
-    let server_url = listening["url"].as_str().context("server printed no URL")?.to_string();
+    let mut procs = vec![spawn("server", &server_args, &tx, Reported::Server)?];
+    let server_url =
+        wait_for(&mut rx, &mut procs, "the server's listening", deadline - started.elapsed(), |r| match r {
+            Reported::Server(ServeEvent::Listening { url, .. }) => Some(url),
+            _ => None,
+        })
+        .await?;
     let tls_note = if args.plain { "plain HTTP" } else { "TLS, a throwaway CA's certificate" };
     eprintln!("lanyard demo: server up at {server_url} ({tls_note}; model loaded)");
 
@@ -140,9 +147,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for sentence in &lanyard_pendant::speech::DEMO_SENTENCES[..n] {
         sim_args.extend([s("--say"), s(sentence)]);
     }
-    procs.push(spawn("pendant", &sim_args, tx.clone())?);
-    let sim = wait_for(&mut rx, &mut procs, "pendant", "listening", deadline - started.elapsed()).await?;
-    let sim_addr = sim["addr"].as_str().context("pendant printed no address")?.to_string();
+    procs.push(spawn("pendant", &sim_args, &tx, Reported::Pendant)?);
+    let sim_addr =
+        wait_for(&mut rx, &mut procs, "the pendant's listening", deadline - started.elapsed(), |r| match r {
+            Reported::Pendant(SimEvent::Listening { addr }) => Some(addr.to_string()),
+            _ => None,
+        })
+        .await?;
     eprintln!("lanyard demo: pendant simulator at {sim_addr}");
 
     procs.push(spawn(
@@ -165,7 +176,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .into_iter()
         .chain(trust)
         .collect::<Vec<_>>(),
-        tx.clone(),
+        &tx,
+        Reported::Relay,
     )?);
     drop(tx);
 
@@ -214,7 +226,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 /// its reply: what the pendant said, the relay's utterance id, transcript
 /// and reply for each.
 async fn follow(
-    rx: &mut mpsc::UnboundedReceiver<(&'static str, Value)>,
+    rx: &mut mpsc::UnboundedReceiver<Reported>,
     procs: &mut [Proc],
     n: usize,
     started: Instant,
@@ -227,46 +239,47 @@ async fn follow(
     let mut replies = 0usize;
     while replies < n {
         let left = deadline.checked_sub(started.elapsed()).context("the demo timed out")?;
-        let Ok(Some((who, ev))) = tokio::time::timeout(left, rx.recv()).await else {
+        let Ok(Some(reported)) = tokio::time::timeout(left, rx.recv()).await else {
             check_alive(procs)?;
             bail!("the demo timed out after {}s with {replies} of {n} replies", timeout_secs);
         };
-        let kind = ev["event"].as_str().unwrap_or_default();
-        match (who, kind) {
-            ("pendant", "utterance_start") => {
-                let i = ev["index"].as_u64().unwrap_or(0) as usize;
-                if let Some(u) = utts.get_mut(i) {
-                    u.reference = ev["text"].as_str().unwrap_or_default().to_string();
-                    eprintln!("lanyard demo: [{}/{n}] pendant speaks: {}", i + 1, u.reference);
+        let relay = |stamped: Stamped| (stamped.at_ms, stamped.event);
+        match reported {
+            Reported::Pendant(SimEvent::UtteranceStart { index, text, .. }) => {
+                if let Some(u) = utts.get_mut(index) {
+                    u.reference = text;
+                    eprintln!("lanyard demo: [{}/{n}] pendant speaks: {}", index + 1, u.reference);
                 }
             }
-            ("pendant", "utterance_end") => {
-                let i = ev["index"].as_u64().unwrap_or(0) as usize;
-                if let Some(u) = utts.get_mut(i) {
-                    u.speech_end_ms = ev["at_ms"].as_u64();
+            Reported::Pendant(SimEvent::UtteranceEnd { index, at_ms, .. }) => {
+                if let Some(u) = utts.get_mut(index) {
+                    u.speech_end_ms = Some(at_ms);
                 }
             }
-            ("relay", "utterance_started") => {
-                if let (Some(u), Some(id)) = (utts.get_mut(started_ids), uuid(&ev["id"])) {
-                    u.id = Some(id);
-                    by_id.insert(id, started_ids);
+            Reported::Relay(stamped) => match relay(stamped) {
+                (_, RelayEvent::UtteranceStarted { id }) => {
+                    if let Some(u) = utts.get_mut(started_ids) {
+                        u.id = Some(id);
+                        by_id.insert(id, started_ids);
+                    }
+                    started_ids += 1;
                 }
-                started_ids += 1;
-            }
-            ("relay", "final") => {
-                if let Some(u) = uuid(&ev["id"]).and_then(|id| by_id.get(&id)).and_then(|&i| utts.get_mut(i)) {
-                    u.transcript = ev["text"].as_str().map(str::to_string);
-                    u.final_at_ms = ev["at_ms"].as_u64();
+                (at_ms, RelayEvent::Final { id, text }) => {
+                    if let Some(u) = by_id.get(&id).and_then(|&i| utts.get_mut(i)) {
+                        u.transcript = Some(text);
+                        u.final_at_ms = Some(at_ms);
+                    }
                 }
-            }
-            ("relay", "reply") => {
-                if let Some(u) = uuid(&ev["id"]).and_then(|id| by_id.get(&id)).and_then(|&i| utts.get_mut(i)) {
-                    u.reply = ev["body"].as_str().map(str::to_string);
-                    replies += 1;
-                    eprintln!("lanyard demo: reply {replies}/{n}: {}", u.reply.as_deref().unwrap_or_default());
+                (_, RelayEvent::Reply { id, body, .. }) => {
+                    if let Some(u) = by_id.get(&id).and_then(|&i| utts.get_mut(i)) {
+                        replies += 1;
+                        eprintln!("lanyard demo: reply {replies}/{n}: {body}");
+                        u.reply = Some(body);
+                    }
                 }
-            }
-            ("relay", "error") => eprintln!("lanyard demo: relay reports an error: {ev}"),
+                (_, error @ RelayEvent::Error { .. }) => eprintln!("lanyard demo: relay reports an error: {error:?}"),
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -331,10 +344,6 @@ fn path(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn uuid(v: &Value) -> Option<Uuid> {
-    v.as_str().and_then(|s| Uuid::parse_str(s).ok())
-}
-
 fn ms(v: Option<i64>) -> String {
     v.map_or_else(|| "n/a".to_string(), |v| format!("{v} ms"))
 }
@@ -344,25 +353,29 @@ fn median(v: &mut [i64]) -> Option<i64> {
     v.get(v.len() / 2).copied()
 }
 
-/// Waits for `event` from process `who`, failing early if a process dies.
-async fn wait_for(
-    rx: &mut mpsc::UnboundedReceiver<(&'static str, Value)>,
+/// Waits for the event `pick` accepts (`what` names it), failing early if a
+/// process dies.
+async fn wait_for<T>(
+    rx: &mut mpsc::UnboundedReceiver<Reported>,
     procs: &mut [Proc],
-    who: &str,
-    event: &str,
+    what: &str,
     within: Duration,
-) -> Result<Value> {
+    mut pick: impl FnMut(Reported) -> Option<T>,
+) -> Result<T> {
     let until = Instant::now() + within;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left.min(Duration::from_millis(500)), rx.recv()).await {
-            Ok(Some((w, v))) if w == who && v["event"] == event => return Ok(v),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("every process ended before {who} reported {event}"),
+            Ok(Some(reported)) => {
+                if let Some(found) = pick(reported) {
+                    return Ok(found);
+                }
+            }
+            Ok(None) => bail!("every process ended before {what}"),
             Err(_) => {
                 check_alive(procs)?;
                 if Instant::now() >= until {
-                    bail!("{who} did not report {event} in time");
+                    bail!("no {what} in time");
                 }
             }
         }
