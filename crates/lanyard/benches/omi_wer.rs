@@ -45,7 +45,7 @@ mod long_set;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proc, add_device, start_server};
+use common::{SimEvent, add_device, expect_event, pendant, relay, start_server};
 use lanyard_proto::wire::UtteranceState;
 use lanyard_store::Store;
 use lanyard_store_sqlite::SqliteStore;
@@ -154,10 +154,10 @@ async fn run(scratch: &Path, framing: &str, say: &[String], audio_secs: f64) -> 
     for s in say {
         args.extend(["--say-wav", s.as_str()]);
     }
-    let mut pendant = Proc::spawn(&args);
-    let addr = pendant.expect("listening", Duration::from_secs(60)).await["addr"].as_str().unwrap().to_string();
+    let mut pendant = pendant(&args);
+    let addr = expect_event!(pendant, Duration::from_secs(60), SimEvent::Listening { addr } => addr).to_string();
     let spool = dir.join("spool");
-    let relay = Proc::spawn(&[
+    let relay = relay(&[
         "relay",
         "--server",
         &url,
@@ -169,7 +169,7 @@ async fn run(scratch: &Path, framing: &str, say: &[String], audio_secs: f64) -> 
         spool.to_str().unwrap(),
     ]);
     let speaking = Duration::from_secs_f64(audio_secs * 1.5 + 120.0);
-    pendant.expect("done", speaking).await;
+    expect_event!(pendant, speaking, SimEvent::Done { .. } => ());
     eprintln!(
         "  {framing}: the pendant is done after {:.0} s; waiting for every final",
         started.elapsed().as_secs_f64()
@@ -204,6 +204,6 @@ async fn run(scratch: &Path, framing: &str, say: &[String], audio_secs: f64) -> 
     };
     relay.kill().await;
     pendant.kill().await;
-    server.kill().await;
+    server.child.kill().await;
     Run { finals, wall_secs: started.elapsed().as_secs_f64() }
 }
