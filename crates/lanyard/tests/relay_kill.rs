@@ -93,8 +93,15 @@ async fn relay_killed_mid_utterance_completes_it_exactly_once() {
     eprintln!("after the kill: {frames} frames at the server, transcript {transcript:?}");
     let words = transcript.split_whitespace().count();
     assert!(words >= 5, "a real transcript of the sentence, got {transcript:?}");
-    // Nothing else was created: one utterance, one push request.
-    let pushes = std::fs::read_to_string(server_dir.join("push-sink.jsonl")).unwrap();
+    // Nothing else was created: one utterance, one push request. The push
+    // queue delivers after the reply went out on the stream, so its record
+    // may come a moment after the relay heard the reply.
+    let sink = server_dir.join("push-sink.jsonl");
+    let waited = std::time::Instant::now();
+    while !sink.exists() && waited.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pushes = std::fs::read_to_string(&sink).expect("the push request is recorded within 10 s of the reply");
     assert_eq!(pushes.lines().count(), 1, "one push request: {pushes}");
     assert!(pushes.contains(&id.to_string()));
     // The spool is empty once the server holds everything (besides it, the

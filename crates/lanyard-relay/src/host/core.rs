@@ -38,8 +38,6 @@ pub(crate) enum Wake {
     UploadFinished { id: Uuid, ok: bool },
     /// Finish the current utterance, sync the spool and stop.
     Shutdown,
-    /// Time to report the counters, if they changed.
-    Stats,
 }
 
 /// What the shell carries out, in order.
@@ -100,9 +98,11 @@ impl Meter {
 /// How often the planner looks while the app is in the background.
 const BACKGROUND_PLAN_MS: u64 = 1000;
 
-/// The longest the loop sleeps with nothing to do; the planner's TTL is
-/// minutes, so this only bounds how late a stale utterance is noticed.
-const IDLE_WAKE_MS: u64 = 10_000;
+/// How often the counters are reported at most, when they changed. Often
+/// enough for a status screen, rare enough to cost nothing: a report comes
+/// with a round the loop runs anyway, or at this pace after a change, never
+/// from a timer of its own.
+pub(crate) const STATS_INTERVAL_MS: u64 = 5_000;
 
 /// The background upload of a sealed utterance, for the app to carry out.
 /// Its URL carries when the utterance's time-to-live ends
@@ -152,6 +152,10 @@ pub(crate) struct RelayCore {
     meter: Meter,
     discarded: u64,
     last_stats: Option<RelayStats>,
+    /// When the counters were last reported.
+    last_stats_ms: u64,
+    /// A change not reported yet waits for this time.
+    stats_due: Option<u64>,
     shutdown: bool,
     replies: usize,
     /// While frames arrive the loop looks at least this often: to hand them
@@ -159,7 +163,9 @@ pub(crate) struct RelayCore {
     round_ms: u64,
     /// When the next round of a live utterance is due.
     round_at: Option<u64>,
-    next_wake: u64,
+    /// `None`: nothing to wait for but an event (no utterance pending, no
+    /// timer asked for).
+    next_wake: Option<u64>,
 }
 
 impl RelayCore {
@@ -180,11 +186,13 @@ impl RelayCore {
             meter: Meter::default(),
             discarded: 0,
             last_stats: None,
+            last_stats_ms: 0,
+            stats_due: None,
             shutdown: false,
             replies: 0,
             round_ms,
             round_at: None,
-            next_wake: now,
+            next_wake: Some(now),
         };
         let mut effects = Vec::new();
         let spool = &ingest.spool;
@@ -218,8 +226,10 @@ impl RelayCore {
         (core, effects)
     }
 
-    /// When the loop must step again if nothing wakes it first.
-    pub(crate) fn next_wake(&self) -> u64 {
+    /// When the loop must step again if nothing wakes it first; `None`
+    /// when only an event can give it work. An idle relay sets no timer: a
+    /// phone pays for every wake-up.
+    pub(crate) fn next_wake(&self) -> Option<u64> {
         self.next_wake
     }
 
@@ -237,7 +247,6 @@ impl RelayCore {
                 ingest.end_now(now)?;
                 self.shutdown = true;
             }
-            Wake::Stats => self.report_stats(ingest, &mut out),
         }
         self.round(now, ingest, &mut out)?;
         Ok(out)
@@ -294,7 +303,9 @@ impl RelayCore {
         Ok(())
     }
 
-    fn report_stats(&mut self, ingest: &Ingest, out: &mut Vec<Effect>) {
+    /// Reports the counters if they changed, at most every
+    /// [`STATS_INTERVAL_MS`]; a change that must wait sets `stats_due`.
+    fn report_stats(&mut self, now: u64, ingest: &Ingest, out: &mut Vec<Effect>) {
         let ble = ingest.reassembler.stats();
         let stats = RelayStats {
             spool_bytes: ingest.spool.disk_bytes(),
@@ -304,9 +315,16 @@ impl RelayCore {
             duplicate_notifications: ble.duplicates,
             discarded: self.discarded,
         };
-        if self.last_stats != Some(stats) {
+        self.stats_due = None;
+        if self.last_stats == Some(stats) {
+            return;
+        }
+        let due = self.last_stats_ms.saturating_add(STATS_INTERVAL_MS);
+        if self.last_stats.is_none() || now >= due {
             out.push(Effect::Emit(RelayEvent::Stats(stats)));
-            self.last_stats = Some(stats);
+            (self.last_stats, self.last_stats_ms) = (Some(stats), now);
+        } else {
+            self.stats_due = Some(due);
         }
     }
 
@@ -367,6 +385,7 @@ impl RelayCore {
             out.push(Effect::Stop);
             return Ok(());
         }
+        self.report_stats(now, ingest, out);
         self.plan_wake(now, live, ingest);
         self.sync_when_due(now, ingest, out)
     }
@@ -384,13 +403,14 @@ impl RelayCore {
             return Ok(());
         }
         let due = dirty + self.cfg.sync_interval.as_millis() as u64;
-        if due <= now || (due <= self.next_wake && !self.uplink.is_connected()) {
+        let before_next = self.next_wake.is_none_or(|w| due <= w);
+        if due <= now || (before_next && !self.uplink.is_connected()) {
             ingest.dirty_since_ms = None;
             if let Some(job) = ingest.spool.sync_job()? {
                 out.push(Effect::Sync(job));
             }
         } else {
-            self.next_wake = self.next_wake.min(due);
+            self.next_wake = Some(self.next_wake.map_or(due, |w| w.min(due)));
         }
         Ok(())
     }
@@ -467,18 +487,31 @@ impl RelayCore {
             _ if live => Some(now + self.round_ms),
             _ => None,
         };
+        // Utterances still to deliver: the planner must look again when the
+        // oldest would go stale (its TTL), and in the background it watches
+        // the throughput. With none, an idle relay sleeps until an event.
+        let pending = ingest.spool.pending().next().is_some();
+        // The planner's views: ended and not handed off (the server judges
+        // a handed-off upload's age).
+        let oldest = ingest
+            .spool
+            .pending()
+            .filter(|u| u.ended && !self.handed_off.contains_key(&u.id))
+            .map(|u| u.started_ms)
+            .min();
         self.next_wake = [
             self.round_at,
             ingest.tracker.next_deadline(),
             self.uplink.next_deadline(),
             self.final_plan_at().filter(|_| !self.final_plan_done),
-            // In the background the planner watches the throughput.
-            self.deadline.map(|_| now + BACKGROUND_PLAN_MS),
+            self.deadline.filter(|_| pending).map(|_| now + BACKGROUND_PLAN_MS),
+            // Stale once older than the TTL: the first ms after it.
+            oldest.map(|t| t.saturating_add(self.cfg.planner.ttl_ms).max(now) + 1),
+            self.stats_due,
         ]
         .into_iter()
         .flatten()
-        .min()
-        .unwrap_or(now + IDLE_WAKE_MS);
+        .min();
     }
 
     /// Turns the uplink's actions into effects, in order; those that touch
@@ -524,7 +557,7 @@ mod tests {
     use super::super::ingest::Ingest;
     use super::super::testing::{TOC_20MS, frame, notification, relay_config};
     use super::super::{HostConfig, Lifecycle};
-    use super::{Effect, IDLE_WAKE_MS, RelayCore, Wake};
+    use super::{Effect, RelayCore, STATS_INTERVAL_MS, Wake};
     use crate::uplink::{Input, RelayEvent};
 
     /// A relay's core over a spool in a temporary directory, at `T0`.
@@ -602,8 +635,8 @@ mod tests {
             std::mem::take(&mut self.effects)
         }
 
-        fn wake_in(&self) -> u64 {
-            self.core.next_wake() - self.now
+        fn wake_in(&self) -> Option<u64> {
+            self.core.next_wake().map(|w| w - self.now)
         }
     }
 
@@ -655,19 +688,19 @@ mod tests {
     fn rounds_come_at_the_send_interval_only_while_an_utterance_goes_on() {
         let mut rig = Rig::new(|_| {});
         rig.step(0, Wake::Round);
-        assert_eq!(rig.wake_in(), IDLE_WAKE_MS, "nothing to do: the longest sleep");
+        assert_eq!(rig.wake_in(), None, "nothing to do: no timer at all");
         assert!(rig.take_effects().is_empty(), "no connection without audio");
 
         rig.frame(10, 0, true);
         rig.step(10, Wake::Round);
-        assert_eq!(rig.wake_in(), 200, "a live utterance: the next round one send interval on");
+        assert_eq!(rig.wake_in(), Some(200), "a live utterance: the next round one send interval on");
         // Something else (an ack, a reply) wakes the loop: the cadence holds.
         rig.step(90, Wake::Round);
-        assert_eq!(rig.core.next_wake(), T0 + 210);
+        assert_eq!(rig.core.next_wake(), Some(T0 + 210));
 
         rig.end_marker(150, 1);
         rig.step(150, Wake::Round);
-        assert!(rig.core.next_wake() > T0 + 210, "ended: no more rounds at the cadence");
+        assert!(rig.core.next_wake().is_none_or(|w| w > T0 + 210), "ended: no more rounds at the cadence");
     }
 
     /// Streams one second of frames, every 20 ms from `T0`, with the clock
@@ -687,7 +720,7 @@ mod tests {
             while let Some(i) = answers.iter().position(|(at, _)| *at <= t) {
                 wakes.push(answers.remove(i).1);
             }
-            if T0 + t >= rig.core.next_wake() {
+            if rig.core.next_wake().is_some_and(|w| T0 + t >= w) {
                 wakes.push(Wake::Round);
             }
             for wake in wakes {
@@ -776,7 +809,7 @@ mod tests {
         rig.step(40, Wake::Lifecycle(Lifecycle::Background { remaining_ms: 5_000 }));
         let mut at;
         while !rig.events.iter().any(|e| matches!(e, RelayEvent::UploadTask { .. })) {
-            at = rig.core.next_wake() - T0;
+            at = rig.core.next_wake().expect("a background plan is due") - T0;
             assert!(at < 5_040, "not handed off before the deadline: {:?}", rig.events);
             rig.step(at, Wake::Round);
         }
@@ -814,7 +847,7 @@ mod tests {
             _ => None,
         });
         assert!(reason.is_some_and(|r| r.contains("background upload failed")), "{:?}", rig.events);
-        rig.step(6_001, Wake::Stats);
+        rig.step(6_000 + STATS_INTERVAL_MS, Wake::Round);
         let stats = rig.events.iter().rev().find_map(|e| match e {
             RelayEvent::Stats(s) => Some(*s),
             _ => None,
@@ -830,5 +863,48 @@ mod tests {
         rig.step(20, Wake::Round);
         rig.step(30, Wake::UploadFinished { id: Uuid::now_v7(), ok: true });
         assert_eq!(rig.ingest.spool.pending().count(), 1);
+    }
+
+    #[test]
+    fn an_idle_relay_sets_no_timer_and_one_holding_audio_wakes_when_it_goes_stale() {
+        // Offline with an ended utterance: the uplink's reconnects, and the
+        // planner's look when the utterance's TTL runs out.
+        let mut rig = Rig::new(|cfg| cfg.planner.ttl_ms = 60_000);
+        rig.frame(0, 0, true);
+        rig.end_marker(20, 1);
+        rig.step(20, Wake::Round);
+        let mut at = 20;
+        while rig.events.iter().all(|e| !matches!(e, RelayEvent::Discarded { .. })) {
+            rig.step(at, Wake::Socket(Input::Disconnected { reason: "offline".into() }));
+            at = rig.core.next_wake().expect("a relay holding audio always has a wake-up") - T0;
+            assert!(at <= 60_001, "woke at {at} ms: after the utterance went stale");
+            rig.step(at, Wake::Round);
+        }
+        // Delivered or discarded, nothing is left: no timer but the counters'
+        // report of the change, then none.
+        rig.step(at + 1, Wake::Round);
+        if let Some(w) = rig.core.next_wake() {
+            rig.step(w - T0, Wake::Round);
+        }
+        assert_eq!(rig.core.next_wake(), None, "{:?}", rig.events.last());
+    }
+
+    #[test]
+    fn the_counters_are_reported_from_rounds_at_most_every_interval() {
+        let mut rig = Rig::new(|_| {});
+        let reports = |rig: &Rig| rig.events.iter().filter(|e| matches!(e, RelayEvent::Stats(_))).count();
+        rig.step(0, Wake::Round);
+        assert_eq!(reports(&rig), 1, "the first round reports");
+        for i in 0..50u16 {
+            rig.frame(u64::from(i) * 20, i, i == 0);
+            if i % 10 == 0 {
+                rig.step(u64::from(i) * 20, Wake::Round);
+            }
+        }
+        assert_eq!(reports(&rig), 1, "changes within the interval wait");
+        let due = rig.core.next_wake().unwrap();
+        assert!(due <= T0 + STATS_INTERVAL_MS, "a pending change asks for a wake-up");
+        rig.step(STATS_INTERVAL_MS, Wake::Round);
+        assert_eq!(reports(&rig), 2);
     }
 }

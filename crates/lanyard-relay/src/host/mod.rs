@@ -161,10 +161,6 @@ pub struct Stamped {
     pub event: RelayEvent,
 }
 
-/// How often the counters are reported, when they changed. Often enough for
-/// a status screen, rare enough to cost nothing.
-const STATS_INTERVAL: Duration = Duration::from_secs(5);
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -361,14 +357,14 @@ impl Relay {
                 let _ = events.send(Stamped { at_ms: now_ms(), event });
             }
         }
-        let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
-        stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut control_open = true;
 
         loop {
-            let sleep_for = Duration::from_millis(core.next_wake().saturating_sub(now_ms()));
+            // No timer at all when the core asks for none.
+            let timer =
+                core.next_wake().map(|at| tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))));
             let wake = tokio::select! {
-                () = tokio::time::sleep(sleep_for) => Wake::Round,
+                () = async { timer.expect("guarded").await }, if timer.is_some() => Wake::Round,
                 () = shared.wake.notified() => Wake::Round,
                 ev = async { link_rx.as_mut().expect("guarded").recv().await }, if link_rx.is_some() => {
                     match ev {
@@ -402,7 +398,6 @@ impl Relay {
                         Wake::Shutdown
                     }
                 },
-                _ = stats_timer.tick() => Wake::Stats,
             };
             let effects = core.step(now_ms(), wake, &mut shared.lock())?;
             let mut sync_job = None;
