@@ -77,7 +77,8 @@ pub enum BenchCommand {
 #[derive(Args)]
 #[command(after_long_help = "Without --server, a server is started from this executable (`lanyard serve`) \
 on 127.0.0.1 with a temporary data directory and admin token, and stopped at the end. With --server, pass \
---admin-token (the devices are created through the admin API, and removed again at the end) and \
+--admin-token (the devices are created through the admin API and left there: each run adds --streams \
+devices, and their utterances stay unfinished) and \
 --server-pid for RSS and CPU figures (the server must run on this machine).\n\n\
 Each stream makes a frame every 20 ms and sends what it has every --batch-ms (200, as the relay does) in \
 one socket write; --batch-ms 20 sends every frame alone.\n\n\
