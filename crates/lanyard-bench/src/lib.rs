@@ -153,7 +153,7 @@ const TARGET_TTS_P99_MS: f64 = 50.0;
 
 /// Counters every stream updates; the progress bar reads them.
 #[derive(Default)]
-struct Shared {
+struct Tally {
     connected: AtomicU64,
     failed: AtomicU64,
     /// Streams that ended before the benchmark stopped them.
@@ -165,7 +165,7 @@ struct Shared {
     window_end: AtomicU64,
 }
 
-impl Shared {
+impl Tally {
     fn new() -> Self {
         let s = Self::default();
         s.window_start.store(u64::MAX, Ordering::Relaxed);
@@ -456,7 +456,7 @@ struct Window {
 
 /// Runs the warm-up and the window (`pb` shows them), sampling the
 /// server's RSS through the window.
-async fn measure(args: &IngestArgs, pid: Option<u32>, shared: &Shared, base: Instant, pb: &ProgressBar) -> Window {
+async fn measure(args: &IngestArgs, pid: Option<u32>, shared: &Tally, base: Instant, pb: &ProgressBar) -> Window {
     let total = args.warmup_secs + args.secs;
     let phase_start = Instant::now();
     let (mut last_sent, mut last_acked, mut last_t) =
@@ -547,7 +547,7 @@ async fn drive(args: &IngestArgs, server: &Server, cores: usize, nofile: &NoFile
 /// The streams of a run, connected (or failed) at the ramp rate.
 struct Running {
     tasks: Vec<tokio::task::JoinHandle<StreamResult>>,
-    shared: Arc<Shared>,
+    shared: Arc<Tally>,
     /// Tells every stream to stop.
     stop: tokio::sync::watch::Sender<bool>,
     /// The time every stream's schedule counts from.
@@ -561,7 +561,7 @@ struct Running {
 async fn connect_streams(args: &IngestArgs, server: &Server, devices: &[DeviceCreated]) -> Result<Running> {
     let n = args.streams;
     let ws_url = format!("{}{}", server.url.replacen("http", "ws", 1), wire::STREAM_PATH);
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Tally::new());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let base = Instant::now();
     let pb = bar(n as u64, "connect  [{bar:40}] {pos}/{len} {msg} {elapsed}");
@@ -661,7 +661,7 @@ fn report(
     args: &IngestArgs,
     server: &Server,
     setup: &Setup<'_>,
-    shared: &Shared,
+    shared: &Tally,
     window: &Window,
     results: Results,
 ) -> serde_json::Value {
@@ -813,7 +813,7 @@ fn machine_busy_secs() -> Option<f64> {
     Some(busy as f64 / hz)
 }
 
-fn update_connect(pb: &ProgressBar, shared: &Shared) {
+fn update_connect(pb: &ProgressBar, shared: &Tally) {
     let (c, f) = (shared.connected.load(Ordering::Relaxed), shared.failed.load(Ordering::Relaxed));
     pb.set_position(c + f);
     pb.set_message(format!("up {c} failed {f}"));
@@ -859,7 +859,7 @@ async fn stream(
     phase: Duration,
     batch: Duration,
     base: Instant,
-    sh: Arc<Shared>,
+    sh: Arc<Tally>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> StreamResult {
     let mut out = StreamResult::default();

@@ -83,7 +83,7 @@ network_switches_per_min, switch_outage_ms, server_kills_per_min, relay_kills_pe
 ble_drop_rate, ble_reorder_rate, slow_disk_rate, slow_disk_fsync_ms, apns_failure_rate\n\n\
 Examples:\n  lanyard sim scenarios/clean.toml\n  lanyard sim scenarios/ci-short.toml --report report.html --json report.json\n\n\
 Child processes log to files under the work directory (--keep to look at them afterwards).")]
-pub struct SimArgs {
+pub struct CampaignArgs {
     /// The scenario file (TOML); see scenarios/ for examples.
     scenario: PathBuf,
     /// Write a self-contained HTML report here (plots, accounting table, timeline, machine, scenario).
@@ -112,7 +112,7 @@ pub use lanyard_testkit::now_ms;
 
 /// What every part of the campaign shares: where events and faults go.
 #[derive(Clone)]
-pub struct Shared {
+pub struct CampaignEnv {
     pub exe: PathBuf,
     pub logs: PathBuf,
     pub faults: Arc<Mutex<Vec<FaultEvent>>>,
@@ -125,7 +125,7 @@ pub struct Shared {
     pub http: reqwest::Client,
 }
 
-impl Shared {
+impl CampaignEnv {
     pub fn fault(&self, kind: &str, target: &str, detail: String) {
         self.fault_at(now_ms(), kind, target, detail);
     }
@@ -185,17 +185,17 @@ struct Server {
 }
 
 impl Server {
-    async fn start(shared: &Shared, args: Vec<String>) -> Result<Server> {
+    async fn start(shared: &CampaignEnv, args: Vec<String>) -> Result<Server> {
         let (child, addr) = start_server(shared, &args).await?;
         Ok(Server { child, addr, args, dead_duplicates: 0, dead_received: 0, incarnations: 1 })
     }
 
-    fn url(&self, shared: &Shared) -> String {
+    fn url(&self, shared: &CampaignEnv) -> String {
         format!("{}://{}", shared.scheme, self.addr)
     }
 
     /// SIGKILLs the server and starts it again on the same port and data.
-    async fn kill_and_restart(&mut self, shared: &Shared) -> Result<()> {
+    async fn kill_and_restart(&mut self, shared: &CampaignEnv) -> Result<()> {
         // The counters die with the process: read them first.
         let (dup, recv) = scrape(shared, &self.url(shared)).await.unwrap_or((0, 0));
         self.child.process.kill().await.context("cannot SIGKILL the server")?;
@@ -223,7 +223,7 @@ impl Server {
         }
     }
 
-    async fn counters(&self, shared: &Shared) -> (u64, u64) {
+    async fn counters(&self, shared: &CampaignEnv) -> (u64, u64) {
         let (dup, recv) = scrape(shared, &self.url(shared)).await.unwrap_or((0, 0));
         (self.dead_duplicates + dup, self.dead_received + recv)
     }
@@ -231,7 +231,10 @@ impl Server {
 
 /// Starts `lanyard serve` and waits for its address. Its stderr goes to
 /// `logs/server.log`, appended across restarts.
-async fn start_server(shared: &Shared, args: &[String]) -> Result<(lanyard_testkit::Child<ServeEvent>, SocketAddr)> {
+async fn start_server(
+    shared: &CampaignEnv,
+    args: &[String],
+) -> Result<(lanyard_testkit::Child<ServeEvent>, SocketAddr)> {
     let log_path = shared.logs.join("server.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -247,7 +250,7 @@ async fn start_server(shared: &Shared, args: &[String]) -> Result<(lanyard_testk
 }
 
 /// Reads `lanyard_frames_duplicate_total` and `lanyard_frames_received_total`.
-async fn scrape(shared: &Shared, url: &str) -> Option<(u64, u64)> {
+async fn scrape(shared: &CampaignEnv, url: &str) -> Option<(u64, u64)> {
     let text = shared
         .http
         .get(format!("{url}/metrics"))
@@ -320,7 +323,7 @@ fn push_token(i: usize) -> String {
     format!("{:064x}", 0x5eed_0000_u64 + i as u64)
 }
 
-pub async fn run(args: SimArgs) -> Result<()> {
+pub async fn run(args: CampaignArgs) -> Result<()> {
     let mut scenario = Scenario::load(&args.scenario)?;
     if let Some(seed) = args.seed {
         scenario.run.seed = seed;
@@ -366,9 +369,24 @@ pub struct Outcome {
     pub accounting: ledger::Accounting,
 }
 
-async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
-    let started = Instant::now();
-    let started_ms = now_ms();
+/// A campaign's working directory, its TLS and its shared environment,
+/// made before any process starts.
+struct Prepared {
+    /// Removed when the campaign ends, unless `--keep` named the directory.
+    _tmp: tempfile::TempDir,
+    work: PathBuf,
+    server_dir: PathBuf,
+    rng: rand::rngs::StdRng,
+    /// Every child's events, as `env.events` sends them.
+    rx: mpsc::UnboundedReceiver<(Source, Value)>,
+    tls: Option<lanyard_server::dev_tls::DevTls>,
+    recordings: Vec<(PathBuf, &'static str)>,
+    env: CampaignEnv,
+}
+
+/// Checks the recordings, makes the working directory and the TLS, and
+/// the environment every part of the campaign shares.
+fn prepare(scenario: &Scenario, args: &CampaignArgs) -> Result<Prepared> {
     // Recordings of real speech, checked before anything starts.
     let real = scenario.corpus.real_speech_per_pendant;
     let recordings = if real > 0 { real_speech::recordings(&args.speech_dir)? } else { Vec::new() };
@@ -382,20 +400,27 @@ async fn campaign(scenario: &Scenario, args: &SimArgs) -> Result<Outcome> {
         scenario.run.seed,
         work.display()
     );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(scenario.run.seed);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let rng = rand::rngs::StdRng::seed_from_u64(scenario.run.seed);
+    let (tx, rx) = mpsc::unbounded_channel();
     // Over TLS by default, as a deployment runs: a throwaway CA that the
     // relays (and this runner's own client) trust.
     let tls = scenario.run.tls.then(|| lanyard_server::dev_tls::make(&work.join("tls"))).transpose()?;
     let ca: Vec<PathBuf> = tls.iter().map(|t| t.ca.clone()).collect();
-    let shared = Shared {
+    let env = CampaignEnv {
         exe: std::env::current_exe().context("cannot find the lanyard executable")?,
-        logs: logs.clone(),
+        logs,
         faults: Arc::default(),
         events: tx,
         scheme: if tls.is_some() { "https" } else { "http" },
         http: lanyard_relay::transport::Transport::new(&ca)?.http().clone(),
     };
+    Ok(Prepared { _tmp, work, server_dir, rng, rx, tls, recordings, env })
+}
+
+async fn campaign(scenario: &Scenario, args: &CampaignArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let Prepared { _tmp, work, server_dir, mut rng, mut rx, tls, recordings, env: shared } = prepare(scenario, args)?;
 
     let key = TestApnsKey::generate();
     let peer = apns_peer(&key, scenario.faults.apns_failure_rate, rng.r#gen()).await?;
@@ -499,7 +524,7 @@ async fn settle(
     rx: &mut mpsc::UnboundedReceiver<(Source, Value)>,
     phones: &[phone::Phone],
     store: &SqliteStore,
-    shared: &Shared,
+    shared: &CampaignEnv,
     scenario: &Scenario,
     stop_faults: &tokio::sync::Notify,
     started: Instant,
@@ -592,7 +617,7 @@ async fn settle(
 #[allow(clippy::too_many_arguments)]
 async fn launch_phones(
     scenario: &Scenario,
-    shared: &Shared,
+    shared: &CampaignEnv,
     server_addr: SocketAddr,
     pendant_addrs: &[(Source, String)],
     devices: &[(Uuid, String)],
@@ -681,7 +706,7 @@ async fn register_devices(server_dir: &Path, n: usize) -> Result<Vec<(Uuid, Stri
 
 /// `lanyard serve`'s arguments for the campaign's server.
 fn server_args(
-    args: &SimArgs,
+    args: &CampaignArgs,
     scenario: &Scenario,
     server_dir: &Path,
     config: &Path,
@@ -757,7 +782,7 @@ struct Pendants {
 /// their events flow into `shared`'s event stream.
 async fn launch_pendants(
     scenario: &Scenario,
-    shared: &Shared,
+    shared: &CampaignEnv,
     mut speech: Vec<(Vec<String>, Vec<String>)>,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<Pendants> {
@@ -786,7 +811,7 @@ async fn launch_pendants(
         let (say, refs) = std::mem::take(speech);
         a.extend(say);
         references.push(refs);
-        let own = Shared { events: pendant_ready_tx.clone(), ..shared.clone() };
+        let own = CampaignEnv { events: pendant_ready_tx.clone(), ..shared.clone() };
         pendants.push(own.spawn(Source::Pendant(i), &format!("pendant-{i}"), &a, false)?);
     }
     // Synthesis of every sentence happens before a pendant listens.
@@ -956,7 +981,7 @@ async fn network_faults(
     i: usize,
     proxy: Arc<proxy::FaultProxy>,
     scenario: Scenario,
-    shared: Shared,
+    shared: CampaignEnv,
     seed: u64,
     stop: Arc<tokio::sync::Notify>,
 ) {
@@ -1032,7 +1057,7 @@ async fn network_faults(
 async fn server_killer(
     server: Arc<tokio::sync::Mutex<Server>>,
     scenario: Scenario,
-    shared: Shared,
+    shared: CampaignEnv,
     seed: u64,
     stop: Arc<tokio::sync::Notify>,
 ) -> Result<()> {

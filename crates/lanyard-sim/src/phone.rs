@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::proxy::FaultProxy;
-use super::{Scenario, Shared, Source, now_ms, poisson_wait};
+use super::{CampaignEnv, Scenario, Source, now_ms, poisson_wait};
 
 /// What a phone is told.
 #[derive(Debug)]
@@ -71,7 +71,7 @@ impl Phone {
     /// Launches the relay (in the foreground) and its lifecycle.
     pub fn start(
         i: usize,
-        shared: Shared,
+        shared: CampaignEnv,
         base: Vec<String>,
         scenario: Scenario,
         proxy: Arc<FaultProxy>,
@@ -113,7 +113,7 @@ impl Phone {
 
 struct Ctl {
     i: usize,
-    shared: Shared,
+    shared: CampaignEnv,
     base: Vec<String>,
     scenario: Scenario,
     proxy: Arc<FaultProxy>,

@@ -55,7 +55,7 @@ enum Command {
     /// Run a fault campaign from a scenario file: many pendants and relays under a
     /// simulated iOS lifecycle, real faults, and an account of every utterance.
     #[cfg(feature = "sim")]
-    Sim(lanyard_sim::SimArgs),
+    Sim(lanyard_sim::CampaignArgs),
 }
 
 /// Settings come from, in rising precedence: built-in defaults, the TOML file
