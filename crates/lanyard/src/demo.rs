@@ -183,27 +183,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let utts = follow(&mut rx, &mut procs, n, started, deadline, args.timeout_secs).await?;
 
-    // The push request is made after the reply is stored; wait for it.
     let client = lanyard_relay::transport::Transport::new(&ca.into_iter().collect::<Vec<_>>())?.http().clone();
-    let mut views = Vec::new();
-    for u in &utts {
-        let id = u.id.context("an utterance never started at the relay")?;
-        let view = loop {
-            let v: UtteranceView = client
-                .get(format!("{server_url}/v1/utterances/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            if v.timings.push_ms.is_some() || started.elapsed() > deadline {
-                break v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        views.push(view);
-    }
+    let views = server_views(&client, &server_url, &token, &utts, started, deadline).await?;
     let pushes = std::fs::read_to_string(server_dir.join("push-sink.jsonl")).unwrap_or_default();
 
     let wer = report(&utts, &views, &server_url, tls_note, &pushes, started);
@@ -220,6 +201,38 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         bail!("word error rate {:.1}% is above the allowed {:.1}%", wer * 100.0, max * 100.0);
     }
     Ok(())
+}
+
+/// Each utterance as the server reports it, once its push request is made
+/// (it is made after the reply is stored) or the demo's time is up.
+async fn server_views(
+    client: &reqwest::Client,
+    server_url: &str,
+    token: &str,
+    utts: &[Utt],
+    started: Instant,
+    deadline: Duration,
+) -> Result<Vec<UtteranceView>> {
+    let mut views = Vec::new();
+    for u in utts {
+        let id = u.id.context("an utterance never started at the relay")?;
+        let view = loop {
+            let v: UtteranceView = client
+                .get(format!("{server_url}/v1/utterances/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if v.timings.push_ms.is_some() || started.elapsed() > deadline {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        views.push(view);
+    }
+    Ok(views)
 }
 
 /// Follows the processes' events until every one of the `n` sentences has
