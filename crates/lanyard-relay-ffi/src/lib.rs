@@ -7,7 +7,7 @@
 //! callbacks report:
 //!
 //! ```text
-//! CoreBluetooth / Android BLE ──pendant_connected / notification──▶ RelayCore ──▶ lanyard_relay::host (Link, Relay)
+//! CoreBluetooth / Android BLE ──pendant_connected / notification──▶ RelayCore ──▶ lanyard_relay::host (PendantPort, Relay)
 //! UIApplication / Activity   ──set_lifecycle / upload_finished────▶            (its own tokio runtime)
 //! RelayListener::on_event   ◀──────────── RelayEvent ───────────────────────────┘
 //! ```

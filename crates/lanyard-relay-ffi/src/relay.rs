@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lanyard_proto::omi::OmiCodec;
 use lanyard_relay::host::{self, HostError, Stamped};
 use lanyard_relay::link::LinkEvent;
-use lanyard_relay::{Control, Link};
+use lanyard_relay::{Control, PendantPort};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -70,7 +70,7 @@ pub struct RelayCore {
     /// away if the listener holds the core).
     runtime: Mutex<Option<Runtime>>,
     /// BLE data in, spooled on the caller's thread.
-    link: Link,
+    link: PendantPort,
     /// Lifecycle, upload results, shutdown. Unbounded: a handful of messages
     /// a minute, and none of them may be dropped.
     control_tx: mpsc::UnboundedSender<Control>,

@@ -31,5 +31,5 @@ pub mod spool;
 pub mod transport;
 pub mod uplink;
 
-pub use host::{Control, DEFAULT_SEND_INTERVAL, HostConfig, Lifecycle, Link, Relay, open, run};
+pub use host::{Control, DEFAULT_SEND_INTERVAL, HostConfig, Lifecycle, PendantPort, Relay, open, run};
 pub use uplink::RelayEvent;

@@ -1,4 +1,4 @@
-//! The host's ingest path: a `Link` spools on the caller's thread, before
+//! The host's ingest path: a `PendantPort` spools on the caller's thread, before
 //! the relay's loop ever runs, and stops touching the spool once the relay
 //! has stopped.
 
@@ -115,7 +115,7 @@ fn a_second_relay_on_the_same_spool_is_refused_until_the_first_stops() {
     control_tx.send(Control::Shutdown).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(relay.run(None, control_rx)).unwrap();
-    // The first relay's `Link` may live on; the spool is free all the same.
+    // The first relay's `PendantPort` may live on; the spool is free all the same.
     lanyard_relay::open(config(dir.path()), tx).expect("the spool is free once the first relay stopped");
 }
 
@@ -178,7 +178,7 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_when_its_upload_fai
 
     // Shuts a relay down and waits until it has stopped.
     let stop = |control: mpsc::UnboundedSender<Control>,
-                link: lanyard_relay::Link,
+                link: lanyard_relay::PendantPort,
                 run: tokio::task::JoinHandle<Result<(), lanyard_relay::host::HostError>>| {
         control.send(Control::Shutdown).unwrap();
         drop(link);

@@ -10,7 +10,7 @@
 //! - **relay**: the relay loop's thread (uplink, WebSocket, fsync), from its
 //!   thread CPU clock, plus the relay's ingest on the link thread (reassembly,
 //!   boundaries, the spool's `write()`), from the thread CPU clock read
-//!   around each `Link::event` call. This is the figure the bar is about.
+//!   around each `PendantPort::event` call. This is the figure the bar is about.
 //! - **transport**: the rest of the link thread, the simulator socket's reads
 //!   and wake-ups. It stands in for CoreBluetooth delivering notifications,
 //!   which a phone pays for with or without a relay.
@@ -377,7 +377,7 @@ fn cpu_ms(clock: libc::clockid_t) -> f64 {
 /// relay's thread at the window's edges).
 #[derive(Default)]
 struct LinkCpu {
-    /// CPU spent inside `Link::event`: the relay's ingest (reassembly,
+    /// CPU spent inside `PendantPort::event`: the relay's ingest (reassembly,
     /// boundaries, the spool's `write()`).
     ingest_us: AtomicU64,
     /// The link thread's whole CPU time, as of its last event.

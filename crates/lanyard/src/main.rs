@@ -440,13 +440,13 @@ async fn relay(args: RelayArgs) -> Result<()> {
 
 /// Starts the pendant link the flags chose. The simulator's socket is read
 /// on a thread of its own that spools each notification through the relay's
-/// `Link` as it arrives, as CoreBluetooth's queue does through the FFI.
+/// `PendantPort` as it arrives, as CoreBluetooth's queue does through the FFI.
 /// btleplug delivers on the async runtime, through the returned channel.
 fn spawn_link(
     sim: Option<SocketAddr>,
     ble: bool,
     ble_name: Option<String>,
-    link: lanyard_relay::Link,
+    link: lanyard_relay::PendantPort,
 ) -> Result<Option<tokio::sync::mpsc::Receiver<lanyard_relay::link::LinkEvent>>> {
     if ble {
         let (tx, rx) = tokio::sync::mpsc::channel(256);

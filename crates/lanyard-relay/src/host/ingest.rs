@@ -1,6 +1,6 @@
 //! The pendant side of the relay: a notification is reassembled, checked,
 //! given to the boundary tracker, and its frame written to the spool before
-//! [`super::Link::event`] returns. IngestCell between the link's thread and the
+//! [`super::PendantPort::event`] returns. Shared between the link's thread and the
 //! relay's loop, under one lock. See "Endpoints" in [`super`] for carries.
 
 use lanyard_proto::ble::Framing;
@@ -42,7 +42,7 @@ pub(crate) struct Ingest {
     /// A spool error on the link's thread; the loop stops with it.
     pub(super) failed: Option<SpoolError>,
     /// Taken when the relay stops, so that the app's event stream ends even
-    /// while transports still hold a [`Link`].
+    /// while transports still hold a [`PendantPort`].
     pub(super) events: Option<mpsc::UnboundedSender<Stamped>>,
 }
 

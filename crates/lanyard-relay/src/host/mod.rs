@@ -9,8 +9,8 @@
 //!
 //! # Threads and wake-ups
 //!
-//! [`open`] recovers the spool and returns a [`Relay`] and a [`Link`]. The
-//! pendant transport calls [`Link::event`] on its own thread (CoreBluetooth's
+//! [`open`] recovers the spool and returns a [`Relay`] and a [`PendantPort`]. The
+//! pendant transport calls [`PendantPort::event`] on its own thread (CoreBluetooth's
 //! delegate queue, the simulator's socket thread): the notification is
 //! reassembled and its frame appended to the spool with one `write()` before
 //! the call returns, so the uplink can only ever send what is already on
@@ -174,7 +174,7 @@ enum WsEvent {
 }
 
 /// The pendant side under its lock, shared by the relay's loop and its
-/// [`Link`] handles, with the loop's wake-up and the stopped flag.
+/// [`PendantPort`] handles, with the loop's wake-up and the stopped flag.
 struct IngestCell {
     ingest: Mutex<Ingest>,
     wake: Notify,
@@ -193,7 +193,7 @@ impl IngestCell {
 /// The way into a running relay for a pendant transport (CoreBluetooth's
 /// delegate queue through the FFI, btleplug, the simulator's socket).
 ///
-/// [`Link::event`] does the relay's ingest on the caller's thread: the
+/// [`PendantPort::event`] does the relay's ingest on the caller's thread: the
 /// notification is reassembled and its frame written to the spool before
 /// the call returns, so a frame the transport handed over survives the app
 /// being killed the next instant. The relay's loop is woken only when an
@@ -201,11 +201,11 @@ impl IngestCell {
 /// [`HostConfig::send_interval`]). A phone's CPU and battery pay for one
 /// `write()` per frame, not for a thread hand-off per frame.
 #[derive(Clone)]
-pub struct Link {
+pub struct PendantPort {
     shared: Arc<IngestCell>,
 }
 
-impl Link {
+impl PendantPort {
     /// Feeds one event from the pendant's link.
     pub fn event(&self, ev: LinkEvent) {
         self.with(|core, now| core.on_link(ev, now));
@@ -266,8 +266,8 @@ impl Relay {
 }
 
 /// Opens (and recovers) the spool. Returns the relay, to be run on a tokio
-/// runtime, and the [`Link`] its pendant transport feeds.
-pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(Relay, Link), HostError> {
+/// runtime, and the [`PendantPort`] its pendant transport feeds.
+pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(Relay, PendantPort), HostError> {
     crate::transport::check_server(&cfg.server, cfg.insecure)?;
     let ws_url = stream_url(&cfg.server)?;
     let transport = Transport::new(&cfg.extra_root_certs)?;
@@ -275,7 +275,7 @@ pub fn open(cfg: HostConfig, events: mpsc::UnboundedSender<Stamped>) -> Result<(
     let ingest = Ingest::open(&cfg, now_ms(), events.clone())?;
     let shared =
         Arc::new(IngestCell { ingest: Mutex::new(ingest), wake: Notify::new(), stopped: AtomicBool::new(false) });
-    Ok((Relay { cfg, ws_url, transport, shared: shared.clone(), events, _lock: lock }, Link { shared }))
+    Ok((Relay { cfg, ws_url, transport, shared: shared.clone(), events, _lock: lock }, PendantPort { shared }))
 }
 
 /// Takes the spool's single-writer lock: an advisory lock on
@@ -314,8 +314,8 @@ impl Relay {
     /// Runs until the link is closed and nothing is left to send, or
     /// `exit_after` replies have arrived, or [`Control::Shutdown`].
     ///
-    /// `link_rx`, when given, is drained into the relay's [`Link`] on this
-    /// loop (and its end closes the link); transports that hold a [`Link`]
+    /// `link_rx`, when given, is drained into the relay's [`PendantPort`] on this
+    /// loop (and its end closes the link); transports that hold a [`PendantPort`]
     /// pass `None`.
     ///
     /// This is the shell: it waits, reads the clock, and carries out the
@@ -326,9 +326,9 @@ impl Relay {
         mut control_rx: mpsc::UnboundedReceiver<Control>,
     ) -> Result<(), HostError> {
         // The lock is dropped last, once `_stopped` has marked the relay
-        // stopped: no `Link` touches the spool after another relay has it.
+        // stopped: no `PendantPort` touches the spool after another relay has it.
         let Relay { cfg, ws_url, transport, shared, events, _lock } = self;
-        let link = Link { shared: shared.clone() };
+        let link = PendantPort { shared: shared.clone() };
         let _stopped = Stopped(shared.clone());
         let _registration = cfg.push.clone().map(|push| {
             // An app that starts offline must still spool: registration
@@ -442,7 +442,7 @@ struct Stopped(Arc<IngestCell>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        // Under the lock: no `Link::event` is halfway through, and none will
+        // Under the lock: no `PendantPort::event` is halfway through, and none will
         // touch the spool from now on (the spool may soon belong to another
         // relay).
         let mut ingest = self.0.lock();

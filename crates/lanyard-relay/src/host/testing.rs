@@ -8,7 +8,7 @@ use lanyard_proto::ble::{Codec, FrameSpec, Framing, packetize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{DEFAULT_SEND_INTERVAL, HostConfig, Link, Relay, open};
+use super::{DEFAULT_SEND_INTERVAL, HostConfig, PendantPort, Relay, open};
 use crate::boundary::BoundaryConfig;
 use crate::link::LinkEvent;
 use crate::planner::PlannerConfig;
@@ -17,7 +17,7 @@ use crate::uplink::UplinkConfig;
 
 /// A relay on the spool in `dir`, its loop never run: the test plays
 /// the loop's part by calling the core.
-pub(super) fn relay(dir: &std::path::Path) -> (Relay, Link) {
+pub(super) fn relay(dir: &std::path::Path) -> (Relay, PendantPort) {
     let cfg = HostConfig { spool_dir: dir.to_path_buf(), ..relay_config() };
     open(cfg, mpsc::unbounded_channel().0).unwrap()
 }
