@@ -174,7 +174,8 @@ fn wire_binary() {
 #[test]
 fn wire_client_json() {
     let seeds: Vec<Vec<u8>> = [
-        ClientMsg::Open { utterance: uuid(), handle: 7, codec: Codec::Opus16k20ms },
+        ClientMsg::Open { utterance: uuid(), handle: 7, codec: Codec::Opus16k20ms, unmarked: false },
+        ClientMsg::Open { utterance: uuid(), handle: 7, codec: Codec::Opus16k20ms, unmarked: true },
         ClientMsg::End { utterance: uuid(), frames: 150, speech_frames: None },
         ClientMsg::End { utterance: uuid(), frames: 150, speech_frames: Some(120) },
     ]

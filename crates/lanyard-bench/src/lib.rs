@@ -982,7 +982,8 @@ async fn connect(url: &str, token: &str) -> Result<Ws, String> {
     .await
     .map_err(|_| "connect timed out (20 s)".to_string())?
     .map_err(|e| format!("connect failed: {e}"))?;
-    let open = ClientMsg::Open { utterance: uuid::Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms };
+    let open =
+        ClientMsg::Open { utterance: uuid::Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms, unmarked: false };
     ws.send(Message::text(open.to_json())).await.map_err(|e| format!("open failed: {e}"))?;
     let opened = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(m) = ws.next().await {

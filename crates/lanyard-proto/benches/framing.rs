@@ -135,7 +135,7 @@ fn wire_parse(c: &mut Criterion) {
     let audio = wire::encode_audio(&Audio { handle: 3, seq: 1234, frame: &data });
     g.bench_function("parse_binary_audio", |b| b.iter(|| black_box(wire::parse_binary(black_box(&audio)).unwrap())));
     let utterance = Uuid::parse_str("0190b5a4-7c1e-7d2a-9f00-3c4b5a6d7e8f").unwrap();
-    let open = ClientMsg::Open { utterance, handle: 3, codec: Codec::Opus16k20ms }.to_json();
+    let open = ClientMsg::Open { utterance, handle: 3, codec: Codec::Opus16k20ms, unmarked: false }.to_json();
     let end = ClientMsg::End { utterance, frames: 250, speech_frames: None }.to_json();
     for (name, text) in [("parse_client_text_open", &open), ("parse_client_text_end", &end)] {
         g.bench_function(name, |b| b.iter(|| black_box(wire::parse_client_text(black_box(text)).unwrap())));

@@ -121,7 +121,21 @@ pub mod close {
 pub enum ClientMsg {
     /// Opens (or resumes) an utterance and binds it to `handle` on this
     /// connection.
-    Open { utterance: Uuid, handle: u32, codec: Codec },
+    ///
+    /// `unmarked`: no start marker opened the utterance (an Omi pendant
+    /// marks none): the relay ends it at the server's `endpoint` or at the
+    /// frame limit, so in a quiet room it may hold no speech at all. The
+    /// server then stores it without a reply, where an utterance the user
+    /// opened with the pendant's button is answered even when nothing was
+    /// heard. Sent only when true, so an `open` of a marked utterance is
+    /// what relays before it sent, and absent means marked.
+    Open {
+        utterance: Uuid,
+        handle: u32,
+        codec: Codec,
+        #[serde(default, skip_serializing_if = "is_false")]
+        unmarked: bool,
+    },
     /// The utterance has exactly `frames` frames; the server may process it
     /// once it holds them all.
     ///
@@ -138,6 +152,12 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         speech_frames: Option<u32>,
     },
+}
+
+/// For `skip_serializing_if`: a flag that is off is left out, so the
+/// message is what a peer from before the flag sends.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// JSON control messages from the server. `PartialEq` only: a `final`
@@ -607,6 +627,16 @@ mod tests {
             r#"push platform "gcm" is unknown; use apns or fcm"#
         );
         assert!("dev".parse::<PushEnvironment>().unwrap_err().to_string().contains("use sandbox"));
+    }
+
+    #[test]
+    fn an_open_without_unmarked_is_marked_and_a_marked_open_says_nothing_of_it() {
+        let id = "0190d3a4-5b6c-7d8e-9f00-112233445566";
+        let old = format!(r#"{{"type":"open","utterance":"{id}","handle":1,"codec":"pcm16k"}}"#);
+        let ClientMsg::Open { unmarked, .. } = parse_client_text(&old).unwrap() else { panic!("an open") };
+        assert!(!unmarked, "what relays before the flag send is a marked utterance");
+        let said = format!(r#"{{"type":"open","utterance":"{id}","handle":1,"codec":"pcm16k","unmarked":false}}"#);
+        assert_eq!(parse_client_text(&said).unwrap().to_json(), old, "a marked open is sent as before the flag");
     }
 
     #[test]

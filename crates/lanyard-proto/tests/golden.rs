@@ -268,8 +268,12 @@ fn wire_client_json() {
     let file = load("wire_json.json");
     let list = array(&file, "client");
     let cases = [
-        ("open", ClientMsg::Open { utterance: utterance(), handle: 7, codec: Codec::Opus16k20ms }),
-        ("open_pcm", ClientMsg::Open { utterance: utterance(), handle: 0, codec: Codec::Pcm16k }),
+        ("open", ClientMsg::Open { utterance: utterance(), handle: 7, codec: Codec::Opus16k20ms, unmarked: false }),
+        ("open_pcm", ClientMsg::Open { utterance: utterance(), handle: 0, codec: Codec::Pcm16k, unmarked: false }),
+        (
+            "open_unmarked",
+            ClientMsg::Open { utterance: utterance(), handle: 7, codec: Codec::Opus16k20ms, unmarked: true },
+        ),
         ("end", ClientMsg::End { utterance: utterance(), frames: 150, speech_frames: None }),
         ("end_cut", ClientMsg::End { utterance: utterance(), frames: 150, speech_frames: Some(120) }),
     ];

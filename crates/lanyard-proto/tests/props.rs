@@ -408,7 +408,8 @@ proptest! {
 
     #[test]
     fn wire_client_json_round_trip(m in prop_oneof![
-        (uuid(), any::<u32>(), codec()).prop_map(|(utterance, handle, codec)| ClientMsg::Open { utterance, handle, codec }),
+        (uuid(), any::<u32>(), codec(), any::<bool>())
+            .prop_map(|(utterance, handle, codec, unmarked)| ClientMsg::Open { utterance, handle, codec, unmarked }),
         (uuid(), any::<u32>(), any::<Option<u32>>()).prop_map(|(utterance, frames, speech_frames)| ClientMsg::End { utterance, frames, speech_frames }),
     ]) {
         prop_assert_eq!(wire::parse_client_text(&m.to_json()), Ok(m));

@@ -568,7 +568,12 @@ impl Uplink {
                 self.next_handle = self.next_handle.wrapping_add(1).max(1);
                 self.handles.insert(u.handle, id);
                 u.phase = Phase::Opening;
-                out.push(Action::SendText(ClientMsg::Open { utterance: id, handle: u.handle, codec: u.codec }));
+                out.push(Action::SendText(ClientMsg::Open {
+                    utterance: id,
+                    handle: u.handle,
+                    codec: u.codec,
+                    unmarked: false,
+                }));
                 continue;
             }
             if u.phase != Phase::Open {

@@ -43,7 +43,8 @@ async fn questions(h: &Harness, frames: &[Vec<u8>], n: usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let id = Uuid::now_v7();
-        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false })
+            .await;
         expect_opened(&mut ws).await;
         for (seq, f) in frames.iter().enumerate() {
             send_audio(&mut ws, 1, seq as u32, f).await;
@@ -97,7 +98,8 @@ async fn flood(h: &Harness, n: u32, retry: Duration, stop: &AtomicBool, ended: &
         };
         while ended.load(Ordering::Relaxed) < n && !stop.load(Ordering::Relaxed) {
             let id = Uuid::now_v7();
-            send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
+            send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k, unmarked: false })
+                .await;
             let mut done = until(&mut ws, |m| matches!(m, ServerMsg::Opened { .. })).await;
             if done {
                 send_audio(&mut ws, 1, 0, &silence).await;

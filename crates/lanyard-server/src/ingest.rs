@@ -384,7 +384,7 @@ impl Conn {
     async fn on_text(&mut self, text: &str) -> Result<(), Close> {
         let msg = wire::parse_client_text(text).map_err(|e| (e.close_code(), e.to_string()))?;
         match msg {
-            ClientMsg::Open { utterance, handle, codec } => self.open(utterance, handle, codec).await,
+            ClientMsg::Open { utterance, handle, codec, unmarked: _ } => self.open(utterance, handle, codec).await,
             ClientMsg::End { utterance, frames, speech_frames } => self.end(utterance, frames, speech_frames).await,
         }
     }

@@ -53,7 +53,7 @@ impl Harness {
     /// and leaves it receiving. Returns the stream, still open.
     async fn stream_frames(&self, token: &str, id: Uuid, frames: u32) -> Ws {
         let mut ws = self.ws(token).await;
-        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
+        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k, unmarked: false }).await;
         assert_eq!(expect_opened(&mut ws).await, (0, false));
         for seq in 0..frames {
             send_audio(&mut ws, 1, seq, &[0u8; 640]).await;
@@ -192,7 +192,7 @@ async fn every_device_route_keeps_devices_apart() {
         assert_eq!(h.post_text(&h.token_b, id, "mine now").await.status(), 404);
         // Stream into it: refused with not_found, and the socket stays usable.
         let mut ws = h.ws(&h.token_b).await;
-        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
+        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k, unmarked: false }).await;
         match recv(&mut ws).await {
             In::Text(ServerMsg::Error { code, .. }) => assert_eq!(code, "not_found"),
             _ => panic!("expected not_found"),
@@ -317,7 +317,7 @@ async fn metrics_move_when_an_utterance_is_streamed() {
     let n = frames.len() as u32;
     let id = Uuid::now_v7();
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     expect_opened(&mut ws).await;
     let during = scrape().await;
     assert!(during.contains("lanyard_streams_active"), "{during}");
@@ -406,7 +406,11 @@ async fn per_device_limits_answer_with_their_codes() {
 
     // Frames faster than the rate, past the burst: 4004.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k }).await;
+    send_text(
+        &mut ws,
+        &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k, unmarked: false },
+    )
+    .await;
     expect_opened(&mut ws).await;
     for seq in 0..400 {
         if futures::SinkExt::send(
@@ -494,7 +498,7 @@ async fn idle_timeout_is_configurable() {
     // A stream that keeps talking stays open past the timeout.
     let id = Uuid::now_v7();
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k, unmarked: false }).await;
     expect_opened(&mut ws).await;
     for seq in 0..6 {
         tokio::time::sleep(Duration::from_millis(400)).await;

@@ -98,7 +98,7 @@ async fn on_a_full_disk(mount: PathBuf) {
 
     // Send everything; collect the acks until the server gives up.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     assert_eq!(expect_opened(&mut ws).await, (0, false));
     for (seq, f) in frames[..50].iter().enumerate() {
         send_audio(&mut ws, 1, seq as u32, f).await;
@@ -151,7 +151,7 @@ async fn on_a_full_disk(mount: PathBuf) {
     // ack, and whatever more it acks (a torn frame cut off may have freed a
     // few bytes) is on disk too.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     match recv(&mut ws).await {
         In::Text(ServerMsg::Opened { next_seq, .. }) => {
             assert_eq!(next_seq, acked, "the server resumes at its last ack, no further");
@@ -187,7 +187,7 @@ async fn on_a_full_disk(mount: PathBuf) {
     // Space again: the stream resumes exactly at the last ack, and completes.
     std::fs::remove_file(&filler).unwrap();
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     let (next, complete) = expect_opened(&mut ws).await;
     assert!(!complete);
     assert_eq!(next, acked, "resumed at the last acknowledged frame");

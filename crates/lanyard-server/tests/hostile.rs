@@ -216,7 +216,8 @@ async fn a_stream_that_never_reads_is_closed_after_the_send_timeout() {
     let req = h.ws_request(Some(&format!("Bearer {}", h.token_a)));
     let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     // Each `open` of the nil id is answered with an error, and never read.
-    let open = ClientMsg::Open { utterance: Uuid::nil(), handle: 1, codec: Codec::Opus16k20ms }.to_json();
+    let open =
+        ClientMsg::Open { utterance: Uuid::nil(), handle: 1, codec: Codec::Opus16k20ms, unmarked: false }.to_json();
     let start = Instant::now();
     let sent = tokio::time::timeout(Duration::from_secs(60), async {
         let mut n = 0u64;
@@ -290,7 +291,8 @@ async fn logs_at_info_hold_no_transcript_reply_or_push_token() {
     let spoken = Uuid::now_v7();
     let frames = speech_frames("Remind me to water the orchids on Friday.");
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: spoken, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: spoken, handle: 1, codec: Codec::Opus16k20ms, unmarked: false })
+        .await;
     expect_opened(&mut ws).await;
     for (i, f) in frames.iter().enumerate() {
         send_audio(&mut ws, 1, i as u32, f).await;
@@ -356,7 +358,11 @@ async fn only_random_utterance_ids_are_accepted_on_every_route_and_on_open() {
         }
     }
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::nil(), handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(
+        &mut ws,
+        &ClientMsg::Open { utterance: Uuid::nil(), handle: 1, codec: Codec::Opus16k20ms, unmarked: false },
+    )
+    .await;
     match recv(&mut ws).await {
         In::Text(ServerMsg::Error { code, utterance, .. }) => {
             assert_eq!((code.as_str(), utterance), ("invalid_id", Some(Uuid::nil())))
@@ -369,9 +375,11 @@ async fn only_random_utterance_ids_are_accepted_on_every_route_and_on_open() {
     // gets on every route.
     let theirs = Uuid::now_v7();
     let mut wb = h.ws(&h.token_b).await;
-    send_text(&mut wb, &ClientMsg::Open { utterance: theirs, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut wb, &ClientMsg::Open { utterance: theirs, handle: 1, codec: Codec::Opus16k20ms, unmarked: false })
+        .await;
     expect_opened(&mut wb).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: theirs, handle: 2, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: theirs, handle: 2, codec: Codec::Opus16k20ms, unmarked: false })
+        .await;
     let In::Text(ServerMsg::Error { code, message, .. }) = recv(&mut ws).await else { panic!("expected an error") };
     let unknown = Uuid::now_v7();
     let (status, err) = call(&h, reqwest::Method::GET, &format!("/v1/utterances/{unknown}"), None).await;
@@ -410,7 +418,7 @@ async fn a_deleted_utterance_never_comes_back() {
     assert_eq!(r.status(), 410);
     // A relay resuming the stream.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     match recv(&mut ws).await {
         In::Text(ServerMsg::Error { code, utterance, message }) => {
             assert_eq!((code.as_str(), utterance), ("gone", Some(id)));
@@ -422,7 +430,7 @@ async fn a_deleted_utterance_never_comes_back() {
     assert_eq!(call(&h, Method::GET, &format!("/v1/utterances/{id}"), None).await.0, 404);
     // Another device learns nothing: its answer is an unknown id's.
     let mut wb = h.ws(&h.token_b).await;
-    send_text(&mut wb, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut wb, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     let In::Text(ServerMsg::Error { code, .. }) = recv(&mut wb).await else { panic!("expected an error") };
     assert_eq!(code, "not_found");
     assert!(counter(&h.url, "lanyard_deleted_refused_total").await - before >= 3.0);
@@ -496,7 +504,7 @@ async fn audio_claiming_an_hour_is_refused_before_decoding_on_every_entry_point(
     // Over the WebSocket: a 120 ms frame closes the stream with 4007,
     // before it is stored, acked or decoded.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     expect_opened(&mut ws).await;
     send_audio(&mut ws, 1, 0, &bomb[0]).await;
     assert_eq!(expect_close(&mut ws).await, close::BAD_FRAME);
@@ -540,7 +548,7 @@ async fn one_device_flooding_utterances_does_not_hold_up_another() {
     let mut ids = Vec::new();
     for _ in 0..150 {
         let id = Uuid::now_v7();
-        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k }).await;
+        send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Pcm16k, unmarked: false }).await;
         send_audio(&mut ws, 1, 0, &[0u8; 640]).await;
         send_text(&mut ws, &ClientMsg::End { utterance: id, frames: 1, speech_frames: None }).await;
         ids.push(id);
@@ -569,7 +577,7 @@ async fn one_device_flooding_utterances_does_not_hold_up_another() {
 /// Opens `id` on `handle` and reads the answer: `Ok` when opened, the close
 /// code otherwise.
 async fn try_open(ws: &mut Ws, id: Uuid, handle: u32) -> Result<(), (u16, String)> {
-    send_text(ws, &ClientMsg::Open { utterance: id, handle, codec: Codec::Pcm16k }).await;
+    send_text(ws, &ClientMsg::Open { utterance: id, handle, codec: Codec::Pcm16k, unmarked: false }).await;
     loop {
         match recv(ws).await {
             In::Text(ServerMsg::Opened { .. }) => return Ok(()),
@@ -900,7 +908,11 @@ async fn websocket_protocol_violations_close_the_stream() {
     }
     // The device's stream slots were all given back.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k }).await;
+    send_text(
+        &mut ws,
+        &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k, unmarked: false },
+    )
+    .await;
     expect_opened(&mut ws).await;
     h.server.stop().await;
 }

@@ -24,7 +24,7 @@ async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
     let id = Uuid::now_v7();
 
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     assert_eq!(expect_opened(&mut ws).await, (0, false));
     for (i, f) in frames[..60].iter().enumerate() {
         send_audio(&mut ws, 1, i as u32, f).await;
@@ -34,7 +34,7 @@ async fn resumed_stream_stores_no_frame_twice_and_is_transcribed_once() {
     drop(ws);
 
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 9, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 9, codec: Codec::Opus16k20ms, unmarked: false }).await;
     assert_eq!(expect_opened(&mut ws).await, (60, false), "resume from the last durable frame");
     // A client that resends a little too much: the duplicates are dropped.
     for (i, f) in frames.iter().enumerate().skip(50) {
@@ -86,7 +86,7 @@ async fn half_streamed_then_uploaded_is_processed_once() {
     let frames = speech_frames("Call the dentist on Monday.");
     let id = Uuid::now_v7();
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     expect_opened(&mut ws).await;
     for (i, f) in frames[..40].iter().enumerate() {
         send_audio(&mut ws, 1, i as u32, f).await;
@@ -120,7 +120,7 @@ async fn half_streamed_then_uploaded_is_processed_once() {
 
     // Resuming the stream now is told the utterance is complete.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     assert_eq!(expect_opened(&mut ws).await, (frames.len() as u32, true));
     h.server.stop().await;
 }
@@ -142,7 +142,7 @@ async fn an_utterance_cut_at_an_endpoint_is_transcribed_up_to_the_cut() {
 
     let id = Uuid::now_v7();
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     expect_opened(&mut ws).await;
     for (i, f) in frames.iter().enumerate() {
         send_audio(&mut ws, 1, i as u32, f).await;
@@ -207,7 +207,7 @@ async fn an_upload_shorter_than_the_acknowledged_audio_completes_with_the_server
     let n = frames.len() as u32;
     let id = Uuid::now_v7();
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     expect_opened(&mut ws).await;
     for (i, f) in frames.iter().enumerate() {
         send_audio(&mut ws, 1, i as u32, f).await;
@@ -247,7 +247,7 @@ async fn devices_cannot_see_each_other() {
     let h = harness().await;
     let id = Uuid::now_v7();
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }).await;
     expect_opened(&mut ws).await;
 
     let client = reqwest::Client::new();
@@ -259,7 +259,8 @@ async fn devices_cannot_see_each_other() {
     assert_eq!(body["code"], "not_found");
     // B cannot stream into A's utterance either.
     let mut ws_b = h.ws(&h.token_b).await;
-    send_text(&mut ws_b, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(&mut ws_b, &ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false })
+        .await;
     match recv(&mut ws_b).await {
         In::Text(ServerMsg::Error { code, .. }) => assert_eq!(code, "not_found"),
         _ => panic!("expected an error"),
@@ -288,14 +289,22 @@ async fn limits_close_with_their_codes() {
     .await;
     // A frame over the size limit.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(
+        &mut ws,
+        &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms, unmarked: false },
+    )
+    .await;
     expect_opened(&mut ws).await;
     send_audio(&mut ws, 1, 0, &vec![0u8; limits::MAX_FRAME_BYTES + 1]).await;
     assert_eq!(expect_close(&mut ws).await, close::FRAME_TOO_LARGE);
 
     // A frame that skips ahead breaks the no-gaps rule.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms }).await;
+    send_text(
+        &mut ws,
+        &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Opus16k20ms, unmarked: false },
+    )
+    .await;
     expect_opened(&mut ws).await;
     send_audio(&mut ws, 1, 5, b"x").await;
     assert_eq!(expect_close(&mut ws).await, close::PROTOCOL);
@@ -303,7 +312,11 @@ async fn limits_close_with_their_codes() {
     // Too many utterances open on one connection.
     let mut ws = h.ws(&h.token_a).await;
     for handle in 0..=limits::MAX_OPEN_UTTERANCES as u32 {
-        send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle, codec: Codec::Opus16k20ms }).await;
+        send_text(
+            &mut ws,
+            &ClientMsg::Open { utterance: Uuid::now_v7(), handle, codec: Codec::Opus16k20ms, unmarked: false },
+        )
+        .await;
     }
     for _ in 0..limits::MAX_OPEN_UTTERANCES {
         expect_opened(&mut ws).await;
@@ -312,7 +325,11 @@ async fn limits_close_with_their_codes() {
 
     // An utterance past its length limit.
     let mut ws = h.ws(&h.token_a).await;
-    send_text(&mut ws, &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k }).await;
+    send_text(
+        &mut ws,
+        &ClientMsg::Open { utterance: Uuid::now_v7(), handle: 1, codec: Codec::Pcm16k, unmarked: false },
+    )
+    .await;
     expect_opened(&mut ws).await;
     for seq in 0..=limits::MAX_UTTERANCE_FRAMES {
         send_audio(&mut ws, 1, seq, b"\0\0").await;

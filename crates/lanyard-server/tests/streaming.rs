@@ -69,9 +69,11 @@ async fn stream_at(h: &Harness, frames: &[Vec<u8>], speed: u64) -> Heard {
     let ws = h.ws(&h.token_a).await;
     let (mut tx, mut rx) = ws.split();
     let id = Uuid::now_v7();
-    tx.send(Message::text(ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms }.to_json()))
-        .await
-        .unwrap();
+    tx.send(Message::text(
+        ClientMsg::Open { utterance: id, handle: 1, codec: Codec::Opus16k20ms, unmarked: false }.to_json(),
+    ))
+    .await
+    .unwrap();
     let start = Instant::now();
     let reader = tokio::spawn(async move {
         let mut partials = Vec::new();

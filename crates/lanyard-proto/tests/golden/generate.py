@@ -237,6 +237,9 @@ def main():
         "client": [
             {"name": "open", "json": '{"type":"open","utterance":"%s","handle":7,"codec":"opus16k20ms"}' % u},
             {"name": "open_pcm", "json": '{"type":"open","utterance":"%s","handle":0,"codec":"pcm16k"}' % u},
+            # No start marker opened it (an Omi pendant): stored without a
+            # reply when nothing was said. Absent means marked.
+            {"name": "open_unmarked", "json": '{"type":"open","utterance":"%s","handle":7,"codec":"opus16k20ms","unmarked":true}' % u},
             {"name": "end", "json": '{"type":"end","utterance":"%s","frames":150}' % u},
             # The relay cut at the server's endpoint (frame 120) and carried
             # frames 120..150 into its next utterance: transcribe 0..120.
