@@ -15,7 +15,7 @@ use lanyard_proto::wire::{
     DeletedData, PushRegistration, STREAM_PATH, TextUtterance, UploadResponse, UtteranceState, UtteranceView, limits,
 };
 use lanyard_proto::{oggopus, opus_toc, wav};
-use lanyard_store::{PushTarget, StoreError, Utterance};
+use lanyard_store::{Completion, PushTarget, StoreError, Utterance};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -255,6 +255,13 @@ fn utterance_routes() -> Vec<Route> {
                         "UnixMs",
                         "When the phone stops wanting the utterance answered (its time-to-live, from when it began). \
                      An upload that arrives later is refused, 410 `expired`.",
+                    ),
+                    (
+                        "unmarked",
+                        "Flag",
+                        "1: no start marker opened the utterance (a pendant without a button; the stream's `open` says \
+                     `unmarked`). If it holds no speech it is stored, transcribed as nothing, and not answered. \
+                     0 (the default): answered even when nothing was heard.",
                     ),
                 ],
                 body: Some(("audio/ogg", "binary")),
@@ -556,15 +563,29 @@ async fn post_text(
     Ok((StatusCode::OK, Json(UtteranceBody::of(&row))))
 }
 
-/// `?speech_frames=N&expires_ms=T` of `PUT /v1/utterances/{id}/audio`.
+/// `?speech_frames=N&expires_ms=T&unmarked=1` of `PUT /v1/utterances/{id}/audio`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UploadParams {
     speech_frames: Option<u32>,
+    /// `1`: no start marker opened the utterance (the stream's `open` says
+    /// `unmarked`); with no speech in it, it is stored without a reply.
+    /// `0`, or absent: it is answered even when nothing was heard.
+    #[serde(default, deserialize_with = "flag")]
+    unmarked: bool,
     /// Unix ms after which the phone no longer wants the utterance answered
     /// (its time-to-live): a background upload that iOS runs later is
     /// refused, 410 `expired`, and counted.
     expires_ms: Option<i64>,
+}
+
+/// A query flag: `1` or `0` (what the relay writes), `true` or `false`.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?.as_ref() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        other => Err(serde::de::Error::custom(format!("`unmarked` is 0 or 1, not {other:?}"))),
+    }
 }
 
 /// `PUT /v1/utterances/{id}/audio`: the whole utterance as Ogg Opus.
@@ -583,9 +604,10 @@ async fn upload(
 ) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
     state.limiter.take_request(device.id)?;
     let id = parse_id(&id)?;
-    let Query(UploadParams { speech_frames, expires_ms }) = params.map_err(|e| {
+    let Query(UploadParams { speech_frames, expires_ms, unmarked }) = params.map_err(|e| {
         ApiError::BadRequest(format!(
-            "{e}; the query takes only `speech_frames` (the frames to transcribe) and `expires_ms` (Unix ms)"
+            "{e}; the query takes only `speech_frames` (the frames to transcribe), `expires_ms` (Unix ms) and \
+             `unmarked` (0 or 1)"
         ))
     })?;
     let body = body.map_err(|e| match e.status() {
@@ -694,7 +716,8 @@ async fn upload(
     if held > frames {
         tracing::warn!(%id, held, uploaded = frames, "upload shorter than the audio held; completing with the held frames");
     }
-    ingest::complete(&state, device.id, id, held, speech_frames).await.map_err(ApiError::Internal)?;
+    let end = Completion { frames: held, speech_frames, unmarked };
+    ingest::complete(&state, device.id, id, end).await.map_err(ApiError::Internal)?;
     let state_now = state.store.utterance(id).await?.map_or(UtteranceState::Complete, |u| u.state);
     let resp = UploadResponse { utterance: id, state: state_now, frames: held, added: held - held_before.min(held) };
     Ok((StatusCode::OK, Json(resp)))

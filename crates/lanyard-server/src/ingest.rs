@@ -86,7 +86,7 @@ use futures::FutureExt;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::opus_toc;
 use lanyard_proto::wire::{self, Ack, Binary, ClientMsg, ServerMsg, UtteranceState, close, limits};
-use lanyard_store::StoreError;
+use lanyard_store::{Completion, StoreError};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -182,6 +182,9 @@ pub async fn stream(
 struct Open {
     utterance: Uuid,
     codec: Codec,
+    /// No start marker opened it (the `open`'s `unmarked`): stored with its
+    /// completion, so that one with no speech gets no reply.
+    unmarked: bool,
     audio: Arc<Mutex<UtteranceAudio>>,
     /// Frames accepted so far (durable, or in the batch being committed).
     next_seq: u32,
@@ -384,12 +387,14 @@ impl Conn {
     async fn on_text(&mut self, text: &str) -> Result<(), Close> {
         let msg = wire::parse_client_text(text).map_err(|e| (e.close_code(), e.to_string()))?;
         match msg {
-            ClientMsg::Open { utterance, handle, codec, unmarked: _ } => self.open(utterance, handle, codec).await,
+            ClientMsg::Open { utterance, handle, codec, unmarked } => {
+                self.open(utterance, handle, codec, unmarked).await
+            }
             ClientMsg::End { utterance, frames, speech_frames } => self.end(utterance, frames, speech_frames).await,
         }
     }
 
-    async fn open(&mut self, utterance: Uuid, handle: u32, codec: Codec) -> Result<(), Close> {
+    async fn open(&mut self, utterance: Uuid, handle: u32, codec: Codec, unmarked: bool) -> Result<(), Close> {
         if self.streams.contains_key(&handle) {
             return Err((close::PROTOCOL, format!("handle {handle} is already open")));
         }
@@ -452,7 +457,7 @@ impl Conn {
         };
         // Durable: `writer` synced any frames written but not yet synced.
         let next_seq = writer.lock().expect("audio lock poisoned").durable();
-        self.streams.insert(handle, Open { utterance, codec, audio: writer, next_seq });
+        self.streams.insert(handle, Open { utterance, codec, unmarked, audio: writer, next_seq });
         self.send_text(&ServerMsg::Opened { utterance, handle, next_seq, complete: false }).await
     }
 
@@ -484,8 +489,9 @@ impl Conn {
                 )
                 .await;
         }
+        let unmarked = open.unmarked;
         self.streams.remove(&handle);
-        complete(&self.state, self.device, utterance, frames, speech_frames)
+        complete(&self.state, self.device, utterance, Completion { frames, speech_frames, unmarked })
             .await
             .map_err(|e| (close::GOING_AWAY, e))?;
         self.send_text(&ServerMsg::Complete { utterance, frames }).await
@@ -545,16 +551,11 @@ fn too_large(e: &axum::Error) -> bool {
 /// Marks an utterance complete and, for the one caller that wins, queues it.
 /// Shared by the stream and the upload, which is how an utterance that
 /// arrives by both is processed once.
-pub(crate) async fn complete(
-    state: &AppState,
-    device: Uuid,
-    utterance: Uuid,
-    frames: u32,
-    speech_frames: Option<u32>,
-) -> Result<(), String> {
-    let won = state.store.mark_complete(utterance, frames, speech_frames, now_ms()).await.map_err(|e| e.to_string())?;
+pub(crate) async fn complete(state: &AppState, device: Uuid, utterance: Uuid, end: Completion) -> Result<(), String> {
+    let won = state.store.mark_complete(utterance, end, now_ms()).await.map_err(|e| e.to_string())?;
     if won {
-        tracing::info!(%utterance, frames, ?speech_frames, "utterance complete");
+        let Completion { frames, speech_frames, unmarked } = end;
+        tracing::info!(%utterance, frames, ?speech_frames, unmarked, "utterance complete");
         state.pipeline.enqueue(device, utterance).await;
     }
     Ok(())

@@ -33,6 +33,8 @@
 //! | `lanyard_endpoints_sent_total`   | counter   | `endpoint` messages: the VAD heard speech stop              |
 //! | `lanyard_finals_total{source}`   | counter   | final transcripts: `speculative` (decoded at silence onset) |
 //! |                                  |           | or `full` (decoded after the end)                           |
+//! | `lanyard_silent_utterances_total`| counter   | unmarked utterances (no start marker: an Omi pendant) in    |
+//! |                                  |           | which nothing was heard, stored and not answered            |
 //!
 //! Time-to-safe ends when the audio is durable, which is when the server
 //! *may* ack; ack latency adds the socket write, and is what the relay sees
@@ -78,6 +80,7 @@ const PARTIALS_SENT: &str = "lanyard_partials_sent_total";
 const SETTLED_MS: &str = "lanyard_stt_settled_audio_ms_total";
 const ENDPOINTS_SENT: &str = "lanyard_endpoints_sent_total";
 const FINALS: &str = "lanyard_finals_total";
+const SILENT: &str = "lanyard_silent_utterances_total";
 
 /// Buckets for the ingest path: an fsync takes 0.1 to 10 ms on flash, and
 /// anything past a second is a stall worth seeing.
@@ -162,6 +165,10 @@ fn describe() {
     );
     describe_counter!(ENDPOINTS_SENT, "Endpoint messages sent: the server's VAD heard speech stop.");
     describe_counter!(FINALS, "Final transcripts, by source: speculative (decoded at silence onset) or full.");
+    describe_counter!(
+        SILENT,
+        "Unmarked utterances (no start marker) in which nothing was heard: stored, not answered."
+    );
 }
 
 /// An event the server records. Each implementation is the only place that
@@ -446,6 +453,16 @@ pub struct EndpointSent;
 impl InternalEvent for EndpointSent {
     fn emit(self) {
         counter!(ENDPOINTS_SENT).increment(1);
+    }
+}
+
+/// An unmarked utterance held no speech: it was stored without a reply
+/// (see `crate::pipeline`).
+pub struct SilentUtterance;
+
+impl InternalEvent for SilentUtterance {
+    fn emit(self) {
+        counter!(SILENT).increment(1);
     }
 }
 

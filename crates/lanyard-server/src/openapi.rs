@@ -128,6 +128,7 @@ fn schema_ref(name: &str) -> Value {
         // At most the frames sent, which no schema can say.
         "FrameCount" => json!({ "type": "integer", "minimum": 0 }),
         "UnixMs" => json!({ "type": "integer", "description": "Unix milliseconds." }),
+        "Flag" => json!({ "type": "integer", "enum": [0, 1] }),
         component => json!({ "$ref": format!("#/components/schemas/{component}") }),
     }
 }
@@ -389,6 +390,7 @@ mod tests {
             state: UtteranceState::Replied,
             frames: 1,
             speech_frames: None,
+            unmarked: false,
             transcript: None,
             segments: vec![Segment { start: 0.0, end: 1.0, text: "hi".into(), words: vec![] }],
             reply_title: None,

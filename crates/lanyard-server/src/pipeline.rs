@@ -11,6 +11,14 @@
 //! replies_per_sec` (the operator pays for each call). Another device's
 //! utterance is served at its next turn.
 //!
+//! An unmarked utterance (no start marker opened it: an Omi pendant, whose
+//! relay ends utterances at the server's endpoint or the frame limit) in
+//! which nothing was heard is a quiet room, not a question: it is stored,
+//! transcribed as nothing, and finished without a reply
+//! (`Utterance::silent`, counted in `lanyard_silent_utterances_total`). A
+//! marked one the user opened with the button is answered even so (the
+//! responder's "I didn't catch anything").
+//!
 //! The transcript is the speculative decode `crate::live` made at silence
 //! onset when that one covers all the speech; otherwise the audio is read
 //! back, decoded and transcribed as a final on the worker pool.
@@ -32,7 +40,7 @@ use crate::fair::FairQueue;
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::live::{Live, LiveFinal};
-use crate::metrics::{self, FinalTranscript, SttDequeued, SttQueued, Transcribed};
+use crate::metrics::{self, FinalTranscript, SilentUtterance, SttDequeued, SttQueued, Transcribed};
 use crate::stt_pool::SttPool;
 use crate::{now_ms, transcribe};
 use lanyard_respond::{ReplyRequest, Responder};
@@ -234,8 +242,12 @@ impl Worker {
             };
             self.store.mark_stt_started(id, now_ms()).await.map_err(store_err)?;
             let final_transcript = self.final_transcript(id, codec, utt.device_id, utt.frames, utt.speech()).await?;
-            let (transcript, segments) =
-                (final_transcript.text.clone(), transcribe::wire_segments(&final_transcript.segments));
+            let (transcript, segments) = if utt.unmarked && final_transcript.text.trim().is_empty() {
+                // Exactly empty: that is what `Utterance::silent` reads.
+                (String::new(), Vec::new())
+            } else {
+                (final_transcript.text.clone(), transcribe::wire_segments(&final_transcript.segments))
+            };
             let done_ms = now_ms();
             self.store.set_transcript(id, &transcript, &segments, done_ms).await.map_err(store_err)?;
             if let Some(end_ms) = utt.timings.received_end_ms {
@@ -254,6 +266,11 @@ impl Worker {
             utt.transcript = Some(transcript);
             utt.segments = segments;
             utt.state = UtteranceState::Transcribed;
+        }
+        if utt.silent() {
+            metrics::emit(SilentUtterance);
+            tracing::info!(utterance = %id, frames = utt.frames, "nothing heard in an unmarked utterance; no reply");
+            return Ok(());
         }
         if utt.state == UtteranceState::Transcribed {
             let device =

@@ -16,7 +16,7 @@ use lanyard_proto::wire::UtteranceState;
 use lanyard_server::config::SttBackend;
 use lanyard_server::retention::{self, BATCH, SweepReport};
 use lanyard_server::{AudioStore, ServerConfig, auth, now_ms};
-use lanyard_store::{ReplyRecord, Store};
+use lanyard_store::{Completion, ReplyRecord, Store};
 use serde_json::Value;
 
 const DAY_MS: i64 = 86_400_000;
@@ -29,7 +29,7 @@ async fn recorded(store: &dyn Store, audio: &AudioStore, device: Uuid, created_m
     let w = audio.writer(device, id).unwrap();
     w.lock().unwrap().append_durable(0, [&[1u8; 640][..], &[2u8; 640], &[3u8; 640]]).unwrap();
     if finish {
-        assert!(store.mark_complete(id, 3, None, created_ms + 100).await.unwrap());
+        assert!(store.mark_complete(id, Completion::frames(3), created_ms + 100).await.unwrap());
         store.mark_stt_started(id, created_ms + 200).await.unwrap();
         store.set_transcript(id, "turn the lights off", &[], created_ms + 300).await.unwrap();
         let reply = ReplyRecord { title: "Lanyard".into(), body: "Noted.".into(), data_json: "{}".into() };

@@ -362,3 +362,122 @@ async fn limits_close_with_their_codes() {
     assert_eq!(body["code"], "payload_too_large");
     h.server.stop().await;
 }
+
+/// An Omi pendant in a quiet room: its relay opens utterances itself
+/// (`unmarked`) and ends them at the server's endpoint or the frame limit,
+/// so one may hold nothing but silence. That one is stored, completed (the
+/// relay may drop its copy) and counted, and nobody is answered. A silent
+/// utterance the user opened with the button is still answered "I didn't
+/// catch anything", and an upload that says `unmarked=1` is treated as the
+/// stream's `open` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_unmarked_utterance_is_stored_and_counted_but_not_answered() {
+    const SILENT: &str = "lanyard_silent_utterances_total";
+    let h = harness().await;
+    let silence = opus_frames(&[0; 16_000 * 3]);
+    let n = silence.len() as u32;
+    let counted = counter(&h.url, SILENT).await;
+    let mut ws = h.ws(&h.token_a).await;
+    let stream = async |ws: &mut Ws, id: Uuid, handle: u32, unmarked: bool| {
+        send_text(ws, &ClientMsg::Open { utterance: id, handle, codec: Codec::Opus16k20ms, unmarked }).await;
+        assert_eq!(expect_opened(ws).await, (0, false));
+        for (i, f) in silence.iter().enumerate() {
+            send_audio(ws, handle, i as u32, f).await;
+        }
+        expect_ack(ws, n).await;
+        send_text(ws, &ClientMsg::End { utterance: id, frames: n, speech_frames: None }).await;
+    };
+
+    // Streamed, unmarked: complete, then an empty final, and no reply.
+    let quiet = Uuid::now_v7();
+    stream(&mut ws, quiet, 1, true).await;
+    let mut completed = false;
+    loop {
+        match recv(&mut ws).await {
+            In::Text(ServerMsg::Complete { utterance, frames }) => {
+                assert_eq!((utterance, frames), (quiet, n), "the relay may delete its copy");
+                completed = true;
+            }
+            In::Text(ServerMsg::Final { utterance, text, segments }) => {
+                assert_eq!((utterance, text.as_str(), segments.len()), (quiet, "", 0));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(completed);
+
+    // Marked (the user pressed the button): answered although nothing was
+    // heard. The silent one's reply, were there one, would come meanwhile.
+    let pressed = Uuid::now_v7();
+    stream(&mut ws, pressed, 2, false).await;
+    loop {
+        match recv(&mut ws).await {
+            In::Text(ServerMsg::Complete { utterance, .. } | ServerMsg::Final { utterance, .. }) => {
+                assert_eq!(utterance, pressed)
+            }
+            In::Text(ServerMsg::Reply { utterance, body, .. }) => {
+                assert_eq!((utterance, body.as_str()), (pressed, lanyard_respond::builtin::NOTHING_HEARD));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    h.wait_state(pressed, UtteranceState::Replied).await;
+
+    // Uploaded, unmarked: the same. A flag other than 0 or 1 is refused.
+    let upload = |id: Uuid, query: &'static str| {
+        let ogg = oggopus::write(7, silence.iter().map(Vec::as_slice));
+        reqwest::Client::new()
+            .put(format!("{}/v1/utterances/{id}/audio{query}", h.url))
+            .bearer_auth(&h.token_a)
+            .header("content-type", "audio/ogg")
+            .body(ogg)
+            .send()
+    };
+    let uploaded = Uuid::now_v7();
+    assert_eq!(upload(uploaded, "?unmarked=2").await.unwrap().status(), 400);
+    let r = upload(uploaded, "?expires_ms=99999999999999&unmarked=1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r: UploadResponse = r.json().await.unwrap();
+    assert_eq!(r.frames, n);
+    match recv(&mut ws).await {
+        In::Text(ServerMsg::Final { utterance, text, .. }) => assert_eq!((utterance, text.as_str()), (uploaded, "")),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Both counted, once each; once counted, their processing is over.
+    for _ in 0..200 {
+        if counter(&h.url, SILENT).await >= counted + 2.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(counter(&h.url, SILENT).await, counted + 2.0);
+    for id in [quiet, uploaded] {
+        let u = h.store.utterance(id).await.unwrap().unwrap();
+        assert_eq!((u.state, u.frames, u.transcript.as_deref()), (UtteranceState::Transcribed, n, Some("")));
+        assert!(u.unmarked && u.silent(), "{u:?}");
+        assert_eq!((u.reply_title, u.reply_body, u.error), (None, None, None));
+        assert_eq!(h.store.push_request(id).await.unwrap(), None);
+        assert_eq!(h.store.transcript_writes(id).await.unwrap(), 1);
+        // The device's view: transcribed as nothing, and no reply.
+        let view: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/v1/utterances/{id}", h.url))
+            .bearer_auth(&h.token_a)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (&view["state"], &view["transcript"], &view["reply_body"]),
+            (&"transcribed".into(), &"".into(), &serde_json::Value::Null)
+        );
+    }
+    // A restarted server does not take them up again.
+    let unfinished = h.store.unfinished().await.unwrap();
+    assert!(!unfinished.contains(&quiet) && !unfinished.contains(&uploaded), "{unfinished:?}");
+    h.server.stop().await;
+}

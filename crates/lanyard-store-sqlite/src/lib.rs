@@ -91,8 +91,8 @@ use async_trait::async_trait;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState};
 use lanyard_store::{
-    Device, PurgeCandidate, PushEnvironment, PushOutcome, PushRequest, PushStatus, PushTarget, ReplyRecord, Result,
-    Segment, Store, StoreError, Utterance,
+    Completion, Device, PurgeCandidate, PushEnvironment, PushOutcome, PushRequest, PushStatus, PushTarget, ReplyRecord,
+    Result, Segment, Store, StoreError, Utterance,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::MigrateError;
@@ -226,7 +226,7 @@ const DEVICE_COLUMNS: &str = "id, name, created_ms, push_platform, push_token, p
 
 /// The columns of an [`UtteranceRow`], in `utterances`.
 const UTTERANCE_COLUMNS: &str =
-    "id, device_id, codec, state, frames, speech_frames, transcript, segments, reply_title, reply_body, reply_data,
+    "id, device_id, codec, state, frames, speech_frames, unmarked, transcript, segments, reply_title, reply_body, reply_data,
      error, created_ms, received_end_ms, stt_start_ms, stt_done_ms, reply_ms, push_ms, audio_purged_ms";
 
 /// The columns of a [`PushRow`], in `push_outbox`.
@@ -349,13 +349,14 @@ impl Store for SqliteStore {
         row.map(Utterance::try_from).transpose()
     }
 
-    async fn mark_complete(&self, id: Uuid, frames: u32, speech_frames: Option<u32>, now_ms: i64) -> Result<bool> {
+    async fn mark_complete(&self, id: Uuid, end: Completion, now_ms: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE utterances SET state = 'complete', frames = ?, speech_frames = ?, received_end_ms = ?
+            "UPDATE utterances SET state = 'complete', frames = ?, speech_frames = ?, unmarked = ?, received_end_ms = ?
              WHERE id = ? AND state = 'receiving'",
         )
-        .bind(i64::from(frames))
-        .bind(speech_frames.map(i64::from))
+        .bind(i64::from(end.frames))
+        .bind(end.speech_frames.map(i64::from))
+        .bind(end.unmarked)
         .bind(now_ms)
         .bind(id.to_string())
         .execute(&self.pool)
@@ -599,8 +600,12 @@ impl Store for SqliteStore {
     }
 
     async fn unfinished(&self) -> Result<Vec<Uuid>> {
+        // A silent utterance (`Utterance::silent`: unmarked, transcribed
+        // as nothing) is finished: it gets no reply.
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM utterances WHERE state IN ('complete', 'transcribed') ORDER BY created_ms, id",
+            "SELECT id FROM utterances
+             WHERE state = 'complete' OR (state = 'transcribed' AND NOT (unmarked = 1 AND transcript = ''))
+             ORDER BY created_ms, id",
         )
         .fetch_all(&self.pool)
         .await
@@ -967,6 +972,7 @@ struct UtteranceRow {
     state: String,
     frames: i64,
     speech_frames: Option<i64>,
+    unmarked: bool,
     transcript: Option<String>,
     segments: Option<String>,
     reply_title: Option<String>,
@@ -996,6 +1002,7 @@ impl TryFrom<UtteranceRow> for Utterance {
                 .speech_frames
                 .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("speech_frames = {n}"))))
                 .transpose()?,
+            unmarked: r.unmarked,
             segments: parse_segments(r.segments.as_deref())?,
             transcript: r.transcript,
             reply_title: r.reply_title,

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use lanyard_proto::ble::Codec;
 use lanyard_proto::wire::{PushPlatform, Timings, UtteranceState};
 use lanyard_store::{
-    Device, PushEnvironment, PushOutcome, PushStatus, PushTarget, ReplyRecord, Segment, Store, StoreError, Word,
+    Completion, Device, PushEnvironment, PushOutcome, PushStatus, PushTarget, ReplyRecord, Segment, Store, StoreError,
+    Word,
 };
 use lanyard_store_sqlite::SqliteStore;
 use sqlx::Connection;
@@ -97,7 +98,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.mark_complete(u1, 50, None, 3_000 + i as i64).await.unwrap()
+                store.mark_complete(u1, Completion::frames(50), 3_000 + i as i64).await.unwrap()
             })
         })
         .collect();
@@ -112,7 +113,12 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     assert_eq!(u.speech_frames, None);
     assert!(matches!(u.timings.received_end_ms, Some(t) if (3_000..3_000 + RACERS as i64).contains(&t)));
     // A replayed end, later: still not the winner, and nothing moves.
-    assert!(!store.mark_complete(u1, 99, Some(20), 3_900).await.unwrap());
+    assert!(
+        !store
+            .mark_complete(u1, Completion { frames: 99, speech_frames: Some(20), unmarked: false }, 3_900)
+            .await
+            .unwrap()
+    );
     assert_eq!(store.utterance(u1).await.unwrap().unwrap(), u);
 
     // A second utterance that stays receiving, to show what unfinished skips.
@@ -166,6 +172,37 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     // Replayed with other words and another target: nothing changes.
     store.set_reply(u1, &reply("Again", "Other", "{}"), Some(&apns), 6_500).await.unwrap();
     assert_eq!(store.utterance(u1).await.unwrap().unwrap(), u);
+    assert_eq!(store.unfinished().await.unwrap(), Vec::<Uuid>::new());
+
+    // --- Unmarked utterances: no reply owed for one transcribed as nothing ---
+    let porch = store.add_device(Uuid::now_v7(), "porch", &[10u8; 32], 6_600).await.unwrap();
+    let quiet = Uuid::now_v7();
+    store.open_utterance(quiet, porch.id, Codec::Opus16k20ms, 6_600).await.unwrap();
+    let omi = Completion { frames: 30_000, speech_frames: None, unmarked: true };
+    assert!(store.mark_complete(quiet, omi, 6_700).await.unwrap());
+    let q = store.utterance(quiet).await.unwrap().unwrap();
+    assert!(q.unmarked && !q.silent(), "{q:?}");
+    assert_eq!(store.unfinished().await.unwrap(), vec![quiet], "it still needs its transcript");
+    store.set_transcript(quiet, "", &[], 6_800).await.unwrap();
+    let q = store.utterance(quiet).await.unwrap().unwrap();
+    assert!(q.silent(), "{q:?}");
+    assert_eq!((q.state, q.transcript.as_deref()), (UtteranceState::Transcribed, Some("")));
+    assert_eq!(store.unfinished().await.unwrap(), Vec::<Uuid>::new(), "a silent utterance is finished");
+    // A marked one the user opened is owed its reply though nothing was
+    // heard, and so is an unmarked one with words.
+    let pressed = Uuid::now_v7();
+    let talked = Uuid::now_v7();
+    for (id, unmarked, text) in [(pressed, false, ""), (talked, true, "hello")] {
+        store.open_utterance(id, porch.id, Codec::Opus16k20ms, 6_900).await.unwrap();
+        let end = Completion { frames: 10, speech_frames: None, unmarked };
+        assert!(store.mark_complete(id, end, 6_950).await.unwrap());
+        store.set_transcript(id, text, &[], 7_000).await.unwrap();
+        assert!(!store.utterance(id).await.unwrap().unwrap().silent());
+    }
+    assert_eq!(store.unfinished().await.unwrap(), vec![pressed, talked]);
+    for id in [pressed, talked] {
+        store.set_reply(id, &reply("Heard", "ok", "{}"), None, 7_100).await.unwrap();
+    }
     assert_eq!(store.unfinished().await.unwrap(), Vec::<Uuid>::new());
 
     // Queued pending, unclaimed and due at once, with the reply's data.
@@ -256,7 +293,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     let u = store.utterance(u2).await.unwrap().unwrap();
     assert_eq!(u.state, UtteranceState::Failed);
     assert_eq!(u.error.as_deref(), Some("stream abandoned"), "the first error is the cause");
-    assert!(!store.mark_complete(u2, 10, None, 10_000).await.unwrap());
+    assert!(!store.mark_complete(u2, Completion::frames(10), 10_000).await.unwrap());
     // A replied utterance is not failed after the fact.
     store.set_failed(u1, "too late").await.unwrap();
     assert_eq!(store.utterance(u1).await.unwrap().unwrap().state, UtteranceState::Replied);
@@ -332,7 +369,7 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     // --- Unknown ids ---
     let nobody = Uuid::now_v7();
     let no = |r: Result<(), StoreError>| matches!(r, Err(StoreError::NoUtterance(id)) if id == nobody);
-    assert!(matches!(store.mark_complete(nobody, 1, None, 0).await, Err(StoreError::NoUtterance(_))));
+    assert!(matches!(store.mark_complete(nobody, Completion::frames(1), 0).await, Err(StoreError::NoUtterance(_))));
     assert!(no(store.mark_stt_started(nobody, 0).await));
     assert!(no(store.set_transcript(nobody, "x", &[], 0).await));
     assert!(no(store.set_reply(nobody, &reply("x", "y", "{}"), Some(&fcm), 0).await));
@@ -433,14 +470,19 @@ async fn store_story(store: Arc<dyn Store>) -> Written {
     store.open_utterance(receiving, cellar.id, Codec::Pcm16k, 40_000).await.unwrap();
     let waiting = Uuid::now_v7();
     store.open_utterance(waiting, cellar.id, Codec::Pcm16k, 40_100).await.unwrap();
-    assert!(store.mark_complete(waiting, 3, Some(2), 40_150).await.unwrap());
+    assert!(
+        store
+            .mark_complete(waiting, Completion { frames: 3, speech_frames: Some(2), unmarked: false }, 40_150)
+            .await
+            .unwrap()
+    );
     // A relay's cut (the `end`'s `speech_frames`) is kept beside the count.
     let w = store.utterance(waiting).await.unwrap().unwrap();
     assert_eq!((w.frames, w.speech_frames), (3, Some(2)));
     let done = walk_to_transcribed(&*store, cellar.id, 40_200).await;
     let failed = Uuid::now_v7();
     store.open_utterance(failed, cellar.id, Codec::Opus16k20ms, 40_300).await.unwrap();
-    assert!(store.mark_complete(failed, 3, None, 40_350).await.unwrap());
+    assert!(store.mark_complete(failed, Completion::frames(3), 40_350).await.unwrap());
     store.set_failed(failed, "decoding audio: corrupt").await.unwrap();
     let text = Uuid::now_v7();
     store.create_text_utterance(text, cellar.id, "typed", 40_400).await.unwrap();
@@ -514,7 +556,7 @@ async fn claimed(store: &dyn Store, now_ms: i64, lease_ms: i64, limit: u32) -> V
 async fn walk_to_transcribed(store: &dyn Store, device: Uuid, t: i64) -> Uuid {
     let id = Uuid::now_v7();
     store.open_utterance(id, device, Codec::Opus16k20ms, t).await.unwrap();
-    assert!(store.mark_complete(id, 10, None, t + 100).await.unwrap());
+    assert!(store.mark_complete(id, Completion::frames(10), t + 100).await.unwrap());
     store.mark_stt_started(id, t + 200).await.unwrap();
     store.set_transcript(id, "hello", &[], t + 300).await.unwrap();
     id
@@ -580,7 +622,7 @@ async fn mark_complete_once_across_two_pools() {
                 let barrier = barrier.clone();
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    store.mark_complete(id, 7, None, i as i64).await.unwrap()
+                    store.mark_complete(id, Completion::frames(7), i as i64).await.unwrap()
                 })
             })
             .collect();
@@ -734,12 +776,12 @@ async fn a_database_at_0001_is_migrated() {
     let mut conn = raw(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     // Rows from before 0004 keep their audio; rows from before 0005 keep
     // their transcript and have no segments; rows from before 0008 are
-    // speech in full.
+    // speech in full; rows from before 0009 are marked.
     let u = store.utterance(unsent).await.unwrap().unwrap();
-    assert_eq!((u.audio_purged_ms, u.speech_frames), (None, None));
+    assert_eq!((u.audio_purged_ms, u.speech_frames, u.unmarked), (None, None, false));
     assert_eq!((u.transcript.as_deref(), u.segments.len()), (Some("hi"), 0));
     // `sql IS NOT NULL` leaves out the primary key's automatic index.
     let indexes: Vec<String> = sqlx::query_scalar(

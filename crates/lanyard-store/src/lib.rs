@@ -92,6 +92,11 @@ pub struct Utterance {
     /// carried by the relay into its next utterance, which transcribes them
     /// (`speech_frames` of the wire's `end`). `None`: all of them.
     pub speech_frames: Option<u32>,
+    /// No start marker opened it (an Omi pendant's utterance, which its
+    /// relay ended at the server's endpoint or the frame limit; the wire's
+    /// `unmarked`). One with no speech is [`Utterance::silent`]: stored,
+    /// and answered by nothing.
+    pub unmarked: bool,
     pub transcript: Option<String>,
     /// The transcript in timed pieces (times in seconds from the first
     /// frame, words where the engine timed them), stored with the
@@ -116,6 +121,14 @@ impl Utterance {
         self.speech_frames.map_or(self.frames, |s| s.min(self.frames))
     }
 
+    /// An unmarked utterance transcribed as nothing: a pendant with no
+    /// button heard a quiet room. It is finished without a reply (the
+    /// pipeline makes none, and [`Store::unfinished`] does not list it),
+    /// where a marked one, which the user opened, is answered even so.
+    pub fn silent(&self) -> bool {
+        self.unmarked && self.state == UtteranceState::Transcribed && self.transcript.as_deref() == Some("")
+    }
+
     /// The device-facing view of the row.
     pub fn view(&self) -> UtteranceView {
         UtteranceView {
@@ -129,6 +142,25 @@ impl Utterance {
             error: self.error.clone(),
             timings: self.timings.clone(),
         }
+    }
+}
+
+/// How an utterance ended, as its relay said: what [`Store::mark_complete`]
+/// records with the state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// Frames the utterance has.
+    pub frames: u32,
+    /// The first this many are its speech (see [`Utterance::speech_frames`]).
+    pub speech_frames: Option<u32>,
+    /// No start marker opened it (see [`Utterance::unmarked`]).
+    pub unmarked: bool,
+}
+
+impl Completion {
+    /// `frames` frames, all of them speech, of a marked utterance.
+    pub fn frames(frames: u32) -> Self {
+        Completion { frames, ..Completion::default() }
     }
 }
 
@@ -216,13 +248,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn utterance(&self, id: Uuid) -> Result<Option<Utterance>>;
 
-    /// Moves a `receiving` utterance to `complete` with its frame count,
-    /// and how many of those frames hold its speech (see
-    /// [`Utterance::speech_frames`]). Returns `true` for exactly one caller
-    /// per utterance: the one that must queue it for processing. Everyone
-    /// else (a stream and an upload racing, a replayed end) gets `false`,
-    /// and the first caller's counts stay.
-    async fn mark_complete(&self, id: Uuid, frames: u32, speech_frames: Option<u32>, now_ms: i64) -> Result<bool>;
+    /// Moves a `receiving` utterance to `complete` with how it ended: its
+    /// frame count, how many of those frames hold its speech (see
+    /// [`Utterance::speech_frames`]) and whether a marker opened it
+    /// ([`Utterance::unmarked`]). Returns `true` for exactly one caller per
+    /// utterance: the one that must queue it for processing. Everyone else
+    /// (a stream and an upload racing, a replayed end) gets `false`, and
+    /// the first caller's counts stay.
+    async fn mark_complete(&self, id: Uuid, end: Completion, now_ms: i64) -> Result<bool>;
 
     async fn mark_stt_started(&self, id: Uuid, now_ms: i64) -> Result<()>;
 
@@ -269,8 +302,9 @@ pub trait Store: Send + Sync + 'static {
     /// The push request of an utterance, in any status.
     async fn push_request(&self, utterance_id: Uuid) -> Result<Option<PushRequest>>;
 
-    /// Utterances that are `complete` or `transcribed`: queued or interrupted
-    /// work that a restarted server must pick up again.
+    /// Utterances that are `complete`, or `transcribed` and due a reply
+    /// (every one but a [`Utterance::silent`] one, which gets none): queued
+    /// or interrupted work that a restarted server must pick up again.
     async fn unfinished(&self) -> Result<Vec<Uuid>>;
 
     /// One page of a device's utterances, newest first. Ids are UUIDv7, so

@@ -1,0 +1,12 @@
+-- An Omi pendant has no button: its relay opens utterances itself and ends
+-- them at the server's endpoint or the 10-minute frame limit, so in a quiet
+-- room one may hold no speech. Such an utterance (`unmarked`, from the
+-- wire's `open` or the upload's `?unmarked=1`) that transcribes to nothing
+-- is stored without a reply, and a restart does not take it up again
+-- (`unfinished`); one the user opened with the button is answered anyway.
+--
+-- 0: a marker opened it, or the relay said nothing (every row before this
+-- migration, and every relay before the flag).
+--
+-- Only ADD COLUMN (see 0002 for why migrations never rebuild a table).
+ALTER TABLE utterances ADD COLUMN unmarked INTEGER NOT NULL DEFAULT 0;
