@@ -73,9 +73,13 @@ impl Default for BoundaryConfig {
 /// What the tracker tells the shell to do with the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// A new utterance; `unmarked` if no start marker opened it (the
+    /// spool keeps that, and the server answers such an utterance only if
+    /// it holds speech).
     Begin {
         id: Uuid,
         codec: Codec,
+        unmarked: bool,
     },
     Frame {
         id: Uuid,
@@ -160,7 +164,7 @@ impl Tracker {
                 self.marked = marked;
                 self.adopted = false;
                 self.frames = 0;
-                out.push(Step::Begin { id, codec: frame.codec });
+                out.push(Step::Begin { id, codec: frame.codec, unmarked: !marked });
                 id
             }
         };
@@ -207,7 +211,7 @@ impl Tracker {
             self.marked = false;
             self.adopted = false;
             self.frames = held - frames;
-            out.push(Step::Begin { id: next, codec });
+            out.push(Step::Begin { id: next, codec, unmarked: true });
             out.push(Step::Carry { from: id, id: next, frames: frames..held });
         }
     }
@@ -248,11 +252,11 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Step::Begin { id: a, codec: Codec::Opus16k20ms },
+                Step::Begin { id: a, codec: Codec::Opus16k20ms, unmarked: false },
                 Step::Frame { id: a, data: b"a".to_vec() },
                 Step::Frame { id: a, data: b"b".to_vec() },
                 Step::End { id: a },
-                Step::Begin { id: b, codec: Codec::Opus16k20ms },
+                Step::Begin { id: b, codec: Codec::Opus16k20ms, unmarked: true },
                 Step::Frame { id: b, data: b"c".to_vec() },
                 Step::End { id: b },
             ]
@@ -273,7 +277,7 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert_eq!(out[2], Step::End { id: Uuid::from_u128(1) });
         t.on_frame(frame(false, false, b"b"), 20, || ids.next().unwrap(), &mut out);
-        assert_eq!(out[3], Step::Begin { id: Uuid::from_u128(2), codec: Codec::Opus16k20ms });
+        assert_eq!(out[3], Step::Begin { id: Uuid::from_u128(2), codec: Codec::Opus16k20ms, unmarked: true });
         // A marked utterance stays whole through a pause the server heard.
         out.clear();
         t.on_frame(frame(true, false, b"c"), 40, || ids.next().unwrap(), &mut out);
@@ -299,7 +303,11 @@ mod tests {
         let opus = Codec::Opus16k20ms;
         assert_eq!(
             out,
-            vec![Step::End { id: a }, Step::Begin { id: b, codec: opus }, Step::Carry { from: a, id: b, frames: 2..4 }]
+            vec![
+                Step::End { id: a },
+                Step::Begin { id: b, codec: opus, unmarked: true },
+                Step::Carry { from: a, id: b, frames: 2..4 }
+            ]
         );
         assert_eq!(t.current(), Some(b));
         // The pendant's next frame follows the carried ones, and the new
@@ -310,7 +318,10 @@ mod tests {
         assert_eq!(out, vec![Step::Frame { id: b, data: b"e".to_vec() }]);
         assert_eq!(t.frames, 3);
         t.on_endpoint(b, 1, || ids.next().unwrap(), &mut out);
-        assert_eq!(out[1..3], [Step::End { id: b }, Step::Begin { id: Uuid::from_u128(3), codec: opus }]);
+        assert_eq!(
+            out[1..3],
+            [Step::End { id: b }, Step::Begin { id: Uuid::from_u128(3), codec: opus, unmarked: true }]
+        );
         assert_eq!(out[3], Step::Carry { from: b, id: Uuid::from_u128(3), frames: 1..3 });
         // A stale endpoint (for an utterance no longer current) carries nothing.
         out.clear();
@@ -356,15 +367,15 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Step::Begin { id: a, codec: opus },
+                Step::Begin { id: a, codec: opus, unmarked: false },
                 Step::Frame { id: a, data: b"a".to_vec() },
                 Step::Frame { id: a, data: b"b".to_vec() },
                 Step::End { id: a },
-                Step::Begin { id: b, codec: opus },
+                Step::Begin { id: b, codec: opus, unmarked: false },
                 Step::Frame { id: b, data: b"c".to_vec() },
                 Step::Frame { id: b, data: b"d".to_vec() },
                 Step::End { id: b },
-                Step::Begin { id: c, codec: opus },
+                Step::Begin { id: c, codec: opus, unmarked: false },
                 Step::Frame { id: c, data: b"e".to_vec() },
             ]
         );
@@ -385,7 +396,7 @@ mod tests {
         out.clear();
         t.on_frame(frame(false, false, b"g"), 10, || Uuid::from_u128(8), &mut out);
         assert_eq!(out[0], Step::End { id: old });
-        assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: opus });
+        assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: opus, unmarked: true });
         t.on_endpoint(Uuid::from_u128(8), 1, || unreachable!(), &mut out);
         assert_eq!(out.last(), Some(&Step::End { id: Uuid::from_u128(8) }));
     }
@@ -406,7 +417,7 @@ mod tests {
         let mut out = vec![];
         t.on_frame(frame(true, false, b"x"), 10, || Uuid::from_u128(8), &mut out);
         assert_eq!(out[0], Step::End { id: old });
-        assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: Codec::Opus16k20ms });
+        assert_eq!(out[1], Step::Begin { id: Uuid::from_u128(8), codec: Codec::Opus16k20ms, unmarked: false });
     }
 
     /// What the pendant does, or the server says, next.

@@ -20,7 +20,9 @@
 //! | len (u32 LE) | crc32c (u32 LE)| body (len bytes)                     |
 //! +--------------+----------------+--------------------------------------+
 //! body: | id (u64 LE) | kind (u8) | utterance id (16) | kind-specific ... |
-//!   kind 1 BEGIN  codec id (u8), started at Unix ms (u64 LE)
+//!   kind 1 BEGIN  codec id (u8), started at Unix ms (u64 LE),
+//!                 [flags (u8): only for an utterance no start marker
+//!                 opened; bit 0 `unmarked`, the other bits 0]
 //!   kind 2 FRAME  seq (u32 LE), codec frame bytes
 //!   kind 3 END    frame count (u32 LE), frames lost on BLE (u32 LE),
 //!                 [speech frames (u32 LE): only for an utterance cut at the
@@ -28,6 +30,15 @@
 //!   kind 4 DONE   (nothing): the server confirmed the utterance complete
 //!   kind 5 DROP   reason (UTF-8): discarded by an explicit policy (TTL, eviction)
 //! ```
+//!
+//! A record grows only by optional fields at its end, written only when
+//! they say something: END's speech frames, BEGIN's flags. So a spool
+//! written by an older relay reads as it always did (no flags: marked, as
+//! every utterance was before the flag), and one of a newer relay holds
+//! records an older one can still read unless it used the new field.
+//! Recovery ignores BEGIN flag bits it does not know: a newer relay's,
+//! which say nothing about the audio, and dropping the segment for them
+//! would lose it.
 //!
 //! Record ids grow by one per record across segments and restarts, so they
 //! order everything the spool ever wrote. **Invariant:** no id that was
@@ -158,6 +169,8 @@ const KIND_FRAME: u8 = 2;
 const KIND_END: u8 = 3;
 const KIND_DONE: u8 = 4;
 const KIND_DROP: u8 = 5;
+/// BEGIN's flag for an utterance no start marker opened.
+const BEGIN_UNMARKED: u8 = 1;
 
 #[derive(Debug, Error)]
 pub enum SpoolError {
@@ -240,6 +253,10 @@ pub struct SpooledUtterance {
     pub ended: bool,
     /// Frames the pendant sent that never reached the phone.
     pub lost: u32,
+    /// Set by BEGIN for an utterance no start marker opened (an Omi
+    /// pendant's, see `boundary`): the server stores one with no speech
+    /// without a reply. Told to the server in `open` and on the upload.
+    pub unmarked: bool,
     /// Set by END for an utterance the relay cut at the server's endpoint:
     /// the frames from here on were carried into the next utterance, and
     /// the server transcribes only the ones before (see `boundary`).
@@ -496,15 +513,27 @@ impl<F: SpoolFs> Spool<F> {
         self.cfg
     }
 
-    /// Starts an utterance. May evict older utterances to make room (see
-    /// [`Spool::take_evicted`]).
+    /// Starts an utterance that a start marker opened. May evict older
+    /// utterances to make room (see [`Spool::take_evicted`]).
     pub fn begin(&mut self, id: Uuid, codec: Codec, started_ms: u64) -> Result<()> {
+        self.begin_with(id, codec, started_ms, false)
+    }
+
+    /// Starts an utterance, `unmarked` if no start marker opened it (see
+    /// [`SpooledUtterance::unmarked`]). May evict older utterances to make
+    /// room (see [`Spool::take_evicted`]).
+    pub fn begin_with(&mut self, id: Uuid, codec: Codec, started_ms: u64, unmarked: bool) -> Result<()> {
         if self.utterances.contains_key(&id) {
             return Err(SpoolError::Exists(id));
         }
-        let mut body = [0u8; 9];
-        body[0] = codec.id();
-        body[1..].copy_from_slice(&started_ms.to_le_bytes());
+        let mut body = Vec::with_capacity(10);
+        body.push(codec.id());
+        body.extend_from_slice(&started_ms.to_le_bytes());
+        // Only when it says something: a marked BEGIN is what relays
+        // before the flag write and read (see the module doc).
+        if unmarked {
+            body.push(BEGIN_UNMARKED);
+        }
         self.make_room(id, record_len(body.len(), 0))?;
         let first_record = self.next_id;
         let segment = self.append(KIND_BEGIN, id, &body, &[])?.0;
@@ -517,6 +546,7 @@ impl<F: SpoolFs> Spool<F> {
                 frames: Vec::new(),
                 ended: false,
                 lost: 0,
+                unmarked,
                 speech_frames: None,
                 done: false,
                 dropped: None,
@@ -899,28 +929,31 @@ fn apply_record(
     let collected = matches!(kind, KIND_FRAME | KIND_END | KIND_DONE | KIND_DROP) && !utterances.contains_key(&id);
     let ok = collected
         || match kind {
-            KIND_BEGIN if rest.len() == 9 && !utterances.contains_key(&id) => match Codec::from_id(rest[0]) {
-                Some(codec) => {
-                    utterances.insert(
-                        id,
-                        SpooledUtterance {
+            KIND_BEGIN if (rest.len() == 9 || rest.len() == 10) && !utterances.contains_key(&id) => {
+                match Codec::from_id(rest[0]) {
+                    Some(codec) => {
+                        utterances.insert(
                             id,
-                            codec,
-                            started_ms: u64::from_le_bytes(rest[1..9].try_into().expect("length checked")),
-                            frames: Vec::new(),
-                            ended: false,
-                            lost: 0,
-                            speech_frames: None,
-                            done: false,
-                            dropped: None,
-                            segments: BTreeSet::new(),
-                            first_record: rec_id,
-                        },
-                    );
-                    true
+                            SpooledUtterance {
+                                id,
+                                codec,
+                                started_ms: u64::from_le_bytes(rest[1..9].try_into().expect("length checked")),
+                                frames: Vec::new(),
+                                ended: false,
+                                lost: 0,
+                                unmarked: rest.get(9).is_some_and(|flags| flags & BEGIN_UNMARKED != 0),
+                                speech_frames: None,
+                                done: false,
+                                dropped: None,
+                                segments: BTreeSet::new(),
+                                first_record: rec_id,
+                            },
+                        );
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
+            }
             KIND_FRAME if rest.len() >= 4 => match utterances.get_mut(&id) {
                 Some(u) if !u.ended && u32::from_le_bytes(rest[0..4].try_into().expect("len")) == u.frame_count() => {
                     let before = u.frame_bytes();

@@ -88,19 +88,24 @@ impl Default for UplinkConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// The spool holds `frames` frames of utterance `id` (a running total).
+    /// `unmarked`: no start marker opened it (the spool's BEGIN says so);
+    /// its `open` tells the server.
     Spooled {
         id: Uuid,
         codec: Codec,
         frames: u32,
+        unmarked: bool,
     },
     /// Utterance `id` has ended with `frames` frames, of which the first
     /// `speech_frames` are its speech when it was cut at the server's
-    /// endpoint (the rest were carried on; see `boundary`).
+    /// endpoint (the rest were carried on; see `boundary`). `unmarked` as
+    /// for `Spooled`.
     Ended {
         id: Uuid,
         codec: Codec,
         frames: u32,
         speech_frames: Option<u32>,
+        unmarked: bool,
     },
     /// The WebSocket is open and authenticated.
     Connected,
@@ -245,6 +250,8 @@ enum Phase {
 #[derive(Debug, Clone)]
 struct Utt {
     codec: Codec,
+    /// No start marker opened it: said in every `open`.
+    unmarked: bool,
     spooled: u32,
     /// Total frames, once ended.
     total: Option<u32>,
@@ -335,12 +342,12 @@ impl Uplink {
     /// Feeds one input at time `now_ms`; appends the resulting actions to `out`.
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Action>) {
         match input {
-            Input::Spooled { id, codec, frames } => {
-                self.utt_entry(id, codec).spooled = frames.min(limits::MAX_UTTERANCE_FRAMES);
+            Input::Spooled { id, codec, frames, unmarked } => {
+                self.utt_entry(id, codec, unmarked).spooled = frames.min(limits::MAX_UTTERANCE_FRAMES);
             }
-            Input::Ended { id, codec, frames, speech_frames } => {
+            Input::Ended { id, codec, frames, speech_frames, unmarked } => {
                 let sendable = frames.min(limits::MAX_UTTERANCE_FRAMES);
-                let u = self.utt_entry(id, codec);
+                let u = self.utt_entry(id, codec, unmarked);
                 if sendable < frames && u.total != Some(sendable) {
                     out.push(Action::Emit(RelayEvent::Error {
                         id: Some(id),
@@ -413,9 +420,10 @@ impl Uplink {
                 .any(|u| u.phase == Phase::Open && u.next_send < u.spooled && u.next_send - u.acked < self.cfg.window)
     }
 
-    fn utt_entry(&mut self, id: Uuid, codec: Codec) -> &mut Utt {
+    fn utt_entry(&mut self, id: Uuid, codec: Codec, unmarked: bool) -> &mut Utt {
         self.utts.entry(id).or_insert(Utt {
             codec,
+            unmarked,
             spooled: 0,
             total: None,
             speech: None,
@@ -572,7 +580,7 @@ impl Uplink {
                     utterance: id,
                     handle: u.handle,
                     codec: u.codec,
-                    unmarked: false,
+                    unmarked: u.unmarked,
                 }));
                 continue;
             }

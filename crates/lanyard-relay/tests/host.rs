@@ -235,3 +235,60 @@ fn a_handed_off_utterance_past_its_time_to_live_is_discarded_when_its_upload_fai
     let (spool, _) = Spool::open(dir.path()).unwrap();
     assert!(spool.pending().all(|u| u.id != id || u.dropped.is_some()), "dropped in the spool");
 }
+
+/// An utterance no start marker opened (an Omi pendant's) is spooled as
+/// unmarked and stays so across a kill: the relaunched relay hands it off
+/// with `unmarked=1` on its upload, as its stream's `open` would say, so
+/// the server stores it without a reply if it holds no speech. A marked
+/// one's upload says nothing of it.
+#[test]
+fn an_unmarked_utterance_is_still_unmarked_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Killed after spooling a marked utterance of 3 frames and an unmarked
+    // one of 4 (no start marker; the pendant's END closes it).
+    let (tx, _rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
+    link.event(connected());
+    for seq in 0..7u16 {
+        link.event(notification(seq, seq == 0, seq == 2 || seq == 6));
+    }
+    drop((relay, link));
+    let (spool, _) = Spool::open(dir.path()).unwrap();
+    let mut spooled: Vec<(u32, bool, bool)> = spool.pending().map(|u| (u.frame_count(), u.ended, u.unmarked)).collect();
+    spooled.sort();
+    assert_eq!(spooled, vec![(3, true, false), (4, true, true)]);
+    let unmarked_id = spool.pending().find(|u| u.unmarked).unwrap().id;
+    drop(spool);
+
+    // Relaunched with no server, and suspended before it could stream:
+    // both are handed off.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Stamped>();
+    let (relay, link) = lanyard_relay::open(config(dir.path()), tx).unwrap();
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let run = rt.spawn(relay.run(None, control_rx));
+    control.send(Control::Lifecycle(Lifecycle::Background { remaining_ms: 5_000 })).unwrap();
+    control.send(Control::Lifecycle(Lifecycle::WillSuspend)).unwrap();
+    let mut urls = std::collections::HashMap::new();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while urls.len() < 2 {
+                if let RelayEvent::UploadTask { id, url, .. } = rx.recv().await.expect("the relay runs").event {
+                    urls.insert(id, url);
+                }
+            }
+        })
+        .await
+        .expect("both utterances handed off within 10 s")
+    });
+    for (id, url) in &urls {
+        if *id == unmarked_id {
+            assert!(url.ends_with("&unmarked=1"), "{url}");
+        } else {
+            assert!(!url.contains("unmarked"), "{url}");
+        }
+    }
+    control.send(Control::Shutdown).unwrap();
+    drop(link);
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), run).await }).unwrap().unwrap().unwrap();
+}

@@ -266,3 +266,46 @@ fn a_cut_end_is_read_back_with_its_speech_frames() {
     assert_eq!(read(plain), Some((true, 0, None)));
     assert_eq!(read(over), Some((true, 0, Some(6))));
 }
+
+/// BEGIN keeps whether a start marker opened the utterance, across a
+/// reopen. A marked one is written as before the flag (what an older relay
+/// reads, and what a spool of one holds: marked), and flag bits this relay
+/// does not know are a newer relay's, not damage.
+#[test]
+fn an_unmarked_begin_is_read_back_unmarked_and_a_marked_one_as_before_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = Spool::open(dir.path()).unwrap();
+    let (marked, unmarked, newer) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let before = s.disk_bytes();
+    s.begin(marked, Codec::Opus16k20ms, 5).unwrap();
+    // Length, checksum, id, kind and utterance, then the codec and the start
+    // time (9 bytes): the BEGIN every relay has written.
+    assert_eq!(s.disk_bytes() - before, 8 + 25 + 9, "a marked BEGIN is the old record");
+    s.begin_with(unmarked, Codec::Pcm16k, 6, true).unwrap();
+    for id in [marked, unmarked] {
+        s.append_frame(id, &[1, 2]).unwrap();
+    }
+    s.sync().unwrap();
+    drop(s);
+    // A newer relay's BEGIN, with a flag this one does not know besides
+    // `unmarked`, appended as a whole record.
+    let mut body = Vec::new();
+    body.extend_from_slice(&1_000u64.to_le_bytes());
+    body.push(1);
+    body.extend_from_slice(newer.as_bytes());
+    body.push(Codec::Opus16k20ms.id());
+    body.extend_from_slice(&7u64.to_le_bytes());
+    body.push(0b1000_0001);
+    let mut record = vec![0; lanyard_proto::record::HEADER];
+    record.extend_from_slice(&body);
+    lanyard_proto::record::seal(&mut record);
+    let last = segments(dir.path()).pop().unwrap();
+    OpenOptions::new().append(true).open(&last).unwrap().write_all(&record).unwrap();
+
+    let (s, recovery) = Spool::open(dir.path()).unwrap();
+    assert!(recovery.truncated.is_empty(), "{recovery:?}");
+    let read = |id| s.utterance(id).map(|u| (u.unmarked, u.codec, u.started_ms, u.frame_count()));
+    assert_eq!(read(marked), Some((false, Codec::Opus16k20ms, 5, 1)));
+    assert_eq!(read(unmarked), Some((true, Codec::Pcm16k, 6, 1)));
+    assert_eq!(read(newer), Some((true, Codec::Opus16k20ms, 7, 0)));
+}

@@ -33,7 +33,8 @@ fn cfg() -> SpoolConfig {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Begin,
+    /// A new utterance, unmarked (no start marker opened it) if true.
+    Begin(bool),
     /// A frame of this many bytes into the chosen unended utterance.
     Frame(usize, Index),
     /// A frame of the largest size: with small segments, a rotation.
@@ -50,7 +51,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => Just(Op::Begin),
+        2 => any::<bool>().prop_map(Op::Begin),
         10 => (0usize..200, any::<Index>()).prop_map(|(n, i)| Op::Frame(n, i)),
         2 => any::<Index>().prop_map(Op::Large),
         2 => any::<Index>().prop_map(Op::End),
@@ -81,6 +82,8 @@ fn frame_bytes(utt: usize, seq: usize, len: usize) -> Vec<u8> {
 /// completed sync, bound it from below.
 #[derive(Debug, Clone, Default)]
 struct Utt {
+    /// Begun unmarked: BEGIN's flag, which must come back as written.
+    unmarked: bool,
     frames: Vec<Vec<u8>>,
     /// Frame count at END, if an END was tried.
     end_at: Option<usize>,
@@ -148,10 +151,10 @@ fn run(s: &mut Spool<FaultyFs>, fs: &FaultyFs, model: &mut Model, ops: &[Op]) ->
 fn apply(s: &mut Spool<FaultyFs>, model: &mut Model, op: &Op) -> Result<(), Box<dyn std::error::Error>> {
     let unended = |u: &Utt| u.end_at.is_none() && !u.finish_tried;
     match op {
-        Op::Begin => {
+        Op::Begin(unmarked) => {
             let id = Uuid::from_u128(model.utts.len() as u128 + 1);
-            model.utts.push((id, Utt::default()));
-            s.begin(id, Codec::Pcm16k, 7)?;
+            model.utts.push((id, Utt { unmarked: *unmarked, ..Utt::default() }));
+            s.begin_with(id, Codec::Pcm16k, 7, *unmarked)?;
         }
         Op::Frame(_, i) | Op::Large(i) => {
             let Some(k) = model.pick(i, unended) else { return Ok(()) };
@@ -219,6 +222,7 @@ fn check(s: &Spool<FaultyFs>, fs: &FaultyFs, model: &Model) -> Result<(), TestCa
             prop_assert!(u.done, "utterance {k} was finished durably and came back pending");
         }
         prop_assert!(!u.done || m.finish_tried, "utterance {k} is done but was never finished");
+        prop_assert_eq!(u.unmarked, m.unmarked, "utterance {} came back with another BEGIN flag", k);
         if u.done {
             continue;
         }

@@ -70,7 +70,7 @@ proptest! {
         let mut now = 0u64;
         let mut out = Vec::new();
         for (id, &n) in ids.iter().zip(&sizes) {
-            up.handle(now, Input::Ended { id: *id, codec: Codec::Opus16k20ms, frames: n, speech_frames: None }, &mut out);
+            up.handle(now, Input::Ended { id: *id, codec: Codec::Opus16k20ms, frames: n, speech_frames: None, unmarked: false }, &mut out);
         }
         let mut inbox: VecDeque<Input> = VecDeque::new();
         let mut done = Vec::new();
@@ -123,7 +123,7 @@ fn backoff_grows_with_jitter_and_resets_on_connect() {
     let mut out = Vec::new();
     up.handle(
         0,
-        Input::Ended { id: Uuid::now_v7(), codec: Codec::Opus16k20ms, frames: 1, speech_frames: None },
+        Input::Ended { id: Uuid::now_v7(), codec: Codec::Opus16k20ms, frames: 1, speech_frames: None, unmarked: false },
         &mut out,
     );
     assert_eq!(out, vec![Action::Connect]);
@@ -154,7 +154,7 @@ fn in_flight_frames_are_bounded_by_the_window() {
     let mut up = Uplink::new(UplinkConfig { window: 10, ..UplinkConfig::default() }, 1);
     let id = Uuid::now_v7();
     let mut out = Vec::new();
-    up.handle(0, Input::Spooled { id, codec: Codec::Opus16k20ms, frames: 100 }, &mut out);
+    up.handle(0, Input::Spooled { id, codec: Codec::Opus16k20ms, frames: 100, unmarked: false }, &mut out);
     up.handle(0, Input::Connected, &mut out);
     out.clear();
     let handle = 1;
@@ -172,7 +172,11 @@ fn a_paced_backlog_asks_for_a_tick_and_drains_at_the_configured_rate() {
     let mut up = Uplink::new(cfg, 1);
     let id = Uuid::now_v7();
     let mut out = Vec::new();
-    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 1000, speech_frames: None }, &mut out);
+    up.handle(
+        0,
+        Input::Ended { id, codec: Codec::Opus16k20ms, frames: 1000, speech_frames: None, unmarked: false },
+        &mut out,
+    );
     up.handle(0, Input::Connected, &mut out);
     up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle: 1, next_seq: 0, complete: false }), &mut out);
     let sent = |out: &Vec<Action>| out.iter().filter(|a| matches!(a, Action::SendAudio { .. })).count();
@@ -216,7 +220,7 @@ fn a_server_holding_less_than_it_acknowledged_is_reported_and_resent() {
     let mut up = Uplink::new(UplinkConfig::default(), 1);
     let id = Uuid::now_v7();
     let mut out = Vec::new();
-    up.handle(0, Input::Spooled { id, codec: Codec::Opus16k20ms, frames: 20 }, &mut out);
+    up.handle(0, Input::Spooled { id, codec: Codec::Opus16k20ms, frames: 20, unmarked: false }, &mut out);
     up.handle(0, Input::Connected, &mut out);
     up.handle(0, Input::Server(ServerMsg::Opened { utterance: id, handle: 1, next_seq: 0, complete: false }), &mut out);
     up.handle(0, Input::Ack(Ack { handle: 1, next: 20 }), &mut out);
@@ -255,7 +259,11 @@ fn a_spool_holding_less_than_the_server_acknowledged_ends_with_the_servers_copy(
     let id = Uuid::now_v7();
     let mut out = Vec::new();
     // Recovered after the reboot: 12 frames, ended there by the host.
-    up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 12, speech_frames: None }, &mut out);
+    up.handle(
+        0,
+        Input::Ended { id, codec: Codec::Opus16k20ms, frames: 12, speech_frames: None, unmarked: false },
+        &mut out,
+    );
     up.handle(0, Input::Connected, &mut out);
     let handle = open_handle(&out).expect("opened");
     out.clear();
@@ -313,18 +321,18 @@ fn an_utterance_past_the_servers_limit_is_sent_up_to_it_and_the_rest_reported() 
     // Still open (the app was killed mid-utterance): streamed up to the limit.
     let mut up = Uplink::new(config.clone(), 1);
     let mut out = Vec::new();
-    up.handle(0, Input::Spooled { id, codec: opus, frames: MAX + 5 }, &mut out);
+    up.handle(0, Input::Spooled { id, codec: opus, frames: MAX + 5, unmarked: false }, &mut out);
     drive(&mut up, &mut server, |s| s.held.get(&id) == Some(&MAX));
     // Then ended, past the limit: reported, once while the uplink holds it.
-    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None }, &mut out);
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None, unmarked: false }, &mut out);
     assert!(reported(&out, id, UTTERANCE_TOO_LONG), "the frames past the limit are reported: {out:?}");
     out.clear();
-    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None }, &mut out);
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None, unmarked: false }, &mut out);
     assert!(!reported(&out, id, UTTERANCE_TOO_LONG), "{out:?}");
     // A restart before the `end` went out: the server resumes at the limit,
     // nothing is sent, and `end` completes it there.
     let mut up = Uplink::new(config, 2);
-    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None }, &mut out);
+    up.handle(0, Input::Ended { id, codec: opus, frames: MAX + 5, speech_frames: None, unmarked: false }, &mut out);
     drive(&mut up, &mut server, |s| s.complete.contains_key(&id));
     assert_eq!(server.complete[&id], MAX);
 }
@@ -348,7 +356,11 @@ fn an_utterance_deleted_on_the_server_is_dropped_not_resent() {
     let (gone, kept) = (Uuid::now_v7(), Uuid::now_v7());
     let mut out = Vec::new();
     for id in [gone, kept] {
-        up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: 3, speech_frames: None }, &mut out);
+        up.handle(
+            0,
+            Input::Ended { id, codec: Codec::Opus16k20ms, frames: 3, speech_frames: None, unmarked: false },
+            &mut out,
+        );
     }
     up.handle(0, Input::Connected, &mut out);
     out.clear();
@@ -378,7 +390,11 @@ fn end_names_the_speech_of_an_utterance_cut_at_an_endpoint() {
         let mut up = Uplink::new(UplinkConfig::default(), 1);
         let id = Uuid::now_v7();
         let mut out = Vec::new();
-        up.handle(0, Input::Ended { id, codec: Codec::Opus16k20ms, frames: spooled, speech_frames: speech }, &mut out);
+        up.handle(
+            0,
+            Input::Ended { id, codec: Codec::Opus16k20ms, frames: spooled, speech_frames: speech, unmarked: false },
+            &mut out,
+        );
         up.handle(0, Input::Connected, &mut out);
         let handle = open_handle(&out).expect("opened");
         let next_seq = server_holds.unwrap_or(0);
@@ -405,4 +421,33 @@ fn end_names_the_speech_of_an_utterance_cut_at_an_endpoint() {
     // the server's acks): `end` says the server's count, and a cut the
     // spool kept stands only inside it.
     assert_eq!(ends(5, Some(4), Some(8)), vec![(8, Some(4))]);
+}
+
+/// Every `open` of an utterance no start marker opened says so, on each
+/// reconnect too; a marked one's `open` says nothing of it.
+#[test]
+fn each_open_says_whether_the_utterance_is_unmarked() {
+    let mut up = Uplink::new(UplinkConfig::default(), 1);
+    let (marked, unmarked) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut out = Vec::new();
+    up.handle(0, Input::Spooled { id: marked, codec: Codec::Opus16k20ms, frames: 3, unmarked: false }, &mut out);
+    let ended =
+        Input::Ended { id: unmarked, codec: Codec::Opus16k20ms, frames: 3, speech_frames: None, unmarked: true };
+    up.handle(0, ended, &mut out);
+    for reconnect in [false, true] {
+        if reconnect {
+            up.handle(0, Input::Disconnected { reason: "cut".into() }, &mut out);
+            up.handle(100_000, Input::Tick, &mut out);
+        }
+        out.clear();
+        up.handle(100_000, Input::Connected, &mut out);
+        let opens: HashMap<Uuid, bool> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendText(ClientMsg::Open { utterance, unmarked, .. }) => Some((*utterance, *unmarked)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opens, HashMap::from([(marked, false), (unmarked, true)]), "reconnect: {reconnect}");
+    }
 }

@@ -123,6 +123,10 @@ fn upload_task(
     if let Some(s) = u.speech_frames.filter(|&s| s < MAX_UTTERANCE_FRAMES) {
         url.push_str(&format!("&speech_frames={s}"));
     }
+    // As the stream's `open` says it: no reply if it holds no speech.
+    if u.unmarked {
+        url.push_str("&unmarked=1");
+    }
     RelayEvent::UploadTask {
         id,
         path: path.to_string_lossy().into_owned(),
@@ -217,9 +221,15 @@ impl RelayCore {
         }
         for u in spool.pending().filter(|u| !core.handed_off.contains_key(&u.id)) {
             let input = if u.ended {
-                Input::Ended { id: u.id, codec: u.codec, frames: u.frame_count(), speech_frames: u.speech_frames }
+                Input::Ended {
+                    id: u.id,
+                    codec: u.codec,
+                    frames: u.frame_count(),
+                    speech_frames: u.speech_frames,
+                    unmarked: u.unmarked,
+                }
             } else {
-                Input::Spooled { id: u.id, codec: u.codec, frames: u.frame_count() }
+                Input::Spooled { id: u.id, codec: u.codec, frames: u.frame_count(), unmarked: u.unmarked }
             };
             core.uplink.handle(now, input, &mut core.actions);
         }
@@ -282,8 +292,8 @@ impl RelayCore {
         let _ = std::fs::remove_file(path);
         let spool = &mut ingest.spool;
         let Some(u) = spool.utterance(id) else { return Ok(()) };
-        let (codec, frames, speech_frames, age_ms) =
-            (u.codec, u.frame_count(), u.speech_frames, now.saturating_sub(u.started_ms));
+        let (codec, frames, speech_frames, unmarked, age_ms) =
+            (u.codec, u.frame_count(), u.speech_frames, u.unmarked, now.saturating_sub(u.started_ms));
         if ok {
             spool.mark_done(id)?;
             // The sealed file stopped at the server's limit.
@@ -298,7 +308,8 @@ impl RelayCore {
         } else {
             // Back to the planner: stream it, or hand it off again.
             tracing::warn!(%id, "background upload failed");
-            self.uplink.handle(now, Input::Ended { id, codec, frames, speech_frames }, &mut self.actions);
+            let ended = Input::Ended { id, codec, frames, speech_frames, unmarked };
+            self.uplink.handle(now, ended, &mut self.actions);
         }
         Ok(())
     }

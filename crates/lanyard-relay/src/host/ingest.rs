@@ -171,12 +171,12 @@ impl Ingest {
         let mut urgent = false;
         for step in steps {
             match step {
-                Step::Begin { id, codec } => {
-                    self.spool.begin(id, codec, now)?;
+                Step::Begin { id, codec, unmarked } => {
+                    self.spool.begin_with(id, codec, now, unmarked)?;
                     self.lost_at_begin = self.reassembler.stats().lost;
                     self.malformed_at_begin = self.malformed;
                     self.emit(RelayEvent::UtteranceStarted { id });
-                    self.news.push(Input::Spooled { id, codec, frames: 0 });
+                    self.news.push(Input::Spooled { id, codec, frames: 0, unmarked });
                     urgent = true;
                 }
                 Step::Frame { id, data } => self.spool_frame(id, &data)?,
@@ -206,9 +206,10 @@ impl Ingest {
                     // comes before the carried frames (see `boundary`).
                     let speech = carry.as_ref().filter(|c| c.from == id).map(|c| c.frames.start);
                     let frames = self.spool.end_cut(id, lost, speech)?;
-                    let codec = self.spool.utterance(id).map(|u| u.codec).expect("just ended");
+                    let (codec, unmarked) =
+                        self.spool.utterance(id).map(|u| (u.codec, u.unmarked)).expect("just ended");
                     self.emit(RelayEvent::UtteranceEnded { id, frames, lost });
-                    self.news.push(Input::Ended { id, codec, frames, speech_frames: speech });
+                    self.news.push(Input::Ended { id, codec, frames, speech_frames: speech, unmarked });
                     urgent = true;
                 }
             }
@@ -220,11 +221,11 @@ impl Ingest {
     /// Appends one frame to `id` with one `write()`, and notes it for the uplink.
     fn spool_frame(&mut self, id: Uuid, data: &[u8]) -> Result<(), SpoolError> {
         let seq = self.spool.append_frame(id, data)?;
-        let codec = self.spool.utterance(id).map(|u| u.codec).expect("just appended");
+        let (codec, unmarked) = self.spool.utterance(id).map(|u| (u.codec, u.unmarked)).expect("just appended");
         let frames = seq + 1;
         match self.news.last_mut() {
             Some(Input::Spooled { id: last, frames: f, .. }) if *last == id => *f = frames,
-            _ => self.news.push(Input::Spooled { id, codec, frames }),
+            _ => self.news.push(Input::Spooled { id, codec, frames, unmarked }),
         }
         Ok(())
     }
@@ -364,7 +365,9 @@ impl CarryIntent {
         }
         let copied = match spool.utterance(self.to) {
             None => {
-                spool.begin(self.to, codec, now)?;
+                // A carry only follows an endpoint, which ends only an
+                // unmarked utterance (see `boundary`).
+                spool.begin_with(self.to, codec, now, true)?;
                 0
             }
             Some(to) if to.ended || to.done => return Ok(None),
@@ -494,8 +497,8 @@ mod tests {
         assert_eq!(
             news[news.len() - 2..],
             [
-                Input::Ended { id: first, codec: opus, frames: 6, speech_frames: Some(4) },
-                Input::Spooled { id: second, codec: opus, frames: 2 }
+                Input::Ended { id: first, codec: opus, frames: 6, speech_frames: Some(4), unmarked: true },
+                Input::Spooled { id: second, codec: opus, frames: 2, unmarked: true }
             ]
         );
         for seq in 6..8 {
