@@ -7,6 +7,11 @@
 //! - **replied**: the server holds exactly the frames the relay ended it
 //!   with (its store's count *and* the checksummed records in its audio
 //!   file), transcribed it, stored a reply, and APNs accepted a push for it;
+//! - **silent**: an unmarked utterance (no start marker: a pendant without
+//!   a button, which the relay ends at the server's endpoint or the frame
+//!   limit) in which nothing was heard: the server holds exactly its
+//!   frames, transcribed it as nothing, and rightly answered nothing (no
+//!   push either). Not lost: there was nothing to answer;
 //! - **discarded**: the relay dropped it by policy and said why
 //!   (`discarded` with a reason), and the server did not answer it;
 //! - **lost**: anything else, with what is missing.
@@ -105,6 +110,9 @@ pub struct ServerFacts {
     pub state: Option<String>,
     pub frames: Option<u32>,
     pub transcript: Option<String>,
+    /// The store finished it without a reply: unmarked, transcribed as
+    /// nothing (`Utterance::silent`).
+    pub silent: bool,
     pub reply_body: Option<String>,
     pub error: Option<String>,
     pub timings: Timings,
@@ -147,7 +155,7 @@ pub struct UttRow {
     pub phone: usize,
     /// The spoken utterance it belongs to, as (pendant, index).
     pub spoken: Option<(usize, usize)>,
-    /// `replied`, `discarded` or `lost`.
+    /// `replied`, `silent`, `discarded` or `lost`.
     pub outcome: String,
     /// Why, for `discarded` and `lost`; empty otherwise.
     pub reason: String,
@@ -215,6 +223,8 @@ pub struct Totals {
     pub spoken: usize,
     pub relay_utterances: usize,
     pub replied: usize,
+    /// Unmarked utterances with no speech, stored whole and not answered.
+    pub silent: usize,
     pub discarded: usize,
     pub lost: usize,
     /// Utterances answered more than once (see the module doc).
@@ -437,7 +447,7 @@ struct RelayUtt {
 /// What became of one relay utterance (see [`verdict`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// `replied`, `discarded` or `lost`.
+    /// `replied`, `silent`, `discarded` or `lost`.
     pub outcome: &'static str,
     /// Why, for `discarded` and `lost`; empty otherwise.
     pub reason: String,
@@ -455,6 +465,9 @@ pub struct Verdict {
 ///
 /// - **replied**: the server replied, holds exactly the frames spooled (in
 ///   its store and its audio file), and APNs accepted a push;
+/// - **silent**: the server holds exactly the frames spooled, and finished
+///   the utterance without a reply because it was unmarked and nothing was
+///   heard in it; no push was accepted for it;
 /// - **discarded**: the relay dropped it by an explicit policy, and the
 ///   server never replied;
 /// - **lost**: anything else, with the first reason found.
@@ -476,6 +489,8 @@ pub fn verdict(
     let frames_ok = spooled.is_some() && facts.frames == spooled && facts.audio_records >= spooled;
     let (outcome, reason) = if replied_at_server && frames_ok && !accepted.is_empty() {
         ("replied", String::new())
+    } else if facts.silent && frames_ok && accepted.is_empty() {
+        ("silent", String::new())
     } else if let (Some(why), false) = (discarded, replied_at_server) {
         ("discarded", why.to_owned())
     } else if spooled.is_none() {
@@ -647,6 +662,7 @@ pub fn account(inp: &Inputs) -> Accounting {
         totals.push_resends_after_crash += v.resends_after_crash;
         match outcome {
             "replied" => totals.replied += 1,
+            "silent" => totals.silent += 1,
             "discarded" => totals.discarded += 1,
             _ => totals.lost += 1,
         }
@@ -940,6 +956,30 @@ mod tests {
         // A reply made anyway wins over the discard: it is judged as replied.
         let ok = push(1_000, 200);
         assert_eq!(verdict(Some(50), Some("ttl expired"), &replied_facts(50), &[&ok], &[]).outcome, "replied");
+    }
+
+    #[test]
+    fn an_unmarked_utterance_with_nothing_heard_is_silent_not_lost() {
+        let silent = ServerFacts {
+            state: Some("transcribed".into()),
+            transcript: Some(String::new()),
+            silent: true,
+            push_status: None,
+            ..replied_facts(50)
+        };
+        let v = verdict(Some(50), None, &silent, &[], &[]);
+        assert_eq!((v.outcome, v.reason.as_str(), v.duplicates.len()), ("silent", "", 0));
+        // Not if the server lacks frames of it: that is still a loss.
+        let short = ServerFacts { audio_records: Some(40), ..silent.clone() };
+        assert_eq!(verdict(Some(50), None, &short, &[], &[]).outcome, "lost");
+        // Transcribed as nothing but not silent (marked, or a reply still
+        // owed): the missing reply is a loss.
+        let owed = ServerFacts { silent: false, ..silent.clone() };
+        let v = verdict(Some(50), None, &owed, &[], &[]);
+        assert_eq!((v.outcome, v.reason.as_str()), ("lost", "server state transcribed"));
+        // A push accepted for it anyway is no silent outcome.
+        let ok = push(1_000, 200);
+        assert_eq!(verdict(Some(50), None, &silent, &[&ok], &[]).outcome, "lost");
     }
 
     #[test]

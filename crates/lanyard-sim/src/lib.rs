@@ -66,8 +66,9 @@ voices, under which simulated iOS lifecycle, and which faults to apply at which 
 scenarios/: ci-short.toml (the CI campaign: every fault kind, ~100 utterances, a few minutes), clean.toml (no \
 faults: a baseline) and long-1000.toml (1,000 utterances, by hand).\n\n\
 Every utterance the relays spool ends in exactly one of: replied (transcribed once, one reply, a push accepted \
-by the APNs peer, and the server holding exactly the frames the relay spooled), discarded by policy (with the \
-relay's reason), or lost (with what is missing). Duplicates are counted: a second transcript write, a push the \
+by the APNs peer, and the server holding exactly the frames the relay spooled), silent (an unmarked utterance, \
+from a pendant with no button, in which nothing was heard: stored whole and rightly not answered), discarded by \
+policy (with the relay's reason), or lost (with what is missing). Duplicates are counted: a second transcript write, a push the \
 user would see twice, an audio frame the server received again. The command exits 1 if anything is lost or \
 duplicated.\n\n\
 Latency per utterance, from the pendant's end of speech: end-of-utterance detection (relay), safe (the server \
@@ -570,7 +571,9 @@ async fn settle(
                 for id in &ids {
                     let r = store.push_request(*id).await.ok().flatten().is_some_and(|p| p.status == lanyard_store::PushStatus::Sent);
                     replied += usize::from(r);
-                    resolved += usize::from(r || discarded.contains(id));
+                    // A silent unmarked utterance is finished with no reply to wait for.
+                    let silent = !r && store.utterance(*id).await.ok().flatten().is_some_and(|u| u.silent());
+                    resolved += usize::from(r || silent || discarded.contains(id));
                 }
                 let msg = format!("{replied}/{} replied, {} faults applied", ids.len(), shared.fault_count());
                 bar.set_message(msg.clone());
@@ -866,6 +869,7 @@ async fn server_facts(
                 state: row.as_ref().map(|u| format!("{:?}", u.state).to_lowercase()),
                 frames: row.as_ref().map(|u| u.frames),
                 transcript: row.as_ref().and_then(|u| u.transcript.clone()),
+                silent: row.as_ref().is_some_and(|u| u.silent()),
                 reply_body: row.as_ref().and_then(|u| u.reply_body.clone()),
                 error: row.as_ref().and_then(|u| u.error.clone()),
                 timings: row.as_ref().map(|u| u.timings.clone()).unwrap_or_default(),

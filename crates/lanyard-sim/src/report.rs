@@ -30,10 +30,11 @@ fn verdict(o: &Outcome) -> (bool, String) {
     let t = &o.accounting.totals;
     let pass = t.lost == 0 && t.duplicated == 0 && t.duplicate_frames == 0 && t.acked_audio_lost == 0;
     let text = format!(
-        "{}: {} relay utterances: {} replied, {} discarded by policy, {} lost; {} duplicated (answered or stored twice); {} audio frames received twice; {} times the server held less than it had acknowledged",
+        "{}: {} relay utterances: {} replied, {} silent (unmarked, nothing heard, not answered), {} discarded by policy, {} lost; {} duplicated (answered or stored twice); {} audio frames received twice; {} times the server held less than it had acknowledged",
         if pass { "PASS" } else { "FAIL" },
         t.relay_utterances,
         t.replied,
+        t.silent,
         t.discarded,
         t.lost,
         t.duplicated,
@@ -287,6 +288,7 @@ fn accounting_section(h: &mut String, a: &Accounting) {
     h.push_str(r#"<h2>Accounting</h2><table id="accounting"><tr><th>outcome</th><th>relay utterances</th></tr>"#);
     for (k, v) in [
         ("replied (transcribed, replied, push accepted)", t.replied),
+        ("silent (unmarked, nothing heard: stored, not answered)", t.silent),
         ("discarded by policy", t.discarded),
         ("lost", t.lost),
     ] {
