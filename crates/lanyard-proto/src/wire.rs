@@ -74,9 +74,18 @@ pub mod limits {
     pub const MAX_UTTERANCE_FRAMES: u32 = 10 * 60 * 50;
     /// Largest JSON control message.
     pub const MAX_TEXT_BYTES: usize = 4096;
-    /// Largest whole-utterance upload body: 10 minutes at 32 kb/s is 2.4 MB of
+    /// Largest Ogg Opus upload body: 10 minutes at 32 kb/s is 2.4 MB of
     /// Opus; Ogg adds about 1%. 4 MiB leaves room for higher bitrates.
     pub const MAX_UPLOAD_BYTES: usize = 4 * 1024 * 1024;
+    /// Largest WAV (PCM16) upload body: [`MAX_UTTERANCE_FRAMES`] frames of
+    /// 640 bytes (16 kHz, 16 bits: 32,000 bytes a second, 19.2 MB for 10
+    /// minutes), its 44-byte header, and 4 KiB for other chunks. Bytes of
+    /// PCM are seconds of audio, so this is the utterance limit itself.
+    pub const MAX_WAV_UPLOAD_BYTES: usize = MAX_UTTERANCE_FRAMES as usize * 640 + 44 + 4096;
+    /// Uploads one device may have in progress at once: each holds its body
+    /// in memory until it is parsed, so a device's share of memory is this
+    /// many bodies, not as many as its request rate allows.
+    pub const MAX_UPLOADS_PER_DEVICE: usize = 2;
     /// Utterances one connection may have open at once.
     pub const MAX_OPEN_UTTERANCES: usize = 16;
     /// A stream with no message for this long is closed: a phone that went to

@@ -4,8 +4,6 @@
 //! [`routes`] is the one list of them: the router is built from it, and so is
 //! the OpenAPI document, from each route's [`Doc`].
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{MethodRouter, delete, get, post, put};
@@ -588,50 +586,48 @@ fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     }
 }
 
-/// `PUT /v1/utterances/{id}/audio`: the whole utterance as Ogg Opus.
-///
-/// Idempotent per utterance id. Packet *i* of the file is frame *i*: frames
-/// the server already holds (from an earlier stream or upload) are kept, the
-/// rest are appended, and the utterance is completed once, by whichever
-/// path finishes it first.
-async fn upload(
-    State(state): State<AppState>,
-    AuthDevice(device): AuthDevice,
-    Path(id): Path<String>,
-    params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
-    state.limiter.take_request(device.id)?;
-    let id = parse_id(&id)?;
-    let Query(UploadParams { speech_frames, expires_ms, unmarked }) = params.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "{e}; the query takes only `speech_frames` (the frames to transcribe), `expires_ms` (Unix ms) and \
-             `unmarked` (0 or 1)"
-        ))
-    })?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
-            "the upload exceeds {} bytes; an utterance is at most {} frames",
-            limits::MAX_UPLOAD_BYTES,
-            limits::MAX_UTTERANCE_FRAMES
-        )),
-        _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
-    })?;
+/// The codec an upload's `Content-Type` names.
+fn upload_codec(headers: &HeaderMap) -> Result<Codec, ApiError> {
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let (codec, packets) = if ctype.starts_with("audio/ogg") || ctype.starts_with("audio/opus") {
-        let packets =
-            oggopus::read(&body).map_err(|e| ApiError::BadRequest(format!("the body is not usable Ogg Opus: {e}")))?;
-        (Codec::Opus16k20ms, packets)
+    if ctype.starts_with("audio/ogg") || ctype.starts_with("audio/opus") {
+        Ok(Codec::Opus16k20ms)
     } else if ["audio/wav", "audio/x-wav", "audio/wave"].iter().any(|t| ctype.starts_with(t)) {
-        let frames = wav::read(&body).map_err(|e| ApiError::BadRequest(format!("the body is not usable WAV: {e}")))?;
-        (Codec::Pcm16k, frames)
+        Ok(Codec::Pcm16k)
     } else {
-        return Err(ApiError::UnsupportedMediaType(format!(
+        Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type is {ctype:?}; upload Opus utterances as `audio/ogg` (Ogg Opus) and PCM16 ones as `audio/wav`"
-        )));
+        )))
+    }
+}
+
+/// Reads an upload's body, at most its codec's limit (the longest
+/// utterance's bytes: [`limits::MAX_UPLOAD_BYTES`] of Ogg Opus,
+/// [`limits::MAX_WAV_UPLOAD_BYTES`] of WAV), into its frames, each judged
+/// by its duration before anything decodes it (see `opus_toc`).
+async fn read_upload(codec: Codec, body: axum::body::Body) -> Result<Vec<Vec<u8>>, ApiError> {
+    let limit = match codec {
+        Codec::Opus16k20ms => limits::MAX_UPLOAD_BYTES,
+        Codec::Pcm16k => limits::MAX_WAV_UPLOAD_BYTES,
     };
-    // Judged by duration before anything decodes it (see `opus_toc`).
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            ApiError::PayloadTooLarge(format!(
+                "the upload exceeds {limit} bytes, the most a {codec:?} utterance of {} frames ({} minutes) takes",
+                limits::MAX_UTTERANCE_FRAMES,
+                limits::MAX_UTTERANCE_FRAMES / 50 / 60
+            ))
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let packets = match codec {
+        Codec::Opus16k20ms => {
+            oggopus::read(&body).map_err(|e| ApiError::BadRequest(format!("the body is not usable Ogg Opus: {e}")))?
+        }
+        Codec::Pcm16k => {
+            wav::read(&body).map_err(|e| ApiError::BadRequest(format!("the body is not usable WAV: {e}")))?
+        }
+    };
     if let Some((index, e)) =
         packets.iter().enumerate().find_map(|(i, p)| opus_toc::check_frame(codec, p).err().map(|e| (i, e)))
     {
@@ -645,6 +641,36 @@ async fn upload(
             limits::MAX_UTTERANCE_FRAMES
         )));
     }
+    Ok(packets)
+}
+
+/// `PUT /v1/utterances/{id}/audio`: the whole utterance as Ogg Opus.
+///
+/// Idempotent per utterance id. Packet *i* of the file is frame *i*: frames
+/// the server already holds (from an earlier stream or upload) are kept, the
+/// rest are appended, and the utterance is completed once, by whichever
+/// path finishes it first.
+async fn upload(
+    State(state): State<AppState>,
+    AuthDevice(device): AuthDevice,
+    Path(id): Path<String>,
+    params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
+    state.limiter.take_request(device.id)?;
+    let id = parse_id(&id)?;
+    let Query(UploadParams { speech_frames, expires_ms, unmarked }) = params.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{e}; the query takes only `speech_frames` (the frames to transcribe), `expires_ms` (Unix ms) and \
+             `unmarked` (0 or 1)"
+        ))
+    })?;
+    let codec = upload_codec(&headers)?;
+    // Held until the upload is answered: its body is in memory until then.
+    let _slot = state.limiter.upload_slot(device.id)?;
+    let packets = read_upload(codec, body).await?;
+    let frames = packets.len() as u32;
     if let Some(speech) = speech_frames.filter(|&s| s > frames) {
         return Err(ApiError::BadRequest(format!(
             "speech_frames is {speech} but the upload has {frames} frames; send at most the frames uploaded"

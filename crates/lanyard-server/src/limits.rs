@@ -14,6 +14,7 @@
 //! | utterance opens on streams     | 2/s, burst 60      | close 4004 `RATE_LIMITED`     |
 //! | utterances left unfinished     | 32                 | close 4004 `RATE_LIMITED`     |
 //! | simultaneous transcriptions    | 2                  | HTTP 429 `too_many_requests`  |
+//! | simultaneous uploads           | 2                  | HTTP 429 `too_many_uploads`   |
 //! | live transcription slots       | 2 (of 64)          | the final only, no partials   |
 //! | silence on a stream            | 60 s               | close 4005 `IDLE_TIMEOUT`     |
 //! | responder calls                | 1/s, burst 20      | the reply waits its turn      |
@@ -102,6 +103,8 @@ pub struct Limiter {
     /// Open streams per device, counted from before the upgrade to the end
     /// of the connection by [`Slot`].
     streams: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// Uploads in progress per device (`MAX_UPLOADS_PER_DEVICE`).
+    uploads: Arc<Mutex<HashMap<Uuid, usize>>>,
     /// `/v1/audio/transcriptions` requests in progress per device, counted
     /// from before the body is read to the answer.
     transcriptions: Arc<Mutex<HashMap<Uuid, usize>>>,
@@ -136,6 +139,7 @@ impl Limiter {
             held: Arc::new(Mutex::new(HashMap::new())),
             streams: Arc::new(Mutex::new(HashMap::new())),
             transcriptions: Arc::new(Mutex::new(HashMap::new())),
+            uploads: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -250,6 +254,21 @@ impl Limiter {
     /// more than a few at once, whatever its request rate allows.
     pub fn transcription_slot(&self, device: Uuid) -> Option<Slot> {
         Slot::take(&self.transcriptions, device, self.cfg.transcriptions_per_device)
+    }
+
+    /// Reserves one of the device's upload slots (at most
+    /// `MAX_UPLOADS_PER_DEVICE` bodies in memory at once), or answers 429
+    /// `too_many_uploads` and counts it.
+    pub(crate) fn upload_slot(&self, device: Uuid) -> Result<Slot, ApiError> {
+        let cap = lanyard_proto::wire::limits::MAX_UPLOADS_PER_DEVICE;
+        Slot::take(&self.uploads, device, cap).ok_or_else(|| {
+            metrics::emit(Limited { limit: Limit::Requests });
+            ApiError::TooManyRequests {
+                code: "too_many_uploads",
+                message: format!("this device has {cap} uploads in progress, its maximum; retry once one has finished"),
+                retry_after_secs: 1,
+            }
+        })
     }
 }
 

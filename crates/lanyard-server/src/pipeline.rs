@@ -66,10 +66,11 @@ const DEVICE_IN_FLIGHT: usize = 2;
 
 #[derive(Clone)]
 pub struct Pipeline {
-    shared: Arc<Shared>,
+    shared: Arc<ReplyQueue>,
 }
 
-struct Shared {
+/// The reply queue and its signals, shared by the pipeline's handles and workers.
+struct ReplyQueue {
     /// Utterance ids by device, served in turns.
     queue: Mutex<FairQueue<Uuid, Uuid>>,
     /// Something was queued, or a device's in-flight work finished.
@@ -103,7 +104,7 @@ impl Pipeline {
         push_wake: Arc<Notify>,
         limits: LimitsSection,
     ) -> Self {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ReplyQueue {
             queue: Mutex::new(FairQueue::new(DEVICE_IN_FLIGHT)),
             ready: Notify::new(),
             room: Notify::new(),

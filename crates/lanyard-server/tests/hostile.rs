@@ -916,3 +916,77 @@ async fn websocket_protocol_violations_close_the_stream() {
     expect_opened(&mut ws).await;
     h.server.stop().await;
 }
+
+/// A PCM16 upload is limited by the seconds it holds (32,000 bytes a
+/// second, 10 minutes), not by the Ogg Opus body limit, which a long PCM16
+/// utterance handed off to a background upload used to exceed; and a device
+/// holds at most two upload bodies in the server's memory at once.
+#[tokio::test]
+async fn a_pcm16_upload_is_limited_by_its_seconds_and_a_device_by_two_uploads_at_once() {
+    use lanyard_proto::wire::limits;
+    let h = harness().await;
+    let client = reqwest::Client::new();
+    let put = |body: Vec<u8>| {
+        client
+            .put(format!("{}/v1/utterances/{}/audio", h.url, Uuid::now_v7()))
+            .bearer_auth(&h.token_a)
+            .header("content-type", "audio/wav")
+            .body(body)
+            .send()
+    };
+    // 150 s of PCM16: 4.8 MB, over the Ogg limit, well within its own.
+    let silence = vec![0u8; 640];
+    let long = lanyard_proto::wav::write(std::iter::repeat_n(silence.as_slice(), 150 * 50));
+    assert!(long.len() > limits::MAX_UPLOAD_BYTES);
+    let resp = put(long).await.unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    // Past 10 minutes of PCM16: refused before it is all read, saying why.
+    let resp = put(vec![0; limits::MAX_WAV_UPLOAD_BYTES + 1]).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("10 minutes"), "{body}");
+
+    // Two uploads whose bodies are still coming hold the device's slots...
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..limits::MAX_UPLOADS_PER_DEVICE {
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "PUT /v1/utterances/{}/audio HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+             content-type: audio/wav\r\ncontent-length: 1000000\r\n\r\n",
+            Uuid::now_v7(),
+            h.token_a
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&[0u8; 1000]).await.unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await {
+            panic!("a slow upload was answered before its body came: {:?}", String::from_utf8_lossy(&buf[..n]));
+        }
+        slow.push(tcp);
+    }
+    // ...so a third is refused, and another device is not affected.
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let resp = put(lanyard_proto::wav::write([silence.as_slice()])).await.unwrap();
+            if resp.status() == 429 {
+                break resp.json::<serde_json::Value>().await.unwrap();
+            }
+            // The slow uploads' handlers may not have started yet.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a third upload at once is refused");
+    assert_eq!(refused["code"], "too_many_uploads", "{refused}");
+    let other = client
+        .put(format!("{}/v1/utterances/{}/audio", h.url, Uuid::now_v7()))
+        .bearer_auth(&h.token_b)
+        .header("content-type", "audio/wav")
+        .body(lanyard_proto::wav::write([silence.as_slice()]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    drop(slow);
+}
