@@ -237,7 +237,9 @@ fn utterance_routes() -> Vec<Route> {
         Route {
             method: "put",
             path: "/v1/utterances/{id}/audio",
-            handler: put(upload).layer(DefaultBodyLimit::max(limits::MAX_UPLOAD_BYTES)),
+            // Each codec has its own limit, applied while the body is read
+            // (`read_upload`), so the route sets none.
+            handler: put(upload).layer(DefaultBodyLimit::disable()),
             doc: Doc {
                 summary: "The whole utterance as Ogg Opus (`audio/ogg`) or PCM16 WAV (`audio/wav`). Idempotent per id.",
                 auth: Auth::Device,
@@ -270,9 +272,18 @@ fn utterance_routes() -> Vec<Route> {
                     E404,
                     (409, "The utterance has another codec.", Some("ErrorBody")),
                     UPLOAD_410,
-                    (413, "Over 4 MiB.", Some("ErrorBody")),
+                    (
+                        413,
+                        "Over the longest utterance's bytes: 4 MiB of Ogg Opus, 19.2 MB of WAV (10 minutes of PCM16).",
+                        Some("ErrorBody"),
+                    ),
                     (415, "Neither Ogg Opus nor WAV.", Some("ErrorBody")),
-                    E429,
+                    (
+                        429,
+                        "`rate_limited`: over the device's request or upload frame rate (`Retry-After` says when); or \
+                         `too_many_uploads`: the device has two uploads in progress.",
+                        Some("ErrorBody"),
+                    ),
                 ],
             },
         },
