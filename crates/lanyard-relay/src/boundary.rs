@@ -38,12 +38,13 @@
 //! frames that do not start a new utterance, they are the rest of that one:
 //! the tracker adopts it rather than splitting one sentence in two. Not after
 //! an OS restart, though: `host::open` ends that utterance first (the crash
-//! may have taken frames the server already holds). An adopted utterance
-//! counts as marked, since how it was opened is unknown, with one
-//! exception: the next utterance of a carry (see above) that a kill cut
-//! short, which the host finishes and resumes as unmarked
-//! ([`Tracker::resume_unmarked`]): a carry only ever follows an endpoint
-//! that ended an unmarked utterance.
+//! may have taken frames the server already holds). The host resumes an
+//! adopted utterance as unmarked ([`Tracker::resume_unmarked`]) when the
+//! spool's BEGIN record says no marker opened it, and so does the next
+//! utterance of a carry (see above) that a kill cut short, which the host
+//! finishes: a carry only ever follows an endpoint that ended an unmarked
+//! utterance. Any other adopted utterance (a marked one, or one from a
+//! spool older than the flag) counts as marked.
 
 use lanyard_proto::ble::Codec;
 use lanyard_proto::reassembly::Frame;

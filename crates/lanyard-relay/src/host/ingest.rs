@@ -247,8 +247,10 @@ impl Ingest {
         let same_boot = matches!((&recorded, &boot), (Some(r), Some(b)) if r.trim() == b);
         // A kill in the middle of a carry: finish it (see "Endpoints").
         let carried = CarryIntent::finish_recorded(&mut spool, same_boot, now)?;
-        let mut resumed =
-            spool.open_utterance().and_then(|id| spool.utterance(id)).map(|u| (u.id, u.codec, u.frame_count()));
+        let mut resumed = spool
+            .open_utterance()
+            .and_then(|id| spool.utterance(id))
+            .map(|u| (u.id, u.codec, u.frame_count(), u.unmarked));
         // An utterance the app was killed in is carried on by the frames that
         // follow (see `boundary`), but not across an OS restart: the crash may
         // have taken its last frames from the spool after the server had
@@ -269,9 +271,15 @@ impl Ingest {
             record_boot(&cfg.spool_dir, boot);
         }
         let tracker = match resumed {
-            // The new utterance of a finished carry: no marker opened it.
-            Some(r) if Some(r.0) == carried => Tracker::resume_unmarked(cfg.boundary.clone(), r, now),
-            r => Tracker::new(cfg.boundary.clone(), r, now),
+            // No marker opened it, as its BEGIN record says (or it is the new
+            // utterance of a finished carry): the server's endpoints end it,
+            // as before the kill.
+            Some((id, codec, frames, unmarked)) if unmarked || Some(id) == carried => {
+                Tracker::resume_unmarked(cfg.boundary.clone(), (id, codec, frames), now)
+            }
+            // Marked, or from a spool older than the flag: how it was opened
+            // is unknown, and it counts as marked.
+            r => Tracker::new(cfg.boundary.clone(), r.map(|(id, codec, frames, _)| (id, codec, frames)), now),
         };
         Ok(Ingest {
             spool,
@@ -641,5 +649,30 @@ mod tests {
         assert_eq!(link.shared.lock().tracker.current(), Some(marked));
         drop((relay, link));
         assert_eq!(spooled(dir.path()), vec![(first, true, vec![0, 1, 2]), (marked, false, vec![3, 4, 5])]);
+    }
+
+    /// An unmarked utterance the app was killed in is still unmarked when the
+    /// relaunched relay adopts it (its BEGIN record says so): the server's
+    /// endpoint ends it. A marked one still ignores endpoints.
+    #[test]
+    fn an_adopted_utterance_keeps_whether_a_marker_opened_it() {
+        for marked in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (relay1, link) = relay(dir.path());
+            link.event(connected());
+            for seq in 0..3 {
+                link.event(frame(seq, marked && seq == 0));
+            }
+            let id = link.shared.lock().tracker.current().unwrap();
+            drop((relay1, link));
+            let (relay2, link) = relay(dir.path());
+            link.event(connected());
+            link.event(frame(3, false));
+            assert_eq!(link.shared.lock().tracker.current(), Some(id), "adopted");
+            link.shared.lock().on_endpoint(id, 4, now_ms()).unwrap();
+            let after = link.shared.lock().tracker.current();
+            assert_eq!(after.is_none(), !marked, "marked: {marked}");
+            drop((relay2, link));
+        }
     }
 }
