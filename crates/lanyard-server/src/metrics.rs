@@ -476,11 +476,21 @@ mod tests {
     #[test]
     fn installing_the_recorder_starts_its_upkeep() {
         let _ = handle();
-        let threads = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
-        let names: Vec<String> = threads
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|n| n.trim().to_owned())
-            .collect();
-        assert_eq!(names.iter().filter(|n| *n == UPKEEP_THREAD).count(), 1, "{names:?}");
+        let names = || -> Vec<String> {
+            let threads = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+            threads
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        };
+        // A new thread names itself once it runs: until then it shows its
+        // parent's name. Give it a moment.
+        let waited = std::time::Instant::now();
+        let mut seen = names();
+        while !seen.iter().any(|n| n == UPKEEP_THREAD) && waited.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+            seen = names();
+        }
+        assert_eq!(seen.iter().filter(|n| *n == UPKEEP_THREAD).count(), 1, "{seen:?}");
     }
 }
