@@ -12,22 +12,8 @@ use lanyard_relay::spool::Spool;
 use tokio::sync::mpsc;
 
 fn config(dir: &std::path::Path) -> HostConfig {
-    HostConfig {
-        spool_dir: dir.to_path_buf(),
-        // Nothing listens on port 1: the relay must spool without a server.
-        server: "http://127.0.0.1:1".into(),
-        token: "t".into(),
-        sync_interval: Duration::from_millis(200),
-        send_interval: lanyard_relay::DEFAULT_SEND_INTERVAL,
-        boundary: Default::default(),
-        uplink: Default::default(),
-        planner: Default::default(),
-        push: None,
-        exit_after: None,
-        fsync_delay: Duration::ZERO,
-        insecure: false,
-        extra_root_certs: Vec::new(),
-    }
+    // Nothing listens on port 1: the relay must spool without a server.
+    HostConfig { sync_interval: Duration::from_millis(200), ..HostConfig::new(dir, "http://127.0.0.1:1", "t") }
 }
 
 /// Frame `seq`: one 20 ms Opus packet (TOC byte: configuration 1, mono,

@@ -1,19 +1,15 @@
 //! Helpers for the host's unit tests: a relay's configuration, and frames
 //! as a pendant sends them.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lanyard_proto::ble::{Codec, FrameSpec, Framing, packetize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{DEFAULT_SEND_INTERVAL, HostConfig, PendantPort, Relay, open};
-use crate::boundary::BoundaryConfig;
+use super::{HostConfig, PendantPort, Relay, open};
 use crate::link::LinkEvent;
-use crate::planner::PlannerConfig;
 use crate::spool::Spool;
-use crate::uplink::UplinkConfig;
 
 /// A relay on the spool in `dir`, its loop never run: the test plays
 /// the loop's part by calling the core.
@@ -23,21 +19,8 @@ pub(super) fn relay(dir: &std::path::Path) -> (Relay, PendantPort) {
 }
 
 pub(super) fn relay_config() -> HostConfig {
-    HostConfig {
-        spool_dir: PathBuf::new(),
-        server: "http://127.0.0.1:1".into(),
-        token: "t".into(),
-        sync_interval: Duration::from_millis(200),
-        send_interval: DEFAULT_SEND_INTERVAL,
-        boundary: BoundaryConfig::default(),
-        uplink: UplinkConfig::default(),
-        planner: PlannerConfig::default(),
-        push: None,
-        exit_after: None,
-        fsync_delay: Duration::ZERO,
-        insecure: false,
-        extra_root_certs: Vec::new(),
-    }
+    // Nothing listens on port 1: the relay must spool without a server.
+    HostConfig { sync_interval: Duration::from_millis(200), ..HostConfig::new("", "http://127.0.0.1:1", "t") }
 }
 
 /// An Opus TOC byte (RFC 6716 3.1) for one 20 ms frame: configuration 1
